@@ -1,0 +1,1 @@
+"""Jobs and the ``recsys`` command line: they read and write data sets and artifacts."""

@@ -1,0 +1,207 @@
+"""Reading and writing data sets (the dataset contract in docs/data.md).
+
+Readers stream record batches through pyarrow with memory mapping, so a data set
+larger than memory can be processed batch by batch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys.dataset import (
+    DEFAULT_WATCH_THRESHOLD_S,
+    IMPRESSIONS_FILE,
+    TRUTH_FILE,
+    VIDEOS_FILE,
+    ImpressionsSummary,
+    VideoBatch,
+    VideosSummary,
+    decode_video_batch,
+    validate_impressions,
+    validate_videos,
+)
+from recsys.errors import UserInputError
+
+
+def open_parquet(path: str | os.PathLike[str]) -> pq.ParquetFile:
+    """Open a Parquet file memory-mapped; unreadable files raise a one-line UserInputError."""
+    p = Path(path)
+    if not p.exists():
+        raise UserInputError(f"{p}: file not found")
+    if not p.is_file():
+        raise UserInputError(f"{p}: not a file")
+    try:
+        return pq.ParquetFile(p, memory_map=True)
+    except (pa.ArrowException, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserInputError(f"{p.name}: not a readable Parquet file ({first})") from None
+
+
+def dataset_dir(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise UserInputError(f"{p}: not a data set directory")
+    if not (p / VIDEOS_FILE).exists():
+        raise UserInputError(f"{p}: missing {VIDEOS_FILE}")
+    return p
+
+
+def iter_record_batches(
+    path: str | os.PathLike[str], batch_size: int = 1024, columns: Sequence[str] | None = None
+) -> Iterator[pa.RecordBatch]:
+    pf = open_parquet(path)
+    try:
+        yield from pf.iter_batches(
+            batch_size=batch_size, columns=list(columns) if columns else None
+        )
+    except pa.ArrowException as exc:
+        raise UserInputError(
+            f"{Path(path).name}: cannot read ({str(exc).splitlines()[0]})"
+        ) from None
+
+
+def iter_video_batches(
+    data: str | os.PathLike[str],
+    batch_size: int = 256,
+    with_labels: bool = False,
+    feature_dim: int | None = None,
+) -> Iterator[VideoBatch]:
+    """Stream decoded videos of ``DATA/videos.parquet`` in batches."""
+    path = dataset_dir(data) / VIDEOS_FILE
+    cols = ["video_id", "frames"]
+    if with_labels:
+        if "labels" not in open_parquet(path).schema_arrow.names:
+            raise UserInputError(f"{path.name}: no labels column")
+        cols.append("labels")
+    for batch in iter_record_batches(path, batch_size, cols):
+        yield decode_video_batch(batch, feature_dim)
+
+
+def video_feature_dim(data: str | os.PathLike[str]) -> int:
+    """D of a data set, read from its first video."""
+    for vb in iter_video_batches(data, batch_size=1):
+        return int(vb.frames.shape[1])
+    raise UserInputError(f"{data}: {VIDEOS_FILE} has no videos")
+
+
+@dataclass
+class ValidationReport:
+    videos: VideosSummary
+    impressions: ImpressionsSummary | None
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary_lines(self) -> list[str]:
+        v = self.videos
+        lines = [f"videos: {v.num_videos} (D = {v.feature_dim}, frames {v.frame_dtype})"]
+        if v.frames_per_video:
+            q = np.percentile(v.frames_per_video, [0, 10, 50, 90, 100]).astype(int)
+            lines.append("frames per video: min {} / p10 {} / p50 {} / p90 {} / max {}".format(*q))
+        if v.num_labelled:
+            lines.append(f"labelled videos: {v.num_labelled}")
+        if v.created_min is not None:
+            lines.append(f"uploads: {v.created_min} .. {v.created_max}")
+        if self.impressions is not None:
+            i = self.impressions
+            lines.append(
+                f"impressions: {i.num_impressions} from {i.num_users} users, "
+                f"{i.num_valid_watches} valid watches"
+            )
+            lines.append(f"time span: {i.shown_min} .. {i.shown_max}")
+        return lines
+
+
+def validate_dataset(
+    data: str | os.PathLike[str],
+    watch_threshold_s: float = DEFAULT_WATCH_THRESHOLD_S,
+    batch_size: int = 512,
+) -> ValidationReport:
+    d = Path(data)
+    if not d.is_dir():
+        raise UserInputError(f"{d}: not a directory")
+    problems: list[str] = []
+    vpath = d / VIDEOS_FILE
+    videos = VideosSummary()
+    if not vpath.exists():
+        problems.append(f"{VIDEOS_FILE}: missing")
+    else:
+        try:
+            pf = open_parquet(vpath)
+            videos, vp = validate_videos(pf.schema_arrow, pf.iter_batches(batch_size=batch_size))
+            problems += [f"{VIDEOS_FILE}: {p}" for p in vp]
+        except UserInputError as exc:
+            problems.append(str(exc))
+        except pa.ArrowException as exc:
+            problems.append(f"{VIDEOS_FILE}: cannot read ({str(exc).splitlines()[0]})")
+    ipath = d / IMPRESSIONS_FILE
+    impressions = None
+    if not ipath.exists():
+        problems.append(f"{IMPRESSIONS_FILE}: missing")
+    else:
+        try:
+            pf = open_parquet(ipath)
+            known = videos.video_ids if videos.num_videos else None
+            impressions, ip = validate_impressions(
+                pf.schema_arrow, pf.iter_batches(batch_size=65536), known, watch_threshold_s
+            )
+            problems += [f"{IMPRESSIONS_FILE}: {p}" for p in ip]
+        except UserInputError as exc:
+            problems.append(str(exc))
+        except pa.ArrowException as exc:
+            problems.append(f"{IMPRESSIONS_FILE}: cannot read ({str(exc).splitlines()[0]})")
+    return ValidationReport(videos=videos, impressions=impressions, problems=problems)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_parquet_atomic(
+    table: pa.Table, path: str | os.PathLike[str], row_group_size: int | None = None
+) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename into place."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, row_group_size=row_group_size)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+        fsync_dir(p.parent)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_dataset(
+    out: str | os.PathLike[str],
+    videos: pa.Table,
+    impressions: pa.Table,
+    truth: pa.Table | None = None,
+) -> Path:
+    o = Path(out)
+    o.mkdir(parents=True, exist_ok=True)
+    # Small row groups keep streaming reads of long videos bounded in memory.
+    write_parquet_atomic(videos, o / VIDEOS_FILE, row_group_size=512)
+    write_parquet_atomic(impressions, o / IMPRESSIONS_FILE)
+    if truth is not None:
+        write_parquet_atomic(truth, o / TRUTH_FILE)
+    return o

@@ -1,0 +1,246 @@
+"""A synthetic co-watch world whose ground truth is known.
+
+No real co-watch log can be downloaded, so we generate one that has the
+structure the paper relies on:
+
+* **Frames.** Each topic owns a few frame "components" (scene types); every
+  video mixes one to three topics and, within each topic, a sparse subset of its
+  components. Some frames come from components shared by all videos (intros,
+  credits). Frame counts are log-normal, from one frame to hundreds, so many
+  clusters of a video get few or no frames - the regime where smoothing (Eq. 10)
+  matters.
+* **Labels.** A coarse label per topic and a fine label per prominent
+  (topic, component) pair, so classification needs cluster-level detail.
+* **Users.** A sparse preference over topic components, a propensity to watch
+  (intercept) and a sensitivity to affinity (slope) - what GLMix's random
+  effects are meant to capture.
+* **Impressions.** Sessions of up to 30 minutes over ``days`` days; candidates
+  come from videos already uploaded (new uploads run through the whole period,
+  so the last quarter has cold-start videos). ``P(watch)`` is a logistic function
+  of propensity + sensitivity * affinity + video quality and is returned as truth.
+
+Everything is vectorised numpy; the generator returns pyarrow tables and never
+touches the file system.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+
+from recsys.dataset import frames_to_arrow
+
+WORLD_START = datetime(2026, 1, 5, tzinfo=UTC)
+SESSION_SECONDS = 30 * 60
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    seed: int = 0
+    num_videos: int = 2000
+    num_users: int = 1000
+    days: int = 28
+    feature_dim: int = 32
+    num_topics: int = 16
+    components_per_topic: int = 4
+    shared_components: int = 3
+    #: median number of frames per video; counts are log-normal, clipped to [1, max_frames]
+    median_frames: float = 20.0
+    max_frames: int = 300
+    #: mean sessions per user and day (each user's own rate is log-normal around it)
+    sessions_per_user_day: float = 0.5
+    #: mean impressions per session (1 + Poisson)
+    impressions_per_session: float = 7.0
+    #: fraction of videos that exist before the log starts
+    catalogue_at_start: float = 0.4
+
+    def __post_init__(self) -> None:
+        for name in ("num_videos", "num_users", "days", "feature_dim", "num_topics"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.components_per_topic < 1 or self.shared_components < 0:
+            raise ValueError("components_per_topic must be >= 1 and shared_components >= 0")
+
+    @property
+    def num_labels(self) -> int:
+        return self.num_topics * (1 + self.components_per_topic)
+
+
+@dataclass(frozen=True)
+class SyntheticWorld:
+    videos: pa.Table
+    impressions: pa.Table
+    truth: pa.Table
+    config: SynthConfig
+
+
+def _timestamps(seconds_from_start: np.ndarray) -> pa.Array:
+    micros = np.int64(WORLD_START.timestamp()) * 1_000_000 + (seconds_from_start * 1e6).astype(
+        np.int64
+    )
+    return pa.array(micros, pa.timestamp("us", tz="UTC"))
+
+
+def generate_world(cfg: SynthConfig) -> SyntheticWorld:
+    rng = np.random.default_rng(cfg.seed)
+    v, d, nt, nc = cfg.num_videos, cfg.feature_dim, cfg.num_topics, cfg.components_per_topic
+    tc = nt * nc
+    span = cfg.days * 86400.0
+
+    # ---- frame components: topic centres, components around them, shared components
+    topic_centres = rng.normal(0.0, 1.0, (nt, d))
+    comp_means = (topic_centres[:, None, :] + rng.normal(0.0, 0.7, (nt, nc, d))).reshape(tc, d)
+    shared_means = rng.normal(0.0, 1.0, (max(cfg.shared_components, 1), d))
+
+    # ---- videos: topics, component mixture, frame counts, upload times
+    n_topics_v = rng.choice([1, 2, 3], size=v, p=[0.55, 0.3, 0.15])
+    topic_w = np.zeros((v, nt))
+    primary = rng.integers(0, nt, v)
+    for i in range(v):  # tiny per-video work (<= 3 topics); kept explicit for clarity
+        extra = rng.choice(nt, size=n_topics_v[i] - 1, replace=False) if n_topics_v[i] > 1 else []
+        topics = np.unique(np.concatenate([[primary[i]], extra]).astype(int))
+        w = rng.dirichlet(np.ones(len(topics)))
+        topic_w[i, topics] = w
+        topic_w[i, primary[i]] += 1.0  # the primary topic dominates
+    topic_w /= topic_w.sum(1, keepdims=True)
+    within = rng.dirichlet(np.full(nc, 0.4), size=(v, nt))  # sparse components per topic
+    comp_w = (topic_w[:, :, None] * within).reshape(v, tc)
+    shared_frac = rng.beta(2.0, 8.0, v) if cfg.shared_components else np.zeros(v)
+    lengths = np.clip(
+        np.round(np.exp(rng.normal(np.log(cfg.median_frames), 1.0, v))), 1, cfg.max_frames
+    ).astype(np.int64)
+    quality = rng.normal(0.0, 0.3, v)
+    style = rng.normal(0.0, 0.25, (v, d))  # per-video look (lighting, camera)
+    n_pre = round(cfg.catalogue_at_start * v)
+    created = np.concatenate(
+        [-rng.uniform(0, 30 * 86400.0, n_pre), rng.uniform(0, span, v - n_pre)]
+    )
+    created = created[rng.permutation(v)]
+
+    # ---- frames, vectorised over all frames of all videos
+    owner = np.repeat(np.arange(v), lengths)
+    nf = len(owner)
+    is_shared = rng.random(nf) < shared_frac[owner]
+    cum = np.cumsum(comp_w, axis=1)
+    cum[:, -1] = 1.0
+    u = rng.random(nf)
+    comp = np.empty(nf, dtype=np.int64)
+    for start in range(0, nf, 65536):  # chunked: (chunk, TC) booleans
+        sl = slice(start, start + 65536)
+        comp[sl] = (cum[owner[sl]] < u[sl, None]).sum(1)
+    shared_idx = rng.integers(0, len(shared_means), nf)
+    means = np.where(is_shared[:, None], shared_means[shared_idx], comp_means[comp])
+    frames = means + style[owner] * (~is_shared)[:, None] + rng.normal(0.0, 0.5, (nf, d))
+    frames = frames.astype(np.float32)
+
+    # ---- labels: coarse topic labels + fine (topic, component) labels that are prominent
+    label_lists: list[list[int]] = []
+    for i in range(v):
+        labs = [int(t) for t in np.flatnonzero(topic_w[i] >= 0.2)]
+        labs += [nt + int(c) for c in np.flatnonzero(comp_w[i] >= 0.25)]
+        label_lists.append(sorted(set(labs)))
+    split = rng.choice(np.array(["train", "validation", "test"]), size=v, p=[0.8, 0.1, 0.1])
+    video_ids = np.array([f"v{i:06d}" for i in range(v)])
+
+    videos = pa.table(
+        {
+            "video_id": pa.array(video_ids, pa.string()),
+            "frames": frames_to_arrow(frames, lengths),
+            "labels": pa.array(label_lists, pa.list_(pa.int32())),
+            "created_at": _timestamps(created),
+            "split": pa.array(split, pa.string()),
+        }
+    )
+
+    # ---- users: sparse component preferences, propensity, sensitivity, activity
+    nu = cfg.num_users
+    user_topic = rng.dirichlet(np.full(nt, 0.25), size=nu)
+    user_within = rng.dirichlet(np.full(nc, 0.6), size=(nu, nt))
+    user_pref = (user_topic[:, :, None] * user_within).reshape(nu, tc)
+    propensity = rng.normal(-1.2, 0.8, nu)
+    sensitivity = np.exp(rng.normal(np.log(1.5), 0.4, nu))
+    activity = np.exp(rng.normal(0.0, 0.8, nu))
+    activity *= cfg.sessions_per_user_day / activity.mean()
+
+    # ---- sessions and impressions
+    n_sessions = rng.poisson(activity * cfg.days)
+    s_user = np.repeat(np.arange(nu), n_sessions)
+    s_start = rng.uniform(0, span - SESSION_SECONDS, len(s_user))
+    s_len = 1 + rng.poisson(cfg.impressions_per_session - 1, len(s_user))
+    imp_session = np.repeat(np.arange(len(s_user)), s_len)
+    imp_user = s_user[imp_session]
+    # Offsets inside the session: sorted uniforms in [0, 30 min).
+    offs = rng.uniform(0, SESSION_SECONDS - 1, len(imp_session))
+    order = np.lexsort((offs, imp_session))
+    offs = offs[order]
+    shown = s_start[imp_session] + offs
+    n_imp = len(imp_user)
+
+    # Candidate choice: mostly the user's topics (the feed targets interests),
+    # the rest anything; recent uploads are favoured; only uploaded videos.
+    targeted = rng.random(n_imp) < 0.6
+    ucum = np.cumsum(user_topic, axis=1)
+    ucum[:, -1] = 1.0
+    ut = rng.random(n_imp)
+    imp_topic = np.where(
+        targeted, (ucum[imp_user] < ut[:, None]).sum(1), rng.integers(0, nt, n_imp)
+    )
+    imp_video = np.full(n_imp, -1, dtype=np.int64)
+    recency = rng.random(n_imp) ** 2
+    all_order = np.argsort(created)
+    all_created = created[all_order]
+    for t in range(nt):
+        sel = np.flatnonzero(imp_topic == t)
+        vids_t = np.flatnonzero(primary == t)
+        if len(vids_t) == 0 or len(sel) == 0:
+            continue
+        vids_t = vids_t[np.argsort(created[vids_t])]
+        avail = np.searchsorted(created[vids_t], shown[sel], side="right")
+        ok = avail > 0
+        pick = (avail - 1 - np.floor(avail * recency[sel]).astype(np.int64)).clip(0)
+        imp_video[sel[ok]] = vids_t[pick[ok]]
+    rest = np.flatnonzero(imp_video < 0)
+    avail = np.searchsorted(all_created, shown[rest], side="right").clip(1)
+    pick = (avail - 1 - np.floor(avail * recency[rest]).astype(np.int64)).clip(0)
+    imp_video[rest] = all_order[pick]
+
+    # Watch probability: user intercept + user slope * standardised affinity + quality.
+    raw_aff = np.einsum("ij,ij->i", user_pref[imp_user], comp_w[imp_video])
+    aff = (raw_aff - raw_aff.mean()) / (raw_aff.std() + 1e-12)
+    logit = propensity[imp_user] + sensitivity[imp_user] * aff + quality[imp_video]
+    p_watch = 1.0 / (1.0 + np.exp(-logit))
+    watched = rng.random(n_imp) < p_watch
+    watch_seconds = np.where(
+        watched,
+        10.0 + rng.exponential(40.0, n_imp),
+        np.where(rng.random(n_imp) < 0.5, 0.0, rng.uniform(0.0, 9.99, n_imp)),
+    )
+    # Log order is by time, as a log would be.
+    by_time = np.argsort(shown, kind="stable")
+    user_ids = np.array([f"u{i:06d}" for i in range(nu)])
+    shown_col = _timestamps(shown[by_time])
+    impressions = pa.table(
+        {
+            "user_id": pa.array(user_ids[imp_user[by_time]], pa.string()),
+            "video_id": pa.array(video_ids[imp_video[by_time]], pa.string()),
+            "shown_at": shown_col,
+            "watch_seconds": pa.array(watch_seconds[by_time], pa.float64()),
+        }
+    )
+    truth = pa.table(
+        {
+            "user_id": impressions.column("user_id"),
+            "video_id": impressions.column("video_id"),
+            "shown_at": shown_col,
+            "watch_probability": pa.array(p_watch[by_time], pa.float64()),
+            "affinity": pa.array(aff[by_time], pa.float64()),
+        }
+    )
+    return SyntheticWorld(videos=videos, impressions=impressions, truth=truth, config=cfg)
+
+
+def world_end(cfg: SynthConfig) -> datetime:
+    return WORLD_START + timedelta(days=cfg.days)

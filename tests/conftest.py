@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines.io import write_dataset
+from recsys.synthetic import SynthConfig, generate_world
+
+# Two pytest workers share two cores: one thread each keeps them from fighting.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def small_world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = SynthConfig(seed=3, num_videos=200, num_users=60, days=14, feature_dim=8, num_topics=4)
+    world = generate_world(cfg)
+    out = tmp_path_factory.mktemp("world")
+    write_dataset(out, world.videos, world.impressions, world.truth)
+    return out
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """Run ``recsys ARGS`` in-process through the real entry point; (exit code, out, err)."""
+    from pipelines.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        old = sys.argv
+        sys.argv = ["recsys", *map(str, args)]
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = int(exc.code or 0) if not isinstance(exc.code, str) else 1
+        finally:
+            sys.argv = old
+        cap = capsys.readouterr()
+        return code, cap.out, cap.err
+
+    return run

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from recsys.dataset import (
+    DEQUANT_BIAS,
+    DEQUANT_SCALE,
+    decode_video_batch,
+    dequantize,
+    frames_to_arrow,
+)
+from recsys.errors import DatasetError
+
+
+def _videos(frames: list[np.ndarray], ids: list[str] | None = None) -> pa.Table:
+    ids = ids or [f"v{i}" for i in range(len(frames))]
+    lengths = np.array([len(f) for f in frames])
+    flat = np.concatenate(frames) if frames else np.zeros((0, 1), np.float32)
+    return pa.table({"video_id": ids, "frames": frames_to_arrow(flat, lengths)})
+
+
+def test_decode_round_trips_variable_lengths() -> None:
+    rng = np.random.default_rng(0)
+    frames = [rng.normal(size=(t, 5)).astype(np.float32) for t in (1, 4, 2)]
+    vb = decode_video_batch(_videos(frames))
+    assert vb.video_ids == ["v0", "v1", "v2"]
+    assert list(vb.lengths) == [1, 4, 2]
+    for i, f in enumerate(frames):
+        np.testing.assert_array_equal(vb.video(i), f)
+
+
+def test_decode_respects_slices() -> None:
+    rng = np.random.default_rng(1)
+    frames = [rng.normal(size=(t, 3)).astype(np.float32) for t in (2, 3, 1, 4)]
+    batch = _videos(frames).to_batches()[0].slice(1, 2)
+    vb = decode_video_batch(batch)
+    assert vb.video_ids == ["v1", "v2"]
+    np.testing.assert_array_equal(vb.video(0), frames[1])
+    np.testing.assert_array_equal(vb.video(1), frames[2])
+
+
+def test_padded_and_mask() -> None:
+    frames = [np.ones((1, 2), np.float32), 2 * np.ones((3, 2), np.float32)]
+    x, mask = decode_video_batch(_videos(frames)).padded()
+    assert x.shape == (2, 3, 2)
+    assert mask.tolist() == [[True, False, False], [True, True, True]]
+    assert x[0, 1:].sum() == 0 and x[1].sum() == 12
+
+
+def test_uint8_frames_are_dequantised_like_the_starter_code() -> None:
+    q = np.array([[0, 128, 255]], dtype=np.uint8)
+    vb = decode_video_batch(_videos([q]))
+    expected = q.astype(np.float64) * (4.0 / 255.0) + 4.0 / 512.0 - 2.0
+    np.testing.assert_allclose(vb.frames, expected, rtol=0, atol=1e-6)
+    assert pytest.approx(4 / 255) == DEQUANT_SCALE and pytest.approx(4 / 512 - 2) == DEQUANT_BIAS
+    assert dequantize(q).dtype == np.float32
+
+
+def test_decode_rejects_ragged_and_empty() -> None:
+    inner = pa.array([[1.0, 2.0], [1.0]], pa.list_(pa.float32()))
+    ragged = pa.ListArray.from_arrays(pa.array([0, 2], pa.int32()), inner)
+    with pytest.raises(DatasetError, match="'a' frame 1 has dimension 1"):
+        decode_video_batch(pa.table({"video_id": ["a"], "frames": ragged}))
+    empty = pa.ListArray.from_arrays(
+        pa.array([0, 0, 1], pa.int32()), pa.array([[1.0]], pa.list_(pa.float32()))
+    )
+    with pytest.raises(DatasetError, match="'e' has no frames"):
+        decode_video_batch(pa.table({"video_id": ["e", "f"], "frames": empty}))

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from recsys.dataset import decode_video_batch, validate_impressions, validate_videos
+from recsys.synthetic import SynthConfig, generate_world
+
+
+@pytest.fixture(scope="module")
+def world():
+    return generate_world(SynthConfig(seed=1, num_videos=600, num_users=200, days=21))
+
+
+def test_deterministic_for_a_seed() -> None:
+    cfg = SynthConfig(seed=7, num_videos=50, num_users=20, days=5)
+    a, b = generate_world(cfg), generate_world(cfg)
+    assert a.videos.equals(b.videos) and a.impressions.equals(b.impressions)
+    c = generate_world(SynthConfig(seed=8, num_videos=50, num_users=20, days=5))
+    assert not a.impressions.equals(c.impressions)
+
+
+def test_world_satisfies_the_contract(world) -> None:
+    vsum, vprob = validate_videos(world.videos.schema, world.videos.to_batches(100))
+    assert vprob == []
+    isum, iprob = validate_impressions(
+        world.impressions.schema, world.impressions.to_batches(), vsum.video_ids
+    )
+    assert iprob == []
+    assert vsum.num_videos == 600 and vsum.feature_dim == world.config.feature_dim
+    assert isum.num_impressions == world.impressions.num_rows > 0
+
+
+def test_frame_counts_span_short_to_long(world) -> None:
+    vb = decode_video_batch(world.videos)
+    t = vb.lengths
+    assert t.min() >= 1 and t.max() <= world.config.max_frames
+    assert (t <= 5).mean() > 0.05, "many videos must be short so clusters get few frames"
+    assert (t >= 100).mean() > 0.02
+
+
+def test_cold_start_videos_in_last_quarter(world) -> None:
+    imp = world.impressions
+    shown = imp.column("shown_at")
+    lo, hi = pc.min(shown).as_py(), pc.max(shown).as_py()
+    test_start = lo + (hi - lo) * 0.75
+    created = dict(
+        zip(
+            world.videos.column("video_id").to_pylist(),
+            world.videos.column("created_at").to_pylist(),
+            strict=True,
+        )
+    )
+    late = [v for v, c in created.items() if c >= test_start]
+    assert len(late) > 0.1 * len(created)
+    # Some impressions show cold-start videos; none shows a video before its upload.
+    vids = imp.column("video_id").to_pylist()
+    times = shown.to_pylist()
+    assert all(created[v] <= t for v, t in zip(vids, times, strict=True))
+    assert (
+        sum(1 for v, t in zip(vids, times, strict=True) if t >= test_start and v in set(late)) > 0
+    )
+
+
+def test_truth_aligned_and_predictive(world) -> None:
+    imp, truth = world.impressions, world.truth
+    assert truth.num_rows == imp.num_rows
+    assert truth.column("video_id").equals(imp.column("video_id"))
+    p = truth.column("watch_probability").to_numpy()
+    watched = imp.column("watch_seconds").to_numpy() >= 10.0
+    assert p.min() > 0 and p.max() < 1
+    # The empirical watch rate follows the true probability (calibration by decile).
+    order = np.argsort(p)
+    low, high = order[: len(p) // 10], order[-len(p) // 10 :]
+    assert watched[low].mean() < p[low].mean() + 0.05
+    assert watched[high].mean() > p[high].mean() - 0.05
+    assert watched[high].mean() > watched[low].mean() + 0.3
+
+
+def test_labels_reflect_topics(world) -> None:
+    labels = world.videos.column("labels").to_pylist()
+    assert all(len(lab) >= 1 for lab in labels)
+    assert max(max(lab) for lab in labels) < world.config.num_labels
+
+
+def test_bad_config_is_rejected() -> None:
+    with pytest.raises(ValueError, match="num_videos"):
+        SynthConfig(num_videos=0)

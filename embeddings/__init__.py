@@ -1,1 +1,55 @@
-"""embeddings"""
+"""Frame pooling layers and GMMs (torch only; never opens files).
+
+``build_pooling(name, feature_dim, num_clusters, **options)`` selects a method by name.
+"""
+
+from embeddings.gmm import GMM, EMResult, fit_gmm, kmeans
+from embeddings.heads import ContextGating, MixtureOfExperts, MoEConfig
+from embeddings.pooling import (
+    ASSIGNMENTS,
+    DSGMM,
+    POOLING_NAMES,
+    AveragePooling,
+    NetBOW,
+    NetFV,
+    NetRVLAD,
+    NetVLAD,
+    Pooling,
+    PoolingConfig,
+    UBMPooling,
+    build_pooling,
+)
+from embeddings.stats import (
+    SufficientStats,
+    smoothed_gmm,
+    smoothed_means,
+    sufficient_statistics,
+    vlad,
+)
+
+__all__ = [
+    "ASSIGNMENTS",
+    "DSGMM",
+    "GMM",
+    "POOLING_NAMES",
+    "AveragePooling",
+    "ContextGating",
+    "EMResult",
+    "MixtureOfExperts",
+    "MoEConfig",
+    "NetBOW",
+    "NetFV",
+    "NetRVLAD",
+    "NetVLAD",
+    "Pooling",
+    "PoolingConfig",
+    "SufficientStats",
+    "UBMPooling",
+    "build_pooling",
+    "fit_gmm",
+    "kmeans",
+    "smoothed_gmm",
+    "smoothed_means",
+    "sufficient_statistics",
+    "vlad",
+]

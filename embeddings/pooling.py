@@ -1,0 +1,561 @@
+"""Cluster-and-aggregate pooling layers (sections 3.1-3.3 of the paper).
+
+Every layer maps ``frames (B, T, D)`` and an optional ``mask (B, T)`` (True = real
+frame; padded frames have no effect) to ``(B, out_dim)``.
+
+=========  ====================================================  =========
+name       representation per cluster k                          out_dim
+=========  ====================================================  =========
+avg        mean of the frames                                    D
+vlad       S_x(k) - n(k) mu_k over a fixed UBM (Eq. 13)          K * D
+sgmm       (S_x(k) + gamma mu_k) / (n(k) + gamma), fixed UBM     K * D
+netvlad    Eq. 13 with trainable assignment and centres          K * D
+dsgmm      Eq. 10 with trainable assignment and centres          K * D
+netrvlad   S_x(k) (no centres; Miech et al. 2017)                K * D
+netfv      first- and second-order Fisher vector parts           2 * K * D
+netbow     n(k) / T, the soft bag of visual words                K
+=========  ====================================================  =========
+
+Assignment (``P(k|x)``) for the trainable layers is either ``decoupled``
+(Eq. 14: softmax of ``u_k^T x + b_k``) or coupled to a trainable GMM (Eq. 2) with
+the covariance constrained as ``uniform_priors``, ``shared_spherical``,
+``spherical``, ``shared_diagonal`` or ``diagonal``; weights are a softmax and
+standard deviations an exp of free parameters (Variani et al. 2015), so they stay
+valid under any optimizer step.
+
+The aggregation never builds a (B, K, D, T) tensor: S_x is one ``bmm`` of the
+(B, K, T) posteriors with the (B, T, D) frames, and the smoothing, centring and
+normalisation work in place on that (B, K, D) result at inference time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from embeddings.gmm import GMM
+from embeddings.stats import MASS_EPS
+
+POOLING_NAMES: tuple[str, ...] = (
+    "avg",
+    "vlad",
+    "sgmm",
+    "netvlad",
+    "dsgmm",
+    "netrvlad",
+    "netfv",
+    "netbow",
+)
+ASSIGNMENTS: tuple[str, ...] = (
+    "decoupled",
+    "uniform_priors",
+    "shared_spherical",
+    "spherical",
+    "shared_diagonal",
+    "diagonal",
+)
+NORM_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class PoolingConfig:
+    """Options shared by the pooling layers. Defaults follow the paper's best setting."""
+
+    feature_dim: int
+    num_clusters: int = 64
+    #: smoothing strength of Eq. 12 (sgmm, dsgmm); 0 = ML means, large = UBM means
+    gamma: float = 0.125
+    #: L2-normalise each cluster's D-vector
+    intra_norm: bool = True
+    #: L2-normalise the whole representation
+    final_norm: bool = False
+    #: "decoupled" or one of the coupled GMM variants (netvlad, dsgmm)
+    assignment: str = "decoupled"
+
+    def __post_init__(self) -> None:
+        if self.feature_dim < 1:
+            raise ValueError(f"feature_dim must be >= 1, got {self.feature_dim}")
+        if self.num_clusters < 1:
+            raise ValueError(f"num_clusters must be >= 1, got {self.num_clusters}")
+        if not (self.gamma >= 0 and math.isfinite(self.gamma)):
+            raise ValueError(f"gamma must be finite and >= 0, got {self.gamma}")
+        if self.assignment not in ASSIGNMENTS:
+            raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {self.assignment!r}")
+
+
+def _check_input(frames: torch.Tensor, mask: torch.Tensor | None, feature_dim: int) -> None:
+    if frames.ndim != 3:
+        raise ValueError(f"frames must be (B, T, D), got shape {tuple(frames.shape)}")
+    if frames.shape[-1] != feature_dim:
+        raise ValueError(
+            f"frames have D = {frames.shape[-1]}, this layer expects D = {feature_dim}"
+        )
+    if mask is not None and tuple(mask.shape) != tuple(frames.shape[:2]):
+        raise ValueError(
+            f"mask must be (B, T) = {tuple(frames.shape[:2])}, got {tuple(mask.shape)}"
+        )
+
+
+def _apply_mask(
+    frames: torch.Tensor, posteriors: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if mask is None:
+        return frames, posteriors
+    pad = ~mask.bool().unsqueeze(-1)
+    # masked_fill, not a multiply: padding may hold NaN/inf, and 0 * inf is NaN.
+    return frames.masked_fill(pad, 0.0), posteriors.masked_fill(pad, 0.0)
+
+
+def _l2_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """L2-normalise along ``dim``; in place when no gradient is needed (saves a (B, K, D) copy)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.normalize(x, dim=dim, eps=NORM_EPS)
+    norms = torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp_min_(NORM_EPS)
+    return x.div_(norms)
+
+
+def aggregate(
+    posteriors: torch.Tensor,
+    frames: torch.Tensor,
+    centres: torch.Tensor | None,
+    mode: str,
+    gamma: float = 0.0,
+    intra_norm: bool = False,
+    final_norm: bool = False,
+) -> torch.Tensor:
+    """Cluster aggregation from ``posteriors (B, T, K)`` (already masked) and ``frames (B, T, D)``.
+
+    ``mode``: "residual" (Eq. 13), "smoothed_mean" (Eq. 10) or "sum" (S_x). Returns (B, K * D).
+    """
+    b = frames.shape[0]
+    out = torch.bmm(posteriors.transpose(1, 2), frames)  # S_x: (B, K, D)
+    if mode == "residual":
+        assert centres is not None
+        n = posteriors.sum(1).unsqueeze(-1)  # (B, K, 1)
+        out = out.addcmul_(n, centres, value=-1.0)  # S_x - n mu, no temporary
+    elif mode == "smoothed_mean":
+        assert centres is not None
+        n = posteriors.sum(1).unsqueeze(-1)
+        if gamma > 0:
+            out = out.add_(centres, alpha=gamma)  # S_x + gamma mu
+            # Intra-norm removes any positive per-cluster scale, so 1 / (n + gamma) only
+            # matters without it; skipping it saves a full pass over (B, K, D).
+            if not intra_norm:
+                out = out.div_(n + gamma)
+        else:
+            # gamma = 0: the ML mean, mu + (S_x - n mu) / n, falling back to mu when n ~ 0.
+            out = out.addcmul_(n, centres, value=-1.0).div_(n.clamp_min(MASS_EPS)).add_(centres)
+    elif mode != "sum":
+        raise ValueError(f"unknown aggregation mode {mode!r}")
+    if intra_norm:
+        out = _l2_normalize(out, dim=-1)
+    out = out.reshape(b, -1)
+    if final_norm:
+        out = _l2_normalize(out, dim=-1)
+    return out
+
+
+# --------------------------------------------------------------------------- assignment
+
+
+class DecoupledAssignment(nn.Module):
+    """P(k|x) = softmax_k(u_k^T x + b_k) (Eq. 14); parameters independent of the centres."""
+
+    def __init__(self, cfg: PoolingConfig) -> None:
+        super().__init__()
+        k, d = cfg.num_clusters, cfg.feature_dim
+        self.weight = nn.Parameter(torch.randn(k, d) / math.sqrt(d))  # u_k: (K, D)
+        self.bias = nn.Parameter(torch.zeros(k))  # b_k: (K,)
+
+    def logits(self, frames: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """frames (B, T, D) -> (B, T, K)."""
+        return F.linear(frames, self.weight, self.bias)
+
+    @torch.no_grad()
+    def init_from_ubm(self, ubm: GMM) -> None:
+        """Eq. 20-21: u_k = Sigma^-1 mu_k, b_k = ln w_k - 1/2 mu_k^T Sigma^-1 mu_k."""
+        u, b = ubm.shared_precision_form()
+        self.weight.copy_(u.to(self.weight.dtype))
+        self.bias.copy_(b.to(self.bias.dtype))
+
+
+class GMMAssignment(nn.Module):
+    """P(k|x) of Eq. 2 under a trainable GMM that shares its means with the centres.
+
+    Free parameters: ``weight_logits (K,)`` (w = softmax; fixed at uniform for
+    ``uniform_priors``) and ``log_sigma`` whose shape sets the covariance:
+    (1, 1) shared spherical, (K, 1) spherical, (1, D) shared diagonal, (K, D) diagonal.
+    """
+
+    weight_logits: torch.Tensor
+    # variant -> (sigma per cluster?, sigma per dimension?)
+    _SIGMA_SHAPES: ClassVar[dict[str, tuple[bool, bool]]] = {
+        "uniform_priors": (False, False),
+        "shared_spherical": (False, False),
+        "spherical": (True, False),
+        "shared_diagonal": (False, True),
+        "diagonal": (True, True),
+    }
+
+    def __init__(self, cfg: PoolingConfig) -> None:
+        super().__init__()
+        if cfg.assignment not in self._SIGMA_SHAPES:
+            raise ValueError(f"GMMAssignment needs a coupled assignment, got {cfg.assignment!r}")
+        self.variant = cfg.assignment
+        k, d = cfg.num_clusters, cfg.feature_dim
+        per_cluster, per_dim = self._SIGMA_SHAPES[cfg.assignment]
+        self.num_clusters, self.feature_dim = k, d
+        self.log_sigma = nn.Parameter(torch.zeros(k if per_cluster else 1, d if per_dim else 1))
+        if cfg.assignment == "uniform_priors":
+            self.register_buffer("weight_logits", torch.zeros(k))
+        else:
+            self.weight_logits = nn.Parameter(torch.zeros(k))
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.weight_logits, dim=0)
+
+    @property
+    def variances(self) -> torch.Tensor:
+        """sigma^2 broadcast to (K, D)."""
+        return torch.exp(2.0 * self.log_sigma).expand(self.num_clusters, self.feature_dim)
+
+    def logits(self, frames: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """log w_k + log N(x; mu_k, Sigma_k) up to terms equal for all k; (B, T, K)."""
+        k, d = self.num_clusters, self.feature_dim
+        prec = torch.exp(-2.0 * self.log_sigma)  # (K|1, D|1)
+        prec_kd = prec.expand(k, d)
+        log_w = torch.log_softmax(self.weight_logits, dim=0)
+        const = log_w - 0.5 * (
+            (prec_kd * centres * centres).sum(1) + 2.0 * self.log_sigma.expand(k, d).sum(1)
+        )
+        out = F.linear(frames, prec_kd * centres, const)  # x^T Sigma_k^-1 mu_k + const_k
+        if prec.shape[0] == k:  # per-cluster covariance: x^T Sigma_k^-1 x differs across k
+            if prec.shape[1] == d:
+                out = out - 0.5 * F.linear(frames * frames, prec)
+            else:
+                out = out - 0.5 * (frames * frames).sum(-1, keepdim=True) * prec.reshape(1, 1, k)
+        # A shared covariance adds the same x^T Sigma^-1 x to every k: it cancels in Eq. 2.
+        return out
+
+    @torch.no_grad()
+    def init_from_ubm(self, ubm: GMM) -> None:
+        var = ubm.diagonal_variances().to(self.log_sigma.dtype)  # (K, D)
+        w = ubm.weights.to(var.dtype)
+        per_cluster, per_dim = self._SIGMA_SHAPES[self.variant]
+        if not per_cluster:
+            var = (w[:, None] * var).sum(0, keepdim=True)  # weighted average over clusters
+        if not per_dim:
+            var = var.mean(1, keepdim=True)
+        self.log_sigma.copy_(0.5 * torch.log(var))
+        if self.variant != "uniform_priors":
+            self.weight_logits.copy_(torch.log(w))
+
+
+def _make_assignment(cfg: PoolingConfig) -> DecoupledAssignment | GMMAssignment:
+    return DecoupledAssignment(cfg) if cfg.assignment == "decoupled" else GMMAssignment(cfg)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class Pooling(nn.Module):
+    """Base class: ``forward(frames (B, T, D), mask (B, T) | None) -> (B, out_dim)``."""
+
+    name: str = ""
+    out_dim: int
+
+    def __init__(self, cfg: PoolingConfig) -> None:
+        super().__init__()
+        self.config = cfg
+
+    def from_ubm(self, ubm: GMM) -> Pooling:
+        """Initialise from a fitted UBM (no-op for layers without clusters); returns self."""
+        return self
+
+
+class AveragePooling(Pooling):
+    """Mean of the (unmasked) frames; a video with no frames pools to zeros."""
+
+    name = "avg"
+
+    def __init__(self, cfg: PoolingConfig) -> None:
+        super().__init__(cfg)
+        self.out_dim = cfg.feature_dim
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        _check_input(frames, mask, self.config.feature_dim)
+        if mask is None:
+            return frames.mean(1)
+        m = mask.bool().unsqueeze(-1)
+        count = m.sum(1).to(frames.dtype).clamp_min(1.0)
+        return frames.masked_fill(~m, 0.0).sum(1) / count
+
+
+class UBMPooling(Pooling):
+    """VLAD (Eq. 13) or SGMM (Eq. 10) with posteriors (Eq. 2) from a fixed, EM-trained UBM."""
+
+    means: torch.Tensor
+    proj: torch.Tensor
+    bias: torch.Tensor
+    quad: torch.Tensor
+    fitted: torch.Tensor
+    has_quad: torch.Tensor
+
+    def __init__(self, cfg: PoolingConfig, mode: str) -> None:
+        super().__init__(cfg)
+        if mode not in ("residual", "smoothed_mean"):
+            raise ValueError(f"mode must be residual or smoothed_mean, got {mode!r}")
+        self.mode = mode
+        self.name = "vlad" if mode == "residual" else "sgmm"
+        k, d = cfg.num_clusters, cfg.feature_dim
+        self.out_dim = k * d
+        # log w_k + log N(x; k) = x^T proj_k + bias_k - 1/2 (x*x)^T quad_k (+ terms shared by all k)
+        self.register_buffer("means", torch.zeros(k, d))
+        self.register_buffer("proj", torch.zeros(k, d))
+        self.register_buffer("bias", torch.zeros(k))
+        self.register_buffer("quad", torch.zeros(k, d))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("has_quad", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def from_ubm(self, ubm: GMM) -> UBMPooling:
+        if ubm.means.shape != self.means.shape:
+            raise ValueError(
+                f"UBM has shape {tuple(ubm.means.shape)}, layer expects {tuple(self.means.shape)}"
+            )
+        ubm = ubm.to(dtype=torch.float64)
+        if ubm.covariance_type == "shared_full":
+            proj, bias = ubm.shared_precision_form()
+            quad = torch.zeros_like(proj)
+        else:
+            var = ubm.diagonal_variances()
+            quad = 1.0 / var
+            proj = ubm.means * quad
+            bias = torch.log(ubm.weights) - 0.5 * (
+                (ubm.means**2 * quad).sum(1) + torch.log(var).sum(1)
+            )
+        dt = self.means.dtype
+        self.means.copy_(ubm.means.to(dt))
+        self.proj.copy_(proj.to(dt))
+        self.bias.copy_(bias.to(dt))
+        self.quad.copy_(quad.to(dt))
+        self.fitted.fill_(True)
+        self.has_quad.fill_(bool(quad.abs().sum() > 0))
+        return self
+
+    def posteriors(self, frames: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(frames, self.proj, self.bias)
+        if bool(self.has_quad):  # per-cluster covariances: x^T Sigma_k^-1 x differs across k
+            logits = logits - 0.5 * F.linear(frames * frames, self.quad)
+        return torch.softmax(logits, dim=-1)
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        _check_input(frames, mask, self.config.feature_dim)
+        if not bool(self.fitted):
+            raise RuntimeError(f"{self.name} pooling needs a UBM: call .from_ubm(gmm) first")
+        frames, p = _apply_mask(frames, self.posteriors(frames), mask)
+        cfg = self.config
+        return aggregate(
+            p, frames, self.means, self.mode, cfg.gamma, cfg.intra_norm, cfg.final_norm
+        )
+
+
+class ClusterPooling(Pooling):
+    """Trainable assignment and centres: NetVLAD (residual) and DSGMM (smoothed mean)."""
+
+    mode = "residual"
+    assignment: DecoupledAssignment | GMMAssignment
+
+    def __init__(self, cfg: PoolingConfig) -> None:
+        super().__init__(cfg)
+        k, d = cfg.num_clusters, cfg.feature_dim
+        self.out_dim = k * d
+        self.centres = nn.Parameter(torch.randn(k, d) / math.sqrt(d))  # mu_k: (K, D)
+        self.assignment = _make_assignment(cfg)
+
+    def posteriors(self, frames: torch.Tensor) -> torch.Tensor:
+        """P(k|x) for frames (B, T, D) -> (B, T, K)."""
+        return torch.softmax(self.assignment.logits(frames, self.centres), dim=-1)
+
+    @torch.no_grad()
+    def from_ubm(self, ubm: GMM) -> ClusterPooling:
+        if ubm.means.shape != self.centres.shape:
+            raise ValueError(
+                f"UBM has shape {tuple(ubm.means.shape)}, layer expects {tuple(self.centres.shape)}"
+            )
+        ubm64 = ubm.to(dtype=torch.float64)
+        self.centres.copy_(ubm64.means.to(self.centres.dtype))
+        self.assignment.init_from_ubm(ubm64)
+        return self
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        _check_input(frames, mask, self.config.feature_dim)
+        frames, p = _apply_mask(frames, self.posteriors(frames), mask)
+        cfg = self.config
+        return aggregate(
+            p, frames, self.centres, self.mode, cfg.gamma, cfg.intra_norm, cfg.final_norm
+        )
+
+
+class NetVLAD(ClusterPooling):
+    name = "netvlad"
+    mode = "residual"
+
+
+class DSGMM(ClusterPooling):
+    name = "dsgmm"
+    mode = "smoothed_mean"
+
+
+class NetRVLAD(Pooling):
+    """Residual-less VLAD: S_x(k) with a decoupled soft assignment (Miech et al. 2017)."""
+
+    name = "netrvlad"
+
+    def __init__(self, cfg: PoolingConfig) -> None:
+        super().__init__(cfg)
+        self.out_dim = cfg.num_clusters * cfg.feature_dim
+        self.assignment = DecoupledAssignment(cfg)
+
+    @torch.no_grad()
+    def from_ubm(self, ubm: GMM) -> NetRVLAD:
+        self.assignment.init_from_ubm(ubm.to(dtype=torch.float64))
+        return self
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        _check_input(frames, mask, self.config.feature_dim)
+        p = torch.softmax(self.assignment.logits(frames, frames), dim=-1)
+        frames, p = _apply_mask(frames, p, mask)
+        cfg = self.config
+        return aggregate(p, frames, None, "sum", 0.0, cfg.intra_norm, cfg.final_norm)
+
+
+class NetFV(Pooling):
+    """Fisher-vector-like pooling (Miech et al. 2017): first and second order parts.
+
+    fv1_k = (S_x - n c_k) / sigma_k,  fv2_k = sum_t p_tk (x_t - c_k)^2 / sigma_k^2 - n_k;
+    each part intra-normalised per cluster when ``intra_norm``; output [fv1, fv2].
+    """
+
+    name = "netfv"
+
+    def __init__(self, cfg: PoolingConfig) -> None:
+        super().__init__(cfg)
+        k, d = cfg.num_clusters, cfg.feature_dim
+        self.out_dim = 2 * k * d
+        self.assignment = DecoupledAssignment(cfg)
+        self.centres = nn.Parameter(torch.randn(k, d) / math.sqrt(d))
+        self.log_sigma = nn.Parameter(torch.zeros(k, d))
+
+    @torch.no_grad()
+    def from_ubm(self, ubm: GMM) -> NetFV:
+        ubm64 = ubm.to(dtype=torch.float64)
+        self.assignment.init_from_ubm(ubm64)
+        self.centres.copy_(ubm64.means.to(self.centres.dtype))
+        self.log_sigma.copy_(0.5 * torch.log(ubm64.diagonal_variances()).to(self.log_sigma.dtype))
+        return self
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        _check_input(frames, mask, self.config.feature_dim)
+        cfg = self.config
+        b = frames.shape[0]
+        p = torch.softmax(self.assignment.logits(frames, self.centres), dim=-1)
+        frames, p = _apply_mask(frames, p, mask)
+        pt = p.transpose(1, 2)
+        n = p.sum(1).unsqueeze(-1)  # (B, K, 1)
+        sx = torch.bmm(pt, frames)
+        sxx = torch.bmm(pt, frames * frames)
+        c = self.centres
+        inv_sigma = torch.exp(-self.log_sigma)
+        fv1 = (sx - n * c) * inv_sigma
+        # sum_t p (x - c)^2 = S_xx - 2 c S_x + n c^2
+        fv2 = (sxx - 2.0 * c * sx + n * c * c) * inv_sigma * inv_sigma - n
+        if cfg.intra_norm:
+            fv1, fv2 = (
+                F.normalize(fv1, dim=-1, eps=NORM_EPS),
+                F.normalize(fv2, dim=-1, eps=NORM_EPS),
+            )
+        out = torch.cat([fv1.reshape(b, -1), fv2.reshape(b, -1)], dim=1)
+        return F.normalize(out, dim=-1, eps=NORM_EPS) if cfg.final_norm else out
+
+
+class NetBOW(Pooling):
+    """Soft bag of visual words: n(k) / T (a histogram that sums to 1 over clusters)."""
+
+    name = "netbow"
+
+    def __init__(self, cfg: PoolingConfig) -> None:
+        super().__init__(cfg)
+        self.out_dim = cfg.num_clusters
+        self.assignment = DecoupledAssignment(cfg)
+
+    @torch.no_grad()
+    def from_ubm(self, ubm: GMM) -> NetBOW:
+        self.assignment.init_from_ubm(ubm.to(dtype=torch.float64))
+        return self
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        _check_input(frames, mask, self.config.feature_dim)
+        p = torch.softmax(self.assignment.logits(frames, frames), dim=-1)
+        frames, p = _apply_mask(frames, p, mask)
+        n = p.sum(1)
+        out = n / n.sum(1, keepdim=True).clamp_min(1.0)
+        return F.normalize(out, dim=-1, eps=NORM_EPS) if self.config.final_norm else out
+
+
+def build_pooling(
+    name: str,
+    feature_dim: int,
+    num_clusters: int = 64,
+    *,
+    gamma: float = 0.125,
+    intra_norm: bool = True,
+    final_norm: bool = False,
+    assignment: str = "decoupled",
+    ubm: GMM | None = None,
+    **unknown: Any,
+) -> Pooling:
+    """Build a pooling layer by name (see ``POOLING_NAMES``).
+
+    Options that a layer does not use (``gamma`` for netvlad, ``assignment`` for avg, ...)
+    are accepted and ignored, so callers can pass one option set to every method.
+    ``ubm`` initialises the layer from a fitted UBM (required before vlad/sgmm run).
+    """
+    if unknown:
+        raise TypeError(f"unknown pooling option(s): {', '.join(sorted(unknown))}")
+    if name not in POOLING_NAMES:
+        raise ValueError(f"unknown pooling {name!r}; choose one of {', '.join(POOLING_NAMES)}")
+    cfg = PoolingConfig(
+        feature_dim=feature_dim,
+        num_clusters=num_clusters,
+        gamma=gamma,
+        intra_norm=intra_norm,
+        final_norm=final_norm,
+        assignment=assignment,
+    )
+    layer: Pooling
+    if name == "avg":
+        layer = AveragePooling(cfg)
+    elif name in ("vlad", "sgmm"):
+        layer = UBMPooling(
+            replace(cfg, assignment="decoupled"), "residual" if name == "vlad" else "smoothed_mean"
+        )
+    elif name == "netvlad":
+        layer = NetVLAD(cfg)
+    elif name == "dsgmm":
+        layer = DSGMM(cfg)
+    elif name == "netrvlad":
+        layer = NetRVLAD(cfg)
+    elif name == "netfv":
+        layer = NetFV(cfg)
+    else:
+        layer = NetBOW(cfg)
+    if ubm is not None:
+        layer.from_ubm(ubm)
+    return layer

@@ -1,0 +1,138 @@
+"""Pooling throughput: inference and training step, as frames/s and as a fraction of
+the fp32 matmul rate measured in the same run.
+
+    .venv/bin/python -m benchmarks.bench_pooling [--batch 256 --frames 30 --clusters 256 --dim 1024]
+
+FLOPs counted per forward: 4 * B * T * K * D (2BTKD for the assignment matmul, 2BTKD
+for the aggregation bmm); a training step counts 3x that (forward + backward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from embeddings import ASSIGNMENTS, build_pooling
+from embeddings.runtime import configure_cpu_allocator
+
+
+def _time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    fn()  # warm-up: first calls fault memory in and pick kernels
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_rate(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """fp32 FLOP/s of a square GEMM: the machine's practical peak for this comparison."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    t = _time(lambda: a @ b, repeats, device)
+    return 2 * n**3 / t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--clusters", type=int, default=256)
+    ap.add_argument("--dim", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-train", action="store_true", help="skip the training-step timings")
+    ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument(
+        "--allocator",
+        choices=["tuned", "default"],
+        default="tuned",
+        help="tuned: configure_cpu_allocator() as the CLI and service do; default: glibc as is",
+    )
+    args = ap.parse_args()
+    if args.allocator == "tuned":
+        configure_cpu_allocator()
+    dev = torch.device(args.device)
+    b, t, k, d = args.batch, args.frames, args.clusters, args.dim
+    torch.manual_seed(0)
+    x = torch.randn(b, t, d, device=dev)
+    flops = 4.0 * b * t * k * d
+
+    peak = matmul_rate(dev)
+    print(
+        f"device {dev}, threads {torch.get_num_threads()}, allocator {args.allocator}, B={b} T={t} K={k} D={d}"
+    )
+    print(f"fp32 matmul reference: {peak / 1e9:.1f} GFLOP/s")
+    rows = []
+    layers = [("avg", "-"), ("netvlad", "decoupled")] + [("dsgmm", a) for a in ASSIGNMENTS]
+    for name, assignment in layers:
+        opts = {"assignment": assignment} if assignment != "-" else {}
+        layer = build_pooling(name, d, k, **opts).to(dev)
+        with torch.no_grad():
+            t_inf = _time(lambda layer=layer: layer(x), args.repeats, dev)
+        row = {
+            "pooling": name,
+            "assignment": assignment,
+            "infer_ms": 1e3 * t_inf,
+            "infer_frames_per_s": b * t / t_inf,
+            "infer_frac_of_matmul": (flops / t_inf) / peak if name != "avg" else None,
+        }
+        if not args.no_train:
+            opt = (
+                torch.optim.SGD(layer.parameters(), lr=1e-3)
+                if any(True for _ in layer.parameters())
+                else None
+            )
+
+            def step(layer=layer, opt=opt) -> None:
+                out = layer(x)
+                loss = out.square().mean()
+                if opt is not None:
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+
+            t_train = _time(step, max(3, args.repeats // 2 + 1), dev)
+            row["train_ms"] = 1e3 * t_train
+            row["train_frames_per_s"] = b * t / t_train
+            row["train_frac_of_matmul"] = (3 * flops / t_train) / peak if name != "avg" else None
+        rows.append(row)
+        frac = row["infer_frac_of_matmul"]
+        train = (
+            f"  train {row['train_ms']:8.1f} ms {row['train_frames_per_s']:10.0f} frames/s"
+            + (f" ({row['train_frac_of_matmul']:.0%})" if row.get("train_frac_of_matmul") else "")
+            if "train_ms" in row
+            else ""
+        )
+        print(
+            f"{name:8s} {assignment:17s} infer {row['infer_ms']:8.1f} ms {row['infer_frames_per_s']:10.0f} frames/s"
+            + (f" ({frac:.0%} of matmul)" if frac else "")
+            + train
+        )
+    by = {(r["pooling"], r["assignment"]): r for r in rows}
+    ratio = by[("dsgmm", "decoupled")]["infer_ms"] / by[("netvlad", "decoupled")]["infer_ms"]
+    print(f"DSGMM / NetVLAD inference time: {ratio:.2f}x")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(
+                {"matmul_gflops": peak / 1e9, "rows": rows, "dsgmm_over_netvlad": ratio},
+                fh,
+                indent=2,
+            )
+
+
+if __name__ == "__main__":
+    main()

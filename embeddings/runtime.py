@@ -1,0 +1,56 @@
+"""Process-level runtime settings for fast CPU/GPU execution."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+import torch
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_configured = False
+
+
+def configure_cpu_allocator(threshold_bytes: int = 1 << 30) -> bool:
+    """Keep freed large blocks in glibc's heap instead of returning them to the OS.
+
+    A pooling layer at K=256, D=1024, B=256 produces a 268 MB (B, K, D) tensor per
+    call. glibc serves blocks that large with mmap and unmaps them on free, so every
+    call page-faults fresh memory in: measured here that doubles the time of the
+    aggregation bmm (81 ms vs 26 ms). Raising the mmap and trim thresholds lets the
+    allocator reuse the block. Process-wide; called by the CLI, the service and the
+    benchmarks, not on import. Returns True when applied (glibc only).
+    """
+    global _configured
+    if _configured:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, threshold_bytes) == 1
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, 2 * threshold_bytes) == 1 and ok
+    except (OSError, AttributeError):
+        return False
+    _configured = ok
+    return ok
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """ "auto" -> CUDA when available else CPU; otherwise the named device (checked)."""
+    if name == "auto":
+        return default_device()
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return dev

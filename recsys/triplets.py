@@ -120,7 +120,7 @@ def _to_us(t: datetime | None) -> int:
         return NO_END_US
     if t.tzinfo is None:
         raise ValueError("train_end must be timezone-aware (UTC)")
-    return int(round(t.timestamp() * 1_000_000))
+    return round(t.timestamp() * 1_000_000)
 
 
 def mine_triplets(
@@ -133,7 +133,7 @@ def mine_triplets(
     """
     params = {
         "threshold": float(cfg.watch_threshold_s),
-        "window_us": int(round(cfg.window_s * 1_000_000)),
+        "window_us": round(cfg.window_s * 1_000_000),
         "train_end_us": _to_us(train_end),
         "seed": int(cfg.seed),
         "max_per_anchor": int(cfg.max_per_anchor),
@@ -167,7 +167,7 @@ def mine_cowatch_pairs(
 ) -> pa.Table:
     params = {
         "threshold": float(watch_threshold_s),
-        "window_us": int(round(window_s * 1_000_000)),
+        "window_us": round(window_s * 1_000_000),
         "start_us": -NO_END_US if start is None else _to_us(start),
         "end_us": _to_us(end),
     }

@@ -1,0 +1,89 @@
+"""The co-watch embedding model f(g(v)) and the triplet loss (section 3.4.1, Eq. 15)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from embeddings.gmm import GMM
+from embeddings.pooling import POOLING_NAMES, Pooling, build_pooling
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """g(v): a pooling layer by name; f: Linear -> ReLU -> Linear -> L2-normalise."""
+
+    feature_dim: int
+    pooling: str = "dsgmm"
+    num_clusters: int = 32
+    gamma: float = 0.125
+    intra_norm: bool = True
+    final_norm: bool = False
+    assignment: str = "decoupled"
+    hidden_dim: int = 256
+    embedding_dim: int = 64
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLING_NAMES:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING_NAMES)}")
+        if self.hidden_dim < 1 or self.embedding_dim < 1:
+            raise ValueError("hidden_dim and embedding_dim must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmbedderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown embedder config keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+class CowatchEmbedder(nn.Module):
+    """frames (B, T, D), mask (B, T) -> L2-normalised embeddings (B, E)."""
+
+    def __init__(self, cfg: EmbedderConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.pooling: Pooling = build_pooling(
+            cfg.pooling,
+            cfg.feature_dim,
+            cfg.num_clusters,
+            gamma=cfg.gamma,
+            intra_norm=cfg.intra_norm,
+            final_norm=cfg.final_norm,
+            assignment=cfg.assignment,
+        )
+        self.projector = nn.Sequential(
+            nn.Linear(self.pooling.out_dim, cfg.hidden_dim),
+            nn.ReLU(),
+            nn.Linear(cfg.hidden_dim, cfg.embedding_dim),
+        )
+
+    @property
+    def needs_ubm(self) -> bool:
+        """vlad/sgmm cannot run without a UBM; the trainable layers only start from one."""
+        return self.config.pooling in ("vlad", "sgmm")
+
+    def from_ubm(self, ubm: GMM) -> CowatchEmbedder:
+        self.pooling.from_ubm(ubm)
+        return self
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        pooled = self.pooling(frames, mask)
+        return F.normalize(self.projector(pooled), dim=-1)
+
+
+def triplet_loss(
+    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 0.2
+) -> torch.Tensor:
+    """Eq. 15 averaged over the batch: max(|a - p|^2 - |a - n|^2 + margin, 0); inputs (B, E)."""
+    d_pos = (anchor - positive).square().sum(-1)
+    d_neg = (anchor - negative).square().sum(-1)
+    return F.relu(d_pos - d_neg + margin).mean()

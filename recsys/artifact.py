@@ -1,0 +1,211 @@
+"""The artifact format: one directory per training run, written atomically.
+
+Layout::
+
+    manifest.json        format version, library versions, data span, file hashes, metrics
+    embedder.json        EmbedderConfig of the model
+    embedder.pt          model weights (a tensor state dict; loaded with weights_only=True)
+    embeddings.parquet   video_id, embedding (list<float32>), in index row order
+    index.faiss          FAISS index; row i is embeddings.parquet row i
+    index.json           IndexConfig
+
+Later stages add files (GLMix coefficients, watch histories) through the same
+writer. ``write_artifact`` assembles everything in a sibling temporary directory,
+fsyncs each file and the directory, then renames it into place, so a reader sees
+either the old artifact or the complete new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from embeddings.cowatch import CowatchEmbedder, EmbedderConfig
+from recsys.errors import UserInputError
+from recsys.index import IndexConfig, VideoIndex
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import duckdb
+    import faiss
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "pyarrow": pa.__version__,
+        "duckdb": duckdb.__version__,
+    }
+
+
+FileWriter = Callable[[Path], None]
+
+
+def state_dict_bytes(module: torch.nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+def embeddings_table(video_ids: list[str], vectors: np.ndarray) -> pa.Table:
+    n, e = vectors.shape
+    values = pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1))
+    col = pa.FixedSizeListArray.from_arrays(values, e) if n else pa.array([], pa.list_(pa.float32(), e))
+    return pa.table({"video_id": pa.array(video_ids, pa.string()), "embedding": col})
+
+
+def write_artifact(
+    out: str | os.PathLike[str],
+    files: Mapping[str, bytes | FileWriter],
+    manifest: Mapping[str, Any],
+    overwrite: bool = False,
+) -> Path:
+    """Write ``files`` (bytes, or callables that write to a path) plus ``manifest.json``."""
+    dest = Path(out)
+    if dest.exists() and not overwrite:
+        raise UserInputError(f"{dest}: already exists (pass --overwrite to replace it)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        hashes: dict[str, str] = {}
+        for name, content in files.items():
+            path = tmp / name
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                content(path)
+            with open(path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            hashes[name] = sha256_file(path)
+        full = {
+            "format_version": FORMAT_VERSION,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "versions": library_versions(),
+            **manifest,
+            "files": hashes,
+        }
+        with open(tmp / MANIFEST, "w") as fh:
+            json.dump(full, fh, indent=2, sort_keys=True, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def read_manifest(path: str | os.PathLike[str], verify: bool = True) -> dict[str, Any]:
+    d = Path(path)
+    mpath = d / MANIFEST
+    if not mpath.is_file():
+        raise UserInputError(f"{d}: not an artifact directory (no {MANIFEST})")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"{mpath}: malformed manifest ({exc})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise UserInputError(f"{d}: artifact format {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
+    if verify:
+        for name, digest in manifest.get("files", {}).items():
+            fp = d / name
+            if not fp.is_file():
+                raise UserInputError(f"{d}: artifact file {name} is missing")
+            if sha256_file(fp) != digest:
+                raise UserInputError(f"{d}: artifact file {name} does not match its hash (corrupt or modified)")
+    return manifest
+
+
+@dataclass
+class EmbeddingArtifact:
+    path: Path
+    manifest: dict[str, Any]
+    embedder: CowatchEmbedder
+    index: VideoIndex
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.embedder.config.embedding_dim
+
+
+def load_embedder(path: Path) -> CowatchEmbedder:
+    try:
+        cfg = EmbedderConfig.from_dict(json.loads((path / "embedder.json").read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserInputError(f"{path}: cannot read embedder.json ({exc})") from None
+    model = CowatchEmbedder(cfg)
+    try:
+        state = torch.load(path / "embedder.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise UserInputError(f"{path}: cannot load embedder.pt ({str(exc).splitlines()[0]})") from None
+    return model.eval()
+
+
+def load_embedding_artifact(path: str | os.PathLike[str], verify: bool = True) -> EmbeddingArtifact:
+    d = Path(path)
+    manifest = read_manifest(d, verify=verify)
+    model = load_embedder(d)
+    table = pq.read_table(d / "embeddings.parquet", columns=["video_id"])
+    ids = table.column("video_id").to_pylist()
+    try:
+        icfg = IndexConfig(**json.loads((d / "index.json").read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserInputError(f"{d}: cannot read index.json ({exc})") from None
+    index = VideoIndex.from_bytes((d / "index.faiss").read_bytes(), ids, icfg)
+    return EmbeddingArtifact(path=d, manifest=manifest, embedder=model, index=index)
+
+
+def read_embeddings(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
+    table = pq.read_table(path)
+    ids = table.column("video_id").to_pylist()
+    col = table.column("embedding").combine_chunks()
+    dim = col.type.list_size if pa.types.is_fixed_size_list(col.type) else None
+    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    if dim is None:
+        dim = len(flat) // max(len(ids), 1)
+    return ids, flat.reshape(len(ids), dim)

@@ -15,7 +15,7 @@ from embeddings.pooling import POOLING_NAMES, Pooling, build_pooling
 
 @dataclass(frozen=True)
 class EmbedderConfig:
-    """g(v): a pooling layer by name; f: Linear -> ReLU -> Linear -> L2-normalise."""
+    """g(v): a pooling layer by name; f: Linear -> BatchNorm -> ReLU -> Linear -> L2-normalise."""
 
     feature_dim: int
     pooling: str = "dsgmm"
@@ -26,12 +26,17 @@ class EmbedderConfig:
     assignment: str = "decoupled"
     hidden_dim: int = 256
     embedding_dim: int = 64
+    #: dropout on the pooled vector during training (the pooled vectors are large and
+    #: distinctive enough to memorise individual videos)
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_NAMES:
             raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING_NAMES)}")
         if self.hidden_dim < 1 or self.embedding_dim < 1:
             raise ValueError("hidden_dim and embedding_dim must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,8 +65,14 @@ class CowatchEmbedder(nn.Module):
             final_norm=cfg.final_norm,
             assignment=cfg.assignment,
         )
+        # Batch norm after the first layer: pooled vectors of different videos share a
+        # large common part (with intra-norm, clusters a video barely visits all sit
+        # at their normalised UBM mean), which otherwise starts every embedding at
+        # nearly the same point (mean cosine ~0.99 measured) and stalls the triplet loss.
         self.projector = nn.Sequential(
+            nn.Dropout(cfg.dropout),
             nn.Linear(self.pooling.out_dim, cfg.hidden_dim),
+            nn.BatchNorm1d(cfg.hidden_dim),
             nn.ReLU(),
             nn.Linear(cfg.hidden_dim, cfg.embedding_dim),
         )

@@ -32,7 +32,9 @@ class EmbedderConfig:
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_NAMES:
-            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING_NAMES)}")
+            raise ValueError(
+                f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING_NAMES)}"
+            )
         if self.hidden_dim < 1 or self.embedding_dim < 1:
             raise ValueError("hidden_dim and embedding_dim must be >= 1")
         if not 0.0 <= self.dropout < 1.0:

@@ -107,6 +107,166 @@ def convert_yt8m_cmd(
     )
 
 
+def _test_start(value: str | None):  # type: ignore[no-untyped-def]
+    from recsys.splits import parse_time
+
+    return parse_time(value) if value else None
+
+
+TestStart = Annotated[
+    str | None,
+    typer.Option(help="ISO-8601 start of the test period; default: the last quarter of the log."),
+]
+
+
+@app.command("mine-triplets")
+def mine_triplets_cmd(
+    data: Annotated[Path, typer.Option(help="Data set directory.")],
+    out: Annotated[
+        Path, typer.Option(help="Parquet file to write (anchor, positive, negative, user_id).")
+    ],
+    test_start: TestStart = None,
+    watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
+    window_minutes: Annotated[float, typer.Option(help="Co-watch window in minutes.")] = 30.0,
+    max_per_anchor: Annotated[
+        int, typer.Option(help="Cap of triplets per (user, anchor video).")
+    ] = 20,
+    max_per_user: Annotated[int, typer.Option(help="Cap of triplets per user.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of the capped sample.")] = 0,
+) -> None:
+    """Mine co-watch triplets from the training period with DuckDB (see docs/triplets.md)."""
+    from pipelines.io import dataset_dir, write_parquet_atomic
+    from pipelines.train_embeddings import impressions_connection, log_span
+    from recsys.splits import default_test_start
+    from recsys.triplets import TripletConfig, mine_triplets
+
+    try:
+        cfg = TripletConfig(
+            watch_threshold, window_minutes * 60, max_per_anchor, max_per_user, seed
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    con = impressions_connection(dataset_dir(data))
+    start = _test_start(test_start) or default_test_start(*log_span(con))
+    table = mine_triplets(con, cfg, train_end=start)
+    write_parquet_atomic(table, out)
+    typer.echo(
+        f"wrote {out}: {table.num_rows} triplets from impressions before {start.isoformat()}"
+    )
+
+
+@app.command("train-embeddings")
+def train_embeddings_cmd(
+    data: Annotated[Path, typer.Option(help="Data set directory.")],
+    out: Annotated[Path, typer.Option(help="Artifact directory to create.")],
+    pooling: Annotated[
+        str, typer.Option(help="avg, vlad, sgmm, netvlad, dsgmm, netrvlad, netfv or netbow.")
+    ] = "dsgmm",
+    clusters: Annotated[int, typer.Option(help="Number of clusters K.")] = 32,
+    gamma: Annotated[float, typer.Option(help="DSGMM/SGMM smoothing (Eq. 12).")] = 0.125,
+    assignment: Annotated[
+        str, typer.Option(help="decoupled or a coupled GMM variant.")
+    ] = "decoupled",
+    intra_norm: Annotated[bool, typer.Option(help="L2-normalise each cluster's vector.")] = True,
+    final_norm: Annotated[bool, typer.Option(help="L2-normalise the pooled vector.")] = False,
+    hidden_dim: Annotated[int, typer.Option(help="Projector hidden width.")] = 256,
+    embedding_dim: Annotated[int, typer.Option(help="Embedding dimension.")] = 64,
+    dropout: Annotated[float, typer.Option(help="Dropout on the pooled vector.")] = 0.0,
+    epochs: Annotated[
+        int, typer.Option(help="Training epochs (best validation epoch is kept).")
+    ] = 6,
+    batch_size: Annotated[int, typer.Option(help="Triplets per step.")] = 128,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    margin: Annotated[float, typer.Option(help="Triplet margin alpha (Eq. 15).")] = 0.2,
+    max_triplets: Annotated[
+        int, typer.Option(help="Use at most this many triplets (0 = all).")
+    ] = 0,
+    index: Annotated[str, typer.Option(help="FAISS index kind: flat, hnsw or ivf.")] = "flat",
+    test_start: TestStart = None,
+    watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Train pooling + projector on co-watch triplets; write an artifact with the FAISS index.
+
+    Runs under torchrun (DistributedDataParallel) too: torchrun --nproc_per_node N -m pipelines.cli train-embeddings ...
+    """
+    from embeddings.cowatch import EmbedderConfig
+    from pipelines.io import video_feature_dim
+    from pipelines.train_embeddings import (
+        TrainConfig,
+        init_distributed_from_env,
+        run_train_embeddings,
+    )
+    from recsys.index import IndexConfig
+    from recsys.triplets import TripletConfig
+
+    try:
+        model_cfg = EmbedderConfig(
+            feature_dim=video_feature_dim(data),
+            pooling=pooling,
+            num_clusters=clusters,
+            gamma=gamma,
+            intra_norm=intra_norm,
+            final_norm=final_norm,
+            assignment=assignment,
+            hidden_dim=hidden_dim,
+            embedding_dim=embedding_dim,
+            dropout=dropout,
+        )
+        from embeddings.pooling import PoolingConfig
+
+        PoolingConfig(model_cfg.feature_dim, clusters, gamma, intra_norm, final_norm, assignment)
+        train_cfg = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            margin=margin,
+            seed=seed,
+            device=device,
+            max_triplets=max_triplets,
+        )
+        triplet_cfg = TripletConfig(watch_threshold_s=watch_threshold, seed=seed)
+        index_cfg = IndexConfig(kind=index)
+    except ValueError as exc:
+        _fail(str(exc))
+    init_distributed_from_env()
+    result = run_train_embeddings(
+        data,
+        out,
+        model_cfg,
+        train_cfg,
+        triplet_cfg,
+        index_cfg,
+        _test_start(test_start),
+        overwrite=overwrite,
+        progress=not quiet,
+    )
+    if result.artifact is not None:
+        m = result.metrics
+        typer.echo(
+            f"wrote {result.artifact}: best epoch {m['best_epoch']}, validation loss {m['best_val_loss']:.4f}, "
+            f"held-out co-watch pair AUC {m['heldout_pair_auc']:.4f}"
+        )
+
+
+@app.command()
+def embed(
+    artifacts: Annotated[Path, typer.Option(help="Artifact directory (from train-embeddings).")],
+    data: Annotated[Path, typer.Option(help="Data set directory whose videos to embed.")],
+    out: Annotated[Path, typer.Option(help="Parquet file to write (video_id, embedding).")],
+    batch_size: Annotated[int, typer.Option(help="Videos per batch.")] = 256,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Embed every video of a data set with a trained model (streaming, batched)."""
+    from pipelines.embed import embed_dataset
+
+    n = embed_dataset(artifacts, data, out, batch_size=batch_size, device=device)
+    typer.echo(f"wrote {out}: {n} embeddings")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Working directory for the demo.")] = Path("demo"),
@@ -120,6 +280,9 @@ def demo(
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
+    from embeddings.runtime import configure_cpu_allocator
+
+    configure_cpu_allocator()
     try:
         app()
     except DatasetError as exc:

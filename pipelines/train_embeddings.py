@@ -134,7 +134,7 @@ def split_by_user(users: np.ndarray, val_fraction: float, seed: int) -> np.ndarr
     """Boolean mask of validation triplets: all triplets of ~val_fraction of users."""
     uniq = sorted(set(users.tolist()))
     rng = np.random.default_rng(seed)
-    n_val = int(round(val_fraction * len(uniq)))
+    n_val = round(val_fraction * len(uniq))
     val_users = set(rng.choice(len(uniq), size=n_val, replace=False).tolist()) if n_val else set()
     val_names = {uniq[i] for i in val_users}
     return np.array([u in val_names for u in users], dtype=bool)
@@ -143,7 +143,9 @@ def split_by_user(users: np.ndarray, val_fraction: float, seed: int) -> np.ndarr
 # --------------------------------------------------------------------------- training
 
 
-def _batches(rows: np.ndarray, batch_size: int, rng: np.random.Generator | None) -> Iterator[np.ndarray]:
+def _batches(
+    rows: np.ndarray, batch_size: int, rng: np.random.Generator | None
+) -> Iterator[np.ndarray]:
     order = rng.permutation(len(rows)) if rng is not None else np.arange(len(rows))
     for s in range(0, len(order), batch_size):
         yield rows[order[s : s + batch_size]]
@@ -169,7 +171,9 @@ def fit_ubm_for(cfg: EmbedderConfig, store: FrameStore, n_frames: int, seed: int
     x = torch.from_numpy(store.sample_frames(n_frames, seed)).double()
     k = min(cfg.num_clusters, len(x))
     if k < cfg.num_clusters:
-        raise UserInputError(f"{cfg.num_clusters} clusters need at least as many frames, have {len(x)}")
+        raise UserInputError(
+            f"{cfg.num_clusters} clusters need at least as many frames, have {len(x)}"
+        )
     # A shared full covariance makes the decoupled initialisation (Eq. 20-21) exact.
     batches = lambda: (x[i : i + 8192] for i in range(0, len(x), 8192))  # noqa: E731
     return fit_gmm(batches, cfg.num_clusters, "shared_full", max_iter=30, seed=seed).gmm
@@ -189,9 +193,8 @@ def train_embedder(
         device = torch.device("cuda", torch.cuda.current_device())
     torch.manual_seed(cfg.seed)
     model = CowatchEmbedder(model_cfg)
-    if cfg.ubm_init or model.needs_ubm:
-        if model_cfg.pooling != "avg":
-            model.from_ubm(fit_ubm_for(model_cfg, store, cfg.ubm_frames, cfg.seed))
+    if (cfg.ubm_init or model.needs_ubm) and model_cfg.pooling != "avg":
+        model.from_ubm(fit_ubm_for(model_cfg, store, cfg.ubm_frames, cfg.seed))
     model.to(device)
     net: torch.nn.Module = model
     if world > 1:
@@ -203,7 +206,9 @@ def train_embedder(
     rng = np.random.default_rng(cfg.seed)
     per_rank = len(train_rows) // world
     if per_rank == 0:
-        raise UserInputError(f"not enough training triplets ({len(train_rows)}) for {world} processes")
+        raise UserInputError(
+            f"not enough training triplets ({len(train_rows)}) for {world} processes"
+        )
     show = progress and rank == 0
     for epoch in tqdm(range(cfg.epochs), desc="epochs", disable=not show):
         net.train()
@@ -219,7 +224,9 @@ def train_embedder(
             leave=False,
             disable=not show,
         ):
-            loss = _triplet_step_loss(net, store, batch, cfg.max_frames, cfg.margin, device, frame_rng)
+            loss = _triplet_step_loss(
+                net, store, batch, cfg.max_frames, cfg.margin, device, frame_rng
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -229,14 +236,21 @@ def train_embedder(
             count += len(batch)
         train_loss = _all_reduce_mean(total, count, device)
         val_loss = evaluate_loss(net, store, val_rows, cfg, device)
-        entry = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "seconds": time.perf_counter() - t0}
+        entry = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "seconds": time.perf_counter() - t0,
+        }
         result.history.append(entry)
         score = val_loss if not math.isnan(val_loss) else train_loss
         if best_state is None or score < result.best_val_loss:
             result.best_val_loss, result.best_epoch = score, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
         if show:
-            tqdm.write(f"epoch {epoch + 1}: train loss {train_loss:.4f}, validation loss {val_loss:.4f}")
+            tqdm.write(
+                f"epoch {epoch + 1}: train loss {train_loss:.4f}, validation loss {val_loss:.4f}"
+            )
     if best_state is not None:
         model.load_state_dict(best_state)
     model.cpu().eval()
@@ -254,7 +268,11 @@ def _all_reduce_mean(total: float, count: int, device: torch.device) -> float:
 
 @torch.no_grad()
 def evaluate_loss(
-    net: torch.nn.Module, store: FrameStore, rows: np.ndarray, cfg: TrainConfig, device: torch.device
+    net: torch.nn.Module,
+    store: FrameStore,
+    rows: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
 ) -> float:
     rank, world = _dist_info()
     net.eval()
@@ -347,10 +365,14 @@ def run_train_embeddings(
     store = load_frame_store(data_dir)
     model_cfg = model_cfg or EmbedderConfig(feature_dim=store.feature_dim)
     if model_cfg.feature_dim != store.feature_dim:
-        raise UserInputError(f"model expects D = {model_cfg.feature_dim}, data has D = {store.feature_dim}")
+        raise UserInputError(
+            f"model expects D = {model_cfg.feature_dim}, data has D = {store.feature_dim}"
+        )
     rows, users = triplet_rows(store, triplets)
     if train_cfg.max_triplets and len(rows) > train_cfg.max_triplets:
-        keep = np.random.default_rng(train_cfg.seed).choice(len(rows), train_cfg.max_triplets, replace=False)
+        keep = np.random.default_rng(train_cfg.seed).choice(
+            len(rows), train_cfg.max_triplets, replace=False
+        )
         rows, users = rows[np.sort(keep)], users[np.sort(keep)]
     if len(rows) == 0:
         raise UserInputError("no co-watch triplets in the training period (too few valid watches?)")
@@ -365,14 +387,22 @@ def run_train_embeddings(
         return EmbeddingJobResult(artifact=None, metrics={}, history=result.history)
 
     t1 = time.perf_counter()
-    vectors = embed_store(result.model, store, max_frames=train_cfg.eval_max_frames, device=train_cfg.device)
+    vectors = embed_store(
+        result.model, store, max_frames=train_cfg.eval_max_frames, device=train_cfg.device
+    )
     embed_s = time.perf_counter() - t1
     index = VideoIndex.build(store.video_ids, vectors, index_cfg)
-    pairs = mine_cowatch_pairs(con, triplet_cfg.watch_threshold_s, triplet_cfg.window_s, start=test_start)
+    pairs = mine_cowatch_pairs(
+        con, triplet_cfg.watch_threshold_s, triplet_cfg.window_s, start=test_start
+    )
     pair_rows = np.array(
         [
             [store.index[a], store.index[b]]
-            for a, b in zip(pairs.column("video_a").to_pylist(), pairs.column("video_b").to_pylist(), strict=True)
+            for a, b in zip(
+                pairs.column("video_a").to_pylist(),
+                pairs.column("video_b").to_pylist(),
+                strict=True,
+            )
             if a in store.index and b in store.index
         ],
         dtype=np.int64,
@@ -394,7 +424,9 @@ def run_train_embeddings(
         files: dict[str, Any] = {
             "embedder.json": json.dumps(model_cfg.to_dict(), indent=2).encode(),
             "embedder.pt": state_dict_bytes(result.model),
-            "embeddings.parquet": lambda p: pq.write_table(embeddings_table(store.video_ids, vectors), p),
+            "embeddings.parquet": lambda p: pq.write_table(
+                embeddings_table(store.video_ids, vectors), p
+            ),
             "index.faiss": index.to_bytes(),
             "index.json": json.dumps(asdict(index_cfg)).encode(),
             "train_history.json": json.dumps(result.history, indent=2).encode(),

@@ -85,7 +85,11 @@ def state_dict_bytes(module: torch.nn.Module) -> bytes:
 def embeddings_table(video_ids: list[str], vectors: np.ndarray) -> pa.Table:
     n, e = vectors.shape
     values = pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1))
-    col = pa.FixedSizeListArray.from_arrays(values, e) if n else pa.array([], pa.list_(pa.float32(), e))
+    col = (
+        pa.FixedSizeListArray.from_arrays(values, e)
+        if n
+        else pa.array([], pa.list_(pa.float32(), e))
+    )
     return pa.table({"video_id": pa.array(video_ids, pa.string()), "embedding": col})
 
 
@@ -148,14 +152,18 @@ def read_manifest(path: str | os.PathLike[str], verify: bool = True) -> dict[str
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserInputError(f"{mpath}: malformed manifest ({exc})") from None
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise UserInputError(f"{d}: artifact format {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
+        raise UserInputError(
+            f"{d}: artifact format {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
     if verify:
         for name, digest in manifest.get("files", {}).items():
             fp = d / name
             if not fp.is_file():
                 raise UserInputError(f"{d}: artifact file {name} is missing")
             if sha256_file(fp) != digest:
-                raise UserInputError(f"{d}: artifact file {name} does not match its hash (corrupt or modified)")
+                raise UserInputError(
+                    f"{d}: artifact file {name} does not match its hash (corrupt or modified)"
+                )
     return manifest
 
 
@@ -182,7 +190,9 @@ def load_embedder(path: Path) -> CowatchEmbedder:
         state = torch.load(path / "embedder.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except (OSError, RuntimeError, ValueError) as exc:
-        raise UserInputError(f"{path}: cannot load embedder.pt ({str(exc).splitlines()[0]})") from None
+        raise UserInputError(
+            f"{path}: cannot load embedder.pt ({str(exc).splitlines()[0]})"
+        ) from None
     return model.eval()
 
 

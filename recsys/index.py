@@ -93,7 +93,9 @@ class VideoIndex:
         return video_id in self.rows
 
     @classmethod
-    def build(cls, video_ids: Sequence[str], vectors: np.ndarray, cfg: IndexConfig | None = None) -> VideoIndex:
+    def build(
+        cls, video_ids: Sequence[str], vectors: np.ndarray, cfg: IndexConfig | None = None
+    ) -> VideoIndex:
         x = check_embeddings(vectors)
         idx = cls(x.shape[1], cfg)
         if idx.config.kind == "ivf":
@@ -101,7 +103,9 @@ class VideoIndex:
             ivf = faiss.extract_index_ivf(idx.index)
             nlist = ivf.nlist
             if len(x) < nlist:
-                raise UserInputError(f"IVF with {nlist} lists needs at least that many vectors, got {len(x)}")
+                raise UserInputError(
+                    f"IVF with {nlist} lists needs at least that many vectors, got {len(x)}"
+                )
             ivf.train(x)
         idx.add(video_ids, x)
         return idx
@@ -113,7 +117,9 @@ class VideoIndex:
             raise UserInputError(f"{len(video_ids)} ids for {len(x)} vectors")
         dup = [v for v in video_ids if v in self.rows]
         if dup or len(set(video_ids)) != len(video_ids):
-            raise UserInputError(f"duplicate video id(s): {', '.join(map(repr, (dup or list(video_ids))[:5]))}")
+            raise UserInputError(
+                f"duplicate video id(s): {', '.join(map(repr, (dup or list(video_ids))[:5]))}"
+            )
         start = len(self.video_ids)
         ids = np.arange(start, start + len(x), dtype=np.int64)
         self.index.add_with_ids(x, ids)
@@ -153,13 +159,17 @@ class VideoIndex:
         return faiss.serialize_index(self.index).tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, video_ids: Sequence[str], cfg: IndexConfig | None = None) -> VideoIndex:
+    def from_bytes(
+        cls, data: bytes, video_ids: Sequence[str], cfg: IndexConfig | None = None
+    ) -> VideoIndex:
         try:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as exc:
             raise UserInputError(f"cannot read FAISS index ({str(exc).splitlines()[0]})") from None
         if index.ntotal != len(video_ids):
-            raise UserInputError(f"FAISS index holds {index.ntotal} vectors but the id map has {len(video_ids)}")
+            raise UserInputError(
+                f"FAISS index holds {index.ntotal} vectors but the id map has {len(video_ids)}"
+            )
         obj = cls(index.d, cfg)
         obj.index = index
         obj.video_ids = list(video_ids)

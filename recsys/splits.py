@@ -10,7 +10,9 @@ from recsys.errors import UserInputError
 DEFAULT_TEST_FRACTION = 0.25
 
 
-def default_test_start(first: datetime, last: datetime, test_fraction: float = DEFAULT_TEST_FRACTION) -> datetime:
+def default_test_start(
+    first: datetime, last: datetime, test_fraction: float = DEFAULT_TEST_FRACTION
+) -> datetime:
     if not 0 < test_fraction < 1:
         raise ValueError("test_fraction must be in (0, 1)")
     return first + (last - first) * (1 - test_fraction)

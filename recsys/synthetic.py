@@ -5,15 +5,19 @@ structure the paper relies on:
 
 * **Frames.** Each topic owns a few frame "components" (scene types); every
   video mixes one to three topics and, within each topic, a sparse subset of its
-  components. Some frames come from components shared by all videos (intros,
-  credits). Frame counts are log-normal, from one frame to hundreds, so many
-  clusters of a video get few or no frames - the regime where smoothing (Eq. 10)
-  matters.
+  components. Every video also has a *style* (one of ``num_styles``) that shifts
+  each of its components in a component-specific direction, so style lives
+  *within* clusters: averaging all frames blends it with the topic mixture, a
+  per-cluster mean keeps it. Some frames come from components shared by all
+  videos (intros, credits). Frame counts are log-normal, from one frame to
+  hundreds, so many clusters of a video get few or no frames - the regime where
+  smoothing (Eq. 10) matters.
 * **Labels.** A coarse label per topic and a fine label per prominent
   (topic, component) pair, so classification needs cluster-level detail.
-* **Users.** A sparse preference over topic components, a propensity to watch
-  (intercept) and a sensitivity to affinity (slope) - what GLMix's random
-  effects are meant to capture.
+* **Users.** A sparse preference over topic components and over styles, a
+  propensity to watch (intercept) and a sensitivity to affinity (slope) - what
+  GLMix's random effects are meant to capture. Affinity weighs style as much as
+  content.
 * **Impressions.** Sessions of up to 30 minutes over ``days`` days; candidates
   come from videos already uploaded (new uploads run through the whole period,
   so the last quarter has cold-start videos). ``P(watch)`` is a logistic function
@@ -47,6 +51,9 @@ class SynthConfig:
     num_topics: int = 16
     components_per_topic: int = 4
     shared_components: int = 3
+    num_styles: int = 4
+    #: how far a style moves a component's frames (per dimension; frame noise is 0.5)
+    style_scale: float = 0.5
     #: median number of frames per video; counts are log-normal, clipped to [1, max_frames]
     median_frames: float = 20.0
     max_frames: int = 300
@@ -113,7 +120,10 @@ def generate_world(cfg: SynthConfig) -> SyntheticWorld:
         np.round(np.exp(rng.normal(np.log(cfg.median_frames), 1.0, v))), 1, cfg.max_frames
     ).astype(np.int64)
     quality = rng.normal(0.0, 0.3, v)
-    style = rng.normal(0.0, 0.25, (v, d))  # per-video look (lighting, camera)
+    look = rng.normal(0.0, 0.1, (v, d))  # per-video look (lighting, camera)
+    ns = max(cfg.num_styles, 1)
+    style_shift = rng.normal(0.0, cfg.style_scale, (ns, tc, d))  # style s moves component c
+    video_style = rng.integers(0, ns, v)
     n_pre = round(cfg.catalogue_at_start * v)
     created = np.concatenate(
         [-rng.uniform(0, 30 * 86400.0, n_pre), rng.uniform(0, span, v - n_pre)]
@@ -133,7 +143,9 @@ def generate_world(cfg: SynthConfig) -> SyntheticWorld:
         comp[sl] = (cum[owner[sl]] < u[sl, None]).sum(1)
     shared_idx = rng.integers(0, len(shared_means), nf)
     means = np.where(is_shared[:, None], shared_means[shared_idx], comp_means[comp])
-    frames = means + style[owner] * (~is_shared)[:, None] + rng.normal(0.0, 0.5, (nf, d))
+    topical = (~is_shared)[:, None]
+    shift = style_shift[video_style[owner], comp]
+    frames = means + (look[owner] + shift) * topical + rng.normal(0.0, 0.5, (nf, d))
     frames = frames.astype(np.float32)
 
     # ---- labels: coarse topic labels + fine (topic, component) labels that are prominent
@@ -160,6 +172,7 @@ def generate_world(cfg: SynthConfig) -> SyntheticWorld:
     user_topic = rng.dirichlet(np.full(nt, 0.25), size=nu)
     user_within = rng.dirichlet(np.full(nc, 0.6), size=(nu, nt))
     user_pref = (user_topic[:, :, None] * user_within).reshape(nu, tc)
+    user_style = rng.dirichlet(np.full(ns, 0.5), size=nu)
     propensity = rng.normal(-1.2, 0.8, nu)
     sensitivity = np.exp(rng.normal(np.log(1.5), 0.4, nu))
     activity = np.exp(rng.normal(0.0, 0.8, nu))
@@ -208,8 +221,13 @@ def generate_world(cfg: SynthConfig) -> SyntheticWorld:
     imp_video[rest] = all_order[pick]
 
     # Watch probability: user intercept + user slope * standardised affinity + quality.
-    raw_aff = np.einsum("ij,ij->i", user_pref[imp_user], comp_w[imp_video])
-    aff = (raw_aff - raw_aff.mean()) / (raw_aff.std() + 1e-12)
+    content = np.einsum("ij,ij->i", user_pref[imp_user], comp_w[imp_video])
+    style_aff = user_style[imp_user, video_style[imp_video]]
+
+    def standardise(a: np.ndarray) -> np.ndarray:
+        return (a - a.mean()) / (a.std() + 1e-12)
+
+    aff = standardise(standardise(content) + standardise(style_aff))
     logit = propensity[imp_user] + sensitivity[imp_user] * aff + quality[imp_video]
     p_watch = 1.0 / (1.0 + np.exp(-logit))
     watched = rng.random(n_imp) < p_watch

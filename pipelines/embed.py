@@ -1,0 +1,72 @@
+"""``recsys embed``: stream a data set's videos through a trained embedder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from embeddings.runtime import resolve_device
+from pipelines.io import iter_video_batches
+from recsys.artifact import embeddings_table, load_embedder, read_manifest
+
+
+def embed_dataset(
+    artifacts: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    batch_size: int = 256,
+    max_frames: int = 300,
+    device: str = "auto",
+    progress: bool = True,
+) -> int:
+    """Write ``out`` (video_id, embedding) for every video; returns the count.
+
+    Streams record batches, so the data set never has to fit in memory; the output
+    is written batch by batch to a temporary file that is renamed at the end.
+    """
+    a = Path(artifacts)
+    read_manifest(a)
+    model = load_embedder(a)
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    dest = Path(out)
+    tmp = dest.with_name(f".{dest.name}.partial")
+    writer: pq.ParquetWriter | None = None
+    n = 0
+    try:
+        for vb in tqdm(
+            iter_video_batches(data, batch_size=batch_size), desc="embedding", disable=not progress
+        ):
+            frames, mask = vb.padded(max_frames)
+            if frames.shape[-1] != model.config.feature_dim:
+                from recsys.errors import UserInputError
+
+                raise UserInputError(
+                    f"data has D = {frames.shape[-1]}, model expects D = {model.config.feature_dim}"
+                )
+            with torch.no_grad():
+                emb = (
+                    model(torch.from_numpy(frames).to(dev), torch.from_numpy(mask).to(dev))
+                    .cpu()
+                    .numpy()
+                )
+            table = embeddings_table(vb.video_ids, emb.astype(np.float32))
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+            n += len(vb)
+        if writer is not None:
+            writer.close()
+            writer = None
+            os.replace(tmp, dest)
+    finally:
+        if writer is not None:
+            writer.close()
+        if tmp.exists():
+            tmp.unlink()
+    return n

@@ -1,0 +1,127 @@
+"""End-to-end: mine -> train -> embed -> index -> artifact, on a small synthetic world."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from recsys.artifact import load_embedding_artifact, read_embeddings
+
+FAST = [
+    "--epochs",
+    "1",
+    "--clusters",
+    "4",
+    "--hidden-dim",
+    "16",
+    "--embedding-dim",
+    "8",
+    "--max-triplets",
+    "1500",
+    "--quiet",
+]
+
+
+def test_cli_train_then_embed(run_cli, small_world_dir: Path, tmp_path: Path) -> None:
+    art = tmp_path / "art"
+    code, out, err = run_cli("train-embeddings", "--data", small_world_dir, "--out", art, *FAST)
+    assert code == 0, err
+    assert "held-out co-watch pair AUC" in out
+    a = load_embedding_artifact(art)
+    m = a.manifest
+    assert m["config"]["embedder"]["pooling"] == "dsgmm"
+    assert m["metrics"]["triplets"]["train"] > 0 and np.isfinite(m["metrics"]["best_val_loss"])
+    assert (art / "loss_curve.png").stat().st_size > 1000
+    n_videos = pq.ParquetFile(small_world_dir / "videos.parquet").metadata.num_rows
+    assert len(a.index) == n_videos
+    # recsys embed reproduces the artifact's embeddings (same model, same frames).
+    code, _, err = run_cli(
+        "embed", "--artifacts", art, "--data", small_world_dir, "--out", tmp_path / "e.parquet"
+    )
+    assert code == 0, err
+    ids, vecs = read_embeddings(tmp_path / "e.parquet")
+    ids0, vecs0 = read_embeddings(art / "embeddings.parquet")
+    order = {v: i for i, v in enumerate(ids0)}
+    np.testing.assert_allclose(vecs, vecs0[[order[v] for v in ids]], atol=1e-5)
+    # Existing artifact: refused without --overwrite.
+    code, _, err = run_cli("train-embeddings", "--data", small_world_dir, "--out", art, *FAST)
+    assert code == 2 and "already exists" in err
+
+
+def test_cli_mine_triplets(run_cli, small_world_dir: Path, tmp_path: Path) -> None:
+    code, out, err = run_cli(
+        "mine-triplets",
+        "--data",
+        small_world_dir,
+        "--out",
+        tmp_path / "t.parquet",
+        "--max-per-user",
+        "5",
+    )
+    assert code == 0, err
+    assert "triplets from impressions before" in out
+    t = pq.read_table(tmp_path / "t.parquet")
+    assert t.num_rows > 0 and t.column_names == ["anchor", "positive", "negative", "user_id"]
+    users = t.column("user_id").to_pylist()
+    assert max(users.count(u) for u in set(users)) <= 5
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--pooling", "bogus"], "unknown pooling"),
+        (["--assignment", "full"], "assignment must be one of"),
+        (["--index", "lsh"], "index kind"),
+        (["--test-start", "yesterday"], "not an ISO-8601 time"),
+    ],
+)
+def test_cli_bad_options(
+    run_cli, small_world_dir: Path, tmp_path: Path, args: list[str], needle: str
+) -> None:
+    code, _, err = run_cli(
+        "train-embeddings", "--data", small_world_dir, "--out", tmp_path / "x", *args
+    )
+    assert code == 2 and needle in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(small_world_dir: Path, tmp_path: Path) -> None:
+    """DistributedDataParallel on the gloo backend with two CPU processes."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    art = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "pipelines.cli",
+            "train-embeddings",
+            "--data",
+            str(small_world_dir),
+            "--out",
+            str(art),
+            "--pooling",
+            "netvlad",
+            "--epochs",
+            "2",
+            *FAST[2:],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_embedding_artifact(art)
+    assert len(a.manifest["metrics"]) and len(a.index) > 0
+    hist = a.manifest["config"]["train"]
+    assert hist["epochs"] == 2

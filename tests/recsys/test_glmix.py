@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import statsmodels.api as sm
+from scipy.optimize import minimize
+
+from recsys.errors import UserInputError
+from recsys.glmix import GLMix, GLMixConfig, _buckets, fit_glmix, fit_logistic
+
+
+def _simulate(n_users: int = 40, rows: int = 60, e: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    fixed = rng.normal(0, 0.7, e)
+    users, vids, ys = [], [], []
+    true_icpt = rng.normal(0, 1.0, n_users)
+    true_slope = rng.normal(0, 0.8, (n_users, e))
+    for u in range(n_users):
+        n = int(rng.integers(rows // 3, rows * 2))
+        x = rng.normal(size=(n, e))
+        eta = -0.5 + x @ fixed + true_icpt[u] + x @ true_slope[u]
+        ys.append(rng.random(n) < 1 / (1 + np.exp(-eta)))
+        vids.append(x)
+        users += [f"u{u:03d}"] * n
+    return (
+        np.array(users),
+        np.concatenate(vids),
+        np.concatenate(ys).astype(float),
+        true_icpt,
+        true_slope,
+    )
+
+
+def test_fixed_effect_matches_statsmodels_glm() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 3))
+    y = (rng.random(400) < 1 / (1 + np.exp(-(0.3 + x @ [1.0, -0.5, 0.2])))).astype(float)
+    off = rng.normal(0, 0.3, 400)
+    design = np.c_[np.ones(400), x]
+    ref = sm.GLM(y, design, family=sm.families.Binomial(), offset=off).fit()
+    ours = fit_logistic(design, y, offset=off, l2=0.0)
+    np.testing.assert_allclose(ours, ref.params, atol=1e-8)
+    # Through fit_glmix: no user has enough rows for a random effect -> a plain GLM.
+    users = np.array(["a"] * 400)
+    model = fit_glmix(users, x, y, GLMixConfig(fixed_l2=0.0, min_rows_per_user=10**6))
+    ref0 = sm.GLM(y, design, family=sm.families.Binomial()).fit()
+    np.testing.assert_allclose(model.fixed, ref0.params, atol=1e-7)
+    assert np.all(model.user_coef == 0)
+
+
+def test_penalised_fit_matches_statsmodels_ridge() -> None:
+    rng = np.random.default_rng(2)
+    x = np.c_[np.ones(300), rng.normal(size=(300, 2))]
+    y = (rng.random(300) < 0.4).astype(float)
+    off = rng.normal(0, 0.5, 300)
+    lam = 3.0
+    ours = fit_logistic(x, y, offset=off, l2=lam)
+    # statsmodels minimises -llf/n + alpha/2 |b|^2, i.e. alpha = lam / n; its elastic-net
+    # solver stops early, so it agrees to ~1e-4. An exact optimiser pins it to 1e-7.
+    ref = sm.GLM(y, x, family=sm.families.Binomial(), offset=off).fit_regularized(
+        alpha=lam / 300, L1_wt=0.0, cnvrg_tol=1e-12, maxiter=1000
+    )
+    np.testing.assert_allclose(ours, ref.params, atol=2e-4)
+    exact = _scipy_penalised(x, y, off, np.full(3, lam))
+    np.testing.assert_allclose(ours, exact, atol=1e-7)
+
+
+def _scipy_penalised(x, y, off, lam):
+    def neg(b):
+        eta = off + x @ b
+        return -(y * eta - np.logaddexp(0, eta)).sum() + 0.5 * (lam * b * b).sum()
+
+    def grad(b):
+        mu = 1 / (1 + np.exp(-(off + x @ b)))
+        return -(x.T @ (y - mu)) + lam * b
+
+    return minimize(neg, np.zeros(x.shape[1]), jac=grad, method="BFGS", options={"gtol": 1e-11}).x
+
+
+def _reference_user_solve(z, y, off, lam_vec, steps=100):
+    """A direct Newton solve of one user's penalised problem, in numpy."""
+    b = np.zeros(z.shape[1])
+    for _ in range(steps):
+        mu = 1 / (1 + np.exp(-(off + z @ b)))
+        g = z.T @ (y - mu) - lam_vec * b
+        h = z.T @ (z * (mu * (1 - mu))[:, None]) + np.diag(lam_vec)
+        b = b + np.linalg.solve(h, g)
+    return b
+
+
+def test_one_users_random_effect_matches_direct_solve() -> None:
+    users, x, y, _, _ = _simulate(seed=3)
+    cfg = GLMixConfig(
+        random_l2=2.0, random_intercept_l2=0.5, random_newton_steps=25, max_passes=30, tol=1e-12
+    )
+    model = fit_glmix(users, x, y, cfg)
+    fixed_score = model.fixed_logit(x)
+    lam_vec = np.r_[0.5, np.full(x.shape[1], 2.0)]
+    for u in ("u000", "u017"):
+        rows = users == u
+        z = np.c_[np.ones(rows.sum()), x[rows]]
+        ref = _reference_user_solve(z, y[rows], fixed_score[rows], lam_vec)
+        np.testing.assert_allclose(model.user_coef[model.user_index[u]], ref, atol=1e-6)
+        # And statsmodels with the same offset and penalty (equal strengths for all coefficients).
+    lam = 2.0
+    cfg2 = GLMixConfig(
+        random_l2=lam, random_intercept_l2=lam, random_newton_steps=25, max_passes=30, tol=1e-12
+    )
+    m2 = fit_glmix(users, x, y, cfg2)
+    rows = users == "u005"
+    z = np.c_[np.ones(rows.sum()), x[rows]]
+    sm_ref = sm.GLM(
+        y[rows], z, family=sm.families.Binomial(), offset=m2.fixed_logit(x)[rows]
+    ).fit_regularized(alpha=lam / rows.sum(), L1_wt=0.0, cnvrg_tol=1e-12, maxiter=2000)
+    got = m2.user_coef[m2.user_index["u005"]]
+    np.testing.assert_allclose(got, sm_ref.params, atol=2e-4)
+    exact = _scipy_penalised(z, y[rows], m2.fixed_logit(x)[rows], np.full(z.shape[1], lam))
+    np.testing.assert_allclose(got, exact, atol=1e-6)
+
+
+def test_coordinate_descent_improves_and_recovers_user_effects() -> None:
+    users, x, y, true_icpt, true_slope = _simulate(n_users=80, rows=120, seed=4)
+    model = fit_glmix(users, x, y, GLMixConfig(random_l2=1.0, random_intercept_l2=0.1))
+    ll = [h["log_likelihood_per_row"] for h in model.history]
+    assert len(ll) >= 2 and all(b >= a - 1e-9 for a, b in itertools.pairwise(ll))
+    est = model.user_coef[[model.user_index[f"u{u:03d}"] for u in range(80)]]
+    assert np.corrcoef(est[:, 0], true_icpt)[0, 1] > 0.7
+    assert np.corrcoef(est[:, 1:].ravel(), true_slope.ravel())[0, 1] > 0.6
+    # A model without random effects fits worse.
+    plain = fit_glmix(users, x, y, GLMixConfig(min_rows_per_user=10**6))
+    assert plain.history[-1]["log_likelihood_per_row"] < ll[-1]
+
+
+def test_unknown_users_get_the_fixed_effect_and_round_trip() -> None:
+    users, x, y, _, _ = _simulate(seed=5)
+    model = fit_glmix(users, x, y)
+    p_new = model.predict_proba(["nobody"], x[:1])
+    assert p_new[0] == pytest.approx(1 / (1 + np.exp(-model.fixed_logit(x[:1])[0])))
+    fixed, table = model.to_tables()
+    again = GLMix.from_tables(fixed, table)
+    np.testing.assert_allclose(
+        again.predict_proba(users[:50], x[:50]), model.predict_proba(users[:50], x[:50])
+    )
+    with pytest.raises(UserInputError, match="malformed"):
+        GLMix.from_tables({**fixed, "fixed": [0.0]}, table)
+
+
+def test_no_video_features_model() -> None:
+    users, x, y, _, _ = _simulate(seed=6)
+    model = fit_glmix(users, x, y, GLMixConfig(use_video_features=False))
+    assert model.user_coef.shape[1] == 1 and np.all(model.fixed[1:] == 0)
+    # Predictions ignore the video entirely.
+    p1 = model.predict_proba(users[:5], x[:5])
+    p2 = model.predict_proba(users[:5], np.zeros_like(x[:5]))
+    np.testing.assert_allclose(p1, p2)
+
+
+def test_row_bounds() -> None:
+    user_of_row = np.array([0] * 3 + [1] * 10 + [2] * 1)
+    cfg = GLMixConfig(min_rows_per_user=2, max_rows_per_user=4)
+    buckets, eligible = _buckets(user_of_row, 3, cfg, np.random.default_rng(0))
+    assert eligible.tolist() == [True, True, False]
+    by_user = {int(u): (b.rows[i], b.weights[i]) for b in buckets for i, u in enumerate(b.users)}
+    assert set(by_user) == {0, 1}
+    rows1, w1 = by_user[1]
+    assert (rows1 >= 0).sum() == 4 and np.allclose(w1[rows1 >= 0], 10 / 4)
+    assert set(rows1[rows1 >= 0]) <= set(range(3, 13))
+    rows0, w0 = by_user[0]
+    assert sorted(rows0[rows0 >= 0]) == [0, 1, 2] and np.allclose(w0[rows0 >= 0], 1.0)
+    # Fitting with bounds works and leaves the small user at zero.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(14, 2))
+    y = (rng.random(14) < 0.5).astype(float)
+    m = fit_glmix(np.array(["a"] * 3 + ["b"] * 10 + ["c"]), x, y, cfg)
+    assert np.all(m.user_coef[m.user_index["c"]] == 0) and np.isfinite(m.user_coef).all()
+
+
+def test_bad_input() -> None:
+    with pytest.raises(UserInputError, match="same number of rows"):
+        fit_glmix(np.array(["a"]), np.zeros((2, 2)), np.zeros(2))
+    with pytest.raises(UserInputError, match="labels 0 or 1"):
+        fit_glmix(np.array(["a"]), np.zeros((1, 2)), np.array([0.5]))
+    with pytest.raises(UserInputError, match="at least one"):
+        fit_glmix(np.array([]), np.zeros((0, 2)), np.zeros(0))
+    with pytest.raises(ValueError, match="random_l2"):
+        GLMixConfig(random_l2=-1)

@@ -20,7 +20,9 @@ from recsys.glmix import GLMixConfig, fit_glmix
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--dim", type=int, default=64)
@@ -59,7 +61,9 @@ def main() -> None:
     model = fit_glmix(users, video, y, GLMixConfig(), on_pass=on_pass)
     total = time.perf_counter() - t0
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(f"users {args.users}, rows {args.rows}, dim {args.dim}, threads {torch.get_num_threads()}")
+    print(
+        f"users {args.users}, rows {args.rows}, dim {args.dim}, threads {torch.get_num_threads()}"
+    )
     print(f"float64 matmul reference: {gflops:.1f} GFLOP/s")
     print(f"GLMix fit: {total:.1f} s over {len(passes)} passes; peak RSS {peak_gb:.2f} GB")
     print(f"users with a random effect: {int((np.abs(model.user_coef).sum(1) > 0).sum())}")

@@ -267,6 +267,138 @@ def embed(
     typer.echo(f"wrote {out}: {n} embeddings")
 
 
+@app.command("fit-glmix")
+def fit_glmix_cmd(
+    data: Annotated[Path, typer.Option(help="Data set directory.")],
+    artifacts: Annotated[
+        Path, typer.Option(help="Artifact directory (from train-embeddings); extended in place.")
+    ],
+    watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
+    random_l2: Annotated[float, typer.Option(help="L2 strength on each user's slopes.")] = 10.0,
+    random_intercept_l2: Annotated[
+        float, typer.Option(help="L2 strength on each user's intercept.")
+    ] = 1.0,
+    fixed_l2: Annotated[
+        float, typer.Option(help="L2 strength on the fixed-effect coefficients.")
+    ] = 1.0,
+    min_rows_per_user: Annotated[int, typer.Option(help="Fewer rows: no per-user model.")] = 1,
+    max_rows_per_user: Annotated[
+        int, typer.Option(help="More rows are subsampled and reweighted (0 = no cap).")
+    ] = 0,
+    tune: Annotated[
+        bool, typer.Option(help="Choose --random-l2 on the last 10% of the training period.")
+    ] = False,
+) -> None:
+    """Fit GLMix (Eq. 18) with and without video features and add it and the watch histories to the artifact."""
+    from pipelines.evaluate import GLMixJobConfig, fit_glmix_into_artifact
+    from recsys.glmix import GLMixConfig
+
+    try:
+        glm = GLMixConfig(
+            fixed_l2=fixed_l2,
+            random_l2=random_l2,
+            random_intercept_l2=random_intercept_l2,
+            min_rows_per_user=min_rows_per_user,
+            max_rows_per_user=max_rows_per_user,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    info = fit_glmix_into_artifact(data, artifacts, GLMixJobConfig(watch_threshold, glm, tune))
+    typer.echo(
+        f"GLMix: {info['users']} users, {info['training_rows']} rows, {info['fit_seconds']:.1f} s"
+    )
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option(help="Data set directory.")],
+    artifacts: Annotated[Path, typer.Option(help="Artifact directory.")],
+    out: Annotated[Path, typer.Option(help="Directory for report.json, report.md and ROC plots.")],
+    test_start: TestStart = None,
+    watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples over users (0 = none).")
+    ] = 200,
+    baseline: Annotated[
+        Path | None, typer.Option(help="report.json of a baseline run (e.g. avg pooling).")
+    ] = None,
+) -> None:
+    """Offline AUC evaluation: max/avg similarity (Eq. 16-17), GLMix with and without video features."""
+    from pipelines.evaluate import evaluate_artifact
+
+    report = evaluate_artifact(
+        data, artifacts, out, watch_threshold, _test_start(test_start), bootstrap, baseline
+    )
+    _print_aucs(report, out)
+
+
+def _print_aucs(report: dict, out: Path) -> None:  # type: ignore[type-arg]
+    for k, v in report["auc"].items():
+        typer.echo(f"  AUC {k:15s} all {v:.4f}   cold start {report['auc_cold_start'][k]:.4f}")
+    if "oracle_auc" in report:
+        typer.echo(
+            f"  oracle AUC          all {report['oracle_auc']['all']:.4f}   cold start {report['oracle_auc']['cold_start']:.4f}"
+        )
+    typer.echo(f"wrote {out / 'report.json'} and {out / 'report.md'}")
+
+
+@app.command()
+def pipeline(
+    data: Annotated[Path, typer.Option(help="Data set directory.")],
+    out: Annotated[
+        Path, typer.Option(help="Output directory: OUT/artifact plus the evaluation report.")
+    ],
+    pooling: Annotated[str, typer.Option(help="Pooling of the embedding model.")] = "dsgmm",
+    clusters: Annotated[int, typer.Option(help="Number of clusters K.")] = 32,
+    gamma: Annotated[float, typer.Option(help="DSGMM smoothing (Eq. 12).")] = 0.125,
+    epochs: Annotated[int, typer.Option(help="Embedding training epochs.")] = 4,
+    max_triplets: Annotated[
+        int, typer.Option(help="Use at most this many triplets (0 = all).")
+    ] = 0,
+    index: Annotated[str, typer.Option(help="FAISS index kind: flat, hnsw or ivf.")] = "flat",
+    tune_glmix: Annotated[
+        bool, typer.Option(help="Choose GLMix's random_l2 on a validation split.")
+    ] = False,
+    test_start: TestStart = None,
+    watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples over users.")] = 200,
+    baseline: Annotated[
+        Path | None, typer.Option(help="report.json of a baseline run (e.g. avg pooling).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT/artifact.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Mine triplets, train embeddings, index, fit GLMix and evaluate; OUT/artifact is servable."""
+    from pipelines.pipeline import PipelineConfig, run_pipeline
+    from pipelines.train_embeddings import TrainConfig
+    from recsys.index import IndexConfig
+
+    try:
+        cfg = PipelineConfig(
+            pooling=pooling,
+            num_clusters=clusters,
+            gamma=gamma,
+            tune_glmix=tune_glmix,
+            train=TrainConfig(epochs=epochs, seed=seed, device=device, max_triplets=max_triplets),
+            index=IndexConfig(kind=index),
+            watch_threshold_s=watch_threshold,
+            bootstrap=bootstrap,
+        )
+        from embeddings.cowatch import EmbedderConfig
+
+        EmbedderConfig(feature_dim=1, pooling=pooling)
+    except ValueError as exc:
+        _fail(str(exc))
+    report = run_pipeline(
+        data, out, cfg, _test_start(test_start), baseline, overwrite, progress=not quiet
+    )
+    if report:
+        _print_aucs(report, out)
+        typer.echo(f"artifact: {out / 'artifact'}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Working directory for the demo.")] = Path("demo"),

@@ -219,3 +219,43 @@ def read_embeddings(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray
     if dim is None:
         dim = len(flat) // max(len(ids), 1)
     return ids, flat.reshape(len(ids), dim)
+
+
+def extend_artifact(
+    path: str | os.PathLike[str],
+    files: Mapping[str, bytes | FileWriter],
+    manifest_updates: Mapping[str, Any],
+) -> Path:
+    """Add or replace files of an existing artifact, atomically (a new directory is swapped in).
+
+    Existing files are hard-linked into the new directory when possible (no copy).
+    """
+    d = Path(path)
+    manifest = read_manifest(d, verify=True)
+    kept: dict[str, bytes | FileWriter] = {}
+    for name in manifest.get("files", {}):
+        if name in files:
+            continue
+
+        def link(dst: Path, src: Path = d / name) -> None:
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+
+        kept[name] = link
+    merged = {
+        k: v
+        for k, v in manifest.items()
+        if k not in ("files", "format_version", "created_at", "versions")
+    }
+    for key, value in manifest_updates.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return write_artifact(d, {**kept, **files}, merged, overwrite=True)
+
+
+def write_json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()

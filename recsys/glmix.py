@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -444,3 +444,28 @@ def fit_glmix(
     else:
         full[1 + e :] = fixed_full[1:]
     return GLMix(cfg, e, g, full, [str(u) for u in uniq], coef.numpy(), history)
+
+
+def select_random_l2(
+    user_ids: np.ndarray,
+    video: np.ndarray,
+    labels: np.ndarray,
+    is_validation: np.ndarray,
+    grid: tuple[float, ...] = (1.0, 10.0, 100.0),
+    base: GLMixConfig | None = None,
+) -> tuple[float, dict[float, float]]:
+    """Pick ``random_l2`` by validation log-loss: fit on the rows not in ``is_validation``."""
+    base = base or GLMixConfig()
+    train = ~np.asarray(is_validation, dtype=bool)
+    if train.all() or not train.any():
+        raise UserInputError("regularisation selection needs both training and validation rows")
+    losses: dict[float, float] = {}
+    for lam in grid:
+        model = fit_glmix(
+            user_ids[train], video[train], labels[train], replace(base, random_l2=lam)
+        )
+        p = np.clip(model.predict_proba(user_ids[~train], video[~train]), 1e-12, 1 - 1e-12)
+        y = labels[~train]
+        losses[lam] = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    best = min(losses, key=lambda k: losses[k])
+    return best, losses

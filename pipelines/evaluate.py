@@ -1,0 +1,424 @@
+"""GLMix fitting for an artifact and the offline AUC evaluation (sections 4.2-4.3).
+
+Everything trained (triplets, embeddings, GLMix, watch histories) uses only the
+impressions before the artifact's test start; the evaluation scores the
+impressions at or after it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.io import dataset_dir, write_parquet_atomic
+from pipelines.train_embeddings import impressions_connection
+from recsys.artifact import extend_artifact, read_embeddings, read_manifest, write_json_bytes
+from recsys.auc import bootstrap_ci, delong_ci
+from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S, TRUTH_FILE
+from recsys.errors import UserInputError
+from recsys.glmix import GLMix, GLMixConfig, fit_glmix, select_random_l2
+from recsys.scoring import similarity_by_user
+from recsys.splits import parse_time
+
+SCORES = ("max_similarity", "avg_similarity", "glmix", "glmix_no_video")
+
+
+def artifact_test_start(manifest: dict[str, Any]) -> datetime:
+    try:
+        return parse_time(str(manifest["data"]["test_start"]).replace(" ", "T"))
+    except KeyError:
+        raise UserInputError("artifact manifest has no data.test_start") from None
+
+
+def _rows(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> pa.Table:
+    return con.sql(
+        "SELECT user_id, video_id, shown_at, watch_seconds, file_row_number AS row "
+        f"FROM impressions_rows WHERE {where} ORDER BY file_row_number",
+        params=params,
+    ).to_arrow_table()
+
+
+def _connection(data: Path) -> duckdb.DuckDBPyConnection:
+    con = impressions_connection(data)
+    path = str(data / "impressions.parquet").replace("'", "''")
+    con.execute(
+        f"CREATE VIEW impressions_rows AS SELECT * FROM read_parquet('{path}', file_row_number = true)"
+    )
+    return con
+
+
+def _embedding_rows(ids: list[str], videos: list[str], what: str) -> np.ndarray:
+    index = {v: i for i, v in enumerate(ids)}
+    missing = [v for v in videos if v not in index]
+    if missing:
+        raise UserInputError(
+            f"{len(missing)} {what} name videos without an embedding, e.g. {missing[0]!r}"
+        )
+    return np.array([index[v] for v in videos], dtype=np.int64)
+
+
+def _glmix_files(model: GLMix, stem: str) -> dict[str, Any]:
+    fixed, users = model.to_tables()
+    return {
+        f"{stem}.json": write_json_bytes(fixed),
+        f"{stem}_users.parquet": lambda p, t=users: pq.write_table(t, p),
+    }
+
+
+def load_glmix(artifact: Path, stem: str) -> GLMix | None:
+    jpath, upath = artifact / f"{stem}.json", artifact / f"{stem}_users.parquet"
+    if not jpath.exists():
+        return None
+    try:
+        fixed = json.loads(jpath.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"{jpath}: malformed ({exc})") from None
+    return GLMix.from_tables(fixed, pq.read_table(upath))
+
+
+@dataclass(frozen=True)
+class GLMixJobConfig:
+    watch_threshold_s: float = DEFAULT_WATCH_THRESHOLD_S
+    glmix: GLMixConfig = field(default_factory=GLMixConfig)
+    #: choose random_l2 on the last 10% (by time) of the training period
+    tune: bool = False
+
+
+def fit_glmix_into_artifact(
+    data: str | os.PathLike[str],
+    artifact: str | os.PathLike[str],
+    cfg: GLMixJobConfig | None = None,
+) -> dict[str, Any]:
+    """Fit GLMix (with and without video features) on training-period impressions and add
+    them, with the users' training-period watch histories, to the artifact."""
+    cfg = cfg or GLMixJobConfig()
+    d, a = dataset_dir(data), Path(artifact)
+    manifest = read_manifest(a)
+    test_start = artifact_test_start(manifest)
+    con = _connection(d)
+    train = _rows(con, "shown_at < ?", [test_start])
+    if train.num_rows == 0:
+        raise UserInputError("no impressions before the test start to fit GLMix on")
+    ids, emb = read_embeddings(a / "embeddings.parquet")
+    vrows = _embedding_rows(ids, train.column("video_id").to_pylist(), "training impressions")
+    users = np.array(train.column("user_id").to_pylist(), dtype=object)
+    y = (train.column("watch_seconds").to_numpy() >= cfg.watch_threshold_s).astype(np.float64)
+    x = emb[vrows]
+    glm_cfg = cfg.glmix
+    tuning: dict[str, Any] = {}
+    if cfg.tune:
+        times = train.column("shown_at").to_numpy().astype("datetime64[us]").astype(np.int64)
+        cut = np.quantile(times, 0.9)
+        best, losses = select_random_l2(users, x, y, times >= cut, base=glm_cfg)
+        glm_cfg = GLMixConfig(**{**asdict(glm_cfg), "random_l2": best})
+        tuning = {"random_l2": best, "validation_log_loss": {str(k): v for k, v in losses.items()}}
+    t0 = time.perf_counter()
+    with_video = fit_glmix(users, x, y, glm_cfg)
+    fit_s = time.perf_counter() - t0
+    no_video = fit_glmix(
+        users, x, y, GLMixConfig(**{**asdict(glm_cfg), "use_video_features": False})
+    )
+    watched = y > 0
+    histories = pa.table(
+        {
+            "user_id": train.column("user_id").filter(pa.array(watched)),
+            "video_id": train.column("video_id").filter(pa.array(watched)),
+            "watched_at": train.column("shown_at").filter(pa.array(watched)),
+        }
+    )
+    info = {
+        "training_rows": int(train.num_rows),
+        "users": len(with_video.user_ids),
+        "fit_seconds": fit_s,
+        "passes": len(with_video.history),
+        "log_likelihood_per_row": with_video.history[-1]["log_likelihood_per_row"],
+        "config": asdict(glm_cfg),
+        "tuning": tuning,
+        "watch_threshold_s": cfg.watch_threshold_s,
+    }
+    files = {
+        **_glmix_files(with_video, "glmix"),
+        **_glmix_files(no_video, "glmix_no_video"),
+        "histories.parquet": lambda p: pq.write_table(histories, p),
+    }
+    extend_artifact(a, files, {"kind": "recommender", "glmix": info})
+    return info
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalInputs:
+    users: np.ndarray
+    video_rows: np.ndarray
+    labels: np.ndarray
+    cold_start: np.ndarray
+    scores: dict[str, np.ndarray]
+    oracle: np.ndarray | None
+
+
+def _auc_block(
+    y: np.ndarray, s: np.ndarray, users: np.ndarray, boot: int, seed: int
+) -> dict[str, Any]:
+    ok = ~np.isnan(s)
+    a, lo, hi = delong_ci(y[ok], s[ok])
+    blo, bhi = (
+        bootstrap_ci(y[ok], s[ok], users[ok], num_resamples=boot, seed=seed)
+        if boot
+        else (math.nan, math.nan)
+    )
+    return {"auc": a, "delong": [lo, hi], "bootstrap_users": [blo, bhi], "rows": int(ok.sum())}
+
+
+def evaluate_artifact(
+    data: str | os.PathLike[str],
+    artifact: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    watch_threshold_s: float = DEFAULT_WATCH_THRESHOLD_S,
+    test_start: datetime | None = None,
+    bootstrap: int = 200,
+    baseline: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    d, a, o = dataset_dir(data), Path(artifact), Path(out)
+    manifest = read_manifest(a)
+    trained_until = artifact_test_start(manifest)
+    start = test_start or trained_until
+    if start < trained_until:
+        raise UserInputError(
+            f"test start {start.isoformat()} is before the artifact's training cut-off "
+            f"{trained_until.isoformat()}: the model has seen test impressions"
+        )
+    glm = load_glmix(a, "glmix")
+    glm0 = load_glmix(a, "glmix_no_video")
+    if glm is None or glm0 is None:
+        fit_glmix_into_artifact(d, a, GLMixJobConfig(watch_threshold_s=watch_threshold_s))
+        glm, glm0 = load_glmix(a, "glmix"), load_glmix(a, "glmix_no_video")
+        assert glm is not None and glm0 is not None
+    con = _connection(d)
+    test = _rows(con, "shown_at >= ?", [start])
+    if test.num_rows == 0:
+        raise UserInputError(f"no impressions at or after the test start {start.isoformat()}")
+    train_videos = {
+        r[0]
+        for r in con.execute(
+            "SELECT DISTINCT video_id FROM impressions WHERE shown_at < ?", [trained_until]
+        ).fetchall()
+    }
+    ids, emb = read_embeddings(a / "embeddings.parquet")
+    vrows = _embedding_rows(ids, test.column("video_id").to_pylist(), "test impressions")
+    users = np.array(test.column("user_id").to_pylist(), dtype=object)
+    y = (test.column("watch_seconds").to_numpy() >= watch_threshold_s).astype(np.int64)
+    cold = np.array([v not in train_videos for v in test.column("video_id").to_pylist()])
+
+    # Histories: the artifact's training-period valid watches.
+    hist = pq.read_table(a / "histories.parquet")
+    hist_users = hist.column("user_id").to_pylist()
+    hist_rows = _embedding_rows(ids, hist.column("video_id").to_pylist(), "history rows")
+    uindex = {u: i for i, u in enumerate(sorted(set(users.tolist()) | set(hist_users)))}
+    by_user: dict[int, list[int]] = {}
+    for u, r in zip(hist_users, hist_rows.tolist(), strict=True):
+        by_user.setdefault(uindex[u], []).append(r)
+    history_rows = {u: np.unique(np.array(r)) for u, r in by_user.items()}
+    user_idx = np.array([uindex[u] for u in users], dtype=np.int64)
+    max_s, avg_s = similarity_by_user(user_idx, vrows, history_rows, emb.astype(np.float64))
+    x = emb[vrows].astype(np.float64)
+    scores = {
+        "max_similarity": max_s,
+        "avg_similarity": avg_s,
+        "glmix": glm.predict_proba(users, x),
+        "glmix_no_video": glm0.predict_proba(users, x),
+    }
+    oracle = None
+    truth_path = d / TRUTH_FILE
+    if truth_path.exists():
+        truth = (
+            pq.read_table(truth_path, columns=["watch_probability"])
+            .column("watch_probability")
+            .to_numpy()
+        )
+        oracle = truth[test.column("row").to_numpy()]
+
+    report: dict[str, Any] = {
+        "artifact": str(a.resolve()),
+        "pooling": manifest.get("config", {}).get("embedder", {}).get("pooling"),
+        "test_start": start.isoformat(),
+        "watch_threshold_s": watch_threshold_s,
+        "rows": {
+            "test": len(y),
+            "cold_start": int(cold.sum()),
+            "test_with_history": int((~np.isnan(max_s)).sum()),
+            "cold_start_with_history": int((cold & ~np.isnan(max_s)).sum()),
+            "test_users": len(set(users.tolist())),
+            "test_users_without_history": len(
+                {u for u, m in zip(users, np.isnan(max_s), strict=True) if m}
+            ),
+            "positive_rate": float(y.mean()),
+        },
+        "notes": [
+            "Similarity AUCs use the test rows of users with a training-period watch history "
+            "(Eq. 16-17 are undefined otherwise); GLMix AUCs use all test rows, and unknown users "
+            "get the fixed effect alone.",
+            "Cold-start videos have no impression before the test start.",
+        ],
+    }
+    auc_all, auc_cold, ci_all, ci_cold = {}, {}, {}, {}
+    for name, s in scores.items():
+        blk = _auc_block(y, s, users, bootstrap, seed)
+        auc_all[name], ci_all[name] = blk["auc"], blk
+        blk_c = _auc_block(y[cold], s[cold], users[cold], bootstrap, seed) if cold.any() else None
+        auc_cold[name] = blk_c["auc"] if blk_c else math.nan
+        ci_cold[name] = blk_c
+    report["auc"] = auc_all
+    report["auc_cold_start"] = auc_cold
+    report["ci95"] = {"all": ci_all, "cold_start": ci_cold}
+    if oracle is not None:
+        report["oracle_auc"] = {
+            "all": _auc_block(y, oracle, users, 0, seed)["auc"],
+            "cold_start": _auc_block(y[cold], oracle[cold], users[cold], 0, seed)["auc"]
+            if cold.any()
+            else math.nan,
+        }
+    rel: dict[str, Any] = {
+        "glmix_vs_no_video_pct": {
+            "all": 100 * (auc_all["glmix"] / auc_all["glmix_no_video"] - 1),
+            "cold_start": 100 * (auc_cold["glmix"] / auc_cold["glmix_no_video"] - 1)
+            if cold.any()
+            else math.nan,
+        }
+    }
+    if baseline is not None:
+        try:
+            base = json.loads(Path(baseline).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserInputError(f"{baseline}: cannot read baseline report ({exc})") from None
+        rel["vs_baseline_pct"] = {
+            "baseline_pooling": base.get("pooling"),
+            **{
+                k: 100 * (auc_all[k] / base["auc"][k] - 1)
+                for k in ("max_similarity", "avg_similarity")
+            },
+            "glmix_cold_start": 100 * (auc_cold["glmix"] / base["auc_cold_start"]["glmix"] - 1),
+        }
+    report["relative_improvement"] = rel
+    o.mkdir(parents=True, exist_ok=True)
+    _plot_roc(y, scores, cold, oracle, o / "roc.png")
+    write_parquet_atomic(
+        pa.table(
+            {
+                "user_id": pa.array(users.tolist(), pa.string()),
+                "video_id": test.column("video_id"),
+                "label": pa.array(y),
+                "cold_start": pa.array(cold),
+                **{k: pa.array(v) for k, v in scores.items()},
+            }
+        ),
+        o / "test_scores.parquet",
+    )
+    (o / "report.json").write_text(json.dumps(_clean(report), indent=2))
+    (o / "report.md").write_text(render_markdown(report))
+    return report
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    r = report["rows"]
+    lines = [
+        f"# Offline evaluation ({report.get('pooling')} embeddings)",
+        "",
+        f"Test period from {report['test_start']}; valid watch = watch_seconds >= {report['watch_threshold_s']} s.",
+        f"{r['test']} test impressions ({r['cold_start']} of cold-start videos) from {r['test_users']} users; "
+        f"{r['test_users_without_history']} test users have no training-period watch history.",
+        "",
+        "| score | AUC (all) | 95% DeLong | 95% bootstrap (users) | AUC (cold start) | 95% bootstrap (users) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k in SCORES:
+        a = report["ci95"]["all"][k]
+        c = report["ci95"]["cold_start"][k] or {}
+        lines.append(
+            f"| {k} | {_fmt(a['auc'])} | {_fmt(a['delong'][0])}-{_fmt(a['delong'][1])} | "
+            f"{_fmt(a['bootstrap_users'][0])}-{_fmt(a['bootstrap_users'][1])} | {_fmt(c.get('auc'))} | "
+            f"{_fmt((c.get('bootstrap_users') or [None, None])[0])}-{_fmt((c.get('bootstrap_users') or [None, None])[1])} |"
+        )
+    if "oracle_auc" in report:
+        lines += [
+            "",
+            f"Oracle AUC (true watch probabilities): all {_fmt(report['oracle_auc']['all'])}, "
+            f"cold start {_fmt(report['oracle_auc']['cold_start'])}.",
+        ]
+    rel = report["relative_improvement"]["glmix_vs_no_video_pct"]
+    lines += [
+        "",
+        f"GLMix with video features vs without: {rel['all']:+.2f}% (all), {rel['cold_start']:+.2f}% (cold start).",
+    ]
+    if "vs_baseline_pct" in report["relative_improvement"]:
+        b = report["relative_improvement"]["vs_baseline_pct"]
+        lines.append(
+            f"Relative to {b['baseline_pooling']} pooling: max similarity {b['max_similarity']:+.2f}%, "
+            f"avg similarity {b['avg_similarity']:+.2f}%."
+        )
+    lines += ["", "![ROC](roc.png)", "", *[f"- {n}" for n in report["notes"]], ""]
+    return "\n".join(lines)
+
+
+def _plot_roc(
+    y: np.ndarray,
+    scores: dict[str, np.ndarray],
+    cold: np.ndarray,
+    oracle: np.ndarray | None,
+    path: Path,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    for ax, subset, title in (
+        (axes[0], np.ones_like(cold), "all test impressions"),
+        (axes[1], cold, "cold-start videos"),
+    ):
+        curves = dict(scores)
+        if oracle is not None:
+            curves["oracle"] = oracle
+        for name, s in curves.items():
+            ok = subset & ~np.isnan(s)
+            if ok.sum() == 0 or len(set(y[ok].tolist())) < 2:
+                continue
+            fpr, tpr, _ = roc_curve(y[ok], s[ok])
+            ax.plot(fpr, tpr, label=name, linestyle="--" if name == "oracle" else "-")
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.5)
+        ax.set_title(title)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

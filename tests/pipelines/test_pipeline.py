@@ -1,0 +1,132 @@
+"""recsys pipeline / evaluate / fit-glmix on a small synthetic world."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.evaluate import load_glmix
+from recsys.artifact import read_manifest
+
+TINY = [
+    "--epochs",
+    "1",
+    "--clusters",
+    "4",
+    "--max-triplets",
+    "1500",
+    "--bootstrap",
+    "20",
+    "--quiet",
+]
+
+
+@pytest.fixture(scope="module")
+def pipeline_out(small_world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    out = tmp_path_factory.mktemp("pipe") / "run"
+    res = CliRunner().invoke(
+        app, ["pipeline", "--data", str(small_world_dir), "--out", str(out), *TINY]
+    )
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_pipeline_writes_report_and_servable_artifact(pipeline_out: Path) -> None:
+    report = json.loads((pipeline_out / "report.json").read_text())
+    for block in ("auc", "auc_cold_start"):
+        assert set(report[block]) == {"max_similarity", "avg_similarity", "glmix", "glmix_no_video"}
+    assert 0 <= report["auc"]["glmix"] <= 1 and report["rows"]["test"] > 0
+    assert report["rows"]["cold_start"] > 0 and "oracle_auc" in report
+    ci = report["ci95"]["all"]["glmix"]
+    assert ci["delong"][0] <= report["auc"]["glmix"] <= ci["delong"][1]
+    assert (pipeline_out / "report.md").read_text().startswith("# Offline evaluation")
+    assert (pipeline_out / "roc.png").stat().st_size > 1000
+    art = pipeline_out / "artifact"
+    manifest = read_manifest(art)
+    assert {"glmix.json", "glmix_users.parquet", "histories.parquet", "index.faiss"} <= set(
+        manifest["files"]
+    )
+    assert manifest["glmix"]["training_rows"] > 0
+    glm = load_glmix(art, "glmix")
+    assert glm is not None and np.isfinite(glm.user_coef).all()
+
+
+def test_evaluate_refuses_a_leaky_test_start(
+    run_cli, pipeline_out: Path, small_world_dir: Path, tmp_path: Path
+) -> None:
+    code, _, err = run_cli(
+        "evaluate",
+        "--data",
+        small_world_dir,
+        "--artifacts",
+        pipeline_out / "artifact",
+        "--out",
+        tmp_path,
+        "--test-start",
+        "2000-01-01T00:00:00Z",
+    )
+    assert code == 2 and "before the artifact's training cut-off" in err
+
+
+def test_evaluate_with_baseline(
+    run_cli, pipeline_out: Path, small_world_dir: Path, tmp_path: Path
+) -> None:
+    code, out, err = run_cli(
+        "evaluate",
+        "--data",
+        small_world_dir,
+        "--artifacts",
+        pipeline_out / "artifact",
+        "--out",
+        tmp_path,
+        "--bootstrap",
+        "0",
+        "--baseline",
+        pipeline_out / "report.json",
+    )
+    assert code == 0, err
+    rep = json.loads((tmp_path / "report.json").read_text())
+    # The same model as its own baseline: 0% change.
+    assert rep["relative_improvement"]["vs_baseline_pct"]["max_similarity"] == pytest.approx(
+        0.0, abs=1e-9
+    )
+    assert "AUC glmix" in out
+
+
+def test_fit_glmix_cli_extends_artifact(run_cli, small_world_dir: Path, tmp_path: Path) -> None:
+    art = tmp_path / "art"
+    code, _, err = run_cli(
+        "train-embeddings",
+        "--data",
+        small_world_dir,
+        "--out",
+        art,
+        "--epochs",
+        "1",
+        "--clusters",
+        "4",
+        "--max-triplets",
+        "500",
+        "--quiet",
+    )
+    assert code == 0, err
+    assert "glmix.json" not in read_manifest(art)["files"]
+    code, out, err = run_cli(
+        "fit-glmix", "--data", small_world_dir, "--artifacts", art, "--random-l2", "5"
+    )
+    assert code == 0, err
+    assert "GLMix:" in out
+    m = read_manifest(art)
+    assert "glmix.json" in m["files"] and m["glmix"]["config"]["random_l2"] == 5.0
+    assert m["config"]["embedder"]["pooling"] == "dsgmm"  # the rest of the manifest survives
+    code, _, err = run_cli(
+        "fit-glmix", "--data", small_world_dir, "--artifacts", art, "--random-l2", "-1"
+    )
+    assert code == 2 and "random_l2" in err

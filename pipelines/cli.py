@@ -400,14 +400,65 @@ def pipeline(
 
 
 @app.command()
+def serve(
+    artifacts: Annotated[
+        Path, typer.Option(help="Artifact directory (OUT/artifact of recsys pipeline).")
+    ],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    limit_concurrency: Annotated[
+        int, typer.Option(help="Answer 503 beyond this many concurrent requests.")
+    ] = 64,
+) -> None:
+    """Serve the HTTP API (FastAPI + uvicorn); settings from RECSYS_* environment variables (RECSYS_API_KEY, ...)."""
+    from serving.cli import serve_artifact
+
+    serve_artifact(artifacts, host, port, workers, limit_concurrency, print_examples=True)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Working directory for the demo.")] = Path("demo"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    pooling: Annotated[str, typer.Option(help="Pooling of the embedding model.")] = "dsgmm",
+    epochs: Annotated[int, typer.Option(help="Embedding training epochs.")] = 4,
+    serve: Annotated[
+        bool, typer.Option(help="Start the service on the demo artifact at the end.")
+    ] = True,
+    port: Annotated[int, typer.Option(help="Port for the service.")] = 8000,
 ) -> None:
-    """The main job: make a synthetic world and validate it."""
+    """The main job: synthetic world -> validate -> train, index, GLMix, evaluate -> serve."""
     data = out / "data"
-    synth(out=data, seed=seed)
+    if not (data / "videos.parquet").exists():
+        synth(out=data, seed=seed)
     validate(data)
+    pipeline(
+        data=data,
+        out=out / "run",
+        pooling=pooling,
+        epochs=epochs,
+        overwrite=True,
+        clusters=32,
+        gamma=0.125,
+        max_triplets=0,
+        index="flat",
+        tune_glmix=False,
+        test_start=None,
+        watch_threshold=DEFAULT_WATCH_THRESHOLD_S,
+        bootstrap=200,
+        baseline=None,
+        seed=seed,
+        device="auto",
+        quiet=False,
+    )
+    typer.echo(f"report: {out / 'run' / 'report.md'}")
+    if serve:
+        from serving.cli import serve_artifact
+
+        serve_artifact(
+            out / "run" / "artifact", host="127.0.0.1", port=port, workers=1, print_examples=True
+        )
 
 
 def main() -> None:

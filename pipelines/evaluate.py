@@ -23,7 +23,13 @@ import pyarrow.parquet as pq
 
 from pipelines.io import dataset_dir, write_parquet_atomic
 from pipelines.train_embeddings import impressions_connection
-from recsys.artifact import extend_artifact, read_embeddings, read_manifest, write_json_bytes
+from recsys.artifact import (
+    extend_artifact,
+    load_glmix,
+    read_embeddings,
+    read_manifest,
+    write_json_bytes,
+)
 from recsys.auc import bootstrap_ci, delong_ci
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S, TRUTH_FILE
 from recsys.errors import UserInputError
@@ -74,17 +80,6 @@ def _glmix_files(model: GLMix, stem: str) -> dict[str, Any]:
         f"{stem}.json": write_json_bytes(fixed),
         f"{stem}_users.parquet": lambda p, t=users: pq.write_table(t, p),
     }
-
-
-def load_glmix(artifact: Path, stem: str) -> GLMix | None:
-    jpath, upath = artifact / f"{stem}.json", artifact / f"{stem}_users.parquet"
-    if not jpath.exists():
-        return None
-    try:
-        fixed = json.loads(jpath.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserInputError(f"{jpath}: malformed ({exc})") from None
-    return GLMix.from_tables(fixed, pq.read_table(upath))
 
 
 @dataclass(frozen=True)

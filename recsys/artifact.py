@@ -259,3 +259,19 @@ def extend_artifact(
 
 def write_json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+
+
+def load_glmix(artifact: str | os.PathLike[str], stem: str = "glmix") -> Any:
+    """The GLMix model ``STEM.json`` + ``STEM_users.parquet`` of an artifact, or None."""
+    from recsys.glmix import GLMix
+
+    a = Path(artifact)
+    jpath, upath = a / f"{stem}.json", a / f"{stem}_users.parquet"
+    if not jpath.exists():
+        return None
+    try:
+        fixed = json.loads(jpath.read_text())
+        users = pq.read_table(upath)
+    except (OSError, json.JSONDecodeError, pa.ArrowException) as exc:
+        raise UserInputError(f"{jpath}: cannot read GLMix model ({exc})") from None
+    return GLMix.from_tables(fixed, users)

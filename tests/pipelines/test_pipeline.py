@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.evaluate import load_glmix
-from recsys.artifact import read_manifest
+from recsys.artifact import load_glmix, read_manifest
 
 TINY = [
     "--epochs",

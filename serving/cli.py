@@ -1,0 +1,56 @@
+"""Starting the service with uvicorn."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import uvicorn
+
+from recsys.artifact import read_manifest
+
+
+def example_requests(base: str, api_key: str | None) -> str:
+    key = f" -H 'X-API-Key: {api_key}'" if api_key else ""
+    return "\n".join(
+        [
+            "Example requests:",
+            f"  curl -s {base}/readyz",
+            f"  curl -s -X POST {base}/v1/score -H 'Content-Type: application/json' "
+            '-d \'{"user_id": "u000001", "video_ids": ["v000001", "v000002", "nope"]}\'',
+            f"  curl -s '{base}/v1/users/u000001/recommendations?k=5'",
+            f"  curl -s '{base}/v1/videos/v000001/similar?k=5'",
+            f"  curl -s -X POST {base}/v1/events/watch -H 'Content-Type: application/json'{key} "
+            '-d \'{"user_id": "u000001", "video_id": "v000002", "watch_seconds": 42, "at": "2026-02-02T12:00:00Z"}\'',
+            f"  curl -s -X POST {base}/v1/videos -H 'Content-Type: application/json'{key} "
+            '-d \'{"video_id": "new-1", "frames": [[...D floats...], ...]}\'',
+            f"  curl -s {base}/metrics | head;  API docs: {base}/docs",
+        ]
+    )
+
+
+def serve_artifact(
+    artifacts: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    limit_concurrency: int | None = 64,
+    print_examples: bool = False,
+) -> None:
+    """Run uvicorn on the artifact (checked first, so a bad path fails fast with a clear message)."""
+    read_manifest(artifacts, verify=True)
+    os.environ["RECSYS_ARTIFACTS"] = str(Path(artifacts).resolve())
+    if print_examples:
+        print(
+            example_requests(f"http://{host}:{port}", os.environ.get("RECSYS_API_KEY")), flush=True
+        )
+    uvicorn.run(
+        "serving.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        limit_concurrency=limit_concurrency,
+        log_level="warning",
+        access_log=False,
+    )

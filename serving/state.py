@@ -1,0 +1,288 @@
+"""The loaded artifact plus everything ingested since, and the scoring logic on top.
+
+One ``ServingState`` is immutable in what it was loaded from and grows only by
+appends (new videos, new watches) under a lock. A reload builds a new state and
+swaps the reference in ``StateHolder``; requests that already hold the old state
+finish on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from recsys.artifact import load_embedder, load_glmix, read_embeddings, read_manifest
+from recsys.errors import UserInputError
+from recsys.glmix import GLMix
+from recsys.index import IndexConfig, VideoIndex
+from serving.store import DurableStore
+
+
+class ConflictError(Exception):
+    """A write that contradicts what is stored (HTTP 409)."""
+
+
+class NotFoundError(Exception):
+    """An id the service does not know (HTTP 404)."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    video_id: str
+    created: bool
+    num_frames: int
+
+
+def payload_hash(frames: np.ndarray) -> str:
+    x = np.ascontiguousarray(frames, dtype=np.float32)
+    h = hashlib.sha256()
+    h.update(np.array(x.shape, dtype=np.int64).tobytes())
+    h.update(x.tobytes())
+    return h.hexdigest()
+
+
+class ServingState:
+    def __init__(self, artifact: Path, store: DurableStore, watch_threshold_s: float) -> None:
+        t0 = time.perf_counter()
+        self.artifact = artifact
+        self.manifest = read_manifest(artifact, verify=True)
+        self.version = (
+            str(self.manifest.get("created_at", ""))
+            + ":"
+            + str(self.manifest["files"].get("embedder.pt", ""))[:12]
+        )
+        self.embedder = load_embedder(artifact)
+        self.feature_dim = self.embedder.config.feature_dim
+        glm = load_glmix(artifact, "glmix")
+        if glm is None:
+            raise UserInputError(
+                f"{artifact}: no GLMix model (run recsys pipeline or recsys fit-glmix)"
+            )
+        self.glmix: GLMix = glm
+        ids, emb = read_embeddings(artifact / "embeddings.parquet")
+        self.dim = emb.shape[1]
+        self._lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._ids: list[str] = list(ids)
+        self._rows: dict[str, int] = {v: i for i, v in enumerate(ids)}
+        self._emb = np.zeros((max(2 * len(ids), 1024), self.dim), dtype=np.float32)
+        self._emb[: len(ids)] = emb
+        self.catalogue_size = len(ids)
+        import json
+
+        icfg = IndexConfig(**json.loads((artifact / "index.json").read_text()))
+        self.index = VideoIndex.from_bytes((artifact / "index.faiss").read_bytes(), ids, icfg)
+        self.threshold = watch_threshold_s
+        self._history: dict[str, list[int]] = {}
+        self._history_set: dict[str, set[int]] = {}
+        hist = pq.read_table(artifact / "histories.parquet", columns=["user_id", "video_id"])
+        for u, v in zip(
+            hist.column("user_id").to_pylist(), hist.column("video_id").to_pylist(), strict=True
+        ):
+            r = self._rows.get(v)
+            if r is not None:
+                self._add_history(u, r)
+        self.store = store
+        self.ingested = 0
+        self.watch_events = 0
+        for sv in store.videos():  # replay durable writes
+            self._append_video(sv.video_id, sv.embedding)
+            self.ingested += 1
+        for u, v, secs, _ in store.watches():
+            self.watch_events += 1
+            r = self._rows.get(v)
+            if r is not None and secs >= self.threshold:
+                self._add_history(u, r)
+        self.payload_hashes = {sv.video_id: sv.payload_sha256 for sv in store.videos()}
+        self.load_seconds = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ internals
+
+    def _add_history(self, user: str, row: int) -> None:
+        seen = self._history_set.setdefault(user, set())
+        if row not in seen:
+            seen.add(row)
+            self._history.setdefault(user, []).append(row)
+
+    def _append_video(self, video_id: str, vector: np.ndarray) -> None:
+        n = len(self._ids)
+        if n >= len(self._emb):  # grow by doubling; readers keep a valid old array
+            grown = np.zeros((2 * len(self._emb), self.dim), dtype=np.float32)
+            grown[:n] = self._emb[:n]
+            self._emb = grown
+        self._emb[n] = vector
+        with self._index_lock:
+            self.index.add([video_id], vector[None, :])
+        self._rows[video_id] = n
+        self._ids.append(video_id)
+
+    @property
+    def num_videos(self) -> int:
+        return len(self._ids)
+
+    def has_video(self, video_id: str) -> bool:
+        return video_id in self._rows
+
+    def history_rows(self, user: str) -> list[int]:
+        return list(self._history.get(user, ()))
+
+    # ------------------------------------------------------------------ reads
+
+    def score(self, user_id: str, video_ids: list[str]) -> dict[str, Any]:
+        rows = np.array([self._rows.get(v, -1) for v in video_ids], dtype=np.int64)
+        known = rows >= 0
+        emb = self._emb
+        cand = emb[rows[known]]
+        hist = self._history.get(user_id)
+        n = len(cand)
+        max_s: list[float | None] = [None] * n
+        avg_s: list[float | None] = [None] * n
+        if hist:
+            sims = cand @ emb[np.asarray(hist)].T
+            max_s = sims.max(1).tolist()
+            avg_s = sims.mean(1).tolist()
+        probs = self._watch_probability(user_id, cand).tolist()
+        out: list[dict[str, Any]] = []
+        j = 0
+        for v, ok in zip(video_ids, known.tolist(), strict=True):
+            if ok:
+                out.append(
+                    {
+                        "video_id": v,
+                        "max_similarity": max_s[j],
+                        "avg_similarity": avg_s[j],
+                        "watch_probability": probs[j],
+                    }
+                )
+                j += 1
+            else:
+                out.append({"video_id": v, "error": "unknown video"})
+        return {
+            "user_id": user_id,
+            "known_user": user_id in self.glmix.user_index,
+            "history_size": len(hist) if hist else 0,
+            "scores": out,
+        }
+
+    def _watch_probability(self, user_id: str, cand: np.ndarray) -> np.ndarray:
+        g = self.glmix
+        x = cand.astype(np.float64)
+        eta = g.fixed_logit(x)
+        u = g.user_index.get(user_id)
+        if u is not None:
+            c = g.user_coef[u]
+            eta = eta + c[0]
+            if g.config.use_video_features:
+                eta = eta + x @ c[1:]
+        return 1.0 / (1.0 + np.exp(-eta))
+
+    def similar(self, video_id: str, k: int) -> list[dict[str, Any]]:
+        row = self._rows.get(video_id)
+        if row is None:
+            raise NotFoundError(f"unknown video {video_id!r}")
+        with self._index_lock:
+            ids, scores = self.index.search(self._emb[row][None, :], k + 1)
+        return [
+            {"video_id": v, "similarity": float(s)}
+            for v, s in zip(ids[0], scores[0].tolist(), strict=False)
+            if v != video_id
+        ][:k]
+
+    def recommend(self, user_id: str, k: int, seeds: int) -> list[dict[str, Any]]:
+        hist = self._history.get(user_id, [])
+        watched = set(hist)
+        if hist:
+            q = self._emb[np.asarray(hist[-seeds:])]
+            with self._index_lock:
+                ids, _ = self.index.search(q, min(self.num_videos, 4 * k + len(hist)))
+            cand_rows = sorted({self._rows[v] for row in ids for v in row} - watched)
+        else:
+            # No history: rank the most recent part of the catalogue by watch probability.
+            cand_rows = list(range(max(0, self.num_videos - 20_000), self.num_videos))
+        if not cand_rows:
+            return []
+        cand = self._emb[np.asarray(cand_rows)]
+        p = self._watch_probability(user_id, cand)
+        top = np.argsort(-p, kind="stable")[:k]
+        result = []
+        hist_emb = self._emb[np.asarray(hist)] if hist else None
+        for i in top.tolist():
+            item: dict[str, Any] = {
+                "video_id": self._ids[cand_rows[i]],
+                "watch_probability": float(p[i]),
+            }
+            if hist_emb is not None:
+                item["max_similarity"] = float((hist_emb @ cand[i]).max())
+            result.append(item)
+        return result
+
+    # ------------------------------------------------------------------ writes
+
+    def embed(self, frames: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[None]
+            return self.embedder(x).numpy()[0].astype(np.float32)
+
+    def ingest(self, video_id: str, frames: np.ndarray) -> IngestResult:
+        digest = payload_hash(frames)
+        with self._lock:
+            known_hash = self.payload_hashes.get(video_id)
+            if known_hash is not None:
+                if known_hash == digest:
+                    return IngestResult(video_id, False, len(frames))
+                raise ConflictError(
+                    f"video {video_id!r} was already ingested with different frames"
+                )
+            if video_id in self._rows:
+                raise ConflictError(f"video {video_id!r} is already in the catalogue")
+        vector = self.embed(frames)  # outside the lock: the slow part
+        with self._lock:
+            if video_id in self._rows:  # lost a race with an identical request
+                if self.payload_hashes.get(video_id) == digest:
+                    return IngestResult(video_id, False, len(frames))
+                raise ConflictError(
+                    f"video {video_id!r} was already ingested with different frames"
+                )
+            if not self.store.insert_video(video_id, digest, vector, len(frames)):
+                stored = self.store.get_video(video_id)
+                if stored is not None and stored.payload_sha256 == digest:
+                    self.payload_hashes[video_id] = digest
+                    self._append_video(video_id, stored.embedding)
+                    return IngestResult(video_id, False, len(frames))
+                raise ConflictError(
+                    f"video {video_id!r} was already ingested with different frames"
+                )
+            # Durable from here on; now make it visible.
+            self.payload_hashes[video_id] = digest
+            self._append_video(video_id, vector)
+            self.ingested += 1
+        return IngestResult(video_id, True, len(frames))
+
+    def record_watch(self, user_id: str, video_id: str, watch_seconds: float, at: str) -> bool:
+        row = self._rows.get(video_id)
+        if row is None:
+            raise NotFoundError(f"unknown video {video_id!r}")
+        with self._lock:
+            self.store.insert_watch(user_id, video_id, watch_seconds, at)
+            self.watch_events += 1
+            valid = watch_seconds >= self.threshold
+            if valid:
+                self._add_history(user_id, row)
+        return valid
+
+
+class StateHolder:
+    """Holds the current state; reloads swap the reference atomically."""
+
+    def __init__(self) -> None:
+        self.current: ServingState | None = None
+        self.reload_lock = threading.Lock()
+        self.reloads = 0

@@ -42,3 +42,32 @@ def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str,
         return code, cap.out, cap.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def pipeline_out(small_world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``recsys pipeline`` on the small world with a tiny configuration (OUT/artifact is servable)."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    out = tmp_path_factory.mktemp("pipe") / "run"
+    args = [
+        "pipeline",
+        "--data",
+        str(small_world_dir),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--clusters",
+        "4",
+        "--max-triplets",
+        "1500",
+        "--bootstrap",
+        "20",
+        "--quiet",
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return out

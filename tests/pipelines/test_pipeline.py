@@ -10,32 +10,6 @@ import pytest
 
 from recsys.artifact import load_glmix, read_manifest
 
-TINY = [
-    "--epochs",
-    "1",
-    "--clusters",
-    "4",
-    "--max-triplets",
-    "1500",
-    "--bootstrap",
-    "20",
-    "--quiet",
-]
-
-
-@pytest.fixture(scope="module")
-def pipeline_out(small_world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from typer.testing import CliRunner
-
-    from pipelines.cli import app
-
-    out = tmp_path_factory.mktemp("pipe") / "run"
-    res = CliRunner().invoke(
-        app, ["pipeline", "--data", str(small_world_dir), "--out", str(out), *TINY]
-    )
-    assert res.exit_code == 0, res.output
-    return out
-
 
 def test_pipeline_writes_report_and_servable_artifact(pipeline_out: Path) -> None:
     report = json.loads((pipeline_out / "report.json").read_text())

@@ -1,0 +1,319 @@
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recsys.artifact import load_glmix, read_embeddings
+from serving.app import create_app
+from tests.serving.conftest import AUTH
+
+
+def _catalogue(artifact):
+    ids, emb = read_embeddings(artifact / "embeddings.parquet")
+    return ids, emb
+
+
+def _history(artifact, user):
+    t = pq.read_table(artifact / "histories.parquet").to_pylist()
+    return [r["video_id"] for r in t if r["user_id"] == user]
+
+
+def _a_user_with_history(artifact) -> str:
+    return pq.read_table(artifact / "histories.parquet").column("user_id")[0].as_py()
+
+
+def test_health_ready_docs(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["status"] == "ready" and r.json()["videos"] > 0
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/score", "/v1/videos", "/v1/events/watch"} <= set(paths)
+
+
+def test_score_matches_eq16_17_and_glmix(client: TestClient, artifact) -> None:
+    ids, emb = _catalogue(artifact)
+    user = _a_user_with_history(artifact)
+    hist = sorted(set(_history(artifact, user)))
+    cands = [ids[0], ids[5], "does-not-exist"]
+    r = client.post("/v1/score", json={"user_id": user, "video_ids": cands})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["known_user"] and body["history_size"] == len(hist)
+    row = {v: i for i, v in enumerate(ids)}
+    h = emb[[row[v] for v in hist]]
+    glm = load_glmix(artifact)
+    for item, v in zip(body["scores"][:2], cands[:2], strict=True):
+        sims = h @ emb[row[v]]
+        assert item["max_similarity"] == pytest.approx(float(sims.max()), abs=1e-5)
+        assert item["avg_similarity"] == pytest.approx(float(sims.mean()), abs=1e-5)
+        p = glm.predict_proba([user], emb[row[v]][None].astype(np.float64))[0]
+        assert item["watch_probability"] == pytest.approx(p, abs=1e-9)
+    assert body["scores"][2] == {"video_id": "does-not-exist", "error": "unknown video"}
+
+
+def test_unknown_user_gets_fixed_effect_and_null_similarities(client: TestClient, artifact) -> None:
+    ids, emb = _catalogue(artifact)
+    r = client.post("/v1/score", json={"user_id": "stranger", "video_ids": [ids[1]]}).json()
+    assert r["known_user"] is False and r["history_size"] == 0
+    s = r["scores"][0]
+    assert s["max_similarity"] is None and s["avg_similarity"] is None
+    glm = load_glmix(artifact)
+    eta = glm.fixed_logit(emb[1][None].astype(np.float64))[0]
+    assert s["watch_probability"] == pytest.approx(1 / (1 + np.exp(-eta)))
+
+
+def test_recommendations_exclude_watched_and_similar(client: TestClient, artifact) -> None:
+    user = _a_user_with_history(artifact)
+    recs = client.get(f"/v1/users/{user}/recommendations", params={"k": 5}).json()[
+        "recommendations"
+    ]
+    assert 0 < len(recs) <= 5
+    assert not set(r["video_id"] for r in recs) & set(_history(artifact, user))
+    probs = [r["watch_probability"] for r in recs]
+    assert probs == sorted(probs, reverse=True)
+    ids, _ = _catalogue(artifact)
+    cold = client.get("/v1/users/nobody/recommendations", params={"k": 3}).json()["recommendations"]
+    assert len(cold) == 3
+    sim = client.get(f"/v1/videos/{ids[0]}/similar", params={"k": 4}).json()["similar"]
+    assert len(sim) == 4 and ids[0] not in [s["video_id"] for s in sim]
+    assert client.get("/v1/videos/zzz/similar").status_code == 404
+
+
+def _frames(d: int, t: int = 4, seed: int = 0) -> list[list[float]]:
+    return np.random.default_rng(seed).normal(size=(t, d)).round(4).tolist()
+
+
+def test_ingest_is_scoreable_idempotent_and_conflicts(client: TestClient, artifact) -> None:
+    d = json.loads((artifact / "embedder.json").read_text())["feature_dim"]
+    body = {"video_id": "fresh-1", "frames": _frames(d)}
+    assert client.post("/v1/videos", json=body).status_code == 401  # API key required
+    assert client.post("/v1/videos", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
+    r = client.post("/v1/videos", json=body, headers=AUTH)
+    assert r.status_code == 201 and r.json() == {
+        "video_id": "fresh-1",
+        "created": True,
+        "num_frames": 4,
+    }
+    assert (
+        client.post("/v1/videos", json=body, headers=AUTH).status_code == 200
+    )  # same payload: idempotent
+    other = {"video_id": "fresh-1", "frames": _frames(d, seed=1)}
+    assert client.post("/v1/videos", json=other, headers=AUTH).status_code == 409
+    ids, _ = _catalogue(artifact)
+    assert (
+        client.post(
+            "/v1/videos", json={"video_id": ids[0], "frames": _frames(d)}, headers=AUTH
+        ).status_code
+        == 409
+    )
+    s = client.post(
+        "/v1/score", json={"user_id": _a_user_with_history(artifact), "video_ids": ["fresh-1"]}
+    ).json()
+    assert (
+        s["scores"][0]["watch_probability"] is not None
+        and s["scores"][0]["max_similarity"] is not None
+    )
+    # The compact form: base64 float32 and uint8.
+    raw = np.asarray(_frames(d, seed=2), dtype="<f4")
+    b64 = {
+        "video_id": "fresh-2",
+        "frames_b64": base64.b64encode(raw.tobytes()).decode(),
+        "num_frames": 4,
+    }
+    assert client.post("/v1/videos", json=b64, headers=AUTH).status_code == 201
+    q = np.full((3, d), 128, np.uint8)
+    u8 = {
+        "video_id": "fresh-3",
+        "frames_b64": base64.b64encode(q.tobytes()).decode(),
+        "dtype": "uint8",
+        "num_frames": 3,
+    }
+    assert client.post("/v1/videos", json=u8, headers=AUTH).status_code == 201
+    metrics = client.get("/metrics").text
+    assert "recsys_ingested_videos_total 3" in metrics and "recsys_index_size" in metrics
+    assert 'route="/v1/videos",status="201"' in metrics
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"video_id": "x", "frames": []}, 400, "at least one frame"),
+        ({"video_id": "x", "frames": [[1.0, 2.0]]}, 400, "has dimension 2"),
+        ({"video_id": "x"}, 400, "exactly one of"),
+        ({"video_id": "x", "frames_b64": "!!!", "num_frames": 1}, 400, "not valid base64"),
+        ({"video_id": "x", "frames_b64": "AAAA", "num_frames": 1}, 400, "bytes, expected"),
+        ({"video_id": "x", "frames_b64": "AAAA"}, 400, "needs num_frames"),
+        ({"video_id": "", "frames": [[1.0]]}, 422, "video_id"),
+        ({"frames": [[1.0]]}, 422, "video_id"),
+    ],
+)
+def test_ingest_bad_input(client: TestClient, body, status: int, needle: str) -> None:
+    r = client.post("/v1/videos", json=body, headers=AUTH)
+    assert r.status_code == status and needle in r.json()["detail"]
+
+
+def test_non_finite_frames_rejected(client: TestClient, artifact) -> None:
+    d = json.loads((artifact / "embedder.json").read_text())["feature_dim"]
+    raw = np.zeros((2, d), "<f4")
+    raw[1, 0] = np.nan
+    b = {
+        "video_id": "nanny",
+        "frames_b64": base64.b64encode(raw.tobytes()).decode(),
+        "num_frames": 2,
+    }
+    r = client.post("/v1/videos", json=b, headers=AUTH)
+    assert r.status_code == 400 and "finite" in r.json()["detail"]
+    text = '{"video_id": "nanny", "frames": [[NaN' + ", 0" * (d - 1) + "]]}"
+    r = client.post(
+        "/v1/videos", content=text, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert 400 <= r.status_code < 500
+
+
+def test_watch_events_update_history(client: TestClient, artifact) -> None:
+    ids, _ = _catalogue(artifact)
+    ev = {
+        "user_id": "newbie",
+        "video_id": ids[3],
+        "watch_seconds": 30,
+        "at": "2026-02-02T10:00:00Z",
+    }
+    assert client.post("/v1/events/watch", json=ev).status_code == 401
+    r = client.post("/v1/events/watch", json=ev, headers=AUTH)
+    assert r.status_code == 201 and r.json()["valid_watch"] is True
+    s = client.post("/v1/score", json={"user_id": "newbie", "video_ids": [ids[3]]}).json()
+    assert s["history_size"] == 1 and s["scores"][0]["max_similarity"] == pytest.approx(
+        1.0, abs=1e-5
+    )
+    short = {**ev, "video_id": ids[4], "watch_seconds": 2}
+    assert client.post("/v1/events/watch", json=short, headers=AUTH).json()["valid_watch"] is False
+    assert (
+        client.post("/v1/events/watch", json={**ev, "video_id": "zzz"}, headers=AUTH).status_code
+        == 404
+    )
+    assert (
+        client.post("/v1/events/watch", json={**ev, "watch_seconds": -1}, headers=AUTH).status_code
+        == 422
+    )
+    assert (
+        client.post(
+            "/v1/events/watch", json={**ev, "at": "2026-02-02T10:00:00"}, headers=AUTH
+        ).status_code
+        == 422
+    )
+
+
+def test_limits(client: TestClient, settings) -> None:
+    too_many = {"user_id": "u", "video_ids": [f"v{i}" for i in range(1001)]}
+    assert client.post("/v1/score", json=too_many).status_code == 422
+    big = b"x" * (settings.max_body_bytes + 1)
+    r = client.post("/v1/videos", content=big, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 413 and "larger than" in r.json()["detail"]
+    assert (
+        client.post(
+            "/v1/score", content=b"{not json", headers={"Content-Type": "application/json"}
+        ).status_code
+        == 422
+    )
+    assert client.get("/v1/users/u/recommendations", params={"k": 0}).status_code == 422
+
+
+def test_reload_swaps_artifact(client: TestClient, artifact) -> None:
+    d = json.loads((artifact / "embedder.json").read_text())["feature_dim"]
+    client.post("/v1/videos", json={"video_id": "kept", "frames": _frames(d)}, headers=AUTH)
+    assert client.post("/v1/admin/reload").status_code == 401
+    r = client.post("/v1/admin/reload", headers=AUTH)
+    assert r.status_code == 200 and r.json()["status"] == "reloaded"
+    # Ingested videos are replayed from the durable store into the new state.
+    s = client.post("/v1/score", json={"user_id": "u", "video_ids": ["kept"]}).json()
+    assert "error" not in s["scores"][0]
+
+
+def test_ingest_survives_restart_in_process(settings, artifact) -> None:
+    d = json.loads((artifact / "embedder.json").read_text())["feature_dim"]
+    with TestClient(create_app(settings)) as c:
+        assert (
+            c.post(
+                "/v1/videos", json={"video_id": "persist", "frames": _frames(d)}, headers=AUTH
+            ).status_code
+            == 201
+        )
+    with TestClient(create_app(settings)) as c:
+        s = c.post("/v1/score", json={"user_id": "u", "video_ids": ["persist"]}).json()
+        assert "error" not in s["scores"][0]
+        assert (
+            c.post(
+                "/v1/videos", json={"video_id": "persist", "frames": _frames(d)}, headers=AUTH
+            ).status_code
+            == 200
+        )
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.sampled_from(["/v1/score", "/v1/videos", "/v1/events/watch", "/v1/admin/reload"]),
+    body=st.one_of(
+        json_values,
+        st.fixed_dictionaries(
+            {
+                "user_id": json_values,
+                "video_ids": st.lists(st.text(max_size=8), max_size=5) | json_values,
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "video_id": st.text(max_size=8),
+                "frames": st.lists(st.lists(st.floats(), max_size=4), max_size=3) | json_values,
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "user_id": st.text(max_size=8),
+                "video_id": st.text(max_size=8),
+                "watch_seconds": json_values,
+                "at": st.text(max_size=30) | st.just("2026-01-01T00:00:00Z"),
+            }
+        ),
+    ),
+)
+def test_fuzzed_requests_never_5xx(client: TestClient, path: str, body) -> None:
+    # json.dumps writes Infinity/NaN literals too: the server must reject them, not crash.
+    r = client.post(
+        path, content=json.dumps(body), headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert r.status_code < 500, (path, body, r.text)
+    assert isinstance(r.json(), dict)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(user=st.text(max_size=300), video=st.text(max_size=300), k=st.text(max_size=6))
+def test_fuzzed_get_paths_never_5xx(client: TestClient, user: str, video: str, k: str) -> None:
+    from urllib.parse import quote
+
+    for url in (
+        f"/v1/users/{quote(user, safe='')}/recommendations",
+        f"/v1/videos/{quote(video, safe='')}/similar",
+    ):
+        r = client.get(url, params={"k": k})
+        assert r.status_code < 500, (url, k, r.text)

@@ -418,6 +418,122 @@ def serve(
 
 
 @app.command()
+def classify(
+    data: Annotated[Path, typer.Option(help="Data set directory (videos.parquet with labels).")],
+    pooling: Annotated[
+        str, typer.Option(help="avg, vlad, sgmm, netvlad, dsgmm, netrvlad, netfv or netbow.")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Run directory for report.json, predictions, weights, curve.")
+    ],
+    clusters: Annotated[int, typer.Option(help="Number of clusters K.")] = 64,
+    gamma: Annotated[float, typer.Option(help="SGMM/DSGMM smoothing (Eq. 12).")] = 0.125,
+    assignment: Annotated[
+        str, typer.Option(help="decoupled or a coupled GMM variant.")
+    ] = "decoupled",
+    intra_norm: Annotated[bool, typer.Option(help="L2-normalise each cluster's vector.")] = True,
+    final_norm: Annotated[bool, typer.Option(help="L2-normalise the pooled vector.")] = False,
+    hidden_size: Annotated[int, typer.Option(help="Hidden layer with batch norm (0 = none).")] = 0,
+    mixtures: Annotated[int, typer.Option(help="Experts per label in the MoE.")] = 2,
+    epochs: Annotated[int, typer.Option(help="Epochs (the lowest validation loss is kept).")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Videos per step.")] = 64,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-4,
+    decay_examples: Annotated[
+        int, typer.Option(help="Decay the learning rate by 0.8 every N examples.")
+    ] = 4_000_000,
+    frames: Annotated[int, typer.Option(help="Frames sampled with replacement per video.")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Train pooling -> context gating -> MoE per label (section 4.1) and report GAP@20 / Hit@1."""
+    from embeddings.classifier import ClassifierConfig
+    from embeddings.pooling import PoolingConfig
+    from pipelines.classify import ClassifyConfig, run_classify
+
+    try:
+        PoolingConfig(1, clusters, gamma, intra_norm, final_norm, assignment)
+        from embeddings.cowatch import EmbedderConfig
+
+        EmbedderConfig(feature_dim=1, pooling=pooling)
+        model = ClassifierConfig(
+            feature_dim=1,
+            num_classes=1,
+            pooling=pooling,
+            num_clusters=clusters,
+            gamma=gamma,
+            intra_norm=intra_norm,
+            final_norm=final_norm,
+            assignment=assignment,
+            hidden_size=hidden_size,
+            num_mixtures=mixtures,
+        )
+        cfg = ClassifyConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            decay_examples=decay_examples,
+            frames_per_video=frames,
+            seed=seed,
+            device=device,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    r = run_classify(data, out, model, cfg, progress=not quiet)
+    typer.echo(
+        f"{pooling}: test GAP@20 {r['gap']:.4f}, Hit@1 {r['hit_at_1']:.4f} ({r['test_videos']} videos); wrote {out}"
+    )
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="First classify run directory.")],
+    run_b: Annotated[Path, typer.Argument(help="Second classify run directory.")],
+    resamples: Annotated[
+        int, typer.Option(help="Bootstrap resamples for the GAP difference.")
+    ] = 1000,
+) -> None:
+    """McNemar's test on Hit@1 and a bootstrap 95% interval of the GAP difference."""
+    from pipelines.classify import compare_runs
+
+    r = compare_runs(run_a, run_b, resamples)
+    t = r["contingency"]
+    typer.echo(f"test videos: {r['videos']}")
+    typer.echo("Hit@1 contingency (rows: A right/wrong, columns: B right/wrong):")
+    typer.echo(f"  {t[0][0]:6d} {t[0][1]:6d}\n  {t[1][0]:6d} {t[1][1]:6d}")
+    typer.echo(
+        f"Hit@1 A {r['hit_at_1'][0]:.4f}  B {r['hit_at_1'][1]:.4f}  McNemar p = {r['mcnemar_p']:.4g}"
+    )
+    lo, hi = r["gap_diff_ci95"]
+    typer.echo(
+        f"GAP A {r['gap'][0]:.4f}  B {r['gap'][1]:.4f}  A - B = {r['gap_diff']:+.4f} (95% CI {lo:+.4f} .. {hi:+.4f})"
+    )
+
+
+experiment_app = typer.Typer(help="Reproduce the paper's experiments.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("paper")
+def experiment_paper(
+    data: Annotated[Path, typer.Option(help="Labelled data set directory.")],
+    out: Annotated[
+        Path, typer.Option(help="Output directory (report.md, report.json, plots, runs/).")
+    ],
+    budget: Annotated[str, typer.Option(help="small (~15 min on 2 cores) or full.")] = "small",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Tables 2, 4, 5 and Figures 2, 3 of the paper on this data set."""
+    from pipelines.experiment import BUDGETS, run_paper_experiment
+
+    if budget not in BUDGETS:
+        _fail(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    run_paper_experiment(data, out, budget, seed, progress=not quiet)
+    typer.echo(f"wrote {out / 'report.md'}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Working directory for the demo.")] = Path("demo"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,

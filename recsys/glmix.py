@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import torch
 
@@ -273,15 +274,22 @@ def _buckets(
             chunk = users[c0 : c0 + cfg.user_chunk]
             rows = np.full((len(chunk), width), -1, dtype=np.int64)
             weights = np.zeros((len(chunk), width), dtype=np.float64)
-            for i, u in enumerate(chunk):
+            take = eff[chunk]
+            # Users under the cap: scatter all their rows at once (no Python loop).
+            full = counts[chunk] <= cap
+            fi = np.flatnonzero(full)
+            n_take = take[fi]
+            i_idx = np.repeat(fi, n_take)
+            j_idx = np.arange(int(n_take.sum())) - np.repeat(np.cumsum(n_take) - n_take, n_take)
+            rows[i_idx, j_idx] = order[np.repeat(starts[chunk[fi]], n_take) + j_idx]
+            weights[i_idx, j_idx] = 1.0
+            for i in np.flatnonzero(~full):
+                u = chunk[i]
                 mine = order[starts[u] : starts[u + 1]]
-                if len(mine) > cap:
-                    # Reservoir-style uniform subsample, reweighted to keep the likelihood's scale.
-                    mine = np.sort(rng.choice(mine, size=cap, replace=False))
-                    weights[i, : len(mine)] = counts[u] / cap
-                else:
-                    weights[i, : len(mine)] = 1.0
-                rows[i, : len(mine)] = mine
+                # Uniform subsample, reweighted to keep the likelihood's scale.
+                mine = np.sort(rng.choice(mine, size=cap, replace=False))
+                rows[i, :cap] = mine
+                weights[i, :cap] = counts[u] / cap
             buckets.append(_Bucket(chunk, rows, weights))
     return buckets, eligible
 
@@ -388,9 +396,9 @@ def fit_glmix(
         raise UserInputError("GLMix: features must be finite and labels 0 or 1")
     if global_feats is not None and (global_feats.ndim != 2 or len(global_feats) != n):
         raise UserInputError("GLMix: global features must be (N, G)")
-    uniq, user_of_row = np.unique(
-        np.asarray(user_ids, dtype=object).astype(str), return_inverse=True
-    )
+    # pandas' hash-based factorize: ~5x faster than sorting 5M id strings with np.unique.
+    codes, uniq = pd.factorize(np.asarray(user_ids, dtype=object))
+    user_of_row = codes.astype(np.int64)
     n_users = len(uniq)
     e = video.shape[1]
     g = 0 if global_feats is None else global_feats.shape[1]

@@ -1,0 +1,115 @@
+"""A tiny end-to-end classification run, compare, and the experiment runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipelines.classify import hash_split, sample_with_replacement
+from recsys.dataset import VideoBatch
+from recsys.frames import FrameStore
+
+TINY = ["--clusters", "4", "--epochs", "2", "--lr", "3e-3", "--decay-examples", "1000", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(small_world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    base = tmp_path_factory.mktemp("cls")
+    runs = []
+    for p in ("dsgmm", "avg"):
+        out = base / p
+        res = CliRunner().invoke(
+            app,
+            ["classify", "--data", str(small_world_dir), "--pooling", p, "--out", str(out), *TINY],
+        )
+        assert res.exit_code == 0, res.output
+        runs.append(out)
+    return runs[0], runs[1]
+
+
+def test_classify_outputs(two_runs: tuple[Path, Path]) -> None:
+    run = two_runs[0]
+    r = json.loads((run / "report.json").read_text())
+    assert {"pooling", "gap", "hit_at_1", "val_loss", "test_videos", "config"} <= set(r)
+    assert 0 <= r["gap"] <= 1 and 0 <= r["hit_at_1"] <= 1 and r["test_videos"] > 0
+    assert r["best_epoch"] == min(range(1, 3), key=lambda e: r["history"][e - 1]["val_loss"])
+    preds = pq.read_table(run / "predictions.parquet")
+    assert preds.num_rows == r["test_videos"]
+    assert np.mean(preds.column("hit_at_1").to_pylist()) == pytest.approx(r["hit_at_1"])
+    state = torch.load(run / "model.pt", weights_only=True)
+    assert any(k.startswith("pooling.") for k in state)
+    assert (run / "training_curve.png").stat().st_size > 1000
+
+
+def test_compare_cli(run_cli, two_runs: tuple[Path, Path]) -> None:
+    code, out, err = run_cli("compare", two_runs[0], two_runs[1], "--resamples", "50")
+    assert code == 0, err
+    assert "McNemar p =" in out and "95% CI" in out
+    code, out, _ = run_cli("compare", two_runs[0], two_runs[0], "--resamples", "20")
+    assert "A - B = +0.0000" in out
+    code, _, err = run_cli("compare", two_runs[0], two_runs[0].parent / "nope")
+    assert code == 2 and "no predictions.parquet" in err
+
+
+def test_bad_pooling_and_missing_labels(run_cli, tmp_path: Path, small_world_dir: Path) -> None:
+    code, _, err = run_cli(
+        "classify", "--data", small_world_dir, "--pooling", "bogus", "--out", tmp_path / "x"
+    )
+    assert code == 2 and "unknown pooling" in err
+    t = pq.read_table(small_world_dir / "videos.parquet").drop_columns(["labels"])
+    (tmp_path / "nolab").mkdir()
+    pq.write_table(t, tmp_path / "nolab" / "videos.parquet")
+    code, _, err = run_cli(
+        "classify", "--data", tmp_path / "nolab", "--pooling", "avg", "--out", tmp_path / "y"
+    )
+    assert code == 2 and "no labels column" in err
+
+
+def test_helpers() -> None:
+    splits = [hash_split(f"v{i}") for i in range(2000)]
+    assert splits == [hash_split(f"v{i}") for i in range(2000)]  # deterministic
+    frac = splits.count("train") / 2000
+    assert 0.75 < frac < 0.85 and splits.count("test") > 100
+    frames = np.arange(6, dtype=np.float32).reshape(6, 1)
+    store = FrameStore.from_batches([VideoBatch(["a", "b"], frames, np.array([0, 1, 6]))])
+    x = sample_with_replacement(store, np.array([0, 1]), 30, np.random.default_rng(0))
+    assert x.shape == (2, 30, 1)
+    assert set(x[0, :, 0].tolist()) == {0.0}  # a one-frame video repeats its frame
+    assert set(x[1, :, 0].tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+
+
+def test_experiment_runner(
+    small_world_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines import experiment
+    from pipelines.classify import ClassifyConfig
+
+    tiny = experiment.Budget(
+        2, (1, 2), (-3, 0), ClassifyConfig(epochs=1, lr=3e-3, decay_examples=1000)
+    )
+    monkeypatch.setitem(experiment.BUDGETS, "tiny", tiny)
+    rep = experiment.run_paper_experiment(small_world_dir, tmp_path, "tiny", progress=False)
+    assert {
+        "t2_avg",
+        "t2_dsgmm",
+        "t4_netvlad_in0_fn1",
+        "t5_dsgmm_diagonal",
+        "f2_dsgmm_k1",
+        "f3_dsgmm_g0",
+    } <= set(rep["results"])
+    md = (tmp_path / "report.md").read_text()
+    assert "## Table 2" in md and "McNemar" in md and "## Table 5" in md
+    assert (tmp_path / "figure2_clusters.png").exists() and (
+        tmp_path / "figure3_gamma.png"
+    ).exists()
+    # Identical configurations are trained once.
+    assert rep["results"]["t4_dsgmm_in1_fn0"].get("same_as") == "t2_dsgmm"

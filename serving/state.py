@@ -93,15 +93,16 @@ class ServingState:
         self.store = store
         self.ingested = 0
         self.watch_events = 0
+        self.payload_hashes: dict[str, str] = {}
         for sv in store.videos():  # replay durable writes
             self._append_video(sv.video_id, sv.embedding)
+            self.payload_hashes[sv.video_id] = sv.payload_sha256
             self.ingested += 1
         for u, v, secs, _ in store.watches():
             self.watch_events += 1
             r = self._rows.get(v)
             if r is not None and secs >= self.threshold:
                 self._add_history(u, r)
-        self.payload_hashes = {sv.video_id: sv.payload_sha256 for sv in store.videos()}
         self.load_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ internals

@@ -17,12 +17,14 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute
 import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
@@ -30,7 +32,7 @@ from tqdm.auto import tqdm
 from embeddings.classifier import ClassifierConfig, VideoClassifier
 from embeddings.gmm import fit_gmm
 from embeddings.runtime import resolve_device
-from pipelines.io import dataset_dir, iter_record_batches, write_parquet_atomic
+from pipelines.io import dataset_dir, iter_record_batches, open_parquet, write_parquet_atomic
 from recsys.classification import gap_at_k, gap_from_topk, hit_at_1, mcnemar_test, top_k
 from recsys.dataset import VIDEOS_FILE, decode_video_batch
 from recsys.errors import UserInputError
@@ -50,6 +52,8 @@ class ClassifyConfig:
     ubm_frames: int = 100_000
     seed: int = 0
     device: str = "auto"
+    #: DataLoader worker processes streaming Parquet row groups (0 = in the main process)
+    workers: int = 1
 
 
 def hash_split(video_id: str) -> str:
@@ -58,50 +62,42 @@ def hash_split(video_id: str) -> str:
     return "train" if h < 8 else ("validation" if h == 8 else "test")
 
 
-@dataclass
-class LabelledSplit:
-    store: FrameStore
-    labels: np.ndarray  # (N, C) bool
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What one metadata scan (ids, labels, split; no frames) tells about a labelled data set."""
+
+    path: Path
+    num_classes: int
+    feature_dim: int
+    split_sizes: dict[str, int]
+    has_split_column: bool
+    row_groups: int
 
 
-def load_labelled_splits(data: Path, batch_size: int = 512) -> tuple[dict[str, LabelledSplit], int]:
-    """Read videos with labels; split by the ``split`` column or by hash. Returns splits and C."""
+def scan_labelled(data: str | os.PathLike[str]) -> DatasetInfo:
     path = dataset_dir(data) / VIDEOS_FILE
-    from pipelines.io import open_parquet
-
-    names = open_parquet(path).schema_arrow.names
+    pf = open_parquet(path)
+    names = pf.schema_arrow.names
     if "labels" not in names:
         raise UserInputError(f"{path.name}: no labels column; classification needs labels")
-    cols = ["video_id", "frames", "labels"] + (["split"] if "split" in names else [])
-    parts: dict[str, list[Any]] = {"train": [], "validation": [], "test": []}
+    has_split = "split" in names
+    sizes = {"train": 0, "validation": 0, "test": 0}
     num_classes = 0
-    for batch in iter_record_batches(path, batch_size, cols):
-        vb = decode_video_batch(batch)
-        splits = (
-            batch.column("split").to_pylist()
-            if "split" in names
-            else [hash_split(v) for v in vb.video_ids]
-        )
-        assert vb.labels is not None
-        for i, s in enumerate(splits):
-            s = s or hash_split(vb.video_ids[i])
-            parts[s].append((vb.video_ids[i], vb.video(i), vb.labels[i]))
-            if vb.labels[i]:
-                num_classes = max(num_classes, max(vb.labels[i]) + 1)
-    out: dict[str, LabelledSplit] = {}
-    for s, items in parts.items():
-        if not items:
-            raise UserInputError(f"the {s} split has no videos")
-        from recsys.dataset import VideoBatch
-
-        frames = np.concatenate([it[1] for it in items])
-        offsets = np.concatenate([[0], np.cumsum([len(it[1]) for it in items])])
-        store = FrameStore.from_batches([VideoBatch([it[0] for it in items], frames, offsets)])
-        y = np.zeros((len(items), num_classes), dtype=bool)
-        for i, it in enumerate(items):
-            y[i, it[2]] = True
-        out[s] = LabelledSplit(store, y)
-    return out, num_classes
+    cols = ["video_id", "labels"] + (["split"] if has_split else [])
+    for batch in iter_record_batches(path, 65536, cols):
+        ids = batch.column("video_id").to_pylist()
+        splits = batch.column("split").to_pylist() if has_split else [None] * len(ids)
+        for v, s in zip(ids, splits, strict=True):
+            sizes[s or hash_split(v)] += 1
+        flat = batch.column("labels").flatten()
+        if len(flat):
+            num_classes = max(num_classes, int(pa.compute.max(flat).as_py()) + 1)
+    empty = [s for s, n in sizes.items() if n == 0]
+    if empty:
+        raise UserInputError(f"the {empty[0]} split has no videos")
+    first = next(iter_record_batches(path, 1, ["video_id", "frames"]))
+    d = decode_video_batch(first).frames.shape[1]
+    return DatasetInfo(path, num_classes, d, sizes, has_split, pf.metadata.num_row_groups)
 
 
 def sample_with_replacement(
@@ -113,47 +109,123 @@ def sample_with_replacement(
     return store.frames[store.offsets[rows][:, None] + pick]
 
 
+def _video_seed(video_id: str, seed: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{video_id}".encode()).digest()[:8], "little")
+
+
+class VideoStream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    """Streams one split of ``videos.parquet`` row group by row group.
+
+    Workers take disjoint row groups; each yields (video_id, frames (F, D), labels (C,)) with
+    F frames sampled with replacement. Training shuffles row groups per epoch and videos
+    through a buffer; evaluation draws each video's frames from a seed of its id, so the
+    sample is the same in every epoch and with any number of workers.
+    """
+
+    def __init__(
+        self, info: DatasetInfo, split: str, frames: int, train: bool, seed: int, buffer: int = 2048
+    ) -> None:
+        self.info, self.split, self.frames, self.train, self.seed, self.buffer = (
+            info,
+            split,
+            frames,
+            train,
+            seed,
+            buffer,
+        )
+        self.epoch = 0
+
+    def _items(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        worker = torch.utils.data.get_worker_info()
+        wid, nw = (worker.id, worker.num_workers) if worker else (0, 1)
+        rng = np.random.default_rng([self.seed, self.epoch, wid])
+        groups = np.arange(self.info.row_groups)
+        if self.train:
+            groups = np.random.default_rng([self.seed, self.epoch]).permutation(groups)
+        pf = pq.ParquetFile(self.info.path, memory_map=True)
+        cols = ["video_id", "frames", "labels"] + (["split"] if self.info.has_split_column else [])
+        for g in groups[wid::nw]:
+            table = pf.read_row_group(int(g), columns=cols)
+            vb = decode_video_batch(table)
+            splits = (
+                table.column("split").to_pylist()
+                if self.info.has_split_column
+                else [None] * len(vb)
+            )
+            assert vb.labels is not None
+            for i, v in enumerate(vb.video_ids):
+                if (splits[i] or hash_split(v)) != self.split:
+                    continue
+                r = rng if self.train else np.random.default_rng(_video_seed(v, self.seed))
+                frames = vb.video(i)
+                pick = (r.random(self.frames) * len(frames)).astype(np.int64)
+                y = np.zeros(self.info.num_classes, dtype=np.float32)
+                y[vb.labels[i]] = 1.0
+                yield v, frames[pick], y
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        if not self.train:
+            yield from self._items()
+            return
+        rng = np.random.default_rng([self.seed, self.epoch, 7])
+        buf: list[tuple[str, np.ndarray, np.ndarray]] = []
+        for item in self._items():
+            buf.append(item)
+            if len(buf) >= self.buffer:
+                yield buf.pop(int(rng.integers(len(buf))))
+        rng.shuffle(buf)  # type: ignore[arg-type]
+        yield from buf
+
+
+def _loader(stream: VideoStream, batch_size: int, workers: int) -> torch.utils.data.DataLoader:  # type: ignore[type-arg]
+    return torch.utils.data.DataLoader(
+        stream, batch_size=batch_size, num_workers=workers, drop_last=False
+    )
+
+
 def _bce(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), targets)
 
 
 @torch.no_grad()
 def predict(
-    model: VideoClassifier,
-    split: LabelledSplit,
-    cfg: ClassifyConfig,
-    device: torch.device,
-    seed: int,
-) -> tuple[np.ndarray, float]:
-    """Probabilities (N, C) and mean BCE with a fixed frame sample (seeded: comparable across epochs)."""
+    model: VideoClassifier, info: DatasetInfo, split: str, cfg: ClassifyConfig, device: torch.device
+) -> tuple[list[str], np.ndarray, np.ndarray, float]:
+    """(video ids, probabilities (N, C), labels (N, C), mean BCE) with seeded frame samples."""
     model.eval()
-    rng = np.random.default_rng(seed)
-    out = []
+    ids: list[str] = []
+    probs, labels = [], []
     total = 0.0
-    for s in range(0, len(split.store), 256):
-        rows = np.arange(s, min(s + 256, len(split.store)))
-        x = torch.from_numpy(
-            sample_with_replacement(split.store, rows, cfg.frames_per_video, rng)
-        ).to(device)
-        p = model(x)
-        total += float(_bce(p, torch.from_numpy(split.labels[rows]).float().to(device))) * len(rows)
-        out.append(p.cpu().numpy())
-    return np.concatenate(out), total / len(split.store)
+    stream = VideoStream(info, split, cfg.frames_per_video, train=False, seed=cfg.seed)
+    for vid, x, y in _loader(stream, 256, cfg.workers):
+        p = model(x.to(device))
+        total += float(_bce(p, y.to(device))) * len(vid)
+        ids += list(vid)
+        probs.append(p.cpu().numpy())
+        labels.append(y.numpy() > 0.5)
+    return ids, np.concatenate(probs), np.concatenate(labels), total / max(len(ids), 1)
+
+
+def _ubm_sample(info: DatasetInfo, n: int, seed: int) -> np.ndarray:
+    """Up to n training frames, a few per video, streamed (never the whole data set)."""
+    out, got = [], 0
+    for _, x, _ in VideoStream(info, "train", 8, train=False, seed=seed):
+        out.append(x)
+        got += len(x)
+        if got >= n:
+            break
+    return np.concatenate(out)
 
 
 def train_classifier(
-    splits: dict[str, LabelledSplit],
-    model_cfg: ClassifierConfig,
-    cfg: ClassifyConfig,
-    progress: bool = True,
+    info: DatasetInfo, model_cfg: ClassifierConfig, cfg: ClassifyConfig, progress: bool = True
 ) -> tuple[VideoClassifier, list[dict[str, float]], int]:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = VideoClassifier(model_cfg)
-    train = splits["train"]
-    clustered = model_cfg.pooling not in ("avg",)
+    clustered = model_cfg.pooling != "avg"
     if model_cfg.pooling in ("vlad", "sgmm") or (clustered and cfg.ubm_init):
-        x = torch.from_numpy(train.store.sample_frames(cfg.ubm_frames, cfg.seed)).double()
+        x = torch.from_numpy(_ubm_sample(info, cfg.ubm_frames, cfg.seed)).double()
         batches = lambda: (x[i : i + 8192] for i in range(0, len(x), 8192))  # noqa: E731
         ubm = fit_gmm(
             batches, model_cfg.num_clusters, "shared_full", max_iter=30, seed=cfg.seed
@@ -162,35 +234,37 @@ def train_classifier(
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    rng = np.random.default_rng(cfg.seed)
     history: list[dict[str, float]] = []
     best_state, best_loss, best_epoch, seen = None, math.inf, 0, 0
+    stream = VideoStream(info, "train", cfg.frames_per_video, train=True, seed=cfg.seed)
+    steps = math.ceil(info.split_sizes["train"] / cfg.batch_size)
     for epoch in tqdm(range(cfg.epochs), desc="epochs", disable=not progress):
         model.train()
-        order = rng.permutation(len(train.store))
-        total, t0 = 0.0, time.perf_counter()
-        for s in range(0, len(order), cfg.batch_size):
-            rows = order[s : s + cfg.batch_size]
-            if len(rows) < 2:  # batch norm needs two examples
+        stream.epoch = epoch  # workers get a fresh copy of the stream every epoch
+        total, count, t0 = 0.0, 0, time.perf_counter()
+        for _, x, y in tqdm(
+            _loader(stream, cfg.batch_size, cfg.workers),
+            total=steps,
+            leave=False,
+            disable=not progress,
+        ):
+            if len(x) < 2:  # batch norm needs two examples
                 continue
-            x = torch.from_numpy(
-                sample_with_replacement(train.store, rows, cfg.frames_per_video, rng)
-            ).to(device)
-            y = torch.from_numpy(train.labels[rows]).float().to(device)
-            loss = _bce(model(x), y)
+            loss = _bce(model(x.to(device)), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
             for g in opt.param_groups:  # exponential decay every decay_examples examples
                 g["lr"] = cfg.lr * cfg.decay_rate ** (seen / cfg.decay_examples)
             opt.step()
-            seen += len(rows)
-            total += float(loss.detach()) * len(rows)
-        _, val_loss = predict(model, splits["validation"], cfg, device, cfg.seed + 1)
+            seen += len(x)
+            total += float(loss.detach()) * len(x)
+            count += len(x)
+        _, _, _, val_loss = predict(model, info, "validation", cfg, device)
         history.append(
             {
                 "epoch": epoch + 1,
-                "train_loss": total / len(order),
+                "train_loss": total / max(count, 1),
                 "val_loss": val_loss,
                 "seconds": time.perf_counter() - t0,
             }
@@ -209,33 +283,29 @@ def run_classify(
     model_cfg: ClassifierConfig | None = None,
     cfg: ClassifyConfig | None = None,
     progress: bool = True,
-    splits: tuple[dict[str, LabelledSplit], int] | None = None,
+    info: DatasetInfo | None = None,
 ) -> dict[str, Any]:
     cfg = cfg or ClassifyConfig()
-    loaded, num_classes = splits or load_labelled_splits(Path(data))
-    d = loaded["train"].store.feature_dim
-    model_cfg = model_cfg or ClassifierConfig(feature_dim=d, num_classes=num_classes)
-    model_cfg = replace(model_cfg, feature_dim=d, num_classes=num_classes)
-    t0 = time.perf_counter()
-    model, history, best_epoch = train_classifier(loaded, model_cfg, cfg, progress)
-    device = (
-        next(model.parameters()).device
-        if any(True for _ in model.parameters())
-        else torch.device("cpu")
+    info = info or scan_labelled(data)
+    model_cfg = model_cfg or ClassifierConfig(
+        feature_dim=info.feature_dim, num_classes=info.num_classes
     )
-    val_pred, val_loss = predict(model, loaded["validation"], cfg, device, cfg.seed + 1)
-    test = loaded["test"]
-    test_pred, test_loss = predict(model, test, cfg, device, cfg.seed + 2)
-    hits = hit_at_1(test_pred, test.labels)
+    model_cfg = replace(model_cfg, feature_dim=info.feature_dim, num_classes=info.num_classes)
+    t0 = time.perf_counter()
+    model, history, best_epoch = train_classifier(info, model_cfg, cfg, progress)
+    device = resolve_device(cfg.device)
+    _, val_pred, val_y, val_loss = predict(model, info, "validation", cfg, device)
+    test_ids, test_pred, test_y, test_loss = predict(model, info, "test", cfg, device)
+    hits = hit_at_1(test_pred, test_y)
     report = {
         "pooling": model_cfg.pooling,
-        "gap": gap_at_k(test_pred, test.labels, 20),
+        "gap": gap_at_k(test_pred, test_y, 20),
         "hit_at_1": float(hits.mean()),
         "val_loss": val_loss,
-        "val_gap": gap_at_k(val_pred, loaded["validation"].labels, 20),
-        "val_hit_at_1": float(hit_at_1(val_pred, loaded["validation"].labels).mean()),
+        "val_gap": gap_at_k(val_pred, val_y, 20),
+        "val_hit_at_1": float(hit_at_1(val_pred, val_y).mean()),
         "test_loss": test_loss,
-        "test_videos": len(test.store),
+        "test_videos": len(test_ids),
         "best_epoch": best_epoch,
         "train_seconds": time.perf_counter() - t0,
         "config": {"model": model_cfg.to_dict(), "train": asdict(cfg)},
@@ -244,13 +314,13 @@ def run_classify(
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
     idx, sc = top_k(test_pred, 20)
-    top_hits = np.take_along_axis(test.labels, idx, axis=1)
+    top_hits = np.take_along_axis(test_y, idx, axis=1)
     k = idx.shape[1]
     preds = pa.table(
         {
-            "video_id": pa.array(test.store.video_ids, pa.string()),
+            "video_id": pa.array(test_ids, pa.string()),
             "hit_at_1": pa.array(hits),
-            "num_positives": pa.array(test.labels.sum(1).astype(np.int32)),
+            "num_positives": pa.array(test_y.sum(1).astype(np.int32)),
             "top_labels": pa.FixedSizeListArray.from_arrays(
                 pa.array(idx.reshape(-1).astype(np.int32)), k
             ),

@@ -444,6 +444,9 @@ def classify(
     frames: Annotated[int, typer.Option(help="Frames sampled with replacement per video.")] = 30,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    workers: Annotated[
+        int, typer.Option(help="DataLoader workers streaming Parquet row groups (0 = none).")
+    ] = 1,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Train pooling -> context gating -> MoE per label (section 4.1) and report GAP@20 / Hit@1."""
@@ -476,6 +479,7 @@ def classify(
             frames_per_video=frames,
             seed=seed,
             device=device,
+            workers=workers,
         )
     except ValueError as exc:
         _fail(str(exc))

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from embeddings.classifier import ClassifierConfig
 from embeddings.pooling import ASSIGNMENTS
-from pipelines.classify import ClassifyConfig, compare_runs, load_labelled_splits, run_classify
+from pipelines.classify import ClassifyConfig, compare_runs, run_classify, scan_labelled
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,8 @@ def run_paper_experiment(
     b = BUDGETS[budget]
     o = Path(out)
     (o / "runs").mkdir(parents=True, exist_ok=True)
-    splits = load_labelled_splits(Path(data))
-    d, c = splits[0]["train"].store.feature_dim, splits[1]
+    info = scan_labelled(data)
+    d, c = info.feature_dim, info.num_classes
     base = ClassifierConfig(feature_dim=d, num_classes=c, num_clusters=b.clusters)
     train = replace(b.train, seed=seed)
     results: dict[str, dict[str, Any]] = {}
@@ -100,14 +100,14 @@ def run_paper_experiment(
         if key in done:
             results[name] = {**results[done[key]], "same_as": done[key]}
             continue
-        r = run_classify(data, o / "runs" / name, cfg, train, progress=False, splits=splits)
+        r = run_classify(data, o / "runs" / name, cfg, train, progress=False, info=info)
         results[name] = _row(r)
         done[key] = name
     stats = compare_runs(o / "runs" / "t2_dsgmm", o / "runs" / "t2_netvlad", resamples=500)
     report = {
         "budget": budget,
         "data": str(Path(data).resolve()),
-        "videos": {s: len(v.store) for s, v in splits[0].items()},
+        "videos": info.split_sizes,
         "num_classes": c,
         "feature_dim": d,
         "clusters": b.clusters,

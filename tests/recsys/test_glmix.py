@@ -186,3 +186,17 @@ def test_bad_input() -> None:
         fit_glmix(np.array([]), np.zeros((0, 2)), np.zeros(0))
     with pytest.raises(ValueError, match="random_l2"):
         GLMixConfig(random_l2=-1)
+
+
+def test_select_random_l2_prefers_the_better_validation_fit() -> None:
+    from recsys.glmix import select_random_l2
+
+    users, x, y, _, _ = _simulate(n_users=60, rows=80, seed=7)
+    rng = np.random.default_rng(0)
+    is_val = rng.random(len(y)) < 0.2
+    best, losses = select_random_l2(users, x, y, is_val, grid=(0.01, 1.0, 1e4))
+    assert set(losses) == {0.01, 1.0, 1e4} and best == min(losses, key=losses.get)
+    # Users here do have real slopes: shrinking them to nothing must not be the winner.
+    assert best != 1e4
+    with pytest.raises(UserInputError, match="both training and validation"):
+        select_random_l2(users, x, y, np.zeros(len(y), bool))

@@ -351,7 +351,9 @@ def pipeline(
     pooling: Annotated[str, typer.Option(help="Pooling of the embedding model.")] = "dsgmm",
     clusters: Annotated[int, typer.Option(help="Number of clusters K.")] = 32,
     gamma: Annotated[float, typer.Option(help="DSGMM smoothing (Eq. 12).")] = 0.125,
-    epochs: Annotated[int, typer.Option(help="Embedding training epochs.")] = 4,
+    epochs: Annotated[
+        int, typer.Option(help="Embedding training epochs (the best validation epoch is kept).")
+    ] = 3,
     max_triplets: Annotated[
         int, typer.Option(help="Use at most this many triplets (0 = all).")
     ] = 0,
@@ -542,7 +544,9 @@ def demo(
     out: Annotated[Path, typer.Option(help="Working directory for the demo.")] = Path("demo"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     pooling: Annotated[str, typer.Option(help="Pooling of the embedding model.")] = "dsgmm",
-    epochs: Annotated[int, typer.Option(help="Embedding training epochs.")] = 4,
+    epochs: Annotated[
+        int, typer.Option(help="Embedding training epochs (the best validation epoch is kept).")
+    ] = 3,
     serve: Annotated[
         bool, typer.Option(help="Start the service on the demo artifact at the end.")
     ] = True,

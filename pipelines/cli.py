@@ -186,6 +186,9 @@ def train_embeddings_cmd(
     watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    ubm_init: Annotated[
+        bool, typer.Option(help="Initialise the pooling from a UBM (Eq. 20-21).")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
@@ -227,6 +230,7 @@ def train_embeddings_cmd(
             seed=seed,
             device=device,
             max_triplets=max_triplets,
+            ubm_init=ubm_init,
         )
         triplet_cfg = TripletConfig(watch_threshold_s=watch_threshold, seed=seed)
         index_cfg = IndexConfig(kind=index)
@@ -359,8 +363,11 @@ def pipeline(
     ] = 0,
     index: Annotated[str, typer.Option(help="FAISS index kind: flat, hnsw or ivf.")] = "flat",
     tune_glmix: Annotated[
-        bool, typer.Option(help="Choose GLMix's random_l2 on a validation split.")
-    ] = False,
+        bool,
+        typer.Option(
+            help="Choose GLMix's random_l2 on the last 10% of the training period (validation)."
+        ),
+    ] = True,
     test_start: TestStart = None,
     watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples over users.")] = 200,
@@ -449,6 +456,9 @@ def classify(
     workers: Annotated[
         int, typer.Option(help="DataLoader workers streaming Parquet row groups (0 = none).")
     ] = 1,
+    ubm_init: Annotated[
+        bool, typer.Option(help="Initialise trainable cluster layers from a UBM (Eq. 20-21).")
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Train pooling -> context gating -> MoE per label (section 4.1) and report GAP@20 / Hit@1."""
@@ -482,6 +492,7 @@ def classify(
             seed=seed,
             device=device,
             workers=workers,
+            ubm_init=ubm_init,
         )
     except ValueError as exc:
         _fail(str(exc))
@@ -567,7 +578,7 @@ def demo(
         gamma=0.125,
         max_triplets=0,
         index="flat",
-        tune_glmix=False,
+        tune_glmix=True,
         test_start=None,
         watch_threshold=DEFAULT_WATCH_THRESHOLD_S,
         bootstrap=200,

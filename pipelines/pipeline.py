@@ -30,7 +30,8 @@ class PipelineConfig:
     embedding_dim: int = 64
     train: TrainConfig = field(default_factory=TrainConfig)
     glmix: GLMixConfig = field(default_factory=GLMixConfig)
-    tune_glmix: bool = False
+    #: choose random_l2 by validation log-loss (measured: the default 10 over-shrinks here)
+    tune_glmix: bool = True
     index: IndexConfig = field(default_factory=IndexConfig)
     watch_threshold_s: float = 10.0
     bootstrap: int = 200

@@ -51,7 +51,9 @@ class TrainConfig:
     max_frames: int = 64  # frames sampled per video per training step
     eval_max_frames: int = 300  # frames used when embedding (evenly spaced)
     val_fraction: float = 0.1  # users whose triplets are held out for validation
-    ubm_init: bool = True  # start the pooling from a UBM fitted by EM (vlad/sgmm always need one)
+    #: start the pooling from a UBM fitted by EM (vlad/sgmm always need one); off by default
+    #: because UBM-initialised assignments start nearly hard and learn slowly
+    ubm_init: bool = False
     ubm_frames: int = 50_000
     grad_clip: float = 1.0
     seed: int = 0

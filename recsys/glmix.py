@@ -473,7 +473,7 @@ def select_random_l2(
     video: np.ndarray,
     labels: np.ndarray,
     is_validation: np.ndarray,
-    grid: tuple[float, ...] = (1.0, 10.0, 100.0),
+    grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 100.0),
     base: GLMixConfig | None = None,
 ) -> tuple[float, dict[float, float]]:
     """Pick ``random_l2`` by validation log-loss: fit on the rows not in ``is_validation``."""

@@ -441,7 +441,7 @@ def fit_glmix(
             y_np,
             offset=rand_score.numpy(),
             l2=fixed_l2,
-            max_steps=min(3, cfg.fixed_newton_steps) if warm else cfg.fixed_newton_steps,
+            max_steps=min(2, cfg.fixed_newton_steps) if warm else cfg.fixed_newton_steps,
             init=fixed_full,
         )
         fixed_score = torch.from_numpy(_design_dot(x_fixed, fixed_full))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from embeddings.heads import ContextGating, MixtureOfExperts, MoEConfig
-from embeddings.pooling import Pooling, build_pooling
+from embeddings.pooling import Pooling, build_pooling_from
 
 
 @dataclass(frozen=True)
@@ -36,15 +36,7 @@ class VideoClassifier(nn.Module):
     def __init__(self, cfg: ClassifierConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.pooling: Pooling = build_pooling(
-            cfg.pooling,
-            cfg.feature_dim,
-            cfg.num_clusters,
-            gamma=cfg.gamma,
-            intra_norm=cfg.intra_norm,
-            final_norm=cfg.final_norm,
-            assignment=cfg.assignment,
-        )
+        self.pooling: Pooling = build_pooling_from(cfg)
         width = self.pooling.out_dim
         self.hidden: nn.Module = nn.Identity()
         if cfg.hidden_size > 0:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embeddings.gmm import GMM
-from embeddings.pooling import POOLING_NAMES, Pooling, build_pooling
+from embeddings.pooling import POOLING_NAMES, Pooling, build_pooling_from
 
 
 @dataclass(frozen=True)
@@ -58,15 +58,7 @@ class CowatchEmbedder(nn.Module):
     def __init__(self, cfg: EmbedderConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.pooling: Pooling = build_pooling(
-            cfg.pooling,
-            cfg.feature_dim,
-            cfg.num_clusters,
-            gamma=cfg.gamma,
-            intra_norm=cfg.intra_norm,
-            final_norm=cfg.final_norm,
-            assignment=cfg.assignment,
-        )
+        self.pooling: Pooling = build_pooling_from(cfg)
         # Batch norm after the first layer: pooled vectors of different videos share a
         # large common part (with intra-norm, clusters a video barely visits all sit
         # at their normalised UBM mean), which otherwise starts every embedding at

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -559,3 +559,35 @@ def build_pooling(
     if ubm is not None:
         layer.from_ubm(ubm)
     return layer
+
+
+class PoolingOptions(Protocol):
+    """Anything that carries the pooling fields (EmbedderConfig, ClassifierConfig, ...)."""
+
+    @property
+    def pooling(self) -> str: ...
+    @property
+    def feature_dim(self) -> int: ...
+    @property
+    def num_clusters(self) -> int: ...
+    @property
+    def gamma(self) -> float: ...
+    @property
+    def intra_norm(self) -> bool: ...
+    @property
+    def final_norm(self) -> bool: ...
+    @property
+    def assignment(self) -> str: ...
+
+
+def build_pooling_from(options: PoolingOptions) -> Pooling:
+    """``build_pooling`` from a model config that embeds the pooling options."""
+    return build_pooling(
+        options.pooling,
+        options.feature_dim,
+        options.num_clusters,
+        gamma=options.gamma,
+        intra_norm=options.intra_norm,
+        final_norm=options.final_norm,
+        assignment=options.assignment,
+    )

@@ -171,12 +171,16 @@ class GLMix:
 def _fixed_design(
     video: np.ndarray, global_feats: np.ndarray | None, use_video: bool
 ) -> np.ndarray:
-    parts = [np.ones((len(video), 1))]
+    """[1, video, global] as one float32 matrix, filled in place (no float64 copies)."""
+    e = video.shape[1] if use_video else 0
+    g = 0 if global_feats is None else global_feats.shape[1]
+    x = np.empty((len(video), 1 + e + g), dtype=np.float32)
+    x[:, 0] = 1.0
     if use_video:
-        parts.append(video)
+        x[:, 1 : 1 + e] = video
     if global_feats is not None:
-        parts.append(global_feats)
-    return np.concatenate(parts, axis=1).astype(np.float32)
+        x[:, 1 + e :] = global_feats
+    return x
 
 
 _SUBSAMPLE_ROWS = 250_000
@@ -387,7 +391,9 @@ def fit_glmix(
     """Fit GLMix on rows (user, video features (N, E), label in {0, 1})."""
     cfg = cfg or GLMixConfig()
     y_np = np.asarray(labels, dtype=np.float64)
-    video = np.asarray(video, dtype=np.float64)
+    video = np.asarray(video)
+    if video.dtype not in (np.float32, np.float64):
+        video = video.astype(np.float32)
     n = len(y_np)
     if n == 0:
         raise UserInputError("GLMix needs at least one training row")

@@ -36,7 +36,6 @@ from pipelines.io import dataset_dir, iter_record_batches, open_parquet, write_p
 from recsys.classification import gap_at_k, gap_from_topk, hit_at_1, mcnemar_test, top_k
 from recsys.dataset import VIDEOS_FILE, decode_video_batch
 from recsys.errors import UserInputError
-from recsys.frames import FrameStore
 
 
 @dataclass(frozen=True)
@@ -103,13 +102,9 @@ def scan_labelled(data: str | os.PathLike[str]) -> DatasetInfo:
     return DatasetInfo(path, num_classes, d, sizes, has_split, pf.metadata.num_row_groups)
 
 
-def sample_with_replacement(
-    store: FrameStore, rows: np.ndarray, n: int, rng: np.random.Generator
-) -> np.ndarray:
-    """(B, n, D): n frames per video drawn with replacement (the paper's 30)."""
-    lengths = store.lengths[rows]
-    pick = (rng.random((len(rows), n)) * lengths[:, None]).astype(np.int64)
-    return store.frames[store.offsets[rows][:, None] + pick]
+def sample_with_replacement(frames: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, D): n of one video's (T, D) frames drawn with replacement (the paper's 30)."""
+    return frames[(rng.random(n) * len(frames)).astype(np.int64)]
 
 
 def _video_seed(video_id: str, seed: int) -> int:
@@ -160,11 +155,9 @@ class VideoStream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
                 if (splits[i] or hash_split(v)) != self.split:
                     continue
                 r = rng if self.train else np.random.default_rng(_video_seed(v, self.seed))
-                frames = vb.video(i)
-                pick = (r.random(self.frames) * len(frames)).astype(np.int64)
                 y = np.zeros(self.info.num_classes, dtype=np.float32)
                 y[vb.labels[i]] = 1.0
-                yield v, frames[pick], y
+                yield v, sample_with_replacement(vb.video(i), self.frames, r), y
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         if not self.train:

@@ -11,8 +11,6 @@ import pytest
 import torch
 
 from pipelines.classify import hash_split, sample_with_replacement
-from recsys.dataset import VideoBatch
-from recsys.frames import FrameStore
 
 TINY = ["--clusters", "4", "--epochs", "2", "--lr", "3e-3", "--decay-examples", "1000", "--quiet"]
 
@@ -80,8 +78,10 @@ def test_helpers() -> None:
     frac = splits.count("train") / 2000
     assert 0.75 < frac < 0.85 and splits.count("test") > 100
     frames = np.arange(6, dtype=np.float32).reshape(6, 1)
-    store = FrameStore.from_batches([VideoBatch(["a", "b"], frames, np.array([0, 1, 6]))])
-    x = sample_with_replacement(store, np.array([0, 1]), 30, np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    x = np.stack(
+        [sample_with_replacement(frames[:1], 30, rng), sample_with_replacement(frames[1:], 30, rng)]
+    )
     assert x.shape == (2, 30, 1)
     assert set(x[0, :, 0].tolist()) == {0.0}  # a one-frame video repeats its frame
     assert set(x[1, :, 0].tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0}

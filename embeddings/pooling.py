@@ -101,6 +101,11 @@ def _check_input(frames: torch.Tensor, mask: torch.Tensor | None, feature_dim: i
         )
 
 
+def _check_ubm_shape(ubm: GMM, expected: torch.Size) -> None:
+    if ubm.means.shape != expected:
+        raise ValueError(f"UBM has shape {tuple(ubm.means.shape)}, layer expects {tuple(expected)}")
+
+
 def _apply_mask(
     frames: torch.Tensor, posteriors: torch.Tensor, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,8 +177,8 @@ class DecoupledAssignment(nn.Module):
         self.weight = nn.Parameter(torch.randn(k, d) / math.sqrt(d))  # u_k: (K, D)
         self.bias = nn.Parameter(torch.zeros(k))  # b_k: (K,)
 
-    def logits(self, frames: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-        """frames (B, T, D) -> (B, T, K)."""
+    def logits(self, frames: torch.Tensor, centres: torch.Tensor | None = None) -> torch.Tensor:
+        """frames (B, T, D) -> (B, T, K); the centres play no part (decoupled)."""
         return F.linear(frames, self.weight, self.bias)
 
     @torch.no_grad()
@@ -225,8 +230,10 @@ class GMMAssignment(nn.Module):
         """sigma^2 broadcast to (K, D)."""
         return torch.exp(2.0 * self.log_sigma).expand(self.num_clusters, self.feature_dim)
 
-    def logits(self, frames: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    def logits(self, frames: torch.Tensor, centres: torch.Tensor | None) -> torch.Tensor:
         """log w_k + log N(x; mu_k, Sigma_k) up to terms equal for all k; (B, T, K)."""
+        if centres is None:
+            raise ValueError("a coupled GMM assignment needs the layer's centres (its means)")
         k, d = self.num_clusters, self.feature_dim
         prec = torch.exp(-2.0 * self.log_sigma)  # (K|1, D|1)
         prec_kd = prec.expand(k, d)
@@ -325,10 +332,7 @@ class UBMPooling(Pooling):
 
     @torch.no_grad()
     def from_ubm(self, ubm: GMM) -> UBMPooling:
-        if ubm.means.shape != self.means.shape:
-            raise ValueError(
-                f"UBM has shape {tuple(ubm.means.shape)}, layer expects {tuple(self.means.shape)}"
-            )
+        _check_ubm_shape(ubm, self.means.shape)
         ubm = ubm.to(dtype=torch.float64)
         if ubm.covariance_type == "shared_full":
             proj, bias = ubm.shared_precision_form()
@@ -366,11 +370,45 @@ class UBMPooling(Pooling):
         )
 
 
-class ClusterPooling(Pooling):
+class SoftAssignmentPooling(Pooling):
+    """Base of the layers with a trainable soft assignment P(k|x) (and optionally centres).
+
+    ``from_ubm`` starts the assignment (Eq. 20-21) and any centres from a fitted UBM.
+    """
+
+    assignment: DecoupledAssignment | GMMAssignment
+    centres: nn.Parameter | None
+
+    def __init__(self, cfg: PoolingConfig) -> None:
+        super().__init__(cfg)
+        self.register_parameter("centres", None)  # layers with centres replace it
+
+    def posteriors(self, frames: torch.Tensor) -> torch.Tensor:
+        """P(k|x) for frames (B, T, D) -> (B, T, K)."""
+        return torch.softmax(self.assignment.logits(frames, self.centres), dim=-1)
+
+    def masked_posteriors(
+        self, frames: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked input, then (frames, posteriors) with padded frames zeroed in both."""
+        _check_input(frames, mask, self.config.feature_dim)
+        return _apply_mask(frames, self.posteriors(frames), mask)
+
+    @torch.no_grad()
+    def from_ubm(self, ubm: GMM) -> SoftAssignmentPooling:
+        _check_ubm_shape(ubm, torch.Size((self.config.num_clusters, self.config.feature_dim)))
+        ubm64 = ubm.to(dtype=torch.float64)
+        if self.centres is not None:
+            self.centres.copy_(ubm64.means.to(self.centres.dtype))
+        self.assignment.init_from_ubm(ubm64)
+        return self
+
+
+class ClusterPooling(SoftAssignmentPooling):
     """Trainable assignment and centres: NetVLAD (residual) and DSGMM (smoothed mean)."""
 
     mode = "residual"
-    assignment: DecoupledAssignment | GMMAssignment
+    centres: nn.Parameter
 
     def __init__(self, cfg: PoolingConfig) -> None:
         super().__init__(cfg)
@@ -379,24 +417,8 @@ class ClusterPooling(Pooling):
         self.centres = nn.Parameter(torch.randn(k, d) / math.sqrt(d))  # mu_k: (K, D)
         self.assignment = _make_assignment(cfg)
 
-    def posteriors(self, frames: torch.Tensor) -> torch.Tensor:
-        """P(k|x) for frames (B, T, D) -> (B, T, K)."""
-        return torch.softmax(self.assignment.logits(frames, self.centres), dim=-1)
-
-    @torch.no_grad()
-    def from_ubm(self, ubm: GMM) -> ClusterPooling:
-        if ubm.means.shape != self.centres.shape:
-            raise ValueError(
-                f"UBM has shape {tuple(ubm.means.shape)}, layer expects {tuple(self.centres.shape)}"
-            )
-        ubm64 = ubm.to(dtype=torch.float64)
-        self.centres.copy_(ubm64.means.to(self.centres.dtype))
-        self.assignment.init_from_ubm(ubm64)
-        return self
-
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        _check_input(frames, mask, self.config.feature_dim)
-        frames, p = _apply_mask(frames, self.posteriors(frames), mask)
+        frames, p = self.masked_posteriors(frames, mask)
         cfg = self.config
         return aggregate(
             p, frames, self.centres, self.mode, cfg.gamma, cfg.intra_norm, cfg.final_norm
@@ -413,7 +435,7 @@ class DSGMM(ClusterPooling):
     mode = "smoothed_mean"
 
 
-class NetRVLAD(Pooling):
+class NetRVLAD(SoftAssignmentPooling):
     """Residual-less VLAD: S_x(k) with a decoupled soft assignment (Miech et al. 2017)."""
 
     name = "netrvlad"
@@ -423,20 +445,13 @@ class NetRVLAD(Pooling):
         self.out_dim = cfg.num_clusters * cfg.feature_dim
         self.assignment = DecoupledAssignment(cfg)
 
-    @torch.no_grad()
-    def from_ubm(self, ubm: GMM) -> NetRVLAD:
-        self.assignment.init_from_ubm(ubm.to(dtype=torch.float64))
-        return self
-
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        _check_input(frames, mask, self.config.feature_dim)
-        p = torch.softmax(self.assignment.logits(frames, frames), dim=-1)
-        frames, p = _apply_mask(frames, p, mask)
+        frames, p = self.masked_posteriors(frames, mask)
         cfg = self.config
         return aggregate(p, frames, None, "sum", 0.0, cfg.intra_norm, cfg.final_norm)
 
 
-class NetFV(Pooling):
+class NetFV(SoftAssignmentPooling):
     """Fisher-vector-like pooling (Miech et al. 2017): first and second order parts.
 
     fv1_k = (S_x - n c_k) / sigma_k,  fv2_k = sum_t p_tk (x_t - c_k)^2 / sigma_k^2 - n_k;
@@ -444,6 +459,7 @@ class NetFV(Pooling):
     """
 
     name = "netfv"
+    centres: nn.Parameter
 
     def __init__(self, cfg: PoolingConfig) -> None:
         super().__init__(cfg)
@@ -455,18 +471,15 @@ class NetFV(Pooling):
 
     @torch.no_grad()
     def from_ubm(self, ubm: GMM) -> NetFV:
-        ubm64 = ubm.to(dtype=torch.float64)
-        self.assignment.init_from_ubm(ubm64)
-        self.centres.copy_(ubm64.means.to(self.centres.dtype))
-        self.log_sigma.copy_(0.5 * torch.log(ubm64.diagonal_variances()).to(self.log_sigma.dtype))
+        super().from_ubm(ubm)  # assignment and centres
+        var = ubm.to(dtype=torch.float64).diagonal_variances()
+        self.log_sigma.copy_(0.5 * torch.log(var).to(self.log_sigma.dtype))
         return self
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        _check_input(frames, mask, self.config.feature_dim)
+        frames, p = self.masked_posteriors(frames, mask)
         cfg = self.config
         b = frames.shape[0]
-        p = torch.softmax(self.assignment.logits(frames, self.centres), dim=-1)
-        frames, p = _apply_mask(frames, p, mask)
         pt = p.transpose(1, 2)
         n = p.sum(1).unsqueeze(-1)  # (B, K, 1)
         sx = torch.bmm(pt, frames)
@@ -485,7 +498,7 @@ class NetFV(Pooling):
         return F.normalize(out, dim=-1, eps=NORM_EPS) if cfg.final_norm else out
 
 
-class NetBOW(Pooling):
+class NetBOW(SoftAssignmentPooling):
     """Soft bag of visual words: n(k) / T (a histogram that sums to 1 over clusters)."""
 
     name = "netbow"
@@ -495,15 +508,8 @@ class NetBOW(Pooling):
         self.out_dim = cfg.num_clusters
         self.assignment = DecoupledAssignment(cfg)
 
-    @torch.no_grad()
-    def from_ubm(self, ubm: GMM) -> NetBOW:
-        self.assignment.init_from_ubm(ubm.to(dtype=torch.float64))
-        return self
-
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        _check_input(frames, mask, self.config.feature_dim)
-        p = torch.softmax(self.assignment.logits(frames, frames), dim=-1)
-        frames, p = _apply_mask(frames, p, mask)
+        _, p = self.masked_posteriors(frames, mask)
         n = p.sum(1)
         out = n / n.sum(1, keepdim=True).clamp_min(1.0)
         return F.normalize(out, dim=-1, eps=NORM_EPS) if self.config.final_norm else out

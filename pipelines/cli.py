@@ -31,6 +31,25 @@ WatchThreshold = Annotated[
 ]
 
 
+Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")]
+Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
+PoolingName = Annotated[
+    str, typer.Option(help="avg, vlad, sgmm, netvlad, dsgmm, netrvlad, netfv or netbow.")
+]
+Clusters = Annotated[int, typer.Option(help="Number of clusters K.")]
+Gamma = Annotated[float, typer.Option(help="SGMM/DSGMM smoothing gamma (Eq. 12).")]
+Assignment = Annotated[
+    str,
+    typer.Option(
+        help="decoupled, or a coupled GMM: uniform_priors, shared_spherical, spherical, "
+        "shared_diagonal, diagonal."
+    ),
+]
+IntraNorm = Annotated[bool, typer.Option(help="L2-normalise each cluster's vector.")]
+FinalNorm = Annotated[bool, typer.Option(help="L2-normalise the whole pooled vector.")]
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -39,7 +58,7 @@ def _fail(message: str) -> None:
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option(help="Directory to write the data set to.")],
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same world.")] = 0,
+    seed: Seed = 0,
     videos: Annotated[int, typer.Option(help="Number of videos.")] = 2000,
     users: Annotated[int, typer.Option(help="Number of users.")] = 1000,
     days: Annotated[int, typer.Option(help="Length of the impression log in days.")] = 28,
@@ -159,16 +178,12 @@ def mine_triplets_cmd(
 def train_embeddings_cmd(
     data: Annotated[Path, typer.Option(help="Data set directory.")],
     out: Annotated[Path, typer.Option(help="Artifact directory to create.")],
-    pooling: Annotated[
-        str, typer.Option(help="avg, vlad, sgmm, netvlad, dsgmm, netrvlad, netfv or netbow.")
-    ] = "dsgmm",
-    clusters: Annotated[int, typer.Option(help="Number of clusters K.")] = 32,
-    gamma: Annotated[float, typer.Option(help="DSGMM/SGMM smoothing (Eq. 12).")] = 0.125,
-    assignment: Annotated[
-        str, typer.Option(help="decoupled or a coupled GMM variant.")
-    ] = "decoupled",
-    intra_norm: Annotated[bool, typer.Option(help="L2-normalise each cluster's vector.")] = True,
-    final_norm: Annotated[bool, typer.Option(help="L2-normalise the pooled vector.")] = False,
+    pooling: PoolingName = "dsgmm",
+    clusters: Clusters = 32,
+    gamma: Gamma = 0.125,
+    assignment: Assignment = "decoupled",
+    intra_norm: IntraNorm = True,
+    final_norm: FinalNorm = False,
     hidden_dim: Annotated[int, typer.Option(help="Projector hidden width.")] = 256,
     embedding_dim: Annotated[int, typer.Option(help="Embedding dimension.")] = 64,
     dropout: Annotated[float, typer.Option(help="Dropout on the pooled vector.")] = 0.0,
@@ -184,13 +199,13 @@ def train_embeddings_cmd(
     index: Annotated[str, typer.Option(help="FAISS index kind: flat, hnsw or ivf.")] = "flat",
     test_start: TestStart = None,
     watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    seed: Seed = 0,
+    device: Device = "auto",
     ubm_init: Annotated[
         bool, typer.Option(help="Initialise the pooling from a UBM (Eq. 20-21).")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train pooling + projector on co-watch triplets; write an artifact with the FAISS index.
 
@@ -262,7 +277,7 @@ def embed(
     data: Annotated[Path, typer.Option(help="Data set directory whose videos to embed.")],
     out: Annotated[Path, typer.Option(help="Parquet file to write (video_id, embedding).")],
     batch_size: Annotated[int, typer.Option(help="Videos per batch.")] = 256,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Device = "auto",
 ) -> None:
     """Embed every video of a data set with a trained model (streaming, batched)."""
     from pipelines.embed import embed_dataset
@@ -352,9 +367,9 @@ def pipeline(
     out: Annotated[
         Path, typer.Option(help="Output directory: OUT/artifact plus the evaluation report.")
     ],
-    pooling: Annotated[str, typer.Option(help="Pooling of the embedding model.")] = "dsgmm",
-    clusters: Annotated[int, typer.Option(help="Number of clusters K.")] = 32,
-    gamma: Annotated[float, typer.Option(help="DSGMM smoothing (Eq. 12).")] = 0.125,
+    pooling: PoolingName = "dsgmm",
+    clusters: Clusters = 32,
+    gamma: Gamma = 0.125,
     epochs: Annotated[
         int, typer.Option(help="Embedding training epochs (the best validation epoch is kept).")
     ] = 3,
@@ -374,10 +389,10 @@ def pipeline(
     baseline: Annotated[
         Path | None, typer.Option(help="report.json of a baseline run (e.g. avg pooling).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Seed = 0,
+    device: Device = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT/artifact.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Mine triplets, train embeddings, index, fit GLMix and evaluate; OUT/artifact is servable."""
     from pipelines.pipeline import PipelineConfig, run_pipeline
@@ -429,19 +444,15 @@ def serve(
 @app.command()
 def classify(
     data: Annotated[Path, typer.Option(help="Data set directory (videos.parquet with labels).")],
-    pooling: Annotated[
-        str, typer.Option(help="avg, vlad, sgmm, netvlad, dsgmm, netrvlad, netfv or netbow.")
-    ],
+    pooling: PoolingName,
     out: Annotated[
         Path, typer.Option(help="Run directory for report.json, predictions, weights, curve.")
     ],
-    clusters: Annotated[int, typer.Option(help="Number of clusters K.")] = 64,
-    gamma: Annotated[float, typer.Option(help="SGMM/DSGMM smoothing (Eq. 12).")] = 0.125,
-    assignment: Annotated[
-        str, typer.Option(help="decoupled or a coupled GMM variant.")
-    ] = "decoupled",
-    intra_norm: Annotated[bool, typer.Option(help="L2-normalise each cluster's vector.")] = True,
-    final_norm: Annotated[bool, typer.Option(help="L2-normalise the pooled vector.")] = False,
+    clusters: Clusters = 64,
+    gamma: Gamma = 0.125,
+    assignment: Assignment = "decoupled",
+    intra_norm: IntraNorm = True,
+    final_norm: FinalNorm = False,
     hidden_size: Annotated[int, typer.Option(help="Hidden layer with batch norm (0 = none).")] = 0,
     mixtures: Annotated[int, typer.Option(help="Experts per label in the MoE.")] = 2,
     epochs: Annotated[int, typer.Option(help="Epochs (the lowest validation loss is kept).")] = 10,
@@ -451,15 +462,15 @@ def classify(
         int, typer.Option(help="Decay the learning rate by 0.8 every N examples.")
     ] = 4_000_000,
     frames: Annotated[int, typer.Option(help="Frames sampled with replacement per video.")] = 30,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    seed: Seed = 0,
+    device: Device = "auto",
     workers: Annotated[
         int, typer.Option(help="DataLoader workers streaming Parquet row groups (0 = none).")
     ] = 1,
     ubm_init: Annotated[
         bool, typer.Option(help="Initialise trainable cluster layers from a UBM (Eq. 20-21).")
     ] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train pooling -> context gating -> MoE per label (section 4.1) and report GAP@20 / Hit@1."""
     from embeddings.classifier import ClassifierConfig
@@ -538,8 +549,8 @@ def experiment_paper(
         Path, typer.Option(help="Output directory (report.md, report.json, plots, runs/).")
     ],
     budget: Annotated[str, typer.Option(help="small (~15 min on 2 cores) or full.")] = "small",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    seed: Seed = 0,
+    quiet: Quiet = False,
 ) -> None:
     """Tables 2, 4, 5 and Figures 2, 3 of the paper on this data set."""
     from pipelines.experiment import BUDGETS, run_paper_experiment
@@ -553,8 +564,8 @@ def experiment_paper(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Working directory for the demo.")] = Path("demo"),
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    pooling: Annotated[str, typer.Option(help="Pooling of the embedding model.")] = "dsgmm",
+    seed: Seed = 0,
+    pooling: PoolingName = "dsgmm",
     epochs: Annotated[
         int, typer.Option(help="Embedding training epochs (the best validation epoch is kept).")
     ] = 3,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embeddings.gmm import GMM
-from embeddings.pooling import POOLING_NAMES, Pooling, build_pooling_from
+from embeddings.pooling import POOLING_NAMES, ClusterPooling, Pooling, build_pooling_from
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class EmbedderConfig:
     #: dropout on the pooled vector during training (the pooled vectors are large and
     #: distinctive enough to memorise individual videos)
     dropout: float = 0.0
+    #: also feed sqrt(n(k) / T), each cluster's share of the frames, to the projector
+    #: (netvlad/dsgmm only): intra-normalised clusters otherwise hide how much of the
+    #: video a cluster holds, which is what a bag of words captures
+    occupancy: bool = False
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_NAMES:
@@ -39,6 +44,8 @@ class EmbedderConfig:
             raise ValueError("hidden_dim and embedding_dim must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
+        if self.occupancy and self.pooling not in ("netvlad", "dsgmm"):
+            raise ValueError("occupancy needs a cluster pooling (netvlad or dsgmm)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,23 +60,35 @@ class EmbedderConfig:
 
 
 class CowatchEmbedder(nn.Module):
-    """frames (B, T, D), mask (B, T) -> L2-normalised embeddings (B, E)."""
+    """frames (B, T, D), mask (B, T) -> L2-normalised embeddings (B, E).
+
+    ``output_mean (E,)`` is subtracted from the normalised projection before the final
+    normalisation. It is zero while training (the map is then exactly Eq. 15's f) and
+    set by :meth:`set_output_mean` to the catalogue's mean embedding afterwards: triplet
+    training leaves every embedding sharing a large common direction (random pairs at
+    cosine ~0.7 measured), which says nothing about a video yet dominates the average
+    similarity of Eq. 16 across users. Centring removes it and keeps the neighbours.
+    """
+
+    output_mean: torch.Tensor
 
     def __init__(self, cfg: EmbedderConfig) -> None:
         super().__init__()
         self.config = cfg
         self.pooling: Pooling = build_pooling_from(cfg)
+        in_dim = self.pooling.out_dim + (cfg.num_clusters if cfg.occupancy else 0)
         # Batch norm after the first layer: pooled vectors of different videos share a
         # large common part (with intra-norm, clusters a video barely visits all sit
         # at their normalised UBM mean), which otherwise starts every embedding at
         # nearly the same point (mean cosine ~0.99 measured) and stalls the triplet loss.
         self.projector = nn.Sequential(
             nn.Dropout(cfg.dropout),
-            nn.Linear(self.pooling.out_dim, cfg.hidden_dim),
+            nn.Linear(in_dim, cfg.hidden_dim),
             nn.BatchNorm1d(cfg.hidden_dim),
             nn.ReLU(),
             nn.Linear(cfg.hidden_dim, cfg.embedding_dim),
         )
+        self.register_buffer("output_mean", torch.zeros(cfg.embedding_dim))
 
     @property
     def needs_ubm(self) -> bool:
@@ -80,9 +99,29 @@ class CowatchEmbedder(nn.Module):
         self.pooling.from_ubm(ubm)
         return self
 
+    def pooled(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """g(v): (B, T, D) frames -> (B, F) input of the projector."""
+        if not self.config.occupancy:
+            return self.pooling(frames, mask)
+        assert isinstance(self.pooling, ClusterPooling)
+        pooled, occupancy = self.pooling.pool_with_occupancy(frames, mask)
+        # Hellinger map sqrt(share), scaled by sqrt(K) so that its norm (sqrt(K) for any
+        # video with frames) matches the K intra-normalised clusters'. The small floor
+        # keeps the gradient of sqrt finite for empty clusters.
+        k = self.config.num_clusters
+        return torch.cat([pooled, torch.sqrt(occupancy * k + 1e-6)], dim=1)
+
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        pooled = self.pooling(frames, mask)
-        return F.normalize(self.projector(pooled), dim=-1)
+        z = F.normalize(self.projector(self.pooled(frames, mask)), dim=-1)
+        return F.normalize(z - self.output_mean, dim=-1)
+
+    @torch.no_grad()
+    def set_output_mean(self, uncentred: torch.Tensor) -> None:
+        """Centre future outputs on the mean of ``uncentred (N, E)``, embeddings this model
+        produced with a zero ``output_mean``."""
+        if uncentred.ndim != 2 or uncentred.shape[1] != self.config.embedding_dim:
+            raise ValueError(f"expected (N, {self.config.embedding_dim}) embeddings")
+        self.output_mean.copy_(uncentred.mean(0).to(self.output_mean.dtype))
 
 
 def triplet_loss(
@@ -92,3 +131,36 @@ def triplet_loss(
     d_pos = (anchor - positive).square().sum(-1)
     d_neg = (anchor - negative).square().sum(-1)
     return F.relu(d_pos - d_neg + margin).mean()
+
+
+def semi_hard_triplet_loss(
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    candidates: torch.Tensor,
+    allowed: torch.Tensor,
+    margin: float = 0.2,
+) -> torch.Tensor:
+    """Eq. 15 with the negative mined in the batch (FaceNet's semi-hard rule).
+
+    anchor, positive: (B, E); candidates: (M, E); allowed: (B, M) bool, which candidates
+    may serve as a negative for each anchor. For anchor i the negative is the closest
+    allowed candidate farther away than the positive; when there is none, the farthest
+    allowed one (FaceNet, section 3.2: the hardest negatives collapse the model early).
+    Anchors without any allowed candidate are left out; with none at all the loss is 0.
+    """
+    if allowed.shape != (anchor.shape[0], candidates.shape[0]):
+        raise ValueError(
+            f"allowed must be (B, M) = {(anchor.shape[0], candidates.shape[0])}, "
+            f"got {tuple(allowed.shape)}"
+        )
+    d_pos = (anchor - positive).square().sum(-1)  # (B,)
+    d_all = torch.cdist(anchor, candidates).square()  # (B, M)
+    inf = torch.full_like(d_all, math.inf)
+    semi = allowed & (d_all > d_pos.unsqueeze(1))
+    closest_semi = torch.where(semi, d_all, inf).min(1).values
+    farthest = torch.where(allowed, d_all, -inf).max(1).values
+    d_neg = torch.where(torch.isfinite(closest_semi), closest_semi, farthest)
+    has = allowed.any(1)
+    if not bool(has.any()):
+        return anchor.sum() * 0.0
+    return F.relu(d_pos[has] - d_neg[has] + margin).mean()

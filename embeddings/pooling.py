@@ -418,11 +418,23 @@ class ClusterPooling(SoftAssignmentPooling):
         self.assignment = _make_assignment(cfg)
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pool_with_occupancy(frames, mask)[0]
+
+    def pool_with_occupancy(
+        self, frames: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled (B, K * D), occupancy (B, K)): the layer's output and n(k) / T, the share
+        of the video's frames in each cluster (the ML weights of Eq. 9), from one set of
+        posteriors. Intra-normalisation discards how many frames a cluster got; the
+        occupancy keeps it. A video without frames has zero occupancy."""
         frames, p = self.masked_posteriors(frames, mask)
         cfg = self.config
-        return aggregate(
+        n = p.sum(1)  # (B, K)
+        occupancy = n / n.sum(1, keepdim=True).clamp_min(1.0)
+        pooled = aggregate(
             p, frames, self.centres, self.mode, cfg.gamma, cfg.intra_norm, cfg.final_norm
         )
+        return pooled, occupancy
 
 
 class NetVLAD(ClusterPooling):

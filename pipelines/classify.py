@@ -52,6 +52,10 @@ class ClassifyConfig:
     #: DSGMM on the synthetic world, measured); vlad/sgmm always use the UBM.
     ubm_init: bool = False
     ubm_frames: int = 100_000
+    #: stop when validation GAP@20 has not improved for this many epochs (0 = never)
+    patience: int = 3
+    #: also fit the classical baselines (pipelines.classify_baselines) on the same splits
+    baselines: bool = True
     seed: int = 0
     device: str = "auto"
     #: DataLoader worker processes streaming Parquet row groups (0 = in the main process)
@@ -231,7 +235,9 @@ def train_classifier(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     history: list[dict[str, float]] = []
-    best_state, best_loss, best_epoch, seen = None, math.inf, 0, 0
+    best_state: dict[str, torch.Tensor] | None = None
+    best_loss: tuple[float, float] = (math.inf, math.inf)
+    best_epoch, seen = 0, 0
     stream = VideoStream(info, "train", cfg.frames_per_video, train=True, seed=cfg.seed)
     steps = math.ceil(info.split_sizes["train"] / cfg.batch_size)
     for epoch in tqdm(range(cfg.epochs), desc="epochs", disable=not progress):
@@ -256,18 +262,30 @@ def train_classifier(
             seen += len(x)
             total += float(loss.detach()) * len(x)
             count += len(x)
-        _, _, _, val_loss = predict(model, info, "validation", cfg, device)
+        _, val_pred, val_y, val_loss = predict(model, info, "validation", cfg, device)
+        val_gap = gap_at_k(val_pred, val_y, 20)
         history.append(
             {
                 "epoch": epoch + 1,
                 "train_loss": total / max(count, 1),
                 "val_loss": val_loss,
+                "val_gap": val_gap,
                 "seconds": time.perf_counter() - t0,
             }
         )
-        if val_loss < best_loss:
-            best_loss, best_epoch = val_loss, epoch + 1
+        # Select by validation GAP@20, the metric reported (ties: the lower loss).
+        if best_state is None or (-val_gap, val_loss) < best_loss:
+            best_loss, best_epoch = (-val_gap, val_loss), epoch + 1
             best_state = copy.deepcopy(model.state_dict())
+        if progress:
+            tqdm.write(
+                f"epoch {epoch + 1}: train loss {total / max(count, 1):.4f}, "
+                f"validation loss {val_loss:.4f}, validation GAP@20 {val_gap:.4f}"
+            )
+        if cfg.patience and epoch + 1 - best_epoch >= cfg.patience:
+            if progress:
+                tqdm.write(f"early stop: no better validation GAP for {cfg.patience} epochs")
+            break
     assert best_state is not None
     model.load_state_dict(best_state)
     return model, history, best_epoch
@@ -307,6 +325,8 @@ def run_classify(
         "config": {"model": model_cfg.to_dict(), "train": asdict(cfg)},
         "history": history,
     }
+    if cfg.baselines:
+        report.update(_baseline_ladder(info, test_ids, test_pred, test_y, cfg.seed, progress))
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
     idx, sc = top_k(test_pred, 20)
@@ -333,6 +353,46 @@ def run_classify(
     (o / "report.json").write_text(json.dumps(report, indent=2))
     _plot_curve(history, o / "training_curve.png", model_cfg.pooling)
     return report
+
+
+def _baseline_ladder(
+    info: DatasetInfo,
+    test_ids: list[str],
+    test_pred: np.ndarray,
+    test_y: np.ndarray,
+    seed: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """Baselines on the same splits, and the learned model against the best of them."""
+    from pipelines.classify_baselines import (
+        classification_baselines,
+        load_splits,
+        paired_gap_bootstrap,
+    )
+
+    splits = load_splits(info, hash_split)
+    base = classification_baselines(splits, seed, log=tqdm.write if progress else None)
+    pos = {v: i for i, v in enumerate(splits["test"].video_ids)}
+    order = np.array([pos[v] for v in test_ids], dtype=np.int64)
+    out: dict[str, Any] = {
+        "baselines": {
+            n: {k: v for k, v in b.items() if k != "test_predictions"} for n, b in base.items()
+        }
+    }
+    if not base:
+        return out
+    best = max(base, key=lambda n: base[n]["gap"])
+    other = base[best]["test_predictions"][order]
+    diff, lo, hi = paired_gap_bootstrap(test_pred, other, test_y, seed=seed)
+    _, p_value = mcnemar_test(hit_at_1(test_pred, test_y), hit_at_1(other, test_y))
+    out["vs_best_baseline"] = {
+        "best_baseline": best,
+        "gap_difference": diff,
+        "gap_difference_bootstrap_95": [lo, hi],
+        "hit_at_1_mcnemar_p": p_value,
+        "verdict": "better" if lo > 0 else "worse" if hi < 0 else "no significant difference",
+    }
+    return out
 
 
 def _plot_curve(history: list[dict[str, float]], path: Path, title: str) -> None:

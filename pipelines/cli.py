@@ -64,6 +64,15 @@ def synth(
     days: Annotated[int, typer.Option(help="Length of the impression log in days.")] = 28,
     feature_dim: Annotated[int, typer.Option(help="Frame feature dimension D.")] = 32,
     topics: Annotated[int, typer.Option(help="Number of topics.")] = 16,
+    shared_fraction: Annotated[
+        float, typer.Option(help="Mean fraction of frames from shared intro/credit components.")
+    ] = 0.33,
+    shared_scale: Annotated[
+        float, typer.Option(help="Norm of the shared components relative to topical ones.")
+    ] = 3.0,
+    median_frames: Annotated[
+        float, typer.Option(help="Median frames per video (log-normal, 2 to 300).")
+    ] = 16.0,
 ) -> None:
     """Generate a synthetic world: videos.parquet, impressions.parquet and truth.parquet."""
     from pipelines.io import write_dataset
@@ -77,6 +86,9 @@ def synth(
             days=days,
             feature_dim=feature_dim,
             num_topics=topics,
+            shared_fraction=shared_fraction,
+            shared_scale=shared_scale,
+            median_frames=median_frames,
         )
     except ValueError as exc:
         _fail(str(exc))
@@ -341,12 +353,28 @@ def evaluate(
     baseline: Annotated[
         Path | None, typer.Option(help="report.json of a baseline run (e.g. avg pooling).")
     ] = None,
+    baselines: Annotated[
+        bool,
+        typer.Option(
+            help="Also score classical baselines (average of frames, k-means bag of words "
+            "with tf-idf, k-means VLAD; PCA and GLMix chosen on validation) on the same rows."
+        ),
+    ] = True,
 ) -> None:
     """Offline AUC evaluation: max/avg similarity (Eq. 16-17), GLMix with and without video features."""
     from pipelines.evaluate import evaluate_artifact
+    from recsys.baselines import BASELINE_NAMES
 
     report = evaluate_artifact(
-        data, artifacts, out, watch_threshold, _test_start(test_start), bootstrap, baseline
+        data,
+        artifacts,
+        out,
+        watch_threshold,
+        _test_start(test_start),
+        bootstrap,
+        baseline,
+        baselines=BASELINE_NAMES if baselines else (),
+        progress=True,
     )
     _print_aucs(report, out)
 
@@ -358,6 +386,18 @@ def _print_aucs(report: dict, out: Path) -> None:  # type: ignore[type-arg]
         typer.echo(
             f"  oracle AUC          all {report['oracle_auc']['all']:.4f}   cold start {report['oracle_auc']['cold_start']:.4f}"
         )
+    for name, b in report.get("baselines", {}).items():
+        for k, v in b["auc"].items():
+            cold = b["auc_cold_start"][k]
+            typer.echo(f"  baseline {name:11s} {k:15s} all {v:.4f}   cold start {cold:.4f}")
+    for score, subsets in report.get("vs_best_baseline", {}).items():
+        for subset, c in subsets.items():
+            lo, hi = c["delong_paired_95"]
+            typer.echo(
+                f"  {score} ({subset}): learned {c['learned_auc']:.4f} vs {c['best_baseline']} "
+                f"{c['baseline_auc']:.4f}, difference {c['difference']:+.4f} "
+                f"[{lo:+.4f}, {hi:+.4f}]: {c['verdict']}"
+            )
     typer.echo(f"wrote {out / 'report.json'} and {out / 'report.md'}")
 
 
@@ -389,6 +429,13 @@ def pipeline(
     baseline: Annotated[
         Path | None, typer.Option(help="report.json of a baseline run (e.g. avg pooling).")
     ] = None,
+    baselines: Annotated[
+        bool,
+        typer.Option(
+            help="Also score classical baselines (average of frames, k-means bag of words "
+            "with tf-idf, k-means VLAD; PCA and GLMix chosen on validation) on the same rows."
+        ),
+    ] = True,
     seed: Seed = 0,
     device: Device = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT/artifact.")] = False,
@@ -409,6 +456,7 @@ def pipeline(
             index=IndexConfig(kind=index),
             watch_threshold_s=watch_threshold,
             bootstrap=bootstrap,
+            baselines=baselines,
         )
         from embeddings.cowatch import EmbedderConfig
 
@@ -470,6 +518,19 @@ def classify(
     ubm_init: Annotated[
         bool, typer.Option(help="Initialise trainable cluster layers from a UBM (Eq. 20-21).")
     ] = False,
+    patience: Annotated[
+        int,
+        typer.Option(
+            help="Stop after this many epochs without a better validation GAP (0 = never)."
+        ),
+    ] = 3,
+    baselines: Annotated[
+        bool,
+        typer.Option(
+            help="Also fit classical baselines (average of frames, k-means bag of words with "
+            "tf-idf; logistic regression) on the same splits."
+        ),
+    ] = True,
     quiet: Quiet = False,
 ) -> None:
     """Train pooling -> context gating -> MoE per label (section 4.1) and report GAP@20 / Hit@1."""
@@ -504,13 +565,25 @@ def classify(
             device=device,
             workers=workers,
             ubm_init=ubm_init,
+            patience=patience,
+            baselines=baselines,
         )
     except ValueError as exc:
         _fail(str(exc))
     r = run_classify(data, out, model, cfg, progress=not quiet)
     typer.echo(
-        f"{pooling}: test GAP@20 {r['gap']:.4f}, Hit@1 {r['hit_at_1']:.4f} ({r['test_videos']} videos); wrote {out}"
+        f"{pooling}: test GAP@20 {r['gap']:.4f}, Hit@1 {r['hit_at_1']:.4f} ({r['test_videos']} videos, "
+        f"epoch {r['best_epoch']} kept); wrote {out}"
     )
+    for name, b in r.get("baselines", {}).items():
+        typer.echo(f"baseline {name}: test GAP@20 {b['gap']:.4f}, Hit@1 {b['hit_at_1']:.4f}")
+    if "vs_best_baseline" in r:
+        v = r["vs_best_baseline"]
+        lo, hi = v["gap_difference_bootstrap_95"]
+        typer.echo(
+            f"{pooling} vs {v['best_baseline']}: GAP difference {v['gap_difference']:+.4f} "
+            f"[{lo:+.4f}, {hi:+.4f}]: {v['verdict']}"
+        )
 
 
 @app.command()

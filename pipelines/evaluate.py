@@ -30,7 +30,8 @@ from recsys.artifact import (
     read_manifest,
     write_json_bytes,
 )
-from recsys.auc import bootstrap_ci, delong_ci
+from recsys.auc import bootstrap_ci, delong_ci, delong_paired_difference
+from recsys.baselines import BASELINE_NAMES
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S, TRUTH_FILE
 from recsys.errors import UserInputError
 from recsys.glmix import GLMix, GLMixConfig, fit_glmix, select_random_l2
@@ -186,7 +187,11 @@ def evaluate_artifact(
     bootstrap: int = 200,
     baseline: str | os.PathLike[str] | None = None,
     seed: int = 0,
+    baselines: tuple[str, ...] = BASELINE_NAMES,
+    progress: bool = False,
 ) -> dict[str, Any]:
+    """Offline AUCs of the artifact's scores on the test period, beside the classical
+    ``baselines`` (see pipelines.ladder) scored on the same rows; writes report.json/.md."""
     d, a, o = dataset_dir(data), Path(artifact), Path(out)
     manifest = read_manifest(a)
     trained_until = artifact_test_start(manifest)
@@ -308,6 +313,23 @@ def evaluate_artifact(
             "glmix_cold_start": 100 * (auc_cold["glmix"] / base["auc_cold_start"]["glmix"] - 1),
         }
     report["relative_improvement"] = rel
+    if baselines:
+        _add_baselines(
+            report,
+            d,
+            ids,
+            emb,
+            start,
+            watch_threshold_s,
+            y,
+            cold,
+            users,
+            scores,
+            baselines,
+            bootstrap,
+            seed,
+            progress,
+        )
     o.mkdir(parents=True, exist_ok=True)
     _plot_roc(y, scores, cold, oracle, o / "roc.png")
     write_parquet_atomic(
@@ -325,6 +347,85 @@ def evaluate_artifact(
     (o / "report.json").write_text(json.dumps(_clean(report), indent=2))
     (o / "report.md").write_text(render_markdown(report))
     return report
+
+
+def _add_baselines(
+    report: dict[str, Any],
+    data: Path,
+    ids: list[str],
+    emb: np.ndarray,
+    start: datetime,
+    watch_threshold_s: float,
+    y: np.ndarray,
+    cold: np.ndarray,
+    users: np.ndarray,
+    scores: dict[str, np.ndarray],
+    names: tuple[str, ...],
+    bootstrap: int,
+    seed: int,
+    progress: bool,
+) -> None:
+    """Score each classical baseline on the same test rows; compare the learned scores
+    with the best baseline by DeLong's paired test."""
+    from pipelines.ladder import baseline_ladder, load_rec_rows
+    from pipelines.train_embeddings import load_frame_store
+
+    if progress:
+        print(f"baselines: {', '.join(names)} (PCA size and GLMix penalty chosen on validation)")
+    store = load_frame_store(data)
+    rows = load_rec_rows(data, store.video_ids, start, watch_threshold_s)
+    if not np.array_equal(rows.test_labels, y):
+        raise RuntimeError("baseline rows differ from the evaluation rows")  # a bug, not input
+    ladder = baseline_ladder(
+        rows, store, emb.shape[1], names, seed=seed, log=print if progress else None
+    )
+    out: dict[str, Any] = {}
+    for name, (bscores, info) in ladder.items():
+        entry: dict[str, Any] = {
+            "auc": {},
+            "auc_cold_start": {},
+            "ci95": {"all": {}, "cold_start": {}},
+        }
+        for k, s in bscores.items():
+            blk = _auc_block(y, s, users, bootstrap, seed)
+            entry["auc"][k], entry["ci95"]["all"][k] = blk["auc"], blk
+            blk_c = (
+                _auc_block(y[cold], s[cold], users[cold], bootstrap, seed) if cold.any() else None
+            )
+            entry["auc_cold_start"][k] = blk_c["auc"] if blk_c else math.nan
+            entry["ci95"]["cold_start"][k] = blk_c
+        entry["choice"] = {k: v for k, v in info.items() if k != "pca_validation_log_loss"}
+        out[name] = entry
+        out[name]["_scores"] = bscores
+    report["baselines"] = {
+        k: {kk: vv for kk, vv in v.items() if kk != "_scores"} for k, v in out.items()
+    }
+    comparison: dict[str, Any] = {}
+    for score in ("glmix", "max_similarity", "avg_similarity"):
+        for subset, sel in (("all", np.ones_like(cold)), ("cold_start", cold)):
+            key = "auc" if subset == "all" else "auc_cold_start"
+            valid = {n: e[key][score] for n, e in out.items() if not math.isnan(e[key][score])}
+            if not valid or not sel.any():
+                continue
+            best = max(valid, key=lambda n: valid[n])
+            ok = sel & ~np.isnan(scores[score]) & ~np.isnan(out[best]["_scores"][score])
+            diff, lo, hi = delong_paired_difference(
+                y[ok], scores[score][ok], out[best]["_scores"][score][ok]
+            )
+            verdict = (
+                ("better" if lo > 0 else "worse" if hi < 0 else "no significant difference")
+                if not math.isnan(lo)
+                else "undetermined (too few rows of a class)"
+            )
+            comparison.setdefault(score, {})[subset] = {
+                "best_baseline": best,
+                "learned_auc": report[key][score],
+                "baseline_auc": valid[best],
+                "difference": diff,
+                "delong_paired_95": [lo, hi],
+                "verdict": verdict,
+            }
+    report["vs_best_baseline"] = comparison
 
 
 def _clean(obj: Any) -> Any:
@@ -361,6 +462,35 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{_fmt(a['bootstrap_users'][0])}-{_fmt(a['bootstrap_users'][1])} | {_fmt(c.get('auc'))} | "
             f"{_fmt((c.get('bootstrap_users') or [None, None])[0])}-{_fmt((c.get('bootstrap_users') or [None, None])[1])} |"
         )
+    for name, b in report.get("baselines", {}).items():
+        ch = b.get("choice", {})
+        for k in ("max_similarity", "avg_similarity", "glmix"):
+            a = b["ci95"]["all"][k]
+            c = b["ci95"]["cold_start"].get(k) or {}
+            lines.append(
+                f"| baseline {name} (PCA {ch.get('pca_dim')}): {k} | {_fmt(a['auc'])} | "
+                f"{_fmt(a['delong'][0])}-{_fmt(a['delong'][1])} | "
+                f"{_fmt(a['bootstrap_users'][0])}-{_fmt(a['bootstrap_users'][1])} | {_fmt(c.get('auc'))} | "
+                f"{_fmt((c.get('bootstrap_users') or [None, None])[0])}-{_fmt((c.get('bootstrap_users') or [None, None])[1])} |"
+            )
+    if report.get("vs_best_baseline"):
+        lines += [
+            "",
+            f"## Does the learned ({report.get('pooling')}) embedding beat the best baseline?",
+            "",
+            "DeLong's paired test on the same rows (95% interval of the AUC difference).",
+            "",
+            "| score | subset | learned | best baseline | difference [95%] | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for score, subsets in report["vs_best_baseline"].items():
+            for subset, c in subsets.items():
+                lo, hi = c["delong_paired_95"]
+                lines.append(
+                    f"| {score} | {subset} | {_fmt(c['learned_auc'])} | {c['best_baseline']} "
+                    f"{_fmt(c['baseline_auc'])} | {c['difference']:+.4f} [{_fmt(lo)}, {_fmt(hi)}] | "
+                    f"**{c['verdict']}** |"
+                )
     if "oracle_auc" in report:
         lines += [
             "",

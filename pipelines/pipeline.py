@@ -17,6 +17,7 @@ from embeddings.cowatch import EmbedderConfig
 from pipelines.evaluate import GLMixJobConfig, evaluate_artifact, fit_glmix_into_artifact
 from pipelines.io import video_feature_dim
 from pipelines.train_embeddings import TrainConfig, run_train_embeddings
+from recsys.baselines import BASELINE_NAMES
 from recsys.glmix import GLMixConfig
 from recsys.index import IndexConfig
 from recsys.triplets import TripletConfig
@@ -35,6 +36,8 @@ class PipelineConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     watch_threshold_s: float = 10.0
     bootstrap: int = 200
+    #: score the classical baselines (recsys.baselines) on the same rows in the report
+    baselines: bool = True
 
 
 def run_pipeline(
@@ -95,6 +98,8 @@ def run_pipeline(
         bootstrap=cfg.bootstrap,
         baseline=baseline,
         seed=cfg.train.seed,
+        baselines=BASELINE_NAMES if cfg.baselines else (),
+        progress=progress,
     )
     timings["evaluation_s"] = time.perf_counter() - t2
     report["timings"] = timings

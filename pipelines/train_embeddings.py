@@ -28,8 +28,14 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from embeddings.cowatch import CowatchEmbedder, EmbedderConfig, triplet_loss
+from embeddings.cowatch import (
+    CowatchEmbedder,
+    EmbedderConfig,
+    semi_hard_triplet_loss,
+    triplet_loss,
+)
 from embeddings.gmm import fit_gmm
+from embeddings.pooling import DecoupledAssignment
 from embeddings.runtime import resolve_device
 from pipelines.io import dataset_dir, iter_video_batches, open_parquet
 from recsys.artifact import embeddings_table, state_dict_bytes, write_artifact
@@ -44,17 +50,35 @@ from recsys.triplets import TripletConfig, mine_cowatch_pairs, mine_triplets
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 6
+    epochs: int = 3
     batch_size: int = 128  # triplets per step (3x videos)
     lr: float = 1e-3
+    #: AdamW's decoupled weight decay
+    weight_decay: float = 0.0
     margin: float = 0.2
     max_frames: int = 64  # frames sampled per video per training step
     eval_max_frames: int = 300  # frames used when embedding (evenly spaced)
-    val_fraction: float = 0.1  # users whose triplets are held out for validation
-    #: start the pooling from a UBM fitted by EM (vlad/sgmm always need one); off by default
-    #: because UBM-initialised assignments start nearly hard and learn slowly
-    ubm_init: bool = False
+    #: augmentation: each training video keeps a random share of its frames in [min_keep, 1]
+    min_keep: float = 1.0
+    #: negatives: "given" (the triplet's own, Eq. 15) or "semi_hard" (the triplet's own
+    #: plus a semi-hard negative mined among the batch's other videos, FaceNet)
+    negatives: str = "given"
+    #: self-supervised epochs over all videos before the co-watch triplets: two random
+    #: frame subsets of one video are a positive pair, the batch's other videos negatives
+    pretrain_epochs: int = 0
+    #: validation: triplets naming any of this share of videos (held out from training,
+    #: like cold-start uploads) choose the epoch; 0 = hold out users instead
+    holdout_videos: float = 0.1
+    val_fraction: float = 0.1  # users whose triplets are held out (holdout_videos = 0)
+    #: start the pooling from a UBM fitted by EM (vlad/sgmm always need one)
+    ubm_init: bool = True
+    #: divide the UBM-initialised assignment logits by this (> 1 keeps them soft;
+    #: Eq. 20-21 alone start nearly hard assignments that learn slowly)
+    init_temperature: float = 4.0
     ubm_frames: int = 50_000
+    #: centre the output on the catalogue's mean embedding after training (see
+    #: CowatchEmbedder.output_mean)
+    center_output: bool = True
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"
@@ -63,8 +87,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError("val_fraction must be in [0, 1)")
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.holdout_videos < 1:
+            raise ValueError("val_fraction and holdout_videos must be in [0, 1)")
+        if not 0 < self.min_keep <= 1:
+            raise ValueError("min_keep must be in (0, 1]")
+        if self.negatives not in ("given", "semi_hard"):
+            raise ValueError("negatives must be 'given' or 'semi_hard'")
+        if self.pretrain_epochs < 0 or self.weight_decay < 0 or self.init_temperature <= 0:
+            raise ValueError("pretrain_epochs and weight_decay must be >= 0, init_temperature > 0")
 
 
 @dataclass
@@ -132,6 +162,17 @@ def triplet_rows(store: FrameStore, triplets: pa.Table) -> tuple[np.ndarray, np.
     return rows, users
 
 
+def split_by_video(
+    rows: np.ndarray, num_videos: int, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(validation mask over triplets, held-out video mask): triplets naming any held-out
+    video validate; training never sees those videos, as it never sees cold-start ones."""
+    rng = np.random.default_rng([seed, 1])
+    held = np.zeros(num_videos, dtype=bool)
+    held[rng.choice(num_videos, size=round(fraction * num_videos), replace=False)] = True
+    return held[rows].any(1), held
+
+
 def split_by_user(users: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of validation triplets: all triplets of ~val_fraction of users."""
     uniq = sorted(set(users.tolist()))
@@ -161,12 +202,41 @@ def _triplet_step_loss(
     margin: float,
     device: torch.device,
     rng: np.random.Generator | None,
+    negatives: str = "given",
+    min_keep: float = 1.0,
 ) -> torch.Tensor:
     videos = batch.T.reshape(-1)  # anchors, positives, negatives
-    frames, mask = store.batch(videos, max_frames, rng)
+    frames, mask = store.batch(videos, max_frames, rng, min_keep if rng is not None else 1.0)
     emb = model(torch.from_numpy(frames).to(device), torch.from_numpy(mask).to(device))
     a, p, n = emb.chunk(3)
-    return triplet_loss(a, p, n, margin)
+    loss = triplet_loss(a, p, n, margin)
+    if negatives == "semi_hard":
+        # Candidates: every positive and negative of the batch that is neither the
+        # anchor's video nor its positive's.
+        cand = torch.from_numpy(np.concatenate([batch[:, 1], batch[:, 2]])).to(device)
+        anc = torch.from_numpy(batch[:, 0]).to(device).unsqueeze(1)
+        pos = torch.from_numpy(batch[:, 1]).to(device).unsqueeze(1)
+        allowed = (cand.unsqueeze(0) != anc) & (cand.unsqueeze(0) != pos)
+        loss = loss + semi_hard_triplet_loss(a, p, torch.cat([p, n]), allowed, margin)
+    return loss
+
+
+def _self_supervised_step_loss(
+    model: torch.nn.Module,
+    store: FrameStore,
+    videos: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    rng: np.random.Generator,
+) -> torch.Tensor:
+    """Two random frame subsets of each video embed close; the batch's others are negatives."""
+    twice = np.concatenate([videos, videos])
+    frames, mask = store.batch(twice, cfg.max_frames, rng, min(cfg.min_keep, 0.5))
+    emb = model(torch.from_numpy(frames).to(device), torch.from_numpy(mask).to(device))
+    v1, v2 = emb.chunk(2)
+    ids = torch.from_numpy(videos).to(device)
+    allowed = ids.unsqueeze(1) != ids.unsqueeze(0)
+    return semi_hard_triplet_loss(v1, v2, v2, allowed, cfg.margin)
 
 
 def fit_ubm_for(cfg: EmbedderConfig, store: FrameStore, n_frames: int, seed: int) -> Any:
@@ -188,8 +258,14 @@ def train_embedder(
     model_cfg: EmbedderConfig,
     cfg: TrainConfig,
     progress: bool = True,
+    train_videos: np.ndarray | None = None,
 ) -> TrainResult:
+    """Train on ``train_rows`` (N, 3) store rows; keep the epoch with the lowest validation
+    loss on ``val_rows``. ``train_videos`` (store rows) are what self-supervised
+    pre-training may see (default: every video)."""
     rank, world = _dist_info()
+    if train_videos is None:
+        train_videos = np.arange(len(store))
     device = resolve_device(cfg.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
@@ -197,13 +273,17 @@ def train_embedder(
     model = CowatchEmbedder(model_cfg)
     if (cfg.ubm_init or model.needs_ubm) and model_cfg.pooling != "avg":
         model.from_ubm(fit_ubm_for(model_cfg, store, cfg.ubm_frames, cfg.seed))
+        _temper_assignment(model, cfg.init_temperature)
     model.to(device)
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = TrainResult(model=model)
+    show = progress and rank == 0
+    if cfg.pretrain_epochs:
+        _pretrain(net, params, opt, store, train_videos, cfg, device, rank, world, show)
     best_state: dict[str, torch.Tensor] | None = None
     rng = np.random.default_rng(cfg.seed)
     per_rank = len(train_rows) // world
@@ -211,7 +291,6 @@ def train_embedder(
         raise UserInputError(
             f"not enough training triplets ({len(train_rows)}) for {world} processes"
         )
-    show = progress and rank == 0
     for epoch in tqdm(range(cfg.epochs), desc="epochs", disable=not show):
         net.train()
         # Same permutation on every rank; each takes an equal share.
@@ -227,7 +306,15 @@ def train_embedder(
             disable=not show,
         ):
             loss = _triplet_step_loss(
-                net, store, batch, cfg.max_frames, cfg.margin, device, frame_rng
+                net,
+                store,
+                batch,
+                cfg.max_frames,
+                cfg.margin,
+                device,
+                frame_rng,
+                cfg.negatives,
+                cfg.min_keep,
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -257,6 +344,52 @@ def train_embedder(
         model.load_state_dict(best_state)
     model.cpu().eval()
     return result
+
+
+@torch.no_grad()
+def _temper_assignment(model: CowatchEmbedder, temperature: float) -> None:
+    """Divide a decoupled assignment's logits (Eq. 14) by ``temperature``."""
+    assignment = getattr(model.pooling, "assignment", None)
+    if temperature != 1.0 and isinstance(assignment, DecoupledAssignment):
+        assignment.weight.div_(temperature)
+        assignment.bias.div_(temperature)
+
+
+def _pretrain(
+    net: torch.nn.Module,
+    params: list[torch.nn.Parameter],
+    opt: torch.optim.Optimizer,
+    store: FrameStore,
+    videos: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    rank: int,
+    world: int,
+    show: bool,
+) -> None:
+    """Self-supervised epochs: a video's two frame subsets against the batch's other videos."""
+    rng = np.random.default_rng([cfg.seed, 2])
+    per_rank = len(videos) // world
+    for epoch in range(cfg.pretrain_epochs):
+        net.train()
+        perm = rng.permutation(videos)[rank::world][:per_rank]
+        frame_rng = np.random.default_rng([cfg.seed, 2, epoch, rank])
+        total, count = 0.0, 0
+        for s in range(0, len(perm) - 1, cfg.batch_size):
+            batch = perm[s : s + cfg.batch_size]
+            if len(batch) < 2:
+                continue
+            loss = _self_supervised_step_loss(net, store, batch, cfg, device, frame_rng)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            total += float(loss.detach()) * len(batch)
+            count += len(batch)
+        mean = _all_reduce_mean(total, count, device)
+        if show:
+            tqdm.write(f"pre-training epoch {epoch + 1}: self-supervised loss {mean:.4f}")
 
 
 def _all_reduce_mean(total: float, count: int, device: torch.device) -> float:
@@ -378,13 +511,32 @@ def run_train_embeddings(
         rows, users = rows[np.sort(keep)], users[np.sort(keep)]
     if len(rows) == 0:
         raise UserInputError("no co-watch triplets in the training period (too few valid watches?)")
-    val_mask = split_by_user(users, train_cfg.val_fraction, train_cfg.seed)
+    if train_cfg.holdout_videos > 0:
+        val_mask, held = split_by_video(rows, len(store), train_cfg.holdout_videos, train_cfg.seed)
+        held_out = f"{int(held.sum())} videos and their {int(val_mask.sum())} triplets"
+    else:
+        val_mask = split_by_user(users, train_cfg.val_fraction, train_cfg.seed)
+        held = np.zeros(len(store), dtype=bool)
+        held_out = f"{int(val_mask.sum())} triplets of other users"
     if progress and rank == 0:
         print(
             f"mined {len(rows)} triplets before {test_start:%Y-%m-%d %H:%M} ({mining_s:.1f} s); "
-            f"{int(val_mask.sum())} held out for validation; {len(store)} videos, D = {store.feature_dim}"
+            f"{held_out} held out for validation; {len(store)} videos, D = {store.feature_dim}"
         )
-    result = train_embedder(store, rows[~val_mask], rows[val_mask], model_cfg, train_cfg, progress)
+    result = train_embedder(
+        store,
+        rows[~val_mask],
+        rows[val_mask],
+        model_cfg,
+        train_cfg,
+        progress,
+        train_videos=np.flatnonzero(~held),
+    )
+    if progress and rank == 0:
+        print(
+            f"kept epoch {result.best_epoch} of {train_cfg.epochs} "
+            f"(lowest validation loss {result.best_val_loss:.4f})"
+        )
     if rank != 0:
         return EmbeddingJobResult(artifact=None, metrics={}, history=result.history)
 
@@ -392,6 +544,12 @@ def run_train_embeddings(
     vectors = embed_store(
         result.model, store, max_frames=train_cfg.eval_max_frames, device=train_cfg.device
     )
+    if train_cfg.center_output:
+        # Same as embedding again with the mean set, without a second pass.
+        result.model.set_output_mean(torch.from_numpy(vectors))
+        mean = result.model.output_mean.numpy()
+        vectors = vectors - mean
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     embed_s = time.perf_counter() - t1
     index = VideoIndex.build(store.video_ids, vectors, index_cfg)
     pairs = mine_cowatch_pairs(

@@ -188,6 +188,8 @@ def load_embedder(path: Path) -> CowatchEmbedder:
     model = CowatchEmbedder(cfg)
     try:
         state = torch.load(path / "embedder.pt", map_location="cpu", weights_only=True)
+        # Artifacts written before output centring have no output_mean: zero = uncentred.
+        state.setdefault("output_mean", torch.zeros(cfg.embedding_dim))
         model.load_state_dict(state)
     except (OSError, RuntimeError, ValueError) as exc:
         raise UserInputError(

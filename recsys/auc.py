@@ -14,24 +14,61 @@ def delong_ci(
     labels: np.ndarray, scores: np.ndarray, level: float = 0.95
 ) -> tuple[float, float, float]:
     """(AUC, low, high) with DeLong et al. (1988)'s variance, computed with midranks
-    (Sun & Xu 2014) in O(N log N). NaNs when a class is missing."""
+    (Sun & Xu 2014) in O(N log N). The AUC is NaN when a class is missing; the bounds
+    are NaN when a class has a single row (its placement variance is undefined, so
+    any interval would be falsely certain)."""
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
-    pos, neg = s[y], s[~y]
-    m, n = len(pos), len(neg)
-    if m == 0 or n == 0:
+    if len(y) == 0 or y.all() or not y.any():
         return float("nan"), float("nan"), float("nan")
-    all_ranks = rankdata(np.r_[pos, neg])
-    pos_ranks = rankdata(pos)
-    neg_ranks = rankdata(neg)
-    # Placement values: V10_i = fraction of negatives below positive i (ties count half).
-    v10 = (all_ranks[:m] - pos_ranks) / n
-    v01 = 1.0 - (all_ranks[m:] - neg_ranks) / m
+    v10, v01 = _placements(y, s)
     a = float(v10.mean())
-    var = (np.var(v10, ddof=1) / m if m > 1 else 0.0) + (np.var(v01, ddof=1) / n if n > 1 else 0.0)
+    m, n = len(v10), len(v01)
+    if m < 2 or n < 2:
+        return a, float("nan"), float("nan")
+    var = np.var(v10, ddof=1) / m + np.var(v01, ddof=1) / n
     z = norm.ppf(0.5 + level / 2)
     half = z * math.sqrt(max(var, 0.0))
     return a, max(0.0, a - half), min(1.0, a + half)
+
+
+def _placements(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong placement values by midranks: V10_i = share of negatives below positive i,
+    V01_j = share of positives above negative j (ties count half)."""
+    pos, neg = s[y], s[~y]
+    m, n = len(pos), len(neg)
+    all_ranks = rankdata(np.r_[pos, neg])
+    v10 = (all_ranks[:m] - rankdata(pos)) / n
+    v01 = 1.0 - (all_ranks[m:] - rankdata(neg)) / m
+    return v10, v01
+
+
+def delong_paired_difference(
+    labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, level: float = 0.95
+) -> tuple[float, float, float]:
+    """(AUC_a - AUC_b, low, high): DeLong's paired test on the same rows.
+
+    The two AUCs are correlated (same rows, same labels); the variance of their
+    difference uses the 2x2 covariance of the placement values. Bounds are NaN when a
+    class has fewer than two rows.
+    """
+    y = np.asarray(labels).astype(bool)
+    a = np.asarray(scores_a, dtype=np.float64)
+    b = np.asarray(scores_b, dtype=np.float64)
+    if a.shape != y.shape or b.shape != y.shape:
+        raise ValueError("labels and both score arrays must have the same length")
+    if len(y) == 0 or y.all() or not y.any():
+        return float("nan"), float("nan"), float("nan")
+    v10a, v01a = _placements(y, a)
+    v10b, v01b = _placements(y, b)
+    diff = float(v10a.mean() - v10b.mean())
+    m, n = len(v10a), len(v01a)
+    if m < 2 or n < 2:
+        return diff, float("nan"), float("nan")
+    d10, d01 = v10a - v10b, v01a - v01b  # var(x - y) = var(x) + var(y) - 2 cov(x, y)
+    var = np.var(d10, ddof=1) / m + np.var(d01, ddof=1) / n
+    half = norm.ppf(0.5 + level / 2) * math.sqrt(max(var, 0.0))
+    return diff, diff - half, diff + half
 
 
 def bootstrap_ci(

@@ -57,19 +57,38 @@ class FrameStore:
         return np.array([self.index[v] for v in video_ids], dtype=np.int64)
 
     def batch(
-        self, rows: np.ndarray, max_frames: int, rng: np.random.Generator | None = None
+        self,
+        rows: np.ndarray,
+        max_frames: int,
+        rng: np.random.Generator | None = None,
+        min_keep: float = 1.0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Padded frames (B, T, D) and mask (B, T) for the given rows.
 
         Videos longer than ``max_frames`` get a random subset (``rng`` given, training)
-        or evenly spaced frames (no ``rng``: deterministic, for embedding).
+        or evenly spaced frames (no ``rng``: deterministic, for embedding). With an
+        ``rng`` and ``min_keep < 1`` every video keeps a random subset of between
+        ``min_keep`` and all of its frames (at least one): frame subsampling as
+        augmentation, so a model cannot recognise a video by one exact frame set.
         """
+        if not 0.0 < min_keep <= 1.0:
+            raise ValueError(f"min_keep must be in (0, 1], got {min_keep}")
         lengths = self.lengths[rows]
+        if rng is not None and min_keep < 1.0 and len(rows):
+            frac = rng.uniform(min_keep, 1.0, len(rows))
+            lengths = np.maximum(1, np.round(lengths * frac)).astype(np.int64)
+            lengths = np.minimum(lengths, self.lengths[rows])
         t = int(min(lengths.max(), max_frames)) if len(rows) else 1
         out = np.zeros((len(rows), t, self.feature_dim), dtype=np.float32)
         mask = np.zeros((len(rows), t), dtype=bool)
         for i, r in enumerate(rows):
             start, n = int(self.offsets[r]), int(lengths[i])
+            full = int(self.lengths[r])
+            if n < full and rng is not None:  # augmentation: a random subset of n frames
+                pick = np.sort(rng.choice(full, size=min(n, t), replace=False))
+                out[i, : len(pick)] = self.frames[start + pick]
+                mask[i, : len(pick)] = True
+                continue
             if n <= t:
                 out[i, :n] = self.frames[start : start + n]
                 mask[i, :n] = True

@@ -8,10 +8,12 @@ structure the paper relies on:
   components. Every video also has a *style* (one of ``num_styles``) that shifts
   each of its components in a component-specific direction, so style lives
   *within* clusters: averaging all frames blends it with the topic mixture, a
-  per-cluster mean keeps it. Some frames come from components shared by all
-  videos (intros, credits). Frame counts are log-normal, from one frame to
-  hundreds, so many clusters of a video get few or no frames - the regime where
-  smoothing (Eq. 10) matters.
+  per-cluster mean keeps it. About a third of all frames come from components
+  shared by all videos (intros, credits, logos) and have a large norm, as
+  near-duplicate frames do in real catalogues: they dominate a plain average of
+  the frames and carry no information about the video. Frame counts are
+  log-normal, from two frames to hundreds, so many clusters of a video get few
+  or no frames - the regime where smoothing (Eq. 10) matters.
 * **Labels.** A coarse label per topic and a fine label per prominent
   (topic, component) pair, so classification needs cluster-level detail.
 * **Users.** A sparse preference over topic components and over styles, a
@@ -51,11 +53,16 @@ class SynthConfig:
     num_topics: int = 16
     components_per_topic: int = 4
     shared_components: int = 3
+    #: mean fraction of a video's frames drawn from the shared components (Beta(2, .))
+    shared_fraction: float = 0.33
+    #: scale of the shared components' means relative to topical ones (large-norm frames)
+    shared_scale: float = 3.0
     num_styles: int = 4
     #: how far a style moves a component's frames (per dimension; frame noise is 0.5)
     style_scale: float = 0.5
-    #: median number of frames per video; counts are log-normal, clipped to [1, max_frames]
-    median_frames: float = 20.0
+    #: median number of frames per video; counts are log-normal, clipped to [min, max]
+    median_frames: float = 16.0
+    min_frames: int = 2
     max_frames: int = 300
     #: mean sessions per user and day (each user's own rate is log-normal around it)
     sessions_per_user_day: float = 0.5
@@ -70,6 +77,10 @@ class SynthConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.components_per_topic < 1 or self.shared_components < 0:
             raise ValueError("components_per_topic must be >= 1 and shared_components >= 0")
+        if not 0.0 <= self.shared_fraction < 1.0 or self.shared_scale <= 0:
+            raise ValueError("shared_fraction must be in [0, 1) and shared_scale > 0")
+        if not 1 <= self.min_frames <= self.max_frames:
+            raise ValueError("frame counts need 1 <= min_frames <= max_frames")
 
     @property
     def num_labels(self) -> int:
@@ -100,7 +111,7 @@ def generate_world(cfg: SynthConfig) -> SyntheticWorld:
     # ---- frame components: topic centres, components around them, shared components
     topic_centres = rng.normal(0.0, 1.0, (nt, d))
     comp_means = (topic_centres[:, None, :] + rng.normal(0.0, 0.7, (nt, nc, d))).reshape(tc, d)
-    shared_means = rng.normal(0.0, 1.0, (max(cfg.shared_components, 1), d))
+    shared_means = rng.normal(0.0, cfg.shared_scale, (max(cfg.shared_components, 1), d))
 
     # ---- videos: topics, component mixture, frame counts, upload times
     n_topics_v = rng.choice([1, 2, 3], size=v, p=[0.55, 0.3, 0.15])
@@ -115,9 +126,14 @@ def generate_world(cfg: SynthConfig) -> SyntheticWorld:
     topic_w /= topic_w.sum(1, keepdims=True)
     within = rng.dirichlet(np.full(nc, 0.4), size=(v, nt))  # sparse components per topic
     comp_w = (topic_w[:, :, None] * within).reshape(v, tc)
-    shared_frac = rng.beta(2.0, 8.0, v) if cfg.shared_components else np.zeros(v)
+    f = cfg.shared_fraction
+    shared_frac = (
+        rng.beta(2.0, 2.0 * (1.0 - f) / f, v) if cfg.shared_components and f > 0 else np.zeros(v)
+    )
     lengths = np.clip(
-        np.round(np.exp(rng.normal(np.log(cfg.median_frames), 1.0, v))), 1, cfg.max_frames
+        np.round(np.exp(rng.normal(np.log(cfg.median_frames), 1.0, v))),
+        cfg.min_frames,
+        cfg.max_frames,
     ).astype(np.int64)
     quality = rng.normal(0.0, 0.3, v)
     look = rng.normal(0.0, 0.1, (v, d))  # per-video look (lighting, camera)

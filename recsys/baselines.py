@@ -1,0 +1,159 @@
+"""Classical video representations that every learned embedding is measured against.
+
+All functions take the flat frame layout of :class:`recsys.frames.FrameStore`
+(``frames (sum T, D)``, ``offsets (N + 1,)``) and return one row per video; none
+of them reads or writes files.
+
+* ``mean_frames``: average pooling of the frames (D values).
+* ``bow_tfidf``: a k-means codebook, hard assignment, term frequency times inverse
+  document frequency, L2-normalised (K values). Frames that occur in nearly every
+  video (intros, credits) get an idf near zero, which is why this simple baseline
+  is hard to beat.
+* ``vlad_kmeans``: VLAD over the same codebook (Eq. 13 with hard assignment),
+  intra-normalised (K * D values).
+* ``PCA``: centre, project on the leading principal directions, L2-normalise, so
+  a baseline lands in a space of the embedding's size where cosine means something.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from embeddings.gmm import kmeans
+
+BASELINE_NAMES: tuple[str, ...] = ("avg_frames", "bow_tfidf", "vlad_kmeans")
+
+
+def _check(frames: np.ndarray, offsets: np.ndarray) -> None:
+    if frames.ndim != 2:
+        raise ValueError(f"frames must be (sum T, D), got shape {frames.shape}")
+    if offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(frames):
+        raise ValueError("offsets must run from 0 to the number of frames")
+    if (np.diff(offsets) < 0).any():
+        raise ValueError("offsets must be non-decreasing")
+
+
+def _owner(offsets: np.ndarray) -> np.ndarray:
+    return np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+
+
+def mean_frames(frames: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(N, D) mean frame of each video; a video without frames is all zeros."""
+    _check(frames, offsets)
+    n = len(offsets) - 1
+    sums = np.zeros((n, frames.shape[1]), dtype=np.float64)
+    np.add.at(sums, _owner(offsets), frames)
+    counts = np.maximum(np.diff(offsets), 1)[:, None]
+    return (sums / counts).astype(np.float32)
+
+
+def kmeans_codebook(
+    frames: np.ndarray, num_words: int, sample: int = 50_000, iters: int = 20, seed: int = 0
+) -> np.ndarray:
+    """(K, D) k-means++ / Lloyd centroids fitted on up to ``sample`` frames drawn uniformly."""
+    if len(frames) == 0:
+        raise ValueError("a codebook needs frames")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(frames), size=min(sample, len(frames)), replace=False)
+    x = torch.from_numpy(np.asarray(frames[np.sort(pick)], dtype=np.float64))
+    k = min(num_words, len(x))
+    return kmeans(x, k, iters=iters, seed=seed).numpy()
+
+
+def nearest_word(frames: np.ndarray, codebook: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """(sum T,) index of the nearest centroid of every frame (squared Euclidean)."""
+    c = np.asarray(codebook, dtype=np.float64)
+    c2 = (c * c).sum(1)
+    out = np.empty(len(frames), dtype=np.int64)
+    for s in range(0, len(frames), chunk):
+        x = np.asarray(frames[s : s + chunk], dtype=np.float64)
+        out[s : s + chunk] = (c2 - 2.0 * x @ c.T).argmin(1)  # |x|^2 is the same for every k
+    return out
+
+
+def word_counts(frames: np.ndarray, offsets: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """(N, K) number of frames of each video nearest to each centroid."""
+    _check(frames, offsets)
+    n, k = len(offsets) - 1, len(codebook)
+    words = nearest_word(frames, codebook)
+    return np.bincount(_owner(offsets) * k + words, minlength=n * k).reshape(n, k).astype(float)
+
+
+def idf_weights(counts: np.ndarray) -> np.ndarray:
+    """(K,) smoothed inverse document frequency: log((1 + N) / (1 + df)) + 1."""
+    n = len(counts)
+    df = (counts > 0).sum(0)
+    return np.log((1.0 + n) / (1.0 + df)) + 1.0
+
+
+def tfidf(counts: np.ndarray, idf: np.ndarray) -> np.ndarray:
+    """(N, K) L2-normalised term frequency (count / frames) times idf; empty videos stay zero."""
+    tf = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
+    x = tf * idf
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def bow_tfidf(
+    frames: np.ndarray, offsets: np.ndarray, codebook: np.ndarray, idf: np.ndarray | None = None
+) -> np.ndarray:
+    """Bag of words over ``codebook`` with tf-idf; ``idf`` defaults to these videos' own."""
+    counts = word_counts(frames, offsets, codebook)
+    return tfidf(counts, idf_weights(counts) if idf is None else idf)
+
+
+def vlad_kmeans(frames: np.ndarray, offsets: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """(N, K * D) hard-assignment VLAD, sum_t [w(t) = k] (x_t - c_k), intra-normalised."""
+    _check(frames, offsets)
+    n, (k, d) = len(offsets) - 1, codebook.shape
+    words = nearest_word(frames, codebook)
+    resid = np.asarray(frames, dtype=np.float64) - codebook[words]
+    out = np.zeros((n * k, d))
+    np.add.at(out, _owner(offsets) * k + words, resid)
+    out = out.reshape(n, k, d)
+    norms = np.linalg.norm(out, axis=2, keepdims=True)
+    return (out / np.maximum(norms, 1e-12)).reshape(n, k * d).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class PCA:
+    """x -> L2-normalise((x - mean) @ components.T); components (dim, F) by decreasing variance."""
+
+    mean: np.ndarray  # (F,)
+    components: np.ndarray  # (dim, F)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, dim: int) -> PCA:
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or len(x) < 2:
+            raise ValueError("PCA needs a (N >= 2, F) matrix")
+        mean = x.mean(0)
+        # SVD of the centred data: rows of vt are the principal directions.
+        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+        return cls(mean, vt[: max(1, min(dim, vt.shape[0]))])
+
+    @property
+    def dim(self) -> int:
+        return int(self.components.shape[0])
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, dtype=np.float64) - self.mean) @ self.components.T
+        norms = np.linalg.norm(z, axis=1, keepdims=True)
+        return (z / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def baseline_features(
+    name: str, frames: np.ndarray, offsets: np.ndarray, num_words: int = 64, seed: int = 0
+) -> np.ndarray:
+    """The raw (pre-PCA) representation of every video for a baseline in ``BASELINE_NAMES``."""
+    if name == "avg_frames":
+        return mean_frames(frames, offsets)
+    if name not in BASELINE_NAMES:
+        raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINE_NAMES)}")
+    codebook = kmeans_codebook(frames, num_words, seed=seed)
+    if name == "bow_tfidf":
+        return bow_tfidf(frames, offsets, codebook)
+    return vlad_kmeans(frames, offsets, codebook)

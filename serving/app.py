@@ -292,6 +292,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "index_size": s.num_videos,
                 "ingested_videos": s.ingested,
                 "watch_events": s.watch_events,
+                "state_rows_skipped": s.skipped_rows,
             }
 
         return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")

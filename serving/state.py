@@ -9,6 +9,7 @@ finish on it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from recsys.errors import UserInputError
 from recsys.glmix import GLMix
 from recsys.index import IndexConfig, VideoIndex
 from serving.store import DurableStore
+
+log = logging.getLogger(__name__)
 
 
 class ConflictError(Exception):
@@ -94,7 +97,20 @@ class ServingState:
         self.ingested = 0
         self.watch_events = 0
         self.payload_hashes: dict[str, str] = {}
+        #: stored rows that could not be replayed (skipped and logged, never fatal)
+        self.skipped_rows = 0
         for sv in store.videos():  # replay durable writes
+            emb_ok = sv.embedding.shape == (self.dim,) and bool(np.isfinite(sv.embedding).all())
+            if not emb_ok or sv.video_id in self._rows:
+                self.skipped_rows += 1
+                log.warning(
+                    "state store: skipped video %r (%s)",
+                    sv.video_id,
+                    "embedding not a finite vector of the artifact's size"
+                    if not emb_ok
+                    else "already in the catalogue",
+                )
+                continue
             self._append_video(sv.video_id, sv.embedding)
             self.payload_hashes[sv.video_id] = sv.payload_sha256
             self.ingested += 1
@@ -245,6 +261,12 @@ class ServingState:
             if video_id in self._rows:
                 raise ConflictError(f"video {video_id!r} is already in the catalogue")
         vector = self.embed(frames)  # outside the lock: the slow part
+        if not np.isfinite(vector).all():
+            # Finite frames can still overflow inside the model (values near the float32
+            # limit): refuse before anything is written, so nothing bad is ever stored.
+            raise UserInputError(
+                "frames: the video's embedding is not finite (frame values too large?)"
+            )
         with self._lock:
             if video_id in self._rows:  # lost a race with an identical request
                 if self.payload_hashes.get(video_id) == digest:

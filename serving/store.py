@@ -99,7 +99,9 @@ class DurableStore:
                 "SELECT video_id, payload_sha256, embedding, num_frames FROM videos ORDER BY rowid"
             ).fetchall()
         for r in rows:
-            yield StoredVideo(r[0], r[1], np.frombuffer(r[2], np.float32), r[3])
+            blob = r[2] if isinstance(r[2], bytes) and len(r[2]) % 4 == 0 else b""
+            # A damaged blob decodes to an empty vector, which the replay skips and counts.
+            yield StoredVideo(r[0], r[1], np.frombuffer(blob, np.float32), r[3])
 
     def watches(self) -> Iterator[tuple[str, str, float, str]]:
         with self._lock:

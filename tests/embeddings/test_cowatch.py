@@ -57,3 +57,69 @@ def test_config_round_trip_and_validation() -> None:
         EmbedderConfig(feature_dim=4, pooling="nope")
     with pytest.raises(ValueError, match="unknown embedder config keys"):
         EmbedderConfig.from_dict({"feature_dim": 4, "bogus": 1})
+
+
+def _semi_hard_reference(a, p, c, allowed, margin):
+    losses = []
+    for i in range(len(a)):
+        d_pos = np.sum((a[i] - p[i]) ** 2)
+        d = [np.sum((a[i] - c[j]) ** 2) for j in range(len(c)) if allowed[i, j]]
+        if not d:
+            continue
+        farther = [x for x in d if x > d_pos]
+        d_neg = min(farther) if farther else max(d)
+        losses.append(max(d_pos - d_neg + margin, 0.0))
+    return float(np.mean(losses)) if losses else 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_semi_hard_loss_matches_loop(seed: int) -> None:
+    from embeddings.cowatch import semi_hard_triplet_loss
+
+    rng = np.random.default_rng(seed)
+    a, p = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    c = rng.normal(size=(9, 3))
+    allowed = rng.random((6, 9)) < 0.5
+    allowed[0] = False  # an anchor without candidates is left out
+    got = semi_hard_triplet_loss(*(torch.tensor(x) for x in (a, p, c)), torch.tensor(allowed), 0.5)
+    assert float(got) == pytest.approx(_semi_hard_reference(a, p, c, allowed, 0.5), abs=1e-10)
+    none = torch.zeros(6, 9, dtype=torch.bool)
+    t = torch.tensor(a, requires_grad=True)
+    zero = semi_hard_triplet_loss(t, torch.tensor(p), torch.tensor(c), none)
+    assert float(zero.detach()) == 0.0
+    zero.backward()  # still differentiable
+    with pytest.raises(ValueError, match="allowed"):
+        semi_hard_triplet_loss(t, torch.tensor(p), torch.tensor(c), none[:, :3])
+
+
+def test_occupancy_input_matches_posterior_counts() -> None:
+    torch.manual_seed(0)
+    cfg = EmbedderConfig(feature_dim=5, pooling="dsgmm", num_clusters=3, occupancy=True)
+    model = CowatchEmbedder(cfg).eval()
+    x = torch.randn(2, 4, 5)
+    mask = torch.tensor([[True, True, True, False], [False, False, False, False]])
+    g = model.pooled(x, mask)
+    assert g.shape == (2, 3 * 5 + 3)
+    post = torch.softmax(model.pooling.assignment.logits(x[0, :3]), dim=-1)  # type: ignore[union-attr, operator]
+    share = post.sum(0) / 3
+    torch.testing.assert_close(g[0, 15:], torch.sqrt(share * 3 + 1e-6))
+    # A video without frames: zero occupancy (the floor only), finite everywhere.
+    torch.testing.assert_close(g[1, 15:], torch.full((3,), 1e-3))
+    assert torch.isfinite(model(x, mask)).all()
+    with pytest.raises(ValueError, match="occupancy"):
+        EmbedderConfig(feature_dim=5, pooling="avg", occupancy=True)
+
+
+def test_output_centring_subtracts_the_mean_and_renormalises() -> None:
+    torch.manual_seed(1)
+    model = CowatchEmbedder(EmbedderConfig(feature_dim=4, pooling="avg", embedding_dim=3)).eval()
+    x = torch.randn(10, 2, 4)
+    raw = model(x)
+    model.set_output_mean(raw)
+    centred = model(x)
+    want = torch.nn.functional.normalize(raw - raw.mean(0), dim=-1)
+    torch.testing.assert_close(centred, want, atol=1e-6, rtol=1e-5)
+    # Centring spreads the space: the mean pairwise cosine drops to about -1/(N-1).
+    assert float((centred @ centred.T).mean()) < float((raw @ raw.T).mean())
+    with pytest.raises(ValueError):
+        model.set_output_mean(torch.zeros(2, 5))

@@ -39,13 +39,34 @@ def test_classify_outputs(two_runs: tuple[Path, Path]) -> None:
     r = json.loads((run / "report.json").read_text())
     assert {"pooling", "gap", "hit_at_1", "val_loss", "test_videos", "config"} <= set(r)
     assert 0 <= r["gap"] <= 1 and 0 <= r["hit_at_1"] <= 1 and r["test_videos"] > 0
-    assert r["best_epoch"] == min(range(1, 3), key=lambda e: r["history"][e - 1]["val_loss"])
+    # The kept epoch has the best validation GAP (ties: the lower validation loss).
+    h = r["history"]
+    assert r["best_epoch"] == min(
+        range(1, len(h) + 1), key=lambda e: (-h[e - 1]["val_gap"], h[e - 1]["val_loss"])
+    )
+    assert r["val_gap"] == pytest.approx(h[r["best_epoch"] - 1]["val_gap"])
     preds = pq.read_table(run / "predictions.parquet")
     assert preds.num_rows == r["test_videos"]
     assert np.mean(preds.column("hit_at_1").to_pylist()) == pytest.approx(r["hit_at_1"])
     state = torch.load(run / "model.pt", weights_only=True)
     assert any(k.startswith("pooling.") for k in state)
     assert (run / "training_curve.png").stat().st_size > 1000
+
+
+def test_classify_reports_baselines_beside_the_model(two_runs: tuple[Path, Path]) -> None:
+    r = json.loads((two_runs[0] / "report.json").read_text())
+    assert set(r["baselines"]) == {"avg_frames", "bow_tfidf"}
+    for b in r["baselines"].values():
+        assert 0 <= b["gap"] <= 1 and 0 <= b["hit_at_1"] <= 1 and "C" in b["choice"]
+    v = r["vs_best_baseline"]
+    assert v["best_baseline"] == max(r["baselines"], key=lambda n: r["baselines"][n]["gap"])
+    best_gap = r["baselines"][v["best_baseline"]]["gap"]
+    assert v["gap_difference"] == pytest.approx(r["gap"] - best_gap, abs=1e-9)
+    lo, hi = v["gap_difference_bootstrap_95"]
+    assert lo <= hi
+    assert v["verdict"] == (
+        "better" if lo > 0 else "worse" if hi < 0 else "no significant difference"
+    )
 
 
 def test_compare_cli(run_cli, two_runs: tuple[Path, Path]) -> None:
@@ -113,3 +134,17 @@ def test_experiment_runner(
     ).exists()
     # Identical configurations are trained once.
     assert rep["results"]["t4_dsgmm_in1_fn0"].get("same_as") == "t2_dsgmm"
+
+
+def test_baseline_gap_bootstrap_is_paired() -> None:
+    from pipelines.classify_baselines import paired_gap_bootstrap
+    from recsys.classification import gap_at_k
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, 5)) < 0.3).astype(int)
+    good = y + rng.normal(0, 0.3, y.shape)
+    bad = rng.random(y.shape)
+    d, lo, hi = paired_gap_bootstrap(good, bad, y, resamples=200)
+    assert d == pytest.approx(gap_at_k(good, y) - gap_at_k(bad, y))
+    assert 0 < lo <= d <= hi
+    assert paired_gap_bootstrap(good, good, y, resamples=50) == (0.0, 0.0, 0.0)

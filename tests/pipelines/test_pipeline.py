@@ -19,7 +19,8 @@ def test_pipeline_writes_report_and_servable_artifact(pipeline_out: Path) -> Non
     assert report["rows"]["cold_start"] > 0 and "oracle_auc" in report
     ci = report["ci95"]["all"]["glmix"]
     assert ci["delong"][0] <= report["auc"]["glmix"] <= ci["delong"][1]
-    assert (pipeline_out / "report.md").read_text().startswith("# Offline evaluation")
+    md = (pipeline_out / "report.md").read_text()
+    assert md.startswith("# Offline evaluation") and "beat the best baseline" in md
     assert (pipeline_out / "roc.png").stat().st_size > 1000
     art = pipeline_out / "artifact"
     manifest = read_manifest(art)
@@ -29,6 +30,26 @@ def test_pipeline_writes_report_and_servable_artifact(pipeline_out: Path) -> Non
     assert manifest["glmix"]["training_rows"] > 0
     glm = load_glmix(art, "glmix")
     assert glm is not None and np.isfinite(glm.user_coef).all()
+
+
+def test_report_has_the_baseline_ladder_and_paired_verdicts(pipeline_out: Path) -> None:
+    report = json.loads((pipeline_out / "report.json").read_text())
+    assert set(report["baselines"]) == {"avg_frames", "bow_tfidf", "vlad_kmeans"}
+    for b in report["baselines"].values():
+        for block in ("auc", "auc_cold_start"):
+            assert set(b[block]) == {"max_similarity", "avg_similarity", "glmix"}
+        assert 0.0 <= b["auc"]["glmix"] <= 1.0
+        assert 1 <= b["choice"]["pca_dim"] <= 64  # at most the embedding size
+    for score in ("glmix", "max_similarity", "avg_similarity"):
+        c = report["vs_best_baseline"][score]["all"]
+        best = c["best_baseline"]
+        assert c["baseline_auc"] == max(b["auc"][score] for b in report["baselines"].values())
+        assert c["baseline_auc"] == report["baselines"][best]["auc"][score]
+        assert c["difference"] == pytest.approx(c["learned_auc"] - c["baseline_auc"], abs=1e-9)
+        lo, hi = c["delong_paired_95"]
+        assert lo <= c["difference"] <= hi
+        want = "better" if lo > 0 else "worse" if hi < 0 else "no significant difference"
+        assert c["verdict"] == want
 
 
 def test_evaluate_refuses_a_leaky_test_start(
@@ -63,6 +84,7 @@ def test_evaluate_with_baseline(
         "0",
         "--baseline",
         pipeline_out / "report.json",
+        "--no-baselines",
     )
     assert code == 0, err
     rep = json.loads((tmp_path / "report.json").read_text())
@@ -70,7 +92,7 @@ def test_evaluate_with_baseline(
     assert rep["relative_improvement"]["vs_baseline_pct"]["max_similarity"] == pytest.approx(
         0.0, abs=1e-9
     )
-    assert "AUC glmix" in out
+    assert "AUC glmix" in out and "baselines" not in rep
 
 
 def test_fit_glmix_cli_extends_artifact(run_cli, small_world_dir: Path, tmp_path: Path) -> None:

@@ -51,3 +51,55 @@ def test_bootstrap_over_users_covers_and_is_wider_for_clustered_data() -> None:
     assert (bhi - blo) > (dhi - dlo)  # row-level DeLong is too narrow here
     again = bootstrap_ci(y, s, users, num_resamples=300)
     assert again == (blo, bhi)  # seeded
+
+
+def _paired_bruteforce(y, s1, s2):
+    def psi(s):
+        pos, neg = s[y == 1], s[y == 0]
+        return np.array([[1.0 if p > q else 0.5 if p == q else 0.0 for q in neg] for p in pos])
+
+    p1, p2 = psi(s1), psi(s2)
+    d10 = p1.mean(1) - p2.mean(1)
+    d01 = p1.mean(0) - p2.mean(0)
+    var = d10.var(ddof=1) / len(d10) + d01.var(ddof=1) / len(d01)
+    return p1.mean() - p2.mean(), var
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_paired_delong_matches_bruteforce(seed: int) -> None:
+    from recsys.auc import delong_paired_difference
+
+    rng = np.random.default_rng(seed)
+    y = (rng.random(70) < 0.4).astype(int)
+    s1 = np.round(rng.normal(size=70) + y, 1)
+    s2 = np.round(s1 + rng.normal(size=70), 1)  # correlated with s1, with ties
+    diff, lo, hi = delong_paired_difference(y, s1, s2)
+    ref, var = _paired_bruteforce(y, s1, s2)
+    assert diff == pytest.approx(ref, abs=1e-12)
+    half = norm.ppf(0.975) * math.sqrt(var)
+    assert lo == pytest.approx(ref - half, abs=1e-12) and hi == pytest.approx(ref + half, abs=1e-12)
+    # The same scores: no difference and a zero-width interval (perfectly correlated).
+    assert delong_paired_difference(y, s1, s1) == (0.0, 0.0, 0.0)
+
+
+def test_paired_delong_is_narrower_than_unpaired_for_correlated_scores() -> None:
+    from recsys.auc import delong_paired_difference
+
+    rng = np.random.default_rng(5)
+    y = (rng.random(400) < 0.5).astype(int)
+    base = rng.normal(size=400) + y
+    s1, s2 = base + 0.1 * rng.normal(size=400), base + 0.1 * rng.normal(size=400)
+    _, lo, hi = delong_paired_difference(y, s1, s2)
+    _, l1, h1 = delong_ci(y, s1)
+    assert hi - lo < (h1 - l1) / 2
+
+
+def test_single_positive_or_negative_gives_nan_bounds_not_certainty() -> None:
+    from recsys.auc import delong_paired_difference
+
+    a, lo, hi = delong_ci(np.array([1, 0, 0]), np.array([0.9, 0.1, 0.2]))
+    assert a == 1.0 and math.isnan(lo) and math.isnan(hi)
+    d, lo, hi = delong_paired_difference(np.array([0, 1, 1]), np.arange(3.0), np.arange(3.0)[::-1])
+    assert math.isfinite(d) and math.isnan(lo) and math.isnan(hi)
+    with pytest.raises(ValueError):
+        delong_paired_difference(np.array([0, 1]), np.zeros(2), np.zeros(3))

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from embeddings.cowatch import CowatchEmbedder, EmbedderConfig
 from recsys.artifact import (
     embeddings_table,
+    load_embedder,
     load_embedding_artifact,
     read_embeddings,
     read_manifest,
@@ -39,6 +40,26 @@ def test_frame_store_batches() -> None:
     assert set(map(tuple, xr[0])) <= set(map(tuple, frames[4:10]))
     with pytest.raises(UserInputError, match="unknown video"):
         store.rows(["zzz"])
+
+
+def test_frame_subsampling_keeps_a_share_of_real_frames() -> None:
+    frames = np.arange(40 * 2, dtype=np.float32).reshape(40, 2)
+    store = FrameStore.from_batches([VideoBatch(["a", "b"], frames, np.array([0, 1, 40]))])
+    rng = np.random.default_rng(0)
+    counts = []
+    for _ in range(50):
+        x, m = store.batch(np.array([0, 1]), max_frames=64, rng=rng, min_keep=0.5)
+        assert m[0].sum() == 1  # a one-frame video keeps its frame
+        n = int(m[1].sum())
+        counts.append(n)
+        assert 20 <= n <= 39 + 1
+        rows = {tuple(r) for r in x[1, :n]}
+        assert len(rows) == n and rows <= {tuple(r) for r in frames[1:40]}  # distinct, real
+    assert min(counts) < 30 < max(counts)  # the share varies
+    _, m_eval = store.batch(np.array([1]), max_frames=64, min_keep=0.5)  # no rng: all
+    assert m_eval.sum() == 39
+    with pytest.raises(ValueError, match="min_keep"):
+        store.batch(np.array([1]), 8, rng, min_keep=0.0)
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
@@ -127,6 +148,19 @@ def test_artifact_is_atomic_verified_and_loadable(tmp_path) -> None:
         load_embedding_artifact(out)
     with pytest.raises(UserInputError, match="not an artifact"):
         read_manifest(tmp_path)
+
+
+def test_embedder_saved_before_output_centring_still_loads(tmp_path) -> None:
+    cfg = EmbedderConfig(feature_dim=4, pooling="avg", hidden_dim=8, embedding_dim=4)
+    torch.manual_seed(0)
+    model = CowatchEmbedder(cfg).eval()
+    state = {k: v for k, v in model.state_dict().items() if k != "output_mean"}
+    (tmp_path / "embedder.json").write_text(__import__("json").dumps(cfg.to_dict()))
+    torch.save(state, tmp_path / "embedder.pt")
+    loaded = load_embedder(tmp_path)
+    assert not loaded.output_mean.any()
+    x = torch.randn(3, 2, 4)
+    torch.testing.assert_close(loaded(x), model(x))
 
 
 def test_failed_write_leaves_nothing(tmp_path) -> None:

@@ -35,9 +35,26 @@ def test_world_satisfies_the_contract(world) -> None:
 def test_frame_counts_span_short_to_long(world) -> None:
     vb = decode_video_batch(world.videos)
     t = vb.lengths
-    assert t.min() >= 1 and t.max() <= world.config.max_frames
+    assert t.min() >= world.config.min_frames == 2 and t.max() <= world.config.max_frames
     assert (t <= 5).mean() > 0.05, "many videos must be short so clusters get few frames"
-    assert (t >= 100).mean() > 0.02
+    assert (t >= 80).mean() > 0.02, "and some long, 5x the median and more"
+
+
+def test_a_third_of_frames_are_shared_and_large(world) -> None:
+    """The hard traits of real catalogues: intro/credit frames shared by every video, with a
+    norm far above the topical frames' (sqrt(D) * 3 vs about sqrt(2 D) here)."""
+    vb = decode_video_batch(world.videos)
+    norms = np.linalg.norm(vb.frames, axis=1)
+    d = world.config.feature_dim
+    large = norms > 2.2 * np.sqrt(d)
+    assert 0.25 < large.mean() < 0.42
+    calm = generate_world(
+        SynthConfig(seed=1, num_videos=100, num_users=20, days=5, shared_fraction=0.0)
+    )
+    calm_norms = np.linalg.norm(decode_video_batch(calm.videos).frames, axis=1)
+    assert (calm_norms > 2.2 * np.sqrt(d)).mean() < 0.02
+    with pytest.raises(ValueError, match="shared_fraction"):
+        SynthConfig(shared_fraction=1.0)
 
 
 def test_cold_start_videos_in_last_quarter(world) -> None:

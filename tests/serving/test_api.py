@@ -317,3 +317,37 @@ def test_fuzzed_get_paths_never_5xx(client: TestClient, user: str, video: str, k
     ):
         r = client.get(url, params={"k": k})
         assert r.status_code < 500, (url, k, r.text)
+
+
+def test_frames_at_the_float32_limit_are_refused_and_nothing_is_stored(settings, client) -> None:
+    """Finite frames that overflow inside the model: a 400, no stored row, and the service
+    (and a restart, and a reload) carry on."""
+    from serving.store import DurableStore
+
+    d = client.get("/readyz").json()
+    assert d["status"] == "ready"
+    dim = client.app.state.holder.current.feature_dim  # type: ignore[attr-defined]
+    body = {"video_id": "huge", "frames": [[3.0e38] * dim] * 4}
+    r = client.post("/v1/videos", json=body, headers=AUTH)
+    assert r.status_code == 400 and "not finite" in r.json()["detail"]
+    assert client.post("/v1/videos", json=body, headers=AUTH).status_code == 400  # same again
+    assert client.post("/v1/admin/reload", headers=AUTH).status_code == 200
+    store = DurableStore(settings.state_db)
+    assert store.counts()[0] == 0
+    store.close()
+
+
+def test_a_bad_stored_row_is_skipped_at_start_up_not_fatal(settings) -> None:
+    import numpy as np
+
+    from serving.store import DurableStore
+
+    store = DurableStore(settings.state_db)
+    assert store.insert_video("nan_row", "0" * 64, np.full(64, np.nan, np.float32), 3)
+    assert store.insert_video("short_row", "1" * 64, np.ones(3, np.float32), 3)
+    store.close()
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/readyz").json()["status"] == "ready"
+        metrics = c.get("/metrics").text
+        assert "state_rows_skipped 2" in metrics
+        assert c.post("/v1/admin/reload", headers=AUTH).status_code == 200

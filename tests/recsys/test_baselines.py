@@ -1,0 +1,111 @@
+"""Classical baselines against direct loop re-computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recsys.baselines import (
+    PCA,
+    baseline_features,
+    bow_tfidf,
+    idf_weights,
+    kmeans_codebook,
+    mean_frames,
+    nearest_word,
+    tfidf,
+    vlad_kmeans,
+    word_counts,
+)
+
+
+def _videos(
+    seed: int = 0, lengths: tuple[int, ...] = (3, 1, 0, 5, 2)
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return rng.normal(size=(int(offsets[-1]), 4)).astype(np.float32), offsets
+
+
+def test_mean_frames_matches_loop_and_empty_video_is_zero() -> None:
+    frames, offsets = _videos()
+    out = mean_frames(frames, offsets)
+    for i in range(len(offsets) - 1):
+        seg = frames[offsets[i] : offsets[i + 1]]
+        want = seg.mean(0) if len(seg) else np.zeros(4)
+        np.testing.assert_allclose(out[i], want, rtol=1e-6, atol=1e-7)
+
+
+def test_counts_tfidf_and_vlad_match_loops() -> None:
+    frames, offsets = _videos(1)
+    codebook = np.random.default_rng(2).normal(size=(3, 4))
+    words = nearest_word(frames, codebook)
+    for t, x in enumerate(frames):
+        assert words[t] == np.argmin(((codebook - x) ** 2).sum(1))
+    counts = word_counts(frames, offsets, codebook)
+    n = len(offsets) - 1
+    for i in range(n):
+        for k in range(3):
+            assert counts[i, k] == sum(words[offsets[i] : offsets[i + 1]] == k)
+    idf = idf_weights(counts)
+    for k in range(3):
+        df = sum(counts[i, k] > 0 for i in range(n))
+        assert idf[k] == pytest.approx(np.log((1 + n) / (1 + df)) + 1)
+    x = tfidf(counts, idf)
+    for i in range(n):
+        total = counts[i].sum()
+        if total == 0:
+            assert not x[i].any()  # an empty video stays zero, never NaN
+            continue
+        v = counts[i] / total * idf
+        np.testing.assert_allclose(x[i], v / np.linalg.norm(v), rtol=1e-5)
+    np.testing.assert_allclose(bow_tfidf(frames, offsets, codebook), x)
+    vl = vlad_kmeans(frames, offsets, codebook).reshape(n, 3, 4)
+    for i in range(n):
+        for k in range(3):
+            r = sum(
+                (
+                    frames[t] - codebook[k]
+                    for t in range(offsets[i], offsets[i + 1])
+                    if words[t] == k
+                ),
+                np.zeros(4),
+            )
+            nr = np.linalg.norm(r)
+            np.testing.assert_allclose(vl[i, k], r / nr if nr > 0 else r, rtol=1e-5, atol=1e-6)
+
+
+def test_idf_downweights_words_in_every_video() -> None:
+    counts = np.array([[5.0, 1.0, 0.0], [5.0, 0.0, 1.0], [5.0, 0.0, 0.0]])
+    idf = idf_weights(counts)
+    assert idf[0] < idf[1] == idf[2]
+
+
+def test_pca_matches_numpy_eigendecomposition() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(50, 6)) @ rng.normal(size=(6, 6))
+    pca = PCA.fit(x, 3)
+    cov = np.cov(x - x.mean(0), rowvar=False)
+    _, evecs = np.linalg.eigh(cov)
+    top = evecs[:, ::-1][:, :3]
+    # Same subspace (signs may differ): |cos| = 1 per direction.
+    np.testing.assert_allclose(np.abs((pca.components @ top).diagonal()), 1.0, atol=1e-8)
+    z = pca.transform(x)
+    assert z.shape == (50, 3)
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)
+    assert PCA.fit(x, 100).dim == 6  # capped at the rank available
+    with pytest.raises(ValueError):
+        PCA.fit(x[:1], 2)
+
+
+def test_codebook_and_features_shapes_and_errors() -> None:
+    frames, offsets = _videos(4, (6, 7, 8))
+    cb = kmeans_codebook(frames, 4, seed=0)
+    assert cb.shape == (4, 4) and np.isfinite(cb).all()
+    assert baseline_features("avg_frames", frames, offsets).shape == (3, 4)
+    assert baseline_features("bow_tfidf", frames, offsets, num_words=4).shape == (3, 4)
+    assert baseline_features("vlad_kmeans", frames, offsets, num_words=4).shape == (3, 16)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        baseline_features("nope", frames, offsets)
+    with pytest.raises(ValueError, match="offsets"):
+        mean_frames(frames, np.array([0, 3]))

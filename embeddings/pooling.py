@@ -395,6 +395,21 @@ class SoftAssignmentPooling(Pooling):
         return _apply_mask(frames, self.posteriors(frames), mask)
 
     @torch.no_grad()
+    def soften_assignment(self, temperature: float) -> SoftAssignmentPooling:
+        """Temper P(k|x) after ``from_ubm``: decoupled logits (Eq. 14) are divided by
+        ``temperature``; a coupled GMM's variances are multiplied by it. Eq. 20-21 from a
+        UBM fitted on well-separated clusters start nearly hard assignments, whose
+        gradients vanish; a temperature above 1 keeps them soft enough to train."""
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+        if isinstance(self.assignment, DecoupledAssignment):
+            self.assignment.weight.div_(temperature)
+            self.assignment.bias.div_(temperature)
+        else:
+            self.assignment.log_sigma.add_(0.5 * math.log(temperature))
+        return self
+
+    @torch.no_grad()
     def from_ubm(self, ubm: GMM) -> SoftAssignmentPooling:
         _check_ubm_shape(ubm, torch.Size((self.config.num_clusters, self.config.feature_dim)))
         ubm64 = ubm.to(dtype=torch.float64)

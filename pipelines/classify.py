@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from embeddings.classifier import ClassifierConfig, VideoClassifier
 from embeddings.gmm import fit_gmm
+from embeddings.pooling import SoftAssignmentPooling
 from embeddings.runtime import resolve_device
 from pipelines.io import dataset_dir, iter_record_batches, open_parquet, write_parquet_atomic
 from recsys.classification import gap_at_k, gap_from_topk, hit_at_1, mcnemar_test, top_k
@@ -51,6 +52,8 @@ class ClassifyConfig:
     #: UBM the assignments start nearly hard and barely train (GAP 0.77 vs 0.91 for
     #: DSGMM on the synthetic world, measured); vlad/sgmm always use the UBM.
     ubm_init: bool = False
+    #: temper UBM-initialised assignments (SoftAssignmentPooling.soften_assignment)
+    init_temperature: float = 1.0
     ubm_frames: int = 100_000
     #: stop when validation GAP@20 has not improved for this many epochs (0 = never)
     patience: int = 3
@@ -231,6 +234,8 @@ def train_classifier(
             batches, model_cfg.num_clusters, "shared_full", max_iter=30, seed=cfg.seed
         ).gmm
         model.pooling.from_ubm(ubm)
+        if isinstance(model.pooling, SoftAssignmentPooling):
+            model.pooling.soften_assignment(cfg.init_temperature)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)

@@ -478,7 +478,13 @@ def serve(
     ],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes. Only 1: each worker would hold its own copy of the ingested "
+            "state; run one process per replica instead."
+        ),
+    ] = 1,
     limit_concurrency: Annotated[
         int, typer.Option(help="Answer 503 beyond this many concurrent requests.")
     ] = 64,
@@ -486,6 +492,11 @@ def serve(
     """Serve the HTTP API (FastAPI + uvicorn); settings from RECSYS_* environment variables (RECSYS_API_KEY, ...)."""
     from serving.cli import serve_artifact
 
+    if workers != 1:
+        _fail(
+            f"--workers {workers}: one worker per process only (workers would not share "
+            "ingested videos and watch events); start more processes behind a load balancer"
+        )
     serve_artifact(artifacts, host, port, workers, limit_concurrency, print_examples=True)
 
 
@@ -518,6 +529,10 @@ def classify(
     ubm_init: Annotated[
         bool, typer.Option(help="Initialise trainable cluster layers from a UBM (Eq. 20-21).")
     ] = False,
+    init_temperature: Annotated[
+        float,
+        typer.Option(help="Divide UBM-initialised assignment logits by this (> 1: softer)."),
+    ] = 1.0,
     patience: Annotated[
         int,
         typer.Option(
@@ -565,6 +580,7 @@ def classify(
             device=device,
             workers=workers,
             ubm_init=ubm_init,
+            init_temperature=init_temperature,
             patience=patience,
             baselines=baselines,
         )

@@ -35,7 +35,7 @@ from embeddings.cowatch import (
     triplet_loss,
 )
 from embeddings.gmm import fit_gmm
-from embeddings.pooling import DecoupledAssignment
+from embeddings.pooling import SoftAssignmentPooling
 from embeddings.runtime import resolve_device
 from pipelines.io import dataset_dir, iter_video_batches, open_parquet
 from recsys.artifact import embeddings_table, state_dict_bytes, write_artifact
@@ -273,7 +273,8 @@ def train_embedder(
     model = CowatchEmbedder(model_cfg)
     if (cfg.ubm_init or model.needs_ubm) and model_cfg.pooling != "avg":
         model.from_ubm(fit_ubm_for(model_cfg, store, cfg.ubm_frames, cfg.seed))
-        _temper_assignment(model, cfg.init_temperature)
+        if isinstance(model.pooling, SoftAssignmentPooling):
+            model.pooling.soften_assignment(cfg.init_temperature)
     model.to(device)
     net: torch.nn.Module = model
     if world > 1:
@@ -344,15 +345,6 @@ def train_embedder(
         model.load_state_dict(best_state)
     model.cpu().eval()
     return result
-
-
-@torch.no_grad()
-def _temper_assignment(model: CowatchEmbedder, temperature: float) -> None:
-    """Divide a decoupled assignment's logits (Eq. 14) by ``temperature``."""
-    assignment = getattr(model.pooling, "assignment", None)
-    if temperature != 1.0 and isinstance(assignment, DecoupledAssignment):
-        assignment.weight.div_(temperature)
-        assignment.bias.div_(temperature)
 
 
 def _pretrain(

@@ -11,7 +11,8 @@ from recsys.artifact import read_manifest
 
 
 def example_requests(base: str, api_key: str | None) -> str:
-    key = f" -H 'X-API-Key: {api_key}'" if api_key else ""
+    # Never print the secret itself: the shell fills it in from the environment.
+    key = ' -H "X-API-Key: $RECSYS_API_KEY"' if api_key else ""
     return "\n".join(
         [
             "Example requests:",
@@ -39,6 +40,7 @@ def serve_artifact(
 ) -> None:
     """Run uvicorn on the artifact (checked first, so a bad path fails fast with a clear message)."""
     read_manifest(artifacts, verify=True)
+    print(f"listening on http://{host}:{port} (artifact {artifacts})", flush=True)
     os.environ["RECSYS_ARTIFACTS"] = str(Path(artifacts).resolve())
     if print_examples:
         print(

@@ -42,17 +42,21 @@ from recsys.triplets import TripletConfig, mine_triplets
 #: name -> (embedder overrides, training overrides), each against the defaults
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "default": ({}, {}),
-    "no_output_centring": ({}, {"center_output": False}),
-    "random_init (no UBM)": ({}, {"ubm_init": False}),
-    "UBM init, temperature 1 (Eq. 20-21 as is)": ({}, {"init_temperature": 1.0}),
-    "validate on held-out users, not videos": ({}, {"holdout_videos": 0.0}),
-    "+ frame subsampling (min_keep 0.5)": ({}, {"min_keep": 0.5}),
+    "previous default (random init, all frames, user validation, uncentred)": (
+        {},
+        {"ubm_init": False, "min_keep": 1.0, "holdout_videos": 0.0, "center_output": False},
+    ),
+    "- frame subsampling (all frames)": ({}, {"min_keep": 1.0}),
+    "- output centring": ({}, {"center_output": False}),
+    "- UBM init (random init)": ({}, {"ubm_init": False}),
+    "UBM init at temperature 1 (Eq. 20-21 as is)": ({}, {"init_temperature": 1.0}),
+    "validation on held-out users, not videos": ({}, {"holdout_videos": 0.0}),
     "+ semi-hard in-batch negatives": ({}, {"negatives": "semi_hard"}),
     "+ self-supervised pre-training (10 epochs)": ({}, {"pretrain_epochs": 10}),
     "+ cluster occupancy input": ({"occupancy": True}, {}),
     "+ dropout 0.3, weight decay 0.05": ({"dropout": 0.3}, {"weight_decay": 0.05}),
-    "netvlad (same recipe)": ({"pooling": "netvlad"}, {}),
-    "avg pooling (same recipe)": ({"pooling": "avg"}, {"ubm_init": False}),
+    "netvlad, same recipe": ({"pooling": "netvlad"}, {}),
+    "avg pooling, same recipe": ({"pooling": "avg"}, {"ubm_init": False}),
 }
 
 
@@ -117,7 +121,9 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for name, a, note in table:
-        cells = [f"{a[k][0]:.4f} / {a[k][1]:.4f}" for k in ("glmix", "max_similarity", "avg_similarity")]
+        cells = [
+            f"{a[k][0]:.4f} / {a[k][1]:.4f}" for k in ("glmix", "max_similarity", "avg_similarity")
+        ]
         lines.append(f"| {name} | {' | '.join(cells)} | {note} |")
     text = "\n".join(lines)
     print(text)

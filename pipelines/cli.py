@@ -514,9 +514,11 @@ def classify(
     final_norm: FinalNorm = False,
     hidden_size: Annotated[int, typer.Option(help="Hidden layer with batch norm (0 = none).")] = 0,
     mixtures: Annotated[int, typer.Option(help="Experts per label in the MoE.")] = 2,
-    epochs: Annotated[int, typer.Option(help="Epochs (the lowest validation loss is kept).")] = 10,
+    epochs: Annotated[
+        int, typer.Option(help="At most this many epochs (the best validation GAP is kept).")
+    ] = 30,
     batch_size: Annotated[int, typer.Option(help="Videos per step.")] = 64,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-4,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-3,
     decay_examples: Annotated[
         int, typer.Option(help="Decay the learning rate by 0.8 every N examples.")
     ] = 4_000_000,
@@ -527,12 +529,16 @@ def classify(
         int, typer.Option(help="DataLoader workers streaming Parquet row groups (0 = none).")
     ] = 1,
     ubm_init: Annotated[
-        bool, typer.Option(help="Initialise trainable cluster layers from a UBM (Eq. 20-21).")
-    ] = False,
+        bool,
+        typer.Option(
+            help="Initialise trainable cluster layers from a UBM (Eq. 20-21), softened by "
+            "--init-temperature."
+        ),
+    ] = True,
     init_temperature: Annotated[
         float,
         typer.Option(help="Divide UBM-initialised assignment logits by this (> 1: softer)."),
-    ] = 1.0,
+    ] = 4.0,
     patience: Annotated[
         int,
         typer.Option(

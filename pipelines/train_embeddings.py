@@ -59,7 +59,7 @@ class TrainConfig:
     max_frames: int = 64  # frames sampled per video per training step
     eval_max_frames: int = 300  # frames used when embedding (evenly spaced)
     #: augmentation: each training video keeps a random share of its frames in [min_keep, 1]
-    min_keep: float = 1.0
+    min_keep: float = 0.1
     #: negatives: "given" (the triplet's own, Eq. 15) or "semi_hard" (the triplet's own
     #: plus a semi-hard negative mined among the batch's other videos, FaceNet)
     negatives: str = "given"

@@ -125,3 +125,56 @@ def test_torchrun_two_cpu_processes(small_world_dir: Path, tmp_path: Path) -> No
     assert len(a.manifest["metrics"]) and len(a.index) > 0
     hist = a.manifest["config"]["train"]
     assert hist["epochs"] == 2
+
+
+def test_split_by_video_keeps_held_out_videos_out_of_training() -> None:
+    from pipelines.train_embeddings import split_by_video
+
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 50, size=(400, 3))
+    val, held = split_by_video(rows, 50, 0.2, seed=1)
+    assert held.sum() == 10
+    for r, v in zip(rows, val, strict=True):
+        assert v == any(held[x] for x in r)  # validation = triplets naming a held-out video
+    assert not held[rows[~val]].any()
+    again, _ = split_by_video(rows, 50, 0.2, seed=1)
+    assert (again == val).all()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"negatives": "semi_hard", "pretrain_epochs": 1},
+        {"ubm_init": True, "init_temperature": 4.0, "min_keep": 0.5},
+        {"ubm_init": False, "min_keep": 1.0},
+    ],
+)
+def test_recipe_options_train_and_embed(small_world_dir: Path, options: dict) -> None:
+    import torch
+
+    from embeddings.cowatch import EmbedderConfig
+    from pipelines.train_embeddings import (
+        TrainConfig,
+        embed_store,
+        load_frame_store,
+        train_embedder,
+    )
+
+    store = load_frame_store(small_world_dir)
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, len(store), size=(300, 3))
+    cfg = TrainConfig(epochs=2, batch_size=64, ubm_frames=2000, **options)
+    model_cfg = EmbedderConfig(
+        feature_dim=store.feature_dim, num_clusters=4, hidden_dim=16, embedding_dim=8
+    )
+    res = train_embedder(store, rows[:250], rows[250:], model_cfg, cfg, progress=False)
+    assert len(res.history) == 2 and 1 <= res.best_epoch <= 2
+    assert all(np.isfinite(h["train_loss"]) for h in res.history)
+    vectors = embed_store(res.model, store)
+    assert vectors.shape == (len(store), 8)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    if options.get("ubm_init"):
+        # Softened: posteriors of real frames are not one-hot.
+        frames = torch.from_numpy(store.frames[:500])
+        post = res.model.pooling.posteriors(frames[None])[0]  # type: ignore[operator]
+        assert float(post.max(1).values.mean()) < 0.99

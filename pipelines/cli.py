@@ -105,16 +105,25 @@ def synth(
 def validate(
     data: Annotated[Path, typer.Argument(help="Data set directory.")],
     watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
+    purpose: Annotated[
+        str,
+        typer.Option(
+            help="any: videos required, impressions checked when present; recommendation: "
+            "impressions required; classification: labels required."
+        ),
+    ] = "any",
 ) -> None:
     """Check a data set against the contract (docs/data.md); exit 2 listing every violation."""
     from pipelines.io import validate_dataset
 
-    report = validate_dataset(data, watch_threshold_s=watch_threshold)
+    report = validate_dataset(data, watch_threshold_s=watch_threshold, purpose=purpose)
     if not report.ok:
         for p in report.problems:
             typer.echo(f"error: {p}", err=True)
         raise typer.Exit(2)
-    typer.echo(f"{data}: valid")
+    typer.echo(f"{data}: valid" + (f" for {purpose}" if purpose != "any" else ""))
+    if report.impressions is None:
+        typer.echo("  no impressions.parquet: fine for classification and embedding only")
     for line in report.summary_lines():
         typer.echo(f"  {line}")
 

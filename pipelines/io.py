@@ -122,11 +122,20 @@ class ValidationReport:
         return lines
 
 
+PURPOSES: tuple[str, ...] = ("any", "recommendation", "classification")
+
+
 def validate_dataset(
     data: str | os.PathLike[str],
     watch_threshold_s: float = DEFAULT_WATCH_THRESHOLD_S,
     batch_size: int = 512,
+    purpose: str = "any",
 ) -> ValidationReport:
+    """Check a data set against the contract (docs/data.md) for a purpose: ``any`` (videos
+    required, impressions checked when present), ``recommendation`` (impressions required)
+    or ``classification`` (labels required)."""
+    if purpose not in PURPOSES:
+        raise UserInputError(f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}")
     d = Path(data)
     if not d.is_dir():
         raise UserInputError(f"{d}: not a directory")
@@ -147,7 +156,8 @@ def validate_dataset(
     ipath = d / IMPRESSIONS_FILE
     impressions = None
     if not ipath.exists():
-        problems.append(f"{IMPRESSIONS_FILE}: missing")
+        if purpose == "recommendation":
+            problems.append(f"{IMPRESSIONS_FILE}: missing (recommendation needs impressions)")
     else:
         try:
             pf = open_parquet(ipath)
@@ -160,6 +170,8 @@ def validate_dataset(
             problems.append(str(exc))
         except pa.ArrowException as exc:
             problems.append(f"{IMPRESSIONS_FILE}: cannot read ({str(exc).splitlines()[0]})")
+    if purpose == "classification" and videos.num_videos and not videos.num_labelled:
+        problems.append(f"{VIDEOS_FILE}: no labelled videos (classification needs labels)")
     return ValidationReport(videos=videos, impressions=impressions, problems=problems)
 
 

@@ -131,7 +131,12 @@ def init_distributed_from_env() -> bool:
 def impressions_connection(data: Path) -> duckdb.DuckDBPyConnection:
     """DuckDB with a view ``impressions`` over the data set's Parquet file (out-of-core)."""
     path = data / IMPRESSIONS_FILE
-    open_parquet(path)  # clear error for a missing/unreadable file
+    if not path.exists():
+        raise UserInputError(
+            f"{path}: missing; this job needs impressions (a videos-only data set serves "
+            "classification and embedding only, see docs/data.md)"
+        )
+    open_parquet(path)  # clear error for an unreadable file
     con = duckdb.connect()
     con.execute(f"CREATE VIEW impressions AS SELECT * FROM read_parquet('{_sql_str(path)}')")
     return con

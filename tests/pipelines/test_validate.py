@@ -167,3 +167,21 @@ def test_synth_cli_and_help(run_cli, tmp_path: Path) -> None:
     for sub in ("synth", "validate", "convert-yt8m", "demo"):
         code, out, _ = run_cli(sub, "--help")
         assert code == 0 and "Usage" in out
+
+
+def test_videos_only_data_set_is_valid_except_for_recommendation(
+    run_cli, good_dir: Path, tmp_path: Path
+) -> None:
+    (good_dir / "impressions.parquet").unlink()
+    code, out, err = run_cli("validate", good_dir)
+    assert code == 0, err
+    assert "valid" in out and "classification and embedding only" in out
+    code, _, err = run_cli("validate", good_dir, "--purpose", "recommendation")
+    assert code == 2 and "impressions.parquet: missing (recommendation needs" in err
+    code, _, err = run_cli("validate", good_dir, "--purpose", "classification")
+    assert code == 2 and "no labelled videos" in err
+    code, _, err = run_cli("validate", good_dir, "--purpose", "nonsense")
+    assert code == 2 and "purpose must be one of" in err
+    # A job that needs impressions says so when it starts.
+    code, _, err = run_cli("mine-triplets", "--data", good_dir, "--out", tmp_path / "t.parquet")
+    assert code == 2 and "this job needs impressions" in err and "Traceback" not in err

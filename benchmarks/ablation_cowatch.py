@@ -40,23 +40,24 @@ from recsys.splits import default_test_start
 from recsys.triplets import TripletConfig, mine_triplets
 
 #: name -> (embedder overrides, training overrides), each against the defaults
-VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "default": ({}, {}),
-    "previous default (random init, all frames, user validation, uncentred)": (
+VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "default": ("default recipe", {}, {}),
+    "previous": (
+        "previous default (random init, all frames, user validation, uncentred)",
         {},
         {"ubm_init": False, "min_keep": 1.0, "holdout_videos": 0.0, "center_output": False},
     ),
-    "- frame subsampling (all frames)": ({}, {"min_keep": 1.0}),
-    "- output centring": ({}, {"center_output": False}),
-    "- UBM init (random init)": ({}, {"ubm_init": False}),
-    "UBM init at temperature 1 (Eq. 20-21 as is)": ({}, {"init_temperature": 1.0}),
-    "validation on held-out users, not videos": ({}, {"holdout_videos": 0.0}),
-    "+ semi-hard in-batch negatives": ({}, {"negatives": "semi_hard"}),
-    "+ self-supervised pre-training (10 epochs)": ({}, {"pretrain_epochs": 10}),
-    "+ cluster occupancy input": ({"occupancy": True}, {}),
-    "+ dropout 0.3, weight decay 0.05": ({"dropout": 0.3}, {"weight_decay": 0.05}),
-    "netvlad, same recipe": ({"pooling": "netvlad"}, {}),
-    "avg pooling, same recipe": ({"pooling": "avg"}, {"ubm_init": False}),
+    "all_frames": ("- frame subsampling (all frames)", {}, {"min_keep": 1.0}),
+    "uncentred": ("- output centring", {}, {"center_output": False}),
+    "random_init": ("- UBM init (random init)", {}, {"ubm_init": False}),
+    "hard_init": ("UBM init at temperature 1 (Eq. 20-21 as is)", {}, {"init_temperature": 1.0}),
+    "user_validation": ("validation on held-out users, not videos", {}, {"holdout_videos": 0.0}),
+    "semi_hard": ("+ semi-hard in-batch negatives", {}, {"negatives": "semi_hard"}),
+    "pretrain": ("+ self-supervised pre-training (10 epochs)", {}, {"pretrain_epochs": 10}),
+    "occupancy": ("+ cluster occupancy input", {"occupancy": True}, {}),
+    "dropout_wd": ("+ dropout 0.3, weight decay 0.05", {"dropout": 0.3}, {"weight_decay": 0.05}),
+    "netvlad": ("NetVLAD, same recipe", {"pooling": "netvlad"}, {}),
+    "avg": ("average pooling, same recipe", {"pooling": "avg"}, {"ubm_init": False}),
 }
 
 
@@ -95,7 +96,7 @@ def main() -> None:
         for name, (scores, info) in baseline_ladder(rows, store, 64, log=print).items():
             table.append((f"baseline {name}", _aucs(rows, scores), f"PCA {info['pca_dim']}"))
     for name in names:
-        m_over, t_over = VARIANTS[name]
+        label, m_over, t_over = VARIANTS[name]
         model_cfg = replace(EmbedderConfig(feature_dim=store.feature_dim), **m_over)
         cfg = replace(TrainConfig(), **t_over)
         if cfg.holdout_videos > 0:
@@ -113,8 +114,8 @@ def main() -> None:
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         scores, _ = score_representation(rows, vectors)
         note = f"epoch {res.best_epoch}, {time.perf_counter() - t0:.0f} s"
-        table.append((name, _aucs(rows, scores), note))
-        print(name, json.dumps({k: [round(x, 4) for x in v] for k, v in table[-1][1].items()}))
+        table.append((label, _aucs(rows, scores), note))
+        print(label, json.dumps({k: [round(x, 4) for x in v] for k, v in table[-1][1].items()}))
 
     lines = [
         "| variant | GLMix all / cold | max sim. all / cold | avg sim. all / cold | note |",

@@ -1,6 +1,10 @@
 """Frame pooling layers and GMMs (torch only; never opens files).
 
 ``build_pooling(name, feature_dim, num_clusters, **options)`` selects a method by name.
+
+Importing the package keeps glibc from unmapping large freed blocks (see
+``embeddings.runtime.configure_cpu_allocator``: 2x faster pooling on the CPU);
+``RECSYS_KEEP_MALLOC=1`` in the environment opts out.
 """
 
 from embeddings.gmm import GMM, EMResult, fit_gmm, kmeans
@@ -19,6 +23,7 @@ from embeddings.pooling import (
     UBMPooling,
     build_pooling,
 )
+from embeddings.runtime import configure_on_import
 from embeddings.stats import (
     SufficientStats,
     smoothed_gmm,
@@ -26,6 +31,8 @@ from embeddings.stats import (
     sufficient_statistics,
     vlad,
 )
+
+configure_on_import()
 
 __all__ = [
     "ASSIGNMENTS",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 import torch
@@ -20,8 +21,9 @@ def configure_cpu_allocator(threshold_bytes: int = 1 << 30) -> bool:
     call. glibc serves blocks that large with mmap and unmaps them on free, so every
     call page-faults fresh memory in: measured here that doubles the time of the
     aggregation bmm (81 ms vs 26 ms). Raising the mmap and trim thresholds lets the
-    allocator reuse the block. Process-wide; called by the CLI, the service and the
-    benchmarks, not on import. Returns True when applied (glibc only).
+    allocator reuse the block. Process-wide; applied when ``embeddings`` is imported
+    (so a plain library call is fast) unless the environment sets
+    ``RECSYS_KEEP_MALLOC=1``. Returns True when applied (glibc only).
     """
     global _configured
     if _configured:
@@ -39,6 +41,13 @@ def configure_cpu_allocator(threshold_bytes: int = 1 << 30) -> bool:
         return False
     _configured = ok
     return ok
+
+
+def configure_on_import() -> bool:
+    """``configure_cpu_allocator()`` unless ``RECSYS_KEEP_MALLOC=1`` opts out."""
+    if os.environ.get("RECSYS_KEEP_MALLOC", "") in ("1", "true", "yes"):
+        return False
+    return configure_cpu_allocator()
 
 
 def default_device() -> torch.device:

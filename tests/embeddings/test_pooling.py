@@ -383,3 +383,20 @@ def test_state_dict_round_trip_with_weights_only(tmp_path, cov: str) -> None:
     fresh.load_state_dict(torch.load(path, weights_only=True))
     x = _frames(16)
     torch.testing.assert_close(fresh(x), layer(x))
+
+
+@pytest.mark.parametrize(("env", "want"), [("", "True"), ("1", "False")])
+def test_allocator_setting_applies_on_import_unless_opted_out(env: str, want: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = "import embeddings, embeddings.runtime as r; print(r._configured)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "RECSYS_KEEP_MALLOC": env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert out == want

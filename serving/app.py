@@ -181,6 +181,25 @@ class _BodyTooLarge(Exception):
     pass
 
 
+def _offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs with its script and style served by this service."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/static/swagger-ui", StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API docs",
+            swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/swagger-ui/favicon-32x32.png",
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -226,7 +245,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Scores candidate videos for a user (similarity to the watch history and GLMix watch "
         "probability), recommends, finds similar videos and ingests cold-start videos.",
         lifespan=lifespan,
+        # The default /docs and /redoc pages load their scripts from a CDN: blank without
+        # internet. /docs is served below from assets shipped by swagger-ui-bundle.
+        docs_url=None,
+        redoc_url=None,
     )
+    _offline_docs(app)
     app.state.settings = settings
     app.state.holder = holder
     app.state.metrics = metrics

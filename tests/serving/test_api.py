@@ -351,3 +351,15 @@ def test_a_bad_stored_row_is_skipped_at_start_up_not_fatal(settings) -> None:
         metrics = c.get("/metrics").text
         assert "state_rows_skipped 2" in metrics
         assert c.post("/v1/admin/reload", headers=AUTH).status_code == 200
+
+
+def test_docs_page_works_offline(client) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.text
+    assert "/static/swagger-ui/swagger-ui-bundle.js" in html
+    assert "cdn." not in html and "https://" not in html.split("<body>")[0]
+    js = client.get("/static/swagger-ui/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 100_000
+    assert client.get("/static/swagger-ui/swagger-ui.css").status_code == 200
+    assert client.get("/openapi.json").status_code == 200

@@ -703,6 +703,8 @@ def demo(
         quiet=False,
     )
     typer.echo(f"report: {out / 'run' / 'report.md'}")
+    if not serve:
+        typer.echo(f"to serve it: .venv/bin/recsys serve --artifacts {out / 'run' / 'artifact'}")
     if serve:
         from serving.cli import serve_artifact
 

@@ -89,6 +89,8 @@ class GLMixJobConfig:
     glmix: GLMixConfig = field(default_factory=GLMixConfig)
     #: choose random_l2 on the last 10% (by time) of the training period
     tune: bool = False
+    #: print each phase and coordinate-descent pass
+    progress: bool = False
 
 
 def fit_glmix_into_artifact(
@@ -116,11 +118,24 @@ def fit_glmix_into_artifact(
     if cfg.tune:
         times = train.column("shown_at").to_numpy().astype("datetime64[us]").astype(np.int64)
         cut = np.quantile(times, 0.9)
+        if cfg.progress:
+            print(
+                "GLMix: choosing random_l2 on the last 10% of the training period ...", flush=True
+            )
         best, losses = select_random_l2(users, x, y, times >= cut, base=glm_cfg)
+        if cfg.progress:
+            print(f"GLMix: random_l2 = {best}", flush=True)
         glm_cfg = GLMixConfig(**{**asdict(glm_cfg), "random_l2": best})
         tuning = {"random_l2": best, "validation_log_loss": {str(k): v for k, v in losses.items()}}
     t0 = time.perf_counter()
-    with_video = fit_glmix(users, x, y, glm_cfg)
+
+    def on_pass(p: int, ll: float) -> None:
+        if cfg.progress:
+            print(f"GLMix pass {p}: log-likelihood per row {ll:.5f}", flush=True)
+
+    with_video = fit_glmix(users, x, y, glm_cfg, on_pass=on_pass)
+    if cfg.progress:
+        print("GLMix without video features ...", flush=True)
     fit_s = time.perf_counter() - t0
     no_video = fit_glmix(
         users, x, y, GLMixConfig(**{**asdict(glm_cfg), "use_video_features": False})
@@ -508,7 +523,15 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"Relative to {b['baseline_pooling']} pooling: max similarity {b['max_similarity']:+.2f}%, "
             f"avg similarity {b['avg_similarity']:+.2f}%."
         )
-    lines += ["", "![ROC](roc.png)", "", *[f"- {n}" for n in report["notes"]], ""]
+    lines += ["", "![ROC](roc.png)", ""]
+    if report.get("loss_curve"):
+        em = report.get("embedding_metrics", {})
+        kept = f" (kept epoch {em['best_epoch']})" if "best_epoch" in em else ""
+        lines += [
+            f"Embedding training{kept}: ![triplet loss per epoch]({report['loss_curve']})",
+            "",
+        ]
+    lines += [*[f"- {n}" for n in report["notes"]], ""]
     return "\n".join(lines)
 
 

@@ -83,7 +83,10 @@ def run_pipeline(
         data,
         artifact,
         GLMixJobConfig(
-            watch_threshold_s=cfg.watch_threshold_s, glmix=cfg.glmix, tune=cfg.tune_glmix
+            watch_threshold_s=cfg.watch_threshold_s,
+            glmix=cfg.glmix,
+            tune=cfg.tune_glmix,
+            progress=progress,
         ),
     )
     timings["glmix_s"] = time.perf_counter() - t1
@@ -107,7 +110,10 @@ def run_pipeline(
     report["glmix"] = glm
     import json
 
-    from pipelines.evaluate import _clean
+    from pipelines.evaluate import _clean, render_markdown
 
+    if (artifact / "loss_curve.png").exists():
+        report["loss_curve"] = "artifact/loss_curve.png"
     (o / "report.json").write_text(json.dumps(_clean(report), indent=2, default=str))
+    (o / "report.md").write_text(render_markdown(report))
     return report

@@ -21,6 +21,7 @@ def test_pipeline_writes_report_and_servable_artifact(pipeline_out: Path) -> Non
     assert ci["delong"][0] <= report["auc"]["glmix"] <= ci["delong"][1]
     md = (pipeline_out / "report.md").read_text()
     assert md.startswith("# Offline evaluation") and "beat the best baseline" in md
+    assert "(artifact/loss_curve.png)" in md and "kept epoch" in md
     assert (pipeline_out / "roc.png").stat().st_size > 1000
     art = pipeline_out / "artifact"
     manifest = read_manifest(art)

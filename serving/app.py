@@ -13,6 +13,7 @@ import binascii
 import contextlib
 import hmac
 import json
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -26,6 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import AwareDatetime, BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recsys.dataset import dequantize
 from recsys.errors import UserInputError
@@ -39,7 +41,7 @@ ID = Annotated[str, Field(min_length=1, max_length=256)]
 
 class ScoreRequest(BaseModel):
     user_id: ID
-    video_ids: list[ID] = Field(min_length=1, max_length=1000)
+    video_ids: list[ID] = Field(min_length=1, max_length=1000)  # RECSYS_MAX_CANDIDATES caps lower
 
 
 class CandidateScore(BaseModel):
@@ -91,6 +93,44 @@ class SimilarVideo(BaseModel):
     similarity: float
 
 
+class RecommendationsResponse(BaseModel):
+    user_id: str
+    recommendations: list[Recommendation]
+
+
+class SimilarResponse(BaseModel):
+    video_id: str
+    similar: list[SimilarVideo]
+
+
+class WatchResponse(BaseModel):
+    status: Literal["recorded"]
+    valid_watch: bool
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: a one-line message and, when one input is to blame, its name."""
+
+    detail: str
+    field: str | None = None
+
+
+_ERROR_TEXT = {
+    400: "Bad input (the message names the field)",
+    401: "Missing or wrong X-API-Key",
+    404: "Unknown user or video",
+    409: "Conflicts with an existing video",
+    413: "Request body too large",
+    422: "Request does not match the schema",
+    503: "Not ready (artifact loading)",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries documenting the given error statuses."""
+    return {c: {"model": ErrorBody, "description": _ERROR_TEXT[c]} for c in codes}
+
+
 def get_state(request: Request) -> ServingState:
     """The state current when the request started; a reload does not change it mid-request."""
     state = request.app.state.holder.current
@@ -108,8 +148,14 @@ def _json(obj: Any, status: int = 200) -> Response:
     )
 
 
-def _error(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status)
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.]*): ")
+
+
+def _error(status: int, detail: str, field: str | None = None) -> JSONResponse:
+    if field is None:  # messages of the form "frames: ..." name their field
+        m = _FIELD_PREFIX.match(detail)
+        field = m.group(1) if m else None
+    return JSONResponse({"detail": detail, "field": field}, status_code=status)
 
 
 class LimitsAndMetricsMiddleware:
@@ -166,7 +212,9 @@ class LimitsAndMetricsMiddleware:
         )
 
     async def _reject(self, send: Any, send_wrapper: Any) -> None:
-        body = json.dumps({"detail": f"request body larger than {self.max_body} bytes"}).encode()
+        body = json.dumps(
+            {"detail": f"request body larger than {self.max_body} bytes", "field": None}
+        ).encode()
         await send_wrapper(
             {
                 "type": "http.response.start",
@@ -290,7 +338,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for e in exc.errors()[:10]:
             loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
             problems.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
-        return _error(422, "; ".join(problems) or "invalid request")
+        first = exc.errors()[0].get("loc", ()) if exc.errors() else ()
+        field = ".".join(str(p) for p in first if p not in ("body", "query", "path")) or None
+        return _error(422, "; ".join(problems) or "invalid request", field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        response = _error(exc.status_code, str(exc.detail))
+        for k, v in (exc.headers or {}).items():
+            response.headers[k] = v
+        return response
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> Response:
@@ -321,7 +378,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/score", tags=["scoring"], responses={200: {"model": ScoreResponse}})
+    @app.post(
+        "/v1/score",
+        tags=["scoring"],
+        responses={200: {"model": ScoreResponse}, **_errors(400, 413, 422, 503)},
+    )
     def score(req: ScoreRequest, state: State) -> Response:
         """Max/avg similarity to the user's watch history (Eq. 16-17) and GLMix watch probability (Eq. 18)
         per candidate. Unknown videos are reported per item; unknown users get the fixed effect."""
@@ -333,7 +394,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/v1/videos",
         tags=["ingestion"],
         status_code=201,
-        responses={201: {"model": IngestResponse}, 200: {"model": IngestResponse}},
+        responses={
+            201: {"model": IngestResponse},
+            200: {"model": IngestResponse},
+            **_errors(400, 401, 409, 413, 422, 503),
+        },
         dependencies=[Depends(require_api_key)],
     )
     def ingest(req: VideoIngest, state: State) -> Response:
@@ -355,6 +420,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/v1/events/watch",
         tags=["ingestion"],
         status_code=201,
+        responses={201: {"model": WatchResponse}, **_errors(400, 401, 404, 413, 422, 503)},
         dependencies=[Depends(require_api_key)],
     )
     def watch(req: WatchEvent, state: State) -> Response:
@@ -369,15 +435,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get(
         "/v1/users/{user_id}/recommendations",
         tags=["scoring"],
-        responses={200: {"model": list[Recommendation]}},
+        responses={200: {"model": RecommendationsResponse}, **_errors(404, 422, 503)},
     )
     def recommendations(
         state: State,
         user_id: Annotated[str, Path(min_length=1, max_length=256)],
-        k: Annotated[int, Query(ge=1, le=1000)] = 10,
+        # A default, not Annotated: the bound comes from the settings at app creation.
+        k: int = Query(10, ge=1, le=settings.max_k),
     ) -> Response:
         """Neighbours of the user's history from the index, minus watched videos, ranked by GLMix."""
-        k = min(k, settings.max_k)
         return _json(
             {
                 "user_id": user_id,
@@ -388,19 +454,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get(
         "/v1/videos/{video_id}/similar",
         tags=["scoring"],
-        responses={200: {"model": list[SimilarVideo]}},
+        responses={200: {"model": SimilarResponse}, **_errors(404, 422, 503)},
     )
     def similar(
         state: State,
         video_id: Annotated[str, Path(min_length=1, max_length=256)],
-        k: Annotated[int, Query(ge=1, le=1000)] = 10,
+        # A default, not Annotated: the bound comes from the settings at app creation.
+        k: int = Query(10, ge=1, le=settings.max_k),
     ) -> Response:
         """Nearest videos by cosine similarity of the co-watch embeddings."""
-        return _json(
-            {"video_id": video_id, "similar": state.similar(video_id, min(k, settings.max_k))}
-        )
+        return _json({"video_id": video_id, "similar": state.similar(video_id, k)})
 
-    @app.post("/v1/admin/reload", tags=["ops"], dependencies=[Depends(require_api_key)])
+    @app.post(
+        "/v1/admin/reload",
+        tags=["ops"],
+        responses=_errors(400, 401, 422, 503),
+        dependencies=[Depends(require_api_key)],
+    )
     async def reload() -> Response:
         """Load the artifact again (e.g. a new version put in place) and swap it in atomically."""
         return _json(await reload_now())

@@ -363,3 +363,40 @@ def test_docs_page_works_offline(client) -> None:
     assert js.status_code == 200 and len(js.content) > 100_000
     assert client.get("/static/swagger-ui/swagger-ui.css").status_code == 200
     assert client.get("/openapi.json").status_code == 200
+
+
+def test_openapi_documents_bodies_and_every_error_status(client) -> None:
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    rec = paths["/v1/users/{user_id}/recommendations"]["get"]["responses"]
+    assert rec["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "RecommendationsResponse"
+    )
+    sim = paths["/v1/videos/{video_id}/similar"]["get"]["responses"]
+    assert sim["200"]["content"]["application/json"]["schema"]["$ref"].endswith("SimilarResponse")
+    assert {"400", "401", "409", "413", "422"} <= set(paths["/v1/videos"]["post"]["responses"])
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            for status, resp in op["responses"].items():
+                if status.startswith(("4", "5")):
+                    ref = resp["content"]["application/json"]["schema"]["$ref"]
+                    assert ref.endswith("/ErrorBody"), (path, method, status)
+    k_max = next(
+        p["schema"]["maximum"]
+        for p in paths["/v1/users/{user_id}/recommendations"]["get"]["parameters"]
+        if p["name"] == "k"
+    )
+    assert k_max == client.app.state.settings.max_k  # type: ignore[attr-defined]
+
+
+def test_every_error_has_the_documented_shape(client) -> None:
+    r = client.get("/v1/users/u000001/recommendations?k=100000")
+    assert r.status_code == 422 and r.json()["field"] == "k"
+    r = client.get("/v1/videos/nope/similar")
+    assert r.status_code == 404 and set(r.json()) == {"detail", "field"}
+    r = client.post("/v1/videos", json={"video_id": "x", "frames": [[1.0]]})
+    assert r.status_code == 401 and set(r.json()) == {"detail", "field"}
+    r = client.post("/v1/videos", json={"video_id": "x", "frames": [[1.0]]}, headers=AUTH)
+    assert r.status_code == 400 and r.json()["field"] == "frames"
+    r = client.post("/v1/score", json={"user_id": "u", "video_ids": []})
+    assert r.status_code == 422 and r.json()["field"] == "video_ids"

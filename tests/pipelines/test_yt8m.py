@@ -77,9 +77,15 @@ def test_convert_round_trips_and_dequantises(run_cli, tmp_path: Path) -> None:
 def test_converted_data_set_validates_for_videos(run_cli, tmp_path: Path) -> None:
     _fixture(tmp_path / "a.tfrecord", 2)
     run_cli("convert-yt8m", tmp_path / "a.tfrecord", "--out", tmp_path / "ds")
-    code, _, err = run_cli("validate", tmp_path / "ds")
-    # No impressions: the only complaint is the missing file.
-    assert code == 2 and err.strip() == "error: impressions.parquet: missing"
+    code, out, err = run_cli("validate", tmp_path / "ds")
+    assert code == 0 and "valid" in out, err  # a videos-only data set is valid
+    code, _, err = run_cli("validate", tmp_path / "ds", "--purpose", "classification")
+    assert code == 0, err
+    code, _, err = run_cli("validate", tmp_path / "ds", "--purpose", "recommendation")
+    # For recommendation the only complaint is the missing file.
+    assert code == 2 and err.strip() == (
+        "error: impressions.parquet: missing (recommendation needs impressions)"
+    )
 
 
 def test_corrupt_data_is_reported(run_cli, tmp_path: Path) -> None:

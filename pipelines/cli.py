@@ -101,6 +101,26 @@ def synth(
     )
 
 
+@app.command("synth-digits")
+def synth_digits(
+    out: Annotated[Path, typer.Option(help="Directory to write videos.parquet to.")],
+    seed: Seed = 0,
+    videos: Annotated[int, typer.Option(help="Number of videos.")] = 1500,
+    max_frames: Annotated[int, typer.Option(help="At most this many frames per video.")] = 40,
+) -> None:
+    """A classification set of real frames: scikit-learn's 8x8 digit scans, labels = digits shown."""
+    from pipelines.io import write_parquet_atomic
+    from recsys.digits import digits_videos
+
+    try:
+        table = digits_videos(videos, max_frames, seed)
+    except ValueError as exc:
+        _fail(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(table, out / "videos.parquet", row_group_size=512)
+    typer.echo(f"wrote {out}: {table.num_rows} videos of digit scans (D = 64)")
+
+
 @app.command()
 def validate(
     data: Annotated[Path, typer.Argument(help="Data set directory.")],
@@ -516,7 +536,9 @@ def classify(
     out: Annotated[
         Path, typer.Option(help="Run directory for report.json, predictions, weights, curve.")
     ],
-    clusters: Clusters = 64,
+    # 16 on data sets of thousands of videos (DSGMM GAP 0.861 vs 0.821 with 64 on the
+    # default world, equal on a digits world); the paper's 256 is for millions.
+    clusters: Clusters = 16,
     gamma: Gamma = 0.125,
     assignment: Assignment = "decoupled",
     intra_norm: IntraNorm = True,

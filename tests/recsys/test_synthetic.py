@@ -104,3 +104,23 @@ def test_labels_reflect_topics(world) -> None:
 def test_bad_config_is_rejected() -> None:
     with pytest.raises(ValueError, match="num_videos"):
         SynthConfig(num_videos=0)
+
+
+def test_digits_videos_show_their_labels() -> None:
+    from sklearn.datasets import load_digits
+
+    from recsys.digits import digits_videos
+
+    table = digits_videos(num_videos=40, max_frames=6, seed=2)
+    vb = decode_video_batch(table)
+    assert vb.frames.shape[1] == 64 and vb.lengths.min() >= 2 and vb.lengths.max() <= 6
+    data = load_digits()
+    lookup = {
+        tuple((img / 16.0).astype(np.float32)): int(t)
+        for img, t in zip(data.data, data.target, strict=True)
+    }
+    for i, labels in enumerate(table.column("labels").to_pylist()):
+        shown = {lookup[tuple(f)] for f in vb.video(i)}
+        assert shown <= set(labels) and 1 <= len(labels) <= 3
+    with pytest.raises(ValueError):
+        digits_videos(num_videos=0)

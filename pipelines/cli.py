@@ -38,6 +38,13 @@ PoolingName = Annotated[
     str, typer.Option(help="avg, vlad, sgmm, netvlad, dsgmm, netrvlad, netfv or netbow.")
 ]
 Clusters = Annotated[int, typer.Option(help="Number of clusters K.")]
+Baselines = Annotated[
+    bool,
+    typer.Option(
+        help="Also score classical baselines (average of frames, k-means bag of words with "
+        "tf-idf, k-means VLAD; PCA and GLMix chosen on validation) on the same rows."
+    ),
+]
 Gamma = Annotated[float, typer.Option(help="SGMM/DSGMM smoothing gamma (Eq. 12).")]
 Assignment = Annotated[
     str,
@@ -382,13 +389,7 @@ def evaluate(
     baseline: Annotated[
         Path | None, typer.Option(help="report.json of a baseline run (e.g. avg pooling).")
     ] = None,
-    baselines: Annotated[
-        bool,
-        typer.Option(
-            help="Also score classical baselines (average of frames, k-means bag of words "
-            "with tf-idf, k-means VLAD; PCA and GLMix chosen on validation) on the same rows."
-        ),
-    ] = True,
+    baselines: Baselines = True,
 ) -> None:
     """Offline AUC evaluation: max/avg similarity (Eq. 16-17), GLMix with and without video features."""
     from pipelines.evaluate import evaluate_artifact
@@ -458,13 +459,7 @@ def pipeline(
     baseline: Annotated[
         Path | None, typer.Option(help="report.json of a baseline run (e.g. avg pooling).")
     ] = None,
-    baselines: Annotated[
-        bool,
-        typer.Option(
-            help="Also score classical baselines (average of frames, k-means bag of words "
-            "with tf-idf, k-means VLAD; PCA and GLMix chosen on validation) on the same rows."
-        ),
-    ] = True,
+    baselines: Baselines = True,
     seed: Seed = 0,
     device: Device = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT/artifact.")] = False,

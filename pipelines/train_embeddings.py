@@ -322,11 +322,7 @@ def train_embedder(
                 cfg.negatives,
                 cfg.min_keep,
             )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
+            _step(opt, loss, params, cfg.grad_clip)
             total += float(loss.detach()) * len(batch)
             count += len(batch)
         train_loss = _all_reduce_mean(total, count, device)
@@ -377,16 +373,23 @@ def _pretrain(
             if len(batch) < 2:
                 continue
             loss = _self_supervised_step_loss(net, store, batch, cfg, device, frame_rng)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
+            _step(opt, loss, params, cfg.grad_clip)
             total += float(loss.detach()) * len(batch)
             count += len(batch)
         mean = _all_reduce_mean(total, count, device)
         if show:
             tqdm.write(f"pre-training epoch {epoch + 1}: self-supervised loss {mean:.4f}")
+
+
+def _step(
+    opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter], clip: float
+) -> None:
+    """One optimiser step on ``loss``, gradients clipped to norm ``clip`` (0 = no clipping)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
 
 
 def _all_reduce_mean(total: float, count: int, device: torch.device) -> float:

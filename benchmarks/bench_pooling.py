@@ -60,7 +60,9 @@ def main() -> None:
         "--allocator",
         choices=["tuned", "default"],
         default="tuned",
-        help="tuned: configure_cpu_allocator() as the CLI and service do; default: glibc as is",
+        help="tuned: call configure_cpu_allocator() explicitly; default: no call, i.e. what a "
+        "plain `import embeddings` gives (the setting applies on import; run with "
+        "RECSYS_KEEP_MALLOC=1 for glibc as is)",
     )
     args = ap.parse_args()
     if args.allocator == "tuned":

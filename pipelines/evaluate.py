@@ -291,6 +291,11 @@ def evaluate_artifact(
     }
     auc_all, auc_cold, ci_all, ci_cold = {}, {}, {}, {}
     for name, s in scores.items():
+        if progress:
+            print(
+                f"AUC of {name}: DeLong and {bootstrap} user-bootstrap resamples (all, cold start)",
+                flush=True,
+            )
         blk = _auc_block(y, s, users, bootstrap, seed)
         auc_all[name], ci_all[name] = blk["auc"], blk
         blk_c = _auc_block(y[cold], s[cold], users[cold], bootstrap, seed) if cold.any() else None

@@ -512,6 +512,9 @@ def serve(
     limit_concurrency: Annotated[
         int, typer.Option(help="Answer 503 beyond this many concurrent requests.")
     ] = 64,
+    access_log: Annotated[
+        bool, typer.Option(help="Log every request (uvicorn's access log) to stderr.")
+    ] = False,
 ) -> None:
     """Serve the HTTP API (FastAPI + uvicorn); settings from RECSYS_* environment variables (RECSYS_API_KEY, ...)."""
     from serving.cli import serve_artifact
@@ -521,7 +524,15 @@ def serve(
             f"--workers {workers}: one worker per process only (workers would not share "
             "ingested videos and watch events); start more processes behind a load balancer"
         )
-    serve_artifact(artifacts, host, port, workers, limit_concurrency, print_examples=True)
+    serve_artifact(
+        artifacts,
+        host,
+        port,
+        workers,
+        limit_concurrency,
+        print_examples=True,
+        access_log=access_log,
+    )
 
 
 @app.command()

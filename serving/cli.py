@@ -37,6 +37,7 @@ def serve_artifact(
     workers: int = 1,
     limit_concurrency: int | None = 64,
     print_examples: bool = False,
+    access_log: bool = False,
 ) -> None:
     """Run uvicorn on the artifact (checked first, so a bad path fails fast with a clear message)."""
     read_manifest(artifacts, verify=True)
@@ -53,6 +54,6 @@ def serve_artifact(
         port=port,
         workers=workers,
         limit_concurrency=limit_concurrency,
-        log_level="warning",
-        access_log=False,
+        log_level="info" if access_log else "warning",
+        access_log=access_log,
     )

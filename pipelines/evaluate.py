@@ -337,7 +337,6 @@ def evaluate_artifact(
         _add_baselines(
             report,
             d,
-            ids,
             emb,
             start,
             watch_threshold_s,
@@ -372,7 +371,6 @@ def evaluate_artifact(
 def _add_baselines(
     report: dict[str, Any],
     data: Path,
-    ids: list[str],
     emb: np.ndarray,
     start: datetime,
     watch_threshold_s: float,
@@ -400,6 +398,7 @@ def _add_baselines(
         rows, store, emb.shape[1], names, seed=seed, log=print if progress else None
     )
     out: dict[str, Any] = {}
+    base_scores: dict[str, dict[str, np.ndarray]] = {}
     for name, (bscores, info) in ladder.items():
         entry: dict[str, Any] = {
             "auc": {},
@@ -416,10 +415,8 @@ def _add_baselines(
             entry["ci95"]["cold_start"][k] = blk_c
         entry["choice"] = {k: v for k, v in info.items() if k != "pca_validation_log_loss"}
         out[name] = entry
-        out[name]["_scores"] = bscores
-    report["baselines"] = {
-        k: {kk: vv for kk, vv in v.items() if kk != "_scores"} for k, v in out.items()
-    }
+        base_scores[name] = bscores
+    report["baselines"] = out
     comparison: dict[str, Any] = {}
     for score in ("glmix", "max_similarity", "avg_similarity"):
         for subset, sel in (("all", np.ones_like(cold)), ("cold_start", cold)):
@@ -428,10 +425,9 @@ def _add_baselines(
             if not valid or not sel.any():
                 continue
             best = max(valid, key=lambda n: valid[n])
-            ok = sel & ~np.isnan(scores[score]) & ~np.isnan(out[best]["_scores"][score])
-            diff, lo, hi = delong_paired_difference(
-                y[ok], scores[score][ok], out[best]["_scores"][score][ok]
-            )
+            other = base_scores[best][score]
+            ok = sel & ~np.isnan(scores[score]) & ~np.isnan(other)
+            diff, lo, hi = delong_paired_difference(y[ok], scores[score][ok], other[ok])
             verdict = (
                 ("better" if lo > 0 else "worse" if hi < 0 else "no significant difference")
                 if not math.isnan(lo)

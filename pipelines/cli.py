@@ -101,7 +101,7 @@ def synth(
         _fail(str(exc))
     t0 = time.perf_counter()
     world = generate_world(cfg)
-    write_dataset(out, world.videos, world.impressions, world.truth)
+    write_dataset(out, world.videos, world.impressions, world.truth, world.video_truth)
     typer.echo(
         f"wrote {out}: {world.videos.num_rows} videos, {world.impressions.num_rows} impressions "
         f"({time.perf_counter() - t0:.1f} s)"
@@ -420,6 +420,12 @@ def _print_aucs(report: dict, out: Path) -> None:  # type: ignore[type-arg]
         for k, v in b["auc"].items():
             cold = b["auc_cold_start"][k]
             typer.echo(f"  baseline {name:11s} {k:15s} all {v:.4f}   cold start {cold:.4f}")
+    if "ceiling" in report:
+        c = report["ceiling"]
+        typer.echo(
+            f"  ceiling ({c['name']}): glmix all {c['auc']['glmix']:.4f}   "
+            f"cold start {c['auc_cold_start']['glmix']:.4f}"
+        )
     for score, subsets in report.get("vs_best_baseline", {}).items():
         for subset, c in subsets.items():
             lo, hi = c["delong_paired_95"]

@@ -20,6 +20,7 @@ from recsys.dataset import (
     DEFAULT_WATCH_THRESHOLD_S,
     IMPRESSIONS_FILE,
     TRUTH_FILE,
+    VIDEO_TRUTH_FILE,
     VIDEOS_FILE,
     ImpressionsSummary,
     VideoBatch,
@@ -208,6 +209,7 @@ def write_dataset(
     videos: pa.Table,
     impressions: pa.Table,
     truth: pa.Table | None = None,
+    video_truth: pa.Table | None = None,
 ) -> Path:
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
@@ -216,4 +218,6 @@ def write_dataset(
     write_parquet_atomic(impressions, o / IMPRESSIONS_FILE)
     if truth is not None:
         write_parquet_atomic(truth, o / TRUTH_FILE)
+    if video_truth is not None:
+        write_parquet_atomic(video_truth, o / VIDEO_TRUTH_FILE)
     return o

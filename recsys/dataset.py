@@ -21,6 +21,8 @@ from recsys.errors import DatasetError
 VIDEOS_FILE = "videos.parquet"
 IMPRESSIONS_FILE = "impressions.parquet"
 TRUTH_FILE = "truth.parquet"
+#: synthetic worlds only: each video's true features (component mixture, style), a ceiling row
+VIDEO_TRUTH_FILE = "video_truth.parquet"
 
 #: An impression is a valid watch when ``watch_seconds >= DEFAULT_WATCH_THRESHOLD_S``.
 DEFAULT_WATCH_THRESHOLD_S = 10.0

@@ -93,6 +93,9 @@ class SyntheticWorld:
     impressions: pa.Table
     truth: pa.Table
     config: SynthConfig
+    #: per video: the true features the watch probability depends on (component
+    #: mixture and one-hot style): what a perfect content embedding would know
+    video_truth: pa.Table | None = None
 
 
 def _timestamps(seconds_from_start: np.ndarray) -> pa.Array:
@@ -273,7 +276,16 @@ def generate_world(cfg: SynthConfig) -> SyntheticWorld:
             "affinity": pa.array(aff[by_time], pa.float64()),
         }
     )
-    return SyntheticWorld(videos=videos, impressions=impressions, truth=truth, config=cfg)
+    true_features = np.concatenate([comp_w, np.eye(ns)[video_style]], axis=1).astype(np.float32)
+    video_truth = pa.table(
+        {
+            "video_id": pa.array(video_ids, pa.string()),
+            "features": pa.array(list(true_features), pa.list_(pa.float32())),
+        }
+    )
+    return SyntheticWorld(
+        videos=videos, impressions=impressions, truth=truth, config=cfg, video_truth=video_truth
+    )
 
 
 def world_end(cfg: SynthConfig) -> datetime:

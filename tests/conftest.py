@@ -19,7 +19,7 @@ def small_world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = SynthConfig(seed=3, num_videos=200, num_users=60, days=14, feature_dim=8, num_topics=4)
     world = generate_world(cfg)
     out = tmp_path_factory.mktemp("world")
-    write_dataset(out, world.videos, world.impressions, world.truth)
+    write_dataset(out, world.videos, world.impressions, world.truth, world.video_truth)
     return out
 
 

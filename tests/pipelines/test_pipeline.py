@@ -41,6 +41,9 @@ def test_report_has_the_baseline_ladder_and_paired_verdicts(pipeline_out: Path) 
             assert set(b[block]) == {"max_similarity", "avg_similarity", "glmix"}
         assert 0.0 <= b["auc"]["glmix"] <= 1.0
         assert 1 <= b["choice"]["pca_dim"] <= 64  # at most the embedding size
+    ceiling = report["ceiling"]  # the synthetic world ships its true video features
+    assert 0.5 <= ceiling["auc"]["glmix"] <= 1 and "pca_dim" in ceiling["choice"]
+    assert "ceiling" not in report["baselines"]
     for score in ("glmix", "max_similarity", "avg_similarity"):
         c = report["vs_best_baseline"][score]["all"]
         best = c["best_baseline"]

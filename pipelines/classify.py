@@ -34,6 +34,7 @@ from embeddings.gmm import fit_gmm
 from embeddings.pooling import SoftAssignmentPooling
 from embeddings.runtime import resolve_device
 from pipelines.io import dataset_dir, iter_record_batches, open_parquet, write_parquet_atomic
+from recsys.auc import interval_verdict
 from recsys.classification import gap_at_k, gap_from_topk, hit_at_1, mcnemar_test, top_k
 from recsys.dataset import VIDEOS_FILE, decode_video_batch
 from recsys.errors import UserInputError
@@ -400,7 +401,7 @@ def _baseline_ladder(
         "gap_difference": diff,
         "gap_difference_bootstrap_95": [lo, hi],
         "hit_at_1_mcnemar_p": p_value,
-        "verdict": "better" if lo > 0 else "worse" if hi < 0 else "no significant difference",
+        "verdict": interval_verdict(lo, hi),
     }
     return out
 

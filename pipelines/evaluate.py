@@ -30,7 +30,12 @@ from recsys.artifact import (
     read_manifest,
     write_json_bytes,
 )
-from recsys.auc import bootstrap_ci, delong_ci, delong_paired_difference
+from recsys.auc import (
+    bootstrap_ci,
+    delong_ci,
+    delong_paired_difference,
+    interval_verdict,
+)
 from recsys.baselines import BASELINE_NAMES
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S, TRUTH_FILE, VIDEO_TRUTH_FILE
 from recsys.errors import UserInputError
@@ -413,7 +418,12 @@ def _add_baselines(
             )
             entry["auc_cold_start"][k] = blk_c["auc"] if blk_c else math.nan
             entry["ci95"]["cold_start"][k] = blk_c
-        entry["choice"] = {k: v for k, v in info.items() if k != "pca_validation_log_loss"}
+        entry["choice"] = {
+            **info,
+            "pca_validation_log_loss": {
+                str(d): loss for d, loss in info["pca_validation_log_loss"].items()
+            },
+        }
         out[name] = entry
         base_scores[name] = bscores
     report["baselines"] = out
@@ -450,18 +460,13 @@ def _add_baselines(
             other = base_scores[best][score]
             ok = sel & ~np.isnan(scores[score]) & ~np.isnan(other)
             diff, lo, hi = delong_paired_difference(y[ok], scores[score][ok], other[ok])
-            verdict = (
-                ("better" if lo > 0 else "worse" if hi < 0 else "no significant difference")
-                if not math.isnan(lo)
-                else "undetermined (too few rows of a class)"
-            )
             comparison.setdefault(score, {})[subset] = {
                 "best_baseline": best,
                 "learned_auc": report[key][score],
                 "baseline_auc": valid[best],
                 "difference": diff,
                 "delong_paired_95": [lo, hi],
-                "verdict": verdict,
+                "verdict": interval_verdict(lo, hi),
             }
     report["vs_best_baseline"] = comparison
 

@@ -144,8 +144,9 @@ def reduce_on_validation(
     ]
     losses: dict[int, float] = {}
     reduced: dict[int, np.ndarray] = {}
+    full = PCA.fit(raw, max(dims))  # one SVD; each size keeps its leading directions
     for d in dims:
-        reduced[d] = PCA.fit(raw, d).transform(raw)
+        reduced[d] = full.truncated(d).transform(raw)
         losses[d] = validation_log_loss(rows, reduced[d], base)
     best = min(losses, key=lambda k: losses[k])
     return reduced[best], {"pca_dim": best, "pca_validation_log_loss": losses}

@@ -104,3 +104,11 @@ def bootstrap_ci(
         return float("nan"), float("nan")
     lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
+
+
+def interval_verdict(low: float, high: float) -> str:
+    """How a 95% interval of a difference (learned - baseline) reads: better, worse or no
+    significant difference; undetermined when the interval is undefined (NaN)."""
+    if math.isnan(low) or math.isnan(high):
+        return "undetermined (too few rows of a class)"
+    return "better" if low > 0 else "worse" if high < 0 else "no significant difference"

@@ -135,6 +135,10 @@ class PCA:
         _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
         return cls(mean, vt[: max(1, min(dim, vt.shape[0]))])
 
+    def truncated(self, dim: int) -> PCA:
+        """The same fit keeping only the ``dim`` leading directions (no new SVD)."""
+        return PCA(self.mean, self.components[: max(1, min(dim, len(self.components)))])
+
     @property
     def dim(self) -> int:
         return int(self.components.shape[0])

@@ -36,11 +36,18 @@ def test_pipeline_writes_report_and_servable_artifact(pipeline_out: Path) -> Non
 def test_report_has_the_baseline_ladder_and_paired_verdicts(pipeline_out: Path) -> None:
     report = json.loads((pipeline_out / "report.json").read_text())
     assert set(report["baselines"]) == {"avg_frames", "bow_tfidf", "vlad_kmeans"}
+    emb_dim = read_manifest(pipeline_out / "artifact")["config"]["embedder"]["embedding_dim"]
     for b in report["baselines"].values():
         for block in ("auc", "auc_cold_start"):
             assert set(b[block]) == {"max_similarity", "avg_similarity", "glmix"}
         assert 0.0 <= b["auc"]["glmix"] <= 1.0
-        assert 1 <= b["choice"]["pca_dim"] <= 64  # at most the embedding size
+        # The PCA size is the validation-loss argmin among the sizes tried, none above
+        # the embedding's.
+        losses = {int(d): v for d, v in b["choice"]["pca_validation_log_loss"].items()}
+        assert b["choice"]["pca_dim"] == min(losses, key=lambda d: losses[d])
+        assert all(d <= emb_dim for d in losses)
+    # The average frame has D = 8 values on this world: 8 is the only size to try.
+    assert report["baselines"]["avg_frames"]["choice"]["pca_dim"] == 8
     ceiling = report["ceiling"]  # the synthetic world ships its true video features
     assert 0.5 <= ceiling["auc"]["glmix"] <= 1 and "pca_dim" in ceiling["choice"]
     assert "ceiling" not in report["baselines"]

@@ -103,3 +103,13 @@ def test_single_positive_or_negative_gives_nan_bounds_not_certainty() -> None:
     assert math.isfinite(d) and math.isnan(lo) and math.isnan(hi)
     with pytest.raises(ValueError):
         delong_paired_difference(np.array([0, 1]), np.zeros(2), np.zeros(3))
+
+
+def test_interval_verdict() -> None:
+    from recsys.auc import interval_verdict
+
+    assert interval_verdict(0.01, 0.03) == "better"
+    assert interval_verdict(-0.03, -0.001) == "worse"
+    assert interval_verdict(-0.01, 0.02) == "no significant difference"
+    assert interval_verdict(0.0, 0.02) == "no significant difference"  # touching zero
+    assert interval_verdict(float("nan"), float("nan")).startswith("undetermined")

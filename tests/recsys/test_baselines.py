@@ -94,6 +94,9 @@ def test_pca_matches_numpy_eigendecomposition() -> None:
     assert z.shape == (50, 3)
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)
     assert PCA.fit(x, 100).dim == 6  # capped at the rank available
+    np.testing.assert_allclose(
+        np.abs(PCA.fit(x, 6).truncated(3).components @ pca.components.T), np.eye(3), atol=1e-8
+    )
     with pytest.raises(ValueError):
         PCA.fit(x[:1], 2)
 

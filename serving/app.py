@@ -8,8 +8,6 @@ dominated latency in measurements. The response schemas are still documented.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hmac
 import json
@@ -18,6 +16,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 import faiss
@@ -26,11 +25,27 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Reques
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    create_model,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recsys.dataset import dequantize
 from recsys.errors import UserInputError
+from serving.frame_encoding import (
+    VALUE_LIMIT,
+    FrameDecodeError,
+    decode_frames_b64,
+    frames_b64_pattern,
+    max_b64_length,
+)
 from serving.metrics import Metrics
 from serving.settings import Settings
 from serving.state import ConflictError, NotFoundError, ServingState, StateHolder
@@ -39,9 +54,24 @@ from serving.store import DurableStore
 ID = Annotated[str, Field(min_length=1, max_length=256)]
 
 
+#: Request bodies: JSON types exactly as the schema states them (no "1.0" for 1.0, no epoch
+#: number for a date-time), and unknown keys refused rather than silently ignored.
+REQUEST_MODEL = ConfigDict(strict=True, extra="forbid")
+
+
 class ScoreRequest(BaseModel):
+    model_config = REQUEST_MODEL
     user_id: ID
-    video_ids: list[ID] = Field(min_length=1, max_length=1000)  # RECSYS_MAX_CANDIDATES caps lower
+    video_ids: list[ID] = Field(min_length=1)
+
+
+def score_request_type(max_candidates: int) -> type[ScoreRequest]:
+    """``ScoreRequest`` whose schema states the configured candidate limit."""
+    return create_model(  # type: ignore[no-any-return]
+        "ScoreRequest",
+        __base__=ScoreRequest,
+        video_ids=(list[ID], Field(min_length=1, max_length=max_candidates)),
+    )
 
 
 class CandidateScore(BaseModel):
@@ -59,14 +89,80 @@ class ScoreResponse(BaseModel):
     scores: list[CandidateScore]
 
 
-class VideoIngest(BaseModel):
-    """Frames as a JSON matrix, or as base64 of row-major float32/uint8 bytes with ``num_frames``."""
+#: |value| < 2^20 for frame values (JSON or base64): far above any real feature scale
+#: (YouTube-8M's dequantised features lie in [-2, 2]) and far below where the pooling's
+#: squared distances overflow float32.
+FRAME_VALUE_LIMIT = VALUE_LIMIT
 
-    video_id: ID
-    frames: list[list[float]] | None = Field(default=None, max_length=100_000)
-    frames_b64: str | None = None
-    dtype: Literal["float32", "uint8"] = "float32"
-    num_frames: int | None = Field(default=None, ge=1)
+
+def ingest_body_type(dim: int | None, max_frames: int) -> Any:
+    """The request body of ``POST /v1/videos`` for feature dimension ``dim``.
+
+    Three mutually exclusive shapes, each stating its full constraints in the schema (rows
+    of exactly ``dim`` values; canonical base64 of whole finite frames), so that every
+    request that follows the schema is accepted. ``dim=None`` (artifact unreadable at
+    start-up) leaves the row length open; the service then fails to start anyway.
+    """
+    value = Annotated[float, Field(gt=-FRAME_VALUE_LIMIT, lt=FRAME_VALUE_LIMIT)]
+    row = Annotated[list[value], Field(min_length=dim, max_length=dim)]  # type: ignore[valid-type]
+    strict = REQUEST_MODEL
+
+    def b64_field(dtype: str) -> Any:
+        if dim is None:
+            return Field(min_length=1)
+        return Field(
+            min_length=1,
+            max_length=max_b64_length(max_frames, dim, dtype),
+            description=f"canonical base64 of row-major little-endian {dtype} bytes, "
+            f"a whole number of {dim}-value frames"
+            + (", all finite" if dtype == "float32" else ""),
+            json_schema_extra={"pattern": frames_b64_pattern(dim, dtype)},
+        )
+
+    class FramesIngest(BaseModel):
+        """Frames as a JSON matrix: one row of ``feature_dim`` numbers per frame."""
+
+        model_config = strict
+        video_id: ID
+        frames: list[row] = Field(min_length=1, max_length=max_frames)  # type: ignore[valid-type]
+
+    class Float32FramesIngest(BaseModel):
+        """Frames as base64 of float32 bytes (lossless, 3x smaller than JSON)."""
+
+        model_config = strict
+        video_id: ID
+        frames_b64: str = b64_field("float32")
+        dtype: Literal["float32"] = "float32"
+
+    class Uint8FramesIngest(BaseModel):
+        """Frames as base64 of YouTube-8M-quantised uint8 bytes (dequantised on arrival)."""
+
+        model_config = strict
+        video_id: ID
+        frames_b64: str = b64_field("uint8")
+        dtype: Literal["uint8"]
+
+    def shape(body: Any) -> str | None:
+        # Pick the one shape the body means, so errors speak about that shape only.
+        # Tags in parentheses are dropped from error locations (see the 422 handler).
+        if not isinstance(body, dict):
+            return "(json)"
+        if ("frames" in body) == ("frames_b64" in body):
+            return None
+        if "frames" in body:
+            return "(json)"
+        return "(uint8)" if body.get("dtype") == "uint8" else "(float32)"
+
+    return Annotated[
+        Annotated[FramesIngest, Tag("(json)")]
+        | Annotated[Float32FramesIngest, Tag("(float32)")]
+        | Annotated[Uint8FramesIngest, Tag("(uint8)")],
+        Discriminator(
+            shape,
+            custom_error_type="frames_or_frames_b64",
+            custom_error_message="give exactly one of frames or frames_b64",
+        ),
+    ]
 
 
 class IngestResponse(BaseModel):
@@ -75,11 +171,19 @@ class IngestResponse(BaseModel):
     num_frames: int
 
 
+def _rfc3339_string(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("expected an RFC 3339 date-time string")
+    return value
+
+
 class WatchEvent(BaseModel):
+    model_config = REQUEST_MODEL
     user_id: ID
     video_id: ID
     watch_seconds: float = Field(ge=0, allow_inf_nan=False)
-    at: AwareDatetime
+    #: an RFC 3339 string with a time zone (not parsed from numbers: the schema says string)
+    at: Annotated[AwareDatetime, Field(strict=False), BeforeValidator(_rfc3339_string)]
 
 
 class Recommendation(BaseModel):
@@ -248,13 +352,29 @@ def _offline_docs(app: FastAPI) -> None:
         )
 
 
+def _artifact_feature_dim(artifact: FilePath) -> int | None:
+    """The frame dimension the artifact's embedder expects, or None when unreadable."""
+    try:
+        return int(json.loads((artifact / "embedder.json").read_text())["feature_dim"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    # The ingest schema states the frame length; a reload may not change it.
+    schema_dim = _artifact_feature_dim(settings.artifacts)
     metrics = Metrics()
     holder = StateHolder()
 
     def load_state(store: DurableStore) -> ServingState:
-        return ServingState(settings.artifacts, store, settings.watch_threshold_s)
+        state = ServingState(settings.artifacts, store, settings.watch_threshold_s)
+        if schema_dim is not None and state.feature_dim != schema_dim:
+            raise UserInputError(
+                f"{settings.artifacts}: feature_dim changed from {schema_dim} to "
+                f"{state.feature_dim}; restart the service to serve the new artifact"
+            )
+        return state
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -334,12 +454,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for e in exc.errors()[:10]:
-            loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
-            problems.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
-        first = exc.errors()[0].get("loc", ()) if exc.errors() else ()
-        field = ".".join(str(p) for p in first if p not in ("body", "query", "path")) or None
+        def where(loc: Any) -> str:
+            # Drop the request part and union shape tags like "(json)": name the field.
+            parts = [
+                str(p)
+                for p in loc
+                if p not in ("body", "query", "path")
+                and not (isinstance(p, str) and p.startswith("("))
+            ]
+            return ".".join(parts)
+
+        errors = exc.errors()
+        problems = [
+            f"{where(e.get('loc', ())) or 'body'}: {e.get('msg', 'invalid')}" for e in errors[:10]
+        ]
+        field = where(errors[0].get("loc", ())) or None if errors else None
         return _error(422, "; ".join(problems) or "invalid request", field)
 
     @app.exception_handler(StarletteHTTPException)
@@ -378,33 +507,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
-    @app.post(
-        "/v1/score",
-        tags=["scoring"],
-        responses={200: {"model": ScoreResponse}, **_errors(400, 413, 422, 503)},
-    )
     def score(req: ScoreRequest, state: State) -> Response:
         """Max/avg similarity to the user's watch history (Eq. 16-17) and GLMix watch probability (Eq. 18)
         per candidate. Unknown videos are reported per item; unknown users get the fixed effect."""
-        if len(req.video_ids) > settings.max_candidates:
-            raise HTTPException(422, f"at most {settings.max_candidates} candidates per request")
         return _json(state.score(req.user_id, req.video_ids))
 
-    @app.post(
-        "/v1/videos",
-        tags=["ingestion"],
-        status_code=201,
-        responses={
-            201: {"model": IngestResponse},
-            200: {"model": IngestResponse},
-            **_errors(400, 401, 409, 413, 422, 503),
-        },
-        dependencies=[Depends(require_api_key)],
-    )
-    def ingest(req: VideoIngest, state: State) -> Response:
+    # The candidate limit is a setting: the schema states it (no silent cap).
+    score.__annotations__["req"] = score_request_type(settings.max_candidates)
+    app.post(
+        "/v1/score",
+        tags=["scoring"],
+        responses={200: {"model": ScoreResponse}, **_errors(400, 413, 422, 503)},
+    )(score)
+
+    def ingest(req: Any, state: State) -> Response:
         """Embed a new (cold-start) video and make it scoreable at once. Durable before 201;
         re-sending the same frames is a 200, different frames under the same id a 409."""
-        frames = _decode_frames(req, state.feature_dim, settings.max_frames)
+        frames = _decode_frames(req, state.feature_dim)
         with holder.reload_lock:
             current = current_state()
             result = current.ingest(req.video_id, frames)
@@ -415,6 +534,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "num_frames": result.num_frames,
         }
         return _json(body, 201 if result.created else 200)
+
+    # The body type depends on the artifact's feature dimension, known only now.
+    ingest.__annotations__["req"] = ingest_body_type(schema_dim, settings.max_frames)
+    app.post(
+        "/v1/videos",
+        tags=["ingestion"],
+        status_code=201,
+        responses={
+            201: {"model": IngestResponse},
+            200: {"model": IngestResponse},
+            **_errors(400, 401, 409, 413, 422, 503),
+        },
+        dependencies=[Depends(require_api_key)],
+    )(ingest)
 
     @app.post(
         "/v1/events/watch",
@@ -478,46 +611,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _decode_frames(req: VideoIngest, dim: int, max_frames: int) -> np.ndarray:
-    if (req.frames is None) == (req.frames_b64 is None):
-        raise UserInputError("give exactly one of frames or frames_b64")
-    if req.frames is not None:
-        if len(req.frames) == 0:
-            raise UserInputError("frames: a video needs at least one frame")
-        if len(req.frames) > max_frames:
-            raise UserInputError(f"frames: at most {max_frames} frames per video")
-        bad = next((i for i, f in enumerate(req.frames) if len(f) != dim), None)
+def _decode_frames(req: Any, dim: int) -> np.ndarray:
+    """The validated body's frames as a (T, dim) float32 array."""
+    frames = getattr(req, "frames", None)
+    if frames is not None:
+        # Row lengths and value bounds were checked against the schema already, unless the
+        # artifact was unreadable when the app was created; check again, cheaply.
+        bad = next((i for i, f in enumerate(frames) if len(f) != dim), None)
         if bad is not None:
             raise UserInputError(
-                f"frames: frame {bad} has dimension {len(req.frames[bad])}, the model expects {dim}"
+                f"frames: frame {bad} has dimension {len(frames[bad])}, the model expects {dim}"
             )
-        arr = np.asarray(req.frames, dtype=np.float64)
-        if not np.isfinite(arr).all():
-            raise UserInputError("frames: values must be finite (no NaN or inf)")
-        if np.abs(arr).max(initial=0) > 3.0e38:
-            raise UserInputError("frames: values out of float32 range")
-        return arr.astype(np.float32)
-    assert req.frames_b64 is not None
-    if req.num_frames is None:
-        raise UserInputError("frames_b64 needs num_frames")
-    if req.num_frames > max_frames:
-        raise UserInputError(f"num_frames: at most {max_frames} frames per video")
+        return np.asarray(frames, dtype=np.float32)
     try:
-        raw = base64.b64decode(req.frames_b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise UserInputError("frames_b64: not valid base64") from None
-    itemsize = 4 if req.dtype == "float32" else 1
-    expected = req.num_frames * dim * itemsize
-    if len(raw) != expected:
-        raise UserInputError(
-            f"frames_b64: {len(raw)} bytes, expected num_frames x {dim} x {itemsize} = {expected}"
-        )
-    if req.dtype == "uint8":
-        return dequantize(np.frombuffer(raw, np.uint8).reshape(req.num_frames, dim))
-    arr = np.frombuffer(raw, "<f4").reshape(req.num_frames, dim)
-    if not np.isfinite(arr).all():
-        raise UserInputError("frames_b64: values must be finite (no NaN or inf)")
-    return arr.astype(np.float32)
+        arr = decode_frames_b64(req.frames_b64, dim, req.dtype)
+    except FrameDecodeError as exc:
+        raise UserInputError(str(exc)) from None
+    return dequantize(arr) if req.dtype == "uint8" else arr
 
 
 def app_from_env() -> FastAPI:

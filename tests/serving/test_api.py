@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recsys.artifact import load_glmix, read_embeddings
+from recsys.errors import UserInputError
 from serving.app import create_app
 from tests.serving.conftest import AUTH
 
@@ -126,7 +127,6 @@ def test_ingest_is_scoreable_idempotent_and_conflicts(client: TestClient, artifa
     b64 = {
         "video_id": "fresh-2",
         "frames_b64": base64.b64encode(raw.tobytes()).decode(),
-        "num_frames": 4,
     }
     assert client.post("/v1/videos", json=b64, headers=AUTH).status_code == 201
     q = np.full((3, d), 128, np.uint8)
@@ -134,7 +134,6 @@ def test_ingest_is_scoreable_idempotent_and_conflicts(client: TestClient, artifa
         "video_id": "fresh-3",
         "frames_b64": base64.b64encode(q.tobytes()).decode(),
         "dtype": "uint8",
-        "num_frames": 3,
     }
     assert client.post("/v1/videos", json=u8, headers=AUTH).status_code == 201
     metrics = client.get("/metrics").text
@@ -145,12 +144,16 @@ def test_ingest_is_scoreable_idempotent_and_conflicts(client: TestClient, artifa
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [
-        ({"video_id": "x", "frames": []}, 400, "at least one frame"),
-        ({"video_id": "x", "frames": [[1.0, 2.0]]}, 400, "has dimension 2"),
-        ({"video_id": "x"}, 400, "exactly one of"),
-        ({"video_id": "x", "frames_b64": "!!!", "num_frames": 1}, 400, "not valid base64"),
-        ({"video_id": "x", "frames_b64": "AAAA", "num_frames": 1}, 400, "bytes, expected"),
-        ({"video_id": "x", "frames_b64": "AAAA"}, 400, "needs num_frames"),
+        ({"video_id": "x", "frames": []}, 422, "frames: List should have at least 1 item"),
+        ({"video_id": "x", "frames": [[1.0, 2.0]]}, 422, "frames.0: List should have at least"),
+        ({"video_id": "x", "frames": [[1e7] * 8]}, 422, "frames.0.0: Input should be less than"),
+        ({"video_id": "x"}, 422, "exactly one of frames or frames_b64"),
+        ({"video_id": "x", "frames": [[1.0]], "frames_b64": "AAAA"}, 422, "exactly one of"),
+        ({"video_id": "x", "frames_b64": "AAAA", "dtype": "f16"}, 422, "dtype: Input should be"),
+        ({"video_id": "x", "frames_b64": "!!!"}, 400, "not valid base64"),
+        ({"video_id": "x", "frames_b64": "AAAA"}, 400, "not a positive multiple of one frame"),
+        ({"video_id": "x", "frames_b64": "AAB="}, 400, "not canonical"),
+        ({"video_id": "x", "frames_b64": "AAAA", "num_frames": 1}, 422, "Extra inputs"),
         ({"video_id": "", "frames": [[1.0]]}, 422, "video_id"),
         ({"frames": [[1.0]]}, 422, "video_id"),
     ],
@@ -167,7 +170,6 @@ def test_non_finite_frames_rejected(client: TestClient, artifact) -> None:
     b = {
         "video_id": "nanny",
         "frames_b64": base64.b64encode(raw.tobytes()).decode(),
-        "num_frames": 2,
     }
     r = client.post("/v1/videos", json=b, headers=AUTH)
     assert r.status_code == 400 and "finite" in r.json()["detail"]
@@ -320,21 +322,37 @@ def test_fuzzed_get_paths_never_5xx(client: TestClient, user: str, video: str, k
 
 
 def test_frames_at_the_float32_limit_are_refused_and_nothing_is_stored(settings, client) -> None:
-    """Finite frames that overflow inside the model: a 400, no stored row, and the service
-    (and a restart, and a reload) carry on."""
+    """Finite frames that would overflow inside the model: refused by the schema (JSON) or
+    the decoder (base64), and, should any reach the model, refused before the write. No
+    stored row, and the service (and a restart, and a reload) carry on."""
     from serving.store import DurableStore
 
     d = client.get("/readyz").json()
     assert d["status"] == "ready"
-    dim = client.app.state.holder.current.feature_dim  # type: ignore[attr-defined]
-    body = {"video_id": "huge", "frames": [[3.0e38] * dim] * 4}
+    state = client.app.state.holder.current  # type: ignore[attr-defined]
+    dim = state.feature_dim
+    huge = np.full((4, dim), 3.0e38, np.float32)
+    body = {"video_id": "huge", "frames": huge.tolist()}
     r = client.post("/v1/videos", json=body, headers=AUTH)
-    assert r.status_code == 400 and "not finite" in r.json()["detail"]
-    assert client.post("/v1/videos", json=body, headers=AUTH).status_code == 400  # same again
+    assert r.status_code == 422 and "less than 1048576" in r.json()["detail"]
+    b64 = {
+        "video_id": "huge",
+        "frames_b64": base64.b64encode(huge.astype("<f4").tobytes()).decode(),
+    }
+    r = client.post("/v1/videos", json=b64, headers=AUTH)
+    assert r.status_code == 400 and "|x| < 2^20" in r.json()["detail"]
+    # The last line of defence: the embedding is checked before anything is written.
+    with pytest.raises(UserInputError, match="not finite"):
+        state.ingest("huge", huge)
     assert client.post("/v1/admin/reload", headers=AUTH).status_code == 200
     store = DurableStore(settings.state_db)
     assert store.counts()[0] == 0
     store.close()
+    # Just inside the bound is fine.
+    edge = np.full((2, dim), np.nextafter(np.float32(2.0**20), np.float32(0)), np.float32)
+    edge[1] *= -1
+    ok = {"video_id": "edge", "frames_b64": base64.b64encode(edge.astype("<f4").tobytes()).decode()}
+    assert client.post("/v1/videos", json=ok, headers=AUTH).status_code == 201
 
 
 def test_a_bad_stored_row_is_skipped_at_start_up_not_fatal(settings) -> None:
@@ -397,6 +415,8 @@ def test_every_error_has_the_documented_shape(client) -> None:
     r = client.post("/v1/videos", json={"video_id": "x", "frames": [[1.0]]})
     assert r.status_code == 401 and set(r.json()) == {"detail", "field"}
     r = client.post("/v1/videos", json={"video_id": "x", "frames": [[1.0]]}, headers=AUTH)
-    assert r.status_code == 400 and r.json()["field"] == "frames"
+    assert r.status_code == 422 and r.json()["field"] == "frames.0"
+    r = client.post("/v1/videos", json={"video_id": "x", "frames_b64": "AAAA"}, headers=AUTH)
+    assert r.status_code == 400 and r.json()["field"] == "frames_b64"
     r = client.post("/v1/score", json={"user_id": "u", "video_ids": []})
     assert r.status_code == 422 and r.json()["field"] == "video_ids"

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,49 +11,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(artifact: Path, db: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "RECSYS_STATE_DB": str(db), "RECSYS_API_KEY": "k", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.cli",
-            "serve",
-            "--artifacts",
-            str(artifact),
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise AssertionError(proc.stderr.read().decode() if proc.stderr else "server died")
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("server did not become ready")
+from tests.serving.live import free_port, start_server
 
 
 def test_acknowledged_ingestions_survive_sigkill(artifact: Path, tmp_path: Path) -> None:
     d = json.loads((artifact / "embedder.json").read_text())["feature_dim"]
     db = tmp_path / "state.sqlite3"
-    port = _free_port()
-    proc = _start(artifact, db, port)
+    port = free_port()
+    proc = start_server(artifact, db, port)
     acked: list[str] = []
     stop = threading.Event()
     rng = np.random.default_rng(0)
@@ -89,7 +50,7 @@ def test_acknowledged_ingestions_survive_sigkill(artifact: Path, tmp_path: Path)
         t.join()
     assert len(acked) >= 30
 
-    proc = _start(artifact, db, port)
+    proc = start_server(artifact, db, port)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
             for start in range(0, len(acked), 200):

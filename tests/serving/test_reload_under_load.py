@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 
-from tests.serving.test_durability import _free_port, _start
+from tests.serving.live import free_port, start_server
 
 
 def test_reload_during_traffic_fails_no_request(artifact: Path, tmp_path: Path) -> None:
@@ -21,8 +21,8 @@ def test_reload_during_traffic_fails_no_request(artifact: Path, tmp_path: Path) 
         .column("video_id")
         .to_pylist()
     )
-    port = _free_port()
-    proc = _start(artifact, tmp_path / "state.sqlite3", port)
+    port = free_port()
+    proc = start_server(artifact, tmp_path / "state.sqlite3", port)
     base = f"http://127.0.0.1:{port}"
     failures: list[str] = []
     counts = {"score": 0, "ingest": 0}

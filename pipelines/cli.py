@@ -57,6 +57,31 @@ IntraNorm = Annotated[bool, typer.Option(help="L2-normalise each cluster's vecto
 FinalNorm = Annotated[bool, typer.Option(help="L2-normalise the whole pooled vector.")]
 
 
+EngineName = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="Where the heavy steps run: local (DuckDB and in-process) or spark "
+        "(the same results on a Spark cluster; see docs/scale.md).",
+    ),
+]
+SparkMaster = Annotated[
+    str,
+    typer.Option(
+        help="Spark master for --engine spark, e.g. local[4] or spark://host:7077 "
+        "(SPARK_REMOTE, a Spark Connect URL, wins when set)."
+    ),
+]
+
+
+def _engine(name: str, master: str):  # type: ignore[no-untyped-def]
+    from pipelines.engine import Engine
+
+    if name not in ("local", "spark"):
+        _fail(f"--engine must be local or spark, not {name!r}")
+    return Engine(name, master)  # type: ignore[arg-type]
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -200,12 +225,15 @@ def mine_triplets_cmd(
     ] = 20,
     max_per_user: Annotated[int, typer.Option(help="Cap of triplets per user.")] = 500,
     seed: Annotated[int, typer.Option(help="Seed of the capped sample.")] = 0,
+    engine: EngineName = "local",
+    spark_master: SparkMaster = "local[*]",
 ) -> None:
-    """Mine co-watch triplets from the training period with DuckDB (see docs/triplets.md)."""
+    """Mine co-watch triplets from the training period (DuckDB, or Spark SQL with --engine spark:
+    the same triplets; see docs/triplets.md)."""
     from pipelines.io import dataset_dir, write_parquet_atomic
     from pipelines.train_embeddings import impressions_connection, log_span
     from recsys.splits import default_test_start
-    from recsys.triplets import TripletConfig, mine_triplets
+    from recsys.triplets import TripletConfig
 
     try:
         cfg = TripletConfig(
@@ -213,9 +241,11 @@ def mine_triplets_cmd(
         )
     except ValueError as exc:
         _fail(str(exc))
-    con = impressions_connection(dataset_dir(data))
+    eng = _engine(engine, spark_master)
+    d = dataset_dir(data)
+    con = impressions_connection(d)  # validates the file on either engine
     start = _test_start(test_start) or default_test_start(*log_span(con))
-    table = mine_triplets(con, cfg, train_end=start)
+    table = eng.mine_triplets(d, cfg, start)
     write_parquet_atomic(table, out)
     typer.echo(
         f"wrote {out}: {table.num_rows} triplets from impressions before {start.isoformat()}"
@@ -326,11 +356,18 @@ def embed(
     out: Annotated[Path, typer.Option(help="Parquet file to write (video_id, embedding).")],
     batch_size: Annotated[int, typer.Option(help="Videos per batch.")] = 256,
     device: Device = "auto",
+    engine: EngineName = "local",
+    spark_master: SparkMaster = "local[*]",
 ) -> None:
-    """Embed every video of a data set with a trained model (streaming, batched)."""
-    from pipelines.embed import embed_dataset
+    """Embed every video of a data set with a trained model (streaming, batched; on Spark
+    executors with --engine spark)."""
+    from pipelines.embed import embed_dataset, embed_dataset_spark
 
-    n = embed_dataset(artifacts, data, out, batch_size=batch_size, device=device)
+    eng = _engine(engine, spark_master)
+    if eng.is_spark:
+        n = embed_dataset_spark(eng, artifacts, data, out, batch_size=batch_size)
+    else:
+        n = embed_dataset(artifacts, data, out, batch_size=batch_size, device=device)
     typer.echo(f"wrote {out}: {n} embeddings")
 
 
@@ -355,6 +392,8 @@ def fit_glmix_cmd(
     tune: Annotated[
         bool, typer.Option(help="Choose --random-l2 on the last 10% of the training period.")
     ] = False,
+    engine: EngineName = "local",
+    spark_master: SparkMaster = "local[*]",
 ) -> None:
     """Fit GLMix (Eq. 18) with and without video features and add it and the watch histories to the artifact."""
     from pipelines.evaluate import GLMixJobConfig, fit_glmix_into_artifact
@@ -370,7 +409,10 @@ def fit_glmix_cmd(
         )
     except ValueError as exc:
         _fail(str(exc))
-    info = fit_glmix_into_artifact(data, artifacts, GLMixJobConfig(watch_threshold, glm, tune))
+    eng = _engine(engine, spark_master)
+    info = fit_glmix_into_artifact(
+        data, artifacts, GLMixJobConfig(watch_threshold, glm, tune, progress=True), eng
+    )
     typer.echo(
         f"GLMix: {info['users']} users, {info['training_rows']} rows, {info['fit_seconds']:.1f} s"
     )
@@ -390,6 +432,8 @@ def evaluate(
         Path | None, typer.Option(help="report.json of a baseline run (e.g. avg pooling).")
     ] = None,
     baselines: Baselines = True,
+    engine: EngineName = "local",
+    spark_master: SparkMaster = "local[*]",
 ) -> None:
     """Offline AUC evaluation: max/avg similarity (Eq. 16-17), GLMix with and without video features."""
     from pipelines.evaluate import evaluate_artifact
@@ -405,6 +449,7 @@ def evaluate(
         baseline,
         baselines=BASELINE_NAMES if baselines else (),
         progress=True,
+        engine=_engine(engine, spark_master),
     )
     _print_aucs(report, out)
 
@@ -470,8 +515,11 @@ def pipeline(
     device: Device = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT/artifact.")] = False,
     quiet: Quiet = False,
+    engine: EngineName = "local",
+    spark_master: SparkMaster = "local[*]",
 ) -> None:
-    """Mine triplets, train embeddings, index, fit GLMix and evaluate; OUT/artifact is servable."""
+    """Mine triplets, train embeddings, index, fit GLMix and evaluate; OUT/artifact is servable.
+    With --engine spark, mining, GLMix and the AUCs run on Spark (training stays on torch)."""
     from pipelines.pipeline import PipelineConfig, run_pipeline
     from pipelines.train_embeddings import TrainConfig
     from recsys.index import IndexConfig
@@ -493,8 +541,9 @@ def pipeline(
         EmbedderConfig(feature_dim=1, pooling=pooling)
     except ValueError as exc:
         _fail(str(exc))
+    eng = _engine(engine, spark_master)
     report = run_pipeline(
-        data, out, cfg, _test_start(test_start), baseline, overwrite, progress=not quiet
+        data, out, cfg, _test_start(test_start), baseline, overwrite, not quiet, eng
     )
     if report:
         _print_aucs(report, out)
@@ -760,6 +809,14 @@ def main() -> None:
         sys.exit(2)
     except UserInputError as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:
+        # Spark's errors (analysis errors, JVM exceptions) as one line, not a JVM trace.
+        if not type(exc).__module__.startswith(("pyspark", "py4j")):
+            raise
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        typer.echo(f"error: spark: {first}", err=True)
         sys.exit(2)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.engine import LOCAL, Engine
 from pipelines.io import dataset_dir, write_parquet_atomic
 from pipelines.train_embeddings import impressions_connection
 from recsys.artifact import (
@@ -32,14 +33,13 @@ from recsys.artifact import (
 )
 from recsys.auc import (
     bootstrap_ci,
-    delong_ci,
     delong_paired_difference,
     interval_verdict,
 )
 from recsys.baselines import BASELINE_NAMES
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S, TRUTH_FILE, VIDEO_TRUTH_FILE
 from recsys.errors import UserInputError
-from recsys.glmix import GLMix, GLMixConfig, fit_glmix, select_random_l2
+from recsys.glmix import GLMix, GLMixConfig
 from recsys.scoring import similarity_by_user
 from recsys.splits import parse_time
 
@@ -102,10 +102,12 @@ def fit_glmix_into_artifact(
     data: str | os.PathLike[str],
     artifact: str | os.PathLike[str],
     cfg: GLMixJobConfig | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Fit GLMix (with and without video features) on training-period impressions and add
     them, with the users' training-period watch histories, to the artifact."""
     cfg = cfg or GLMixJobConfig()
+    engine = engine or LOCAL
     d, a = dataset_dir(data), Path(artifact)
     manifest = read_manifest(a)
     test_start = artifact_test_start(manifest)
@@ -127,7 +129,7 @@ def fit_glmix_into_artifact(
             print(
                 "GLMix: choosing random_l2 on the last 10% of the training period ...", flush=True
             )
-        best, losses = select_random_l2(users, x, y, times >= cut, base=glm_cfg)
+        best, losses = engine.select_random_l2(users, x, y, times >= cut, glm_cfg)
         if cfg.progress:
             print(f"GLMix: random_l2 = {best}", flush=True)
         glm_cfg = GLMixConfig(**{**asdict(glm_cfg), "random_l2": best})
@@ -138,11 +140,13 @@ def fit_glmix_into_artifact(
         if cfg.progress:
             print(f"GLMix pass {p}: log-likelihood per row {ll:.5f}", flush=True)
 
-    with_video = fit_glmix(users, x, y, glm_cfg, on_pass=on_pass)
+    if cfg.progress:
+        print(f"GLMix: fitting on {engine.describe()} ...", flush=True)
+    with_video = engine.fit_glmix(users, x, y, glm_cfg, on_pass=on_pass)
     if cfg.progress:
         print("GLMix without video features ...", flush=True)
     fit_s = time.perf_counter() - t0
-    no_video = fit_glmix(
+    no_video = engine.fit_glmix(
         users, x, y, GLMixConfig(**{**asdict(glm_cfg), "use_video_features": False})
     )
     watched = y > 0
@@ -162,6 +166,7 @@ def fit_glmix_into_artifact(
         "config": asdict(glm_cfg),
         "tuning": tuning,
         "watch_threshold_s": cfg.watch_threshold_s,
+        "engine": engine.describe(),
     }
     files = {
         **_glmix_files(with_video, "glmix"),
@@ -186,10 +191,15 @@ class EvalInputs:
 
 
 def _auc_block(
-    y: np.ndarray, s: np.ndarray, users: np.ndarray, boot: int, seed: int
+    y: np.ndarray,
+    s: np.ndarray,
+    users: np.ndarray,
+    boot: int,
+    seed: int,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     ok = ~np.isnan(s)
-    a, lo, hi = delong_ci(y[ok], s[ok])
+    a, lo, hi = (engine or LOCAL).delong(y[ok], s[ok])
     blo, bhi = (
         bootstrap_ci(y[ok], s[ok], users[ok], num_resamples=boot, seed=seed)
         if boot
@@ -209,6 +219,7 @@ def evaluate_artifact(
     seed: int = 0,
     baselines: tuple[str, ...] = BASELINE_NAMES,
     progress: bool = False,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Offline AUCs of the artifact's scores on the test period, beside the classical
     ``baselines`` (see pipelines.ladder) scored on the same rows; writes report.json/.md."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from embeddings.cowatch import EmbedderConfig
+from pipelines.engine import LOCAL, Engine
 from pipelines.evaluate import GLMixJobConfig, evaluate_artifact, fit_glmix_into_artifact
 from pipelines.io import video_feature_dim
 from pipelines.train_embeddings import TrainConfig, run_train_embeddings
@@ -48,8 +49,10 @@ def run_pipeline(
     baseline: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     cfg = cfg or PipelineConfig()
+    engine = engine or LOCAL
     o = Path(out)
     artifact = o / "artifact"
     timings: dict[str, float] = {}
@@ -72,6 +75,7 @@ def run_pipeline(
         test_start,
         overwrite=overwrite,
         progress=progress,
+        engine=engine,
     )
     timings["embeddings_s"] = time.perf_counter() - t0
     if emb.artifact is None:  # a non-zero rank under torchrun
@@ -88,6 +92,7 @@ def run_pipeline(
             tune=cfg.tune_glmix,
             progress=progress,
         ),
+        engine,
     )
     timings["glmix_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
@@ -103,9 +108,11 @@ def run_pipeline(
         seed=cfg.train.seed,
         baselines=BASELINE_NAMES if cfg.baselines else (),
         progress=progress,
+        engine=engine,
     )
     timings["evaluation_s"] = time.perf_counter() - t2
     report["timings"] = timings
+    report["engine"] = engine.describe()
     report["embedding_metrics"] = emb.metrics
     report["glmix"] = glm
     import json

@@ -37,6 +37,7 @@ from embeddings.cowatch import (
 from embeddings.gmm import fit_gmm
 from embeddings.pooling import SoftAssignmentPooling
 from embeddings.runtime import resolve_device
+from pipelines.engine import LOCAL, Engine
 from pipelines.io import dataset_dir, iter_video_batches, open_parquet
 from recsys.artifact import embeddings_table, state_dict_bytes, write_artifact
 from recsys.dataset import IMPRESSIONS_FILE
@@ -45,7 +46,7 @@ from recsys.frames import FrameStore
 from recsys.index import IndexConfig, VideoIndex
 from recsys.metrics import pair_auc
 from recsys.splits import default_test_start
-from recsys.triplets import TripletConfig, mine_cowatch_pairs, mine_triplets
+from recsys.triplets import TripletConfig, mine_cowatch_pairs
 
 
 @dataclass(frozen=True)
@@ -483,6 +484,7 @@ def run_train_embeddings(
     overwrite: bool = False,
     progress: bool = True,
     extra_files: dict[str, Any] | None = None,
+    engine: Engine | None = None,
 ) -> EmbeddingJobResult:
     data_dir = dataset_dir(data)
     train_cfg = train_cfg or TrainConfig()
@@ -495,7 +497,10 @@ def run_train_embeddings(
     first, last = log_span(con)
     test_start = test_start or default_test_start(first, last)
     t0 = time.perf_counter()
-    triplets = mine_triplets(con, triplet_cfg, train_end=test_start)
+    engine = engine or LOCAL
+    if progress:
+        print(f"mining co-watch triplets ({engine.describe()}) ...", flush=True)
+    triplets = engine.mine_triplets(data_dir, triplet_cfg, test_start)
     mining_s = time.perf_counter() - t0
     store = load_frame_store(data_dir)
     model_cfg = model_cfg or EmbedderConfig(feature_dim=store.feature_dim)

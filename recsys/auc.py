@@ -32,6 +32,22 @@ def delong_ci(
     return a, max(0.0, a - half), min(1.0, a + half)
 
 
+def delong_from_moments(
+    m: int, n: int, s10: float, s10sq: float, s01: float, s01sq: float, level: float = 0.95
+) -> tuple[float, float, float]:
+    """``delong_ci`` from sums of the placement values and their squares over the m
+    positives (V10) and n negatives (V01): what a distributed pass can add up."""
+    if m == 0 or n == 0:
+        return float("nan"), float("nan"), float("nan")
+    a = s10 / m
+    if m < 2 or n < 2:
+        return a, float("nan"), float("nan")
+    var10 = max(s10sq - m * (s10 / m) ** 2, 0.0) / (m - 1)
+    var01 = max(s01sq - n * (s01 / n) ** 2, 0.0) / (n - 1)
+    half = norm.ppf(0.5 + level / 2) * math.sqrt(var10 / m + var01 / n)
+    return a, max(0.0, a - half), min(1.0, a + half)
+
+
 def _placements(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """DeLong placement values by midranks: V10_i = share of negatives below positive i,
     V01_j = share of positives above negative j (ties count half)."""

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
+from scipy.special import expit
 
 from recsys.errors import UserInputError
 
@@ -194,6 +195,79 @@ def _design_dot(x: np.ndarray, beta: np.ndarray, chunk_rows: int = 1 << 18) -> n
     return out
 
 
+def logistic_sums(
+    x: np.ndarray,
+    y: np.ndarray,
+    offset: np.ndarray,
+    weights: np.ndarray,
+    beta: np.ndarray,
+    derivatives: bool = True,
+    chunk_rows: int = 1 << 18,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Log-likelihood sum_i w_i log p(y_i | x_i^T beta + offset_i) of some rows, with its
+    gradient X^T w (y - mu) and curvature X^T diag(w mu (1 - mu)) X (zeros when not asked).
+
+    Additive over rows: a distributed fit sums these over partitions (``newton_logistic``
+    needs nothing else). Sums run in float64 over row chunks (x may be float32).
+    """
+    p = x.shape[1]
+    ll = 0.0
+    grad = np.zeros(p)
+    curv = np.zeros((p, p))
+    for i in range(0, len(x), chunk_rows):
+        c = slice(i, i + chunk_rows)
+        xc = x[c].astype(np.float64)
+        eta = offset[c] + xc @ beta
+        ll += float((weights[c] * (y[c] * eta - np.logaddexp(0.0, eta))).sum())
+        if derivatives:
+            mu = expit(eta)
+            grad += xc.T @ (weights[c] * (y[c] - mu))
+            curv += (xc * (weights[c] * mu * (1 - mu))[:, None]).T @ xc
+    return ll, grad, curv
+
+
+#: (beta, derivatives) -> (log-likelihood, gradient, curvature) summed over all rows
+LogisticSums = Callable[[np.ndarray, bool], tuple[float, np.ndarray, np.ndarray]]
+
+
+def newton_logistic(
+    sums: LogisticSums,
+    p: int,
+    l2: float | np.ndarray = 0.0,
+    max_steps: int = 25,
+    tol: float = 1e-10,
+    init: np.ndarray | None = None,
+) -> np.ndarray:
+    """Penalised logistic regression by Newton's method with step halving, driven by
+    row sums only: ``sums`` may loop over local chunks or over a cluster's partitions.
+
+    Maximises loglik(b) - 1/2 sum_j l2_j b_j^2. Every trial point costs one ``sums`` call
+    with derivatives, so an accepted step needs no second pass over the data.
+    """
+    lam = np.broadcast_to(np.asarray(l2, np.float64), (p,)).copy()
+    b = np.zeros(p) if init is None else np.asarray(init, np.float64).copy()
+    ll, g, h = sums(b, True)
+    obj = ll - 0.5 * float((lam * b * b).sum())
+    for _ in range(max_steps):
+        grad = g - lam * b
+        hess = h + np.diag(lam) + 1e-9 * np.eye(p)  # separable data: keep it invertible
+        step = np.linalg.solve(hess, grad)
+        t = 1.0
+        for _ in range(30):
+            trial = b + t * step
+            ll_t, g_t, h_t = sums(trial, True)
+            new = ll_t - 0.5 * float((lam * trial * trial).sum())
+            if new >= obj - 1e-12:
+                break
+            t *= 0.5
+        b, g, h = trial, g_t, h_t
+        improved = new - obj
+        obj = new
+        if abs(improved) <= tol * max(1.0, abs(obj)):
+            break
+    return b
+
+
 def fit_logistic(
     x: np.ndarray,
     y: np.ndarray,
@@ -205,54 +279,17 @@ def fit_logistic(
     init: np.ndarray | None = None,
     chunk_rows: int = 1 << 18,
 ) -> np.ndarray:
-    """Penalised logistic regression by Newton's method with step halving.
-
-    Maximises sum_i w_i log p(y_i | x_i^T b + offset_i) - 1/2 sum_j l2_j b_j^2.
-    ``l2`` may be a vector (e.g. 0 for an unpenalised intercept). ``x`` may be float32;
-    every sum is taken in float64 over row chunks, so no (N, p) float64 copy is made.
-    """
+    """Penalised logistic regression on in-memory rows (``newton_logistic`` over
+    ``logistic_sums``). ``l2`` may be a vector (e.g. 0 for an unpenalised intercept)."""
     n, p = x.shape
     yv = np.asarray(y, dtype=np.float64)
     off = np.zeros(n) if offset is None else np.asarray(offset, dtype=np.float64)
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-    lam = np.broadcast_to(np.asarray(l2, np.float64), (p,)).copy()
-    b = np.zeros(p) if init is None else np.asarray(init, np.float64).copy()
-    chunks = [slice(i, min(i + chunk_rows, n)) for i in range(0, n, chunk_rows)]
 
-    def eta_of(beta: np.ndarray) -> np.ndarray:
-        return off + _design_dot(x, beta, chunk_rows)
+    def sums(beta: np.ndarray, derivatives: bool) -> tuple[float, np.ndarray, np.ndarray]:
+        return logistic_sums(x, yv, off, w, beta, derivatives, chunk_rows)
 
-    def objective(eta: np.ndarray, beta: np.ndarray) -> float:
-        ll = w * (yv * eta - np.logaddexp(0.0, eta))
-        return float(ll.sum() - 0.5 * (lam * beta * beta).sum())
-
-    eta = eta_of(b)
-    obj = objective(eta, b)
-    for _ in range(max_steps):
-        mu = 1.0 / (1.0 + np.exp(-eta))
-        r = w * (yv - mu)
-        s = w * mu * (1 - mu)
-        grad = -lam * b
-        hess = np.diag(lam) + 1e-9 * np.eye(p)  # separable data: keep it invertible
-        for c in chunks:
-            xc = x[c].astype(np.float64)
-            grad += xc.T @ r[c]
-            hess += (xc * s[c, None]).T @ xc
-        step = np.linalg.solve(hess, grad)
-        d_eta = eta_of(step) - off
-        t = 1.0
-        for _ in range(30):
-            new = objective(eta + t * d_eta, b + t * step)
-            if new >= obj - 1e-12:
-                break
-            t *= 0.5
-        b = b + t * step
-        eta = eta + t * d_eta
-        improved = new - obj
-        obj = new
-        if abs(improved) <= tol * max(1.0, abs(obj)):
-            break
-    return b
+    return newton_logistic(sums, p, l2, max_steps, tol, init)
 
 
 @dataclass
@@ -380,16 +417,14 @@ def _solve_random_effects(
         rand_score[rows[valid]] = (eta - off)[valid]
 
 
-def fit_glmix(
+def validate_glmix_inputs(
     user_ids: list[str] | np.ndarray,
     video: np.ndarray,
     labels: np.ndarray,
-    cfg: GLMixConfig | None = None,
-    global_feats: np.ndarray | None = None,
-    on_pass: Callable[[int, float], None] | None = None,
-) -> GLMix:
-    """Fit GLMix on rows (user, video features (N, E), label in {0, 1})."""
-    cfg = cfg or GLMixConfig()
+    global_feats: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+    """(labels as float64, video features, user code per row, unique users in order of
+    first appearance), or a UserInputError naming what is wrong."""
     y_np = np.asarray(labels, dtype=np.float64)
     video = np.asarray(video)
     if video.dtype not in (np.float32, np.float64):
@@ -407,7 +442,59 @@ def fit_glmix(
         raise UserInputError("GLMix: global features must be (N, G)")
     # pandas' hash-based factorize: ~5x faster than sorting 5M id strings with np.unique.
     codes, uniq = pd.factorize(np.asarray(user_ids, dtype=object))
-    user_of_row = codes.astype(np.int64)
+    return y_np, video, codes.astype(np.int64), uniq
+
+
+def _random_l2(cfg: GLMixConfig, q: int) -> torch.Tensor:
+    lam = torch.full((q,), cfg.random_l2, dtype=torch.float64)
+    lam[0] = cfg.random_intercept_l2
+    return lam
+
+
+def _log_sigmoid_loss_np(eta: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return y * eta - np.logaddexp(0.0, eta)
+
+
+def fit_user_effects(
+    user_of_row: np.ndarray,
+    x_fixed: np.ndarray,
+    y: np.ndarray,
+    fixed_coef: np.ndarray,
+    coef: np.ndarray,
+    cfg: GLMixConfig,
+    steps: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One random-effect pass over some users, given all of their rows.
+
+    user_of_row: (N,) user code 0..U-1; x_fixed: (N, p) fixed design [1, video]; y: (N,);
+    fixed_coef: (p,); coef: (U, q) warm start. Returns the new (U, q) coefficients and
+    each row's full logit (fixed + random). The same solver ``fit_glmix`` uses, so a
+    distributed fit that gives each worker whole users gets the same coefficients.
+    """
+    q = coef.shape[1]
+    buckets, _ = _buckets(user_of_row, len(coef), cfg, np.random.default_rng(cfg.seed))
+    z_all = torch.from_numpy(np.ascontiguousarray(x_fixed[:, :q], dtype=np.float32))
+    fixed_score = torch.from_numpy(_design_dot(x_fixed, fixed_coef))
+    rand = torch.zeros(len(y), dtype=torch.float64)
+    c = torch.from_numpy(np.array(coef, dtype=np.float64))
+    yt = torch.from_numpy(np.array(y, dtype=np.float64))
+    _solve_random_effects(buckets, z_all, yt, fixed_score, c, _random_l2(cfg, q), steps, rand)
+    return c.numpy(), (fixed_score + rand).numpy()
+
+
+def fit_glmix(
+    user_ids: list[str] | np.ndarray,
+    video: np.ndarray,
+    labels: np.ndarray,
+    cfg: GLMixConfig | None = None,
+    global_feats: np.ndarray | None = None,
+    on_pass: Callable[[int, float], None] | None = None,
+) -> GLMix:
+    """Fit GLMix on rows (user, video features (N, E), label in {0, 1})."""
+    cfg = cfg or GLMixConfig()
+    y_np, video, codes, uniq = validate_glmix_inputs(user_ids, video, labels, global_feats)
+    n = len(y_np)
+    user_of_row = codes
     n_users = len(uniq)
     e = video.shape[1]
     g = 0 if global_feats is None else global_feats.shape[1]
@@ -418,8 +505,7 @@ def fit_glmix(
     q = 1 + (e if use_video else 0)
     # [1, video] is the first q columns of the fixed design; one float32 copy serves both.
     z_all = torch.from_numpy(np.ascontiguousarray(x_fixed[:, :q]))
-    lam = torch.full((q,), cfg.random_l2, dtype=torch.float64)
-    lam[0] = cfg.random_intercept_l2
+    lam = _random_l2(cfg, q)
     y = torch.from_numpy(y_np)
     rng = np.random.default_rng(cfg.seed)
     buckets, _ = _buckets(user_of_row, n_users, cfg, rng)

@@ -2,8 +2,9 @@
 
 The query runs in DuckDB over a relation named ``impressions`` that the caller
 provides (a view over ``impressions.parquet``, or a registered Arrow table), so
-it is embedded and out-of-core here and the same statement can run on Spark SQL
-when the log outgrows one machine (see docs/triplets.md).
+it is embedded and out-of-core here. The same query, rendered for Spark SQL, runs on a
+cluster when the log outgrows one machine (``pipelines/spark.py``, docs/scale.md) and
+keeps the same triplets.
 
 Definitions (times in microseconds since the epoch, windows inclusive):
 
@@ -20,8 +21,10 @@ Definitions (times in microseconds since the epoch, windows inclusive):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -29,13 +32,22 @@ import pyarrow as pa
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S
 
 NO_END_US = 2**62  # "no training cut-off"
+#: joins the ids hashed for the capped sample: the ASCII unit separator, which ids do not
+#: contain, so ("a|b", "c") and ("a", "b|c") never hash alike
+HASH_SEPARATOR = "\x1f"
 
-TRIPLETS_SQL = """
+#: The mining query, written once for DuckDB and Spark SQL. ``{p:name}`` is a bound
+#: parameter ($name in DuckDB, :name in Spark) and ``{epoch_us}`` the dialect's
+#: timestamp-to-microseconds function. Only constructs both engines share: no correlated
+#: subquery (the "not validly watched" test is an anti-join written as LEFT JOIN ... IS
+#: NULL), and the capped sample is ordered by md5 of the ids and the seed, which both
+#: engines compute identically, so they keep the same triplets.
+TRIPLETS_SQL_TEMPLATE = """
 WITH imp AS (
-    SELECT user_id, video_id, epoch_us(shown_at) AS t_us,
-           watch_seconds >= $threshold AS valid
+    SELECT user_id, video_id, {epoch_us}(shown_at) AS t_us,
+           watch_seconds >= {p:threshold} AS valid
     FROM impressions
-    WHERE epoch_us(shown_at) < $train_end_us
+    WHERE {epoch_us}(shown_at) < {p:train_end_us}
 ),
 watch AS (
     SELECT user_id, video_id, t_us FROM imp WHERE valid
@@ -46,7 +58,7 @@ pos AS (
     JOIN watch p
       ON p.user_id = a.user_id
      AND p.video_id <> a.video_id
-     AND p.t_us BETWEEN a.t_us - $window_us AND a.t_us + $window_us
+     AND p.t_us BETWEEN a.t_us - {p:window_us} AND a.t_us + {p:window_us}
 ),
 neg AS (
     SELECT a.user_id, a.video_id AS anchor, a.t_us AS anchor_us, n.video_id AS negative
@@ -55,13 +67,12 @@ neg AS (
       ON n.user_id = a.user_id
      AND NOT n.valid
      AND n.video_id <> a.video_id
-     AND n.t_us BETWEEN a.t_us - $window_us AND a.t_us + $window_us
-    WHERE NOT EXISTS (
-        SELECT 1 FROM watch w
-        WHERE w.user_id = a.user_id
-          AND w.video_id = n.video_id
-          AND w.t_us BETWEEN a.t_us - $window_us AND a.t_us + $window_us
-    )
+     AND n.t_us BETWEEN a.t_us - {p:window_us} AND a.t_us + {p:window_us}
+    LEFT JOIN watch w
+      ON w.user_id = a.user_id
+     AND w.video_id = n.video_id
+     AND w.t_us BETWEEN a.t_us - {p:window_us} AND a.t_us + {p:window_us}
+    WHERE w.user_id IS NULL
 ),
 trip AS (
     SELECT DISTINCT p.user_id, p.anchor, p.positive, n.negative
@@ -71,33 +82,49 @@ trip AS (
     WHERE n.negative <> p.positive
 ),
 ranked AS (
-    SELECT *, hash(user_id, anchor, positive, negative, $seed) AS h FROM trip
+    SELECT user_id, anchor, positive, negative,
+           md5(concat_ws({p:sep}, user_id, anchor, positive, negative, {p:seed})) AS h
+    FROM trip
 ),
 capped_anchor AS (
     SELECT * FROM (
-        SELECT *, row_number() OVER (
+        SELECT ranked.*, row_number() OVER (
             PARTITION BY user_id, anchor ORDER BY h, positive, negative) AS r_anchor
         FROM ranked
-    ) WHERE r_anchor <= $max_per_anchor
+    ) ra WHERE r_anchor <= {p:max_per_anchor}
 ),
 capped_user AS (
     SELECT * FROM (
-        SELECT *, row_number() OVER (
+        SELECT capped_anchor.*, row_number() OVER (
             PARTITION BY user_id ORDER BY h, anchor, positive, negative) AS r_user
         FROM capped_anchor
-    ) WHERE r_user <= $max_per_user
+    ) ru WHERE r_user <= {p:max_per_user}
 ),
 unique_triplets AS (
     SELECT * FROM (
-        SELECT *, row_number() OVER (
+        SELECT capped_user.*, row_number() OVER (
             PARTITION BY anchor, positive, negative ORDER BY h, user_id) AS r_dup
         FROM capped_user
-    ) WHERE r_dup = 1
+    ) rd WHERE r_dup = 1
 )
 SELECT anchor, positive, negative, user_id
 FROM unique_triplets
 ORDER BY anchor, positive, negative
 """
+
+DIALECTS = ("duckdb", "spark")
+
+
+def render_sql(template: str, dialect: str) -> str:
+    """The template in one engine's dialect (see ``TRIPLETS_SQL_TEMPLATE``)."""
+    if dialect not in DIALECTS:
+        raise ValueError(f"unknown SQL dialect {dialect!r}; choose one of {', '.join(DIALECTS)}")
+    mark = "$" if dialect == "duckdb" else ":"
+    text = re.sub(r"\{p:(\w+)\}", lambda m: mark + m.group(1), template)
+    return text.replace("{epoch_us}", "epoch_us" if dialect == "duckdb" else "unix_micros")
+
+
+TRIPLETS_SQL = render_sql(TRIPLETS_SQL_TEMPLATE, "duckdb")
 
 
 @dataclass(frozen=True)
@@ -131,15 +158,21 @@ def mine_triplets(
     Only impressions strictly before ``train_end`` are used. Returns an Arrow table
     (anchor, positive, negative, user_id) sorted by (anchor, positive, negative).
     """
-    params = {
+    return con.sql(TRIPLETS_SQL, params=triplet_params(cfg, train_end)).to_arrow_table()
+
+
+def triplet_params(cfg: TripletConfig, train_end: datetime | None) -> dict[str, Any]:
+    """The query's parameters, the same for every engine."""
+    return {
         "threshold": float(cfg.watch_threshold_s),
         "window_us": round(cfg.window_s * 1_000_000),
         "train_end_us": _to_us(train_end),
-        "seed": int(cfg.seed),
+        # Strings: md5 sees the same bytes in both engines.
+        "seed": str(int(cfg.seed)),
+        "sep": HASH_SEPARATOR,
         "max_per_anchor": int(cfg.max_per_anchor),
         "max_per_user": int(cfg.max_per_user),
     }
-    return con.sql(TRIPLETS_SQL, params=params).to_arrow_table()
 
 
 def cowatch_pairs_sql() -> str:

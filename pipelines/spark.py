@@ -1,0 +1,485 @@
+"""The Spark engine: the same jobs as the local engine, run on a Spark cluster.
+
+``--engine spark`` on mine-triplets, embed, fit-glmix, evaluate and pipeline sends the
+heavy parts here. Each part reuses the local engine's logic functions per partition, so
+both engines compute the same thing:
+
+* triplet mining: ``recsys.triplets.TRIPLETS_SQL_TEMPLATE`` rendered for Spark SQL;
+* embedding: ``mapInArrow`` over the videos, with the embedder's weights broadcast;
+* GLMix: coordinate descent driven from here. The fixed effect is Newton's method over
+  gradient and curvature sums (``recsys.glmix.logistic_sums``) added up across partitions;
+  each random-effect pass is ``groupBy(user bucket).applyInPandas`` running the local
+  batched solver (``recsys.glmix.fit_user_effects``) on all users of the bucket;
+* AUC with DeLong's interval from per-score class counts, range-partitioned by score
+  (nothing proportional to the test set comes back to the driver).
+
+The session: ``SPARK_REMOTE`` (a Spark Connect URL) when set, else ``--spark-master``
+(default ``local[*]``). Executors need this package and its dependencies installed (see
+docs/scale.md).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from recsys.errors import UserInputError
+from recsys.glmix import (
+    GLMix,
+    GLMixConfig,
+    _fixed_design,
+    _log_sigmoid_loss_np,
+    fit_user_effects,
+    logistic_sums,
+    newton_logistic,
+    validate_glmix_inputs,
+)
+from recsys.triplets import TRIPLETS_SQL_TEMPLATE, TripletConfig, render_sql, triplet_params
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+DEFAULT_MASTER = "local[*]"
+
+
+# --------------------------------------------------------------------------- session
+
+
+def _java_problem() -> str | None:
+    """Why Spark cannot start here (no Java 17/21), or None."""
+    java = Path(os.environ["JAVA_HOME"]) / "bin" / "java" if os.environ.get("JAVA_HOME") else None
+    exe = str(java) if java is not None and java.exists() else shutil.which("java")
+    how = (
+        "install Java 17 or 21 (Debian/Ubuntu: apt-get install -y openjdk-17-jre-headless) "
+        "or set JAVA_HOME to one"
+    )
+    if exe is None:
+        return f"--engine spark needs Java: {how}"
+    try:
+        out = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=30).stderr
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"--engine spark: cannot run {exe} ({exc}); {how}"
+    first = out.splitlines()[0] if out else ""
+    major = first.split('"')[1].split(".")[0] if '"' in first else ""
+    if major not in ("17", "21"):
+        return f"--engine spark needs Java 17 or 21, {exe} is {first.strip() or 'unknown'}: {how}"
+    return None
+
+
+def spark_session(master: str | None = None, app_name: str = "recsys") -> SparkSession:
+    """A Spark session: Spark Connect when ``SPARK_REMOTE`` is set, else ``master``.
+
+    Local masters bind to 127.0.0.1 and run Python workers with this interpreter (workers
+    otherwise pick another Python that lacks the dependencies).
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise UserInputError(
+            "--engine spark needs pyspark (pip install 'pyspark==4.3.0')"
+        ) from None
+    remote = os.environ.get("SPARK_REMOTE")
+    builder = SparkSession.builder.appName(app_name)
+    if remote:
+        builder = builder.remote(remote)
+    else:
+        problem = _java_problem()
+        if problem:
+            raise UserInputError(problem)
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        builder = (
+            builder.master(master or DEFAULT_MASTER)
+            .config("spark.driver.host", "127.0.0.1")
+            .config("spark.driver.bindAddress", "127.0.0.1")
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.sql.shuffle.partitions", "8")
+            .config("spark.executorEnv.PYSPARK_PYTHON", sys.executable)
+        )
+    builder = builder.config("spark.sql.session.timeZone", "UTC").config(
+        "spark.sql.execution.arrow.pyspark.enabled", "true"
+    )
+    # pyspark warns on every pandas conversion that it "does not yet fully support pandas
+    # >= 3"; the paths used here are tested with it.
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
+    spark = builder.getOrCreate()
+    if not remote:
+        spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _parallelism(spark: SparkSession) -> int:
+    try:
+        return max(1, int(spark.sparkContext.defaultParallelism))
+    except Exception:  # Spark Connect has no SparkContext
+        return int(spark.conf.get("spark.sql.shuffle.partitions") or 8)
+
+
+# --------------------------------------------------------------------------- triplets
+
+
+def mine_triplets_spark(
+    spark: SparkSession,
+    impressions: str | os.PathLike[str],
+    cfg: TripletConfig,
+    train_end: datetime | None = None,
+) -> DataFrame:
+    """The mining query on Spark over ``impressions`` (a Parquet path); a DataFrame of
+    (anchor, positive, negative, user_id), the same rows the local engine returns."""
+    df = spark.read.parquet(str(impressions))
+    missing = {"user_id", "video_id", "shown_at", "watch_seconds"} - set(df.columns)
+    if missing:
+        raise UserInputError(f"{impressions}: missing columns {', '.join(sorted(missing))}")
+    df.createOrReplaceTempView("impressions")
+    sql = render_sql(TRIPLETS_SQL_TEMPLATE, "spark")
+    return spark.sql(sql, args=triplet_params(cfg, train_end))
+
+
+# --------------------------------------------------------------------------- embedding
+
+
+def embed_videos_spark(
+    spark: SparkSession,
+    videos: str | os.PathLike[str],
+    embedder_config: dict[str, Any],
+    state_dict_bytes: bytes,
+    batch_size: int = 256,
+    max_frames: int = 300,
+) -> DataFrame:
+    """(video_id, embedding) for every video of ``videos`` (a Parquet path), computed
+    by ``mapInArrow`` with the embedder's weights broadcast to the executors."""
+    weights = spark.sparkContext.broadcast(state_dict_bytes) if _has_context(spark) else None
+    local_bytes = None if weights is not None else state_dict_bytes
+    dim = int(embedder_config["feature_dim"])
+
+    def embed(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import torch
+
+        from embeddings.cowatch import CowatchEmbedder, EmbedderConfig
+        from recsys.dataset import decode_video_batch
+
+        blob = weights.value if weights is not None else local_bytes
+        assert blob is not None
+        model = CowatchEmbedder(EmbedderConfig.from_dict(embedder_config))
+        model.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))
+        model.eval()
+        for big in batches:
+            for start in range(0, big.num_rows, batch_size):
+                vb = decode_video_batch(big.slice(start, batch_size), dim)
+                frames, mask = vb.padded(max_frames)
+                with torch.no_grad():
+                    emb = model(torch.from_numpy(frames), torch.from_numpy(mask)).numpy()
+                yield pa.RecordBatch.from_arrays(
+                    [
+                        pa.array(vb.video_ids, pa.string()),
+                        pa.array(list(emb.astype(np.float32)), pa.list_(pa.float32())),
+                    ],
+                    names=["video_id", "embedding"],
+                )
+
+    df = spark.read.parquet(str(videos)).select("video_id", "frames")
+    return df.mapInArrow(embed, "video_id string, embedding array<float>")
+
+
+def _has_context(spark: SparkSession) -> bool:
+    try:
+        spark.sparkContext  # noqa: B018
+    except Exception:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- GLMix
+
+
+def fit_glmix_spark(
+    spark: SparkSession,
+    user_ids: np.ndarray,
+    video: np.ndarray,
+    labels: np.ndarray,
+    cfg: GLMixConfig | None = None,
+    on_pass: Callable[[int, float], None] | None = None,
+    partitions: int | None = None,
+) -> GLMix:
+    """``recsys.glmix.fit_glmix`` with the data in Spark: the same coordinate descent,
+    the same per-user solver, coefficients equal to the local fit to ~1e-6."""
+    cfg = cfg or GLMixConfig()
+    if cfg.max_rows_per_user:
+        raise UserInputError("--engine spark does not subsample users' rows (max_rows_per_user)")
+    y_np, video, codes, uniq = validate_glmix_inputs(user_ids, video, labels, None)
+    rows = pd.DataFrame(
+        {
+            "user_id": np.asarray(uniq, dtype=object)[codes],
+            "y": y_np,
+            "f": list(np.asarray(video, dtype=np.float32)),
+        }
+    )
+    df = spark.createDataFrame(rows, "user_id string, y double, f array<float>")
+    return fit_glmix_frame(spark, df, video.shape[1], cfg, on_pass, partitions, list(uniq))
+
+
+def fit_glmix_frame(
+    spark: SparkSession,
+    rows: DataFrame,
+    feature_dim: int,
+    cfg: GLMixConfig,
+    on_pass: Callable[[int, float], None] | None = None,
+    partitions: int | None = None,
+    user_order: list[str] | None = None,
+) -> GLMix:
+    """GLMix on a DataFrame of (user_id string, y double, f array<float>) rows."""
+    from pyspark.sql import functions as F
+
+    n_parts = partitions or _parallelism(spark)
+    e = feature_dim
+    use_video = cfg.use_video_features
+    p = 1 + (e if use_video else 0)
+    q = p
+    fixed_l2 = np.full(p, cfg.fixed_l2)
+    fixed_l2[0] = 0.0
+    n = rows.count()
+    # Every user's rows in one bucket: the random-effect pass solves whole users.
+    base = rows.withColumn("bucket", F.pmod(F.xxhash64("user_id"), F.lit(n_parts)))
+    state = base.withColumn("coef", F.lit(None).cast("array<double>")).withColumn(
+        "rand", F.lit(0.0)
+    )
+    state = state.repartition(n_parts, "bucket").cache()
+    state_schema = (
+        "user_id string, y double, f array<float>, bucket long, coef array<double>, "
+        "rand double, ll double"
+    )
+
+    def design(pdf: pd.DataFrame) -> np.ndarray:
+        f = np.stack(pdf["f"].to_numpy()).astype(np.float32) if len(pdf) else np.zeros((0, e))
+        return _fixed_design(f.reshape(len(pdf), e), None, use_video)
+
+    def fixed_sums(beta: np.ndarray, frame: DataFrame) -> tuple[float, np.ndarray, np.ndarray]:
+        def part(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            ll, g, h = 0.0, np.zeros(p), np.zeros((p, p))
+            for rb in batches:
+                if rb.num_rows == 0:
+                    continue
+                # Arrow's flat list values: the (n, E) features without a Python loop.
+                f = rb.column("f").flatten().to_numpy(zero_copy_only=False).reshape(-1, e)
+                x = _fixed_design(f.astype(np.float32, copy=False), None, use_video)
+                y = rb.column("y").to_numpy().astype(np.float64)
+                off = rb.column("rand").to_numpy().astype(np.float64)
+                a, b, c = logistic_sums(x, y, off, np.ones(len(y)), beta)
+                ll, g, h = ll + a, g + b, h + c
+            yield pa.RecordBatch.from_pydict(
+                {"ll": [ll], "g": [g.tolist()], "h": [h.ravel().tolist()]},
+                schema=pa.schema(
+                    [
+                        ("ll", pa.float64()),
+                        ("g", pa.list_(pa.float64())),
+                        ("h", pa.list_(pa.float64())),
+                    ]
+                ),
+            )
+
+        out = (
+            frame.select("f", "y", "rand")
+            .mapInArrow(part, "ll double, g array<double>, h array<double>")
+            .collect()
+        )
+        ll = math.fsum(r["ll"] for r in out)
+        g = np.sum([np.asarray(r["g"]) for r in out], axis=0) if out else np.zeros(p)
+        h = np.sum([np.asarray(r["h"]) for r in out], axis=0) if out else np.zeros(p * p)
+        return ll, g, h.reshape(p, p)
+
+    fixed = np.zeros(p)
+    history: list[dict[str, float]] = []
+    prev = -math.inf
+    for k in range(cfg.max_passes):
+        frame = state
+
+        def sums(
+            beta: np.ndarray, derivatives: bool, frame: DataFrame = frame
+        ) -> tuple[float, np.ndarray, np.ndarray]:
+            return fixed_sums(beta, frame)
+
+        fixed = newton_logistic(
+            sums,
+            p,
+            fixed_l2,
+            max_steps=min(2, cfg.fixed_newton_steps) if k > 0 else cfg.fixed_newton_steps,
+            init=fixed,
+        )
+        steps = cfg.random_newton_steps if k == 0 else max(1, cfg.random_newton_steps // 2)
+        beta = fixed.copy()
+
+        new_state = (
+            state.groupBy("bucket")
+            .applyInPandas(_user_pass(design, beta, steps, q, cfg), state_schema)
+            .cache()
+        )
+        # One job computes the pass, caches it and sums the log-likelihood.
+        ll = float(new_state.agg(F.sum("ll")).collect()[0][0]) / n
+        state.unpersist()
+        state = new_state
+        history.append({"pass": k + 1, "log_likelihood_per_row": ll})
+        if on_pass is not None:
+            on_pass(k + 1, ll)
+        if ll - prev < cfg.tol:
+            break
+        prev = ll
+    coefs = {
+        r["user_id"]: np.asarray(r["coef"])
+        for r in state.select("user_id", "coef").dropDuplicates(["user_id"]).collect()
+    }
+    order = user_order if user_order is not None else sorted(coefs)
+    coef = np.stack([coefs[u] for u in order]) if order else np.zeros((0, q))
+    full = np.zeros(1 + e)
+    full[0] = fixed[0]
+    if use_video:
+        full[1:] = fixed[1:]
+    return GLMix(cfg, e, 0, full, [str(u) for u in order], coef, history)
+
+
+def _user_pass(
+    design: Callable[[pd.DataFrame], np.ndarray],
+    beta: np.ndarray,
+    steps: int,
+    q: int,
+    cfg: GLMixConfig,
+) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """The random-effect pass over one bucket's rows (all rows of its users)."""
+
+    def users(pdf: pd.DataFrame) -> pd.DataFrame:
+        codes, uniq = pd.factorize(pdf["user_id"])
+        x = design(pdf)
+        coef = np.zeros((len(uniq), q))
+        prev_coef = pdf["coef"].to_numpy()
+        for i, c in zip(codes, prev_coef, strict=True):
+            if c is not None:
+                coef[i] = c
+        y = pdf["y"].to_numpy(np.float64)
+        coef, eta = fit_user_effects(codes.astype(np.int64), x, y, beta, coef, cfg, steps)
+        fixed_score = x.astype(np.float64) @ beta
+        out = pdf[["user_id", "y", "f", "bucket"]].copy()
+        out["coef"] = list(coef[codes])
+        out["rand"] = eta - fixed_score
+        out["ll"] = _log_sigmoid_loss_np(eta, y)
+        return out
+
+    return users
+
+
+def select_random_l2_spark(
+    spark: SparkSession,
+    user_ids: np.ndarray,
+    video: np.ndarray,
+    labels: np.ndarray,
+    is_validation: np.ndarray,
+    grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 100.0),
+    base: GLMixConfig | None = None,
+) -> tuple[float, dict[float, float]]:
+    """``recsys.glmix.select_random_l2`` with each candidate fitted on Spark."""
+    base = base or GLMixConfig()
+    train = ~np.asarray(is_validation, dtype=bool)
+    if train.all() or not train.any():
+        raise UserInputError("regularisation selection needs both training and validation rows")
+    losses: dict[float, float] = {}
+    for lam in grid:
+        model = fit_glmix_spark(
+            spark, user_ids[train], video[train], labels[train], replace(base, random_l2=lam)
+        )
+        prob = np.clip(model.predict_proba(user_ids[~train], video[~train]), 1e-12, 1 - 1e-12)
+        y = labels[~train]
+        losses[lam] = float(-np.mean(y * np.log(prob) + (1 - y) * np.log(1 - prob)))
+    best = min(losses, key=lambda k: losses[k])
+    return best, losses
+
+
+# --------------------------------------------------------------------------- AUC
+
+
+def delong_spark(
+    scored: DataFrame, score: str = "score", label: str = "label", level: float = 0.95
+) -> tuple[float, float, float]:
+    """(AUC, low, high) as ``recsys.auc.delong_ci`` computes it, from a DataFrame of
+    (score, label in {0, 1}) rows of any size.
+
+    Rows are reduced to class counts per distinct score, range-partitioned by score; a
+    first pass gives each partition's class totals, the driver turns them into the counts
+    below each partition, and a second pass sums the placement values and their squares.
+    """
+    from pyspark.sql import functions as F
+
+    from recsys.auc import delong_from_moments
+
+    counts = (
+        scored.select(F.col(score).cast("double").alias("s"), F.col(label).cast("int").alias("y"))
+        .groupBy("s")
+        .agg(F.sum("y").alias("pos"), F.sum(1 - F.col("y")).alias("neg"))
+    )
+    parts = max(1, _parallelism(scored.sparkSession))
+    ranged = counts.repartitionByRange(parts, "s").sortWithinPartitions("s").localCheckpoint()
+
+    def totals(it: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        lo, pos, neg = math.inf, 0, 0
+        for pdf in it:
+            if len(pdf):
+                lo = min(lo, float(pdf["s"].min()))
+                pos += int(pdf["pos"].sum())
+                neg += int(pdf["neg"].sum())
+        if pos + neg:
+            yield pd.DataFrame({"lo": [lo], "pos": [pos], "neg": [neg]})
+
+    summary = sorted(
+        (r["lo"], r["pos"], r["neg"])
+        for r in ranged.mapInPandas(totals, "lo double, pos long, neg long").collect()
+    )
+    m = sum(r[1] for r in summary)
+    n = sum(r[2] for r in summary)
+    if m == 0 or n == 0:
+        return float("nan"), float("nan"), float("nan")
+    # counts of negatives strictly below, and positives strictly above, each partition
+    offsets: dict[float, tuple[int, int]] = {}
+    neg_below, pos_seen = 0, 0
+    for lo, pos, neg in summary:
+        offsets[lo] = (neg_below, m - pos_seen - pos)
+        neg_below += neg
+        pos_seen += pos
+
+    def moments(it: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        frames = [pdf for pdf in it if len(pdf)]
+        if not frames:
+            return
+        pdf = pd.concat(frames).sort_values("s")
+        below, above = offsets[float(pdf["s"].iloc[0])]
+        pos = pdf["pos"].to_numpy(np.float64)
+        neg = pdf["neg"].to_numpy(np.float64)
+        neg_lt = below + np.cumsum(neg) - neg
+        pos_gt = above + pos[::-1].cumsum()[::-1] - pos
+        v10 = (neg_lt + 0.5 * neg) / n  # each positive at this score
+        v01 = (pos_gt + 0.5 * pos) / m  # each negative at this score
+        yield pd.DataFrame(
+            {
+                "s10": [float((pos * v10).sum())],
+                "s10sq": [float((pos * v10 * v10).sum())],
+                "s01": [float((neg * v01).sum())],
+                "s01sq": [float((neg * v01 * v01).sum())],
+            }
+        )
+
+    rows = ranged.mapInPandas(
+        moments, "s10 double, s10sq double, s01 double, s01sq double"
+    ).collect()
+    tot = {k: math.fsum(r[k] for r in rows) for k in ("s10", "s10sq", "s01", "s01sq")}
+    return delong_from_moments(m, n, tot["s10"], tot["s10sq"], tot["s01"], tot["s01sq"], level)

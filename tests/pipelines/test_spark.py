@@ -1,0 +1,186 @@
+"""The Spark engine computes what the local engine computes (local[2], one shared session).
+
+These tests need Java 17/21 and pyspark, which ``./run test`` installs; without them they
+fail with the engine's own message (how to install Java), never skip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.spark import (
+    delong_spark,
+    embed_videos_spark,
+    fit_glmix_spark,
+    mine_triplets_spark,
+    spark_session,
+)
+from recsys.auc import delong_ci
+from recsys.errors import UserInputError
+from recsys.glmix import GLMixConfig, fit_glmix
+from recsys.triplets import TripletConfig, mine_triplets
+
+# Both pytest workers would otherwise start a JVM each: keep these on one worker.
+pytestmark = pytest.mark.xdist_group("spark")
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[object]:
+    session = spark_session("local[2]")
+    yield session
+    session.stop()
+
+
+def _sorted_rows(table) -> list[tuple[str, ...]]:
+    cols = ("anchor", "positive", "negative", "user_id")
+    return sorted(zip(*(table.column(c).to_pylist() for c in cols), strict=True))
+
+
+def test_triplets_are_identical_on_both_engines(spark, small_world_dir: Path) -> None:
+    import duckdb
+
+    from pipelines.train_embeddings import impressions_connection, log_span
+    from recsys.splits import default_test_start
+
+    con = impressions_connection(small_world_dir)
+    start = default_test_start(*log_span(con))
+    for cfg in (TripletConfig(), TripletConfig(max_per_anchor=2, max_per_user=7, seed=3)):
+        local = mine_triplets(con, cfg, train_end=start)
+        remote = mine_triplets_spark(spark, small_world_dir / "impressions.parquet", cfg, start)
+        got = [
+            tuple(r) for r in remote.select("anchor", "positive", "negative", "user_id").collect()
+        ]
+        assert local.num_rows > 50
+        assert sorted(got) == _sorted_rows(local)
+    assert isinstance(con, duckdb.DuckDBPyConnection)
+
+
+def test_glmix_coefficients_match_the_local_fit(spark) -> None:
+    rng = np.random.default_rng(0)
+    n, e, users = 3000, 4, 70
+    u = rng.integers(0, users, n)
+    user_ids = np.array([f"u{i}" for i in u], dtype=object)
+    x = rng.normal(size=(n, e)).astype(np.float32)
+    taste = rng.normal(size=(users, e))
+    logit = -0.5 + x @ np.array([0.8, -0.4, 0.0, 0.3]) + (x * taste[u]).sum(1)
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float64)
+    cfg = GLMixConfig(random_l2=1.0, min_rows_per_user=3)
+    local = fit_glmix(user_ids, x, y, cfg)
+    remote = fit_glmix_spark(spark, user_ids, x, y, cfg)
+    assert remote.user_ids == local.user_ids
+    np.testing.assert_allclose(remote.fixed, local.fixed, atol=1e-6)
+    np.testing.assert_allclose(remote.user_coef, local.user_coef, atol=1e-6)
+    assert len(remote.history) == len(local.history)
+    pl, pr = local.predict_proba(user_ids, x), remote.predict_proba(user_ids, x)
+    np.testing.assert_allclose(pr, pl, atol=1e-7)
+    with pytest.raises(UserInputError, match="labels 0 or 1"):
+        fit_glmix_spark(spark, user_ids, x, y * 2, cfg)
+
+
+def test_delong_auc_matches_the_local_computation(spark) -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 5000)
+    s = np.round(rng.normal(size=5000) + y, 1)  # many ties
+    import pandas as pd
+
+    df = spark.createDataFrame(pd.DataFrame({"score": s, "label": y}))
+    got = delong_spark(df)
+    want = delong_ci(y, s)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    one = spark.createDataFrame(pd.DataFrame({"score": [0.9, 0.1, 0.2], "label": [1, 0, 0]}))
+    a, lo, hi = delong_spark(one)
+    assert a == 1.0 and np.isnan(lo) and np.isnan(hi)
+
+
+def test_embeddings_match_the_local_path(spark, pipeline_out: Path, small_world_dir: Path) -> None:
+    import io
+
+    import torch
+
+    from pipelines.embed import embed_dataset
+    from recsys.artifact import load_embedder
+
+    artifact = pipeline_out / "artifact"
+    model = load_embedder(artifact)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    from dataclasses import asdict
+
+    df = embed_videos_spark(
+        spark, small_world_dir / "videos.parquet", asdict(model.config), buf.getvalue()
+    )
+    remote = {r["video_id"]: np.asarray(r["embedding"]) for r in df.collect()}
+    out = pipeline_out / "local_embed.parquet"
+    embed_dataset(artifact, small_world_dir, out, progress=False)
+    t = pq.read_table(out)
+    local = dict(
+        zip(t.column("video_id").to_pylist(), t.column("embedding").to_pylist(), strict=True)
+    )
+    assert set(remote) == set(local)
+    for v, emb in local.items():
+        np.testing.assert_allclose(remote[v], emb, atol=1e-5)
+
+
+def test_cli_mine_triplets_same_file_on_both_engines(run_cli, small_world_dir, tmp_path) -> None:
+    local, remote = tmp_path / "local.parquet", tmp_path / "spark.parquet"
+    code, _out, err = run_cli("mine-triplets", "--data", small_world_dir, "--out", local)
+    assert code == 0, err
+    code, _out, err = run_cli(
+        "mine-triplets",
+        "--data",
+        small_world_dir,
+        "--out",
+        remote,
+        "--engine",
+        "spark",
+        "--spark-master",
+        "local[2]",
+    )
+    assert code == 0, err
+    assert pq.read_table(local).equals(pq.read_table(remote))
+
+
+def test_cli_bad_input_on_the_spark_path_is_one_line(run_cli, tmp_path) -> None:
+    (tmp_path / "videos.parquet").write_bytes(b"not parquet")
+    (tmp_path / "impressions.parquet").write_bytes(b"PAR1 nor this")
+    code, _out, err = run_cli(
+        "mine-triplets", "--data", tmp_path, "--out", tmp_path / "t.parquet", "--engine", "spark"
+    )
+    assert code == 2 and "Traceback" not in err and "Exception" not in err
+    assert err.startswith("error: ") and "impressions.parquet" in err
+    code, _out, err = run_cli(
+        "mine-triplets", "--data", tmp_path, "--out", tmp_path / "t.parquet", "--engine", "gpu"
+    )
+    assert code == 2 and "--engine must be local or spark" in err
+
+
+def test_fit_glmix_job_on_spark_matches_local(
+    spark, pipeline_out: Path, small_world_dir, tmp_path
+) -> None:
+    import json
+    import shutil
+
+    from pipelines.engine import Engine
+    from pipelines.evaluate import GLMixJobConfig, fit_glmix_into_artifact
+    from recsys.artifact import load_glmix
+
+    fits = {}
+    for name in ("local", "spark"):
+        art = tmp_path / name
+        shutil.copytree(pipeline_out / "artifact", art)
+        engine = Engine(name)  # type: ignore[arg-type]
+        if name == "spark":
+            engine._session = spark  # the module's shared session
+        info = fit_glmix_into_artifact(small_world_dir, art, GLMixJobConfig(), engine)
+        assert info["engine"].startswith(name)
+        fits[name] = load_glmix(art, "glmix")
+        json.loads((art / "glmix.json").read_text())
+    a, b = fits["local"], fits["spark"]
+    assert a.user_ids == b.user_ids
+    np.testing.assert_allclose(b.fixed, a.fixed, atol=1e-6)
+    np.testing.assert_allclose(b.user_coef, a.user_coef, atol=1e-6)

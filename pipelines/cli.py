@@ -57,6 +57,13 @@ IntraNorm = Annotated[bool, typer.Option(help="L2-normalise each cluster's vecto
 FinalNorm = Annotated[bool, typer.Option(help="L2-normalise the whole pooled vector.")]
 
 
+Online = Annotated[
+    bool,
+    typer.Option(
+        help="Also replay the test period in time order through online GLMix (each impression "
+        "scored before learning from it) and report its AUC against the frozen model."
+    ),
+]
 EngineName = Annotated[
     str,
     typer.Option(
@@ -432,12 +439,14 @@ def evaluate(
         Path | None, typer.Option(help="report.json of a baseline run (e.g. avg pooling).")
     ] = None,
     baselines: Baselines = True,
+    online: Online = True,
     engine: EngineName = "local",
     spark_master: SparkMaster = "local[*]",
 ) -> None:
     """Offline AUC evaluation: max/avg similarity (Eq. 16-17), GLMix with and without video features."""
     from pipelines.evaluate import evaluate_artifact
     from recsys.baselines import BASELINE_NAMES
+    from recsys.online import OnlineConfig
 
     report = evaluate_artifact(
         data,
@@ -450,6 +459,7 @@ def evaluate(
         baselines=BASELINE_NAMES if baselines else (),
         progress=True,
         engine=_engine(engine, spark_master),
+        online=OnlineConfig() if online else None,
     )
     _print_aucs(report, out)
 
@@ -465,6 +475,13 @@ def _print_aucs(report: dict, out: Path) -> None:  # type: ignore[type-arg]
         for k, v in b["auc"].items():
             cold = b["auc_cold_start"][k]
             typer.echo(f"  baseline {name:11s} {k:15s} all {v:.4f}   cold start {cold:.4f}")
+    for name, b in report.get("online", {}).items():
+        if isinstance(b, dict) and "online_auc" in b:
+            lo, hi = b["difference_ci95"]
+            typer.echo(
+                f"  online GLMix ({name}): {b['online_auc']:.4f} vs frozen {b['frozen_auc']:.4f}, "
+                f"difference {b['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]: {b['verdict']}"
+            )
     if "ceiling" in report:
         c = report["ceiling"]
         typer.echo(
@@ -511,6 +528,7 @@ def pipeline(
         Path | None, typer.Option(help="report.json of a baseline run (e.g. avg pooling).")
     ] = None,
     baselines: Baselines = True,
+    online: Online = True,
     seed: Seed = 0,
     device: Device = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT/artifact.")] = False,
@@ -535,6 +553,7 @@ def pipeline(
             watch_threshold_s=watch_threshold,
             bootstrap=bootstrap,
             baselines=baselines,
+            online=online,
         )
         from embeddings.cowatch import EmbedderConfig
 

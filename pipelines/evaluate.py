@@ -33,6 +33,7 @@ from recsys.artifact import (
 )
 from recsys.auc import (
     bootstrap_ci,
+    delong_ci,
     delong_paired_difference,
     interval_verdict,
 )
@@ -40,6 +41,7 @@ from recsys.baselines import BASELINE_NAMES
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S, TRUTH_FILE, VIDEO_TRUTH_FILE
 from recsys.errors import UserInputError
 from recsys.glmix import GLMix, GLMixConfig
+from recsys.online import OnlineConfig, progressive_validation
 from recsys.scoring import similarity_by_user
 from recsys.splits import parse_time
 
@@ -190,6 +192,39 @@ class EvalInputs:
     oracle: np.ndarray | None
 
 
+def _online_block(
+    y: np.ndarray,
+    online_p: np.ndarray,
+    frozen_p: np.ndarray,
+    users: np.ndarray,
+    model: GLMix,
+    cfg: OnlineConfig,
+) -> dict[str, Any]:
+    """Progressive-validation AUC of online GLMix against the frozen model, overall and
+    for users the offline fit never saw, with DeLong intervals and the paired difference."""
+    new_user = np.array([u not in model.user_index for u in users.tolist()])
+    out: dict[str, Any] = {"config": asdict(cfg)}
+    for name, rows in (("all", np.ones(len(y), bool)), ("new_users", new_user)):
+        if rows.sum() < 2 or len(set(y[rows].tolist())) < 2:
+            out[name] = {"rows": int(rows.sum()), "note": "too few rows of both classes"}
+            continue
+        on = delong_ci(y[rows], online_p[rows])
+        fr = delong_ci(y[rows], frozen_p[rows])
+        diff = delong_paired_difference(y[rows], online_p[rows], frozen_p[rows])
+        out[name] = {
+            "rows": int(rows.sum()),
+            "users": len(set(users[rows].tolist())),
+            "online_auc": on[0],
+            "online_ci95": [on[1], on[2]],
+            "frozen_auc": fr[0],
+            "frozen_ci95": [fr[1], fr[2]],
+            "difference": diff[0],
+            "difference_ci95": [diff[1], diff[2]],
+            "verdict": interval_verdict(diff[1], diff[2]),
+        }
+    return out
+
+
 def _auc_block(
     y: np.ndarray,
     s: np.ndarray,
@@ -220,6 +255,7 @@ def evaluate_artifact(
     baselines: tuple[str, ...] = BASELINE_NAMES,
     progress: bool = False,
     engine: Engine | None = None,
+    online: OnlineConfig | None = None,
 ) -> dict[str, Any]:
     """Offline AUCs of the artifact's scores on the test period, beside the classical
     ``baselines`` (see pipelines.ladder) scored on the same rows; writes report.json/.md."""
@@ -272,6 +308,13 @@ def evaluate_artifact(
         "glmix": glm.predict_proba(users, x),
         "glmix_no_video": glm0.predict_proba(users, x),
     }
+    online_report = None
+    if online is not None:
+        if progress:
+            print("online GLMix: replaying the test period in time order ...", flush=True)
+        times = test.column("shown_at").to_numpy().astype("datetime64[us]").astype(np.int64)
+        online_p = progressive_validation(users, x, y, times, glm, online)
+        online_report = _online_block(y, online_p, scores["glmix"], users, glm, online)
     oracle = None
     truth_path = d / TRUTH_FILE
     if truth_path.exists():
@@ -320,6 +363,8 @@ def evaluate_artifact(
     report["auc"] = auc_all
     report["auc_cold_start"] = auc_cold
     report["ci95"] = {"all": ci_all, "cold_start": ci_cold}
+    if online_report is not None:
+        report["online"] = online_report
     if oracle is not None:
         report["oracle_auc"] = {
             "all": _auc_block(y, oracle, users, 0, seed)["auc"],
@@ -538,6 +583,30 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
             + ".",
         ]
+    if report.get("online"):
+        on = report["online"]
+        lines += [
+            "",
+            "## Online GLMix (progressive validation)",
+            "",
+            "The test period replayed in time order; each impression is scored before the "
+            "user's effect is refitted from it (window "
+            f"{on['config']['window']}, prior mean = the offline effect). Against the frozen "
+            "offline model on the same rows (DeLong's paired 95% interval).",
+            "",
+            "| users | rows | online | frozen | difference [95%] | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name in ("all", "new_users"):
+            b = on.get(name, {})
+            if "online_auc" not in b:
+                lines.append(f"| {name} | {b.get('rows', 0)} | | | | {b.get('note', '')} |")
+                continue
+            lo, hi = b["difference_ci95"]
+            lines.append(
+                f"| {name} | {b['rows']} | {_fmt(b['online_auc'])} | {_fmt(b['frozen_auc'])} | "
+                f"{b['difference']:+.4f} [{_fmt(lo)}, {_fmt(hi)}] | **{b['verdict']}** |"
+            )
     if report.get("vs_best_baseline"):
         lines += [
             "",

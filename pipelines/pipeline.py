@@ -21,6 +21,7 @@ from pipelines.train_embeddings import TrainConfig, run_train_embeddings
 from recsys.baselines import BASELINE_NAMES
 from recsys.glmix import GLMixConfig
 from recsys.index import IndexConfig
+from recsys.online import OnlineConfig
 from recsys.triplets import TripletConfig
 
 
@@ -39,6 +40,8 @@ class PipelineConfig:
     bootstrap: int = 200
     #: score the classical baselines (recsys.baselines) on the same rows in the report
     baselines: bool = True
+    #: replay the test period through online GLMix (progressive validation) in the report
+    online: bool = True
 
 
 def run_pipeline(
@@ -109,6 +112,7 @@ def run_pipeline(
         baselines=BASELINE_NAMES if cfg.baselines else (),
         progress=progress,
         engine=engine,
+        online=OnlineConfig() if cfg.online else None,
     )
     timings["evaluation_s"] = time.perf_counter() - t2
     report["timings"] = timings

@@ -8,7 +8,7 @@ both engines compute the same thing:
 * embedding: ``mapInArrow`` over the videos, with the embedder's weights broadcast;
 * GLMix: coordinate descent driven from here. The fixed effect is Newton's method over
   gradient and curvature sums (``recsys.glmix.logistic_sums``) added up across partitions;
-  each random-effect pass is ``groupBy(user bucket).applyInPandas`` running the local
+  each random-effect pass is ``groupBy(user bucket).applyInArrow`` running the local
   batched solver (``recsys.glmix.fit_user_effects``) on all users of the bucket;
 * AUC with DeLong's interval from per-score class counts, range-partitioned by score
   (nothing proportional to the test set comes back to the driver).
@@ -100,16 +100,25 @@ def spark_session(master: str | None = None, app_name: str = "recsys") -> SparkS
         problem = _java_problem()
         if problem:
             raise UserInputError(problem)
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-        builder = (
-            builder.master(master or DEFAULT_MASTER)
-            .config("spark.driver.host", "127.0.0.1")
-            .config("spark.driver.bindAddress", "127.0.0.1")
-            .config("spark.ui.enabled", "false")
-            .config("spark.ui.showConsoleProgress", "false")
-            .config("spark.sql.shuffle.partitions", "8")
-            .config("spark.executorEnv.PYSPARK_PYTHON", sys.executable)
+        if master != "":  # "": the master comes from spark-submit or spark-defaults.conf
+            builder = builder.master(master or DEFAULT_MASTER)
+        if master != "" and (master or DEFAULT_MASTER).startswith("local"):
+            # One machine: loopback only, and Python workers run this interpreter (they
+            # otherwise pick another Python that lacks the dependencies).
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+            builder = (
+                builder.config("spark.driver.host", "127.0.0.1")
+                .config("spark.driver.bindAddress", "127.0.0.1")
+                .config("spark.sql.shuffle.partitions", "8")
+                .config("spark.executorEnv.OMP_NUM_THREADS", "1")
+                # Local mode runs executors inside the driver JVM: the 1 GB default
+                # heap runs out on GLMix's cached passes (measured on the default world).
+                .config("spark.driver.memory", os.environ.get("RECSYS_SPARK_DRIVER_MEMORY", "4g"))
+            )
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        builder = builder.config("spark.ui.enabled", "false").config(
+            "spark.ui.showConsoleProgress", "false"
         )
     builder = builder.config("spark.sql.session.timeZone", "UTC").config(
         "spark.sql.execution.arrow.pyspark.enabled", "true"
@@ -241,8 +250,17 @@ def fit_glmix_frame(
     on_pass: Callable[[int, float], None] | None = None,
     partitions: int | None = None,
     user_order: list[str] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> GLMix:
-    """GLMix on a DataFrame of (user_id string, y double, f array<float>) rows."""
+    """GLMix on a DataFrame of (user_id string, y double, f array<float>) rows.
+
+    ``timings``, when given, accumulates the seconds spent in the fixed-effect steps
+    (``fixed_s``) and in the random-effect passes (``random_s``)."""
+    import time
+
+    clock = timings if timings is not None else {}
+    clock.setdefault("fixed_s", 0.0)
+    clock.setdefault("random_s", 0.0)
     from pyspark.sql import functions as F
 
     n_parts = partitions or _parallelism(spark)
@@ -263,10 +281,6 @@ def fit_glmix_frame(
         "user_id string, y double, f array<float>, bucket long, coef array<double>, "
         "rand double, ll double"
     )
-
-    def design(pdf: pd.DataFrame) -> np.ndarray:
-        f = np.stack(pdf["f"].to_numpy()).astype(np.float32) if len(pdf) else np.zeros((0, e))
-        return _fixed_design(f.reshape(len(pdf), e), None, use_video)
 
     def fixed_sums(beta: np.ndarray, frame: DataFrame) -> tuple[float, np.ndarray, np.ndarray]:
         def part(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -313,6 +327,7 @@ def fit_glmix_frame(
         ) -> tuple[float, np.ndarray, np.ndarray]:
             return fixed_sums(beta, frame)
 
+        t0 = time.perf_counter()
         fixed = newton_logistic(
             sums,
             p,
@@ -320,16 +335,19 @@ def fit_glmix_frame(
             max_steps=min(2, cfg.fixed_newton_steps) if k > 0 else cfg.fixed_newton_steps,
             init=fixed,
         )
+        clock["fixed_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
         steps = cfg.random_newton_steps if k == 0 else max(1, cfg.random_newton_steps // 2)
         beta = fixed.copy()
 
         new_state = (
             state.groupBy("bucket")
-            .applyInPandas(_user_pass(design, beta, steps, q, cfg), state_schema)
+            .applyInArrow(_user_pass(e, use_video, beta, steps, q, cfg), state_schema)
             .cache()
         )
         # One job computes the pass, caches it and sums the log-likelihood.
         ll = float(new_state.agg(F.sum("ll")).collect()[0][0]) / n
+        clock["random_s"] += time.perf_counter() - t0
         state.unpersist()
         state = new_state
         history.append({"pass": k + 1, "log_likelihood_per_row": ll})
@@ -352,30 +370,45 @@ def fit_glmix_frame(
 
 
 def _user_pass(
-    design: Callable[[pd.DataFrame], np.ndarray],
+    e: int,
+    use_video: bool,
     beta: np.ndarray,
     steps: int,
     q: int,
     cfg: GLMixConfig,
-) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    """The random-effect pass over one bucket's rows (all rows of its users)."""
+) -> Callable[[pa.Table], pa.Table]:
+    """The random-effect pass over one bucket's rows (all rows of its users), on Arrow
+    columns: the (n, E) features and (n, q) coefficients are flat buffers, no Python loop."""
 
-    def users(pdf: pd.DataFrame) -> pd.DataFrame:
-        codes, uniq = pd.factorize(pdf["user_id"])
-        x = design(pdf)
+    def users(table: pa.Table) -> pa.Table:
+        import torch
+
+        torch.set_num_threads(1)  # one core per Spark task
+        n = table.num_rows
+        codes, uniq = pd.factorize(table.column("user_id").to_numpy(zero_copy_only=False))
+        f = table.column("f").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        x = _fixed_design(f.reshape(n, e).astype(np.float32, copy=False), None, use_video)
         coef = np.zeros((len(uniq), q))
-        prev_coef = pdf["coef"].to_numpy()
-        for i, c in zip(codes, prev_coef, strict=True):
-            if c is not None:
-                coef[i] = c
-        y = pdf["y"].to_numpy(np.float64)
+        prev = table.column("coef").combine_chunks()
+        if prev.null_count < n:  # warm start: every row carries its user's coefficients
+            flat = prev.flatten().to_numpy(zero_copy_only=False).reshape(n, q)
+            _, first = np.unique(codes, return_index=True)
+            coef[codes[first]] = flat[first]
+        y = table.column("y").to_numpy().astype(np.float64)
         coef, eta = fit_user_effects(codes.astype(np.int64), x, y, beta, coef, cfg, steps)
-        fixed_score = x.astype(np.float64) @ beta
-        out = pdf[["user_id", "y", "f", "bucket"]].copy()
-        out["coef"] = list(coef[codes])
-        out["rand"] = eta - fixed_score
-        out["ll"] = _log_sigmoid_loss_np(eta, y)
-        return out
+        rand = eta - x.astype(np.float64) @ beta
+        per_row = pa.FixedSizeListArray.from_arrays(pa.array(coef[codes].ravel()), q)
+        return pa.table(
+            {
+                "user_id": table.column("user_id"),
+                "y": table.column("y"),
+                "f": table.column("f"),
+                "bucket": table.column("bucket"),
+                "coef": per_row.cast(pa.list_(pa.float64())),
+                "rand": pa.array(rand),
+                "ll": pa.array(_log_sigmoid_loss_np(eta, y)),
+            }
+        )
 
     return users
 

@@ -87,6 +87,10 @@ class GLMix:
     user_ids: list[str]
     user_coef: np.ndarray
     history: list[dict[str, float]] = field(default_factory=list)
+    #: (U, 1 + E) diagonal of each user's posterior precision at the fit (prior L2 plus the
+    #: data's curvature): how sure the fit is of each coefficient. Online updates use it as
+    #: the prior precision around ``user_coef`` (None: only the prior L2 is known).
+    user_precision: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.user_index = {u: i for i, u in enumerate(self.user_ids)}
@@ -146,8 +150,12 @@ class GLMix:
         coef = pa.FixedSizeListArray.from_arrays(
             pa.array(self.user_coef.reshape(-1), pa.float64()), k
         )
-        table = pa.table({"user_id": pa.array(self.user_ids, pa.string()), "coef": coef})
-        return fixed, table
+        cols = {"user_id": pa.array(self.user_ids, pa.string()), "coef": coef}
+        if self.user_precision is not None:
+            cols["precision"] = pa.FixedSizeListArray.from_arrays(
+                pa.array(self.user_precision.reshape(-1), pa.float64()), k
+            )
+        return fixed, pa.table(cols)
 
     @classmethod
     def from_tables(cls, fixed: dict[str, Any], users: pa.Table) -> GLMix:
@@ -163,7 +171,22 @@ class GLMix:
         k = 1 + (e if cfg.use_video_features else 0)
         if len(f) != 1 + e + g or len(flat) != len(ids) * k:
             raise UserInputError("malformed GLMix model (coefficient sizes do not match)")
-        return cls(cfg, e, g, f, ids, flat.reshape(len(ids), k), list(fixed.get("history", [])))
+        precision = None
+        if "precision" in users.column_names:  # artifacts before online GLMix lack it
+            p = users.column("precision").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            if len(p) != len(ids) * k:
+                raise UserInputError("malformed GLMix model (precision sizes do not match)")
+            precision = p.reshape(len(ids), k)
+        return cls(
+            cfg,
+            e,
+            g,
+            f,
+            ids,
+            flat.reshape(len(ids), k),
+            list(fixed.get("history", [])),
+            precision,
+        )
 
 
 # --------------------------------------------------------------------------- fitting
@@ -549,6 +572,16 @@ def fit_glmix(
         if ll - prev < cfg.tol:
             break
         prev = ll
+    # Posterior precision (diagonal) per user at the final logits: prior L2 + sum z^2 w.
+    mu = torch.sigmoid(fixed_score + rand_score)
+    w = (mu * (1 - mu)).numpy()
+    precision = np.tile(lam.numpy(), (n_users, 1))
+    z_np = z_all.numpy()
+    has_effect = np.zeros(n_users, dtype=bool)
+    for bk in buckets:
+        has_effect[bk.users] = True
+    rows = has_effect[user_of_row]
+    np.add.at(precision, user_of_row[rows], (z_np[rows].astype(np.float64) ** 2) * w[rows, None])
     # The fixed vector always has slots for the video coefficients, zero when unused.
     full = np.zeros(1 + e + g)
     full[0] = fixed_full[0]
@@ -557,7 +590,7 @@ def fit_glmix(
         full[1 + e :] = fixed_full[1 + e :]
     else:
         full[1 + e :] = fixed_full[1:]
-    return GLMix(cfg, e, g, full, [str(u) for u in uniq], coef.numpy(), history)
+    return GLMix(cfg, e, g, full, [str(u) for u in uniq], coef.numpy(), history, precision)
 
 
 def select_random_l2(

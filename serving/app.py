@@ -49,7 +49,7 @@ from serving.frame_encoding import (
 from serving.metrics import Metrics
 from serving.settings import Settings
 from serving.state import ConflictError, NotFoundError, ServingState, StateHolder
-from serving.store import DurableStore
+from serving.store import DurableStore, Impression
 
 ID = Annotated[str, Field(min_length=1, max_length=256)]
 
@@ -184,6 +184,30 @@ class WatchEvent(BaseModel):
     watch_seconds: float = Field(ge=0, allow_inf_nan=False)
     #: an RFC 3339 string with a time zone (not parsed from numbers: the schema says string)
     at: Annotated[AwareDatetime, Field(strict=False), BeforeValidator(_rfc3339_string)]
+
+
+class ImpressionEvent(BaseModel):
+    """One row of the ``impressions.parquet`` contract, as it happens."""
+
+    model_config = REQUEST_MODEL
+    user_id: ID
+    video_id: ID
+    shown_at: Annotated[AwareDatetime, Field(strict=False), BeforeValidator(_rfc3339_string)]
+    watch_seconds: float = Field(ge=0, allow_inf_nan=False)
+    #: a retry with the same id is acknowledged and not applied twice
+    event_id: ID | None = None
+
+
+class ImpressionBatch(BaseModel):
+    model_config = REQUEST_MODEL
+    impressions: list[ImpressionEvent] = Field(min_length=1, max_length=1000)
+
+
+class ImpressionsResponse(BaseModel):
+    accepted: int
+    duplicates: int
+    valid_watches: int
+    users_updated: int
 
 
 class Recommendation(BaseModel):
@@ -502,6 +526,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "index_size": s.num_videos,
                 "ingested_videos": s.ingested,
                 "watch_events": s.watch_events,
+                "impression_events_stored": s.impression_events,
+                "online_users": len(s.online.effects),
                 "state_rows_skipped": s.skipped_rows,
             }
 
@@ -564,6 +590,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         metrics.inc("watch_events")
         return _json({"status": "recorded", "valid_watch": valid}, 201)
+
+    @app.post(
+        "/v1/events/impressions",
+        tags=["ingestion"],
+        status_code=201,
+        responses={201: {"model": ImpressionsResponse}, **_errors(400, 401, 404, 413, 422, 503)},
+        dependencies=[Depends(require_api_key)],
+    )
+    def impressions(req: ImpressionBatch, state: State) -> Response:
+        """Append impressions (durable before the 201). Valid watches extend histories and
+        each user's GLMix effect is refitted at once (online GLMix), so the next scores and
+        recommendations reflect them. Unknown videos reject the whole batch (404)."""
+        batch = [
+            Impression(i.user_id, i.video_id, i.shown_at.isoformat(), i.watch_seconds, i.event_id)
+            for i in req.impressions
+        ]
+        with holder.reload_lock:
+            result = current_state().record_impressions(batch)
+        metrics.inc("impression_events", result.accepted)
+        return _json(
+            {
+                "accepted": result.accepted,
+                "duplicates": result.duplicates,
+                "valid_watches": result.valid_watches,
+                "users_updated": result.users_updated,
+            },
+            201,
+        )
 
     @app.get(
         "/v1/users/{user_id}/recommendations",

@@ -24,7 +24,8 @@ from recsys.artifact import load_embedder, load_glmix, read_embeddings, read_man
 from recsys.errors import UserInputError
 from recsys.glmix import GLMix
 from recsys.index import IndexConfig, VideoIndex
-from serving.store import DurableStore
+from recsys.online import OnlineConfig, OnlineEffects
+from serving.store import DurableStore, Impression
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,13 @@ def payload_hash(frames: np.ndarray) -> str:
 
 
 class ServingState:
-    def __init__(self, artifact: Path, store: DurableStore, watch_threshold_s: float) -> None:
+    def __init__(
+        self,
+        artifact: Path,
+        store: DurableStore,
+        watch_threshold_s: float,
+        online_config: OnlineConfig | None = None,
+    ) -> None:
         t0 = time.perf_counter()
         self.artifact = artifact
         self.manifest = read_manifest(artifact, verify=True)
@@ -74,6 +81,7 @@ class ServingState:
         self.dim = emb.shape[1]
         self._lock = threading.Lock()
         self._index_lock = threading.Lock()
+        self._online_lock = threading.Lock()
         self._ids: list[str] = list(ids)
         self._rows: dict[str, int] = {v: i for i, v in enumerate(ids)}
         self._emb = np.zeros((max(2 * len(ids), 1024), self.dim), dtype=np.float32)
@@ -114,6 +122,25 @@ class ServingState:
             self._append_video(sv.video_id, sv.embedding)
             self.payload_hashes[sv.video_id] = sv.payload_sha256
             self.ingested += 1
+        # Online GLMix: every stored impression, in order, through the same update code.
+        self.online = OnlineEffects(self.glmix, online_config or OnlineConfig())
+        self.impression_events = 0
+        pending: dict[str, tuple[list[np.ndarray], list[float]]] = {}
+        for imp in store.impressions():
+            r = self._rows.get(imp.video_id)
+            if r is None:  # a video that a newer artifact no longer has
+                self.skipped_rows += 1
+                continue
+            self.impression_events += 1
+            xs, ys = pending.setdefault(imp.user_id, ([], []))
+            xs.append(self._emb[r])
+            ys.append(1.0 if imp.watch_seconds >= self.threshold else 0.0)
+            if imp.watch_seconds >= self.threshold:
+                self._add_history(imp.user_id, r)
+        for user, (xs, ys) in pending.items():
+            # One refit per user over their stored window (the service refits per batch;
+            # with the same window the result differs only by the Newton warm start).
+            self.online.observe(user, np.stack(xs), np.asarray(ys))
         for u, v, secs, _ in store.watches():
             self.watch_events += 1
             r = self._rows.get(v)
@@ -184,22 +211,20 @@ class ServingState:
                 out.append({"video_id": v, "error": "unknown video"})
         return {
             "user_id": user_id,
-            "known_user": user_id in self.glmix.user_index,
+            "known_user": self.known_user(user_id),
             "history_size": len(hist) if hist else 0,
             "scores": out,
         }
 
     def _watch_probability(self, user_id: str, cand: np.ndarray) -> np.ndarray:
-        g = self.glmix
-        x = cand.astype(np.float64)
-        eta = g.fixed_logit(x)
-        u = g.user_index.get(user_id)
-        if u is not None:
-            c = g.user_coef[u]
-            eta = eta + c[0]
-            if g.config.use_video_features:
-                eta = eta + x @ c[1:]
-        return 1.0 / (1.0 + np.exp(-eta))
+        # Fixed effect plus the user's effect: refitted online when the service has seen
+        # their impressions, else the offline one (none for an unknown user).
+        with self._online_lock:
+            eta = self.online.logit(user_id, cand)
+        return 0.5 * (1.0 + np.tanh(0.5 * eta))
+
+    def known_user(self, user_id: str) -> bool:
+        return user_id in self.glmix.user_index or user_id in self.online.effects
 
     def similar(self, video_id: str, k: int) -> list[dict[str, Any]]:
         row = self._rows.get(video_id)
@@ -300,6 +325,48 @@ class ServingState:
             if valid:
                 self._add_history(user_id, row)
         return valid
+
+    def record_impressions(self, impressions: list[Impression]) -> ImpressionsResult:
+        """Durably append a batch, then learn from it: valid watches extend histories and
+        each user's effect is refitted. Retried ``event_id``s are acknowledged, not re-applied."""
+        rows = []
+        for imp in impressions:
+            r = self._rows.get(imp.video_id)
+            if r is None:
+                raise NotFoundError(f"unknown video {imp.video_id!r}")
+            rows.append(r)
+        with self._lock:
+            fresh = self.store.insert_impressions(impressions)
+            by_user: dict[str, tuple[list[int], list[float]]] = {}
+            valid = 0
+            for imp, r, new in zip(impressions, rows, fresh, strict=True):
+                if not new:
+                    continue
+                watched = imp.watch_seconds >= self.threshold
+                valid += watched
+                if watched:
+                    self._add_history(imp.user_id, r)
+                rs, ys = by_user.setdefault(imp.user_id, ([], []))
+                rs.append(r)
+                ys.append(1.0 if watched else 0.0)
+            self.impression_events += sum(fresh)
+        with self._online_lock:
+            for user, (rs, ys) in by_user.items():
+                self.online.observe(user, self._emb[np.asarray(rs)], np.asarray(ys))
+        return ImpressionsResult(
+            accepted=sum(fresh),
+            duplicates=len(fresh) - sum(fresh),
+            valid_watches=valid,
+            users_updated=len(by_user),
+        )
+
+
+@dataclass(frozen=True)
+class ImpressionsResult:
+    accepted: int
+    duplicates: int
+    valid_watches: int
+    users_updated: int
 
 
 class StateHolder:

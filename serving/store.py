@@ -24,6 +24,14 @@ CREATE TABLE IF NOT EXISTS videos (
     num_frames INTEGER NOT NULL,
     ingested_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
+CREATE TABLE IF NOT EXISTS impressions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT UNIQUE,
+    user_id TEXT NOT NULL,
+    video_id TEXT NOT NULL,
+    shown_at TEXT NOT NULL,
+    watch_seconds REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS watches (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id TEXT NOT NULL,
@@ -40,6 +48,15 @@ class StoredVideo:
     payload_sha256: str
     embedding: np.ndarray
     num_frames: int
+
+
+@dataclass(frozen=True)
+class Impression:
+    user_id: str
+    video_id: str
+    shown_at: str
+    watch_seconds: float
+    event_id: str | None = None
 
 
 class DurableStore:
@@ -92,6 +109,35 @@ class DurableStore:
                 "INSERT INTO watches (user_id, video_id, watch_seconds, at) VALUES (?, ?, ?, ?)",
                 (user_id, video_id, watch_seconds, at),
             )
+
+    def insert_impressions(self, rows: list[Impression]) -> list[bool]:
+        """Durably insert a batch in one transaction; per row, False when its ``event_id``
+        was stored before (a retry: nothing written for it)."""
+        inserted: list[bool] = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for r in rows:
+                    cur = self._db.execute(
+                        "INSERT OR IGNORE INTO impressions "
+                        "(event_id, user_id, video_id, shown_at, watch_seconds) VALUES (?, ?, ?, ?, ?)",
+                        (r.event_id, r.user_id, r.video_id, r.shown_at, r.watch_seconds),
+                    )
+                    inserted.append(cur.rowcount == 1)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return inserted
+
+    def impressions(self) -> Iterator[Impression]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT event_id, user_id, video_id, shown_at, watch_seconds FROM impressions "
+                "ORDER BY seq"
+            ).fetchall()
+        for r in rows:
+            yield Impression(r[1], r[2], r[3], float(r[4]), r[0])
 
     def videos(self) -> Iterator[StoredVideo]:
         with self._lock:

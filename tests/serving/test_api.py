@@ -420,3 +420,63 @@ def test_every_error_has_the_documented_shape(client) -> None:
     assert r.status_code == 400 and r.json()["field"] == "frames_b64"
     r = client.post("/v1/score", json={"user_id": "u", "video_ids": []})
     assert r.status_code == 422 and r.json()["field"] == "video_ids"
+
+
+def test_impression_events_teach_a_new_user_online(client: TestClient, settings, artifact) -> None:
+    ids, _ = _catalogue(artifact)
+    user = "brand-new-user"
+    cands = ids[:20]
+    before = client.post("/v1/score", json={"user_id": user, "video_ids": cands}).json()
+    assert before["known_user"] is False
+    # The newcomer watches the first ten candidates and skips the next ten.
+    batch = [
+        {
+            "user_id": user,
+            "video_id": v,
+            "shown_at": f"2030-01-01T00:{i:02d}:00Z",
+            "watch_seconds": 60.0 if i < 10 else 0.0,
+            "event_id": f"e{i}",
+        }
+        for i, v in enumerate(cands)
+    ]
+    r = client.post("/v1/events/impressions", json={"impressions": batch}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    assert r.json() == {"accepted": 20, "duplicates": 0, "valid_watches": 10, "users_updated": 1}
+    after = client.post("/v1/score", json={"user_id": user, "video_ids": cands}).json()
+    assert after["known_user"] is True and after["history_size"] == 10
+    p0 = np.array([s["watch_probability"] for s in before["scores"]])
+    p1 = np.array([s["watch_probability"] for s in after["scores"]])
+    # learnt: watched videos moved up relative to skipped ones
+    assert (p1[:10] - p0[:10]).mean() > (p1[10:] - p0[10:]).mean()
+    # a retry is acknowledged and not applied twice
+    again = client.post("/v1/events/impressions", json={"impressions": batch}, headers=AUTH)
+    assert again.status_code == 201 and again.json()["duplicates"] == 20
+    same = client.post("/v1/score", json={"user_id": user, "video_ids": cands}).json()
+    assert [s["watch_probability"] for s in same["scores"]] == list(p1)
+    # a restart replays the stored impressions to the same effect
+    with TestClient(create_app(settings)) as c2:
+        replayed = c2.post("/v1/score", json={"user_id": user, "video_ids": cands}).json()
+    np.testing.assert_allclose(
+        [s["watch_probability"] for s in replayed["scores"]], p1, rtol=0, atol=1e-9
+    )
+
+
+def test_impression_events_bad_input(client: TestClient, artifact) -> None:
+    ids, _ = _catalogue(artifact)
+    good = {
+        "user_id": "u",
+        "video_id": ids[0],
+        "shown_at": "2030-01-01T00:00:00Z",
+        "watch_seconds": 1.0,
+    }
+    cases = [
+        ({"impressions": []}, 422, "impressions"),
+        ({"impressions": [{**good, "video_id": "nope"}]}, 404, "unknown video"),
+        ({"impressions": [{**good, "watch_seconds": -1}]}, 422, "watch_seconds"),
+        ({"impressions": [{**good, "shown_at": "2030-01-01T00:00:00"}]}, 422, "shown_at"),
+        ({"impressions": [good] * 1001}, 422, "impressions"),
+    ]
+    for body, status, needle in cases:
+        r = client.post("/v1/events/impressions", json=body, headers=AUTH)
+        assert r.status_code == status and needle in r.json()["detail"], (body, r.text)
+    assert client.post("/v1/events/impressions", json={"impressions": [good]}).status_code == 401

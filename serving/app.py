@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import re
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -49,7 +51,9 @@ from serving.frame_encoding import (
 from serving.metrics import Metrics
 from serving.settings import Settings
 from serving.state import ConflictError, NotFoundError, ServingState, StateHolder
-from serving.store import DurableStore, Impression
+from serving.store import Impression, StateStore, StoreUnavailable, open_store
+
+log = logging.getLogger(__name__)
 
 ID = Annotated[str, Field(min_length=1, max_length=256)]
 
@@ -250,7 +254,7 @@ _ERROR_TEXT = {
     409: "Conflicts with an existing video",
     413: "Request body too large",
     422: "Request does not match the schema",
-    503: "Not ready (artifact loading)",
+    503: "Not ready (artifact loading, or the state store unreachable: see Retry-After)",
 }
 
 
@@ -391,7 +395,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     holder = StateHolder()
 
-    def load_state(store: DurableStore) -> ServingState:
+    def load_state(store: StateStore) -> ServingState:
         state = ServingState(settings.artifacts, store, settings.watch_threshold_s)
         if schema_dim is not None and state.feature_dim != schema_dim:
             raise UserInputError(
@@ -406,22 +410,72 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # OpenMP team per single query stalls when cores are busy (HNSW p50 0.14 ms with
         # one thread vs ~8 ms with two under load, measured here).
         faiss.omp_set_num_threads(1)
-        store = DurableStore(settings.state_db_path())
-        app.state.store = store
-        holder.current = await run_in_threadpool(load_state, store)
+        stop = threading.Event()
+        app.state.store_ok = True
+
+        def follow() -> None:
+            # Other replicas' writes (and, after an outage, the store coming back).
+            while not stop.wait(settings.sync_interval_s):
+                state = holder.current
+                if state is None:
+                    continue
+                try:
+                    n = state.sync()
+                    app.state.store_ok = True
+                    if n:
+                        metrics.inc("replicated_rows", n)
+                except StoreUnavailable as exc:
+                    if app.state.store_ok:
+                        log.warning("%s", exc)
+                    app.state.store_ok = False
+                except Exception:  # keep following; the next poll retries
+                    log.exception("state store: sync failed")
+
+        def open_and_load() -> tuple[StateStore, ServingState]:
+            store = open_store(settings.store_url())
+            try:
+                return store, load_state(store)
+            except BaseException:
+                store.close()
+                raise
+
+        def load_when_reachable() -> None:
+            while not stop.is_set():
+                try:
+                    app.state.store, holder.current = open_and_load()
+                    app.state.store_ok = True
+                    log.warning("state store reachable again: loaded")
+                    return
+                except StoreUnavailable:
+                    stop.wait(1.0)
+
+        try:
+            app.state.store, holder.current = await run_in_threadpool(open_and_load)
+        except StoreUnavailable as exc:
+            # Start anyway, not ready, and load as soon as the store answers.
+            log.warning("%s; retrying every second", exc)
+            app.state.store, app.state.store_ok = None, False
+            threading.Thread(target=load_when_reachable, daemon=True).start()
+        follower = threading.Thread(target=follow, name="state-follower", daemon=True)
+        follower.start()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload_now()))
         try:
             yield
         finally:
+            stop.set()
+            follower.join(timeout=5)
             holder.current = None
-            store.close()
+            if app.state.store is not None:
+                app.state.store.close()
 
     async def reload_now() -> dict[str, Any]:
         def build() -> ServingState:
             # Writes wait on the reload lock, so none lands between building and swapping.
             with holder.reload_lock:
+                if app.state.store is None:
+                    raise StoreUnavailable("state store unavailable: not loaded yet")
                 new = load_state(app.state.store)
                 holder.current = new
                 holder.reloads += 1
@@ -472,6 +526,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def conflict(_: Request, exc: ConflictError) -> JSONResponse:
         return _error(409, str(exc))
 
+    @app.exception_handler(StoreUnavailable)
+    async def store_down(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        app.state.store_ok = False
+        response = _error(503, str(exc))
+        response.headers["Retry-After"] = "1"
+        return response
+
     @app.exception_handler(NotFoundError)
     async def not_found(_: Request, exc: NotFoundError) -> JSONResponse:
         return _error(404, str(exc))
@@ -511,6 +572,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = holder.current
         if state is None:
             return _json({"status": "loading"}, 503)
+        if not app.state.store_ok:
+            response = _json({"status": "state store unavailable"}, 503)
+            response.headers["Retry-After"] = "1"
+            return response
         return _json(
             {"status": "ready", "artifact_version": state.version, "videos": state.num_videos}
         )

@@ -12,8 +12,13 @@ class Settings(BaseSettings):
 
     #: artifact directory produced by ``recsys pipeline`` (OUT/artifact)
     artifacts: Path = Path("artifact")
-    #: SQLite file holding ingested videos and watch events; default: next to the artifact
+    #: SQLite file holding ingested videos and events; default: next to the artifact
     state_db: Path | None = None
+    #: the state store as a URL: sqlite:///path or postgresql://user@host:port/db (shared
+    #: by replicas); wins over state_db
+    state_url: str | None = None
+    #: seconds between polls of the store for other replicas' writes
+    sync_interval_s: float = 0.2
     #: required in the X-API-Key header of write endpoints when set
     api_key: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
@@ -23,6 +28,9 @@ class Settings(BaseSettings):
     watch_threshold_s: float = 10.0
     #: at most this many history videos seed the neighbour search for recommendations
     recommend_seed_videos: int = 20
+
+    def store_url(self) -> str:
+        return self.state_url or f"sqlite:///{self.state_db_path()}"
 
     def state_db_path(self) -> Path:
         if self.state_db is not None:

@@ -25,7 +25,7 @@ from recsys.errors import UserInputError
 from recsys.glmix import GLMix
 from recsys.index import IndexConfig, VideoIndex
 from recsys.online import OnlineConfig, OnlineEffects
-from serving.store import DurableStore, Impression
+from serving.store import Impression, StateStore, StoredVideo, Watch
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class ServingState:
     def __init__(
         self,
         artifact: Path,
-        store: DurableStore,
+        store: StateStore,
         watch_threshold_s: float,
         online_config: OnlineConfig | None = None,
     ) -> None:
@@ -104,49 +104,93 @@ class ServingState:
         self.store = store
         self.ingested = 0
         self.watch_events = 0
+        self.impression_events = 0
         self.payload_hashes: dict[str, str] = {}
         #: stored rows that could not be replayed (skipped and logged, never fatal)
         self.skipped_rows = 0
-        for sv in store.videos():  # replay durable writes
-            emb_ok = sv.embedding.shape == (self.dim,) and bool(np.isfinite(sv.embedding).all())
-            if not emb_ok or sv.video_id in self._rows:
-                self.skipped_rows += 1
-                log.warning(
-                    "state store: skipped video %r (%s)",
-                    sv.video_id,
-                    "embedding not a finite vector of the artifact's size"
-                    if not emb_ok
-                    else "already in the catalogue",
-                )
-                continue
-            self._append_video(sv.video_id, sv.embedding)
-            self.payload_hashes[sv.video_id] = sv.payload_sha256
-            self.ingested += 1
-        # Online GLMix: every stored impression, in order, through the same update code.
         self.online = OnlineEffects(self.glmix, online_config or OnlineConfig())
-        self.impression_events = 0
-        pending: dict[str, tuple[list[np.ndarray], list[float]]] = {}
-        for imp in store.impressions():
-            r = self._rows.get(imp.video_id)
-            if r is None:  # a video that a newer artifact no longer has
-                self.skipped_rows += 1
-                continue
-            self.impression_events += 1
-            xs, ys = pending.setdefault(imp.user_id, ([], []))
-            xs.append(self._emb[r])
-            ys.append(1.0 if imp.watch_seconds >= self.threshold else 0.0)
-            if imp.watch_seconds >= self.threshold:
-                self._add_history(imp.user_id, r)
-        for user, (xs, ys) in pending.items():
-            # One refit per user over their stored window (the service refits per batch;
-            # with the same window the result differs only by the Newton warm start).
-            self.online.observe(user, np.stack(xs), np.asarray(ys))
-        for u, v, secs, _ in store.watches():
-            self.watch_events += 1
-            r = self._rows.get(v)
-            if r is not None and secs >= self.threshold:
-                self._add_history(u, r)
+        # Follow the store's log: the newest sequence number seen per table, and the
+        # numbers applied within the look-back window (rows that commit out of order).
+        self._cursor = {"videos": 0, "watches": 0, "impressions": 0}
+        self._applied: dict[str, set[int]] = {k: set() for k in self._cursor}
+        self.sync()  # replay every durable write
         self.load_seconds = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ the log
+
+    def _mark(self, table: str, seq: int) -> bool:
+        """Record ``seq`` as applied; False when it was applied before."""
+        applied = self._applied[table]
+        if seq in applied or seq <= self._cursor[table] - self.store.lookback - 1:
+            return False
+        applied.add(seq)
+        if seq > self._cursor[table]:
+            self._cursor[table] = seq
+        return True
+
+    def sync(self) -> int:
+        """Apply the rows other writers (replicas) added since the last call; returns how
+        many. Cheap when nothing changed: three indexed range queries."""
+        lb = self.store.lookback
+        changes = self.store.changes(
+            *(max(0, self._cursor[t] - lb) for t in ("videos", "watches", "impressions"))
+        )
+        if not changes:
+            return 0
+        applied = 0
+        with self._lock:
+            for seq, sv in changes.videos:
+                if self._mark("videos", seq):
+                    applied += 1
+                    self._apply_video(sv)
+            for seq, w in changes.watches:
+                if self._mark("watches", seq):
+                    applied += 1
+                    self.watch_events += 1
+                    r = self._rows.get(w.video_id)
+                    if r is not None and w.watch_seconds >= self.threshold:
+                        self._add_history(w.user_id, r)
+            by_user: dict[str, tuple[list[int], list[float]]] = {}
+            for seq, imp in changes.impressions:
+                if not self._mark("impressions", seq):
+                    continue
+                applied += 1
+                r = self._rows.get(imp.video_id)
+                if r is None:  # a video that this artifact does not have
+                    self.skipped_rows += 1
+                    continue
+                self.impression_events += 1
+                watched = imp.watch_seconds >= self.threshold
+                if watched:
+                    self._add_history(imp.user_id, r)
+                rs, ys = by_user.setdefault(imp.user_id, ([], []))
+                rs.append(r)
+                ys.append(1.0 if watched else 0.0)
+            for t in self._applied:  # forget numbers below the look-back window
+                floor = self._cursor[t] - lb
+                if len(self._applied[t]) > 2 * lb + 64:
+                    self._applied[t] = {x for x in self._applied[t] if x > floor}
+            if by_user:
+                with self._online_lock:
+                    for user, (rs, ys) in by_user.items():
+                        self.online.observe(user, self._emb[np.asarray(rs)], np.asarray(ys))
+        return applied
+
+    def _apply_video(self, sv: StoredVideo) -> None:
+        emb_ok = sv.embedding.shape == (self.dim,) and bool(np.isfinite(sv.embedding).all())
+        if not emb_ok or sv.video_id in self._rows:
+            self.skipped_rows += 1
+            log.warning(
+                "state store: skipped video %r (%s)",
+                sv.video_id,
+                "embedding not a finite vector of the artifact's size"
+                if not emb_ok
+                else "already in the catalogue",
+            )
+            return
+        self._append_video(sv.video_id, sv.embedding)
+        self.payload_hashes[sv.video_id] = sv.payload_sha256
+        self.ingested += 1
 
     # ------------------------------------------------------------------ internals
 
@@ -299,7 +343,8 @@ class ServingState:
                 raise ConflictError(
                     f"video {video_id!r} was already ingested with different frames"
                 )
-            if not self.store.insert_video(video_id, digest, vector, len(frames)):
+            seq = self.store.insert_video(video_id, digest, vector, len(frames))
+            if seq is None:
                 stored = self.store.get_video(video_id)
                 if stored is not None and stored.payload_sha256 == digest:
                     self.payload_hashes[video_id] = digest
@@ -309,6 +354,7 @@ class ServingState:
                     f"video {video_id!r} was already ingested with different frames"
                 )
             # Durable from here on; now make it visible.
+            self._mark("videos", seq)
             self.payload_hashes[video_id] = digest
             self._append_video(video_id, vector)
             self.ingested += 1
@@ -319,7 +365,9 @@ class ServingState:
         if row is None:
             raise NotFoundError(f"unknown video {video_id!r}")
         with self._lock:
-            self.store.insert_watch(user_id, video_id, watch_seconds, at)
+            self._mark(
+                "watches", self.store.insert_watch(Watch(user_id, video_id, watch_seconds, at))
+            )
             self.watch_events += 1
             valid = watch_seconds >= self.threshold
             if valid:
@@ -336,7 +384,8 @@ class ServingState:
                 raise NotFoundError(f"unknown video {imp.video_id!r}")
             rows.append(r)
         with self._lock:
-            fresh = self.store.insert_impressions(impressions)
+            seqs = self.store.insert_impressions(impressions)
+            fresh = [q is not None and self._mark("impressions", q) for q in seqs]
             by_user: dict[str, tuple[list[int], list[float]]] = {}
             valid = 0
             for imp, r, new in zip(impressions, rows, fresh, strict=True):

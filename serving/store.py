@@ -1,20 +1,28 @@
-"""Durable store of what the service is told after start-up: ingested videos and watches.
+"""Durable store of what the service is told after start-up: ingested videos, watches and
+impressions. One interface, two implementations, chosen by ``RECSYS_STATE_URL``:
 
-SQLite in WAL mode with ``synchronous=FULL``: a commit is on disk before the call
-returns, so an acknowledged write survives a crash (WAL alone is not enough; with
-``NORMAL`` the last commits can be lost on power failure). The in-memory index and
-histories are derived from this store plus the artifact and are rebuilt on start-up.
+* ``sqlite:///path`` (default: next to the artifact): embedded, in WAL mode with
+  ``synchronous=FULL``, so a commit is on disk before the call returns (WAL alone is not
+  enough; with ``NORMAL`` the last commits can be lost on power failure);
+* ``postgresql://...``: shared by several replicas (``serving/pg_store.py``).
+
+Every row has a sequence number. A replica applies its own writes at once and follows the
+others' through ``changes`` (polled), so all replicas converge on the same state: the
+in-memory index, histories and online user effects are derived from the artifact plus
+this log, and rebuilt from it on start-up.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+
+from recsys.errors import UserInputError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS videos (
@@ -42,6 +50,10 @@ CREATE TABLE IF NOT EXISTS watches (
 """
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be reached (HTTP 503 with Retry-After; the replica is not ready)."""
+
+
 @dataclass(frozen=True)
 class StoredVideo:
     video_id: str
@@ -59,7 +71,53 @@ class Impression:
     event_id: str | None = None
 
 
-class DurableStore:
+@dataclass(frozen=True)
+class Watch:
+    user_id: str
+    video_id: str
+    watch_seconds: float
+    at: str
+
+
+@dataclass
+class Changes:
+    """Rows with a sequence number above the asked cursors, per table, in order."""
+
+    videos: list[tuple[int, StoredVideo]] = field(default_factory=list)
+    watches: list[tuple[int, Watch]] = field(default_factory=list)
+    impressions: list[tuple[int, Impression]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.videos) + len(self.watches) + len(self.impressions)
+
+
+class StateStore(Protocol):
+    """What the service needs from durable storage. Inserts return sequence numbers."""
+
+    #: how far below its newest seen row a follower re-reads, for rows whose transaction
+    #: committed after a later one (0: commits are serialised in sequence order)
+    lookback: int
+
+    def close(self) -> None: ...
+    def get_video(self, video_id: str) -> StoredVideo | None: ...
+    def insert_video(
+        self, video_id: str, payload_sha256: str, embedding: np.ndarray, num_frames: int
+    ) -> int | None: ...
+    def insert_watch(self, w: Watch) -> int: ...
+    def insert_impressions(self, rows: list[Impression]) -> list[int | None]: ...
+    def changes(self, videos: int, watches: int, impressions: int) -> Changes: ...
+    def counts(self) -> tuple[int, int]: ...
+
+
+def _vector(blob: object) -> np.ndarray:
+    # A damaged blob decodes to an empty vector, which the replay skips and counts.
+    raw = bytes(blob) if isinstance(blob, bytes | bytearray | memoryview) else b""
+    return np.frombuffer(raw if len(raw) % 4 == 0 else b"", np.float32)
+
+
+class SqliteStore:
+    lookback = 0  # one writer at a time (BEGIN IMMEDIATE): commit order = sequence order
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +125,7 @@ class DurableStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -79,41 +138,38 @@ class DurableStore:
                 "SELECT video_id, payload_sha256, embedding, num_frames FROM videos WHERE video_id = ?",
                 (video_id,),
             ).fetchone()
-        return (
-            None
-            if row is None
-            else StoredVideo(row[0], row[1], np.frombuffer(row[2], np.float32), row[3])
-        )
+        return None if row is None else StoredVideo(row[0], row[1], _vector(row[2]), row[3])
 
     def insert_video(
         self, video_id: str, payload_sha256: str, embedding: np.ndarray, num_frames: int
-    ) -> bool:
-        """Durably insert; False when the id already exists (nothing written)."""
+    ) -> int | None:
+        """Durably insert; None when the id already exists (nothing written)."""
         blob = np.ascontiguousarray(embedding, dtype=np.float32).tobytes()
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(
+                cur = self._db.execute(
                     "INSERT INTO videos (video_id, payload_sha256, embedding, num_frames) VALUES (?, ?, ?, ?)",
                     (video_id, payload_sha256, blob, num_frames),
                 )
                 self._db.execute("COMMIT")
-                return True
+                return int(cur.lastrowid or 0)
             except sqlite3.IntegrityError:
                 self._db.execute("ROLLBACK")
-                return False
+                return None
 
-    def insert_watch(self, user_id: str, video_id: str, watch_seconds: float, at: str) -> None:
+    def insert_watch(self, w: Watch) -> int:
         with self._lock:
-            self._db.execute(
+            cur = self._db.execute(
                 "INSERT INTO watches (user_id, video_id, watch_seconds, at) VALUES (?, ?, ?, ?)",
-                (user_id, video_id, watch_seconds, at),
+                (w.user_id, w.video_id, w.watch_seconds, w.at),
             )
+            return int(cur.lastrowid or 0)
 
-    def insert_impressions(self, rows: list[Impression]) -> list[bool]:
-        """Durably insert a batch in one transaction; per row, False when its ``event_id``
-        was stored before (a retry: nothing written for it)."""
-        inserted: list[bool] = []
+    def insert_impressions(self, rows: list[Impression]) -> list[int | None]:
+        """Durably insert a batch in one transaction; per row its sequence number, or None
+        when its ``event_id`` was stored before (a retry: nothing written for it)."""
+        seqs: list[int | None] = []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -123,41 +179,55 @@ class DurableStore:
                         "(event_id, user_id, video_id, shown_at, watch_seconds) VALUES (?, ?, ?, ?, ?)",
                         (r.event_id, r.user_id, r.video_id, r.shown_at, r.watch_seconds),
                     )
-                    inserted.append(cur.rowcount == 1)
+                    seqs.append(int(cur.lastrowid or 0) if cur.rowcount == 1 else None)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return inserted
+        return seqs
 
-    def impressions(self) -> Iterator[Impression]:
+    def changes(self, videos: int, watches: int, impressions: int) -> Changes:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT event_id, user_id, video_id, shown_at, watch_seconds FROM impressions "
-                "ORDER BY seq"
+            v = self._db.execute(
+                "SELECT rowid, video_id, payload_sha256, embedding, num_frames FROM videos "
+                "WHERE rowid > ? ORDER BY rowid",
+                (videos,),
             ).fetchall()
-        for r in rows:
-            yield Impression(r[1], r[2], r[3], float(r[4]), r[0])
-
-    def videos(self) -> Iterator[StoredVideo]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT video_id, payload_sha256, embedding, num_frames FROM videos ORDER BY rowid"
+            w = self._db.execute(
+                "SELECT seq, user_id, video_id, watch_seconds, at FROM watches WHERE seq > ? "
+                "ORDER BY seq",
+                (watches,),
             ).fetchall()
-        for r in rows:
-            blob = r[2] if isinstance(r[2], bytes) and len(r[2]) % 4 == 0 else b""
-            # A damaged blob decodes to an empty vector, which the replay skips and counts.
-            yield StoredVideo(r[0], r[1], np.frombuffer(blob, np.float32), r[3])
-
-    def watches(self) -> Iterator[tuple[str, str, float, str]]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT user_id, video_id, watch_seconds, at FROM watches ORDER BY seq"
+            i = self._db.execute(
+                "SELECT seq, event_id, user_id, video_id, shown_at, watch_seconds FROM impressions "
+                "WHERE seq > ? ORDER BY seq",
+                (impressions,),
             ).fetchall()
-        yield from rows
+        return Changes(
+            [(r[0], StoredVideo(r[1], r[2], _vector(r[3]), r[4])) for r in v],
+            [(r[0], Watch(r[1], r[2], float(r[3]), r[4])) for r in w],
+            [(r[0], Impression(r[2], r[3], r[4], float(r[5]), r[1])) for r in i],
+        )
 
     def counts(self) -> tuple[int, int]:
         with self._lock:
             v = self._db.execute("SELECT count(*) FROM videos").fetchone()[0]
             w = self._db.execute("SELECT count(*) FROM watches").fetchone()[0]
         return int(v), int(w)
+
+
+#: the embedded store under its former name
+DurableStore = SqliteStore
+
+
+def open_store(url: str) -> StateStore:
+    """``sqlite:///path/to/file`` or ``postgresql://user@host:port/db``."""
+    if url.startswith("sqlite:///"):
+        return SqliteStore(url.removeprefix("sqlite:///"))  # sqlite:////abs or sqlite:///rel
+    if url.startswith(("postgresql://", "postgres://")):
+        from serving.pg_store import PostgresStore
+
+        return PostgresStore(url)
+    raise UserInputError(
+        f"RECSYS_STATE_URL must start with sqlite:/// or postgresql://, not {url.split(':')[0]!r}"
+    )

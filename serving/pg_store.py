@@ -1,0 +1,193 @@
+"""The state store on PostgreSQL: several replicas share ingested videos, watches and
+impressions (see ``serving/store.py`` for the interface).
+
+Durability: a commit returns after the WAL is flushed (PostgreSQL's default
+``synchronous_commit = on``), so an acknowledged write survives a crash of the replica
+and of the database server. Any connection failure becomes ``StoreUnavailable`` (HTTP 503
+with Retry-After, replica not ready); the next call reconnects, so replicas recover by
+themselves when the server returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+
+from serving.store import Changes, Impression, StoredVideo, StoreUnavailable, Watch, _vector
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS videos (
+    seq BIGSERIAL PRIMARY KEY,
+    video_id TEXT NOT NULL UNIQUE,
+    payload_sha256 TEXT NOT NULL,
+    embedding BYTEA NOT NULL,
+    num_frames INTEGER NOT NULL,
+    ingested_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS watches (
+    seq BIGSERIAL PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    video_id TEXT NOT NULL,
+    watch_seconds DOUBLE PRECISION NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS impressions (
+    seq BIGSERIAL PRIMARY KEY,
+    event_id TEXT UNIQUE,
+    user_id TEXT NOT NULL,
+    video_id TEXT NOT NULL,
+    shown_at TEXT NOT NULL,
+    watch_seconds DOUBLE PRECISION NOT NULL
+);
+"""
+
+#: advisory lock id serialising schema creation between replicas starting together
+_SCHEMA_LOCK = 0x7EC5
+
+
+class PostgresStore:
+    #: Sequence numbers are taken at insert and rows become visible at commit, so a row can
+    #: appear after rows with higher numbers; followers re-read this many numbers back.
+    lookback = 10_000
+
+    def __init__(self, url: str, connect_timeout_s: float = 3.0) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            from recsys.errors import UserInputError
+
+            raise UserInputError(
+                "a postgresql:// state store needs psycopg (pip install 'psycopg[binary]')"
+            ) from None
+        self._psycopg = psycopg
+        self.url = url
+        self._timeout = connect_timeout_s
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._run(self._create_schema)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _connect(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._psycopg.connect(
+                self.url, connect_timeout=max(1, int(self._timeout)), autocommit=False
+            )
+        return self._conn
+
+    def _run(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(connection)`` in one transaction; connection errors -> StoreUnavailable."""
+        with self._lock:
+            try:
+                conn = self._connect()
+                with conn.transaction():
+                    return fn(conn)
+            except self._psycopg.OperationalError as exc:
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):  # already broken
+                        self._conn.close()
+                self._conn = None
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no connection"
+                raise StoreUnavailable(f"state store unavailable: {first}") from None
+
+    @staticmethod
+    def _create_schema(conn: Any) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        conn.execute(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def ping(self) -> None:
+        self._run(lambda c: c.execute("SELECT 1"))
+
+    # ------------------------------------------------------------------ interface
+
+    def get_video(self, video_id: str) -> StoredVideo | None:
+        row = self._run(
+            lambda c: c.execute(
+                "SELECT video_id, payload_sha256, embedding, num_frames FROM videos "
+                "WHERE video_id = %s",
+                (video_id,),
+            ).fetchone()
+        )
+        return None if row is None else StoredVideo(row[0], row[1], _vector(row[2]), row[3])
+
+    def insert_video(
+        self, video_id: str, payload_sha256: str, embedding: np.ndarray, num_frames: int
+    ) -> int | None:
+        blob = np.ascontiguousarray(embedding, dtype=np.float32).tobytes()
+        row = self._run(
+            lambda c: c.execute(
+                "INSERT INTO videos (video_id, payload_sha256, embedding, num_frames) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (video_id) DO NOTHING RETURNING seq",
+                (video_id, payload_sha256, blob, num_frames),
+            ).fetchone()
+        )
+        return None if row is None else int(row[0])
+
+    def insert_watch(self, w: Watch) -> int:
+        row = self._run(
+            lambda c: c.execute(
+                "INSERT INTO watches (user_id, video_id, watch_seconds, at) "
+                "VALUES (%s, %s, %s, %s) RETURNING seq",
+                (w.user_id, w.video_id, w.watch_seconds, w.at),
+            ).fetchone()
+        )
+        return int(row[0])
+
+    def insert_impressions(self, rows: list[Impression]) -> list[int | None]:
+        def insert(c: Any) -> list[int | None]:
+            out: list[int | None] = []
+            for r in rows:
+                got = c.execute(
+                    "INSERT INTO impressions (event_id, user_id, video_id, shown_at, watch_seconds) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING RETURNING seq",
+                    (r.event_id, r.user_id, r.video_id, r.shown_at, r.watch_seconds),
+                ).fetchone()
+                out.append(None if got is None else int(got[0]))
+            return out
+
+        return self._run(insert)
+
+    def changes(self, videos: int, watches: int, impressions: int) -> Changes:
+        def read(c: Any) -> Changes:
+            v = c.execute(
+                "SELECT seq, video_id, payload_sha256, embedding, num_frames FROM videos "
+                "WHERE seq > %s ORDER BY seq",
+                (videos,),
+            ).fetchall()
+            w = c.execute(
+                "SELECT seq, user_id, video_id, watch_seconds, at FROM watches WHERE seq > %s "
+                "ORDER BY seq",
+                (watches,),
+            ).fetchall()
+            i = c.execute(
+                "SELECT seq, event_id, user_id, video_id, shown_at, watch_seconds FROM impressions "
+                "WHERE seq > %s ORDER BY seq",
+                (impressions,),
+            ).fetchall()
+            return Changes(
+                [(r[0], StoredVideo(r[1], r[2], _vector(r[3]), r[4])) for r in v],
+                [(r[0], Watch(r[1], r[2], float(r[3]), r[4])) for r in w],
+                [(r[0], Impression(r[2], r[3], r[4], float(r[5]), r[1])) for r in i],
+            )
+
+        return self._run(read)
+
+    def counts(self) -> tuple[int, int]:
+        def count(c: Any) -> tuple[int, int]:
+            v = c.execute("SELECT count(*) FROM videos").fetchone()[0]
+            w = c.execute("SELECT count(*) FROM watches").fetchone()[0]
+            return int(v), int(w)
+
+        return self._run(count)

@@ -18,8 +18,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(artifact: Path, db: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(
+    artifact: Path, db: Path, port: int, state_url: str | None = None
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RECSYS_STATE_DB": str(db), "RECSYS_API_KEY": "k", "OMP_NUM_THREADS": "1"}
+    if state_url:
+        env["RECSYS_STATE_URL"] = state_url
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -47,3 +51,67 @@ def start_server(artifact: Path, db: Path, port: int) -> subprocess.Popen[bytes]
         time.sleep(0.2)
     proc.kill()
     raise AssertionError("server did not become ready")
+
+
+class PostgresServer:
+    """A real PostgreSQL server in a temporary directory (Debian's binaries; as the
+    ``postgres`` user when running as root, since initdb refuses root)."""
+
+    BINDIRS = (
+        "/usr/lib/postgresql/17/bin",
+        "/usr/lib/postgresql/16/bin",
+        "/usr/lib/postgresql/15/bin",
+    )
+
+    def __init__(self) -> None:
+        import shutil
+        import tempfile
+
+        bindir = next((Path(d) for d in self.BINDIRS if (Path(d) / "pg_ctl").exists()), None)
+        if bindir is None and shutil.which("pg_ctl"):
+            bindir = Path(shutil.which("pg_ctl") or "").parent
+        if bindir is None:
+            raise AssertionError(
+                "these tests need a PostgreSQL server: apt-get install -y postgresql "
+                "(initdb and pg_ctl are looked up in /usr/lib/postgresql/*/bin and PATH)"
+            )
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="recsys-pg-"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.bindir / tool), *args],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "start"
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def destroy(self) -> None:
+        import shutil
+
+        try:
+            self.stop("immediate")
+        except subprocess.CalledProcessError:
+            pass  # already stopped
+        shutil.rmtree(self.root, ignore_errors=True)

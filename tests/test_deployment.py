@@ -15,7 +15,7 @@ def _compose() -> str:
 
 def test_compose_commands_are_real_recsys_subcommands(run_cli) -> None:
     text = _compose()
-    used = set(re.findall(r"recsys\s+([a-z0-9-]+)", text)) | set(
+    used = set(re.findall(r"recsys[ \t]+([a-z0-9-]+)", text)) | set(
         re.findall(r'"recsys",\s*"([a-z0-9-]+)"', text)
     )
     assert {"synth", "validate", "pipeline", "serve"} <= used
@@ -39,9 +39,17 @@ def test_compose_options_exist(run_cli) -> None:
 
 def test_healthcheck_and_settings() -> None:
     text = _compose()
-    assert "/readyz" in text and "RECSYS_API_KEY" in text and "RECSYS_STATE_DB" in text
+    assert "/readyz" in text and "RECSYS_API_KEY" in text and "RECSYS_STATE_URL" in text
     from serving.settings import Settings
 
-    assert {"api_key", "state_db", "artifacts"} <= set(Settings.model_fields)
+    assert {"api_key", "state_db", "state_url", "artifacts"} <= set(Settings.model_fields)
+    import yaml
+
+    services = yaml.safe_load(text)["services"]
+    replicas = [s for s in services.values() if "serve" in (s.get("command") or [])]
+    assert len(replicas) == 2 and "postgres" in services
+    urls = {s["environment"]["RECSYS_STATE_URL"] for s in replicas}
+    assert len(urls) == 1 and next(iter(urls)).startswith("postgresql://")
+    assert {s["ports"][0] for s in replicas} == {"8000:8000", "8001:8000"}
     docker = (ROOT / "Dockerfile").read_text()
     assert "requirements.lock" in docker and "pip install" in docker

@@ -45,6 +45,7 @@ from recsys.errors import UserInputError
 from recsys.frames import FrameStore
 from recsys.index import IndexConfig, VideoIndex
 from recsys.metrics import pair_auc
+from recsys.projection import fit_projection
 from recsys.splits import default_test_start
 from recsys.triplets import TripletConfig, mine_cowatch_pairs
 
@@ -596,6 +597,8 @@ def run_train_embeddings(
             "index.json": json.dumps(asdict(index_cfg)).encode(),
             "train_history.json": json.dumps(result.history, indent=2).encode(),
             "loss_curve.png": png.read_bytes(),
+            # the explorer's 2-D map (PCA), fitted once so every replica draws the same map
+            "projection.json": json.dumps(fit_projection(vectors)).encode(),
         }
         files.update(extra_files or {})
         manifest = {

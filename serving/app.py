@@ -41,6 +41,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recsys.dataset import dequantize
 from recsys.errors import UserInputError
+from serving.deps import State
+from serving.explorer import add_explorer
 from serving.frame_encoding import (
     VALUE_LIMIT,
     FrameDecodeError,
@@ -218,6 +220,7 @@ class Recommendation(BaseModel):
     video_id: str
     watch_probability: float
     max_similarity: float | None = None
+    avg_similarity: float | None = None
 
 
 class SimilarVideo(BaseModel):
@@ -261,17 +264,6 @@ _ERROR_TEXT = {
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries documenting the given error statuses."""
     return {c: {"model": ErrorBody, "description": _ERROR_TEXT[c]} for c in codes}
-
-
-def get_state(request: Request) -> ServingState:
-    """The state current when the request started; a reload does not change it mid-request."""
-    state = request.app.state.holder.current
-    if state is None:
-        raise HTTPException(503, "not ready")
-    return state
-
-
-State = Annotated[ServingState, Depends(get_state)]
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -497,6 +489,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     _offline_docs(app)
+    add_explorer(app, settings, _errors, _json)
     app.state.settings = settings
     app.state.holder = holder
     app.state.metrics = metrics

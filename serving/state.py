@@ -8,7 +8,9 @@ finish on it.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -25,6 +27,7 @@ from recsys.errors import UserInputError
 from recsys.glmix import GLMix
 from recsys.index import IndexConfig, VideoIndex
 from recsys.online import OnlineConfig, OnlineEffects
+from recsys.projection import fit_projection, map_sample, project
 from serving.store import Impression, StateStore, StoredVideo, Watch
 
 log = logging.getLogger(__name__)
@@ -87,8 +90,6 @@ class ServingState:
         self._emb = np.zeros((max(2 * len(ids), 1024), self.dim), dtype=np.float32)
         self._emb[: len(ids)] = emb
         self.catalogue_size = len(ids)
-        import json
-
         icfg = IndexConfig(**json.loads((artifact / "index.json").read_text()))
         self.index = VideoIndex.from_bytes((artifact / "index.faiss").read_bytes(), ids, icfg)
         self.threshold = watch_threshold_s
@@ -114,6 +115,15 @@ class ServingState:
         self._cursor = {"videos": 0, "watches": 0, "impressions": 0}
         self._applied: dict[str, set[int]] = {k: set() for k in self._cursor}
         self.sync()  # replay every durable write
+        # The 2-D map: the artifact's projection (fitted at pipeline time), or one fitted
+        # now on the catalogue for artifacts written before it existed.
+        proj_path = artifact / "projection.json"
+        self.projection = (
+            json.loads(proj_path.read_text())
+            if proj_path.exists()
+            else fit_projection(self._emb[: self.catalogue_size])
+        )
+        self._offline_users = sorted(set(self.glmix.user_ids) | set(self._history))
         self.load_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ the log
@@ -306,9 +316,55 @@ class ServingState:
                 "watch_probability": float(p[i]),
             }
             if hist_emb is not None:
-                item["max_similarity"] = float((hist_emb @ cand[i]).max())
+                sims = hist_emb @ cand[i]
+                item["max_similarity"] = float(sims.max())
+                item["avg_similarity"] = float(sims.mean())
             result.append(item)
         return result
+
+    # ------------------------------------------------------------------ explorer
+
+    def history_ids(self, user_id: str) -> list[str]:
+        """The user's valid watches, in the order they were first watched."""
+        return [self._ids[r] for r in self._history.get(user_id, ())]
+
+    def search_users(self, prefix: str, limit: int) -> list[str]:
+        """Known users (offline fit, histories, online effects) whose id starts with ``prefix``."""
+        i = bisect.bisect_left(self._offline_users, prefix)
+        found: list[str] = []
+        for u in self._offline_users[i:]:
+            if not u.startswith(prefix) or len(found) >= limit:
+                break
+            found.append(u)
+        # users first seen by this service (few): checked one by one
+        extra = {u for u in self._history if u.startswith(prefix)}
+        extra |= {u for u in self.online.effects if u.startswith(prefix)}
+        return sorted(set(found) | extra)[:limit]
+
+    def positions(self, video_ids: list[str]) -> list[dict[str, Any]]:
+        """Map coordinates of the given videos (unknown ids are left out)."""
+        rows = [self._rows[v] for v in video_ids if v in self._rows]
+        return self._points(np.asarray(rows, dtype=np.int64))
+
+    def map_points(self, limit: int) -> list[dict[str, Any]]:
+        """At most ``limit`` catalogue videos, evenly sampled, plus every ingested one."""
+        sample = map_sample(self.catalogue_size, limit)
+        fresh = np.arange(self.catalogue_size, self.num_videos, dtype=np.int64)[-limit:]
+        return self._points(np.concatenate([sample, fresh]))
+
+    def _points(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        if len(rows) == 0:
+            return []
+        xy = project(self._emb[rows], self.projection)
+        return [
+            {
+                "video_id": self._ids[r],
+                "x": round(float(x), 5),
+                "y": round(float(y), 5),
+                "cold_start": r >= self.catalogue_size,
+            }
+            for r, (x, y) in zip(rows.tolist(), xy.tolist(), strict=True)
+        ]
 
     # ------------------------------------------------------------------ writes
 

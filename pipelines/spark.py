@@ -273,13 +273,15 @@ def fit_glmix_frame(
     n = rows.count()
     # Every user's rows in one bucket: the random-effect pass solves whole users.
     base = rows.withColumn("bucket", F.pmod(F.xxhash64("user_id"), F.lit(n_parts)))
-    state = base.withColumn("coef", F.lit(None).cast("array<double>")).withColumn(
-        "rand", F.lit(0.0)
+    state = (
+        base.withColumn("coef", F.lit(None).cast("array<double>"))
+        .withColumn("prec", F.lit(None).cast("array<double>"))
+        .withColumn("rand", F.lit(0.0))
     )
     state = state.repartition(n_parts, "bucket").cache()
     state_schema = (
         "user_id string, y double, f array<float>, bucket long, coef array<double>, "
-        "rand double, ll double"
+        "prec array<double>, rand double, ll double"
     )
 
     def fixed_sums(beta: np.ndarray, frame: DataFrame) -> tuple[float, np.ndarray, np.ndarray]:
@@ -356,17 +358,18 @@ def fit_glmix_frame(
         if ll - prev < cfg.tol:
             break
         prev = ll
-    coefs = {
-        r["user_id"]: np.asarray(r["coef"])
-        for r in state.select("user_id", "coef").dropDuplicates(["user_id"]).collect()
+    got = {
+        r["user_id"]: (np.asarray(r["coef"]), np.asarray(r["prec"]))
+        for r in state.select("user_id", "coef", "prec").dropDuplicates(["user_id"]).collect()
     }
-    order = user_order if user_order is not None else sorted(coefs)
-    coef = np.stack([coefs[u] for u in order]) if order else np.zeros((0, q))
+    order = user_order if user_order is not None else sorted(got)
+    coef = np.stack([got[u][0] for u in order]) if order else np.zeros((0, q))
+    precision = np.stack([got[u][1] for u in order]) if order else np.zeros((0, q))
     full = np.zeros(1 + e)
     full[0] = fixed[0]
     if use_video:
         full[1:] = fixed[1:]
-    return GLMix(cfg, e, 0, full, [str(u) for u in order], coef, history)
+    return GLMix(cfg, e, 0, full, [str(u) for u in order], coef, history, precision)
 
 
 def _user_pass(
@@ -397,7 +400,17 @@ def _user_pass(
         y = table.column("y").to_numpy().astype(np.float64)
         coef, eta = fit_user_effects(codes.astype(np.int64), x, y, beta, coef, cfg, steps)
         rand = eta - x.astype(np.float64) @ beta
+        # Posterior precision (diagonal) at these logits, as recsys.glmix.fit_glmix keeps it.
+        lam = np.full(q, cfg.random_l2)
+        lam[0] = cfg.random_intercept_l2
+        prec = np.tile(lam, (len(uniq), 1))
+        counts = np.bincount(codes, minlength=len(uniq))
+        rows = (counts >= cfg.min_rows_per_user)[codes]
+        mu = 0.5 * (1.0 + np.tanh(0.5 * eta))
+        z = x[:, :q].astype(np.float64)
+        np.add.at(prec, codes[rows], z[rows] ** 2 * (mu * (1 - mu))[rows, None])
         per_row = pa.FixedSizeListArray.from_arrays(pa.array(coef[codes].ravel()), q)
+        prec_row = pa.FixedSizeListArray.from_arrays(pa.array(prec[codes].ravel()), q)
         return pa.table(
             {
                 "user_id": table.column("user_id"),
@@ -405,6 +418,7 @@ def _user_pass(
                 "f": table.column("f"),
                 "bucket": table.column("bucket"),
                 "coef": per_row.cast(pa.list_(pa.float64())),
+                "prec": prec_row.cast(pa.list_(pa.float64())),
                 "rand": pa.array(rand),
                 "ll": pa.array(_log_sigmoid_loss_np(eta, y)),
             }

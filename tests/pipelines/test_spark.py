@@ -75,6 +75,8 @@ def test_glmix_coefficients_match_the_local_fit(spark) -> None:
     assert remote.user_ids == local.user_ids
     np.testing.assert_allclose(remote.fixed, local.fixed, atol=1e-6)
     np.testing.assert_allclose(remote.user_coef, local.user_coef, atol=1e-6)
+    assert remote.user_precision is not None and local.user_precision is not None
+    np.testing.assert_allclose(remote.user_precision, local.user_precision, rtol=1e-6)
     assert len(remote.history) == len(local.history)
     pl, pr = local.predict_proba(user_ids, x), remote.predict_proba(user_ids, x)
     np.testing.assert_allclose(pr, pl, atol=1e-7)

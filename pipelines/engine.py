@@ -94,13 +94,14 @@ class Engine:
         is_validation: np.ndarray,
         base: GLMixConfig,
     ) -> tuple[float, dict[float, float]]:
+        fit = None
         if self.is_spark:
-            from pipelines.spark import select_random_l2_spark
+            from pipelines.spark import fit_glmix_spark
 
-            return select_random_l2_spark(
-                self.spark, users, video, labels, is_validation, base=base
-            )
-        return select_random_l2(users, video, labels, is_validation, base=base)
+            def fit(u: np.ndarray, x: np.ndarray, y: np.ndarray, cfg: GLMixConfig) -> GLMix:
+                return fit_glmix_spark(self.spark, u, x, y, cfg)
+
+        return select_random_l2(users, video, labels, is_validation, base=base, fit=fit)
 
     def delong(self, labels: np.ndarray, scores: np.ndarray) -> tuple[float, float, float]:
         """(AUC, low, high) with DeLong's 95% interval."""

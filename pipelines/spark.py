@@ -28,7 +28,6 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -425,32 +424,6 @@ def _user_pass(
         )
 
     return users
-
-
-def select_random_l2_spark(
-    spark: SparkSession,
-    user_ids: np.ndarray,
-    video: np.ndarray,
-    labels: np.ndarray,
-    is_validation: np.ndarray,
-    grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 100.0),
-    base: GLMixConfig | None = None,
-) -> tuple[float, dict[float, float]]:
-    """``recsys.glmix.select_random_l2`` with each candidate fitted on Spark."""
-    base = base or GLMixConfig()
-    train = ~np.asarray(is_validation, dtype=bool)
-    if train.all() or not train.any():
-        raise UserInputError("regularisation selection needs both training and validation rows")
-    losses: dict[float, float] = {}
-    for lam in grid:
-        model = fit_glmix_spark(
-            spark, user_ids[train], video[train], labels[train], replace(base, random_l2=lam)
-        )
-        prob = np.clip(model.predict_proba(user_ids[~train], video[~train]), 1e-12, 1 - 1e-12)
-        y = labels[~train]
-        losses[lam] = float(-np.mean(y * np.log(prob) + (1 - y) * np.log(1 - prob)))
-    best = min(losses, key=lambda k: losses[k])
-    return best, losses
 
 
 # --------------------------------------------------------------------------- AUC

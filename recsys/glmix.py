@@ -600,15 +600,18 @@ def select_random_l2(
     is_validation: np.ndarray,
     grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 100.0),
     base: GLMixConfig | None = None,
+    fit: Callable[[np.ndarray, np.ndarray, np.ndarray, GLMixConfig], GLMix] | None = None,
 ) -> tuple[float, dict[float, float]]:
-    """Pick ``random_l2`` by validation log-loss: fit on the rows not in ``is_validation``."""
+    """Pick ``random_l2`` by validation log-loss: fit on the rows not in ``is_validation``.
+    ``fit`` (users, video, labels, config) -> model defaults to ``fit_glmix`` (a distributed
+    engine passes its own)."""
     base = base or GLMixConfig()
     train = ~np.asarray(is_validation, dtype=bool)
     if train.all() or not train.any():
         raise UserInputError("regularisation selection needs both training and validation rows")
     losses: dict[float, float] = {}
     for lam in grid:
-        model = fit_glmix(
+        model = (fit or fit_glmix)(
             user_ids[train], video[train], labels[train], replace(base, random_l2=lam)
         )
         p = np.clip(model.predict_proba(user_ids[~train], video[~train]), 1e-12, 1 - 1e-12)

@@ -17,7 +17,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from serving.store import Changes, Impression, StoredVideo, StoreUnavailable, Watch, _vector
+from serving.store import (
+    Changes,
+    Impression,
+    StoredVideo,
+    StoreUnavailable,
+    Watch,
+    _vector,
+    changes_from_rows,
+)
 
 T = TypeVar("T")
 
@@ -176,11 +184,7 @@ class PostgresStore:
                 "WHERE seq > %s ORDER BY seq",
                 (impressions,),
             ).fetchall()
-            return Changes(
-                [(r[0], StoredVideo(r[1], r[2], _vector(r[3]), r[4])) for r in v],
-                [(r[0], Watch(r[1], r[2], float(r[3]), r[4])) for r in w],
-                [(r[0], Impression(r[2], r[3], r[4], float(r[5]), r[1])) for r in i],
-            )
+            return changes_from_rows(v, w, i)
 
         return self._run(read)
 

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -89,6 +89,17 @@ class Changes:
 
     def __len__(self) -> int:
         return len(self.videos) + len(self.watches) + len(self.impressions)
+
+
+def changes_from_rows(videos: Any, watches: Any, impressions: Any) -> Changes:
+    """``Changes`` from the rows of the three change queries, in their column order:
+    (seq, video_id, payload_sha256, embedding, num_frames), (seq, user_id, video_id,
+    watch_seconds, at), (seq, event_id, user_id, video_id, shown_at, watch_seconds)."""
+    return Changes(
+        [(int(r[0]), StoredVideo(r[1], r[2], _vector(r[3]), r[4])) for r in videos],
+        [(int(r[0]), Watch(r[1], r[2], float(r[3]), r[4])) for r in watches],
+        [(int(r[0]), Impression(r[2], r[3], r[4], float(r[5]), r[1])) for r in impressions],
+    )
 
 
 class StateStore(Protocol):
@@ -203,11 +214,7 @@ class SqliteStore:
                 "WHERE seq > ? ORDER BY seq",
                 (impressions,),
             ).fetchall()
-        return Changes(
-            [(r[0], StoredVideo(r[1], r[2], _vector(r[3]), r[4])) for r in v],
-            [(r[0], Watch(r[1], r[2], float(r[3]), r[4])) for r in w],
-            [(r[0], Impression(r[2], r[3], r[4], float(r[5]), r[1])) for r in i],
-        )
+        return changes_from_rows(v, w, i)
 
     def counts(self) -> tuple[int, int]:
         with self._lock:

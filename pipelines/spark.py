@@ -8,8 +8,9 @@ both engines compute the same thing:
 * embedding: ``mapInArrow`` over the videos, with the embedder's weights broadcast;
 * GLMix: coordinate descent driven from here. The fixed effect is Newton's method over
   gradient and curvature sums (``recsys.glmix.logistic_sums``) added up across partitions;
-  each random-effect pass is ``groupBy(user bucket).applyInArrow`` running the local
-  batched solver (``recsys.glmix.fit_user_effects``) on all users of the bucket;
+  each random-effect pass maps the partitions of the rows hash-partitioned by user
+  (``mapInArrow``: every partition holds whole users) with the local batched solver
+  (``recsys.glmix.fit_user_effects``);
 * AUC with DeLong's interval from per-score class counts, range-partitioned by score
   (nothing proportional to the test set comes back to the driver).
 
@@ -270,16 +271,17 @@ def fit_glmix_frame(
     fixed_l2 = np.full(p, cfg.fixed_l2)
     fixed_l2[0] = 0.0
     n = rows.count()
-    # Every user's rows in one bucket: the random-effect pass solves whole users.
-    base = rows.withColumn("bucket", F.pmod(F.xxhash64("user_id"), F.lit(n_parts)))
+    base = rows
     state = (
         base.withColumn("coef", F.lit(None).cast("array<double>"))
         .withColumn("prec", F.lit(None).cast("array<double>"))
         .withColumn("rand", F.lit(0.0))
     )
-    state = state.repartition(n_parts, "bucket").cache()
+    # Hash-partitioned by user: every partition holds whole users, which the random-effect
+    # pass solves partition by partition.
+    state = state.repartition(n_parts, "user_id").cache()
     state_schema = (
-        "user_id string, y double, f array<float>, bucket long, coef array<double>, "
+        "user_id string, y double, f array<float>, coef array<double>, "
         "prec array<double>, rand double, ll double"
     )
 
@@ -341,11 +343,11 @@ def fit_glmix_frame(
         steps = cfg.random_newton_steps if k == 0 else max(1, cfg.random_newton_steps // 2)
         beta = fixed.copy()
 
-        new_state = (
-            state.groupBy("bucket")
-            .applyInArrow(_user_pass(e, use_video, beta, steps, q, cfg), state_schema)
-            .cache()
-        )
+        # The state is hash-partitioned by user, so a partition holds whole users: the pass
+        # maps partitions (no shuffle, no sort by group) and keeps that partitioning.
+        new_state = state.mapInArrow(
+            _whole_partition(_user_pass(e, use_video, beta, steps, q, cfg)), state_schema
+        ).cache()
         # One job computes the pass, caches it and sums the log-likelihood.
         ll = float(new_state.agg(F.sum("ll")).collect()[0][0]) / n
         clock["random_s"] += time.perf_counter() - t0
@@ -359,7 +361,7 @@ def fit_glmix_frame(
         prev = ll
     got = {
         r["user_id"]: (np.asarray(r["coef"]), np.asarray(r["prec"]))
-        for r in state.select("user_id", "coef", "prec").dropDuplicates(["user_id"]).collect()
+        for r in state.where(F.col("coef").isNotNull()).select("user_id", "coef", "prec").collect()
     }
     order = user_order if user_order is not None else sorted(got)
     coef = np.stack([got[u][0] for u in order]) if order else np.zeros((0, q))
@@ -371,6 +373,19 @@ def fit_glmix_frame(
     return GLMix(cfg, e, 0, full, [str(u) for u in order], coef, history, precision)
 
 
+def _whole_partition(
+    fn: Callable[[pa.Table], pa.Table],
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """``fn`` over all rows of a partition at once (Arrow hands them over in batches)."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        got = [b for b in batches if b.num_rows]
+        if got:
+            yield from fn(pa.Table.from_batches(got)).to_batches()
+
+    return run
+
+
 def _user_pass(
     e: int,
     use_video: bool,
@@ -379,7 +394,7 @@ def _user_pass(
     q: int,
     cfg: GLMixConfig,
 ) -> Callable[[pa.Table], pa.Table]:
-    """The random-effect pass over one bucket's rows (all rows of its users), on Arrow
+    """The random-effect pass over one partition's rows (all rows of its users), on Arrow
     columns: the (n, E) features and (n, q) coefficients are flat buffers, no Python loop."""
 
     def users(table: pa.Table) -> pa.Table:
@@ -392,10 +407,10 @@ def _user_pass(
         x = _fixed_design(f.reshape(n, e).astype(np.float32, copy=False), None, use_video)
         coef = np.zeros((len(uniq), q))
         prev = table.column("coef").combine_chunks()
-        if prev.null_count < n:  # warm start: every row carries its user's coefficients
-            flat = prev.flatten().to_numpy(zero_copy_only=False).reshape(n, q)
-            _, first = np.unique(codes, return_index=True)
-            coef[codes[first]] = flat[first]
+        if prev.null_count < n:  # warm start: one row of each user carries its coefficients
+            carriers = np.flatnonzero(prev.is_valid().to_numpy(zero_copy_only=False))
+            flat = prev.flatten().to_numpy(zero_copy_only=False).reshape(len(carriers), q)
+            coef[codes[carriers]] = flat
         y = table.column("y").to_numpy().astype(np.float64)
         coef, eta = fit_user_effects(codes.astype(np.int64), x, y, beta, coef, cfg, steps)
         rand = eta - x.astype(np.float64) @ beta
@@ -408,16 +423,27 @@ def _user_pass(
         mu = 0.5 * (1.0 + np.tanh(0.5 * eta))
         z = x[:, :q].astype(np.float64)
         np.add.at(prec, codes[rows], z[rows] ** 2 * (mu * (1 - mu))[rows, None])
-        per_row = pa.FixedSizeListArray.from_arrays(pa.array(coef[codes].ravel()), q)
-        prec_row = pa.FixedSizeListArray.from_arrays(pa.array(prec[codes].ravel()), q)
+        # Per-user values on the first row of each user only (null elsewhere): the state
+        # moves through Arrow every pass, and repeating q doubles on every row dominated it.
+        _, first = np.unique(codes, return_index=True)
+        is_first = np.zeros(n, dtype=bool)
+        is_first[first] = True
+        offsets = pa.array(np.concatenate([[0], np.cumsum(is_first * q)]).astype(np.int32))
+        carriers = np.flatnonzero(is_first)
+        null = pa.array(~is_first)
+
+        def per_user(values: np.ndarray) -> pa.Array:
+            return pa.ListArray.from_arrays(
+                offsets, pa.array(values[codes[carriers]].ravel()), mask=null
+            )
+
         return pa.table(
             {
                 "user_id": table.column("user_id"),
                 "y": table.column("y"),
                 "f": table.column("f"),
-                "bucket": table.column("bucket"),
-                "coef": per_row.cast(pa.list_(pa.float64())),
-                "prec": prec_row.cast(pa.list_(pa.float64())),
+                "coef": per_user(coef),
+                "prec": per_user(prec),
                 "rand": pa.array(rand),
                 "ll": pa.array(_log_sigmoid_loss_np(eta, y)),
             }

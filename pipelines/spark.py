@@ -112,6 +112,10 @@ def spark_session(master: str | None = None, app_name: str = "recsys") -> SparkS
                 .config("spark.driver.bindAddress", "127.0.0.1")
                 .config("spark.sql.shuffle.partitions", "8")
                 .config("spark.executorEnv.OMP_NUM_THREADS", "1")
+                .config(
+                    "spark.driver.extraJavaOptions",
+                    f"-Dlog4j2.configurationFile=file:{Path(__file__).with_name('log4j2.properties')}",
+                )
                 # Local mode runs executors inside the driver JVM: the 1 GB default
                 # heap runs out on GLMix's cached passes (measured on the default world).
                 .config("spark.driver.memory", os.environ.get("RECSYS_SPARK_DRIVER_MEMORY", "4g"))

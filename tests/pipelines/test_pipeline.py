@@ -136,3 +136,34 @@ def test_fit_glmix_cli_extends_artifact(run_cli, small_world_dir: Path, tmp_path
         "fit-glmix", "--data", small_world_dir, "--artifacts", art, "--random-l2", "-1"
     )
     assert code == 2 and "random_l2" in err
+
+
+def test_report_has_the_online_replay(pipeline_out: Path) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from recsys.glmix import GLMix
+
+    report = json.loads((pipeline_out / "report.json").read_text())
+    on = report["online"]
+    assert on["config"]["window"] >= 1
+    b = on["all"]
+    assert b["rows"] == report["rows"]["test"]
+    # the frozen side is the report's own GLMix AUC: the same rows, the same scores
+    assert b["frozen_auc"] == report["auc"]["glmix"]
+    assert b["online_ci95"][0] <= b["online_auc"] <= b["online_ci95"][1]
+    lo, hi = b["difference_ci95"]
+    assert lo <= b["difference"] <= hi
+    assert b["verdict"] in ("better", "worse", "no significant difference")
+    assert "Online GLMix (progressive validation)" in (pipeline_out / "report.md").read_text()
+    # the artifact keeps each user's posterior precision for the online prior
+    users = pq.read_table(pipeline_out / "artifact" / "glmix_users.parquet")
+    assert "precision" in users.column_names
+    fixed = json.loads((pipeline_out / "artifact" / "glmix.json").read_text())
+    model = GLMix.from_tables(fixed, users)
+    assert model.user_precision is not None
+    # prior L2 plus a non-negative curvature, per coefficient
+    assert (model.user_precision[:, 0] >= model.config.random_intercept_l2 - 1e-9).all()
+    assert (model.user_precision[:, 1:] >= model.config.random_l2 - 1e-9).all()
+    assert np.isfinite(model.user_precision).all()
+    assert (pipeline_out / "artifact" / "projection.json").exists()

@@ -150,7 +150,7 @@ def add_explorer(app: FastAPI, settings: Settings, errors: Any, json_response: A
         "/v1/map/positions",
         tags=["explorer"],
         response_model=MapResponse,
-        responses=errors(413, 422, 503),
+        responses=errors(400, 413, 422, 503),
     )
     def positions(req: PositionsRequest, state: State) -> Response:
         """Map coordinates of given videos (e.g. a user's history and recommendations);

@@ -480,3 +480,17 @@ def test_impression_events_bad_input(client: TestClient, artifact) -> None:
         r = client.post("/v1/events/impressions", json=body, headers=AUTH)
         assert r.status_code == status and needle in r.json()["detail"], (body, r.text)
     assert client.post("/v1/events/impressions", json={"impressions": [good]}).status_code == 401
+
+
+def test_every_body_route_documents_the_400_it_gives_for_unparseable_bodies(
+    client: TestClient,
+) -> None:
+    schema = client.get("/openapi.json").json()
+    posts = [
+        p for p, ops in schema["paths"].items() if "post" in ops and "requestBody" in ops["post"]
+    ]
+    assert len(posts) >= 5
+    for path in posts:
+        assert "400" in schema["paths"][path]["post"]["responses"], path
+        r = client.post(path, content=b"\xff", headers={**AUTH, "Content-Type": "application/json"})
+        assert r.status_code == 400 and set(r.json()) == {"detail", "field"}, (path, r.text)

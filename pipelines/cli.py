@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -589,15 +590,27 @@ def serve(
     access_log: Annotated[
         bool, typer.Option(help="Log every request (uvicorn's access log) to stderr.")
     ] = False,
+    state_url: Annotated[
+        str | None,
+        typer.Option(
+            help="State store: sqlite:///path or postgresql://user@host:port/db (replicas "
+            "share it). Default: RECSYS_STATE_URL, else a SQLite file next to the artifact."
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API (FastAPI + uvicorn); settings from RECSYS_* environment variables (RECSYS_API_KEY, ...)."""
     from serving.cli import serve_artifact
 
     if workers != 1:
         _fail(
-            f"--workers {workers}: one worker per process only (workers would not share "
-            "ingested videos and watch events); start more processes behind a load balancer"
+            f"--workers {workers}: one worker per process only (a request could miss a write "
+            "another worker just made); start more processes over one --state-url "
+            "postgresql://... behind a load balancer"
         )
+    if state_url is not None:
+        if not state_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            _fail("--state-url must start with sqlite:/// or postgresql://")
+        os.environ["RECSYS_STATE_URL"] = state_url
     serve_artifact(
         artifacts,
         host,

@@ -17,3 +17,12 @@ def test_example_requests_never_show_the_key() -> None:
 def test_serve_refuses_several_workers(run_cli, pipeline_out: Path) -> None:
     code, _, err = run_cli("serve", "--artifacts", pipeline_out / "artifact", "--workers", "2")
     assert code == 2 and "one worker per process" in err and "Traceback" not in err
+
+
+def test_serve_state_url_option(run_cli, pipeline_out: Path) -> None:
+    code, _, err = run_cli(
+        "serve", "--artifacts", pipeline_out / "artifact", "--state-url", "mysql://x"
+    )
+    assert code == 2 and "--state-url must start with" in err and "Traceback" not in err
+    code, out, _ = run_cli("serve", "--help")
+    assert code == 0 and "--state-url" in out

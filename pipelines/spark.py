@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 DEFAULT_MASTER = "local[*]"
+#: fewest rows worth a Spark task of their own
+ROWS_PER_TASK = 10_000
 
 
 # --------------------------------------------------------------------------- session
@@ -267,14 +269,16 @@ def fit_glmix_frame(
     clock.setdefault("random_s", 0.0)
     from pyspark.sql import functions as F
 
-    n_parts = partitions or _parallelism(spark)
+    n = rows.count()
+    # One task per core, but no partition under ~10k rows: a Spark task costs ~0.1 s
+    # before any work (Spark Connect's default of 200 partitions made a 3k-row fit 144 s).
+    n_parts = partitions or max(1, min(_parallelism(spark), math.ceil(n / ROWS_PER_TASK)))
     e = feature_dim
     use_video = cfg.use_video_features
     p = 1 + (e if use_video else 0)
     q = p
     fixed_l2 = np.full(p, cfg.fixed_l2)
     fixed_l2[0] = 0.0
-    n = rows.count()
     base = rows
     state = (
         base.withColumn("coef", F.lit(None).cast("array<double>"))
@@ -478,7 +482,8 @@ def delong_spark(
         .groupBy("s")
         .agg(F.sum("y").alias("pos"), F.sum(1 - F.col("y")).alias("neg"))
     )
-    parts = max(1, _parallelism(scored.sparkSession))
+    distinct = counts.count()
+    parts = max(1, min(_parallelism(scored.sparkSession), math.ceil(distinct / ROWS_PER_TASK)))
     ranged = counts.repartitionByRange(parts, "s").sortWithinPartitions("s").localCheckpoint()
 
     def totals(it: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

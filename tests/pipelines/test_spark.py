@@ -186,3 +186,75 @@ def test_fit_glmix_job_on_spark_matches_local(
     assert a.user_ids == b.user_ids
     np.testing.assert_allclose(b.fixed, a.fixed, atol=1e-6)
     np.testing.assert_allclose(b.user_coef, a.user_coef, atol=1e-6)
+
+
+def test_spark_connect_gives_the_same_triplets(small_world_dir: Path, tmp_path: Path) -> None:
+    """SPARK_REMOTE: the job runs on a Spark Connect server (started here from pyspark's
+    own scripts on a free port) and writes the same file as the local engine."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "SPARK_HOME": str(home),
+        "SPARK_LOG_DIR": str(tmp_path / "logs"),
+        "SPARK_PID_DIR": str(tmp_path / "pids"),
+        "SPARK_IDENT_STRING": f"recsys-test-{port}",
+        "PYSPARK_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
+    start = [
+        "bash",
+        str(home / "sbin" / "start-connect-server.sh"),
+        "--master",
+        "local[2]",
+        "--conf",
+        f"spark.connect.grpc.binding.port={port}",
+        "--conf",
+        "spark.connect.grpc.binding.address=127.0.0.1",
+        "--conf",
+        "spark.driver.bindAddress=127.0.0.1",
+    ]
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        local, remote = tmp_path / "local.parquet", tmp_path / "connect.parquet"
+        cli = [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "mine-triplets",
+            "--data",
+            str(small_world_dir),
+        ]
+        subprocess.run([*cli, "--out", str(local)], check=True, capture_output=True, timeout=300)
+        run = subprocess.run(
+            [*cli, "--out", str(remote), "--engine", "spark"],
+            env={**os.environ, "SPARK_REMOTE": f"sc://127.0.0.1:{port}"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert pq.read_table(local).equals(pq.read_table(remote))
+    finally:
+        subprocess.run(
+            ["bash", str(home / "sbin" / "stop-connect-server.sh")],
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )

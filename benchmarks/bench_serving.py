@@ -14,7 +14,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,18 +24,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from tests.serving.live import free_port
+
 
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _load(
@@ -87,7 +82,7 @@ def main() -> None:
         "--rounds", type=int, default=3, help="score/healthz alternations (memory drift check)"
     )
     args = ap.parse_args()
-    port = _free_port()
+    port = free_port()
     state = Path(tempfile.mkdtemp()) / "bench-state.sqlite3"
     env = {**os.environ, "RECSYS_STATE_DB": str(state)}
     env.pop("RECSYS_API_KEY", None)

@@ -46,6 +46,7 @@ from recsys.glmix import (
     fit_user_effects,
     logistic_sums,
     newton_logistic,
+    posterior_precision,
     validate_glmix_inputs,
 )
 from recsys.triplets import TRIPLETS_SQL_TEMPLATE, TripletConfig, render_sql, triplet_params
@@ -423,14 +424,7 @@ def _user_pass(
         coef, eta = fit_user_effects(codes.astype(np.int64), x, y, beta, coef, cfg, steps)
         rand = eta - x.astype(np.float64) @ beta
         # Posterior precision (diagonal) at these logits, as recsys.glmix.fit_glmix keeps it.
-        lam = np.full(q, cfg.random_l2)
-        lam[0] = cfg.random_intercept_l2
-        prec = np.tile(lam, (len(uniq), 1))
-        counts = np.bincount(codes, minlength=len(uniq))
-        rows = (counts >= cfg.min_rows_per_user)[codes]
-        mu = 0.5 * (1.0 + np.tanh(0.5 * eta))
-        z = x[:, :q].astype(np.float64)
-        np.add.at(prec, codes[rows], z[rows] ** 2 * (mu * (1 - mu))[rows, None])
+        prec = posterior_precision(codes, len(uniq), x[:, :q], eta, cfg)
         # Per-user values on the first row of each user only (null elsewhere): the state
         # moves through Arrow every pass, and repeating q doubles on every row dominated it.
         _, first = np.unique(codes, return_index=True)

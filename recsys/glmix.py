@@ -478,6 +478,25 @@ def _log_sigmoid_loss_np(eta: np.ndarray, y: np.ndarray) -> np.ndarray:
     return y * eta - np.logaddexp(0.0, eta)
 
 
+def posterior_precision(
+    user_of_row: np.ndarray, n_users: int, z: np.ndarray, eta: np.ndarray, cfg: GLMixConfig
+) -> np.ndarray:
+    """(U, q) diagonal of each user's posterior precision at logits ``eta``: the prior L2
+    plus sum_i z_i^2 mu_i (1 - mu_i) over the user's rows (users below
+    ``min_rows_per_user`` have no random effect and keep the prior L2 alone).
+
+    user_of_row: (N,) codes 0..U-1; z: (N, q) random-effect design [1, video]; eta: (N,).
+    """
+    q = z.shape[1]
+    precision = np.tile(_random_l2(cfg, q).numpy(), (n_users, 1))
+    counts = np.bincount(user_of_row, minlength=n_users)
+    rows = (counts >= cfg.min_rows_per_user)[user_of_row]
+    mu = expit(np.asarray(eta, dtype=np.float64)[rows])
+    zr = np.asarray(z, dtype=np.float64)[rows]
+    np.add.at(precision, user_of_row[rows], zr * zr * (mu * (1.0 - mu))[:, None])
+    return precision
+
+
 def fit_user_effects(
     user_of_row: np.ndarray,
     x_fixed: np.ndarray,
@@ -572,16 +591,10 @@ def fit_glmix(
         if ll - prev < cfg.tol:
             break
         prev = ll
-    # Posterior precision (diagonal) per user at the final logits: prior L2 + sum z^2 w.
-    mu = torch.sigmoid(fixed_score + rand_score)
-    w = (mu * (1 - mu)).numpy()
-    precision = np.tile(lam.numpy(), (n_users, 1))
-    z_np = z_all.numpy()
-    has_effect = np.zeros(n_users, dtype=bool)
-    for bk in buckets:
-        has_effect[bk.users] = True
-    rows = has_effect[user_of_row]
-    np.add.at(precision, user_of_row[rows], (z_np[rows].astype(np.float64) ** 2) * w[rows, None])
+    # How sure the fit is of each user's coefficients (the online update's prior).
+    precision = posterior_precision(
+        user_of_row, n_users, z_all.numpy(), (fixed_score + rand_score).numpy(), cfg
+    )
     # The fixed vector always has slots for the video coefficients, zero when unused.
     full = np.zeros(1 + e + g)
     full[0] = fixed_full[0]

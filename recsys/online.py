@@ -138,9 +138,16 @@ class OnlineEffects:
         return np.hstack([ones, v]) if self.model.config.use_video_features else ones
 
     def logit(self, user: str, video: np.ndarray) -> np.ndarray:
-        """(n,) logits of ``user`` watching each row of ``video`` (n, E)."""
+        """(n,) logits of ``user`` watching each row of ``video`` (n, E).
+
+        Safe beside a concurrent ``observe``: it reads the user's effect once, and
+        ``observe`` replaces that array whole (never mutates it)."""
         v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
-        return self.model.fixed_logit(v) + self._z(v) @ self.effect(user)
+        b = self.effect(user)
+        eta = self.model.fixed_logit(v) + b[0]
+        if self.model.config.use_video_features:
+            eta = eta + v @ b[1:]
+        return eta
 
     def probability(self, user: str, video: np.ndarray) -> np.ndarray:
         return 0.5 * (1.0 + np.tanh(0.5 * self.logit(user, video)))

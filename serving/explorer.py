@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -183,7 +183,7 @@ def add_explorer(app: FastAPI, settings: Settings, errors: Any, json_response: A
         )
 
     @app.get("/explorer/report/files/{name:path}", include_in_schema=False)
-    def report_file(name: str, request: Request) -> FileResponse:
+    def report_file(name: str) -> FileResponse:
         d = report_dir(settings.artifacts)
         if d is None or not name.endswith(".png"):
             raise HTTPException(404, "no such report file")

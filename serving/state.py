@@ -272,9 +272,9 @@ class ServingState:
 
     def _watch_probability(self, user_id: str, cand: np.ndarray) -> np.ndarray:
         # Fixed effect plus the user's effect: refitted online when the service has seen
-        # their impressions, else the offline one (none for an unknown user).
-        with self._online_lock:
-            eta = self.online.logit(user_id, cand)
+        # their impressions, else the offline one (none for an unknown user). No lock:
+        # a refit swaps the user's effect array whole (scoring must not queue behind it).
+        eta = self.online.logit(user_id, cand)
         return 0.5 * (1.0 + np.tanh(0.5 * eta))
 
     def known_user(self, user_id: str) -> bool:

@@ -379,6 +379,16 @@ def embed(
     typer.echo(f"wrote {out}: {n} embeddings")
 
 
+HistoryFeatures = Annotated[
+    bool,
+    typer.Option(
+        help="Give GLMix the similarity of each candidate to the user's watch history "
+        "(Eq. 16-17: max, average, and whether there is a history) as global features; "
+        "--no-history-features fits Eq. 18 alone."
+    ),
+]
+
+
 @app.command("fit-glmix")
 def fit_glmix_cmd(
     data: Annotated[Path, typer.Option(help="Data set directory.")],
@@ -400,10 +410,11 @@ def fit_glmix_cmd(
     tune: Annotated[
         bool, typer.Option(help="Choose --random-l2 on the last 10% of the training period.")
     ] = False,
+    history_features: HistoryFeatures = True,
     engine: EngineName = "local",
     spark_master: SparkMaster = "local[*]",
 ) -> None:
-    """Fit GLMix (Eq. 18) with and without video features and add it and the watch histories to the artifact."""
+    """Fit GLMix (Eq. 18, plus history similarities unless --no-history-features) with and without video features and add it and the watch histories to the artifact."""
     from pipelines.evaluate import GLMixJobConfig, fit_glmix_into_artifact
     from recsys.glmix import GLMixConfig
 
@@ -419,7 +430,12 @@ def fit_glmix_cmd(
         _fail(str(exc))
     eng = _engine(engine, spark_master)
     info = fit_glmix_into_artifact(
-        data, artifacts, GLMixJobConfig(watch_threshold, glm, tune, progress=True), eng
+        data,
+        artifacts,
+        GLMixJobConfig(
+            watch_threshold, glm, tune, progress=True, history_features=history_features
+        ),
+        eng,
     )
     typer.echo(
         f"GLMix: {info['users']} users, {info['training_rows']} rows, {info['fit_seconds']:.1f} s"
@@ -522,6 +538,7 @@ def pipeline(
             help="Choose GLMix's random_l2 on the last 10% of the training period (validation)."
         ),
     ] = True,
+    history_features: HistoryFeatures = True,
     test_start: TestStart = None,
     watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples over users.")] = 200,
@@ -549,6 +566,7 @@ def pipeline(
             num_clusters=clusters,
             gamma=gamma,
             tune_glmix=tune_glmix,
+            history_features=history_features,
             train=TrainConfig(epochs=epochs, seed=seed, device=device, max_triplets=max_triplets),
             index=IndexConfig(kind=index),
             watch_threshold_s=watch_threshold,
@@ -809,6 +827,7 @@ def demo(
         max_triplets=0,
         index="flat",
         tune_glmix=True,
+        history_features=True,
         test_start=None,
         watch_threshold=DEFAULT_WATCH_THRESHOLD_S,
         bootstrap=200,

@@ -79,12 +79,15 @@ class Engine:
         labels: np.ndarray,
         cfg: GLMixConfig,
         on_pass: Callable[[int, float], None] | None = None,
+        global_feats: np.ndarray | None = None,
     ) -> GLMix:
         if self.is_spark:
             from pipelines.spark import fit_glmix_spark
 
-            return fit_glmix_spark(self.spark, users, video, labels, cfg, on_pass)
-        return fit_glmix(users, video, labels, cfg, on_pass=on_pass)
+            return fit_glmix_spark(
+                self.spark, users, video, labels, cfg, on_pass, global_feats=global_feats
+            )
+        return fit_glmix(users, video, labels, cfg, global_feats, on_pass=on_pass)
 
     def select_random_l2(
         self,
@@ -93,15 +96,24 @@ class Engine:
         labels: np.ndarray,
         is_validation: np.ndarray,
         base: GLMixConfig,
+        global_feats: np.ndarray | None = None,
     ) -> tuple[float, dict[float, float]]:
         fit = None
         if self.is_spark:
             from pipelines.spark import fit_glmix_spark
 
-            def fit(u: np.ndarray, x: np.ndarray, y: np.ndarray, cfg: GLMixConfig) -> GLMix:
-                return fit_glmix_spark(self.spark, u, x, y, cfg)
+            def fit(
+                u: np.ndarray,
+                x: np.ndarray,
+                y: np.ndarray,
+                cfg: GLMixConfig,
+                g: np.ndarray | None,
+            ) -> GLMix:
+                return fit_glmix_spark(self.spark, u, x, y, cfg, global_feats=g)
 
-        return select_random_l2(users, video, labels, is_validation, base=base, fit=fit)
+        return select_random_l2(
+            users, video, labels, is_validation, base=base, fit=fit, global_feats=global_feats
+        )
 
     def delong(self, labels: np.ndarray, scores: np.ndarray) -> tuple[float, float, float]:
         """(AUC, low, high) with DeLong's 95% interval."""

@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -42,7 +43,13 @@ from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S, TRUTH_FILE, VIDEO_TRUTH_FI
 from recsys.errors import UserInputError
 from recsys.glmix import GLMix, GLMixConfig
 from recsys.online import OnlineConfig, progressive_validation
-from recsys.scoring import similarity_by_user
+from recsys.scoring import (
+    HISTORY_FEATURES,
+    glmix_global_features,
+    history_features,
+    prior_history_similarity,
+    similarity_by_user,
+)
 from recsys.splits import parse_time
 
 SCORES = ("max_similarity", "avg_similarity", "glmix", "glmix_no_video")
@@ -98,6 +105,9 @@ class GLMixJobConfig:
     tune: bool = False
     #: print each phase and coordinate-descent pass
     progress: bool = False
+    #: give the watch-probability model the Eq. 16-17 similarities to the user's history
+    #: (``recsys.scoring.HISTORY_FEATURES``) as global features; False: Eq. 18 alone
+    history_features: bool = True
 
 
 def fit_glmix_into_artifact(
@@ -122,16 +132,25 @@ def fit_glmix_into_artifact(
     users = np.array(train.column("user_id").to_pylist(), dtype=object)
     y = (train.column("watch_seconds").to_numpy() >= cfg.watch_threshold_s).astype(np.float64)
     x = emb[vrows]
+    times = train.column("shown_at").to_numpy().astype("datetime64[us]").astype(np.int64)
+    hist_feats = None
+    if cfg.history_features:
+        if cfg.progress:
+            print("GLMix: similarity of each impression to the history before it ...", flush=True)
+        codes, _ = pd.factorize(users)
+        max_s, avg_s = prior_history_similarity(
+            codes, vrows, times, y > 0, emb.astype(np.float64, copy=False)
+        )
+        hist_feats = history_features(max_s, avg_s)
     glm_cfg = cfg.glmix
     tuning: dict[str, Any] = {}
     if cfg.tune:
-        times = train.column("shown_at").to_numpy().astype("datetime64[us]").astype(np.int64)
         cut = np.quantile(times, 0.9)
         if cfg.progress:
             print(
                 "GLMix: choosing random_l2 on the last 10% of the training period ...", flush=True
             )
-        best, losses = engine.select_random_l2(users, x, y, times >= cut, glm_cfg)
+        best, losses = engine.select_random_l2(users, x, y, times >= cut, glm_cfg, hist_feats)
         if cfg.progress:
             print(f"GLMix: random_l2 = {best}", flush=True)
         glm_cfg = GLMixConfig(**{**asdict(glm_cfg), "random_l2": best})
@@ -144,7 +163,9 @@ def fit_glmix_into_artifact(
 
     if cfg.progress:
         print(f"GLMix: fitting on {engine.describe()} ...", flush=True)
-    with_video = engine.fit_glmix(users, x, y, glm_cfg, on_pass=on_pass)
+    with_video = engine.fit_glmix(users, x, y, glm_cfg, on_pass=on_pass, global_feats=hist_feats)
+    if hist_feats is not None:
+        with_video.global_names = list(HISTORY_FEATURES)
     if cfg.progress:
         print("GLMix without video features ...", flush=True)
     fit_s = time.perf_counter() - t0
@@ -166,6 +187,7 @@ def fit_glmix_into_artifact(
         "passes": len(with_video.history),
         "log_likelihood_per_row": with_video.history[-1]["log_likelihood_per_row"],
         "config": asdict(glm_cfg),
+        "global_features": list(with_video.global_names),
         "tuning": tuning,
         "watch_threshold_s": cfg.watch_threshold_s,
         "engine": engine.describe(),
@@ -180,6 +202,13 @@ def fit_glmix_into_artifact(
 
 
 # --------------------------------------------------------------------------- evaluation
+
+
+def _global_features(model: GLMix, max_s: np.ndarray, avg_s: np.ndarray) -> np.ndarray | None:
+    try:
+        return glmix_global_features(model.global_names, max_s, avg_s)
+    except ValueError as exc:
+        raise UserInputError(str(exc)) from None
 
 
 @dataclass
@@ -302,10 +331,12 @@ def evaluate_artifact(
     user_idx = np.array([uindex[u] for u in users], dtype=np.int64)
     max_s, avg_s = similarity_by_user(user_idx, vrows, history_rows, emb.astype(np.float64))
     x = emb[vrows].astype(np.float64)
+    # The frozen model sees the histories as they were at the test start.
+    frozen_g = _global_features(glm, max_s, avg_s)
     scores = {
         "max_similarity": max_s,
         "avg_similarity": avg_s,
-        "glmix": glm.predict_proba(users, x),
+        "glmix": glm.predict_proba(users, x, frozen_g),
         "glmix_no_video": glm0.predict_proba(users, x),
     }
     online_report = None
@@ -313,7 +344,14 @@ def evaluate_artifact(
         if progress:
             print("online GLMix: replaying the test period in time order ...", flush=True)
         times = test.column("shown_at").to_numpy().astype("datetime64[us]").astype(np.int64)
-        online_p = progressive_validation(users, x, y, times, glm, online)
+        online_g = None
+        if frozen_g is not None:
+            # Online, each watch replayed joins the history before the next impression.
+            live_max, live_avg = prior_history_similarity(
+                user_idx, vrows, times, y > 0, emb.astype(np.float64), history_rows
+            )
+            online_g = _global_features(glm, live_max, live_avg)
+        online_p = progressive_validation(users, x, y, times, glm, online, online_g)
         online_report = _online_block(y, online_p, scores["glmix"], users, glm, online)
     oracle = None
     truth_path = d / TRUTH_FILE
@@ -330,6 +368,7 @@ def evaluate_artifact(
         "pooling": manifest.get("config", {}).get("embedder", {}).get("pooling"),
         "test_start": start.isoformat(),
         "watch_threshold_s": watch_threshold_s,
+        "glmix_global_features": list(glm.global_names),
         "rows": {
             "test": len(y),
             "cold_start": int(cold.sum()),
@@ -409,6 +448,7 @@ def evaluate_artifact(
             bootstrap,
             seed,
             progress,
+            history_features=bool(glm.global_names),
         )
     o.mkdir(parents=True, exist_ok=True)
     _plot_roc(y, scores, cold, oracle, o / "roc.png")
@@ -443,9 +483,11 @@ def _add_baselines(
     bootstrap: int,
     seed: int,
     progress: bool,
+    history_features: bool = False,
 ) -> None:
     """Score each classical baseline on the same test rows; compare the learned scores
-    with the best baseline by DeLong's paired test."""
+    with the best baseline by DeLong's paired test. ``history_features``: the baselines'
+    GLMix gets the history similarities as the learned model's does (same model family)."""
     from pipelines.ladder import baseline_ladder, load_rec_rows
     from pipelines.train_embeddings import load_frame_store
 
@@ -456,7 +498,13 @@ def _add_baselines(
     if not np.array_equal(rows.test_labels, y):
         raise RuntimeError("baseline rows differ from the evaluation rows")  # a bug, not input
     ladder = baseline_ladder(
-        rows, store, emb.shape[1], names, seed=seed, log=print if progress else None
+        rows,
+        store,
+        emb.shape[1],
+        names,
+        seed=seed,
+        log=print if progress else None,
+        history_features=history_features,
     )
     out: dict[str, Any] = {}
     base_scores: dict[str, dict[str, np.ndarray]] = {}
@@ -495,7 +543,7 @@ def _add_baselines(
         if all(v in index for v in store.video_ids):
             raw = feats[[index[v] for v in store.video_ids]]
             vectors, info = reduce_on_validation(rows, raw, emb.shape[1])
-            cscores, fit = score_representation(rows, vectors)
+            cscores, fit = score_representation(rows, vectors, history_features=history_features)
             report["ceiling"] = {
                 "name": "true video features (synthetic world)",
                 "auc": {k: _auc_block(y, v, users, 0, seed)["auc"] for k, v in cscores.items()},
@@ -549,6 +597,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Test period from {report['test_start']}; valid watch = watch_seconds >= {report['watch_threshold_s']} s.",
         f"{r['test']} test impressions ({r['cold_start']} of cold-start videos) from {r['test_users']} users; "
         f"{r['test_users_without_history']} test users have no training-period watch history.",
+        "",
+    ]
+    names = report.get("glmix_global_features") or []
+    lines += [
+        "GLMix: Eq. 18"
+        + (
+            f" plus global features {', '.join(names)} (similarity to the history as it was "
+            "when each impression was shown; the baselines' GLMix rows get the same)."
+            if names
+            else " alone (no history features)."
+        ),
         "",
         "| score | AUC (all) | 95% DeLong | 95% bootstrap (users) | AUC (cold start) | 95% bootstrap (users) |",
         "|---|---|---|---|---|---|",

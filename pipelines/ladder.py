@@ -24,7 +24,8 @@ from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S
 from recsys.errors import UserInputError
 from recsys.frames import FrameStore
 from recsys.glmix import GLMixConfig, fit_glmix, select_random_l2
-from recsys.scoring import similarity_by_user
+from recsys.scoring import history_features as _history_features
+from recsys.scoring import prior_history_similarity, similarity_by_user
 
 #: PCA sizes tried for a baseline (those above the embedding size are skipped)
 PCA_DIMS: tuple[int, ...] = (8, 16, 32, 64)
@@ -45,6 +46,7 @@ class RecRows:
     cold_start: np.ndarray  # bool: video without an impression before the test start
     test_user_index: np.ndarray  # int64 ids shared with history_rows
     history_rows: dict[int, np.ndarray]
+    train_user_index: np.ndarray | None = None  # int64 ids shared with history_rows
 
     @property
     def validation_mask(self) -> np.ndarray:
@@ -93,6 +95,7 @@ def load_rec_rows(
         cold_start=~seen[te_v],
         test_user_index=np.array([uindex[u] for u in te_u.tolist()], dtype=np.int64),
         history_rows={u: np.unique(np.array(r)) for u, r in hist.items()},
+        train_user_index=np.array([uindex[u] for u in tr_u.tolist()], dtype=np.int64),
     )
 
 
@@ -107,28 +110,54 @@ def validation_log_loss(rows: RecRows, vectors: np.ndarray, cfg: GLMixConfig) ->
 
 
 def score_representation(
-    rows: RecRows, vectors: np.ndarray, base: GLMixConfig | None = None, tune: bool = True
+    rows: RecRows,
+    vectors: np.ndarray,
+    base: GLMixConfig | None = None,
+    tune: bool = True,
+    history_features: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Test-row scores (max/avg similarity, GLMix) of an (N_videos, E) representation."""
+    """Test-row scores (max/avg similarity, GLMix) of an (N_videos, E) representation.
+    ``history_features``: GLMix also gets the Eq. 16-17 similarities to the history, as
+    the artifact's model does (``GLMixJobConfig.history_features``)."""
     base = base or GLMixConfig()
     x_train = vectors[rows.train_videos]
+    v64 = vectors.astype(np.float64)
     info: dict[str, Any] = {}
     cfg = base
+    g_train = None
+    if history_features:
+        if rows.train_user_index is None:
+            raise ValueError("history features need the training rows' user index")
+        g_train = _history_features(
+            *prior_history_similarity(
+                rows.train_user_index,
+                rows.train_videos,
+                rows.train_times,
+                rows.train_labels > 0,
+                v64,
+            )
+        )
     if tune:
         best, losses = select_random_l2(
-            rows.train_users, x_train, rows.train_labels, rows.validation_mask, base=base
+            rows.train_users,
+            x_train,
+            rows.train_labels,
+            rows.validation_mask,
+            base=base,
+            global_feats=g_train,
         )
         cfg = replace(base, random_l2=best)
         info["random_l2"] = best
         info["validation_log_loss"] = losses[best]
-    model = fit_glmix(rows.train_users, x_train, rows.train_labels, cfg)
+    model = fit_glmix(rows.train_users, x_train, rows.train_labels, cfg, g_train)
     max_s, avg_s = similarity_by_user(
-        rows.test_user_index, rows.test_videos, rows.history_rows, vectors.astype(np.float64)
+        rows.test_user_index, rows.test_videos, rows.history_rows, v64
     )
+    g_test = _history_features(max_s, avg_s) if history_features else None
     scores = {
         "max_similarity": max_s,
         "avg_similarity": avg_s,
-        "glmix": model.predict_proba(rows.test_users, vectors[rows.test_videos]),
+        "glmix": model.predict_proba(rows.test_users, vectors[rows.test_videos], g_test),
     }
     return scores, info
 
@@ -161,8 +190,11 @@ def baseline_ladder(
     num_words: int = 64,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    history_features: bool = False,
 ) -> dict[str, tuple[dict[str, np.ndarray], dict[str, Any]]]:
-    """Scores of each classical baseline on ``rows``; ``store`` must list ``rows.video_ids``."""
+    """Scores of each classical baseline on ``rows``; ``store`` must list ``rows.video_ids``.
+    ``history_features``: their GLMix gets the history similarities too (as the model it
+    is compared with does)."""
     if store.video_ids != rows.video_ids:
         raise ValueError("the frame store and the rows must list the same videos in one order")
     out: dict[str, tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
@@ -170,7 +202,9 @@ def baseline_ladder(
         t0 = time.perf_counter()
         raw = baseline_features(name, store.frames, store.offsets, num_words, seed)
         vectors, info = reduce_on_validation(rows, raw, max_dim, base)
-        scores, fit_info = score_representation(rows, vectors, base)
+        scores, fit_info = score_representation(
+            rows, vectors, base, history_features=history_features
+        )
         info.update(fit_info, seconds=time.perf_counter() - t0)
         out[name] = (scores, info)
         if log is not None:

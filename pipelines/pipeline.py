@@ -35,6 +35,8 @@ class PipelineConfig:
     glmix: GLMixConfig = field(default_factory=GLMixConfig)
     #: choose random_l2 by validation log-loss (measured: the default 10 over-shrinks here)
     tune_glmix: bool = True
+    #: GLMix also gets the history similarities (GLMixJobConfig.history_features)
+    history_features: bool = True
     index: IndexConfig = field(default_factory=IndexConfig)
     watch_threshold_s: float = 10.0
     bootstrap: int = 200
@@ -94,6 +96,7 @@ def run_pipeline(
             glmix=cfg.glmix,
             tune=cfg.tune_glmix,
             progress=progress,
+            history_features=cfg.history_features,
         ),
         engine,
     )

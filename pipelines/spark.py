@@ -231,22 +231,31 @@ def fit_glmix_spark(
     cfg: GLMixConfig | None = None,
     on_pass: Callable[[int, float], None] | None = None,
     partitions: int | None = None,
+    global_feats: np.ndarray | None = None,
 ) -> GLMix:
     """``recsys.glmix.fit_glmix`` with the data in Spark: the same coordinate descent,
     the same per-user solver, coefficients equal to the local fit to ~1e-6."""
     cfg = cfg or GLMixConfig()
     if cfg.max_rows_per_user:
         raise UserInputError("--engine spark does not subsample users' rows (max_rows_per_user)")
-    y_np, video, codes, uniq = validate_glmix_inputs(user_ids, video, labels, None)
+    y_np, video, codes, uniq = validate_glmix_inputs(user_ids, video, labels, global_feats)
+    g = 0 if global_feats is None else global_feats.shape[1]
     rows = pd.DataFrame(
         {
             "user_id": np.asarray(uniq, dtype=object)[codes],
             "y": y_np,
             "f": list(np.asarray(video, dtype=np.float32)),
+            "g": list(
+                np.zeros((len(y_np), 0), np.float32)
+                if global_feats is None
+                else np.asarray(global_feats, dtype=np.float32)
+            ),
         }
     )
-    df = spark.createDataFrame(rows, "user_id string, y double, f array<float>")
-    return fit_glmix_frame(spark, df, video.shape[1], cfg, on_pass, partitions, list(uniq))
+    df = spark.createDataFrame(rows, "user_id string, y double, f array<float>, g array<float>")
+    return fit_glmix_frame(
+        spark, df, video.shape[1], cfg, on_pass, partitions, list(uniq), global_dim=g
+    )
 
 
 def fit_glmix_frame(
@@ -258,8 +267,10 @@ def fit_glmix_frame(
     partitions: int | None = None,
     user_order: list[str] | None = None,
     timings: dict[str, float] | None = None,
+    global_dim: int = 0,
 ) -> GLMix:
-    """GLMix on a DataFrame of (user_id string, y double, f array<float>) rows.
+    """GLMix on a DataFrame of (user_id string, y double, f array<float>) rows, plus
+    ``g array<float>`` (the global features) when ``global_dim`` > 0.
 
     ``timings``, when given, accumulates the seconds spent in the fixed-effect steps
     (``fixed_s``) and in the random-effect passes (``random_s``)."""
@@ -275,12 +286,13 @@ def fit_glmix_frame(
     # before any work (Spark Connect's default of 200 partitions made a 3k-row fit 144 s).
     n_parts = partitions or max(1, min(_parallelism(spark), math.ceil(n / ROWS_PER_TASK)))
     e = feature_dim
+    gd = global_dim
     use_video = cfg.use_video_features
-    p = 1 + (e if use_video else 0)
-    q = p
+    q = 1 + (e if use_video else 0)  # the random effect: [1, video]
+    p = q + gd  # the fixed effect: [1, video, global]
     fixed_l2 = np.full(p, cfg.fixed_l2)
     fixed_l2[0] = 0.0
-    base = rows
+    base = rows if gd else rows.withColumn("g", F.array().cast("array<float>"))
     state = (
         base.withColumn("coef", F.lit(None).cast("array<double>"))
         .withColumn("prec", F.lit(None).cast("array<double>"))
@@ -290,7 +302,7 @@ def fit_glmix_frame(
     # pass solves partition by partition.
     state = state.repartition(n_parts, "user_id").cache()
     state_schema = (
-        "user_id string, y double, f array<float>, coef array<double>, "
+        "user_id string, y double, f array<float>, g array<float>, coef array<double>, "
         "prec array<double>, rand double, ll double"
     )
 
@@ -302,7 +314,9 @@ def fit_glmix_frame(
                     continue
                 # Arrow's flat list values: the (n, E) features without a Python loop.
                 f = rb.column("f").flatten().to_numpy(zero_copy_only=False).reshape(-1, e)
-                x = _fixed_design(f.astype(np.float32, copy=False), None, use_video)
+                x = _fixed_design(
+                    f.astype(np.float32, copy=False), _global(rb.column("g"), gd), use_video
+                )
                 y = rb.column("y").to_numpy().astype(np.float64)
                 off = rb.column("rand").to_numpy().astype(np.float64)
                 a, b, c = logistic_sums(x, y, off, np.ones(len(y)), beta)
@@ -319,7 +333,7 @@ def fit_glmix_frame(
             )
 
         out = (
-            frame.select("f", "y", "rand")
+            frame.select("f", "g", "y", "rand")
             .mapInArrow(part, "ll double, g array<double>, h array<double>")
             .collect()
         )
@@ -355,7 +369,7 @@ def fit_glmix_frame(
         # The state is hash-partitioned by user, so a partition holds whole users: the pass
         # maps partitions (no shuffle, no sort by group) and keeps that partitioning.
         new_state = state.mapInArrow(
-            _whole_partition(_user_pass(e, use_video, beta, steps, q, cfg)), state_schema
+            _whole_partition(_user_pass(e, use_video, beta, steps, q, cfg, gd)), state_schema
         ).cache()
         # One job computes the pass, caches it and sums the log-likelihood.
         ll = float(new_state.agg(F.sum("ll")).collect()[0][0]) / n
@@ -375,11 +389,23 @@ def fit_glmix_frame(
     order = user_order if user_order is not None else sorted(got)
     coef = np.stack([got[u][0] for u in order]) if order else np.zeros((0, q))
     precision = np.stack([got[u][1] for u in order]) if order else np.zeros((0, q))
-    full = np.zeros(1 + e)
+    # The fixed vector always has slots for the video coefficients, zero when unused.
+    full = np.zeros(1 + e + gd)
     full[0] = fixed[0]
     if use_video:
-        full[1:] = fixed[1:]
-    return GLMix(cfg, e, 0, full, [str(u) for u in order], coef, history, precision)
+        full[1 : 1 + e] = fixed[1:q]
+    full[1 + e :] = fixed[q:]
+    return GLMix(cfg, e, gd, full, [str(u) for u in order], coef, history, precision)
+
+
+def _global(column: pa.Array | pa.ChunkedArray, g: int) -> np.ndarray | None:
+    """The (n, g) global features of an Arrow ``array<float>`` column (None when g = 0)."""
+    if not g:
+        return None
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(-1, g).astype(np.float32, copy=False)
 
 
 def _whole_partition(
@@ -402,6 +428,7 @@ def _user_pass(
     steps: int,
     q: int,
     cfg: GLMixConfig,
+    g: int = 0,
 ) -> Callable[[pa.Table], pa.Table]:
     """The random-effect pass over one partition's rows (all rows of its users), on Arrow
     columns: the (n, E) features and (n, q) coefficients are flat buffers, no Python loop."""
@@ -413,7 +440,9 @@ def _user_pass(
         n = table.num_rows
         codes, uniq = pd.factorize(table.column("user_id").to_numpy(zero_copy_only=False))
         f = table.column("f").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        x = _fixed_design(f.reshape(n, e).astype(np.float32, copy=False), None, use_video)
+        x = _fixed_design(
+            f.reshape(n, e).astype(np.float32, copy=False), _global(table.column("g"), g), use_video
+        )
         coef = np.zeros((len(uniq), q))
         prev = table.column("coef").combine_chunks()
         if prev.null_count < n:  # warm start: one row of each user carries its coefficients
@@ -444,6 +473,7 @@ def _user_pass(
                 "user_id": table.column("user_id"),
                 "y": table.column("y"),
                 "f": table.column("f"),
+                "g": table.column("g"),
                 "coef": per_user(coef),
                 "prec": per_user(prec),
                 "rand": pa.array(rand),

@@ -91,9 +91,14 @@ class GLMix:
     #: data's curvature): how sure the fit is of each coefficient. Online updates use it as
     #: the prior precision around ``user_coef`` (None: only the prior L2 is known).
     user_precision: np.ndarray | None = None
+    #: names of the G global features, in column order (e.g. ``recsys.scoring.
+    #: HISTORY_FEATURES``): whoever scores must build the same columns
+    global_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.user_index = {u: i for i, u in enumerate(self.user_ids)}
+        if self.global_names and len(self.global_names) != self.global_dim:
+            raise ValueError("global_names must name the global_dim features")
 
     @property
     def random_dim(self) -> int:
@@ -143,6 +148,7 @@ class GLMix:
             "config": asdict(self.config),
             "embedding_dim": self.embedding_dim,
             "global_dim": self.global_dim,
+            "global_features": list(self.global_names),
             "fixed": [float(x) for x in self.fixed],
             "history": self.history,
         }
@@ -163,13 +169,14 @@ class GLMix:
             cfg = GLMixConfig(**fixed["config"])
             e, g = int(fixed["embedding_dim"]), int(fixed["global_dim"])
             f = np.asarray(fixed["fixed"], dtype=np.float64)
+            names = [str(x) for x in fixed.get("global_features", [])]
             ids = users.column("user_id").to_pylist()
             col = users.column("coef").combine_chunks()
             flat = col.flatten().to_numpy(zero_copy_only=False)
         except (KeyError, TypeError, ValueError) as exc:
             raise UserInputError(f"malformed GLMix model ({exc})") from None
         k = 1 + (e if cfg.use_video_features else 0)
-        if len(f) != 1 + e + g or len(flat) != len(ids) * k:
+        if len(f) != 1 + e + g or len(flat) != len(ids) * k or len(names) not in (0, g):
             raise UserInputError("malformed GLMix model (coefficient sizes do not match)")
         precision = None
         if "precision" in users.column_names:  # artifacts before online GLMix lack it
@@ -186,6 +193,7 @@ class GLMix:
             flat.reshape(len(ids), k),
             list(fixed.get("history", [])),
             precision,
+            names,
         )
 
 
@@ -613,21 +621,26 @@ def select_random_l2(
     is_validation: np.ndarray,
     grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 100.0),
     base: GLMixConfig | None = None,
-    fit: Callable[[np.ndarray, np.ndarray, np.ndarray, GLMixConfig], GLMix] | None = None,
+    fit: Callable[..., GLMix] | None = None,
+    global_feats: np.ndarray | None = None,
 ) -> tuple[float, dict[float, float]]:
     """Pick ``random_l2`` by validation log-loss: fit on the rows not in ``is_validation``.
-    ``fit`` (users, video, labels, config) -> model defaults to ``fit_glmix`` (a distributed
-    engine passes its own)."""
+    ``fit`` (users, video, labels, config, global_feats) -> model defaults to ``fit_glmix``
+    (a distributed engine passes its own)."""
     base = base or GLMixConfig()
     train = ~np.asarray(is_validation, dtype=bool)
     if train.all() or not train.any():
         raise UserInputError("regularisation selection needs both training and validation rows")
+    g_train = None if global_feats is None else global_feats[train]
+    g_val = None if global_feats is None else global_feats[~train]
     losses: dict[float, float] = {}
     for lam in grid:
-        model = (fit or fit_glmix)(
-            user_ids[train], video[train], labels[train], replace(base, random_l2=lam)
-        )
-        p = np.clip(model.predict_proba(user_ids[~train], video[~train]), 1e-12, 1 - 1e-12)
+        cfg = replace(base, random_l2=lam)
+        if fit is None:
+            model = fit_glmix(user_ids[train], video[train], labels[train], cfg, g_train)
+        else:
+            model = fit(user_ids[train], video[train], labels[train], cfg, g_train)
+        p = np.clip(model.predict_proba(user_ids[~train], video[~train], g_val), 1e-12, 1 - 1e-12)
         y = labels[~train]
         losses[lam] = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
     best = min(losses, key=lambda k: losses[k])

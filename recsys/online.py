@@ -93,6 +93,8 @@ def refit_effect(
 class _UserWindow:
     z: deque[np.ndarray]
     y: deque[float]
+    #: the fixed-effect logit of each row, global features included as they were when the
+    #: impression happened (the similarity to the history *then*)
     offset: deque[float]
 
 
@@ -137,23 +139,35 @@ class OnlineEffects:
         ones = np.ones((len(v), 1))
         return np.hstack([ones, v]) if self.model.config.use_video_features else ones
 
-    def logit(self, user: str, video: np.ndarray) -> np.ndarray:
-        """(n,) logits of ``user`` watching each row of ``video`` (n, E).
+    def logit(
+        self, user: str, video: np.ndarray, global_feats: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(n,) logits of ``user`` watching each row of ``video`` (n, E), with the model's
+        global features (n, G) when it has any.
 
         Safe beside a concurrent ``observe``: it reads the user's effect once, and
         ``observe`` replaces that array whole (never mutates it)."""
         v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
         b = self.effect(user)
-        eta = self.model.fixed_logit(v) + b[0]
+        eta = self.model.fixed_logit(v, global_feats) + b[0]
         if self.model.config.use_video_features:
             eta = eta + v @ b[1:]
         return eta
 
-    def probability(self, user: str, video: np.ndarray) -> np.ndarray:
-        return 0.5 * (1.0 + np.tanh(0.5 * self.logit(user, video)))
+    def probability(
+        self, user: str, video: np.ndarray, global_feats: np.ndarray | None = None
+    ) -> np.ndarray:
+        return 0.5 * (1.0 + np.tanh(0.5 * self.logit(user, video, global_feats)))
 
-    def observe(self, user: str, video: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Add a user's impressions (video (n, E), labels (n,)) and refit their effect."""
+    def observe(
+        self,
+        user: str,
+        video: np.ndarray,
+        labels: np.ndarray,
+        global_feats: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Add a user's impressions (video (n, E), labels (n,), the model's global features
+        (n, G) as they were at each impression) and refit their effect."""
         v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
         y = np.asarray(labels, dtype=np.float64).reshape(-1)
         w = self._windows.get(user)
@@ -162,7 +176,7 @@ class OnlineEffects:
             w = _UserWindow(deque(maxlen=n), deque(maxlen=n), deque(maxlen=n))
             self._windows[user] = w
         z = self._z(v)
-        off = self.model.fixed_logit(v)
+        off = self.model.fixed_logit(v, global_feats)
         for i in range(len(y)):
             w.z.append(z[i])
             w.y.append(float(y[i]))
@@ -187,17 +201,25 @@ def progressive_validation(
     times: np.ndarray,
     model: GLMix,
     config: OnlineConfig | None = None,
+    global_feats: np.ndarray | None = None,
 ) -> np.ndarray:
     """Replay impressions in time order through ``OnlineEffects``: each row is scored
     before the model learns from it. Returns the (N,) online watch probabilities, aligned
-    with the input rows (the frozen model's are ``model.predict_proba``)."""
+    with the input rows (the frozen model's are ``model.predict_proba``).
+
+    ``global_feats`` (N, G): the model's global features of each row as the service
+    would compute them at that moment (for history similarities: against the history
+    including the watches replayed before the row, ``recsys.scoring.
+    prior_history_similarity``)."""
     online = OnlineEffects(model, config or OnlineConfig())
     order = np.argsort(np.asarray(times), kind="stable")
     out = np.empty(len(labels), dtype=np.float64)
     x = np.asarray(video, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
+    g = None if global_feats is None else np.asarray(global_feats, dtype=np.float64)
     for i in order.tolist():
         u = str(users[i])
-        out[i] = float(online.probability(u, x[i])[0])
-        online.observe(u, x[i], y[i : i + 1])
+        gi = None if g is None else g[i : i + 1]
+        out[i] = float(online.probability(u, x[i], gi)[0])
+        online.observe(u, x[i], y[i : i + 1], gi)
     return out

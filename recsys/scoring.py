@@ -46,3 +46,87 @@ def similarity_by_user(
         max_s[group] = mx
         avg_s[group] = av
     return max_s, avg_s
+
+
+# --------------------------------------------------------------------------- GLMix features
+
+#: Global GLMix features from the watch history: Eq. 17 and Eq. 16 against the user's
+#: history, and whether there is one (both similarities are 0 when there is not).
+HISTORY_FEATURES = ("max_similarity", "avg_similarity", "has_history")
+
+
+def history_features(max_s: np.ndarray, avg_s: np.ndarray) -> np.ndarray:
+    """(N, 3) ``HISTORY_FEATURES`` from Eq. 17 / Eq. 16 scores, NaN where no history."""
+    mx = np.asarray(max_s, dtype=np.float64)
+    av = np.asarray(avg_s, dtype=np.float64)
+    has = np.isfinite(mx)
+    return np.stack([np.where(has, mx, 0.0), np.where(has, av, 0.0), has.astype(np.float64)], 1)
+
+
+def prior_history_similarity(
+    user_of_row: np.ndarray,
+    video_of_row: np.ndarray,
+    times: np.ndarray,
+    watched: np.ndarray,
+    embeddings: np.ndarray,
+    initial_history: dict[int, np.ndarray] | None = None,
+    chunk_rows: int = 2048,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 16-17 for each row against the user's history *as it was when the row
+    happened*: ``initial_history[u]`` (embedding rows watched before the log starts) plus
+    the distinct videos of the user's watched rows strictly earlier in ``times``.
+
+    This is what a service that extends histories as watches arrive computes, so a model
+    trained on these features sees at training time what it sees when serving. Rows with
+    an empty history are NaN. user_of_row, video_of_row, times (int), watched (bool): (N,).
+    """
+    n = len(user_of_row)
+    max_s = np.full(n, np.nan)
+    avg_s = np.full(n, np.nan)
+    users = np.asarray(user_of_row)
+    times = np.asarray(times, dtype=np.int64)
+    watched = np.asarray(watched, dtype=bool)
+    init = initial_history or {}
+    order = np.lexsort((times, users))
+    bounds = np.flatnonzero(np.diff(users[order])) + 1
+    for group in np.split(order, bounds):
+        if len(group) == 0:
+            continue
+        before = np.asarray(init.get(int(users[group[0]]), ()), dtype=np.int64)
+        # The history as (video row, time it joined): the initial rows at -inf, then each
+        # video at its first watch in the log.
+        w = group[watched[group]]
+        vids, first = np.unique(video_of_row[w], return_index=True)
+        fresh = ~np.isin(vids, before)
+        h_rows = np.concatenate([np.unique(before), vids[fresh]])
+        h_time = np.concatenate(
+            [np.full(len(np.unique(before)), np.iinfo(np.int64).min), times[w][first][fresh]]
+        )
+        if len(h_rows) == 0:
+            continue
+        h = embeddings[h_rows]
+        for start in range(0, len(group), chunk_rows):
+            rows = group[start : start + chunk_rows]
+            visible = h_time[None, :] < times[rows][:, None]  # (r, H)
+            count = visible.sum(1)
+            sims = embeddings[video_of_row[rows]] @ h.T
+            has = count > 0
+            mx = np.where(visible, sims, -np.inf).max(1)
+            av = np.where(visible, sims, 0.0).sum(1) / np.maximum(count, 1)
+            max_s[rows[has]] = mx[has]
+            avg_s[rows[has]] = av[has]
+    return max_s, avg_s
+
+
+def glmix_global_features(
+    global_names: list[str] | tuple[str, ...], max_s: np.ndarray, avg_s: np.ndarray
+) -> np.ndarray | None:
+    """The global feature columns a GLMix model with these ``global_names`` scores with,
+    given each row's Eq. 17 / Eq. 16 scores (NaN without history); None for a model
+    without global features."""
+    names = tuple(global_names)
+    if not names:
+        return None
+    if names != HISTORY_FEATURES:
+        raise ValueError(f"GLMix global features {list(names)} are not known to this version")
+    return history_features(max_s, avg_s)

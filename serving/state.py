@@ -28,6 +28,7 @@ from recsys.glmix import GLMix
 from recsys.index import IndexConfig, VideoIndex
 from recsys.online import OnlineConfig, OnlineEffects
 from recsys.projection import fit_projection, map_sample, project
+from recsys.scoring import glmix_global_features
 from serving.store import Impression, StateStore, StoredVideo, Watch
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,10 @@ class ServingState:
         #: stored rows that could not be replayed (skipped and logged, never fatal)
         self.skipped_rows = 0
         self.online = OnlineEffects(self.glmix, online_config or OnlineConfig())
+        try:  # a model whose global features this version cannot build is refused at load
+            glmix_global_features(self.glmix.global_names, np.zeros(1), np.zeros(1))
+        except ValueError as exc:
+            raise UserInputError(str(exc)) from None
         # Follow the store's log: the newest sequence number seen per table, and the
         # numbers applied within the look-back window (rows that commit out of order).
         self._cursor = {"videos": 0, "watches": 0, "impressions": 0}
@@ -160,7 +165,7 @@ class ServingState:
                     r = self._rows.get(w.video_id)
                     if r is not None and w.watch_seconds >= self.threshold:
                         self._add_history(w.user_id, r)
-            by_user: dict[str, tuple[list[int], list[float]]] = {}
+            by_user: dict[str, tuple[list[int], list[float], list[np.ndarray | None]]] = {}
             for seq, imp in changes.impressions:
                 if not self._mark("impressions", seq):
                     continue
@@ -171,9 +176,12 @@ class ServingState:
                     continue
                 self.impression_events += 1
                 watched = imp.watch_seconds >= self.threshold
+                rs, ys, gs = by_user.setdefault(imp.user_id, ([], [], []))
+                # The global features as they were when the impression was shown: before
+                # its own watch joins the history (as the offline fit computes them).
+                gs.append(self._global_features(imp.user_id, self._emb[r][None, :]))
                 if watched:
                     self._add_history(imp.user_id, r)
-                rs, ys = by_user.setdefault(imp.user_id, ([], []))
                 rs.append(r)
                 ys.append(1.0 if watched else 0.0)
             for t in self._applied:  # forget numbers below the look-back window
@@ -182,8 +190,8 @@ class ServingState:
                     self._applied[t] = {x for x in self._applied[t] if x > floor}
             if by_user:
                 with self._online_lock:
-                    for user, (rs, ys) in by_user.items():
-                        self.online.observe(user, self._emb[np.asarray(rs)], np.asarray(ys))
+                    for user, (rs, ys, gs) in by_user.items():
+                        self._observe(user, rs, ys, gs)
         return applied
 
     def _apply_video(self, sv: StoredVideo) -> None:
@@ -243,11 +251,12 @@ class ServingState:
         n = len(cand)
         max_s: list[float | None] = [None] * n
         avg_s: list[float | None] = [None] * n
+        mx = av = np.full(n, np.nan)
         if hist:
             sims = cand @ emb[np.asarray(hist)].T
-            max_s = sims.max(1).tolist()
-            avg_s = sims.mean(1).tolist()
-        probs = self._watch_probability(user_id, cand).tolist()
+            mx, av = sims.max(1), sims.mean(1)
+            max_s, avg_s = mx.tolist(), av.tolist()
+        probs = self._watch_probability(user_id, cand, mx, av).tolist()
         out: list[dict[str, Any]] = []
         j = 0
         for v, ok in zip(video_ids, known.tolist(), strict=True):
@@ -270,12 +279,44 @@ class ServingState:
             "scores": out,
         }
 
-    def _watch_probability(self, user_id: str, cand: np.ndarray) -> np.ndarray:
+    def _watch_probability(
+        self,
+        user_id: str,
+        cand: np.ndarray,
+        max_s: np.ndarray | None = None,
+        avg_s: np.ndarray | None = None,
+    ) -> np.ndarray:
         # Fixed effect plus the user's effect: refitted online when the service has seen
         # their impressions, else the offline one (none for an unknown user). No lock:
         # a refit swaps the user's effect array whole (scoring must not queue behind it).
-        eta = self.online.logit(user_id, cand)
+        # max_s / avg_s: Eq. 17 / 16 of the candidates when the caller has them.
+        if max_s is not None and avg_s is not None:
+            g = glmix_global_features(self.glmix.global_names, max_s, avg_s)
+        else:
+            g = self._global_features(user_id, cand)
+        eta = self.online.logit(user_id, cand, g)
         return 0.5 * (1.0 + np.tanh(0.5 * eta))
+
+    def _global_features(self, user_id: str, cand: np.ndarray) -> np.ndarray | None:
+        """The GLMix global features of candidates (M, E) for this user now (None when the
+        model has none): their similarity to the user's current history."""
+        names = self.glmix.global_names
+        if not names:
+            return None
+        hist = self._history.get(user_id)
+        if hist:
+            sims = cand @ self._emb[np.asarray(hist)].T
+            return glmix_global_features(names, sims.max(1), sims.mean(1))
+        nan = np.full(len(cand), np.nan)
+        return glmix_global_features(names, nan, nan)
+
+    def _observe(
+        self, user: str, rows: list[int], labels: list[float], feats: list[np.ndarray | None]
+    ) -> None:
+        g = None
+        if feats[0] is not None:
+            g = np.concatenate([f for f in feats if f is not None])
+        self.online.observe(user, self._emb[np.asarray(rows)], np.asarray(labels), g)
 
     def known_user(self, user_id: str) -> bool:
         return user_id in self.glmix.user_index or user_id in self.online.effects
@@ -306,19 +347,21 @@ class ServingState:
         if not cand_rows:
             return []
         cand = self._emb[np.asarray(cand_rows)]
-        p = self._watch_probability(user_id, cand)
+        mx = av = np.full(len(cand), np.nan)
+        if hist:
+            sims = cand @ self._emb[np.asarray(hist)].T  # (M, H)
+            mx, av = sims.max(1), sims.mean(1)
+        p = self._watch_probability(user_id, cand, mx, av)
         top = np.argsort(-p, kind="stable")[:k]
         result = []
-        hist_emb = self._emb[np.asarray(hist)] if hist else None
         for i in top.tolist():
             item: dict[str, Any] = {
                 "video_id": self._ids[cand_rows[i]],
                 "watch_probability": float(p[i]),
             }
-            if hist_emb is not None:
-                sims = hist_emb @ cand[i]
-                item["max_similarity"] = float(sims.max())
-                item["avg_similarity"] = float(sims.mean())
+            if hist:
+                item["max_similarity"] = float(mx[i])
+                item["avg_similarity"] = float(av[i])
             result.append(item)
         return result
 
@@ -442,22 +485,23 @@ class ServingState:
         with self._lock:
             seqs = self.store.insert_impressions(impressions)
             fresh = [q is not None and self._mark("impressions", q) for q in seqs]
-            by_user: dict[str, tuple[list[int], list[float]]] = {}
+            by_user: dict[str, tuple[list[int], list[float], list[np.ndarray | None]]] = {}
             valid = 0
             for imp, r, new in zip(impressions, rows, fresh, strict=True):
                 if not new:
                     continue
                 watched = imp.watch_seconds >= self.threshold
                 valid += watched
+                rs, ys, gs = by_user.setdefault(imp.user_id, ([], [], []))
+                gs.append(self._global_features(imp.user_id, self._emb[r][None, :]))
                 if watched:
                     self._add_history(imp.user_id, r)
-                rs, ys = by_user.setdefault(imp.user_id, ([], []))
                 rs.append(r)
                 ys.append(1.0 if watched else 0.0)
             self.impression_events += sum(fresh)
         with self._online_lock:
-            for user, (rs, ys) in by_user.items():
-                self.online.observe(user, self._emb[np.asarray(rs)], np.asarray(ys))
+            for user, (rs, ys, gs) in by_user.items():
+                self._observe(user, rs, ys, gs)
         return ImpressionsResult(
             accepted=sum(fresh),
             duplicates=len(fresh) - sum(fresh),

@@ -23,6 +23,7 @@ from pipelines.spark import (
 from recsys.auc import delong_ci
 from recsys.errors import UserInputError
 from recsys.glmix import GLMixConfig, fit_glmix
+from recsys.scoring import HISTORY_FEATURES
 from recsys.triplets import TripletConfig, mine_triplets
 
 # Both pytest workers would otherwise start a JVM each: keep these on one worker.
@@ -82,6 +83,13 @@ def test_glmix_coefficients_match_the_local_fit(spark) -> None:
     np.testing.assert_allclose(pr, pl, atol=1e-7)
     with pytest.raises(UserInputError, match="labels 0 or 1"):
         fit_glmix_spark(spark, user_ids, x, y * 2, cfg)
+    # Global features (the history similarities) ride along in their own column.
+    g = np.stack([rng.normal(size=n), (rng.random(n) < 0.5).astype(float)], 1)
+    local_g = fit_glmix(user_ids, x, y, cfg, g)
+    remote_g = fit_glmix_spark(spark, user_ids, x, y, cfg, global_feats=g)
+    assert remote_g.global_dim == 2
+    np.testing.assert_allclose(remote_g.fixed, local_g.fixed, atol=1e-6)
+    np.testing.assert_allclose(remote_g.user_coef, local_g.user_coef, atol=1e-6)
 
 
 def test_delong_auc_matches_the_local_computation(spark) -> None:
@@ -186,6 +194,7 @@ def test_fit_glmix_job_on_spark_matches_local(
     assert a.user_ids == b.user_ids
     np.testing.assert_allclose(b.fixed, a.fixed, atol=1e-6)
     np.testing.assert_allclose(b.user_coef, a.user_coef, atol=1e-6)
+    assert a.global_names == b.global_names == list(HISTORY_FEATURES)
 
 
 def test_spark_connect_gives_the_same_triplets(small_world_dir: Path, tmp_path: Path) -> None:

@@ -8,7 +8,14 @@ import statsmodels.api as sm
 from scipy.optimize import minimize
 
 from recsys.errors import UserInputError
-from recsys.glmix import GLMix, GLMixConfig, _buckets, fit_glmix, fit_logistic
+from recsys.glmix import (
+    GLMix,
+    GLMixConfig,
+    _buckets,
+    fit_glmix,
+    fit_logistic,
+    select_random_l2,
+)
 
 
 def _simulate(n_users: int = 40, rows: int = 60, e: int = 3, seed: int = 0):
@@ -200,3 +207,31 @@ def test_select_random_l2_prefers_the_better_validation_fit() -> None:
     assert best != 1e4
     with pytest.raises(UserInputError, match="both training and validation"):
         select_random_l2(users, x, y, np.zeros(len(y), bool))
+
+
+def test_global_features_fit_predict_and_round_trip() -> None:
+    users, x, y, _, _ = _simulate(seed=8)
+    rng = np.random.default_rng(8)
+    g = rng.normal(size=(len(y), 2))
+    # A global feature that moves the labels: its coefficient is found, its name kept.
+    y = (rng.random(len(y)) < 1 / (1 + np.exp(-(2.0 * g[:, 0] + np.log(y.mean()))))).astype(float)
+    model = fit_glmix(users, x, y, GLMixConfig(random_l2=1.0), g)
+    model.global_names = ["signal", "noise"]
+    e = x.shape[1]
+    assert model.global_dim == 2 and model.fixed[1 + e] > 1.0 and abs(model.fixed[2 + e]) < 0.5
+    eta = model.fixed_logit(x[:9], g[:9]) + model.random_logit(model.user_rows(users[:9]), x[:9])
+    np.testing.assert_allclose(model.predict_proba(users[:9], x[:9], g[:9]), 1 / (1 + np.exp(-eta)))
+    with pytest.raises(ValueError, match="needs global features"):
+        model.predict_proba(users[:9], x[:9])
+    fixed, table = model.to_tables()
+    again = GLMix.from_tables(fixed, table)
+    assert again.global_names == ["signal", "noise"]
+    np.testing.assert_allclose(
+        again.predict_proba(users[:9], x[:9], g[:9]), model.predict_proba(users[:9], x[:9], g[:9])
+    )
+    with pytest.raises(UserInputError, match="malformed"):
+        GLMix.from_tables({**fixed, "global_features": ["one"]}, table)
+    # select_random_l2 passes them on (it would fail without them).
+    is_val = np.arange(len(y)) % 5 == 0
+    best, _ = select_random_l2(users, x, y, is_val, grid=(1.0, 10.0), global_feats=g)
+    assert best in (1.0, 10.0)

@@ -113,3 +113,37 @@ def test_progressive_validation_scores_before_learning() -> None:
 
     late = times < n // 2
     assert delong_ci(y[late], p[late])[0] > delong_ci(y[late], frozen[late])[0] + 0.1
+
+
+def test_global_features_enter_the_offset_as_they_were() -> None:
+    """With global features (history similarities), each window row's offset is the fixed
+    effect at the features it had when shown; scoring uses the features given now."""
+    rng = np.random.default_rng(4)
+    u = rng.integers(0, 20, 800)
+    ids = np.array([f"u{i}" for i in u], dtype=object)
+    x, g = rng.normal(size=(800, 3)), rng.normal(size=(800, 2))
+    y = (rng.random(800) < 1 / (1 + np.exp(-(g[:, 0] + x[:, 1])))).astype(float)
+    model = fit_glmix(ids, x, y, GLMixConfig(random_l2=1.0), g)
+    online = OnlineEffects(model)
+    xn, gn = rng.normal(size=(6, 3)), rng.normal(size=(6, 2))
+    yn = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    got = online.observe("u3", xn, yn, gn)
+    z = np.hstack([np.ones((6, 1)), xn])
+    want = refit_effect(
+        z,
+        yn,
+        model.fixed_logit(xn, gn),
+        online.prior("u3"),
+        online.precision("u3"),
+        online.prior("u3"),
+        50,
+    )
+    np.testing.assert_allclose(got, want, atol=1e-8)
+    np.testing.assert_allclose(
+        online.logit("u3", xn, gn), model.fixed_logit(xn, gn) + z @ got, atol=1e-12
+    )
+    p = progressive_validation(
+        np.array(["u3"] * 6, dtype=object), xn, yn, np.arange(6), model, global_feats=gn
+    )
+    frozen = model.predict_proba(np.array(["u3"] * 6, dtype=object), xn, gn)
+    assert p[0] == pytest.approx(frozen[0]) and not np.allclose(p[1:], frozen[1:])

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from recsys.artifact import load_glmix, read_embeddings
 from recsys.errors import UserInputError
+from recsys.scoring import HISTORY_FEATURES
 from serving.app import create_app
 from tests.serving.conftest import AUTH
 
@@ -51,12 +52,15 @@ def test_score_matches_eq16_17_and_glmix(client: TestClient, artifact) -> None:
     row = {v: i for i, v in enumerate(ids)}
     h = emb[[row[v] for v in hist]]
     glm = load_glmix(artifact)
+    assert glm.global_names == list(HISTORY_FEATURES)  # the pipeline's default model
     for item, v in zip(body["scores"][:2], cands[:2], strict=True):
         sims = h @ emb[row[v]]
         assert item["max_similarity"] == pytest.approx(float(sims.max()), abs=1e-5)
         assert item["avg_similarity"] == pytest.approx(float(sims.mean()), abs=1e-5)
-        p = glm.predict_proba([user], emb[row[v]][None].astype(np.float64))[0]
-        assert item["watch_probability"] == pytest.approx(p, abs=1e-9)
+        # Eq. 18 plus the history similarities as global features.
+        g = np.array([[sims.max(), sims.mean(), 1.0]])
+        p = glm.predict_proba([user], emb[row[v]][None].astype(np.float64), g)[0]
+        assert item["watch_probability"] == pytest.approx(p, abs=1e-6)
     assert body["scores"][2] == {"video_id": "does-not-exist", "error": "unknown video"}
 
 
@@ -67,7 +71,8 @@ def test_unknown_user_gets_fixed_effect_and_null_similarities(client: TestClient
     s = r["scores"][0]
     assert s["max_similarity"] is None and s["avg_similarity"] is None
     glm = load_glmix(artifact)
-    eta = glm.fixed_logit(emb[1][None].astype(np.float64))[0]
+    no_history = np.zeros((1, len(glm.global_names)))  # similarities 0, has_history 0
+    eta = glm.fixed_logit(emb[1][None].astype(np.float64), no_history)[0]
     assert s["watch_probability"] == pytest.approx(1 / (1 + np.exp(-eta)))
 
 
@@ -459,6 +464,58 @@ def test_impression_events_teach_a_new_user_online(client: TestClient, settings,
     np.testing.assert_allclose(
         [s["watch_probability"] for s in replayed["scores"]], p1, rtol=0, atol=1e-9
     )
+
+
+def test_online_refit_uses_the_history_as_it_was_at_each_impression(
+    client: TestClient, artifact
+) -> None:
+    """Each impression's offset has the history features of the moment it was shown (its
+    own watch not yet in the history): the served probability equals a direct MAP refit."""
+    from recsys.online import OnlineEffects, refit_effect
+
+    ids, emb = _catalogue(artifact)
+    e = emb.astype(np.float64)
+    glm = load_glmix(artifact)
+    user, vids = "history-feature-user", [ids[3], ids[4], ids[7], ids[8]]
+    watched = [True, False, True, False]
+    batch = [
+        {
+            "user_id": user,
+            "video_id": v,
+            "shown_at": f"2030-02-01T00:0{i}:00Z",
+            "watch_seconds": 30.0 if w else 0.0,
+        }
+        for i, (v, w) in enumerate(zip(vids, watched, strict=True))
+    ]
+    r = client.post("/v1/events/impressions", json={"impressions": batch}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    row = {v: i for i, v in enumerate(ids)}
+    x = e[[row[v] for v in vids]]
+    hist: list[int] = []
+    g = np.zeros((4, 3))
+    for i, v in enumerate(vids):
+        if hist:
+            sims = e[hist] @ x[i]
+            g[i] = (sims.max(), sims.mean(), 1.0)
+        if watched[i]:
+            hist.append(row[v])
+    online = OnlineEffects(glm)
+    z = np.hstack([np.ones((4, 1)), x])
+    b = refit_effect(
+        z,
+        np.array(watched, float),
+        glm.fixed_logit(x, g),
+        online.prior(user),
+        online.precision(user),
+        online.prior(user),
+        50,
+    )
+    cand = ids[11]
+    got = client.post("/v1/score", json={"user_id": user, "video_ids": [cand]}).json()
+    sims = e[hist] @ e[row[cand]]
+    g_now = np.array([[sims.max(), sims.mean(), 1.0]])
+    eta = glm.fixed_logit(e[row[cand]][None], g_now)[0] + b[0] + e[row[cand]] @ b[1:]
+    assert got["scores"][0]["watch_probability"] == pytest.approx(1 / (1 + np.exp(-eta)), abs=1e-5)
 
 
 def test_impression_events_bad_input(client: TestClient, artifact) -> None:

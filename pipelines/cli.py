@@ -499,6 +499,13 @@ def _print_aucs(report: dict, out: Path) -> None:  # type: ignore[type-arg]
                 f"  online GLMix ({name}): {b['online_auc']:.4f} vs frozen {b['frozen_auc']:.4f}, "
                 f"difference {b['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]: {b['verdict']}"
             )
+            if "history_only_auc" in b:
+                lo, hi = b["difference_vs_history_only_ci95"]
+                typer.echo(
+                    f"    vs histories followed, effects frozen {b['history_only_auc']:.4f}: "
+                    f"{b['difference_vs_history_only']:+.4f} [{lo:+.4f}, {hi:+.4f}]: "
+                    f"{b['verdict_vs_history_only']}"
+                )
     if "ceiling" in report:
         c = report["ceiling"]
         typer.echo(

@@ -180,6 +180,11 @@ def test_report_has_the_online_replay(pipeline_out: Path) -> None:
     assert lo <= b["difference"] <= hi
     assert b["verdict"] in ("better", "worse", "no significant difference")
     assert "Online GLMix (progressive validation)" in (pipeline_out / "report.md").read_text()
+    # with history features, also against following the histories with frozen effects
+    assert report["glmix_global_features"] and "history_only_auc" in b
+    lo, hi = b["difference_vs_history_only_ci95"]
+    assert lo <= b["difference_vs_history_only"] <= hi
+    assert "online vs history only" in (pipeline_out / "report.md").read_text()
     # the artifact keeps each user's posterior precision for the online prior
     users = pq.read_table(pipeline_out / "artifact" / "glmix_users.parquet")
     assert "precision" in users.column_names

@@ -551,3 +551,29 @@ def test_every_body_route_documents_the_400_it_gives_for_unparseable_bodies(
         assert "400" in schema["paths"][path]["post"]["responses"], path
         r = client.post(path, content=b"\xff", headers={**AUTH, "Content-Type": "application/json"})
         assert r.status_code == 400 and set(r.json()) == {"detail", "field"}, (path, r.text)
+
+
+def test_an_eq18_only_model_is_served_without_history_features(
+    settings, artifact, small_world_dir
+) -> None:
+    """Artifacts fitted with --no-history-features (or before them) score by Eq. 18 alone;
+    a model naming global features this version cannot build is refused at load."""
+    from pipelines.evaluate import GLMixJobConfig, fit_glmix_into_artifact
+    from recsys.artifact import extend_artifact, write_json_bytes
+
+    fit_glmix_into_artifact(small_world_dir, artifact, GLMixJobConfig(history_features=False))
+    glm = load_glmix(artifact)
+    assert glm.global_names == []
+    ids, emb = _catalogue(artifact)
+    user = _a_user_with_history(artifact)
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/score", json={"user_id": user, "video_ids": [ids[2]]}).json()
+    want = glm.predict_proba([user], emb[2][None].astype(np.float64))[0]
+    assert r["scores"][0]["watch_probability"] == pytest.approx(want, abs=1e-9)
+    meta = json.loads((artifact / "glmix.json").read_text())
+    meta["global_features"] = ["popularity"]
+    meta["global_dim"] = 1
+    meta["fixed"] = [*meta["fixed"], 0.5]
+    extend_artifact(artifact, {"glmix.json": write_json_bytes(meta)}, {})
+    with pytest.raises(UserInputError, match="not known"), TestClient(create_app(settings)):
+        pass

@@ -269,6 +269,24 @@ def _online_block(
     return out
 
 
+def _auc_by_day(
+    y: np.ndarray, times_us: np.ndarray, curves: dict[str, np.ndarray]
+) -> list[dict[str, Any]]:
+    """AUC of each score per day of the test period (days with both classes only):
+    does the online model pull away from the frozen one as it sees more?"""
+    day = (np.asarray(times_us) - np.min(times_us)) // 86_400_000_000
+    out: list[dict[str, Any]] = []
+    for d in np.unique(day).tolist():
+        rows = day == d
+        if len(set(y[rows].tolist())) < 2:
+            continue
+        entry: dict[str, Any] = {"day": int(d) + 1, "rows": int(rows.sum())}
+        for name, p in curves.items():
+            entry[name] = delong_ci(y[rows], p[rows])[0]
+        out.append(entry)
+    return out
+
+
 def _auc_block(
     y: np.ndarray,
     s: np.ndarray,
@@ -371,6 +389,10 @@ def evaluate_artifact(
         online_report = _online_block(
             y, online_p, scores["glmix"], users, glm, online, history_only
         )
+        curves = {"online": online_p, "frozen": scores["glmix"]}
+        if history_only is not None:
+            curves["history_only"] = history_only
+        online_report["by_day"] = _auc_by_day(y, times, curves)
     oracle = None
     truth_path = d / TRUTH_FILE
     if truth_path.exists():
@@ -470,6 +492,8 @@ def evaluate_artifact(
         )
     o.mkdir(parents=True, exist_ok=True)
     _plot_roc(y, scores, cold, oracle, o / "roc.png")
+    if online_report is not None and online_report["by_day"]:
+        _plot_online(online_report["by_day"], o / "online.png")
     write_parquet_atomic(
         pa.table(
             {
@@ -684,6 +708,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {name} | {b['rows']} | {_fmt(b['online_auc'])} | {_fmt(b['frozen_auc'])} | "
                 f"{b['difference']:+.4f} [{_fmt(lo)}, {_fmt(hi)}] | **{b['verdict']}** |"
             )
+        if on.get("by_day"):
+            lines += ["", "![online AUC by day](online.png)"]
         if "history_only_auc" in on.get("all", {}):
             lines += [
                 "",
@@ -749,6 +775,31 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
     lines += [*[f"- {n}" for n in report["notes"]], ""]
     return "\n".join(lines)
+
+
+def _plot_online(by_day: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {
+        "online": "online (effects refitted, histories followed)",
+        "history_only": "histories followed, effects frozen",
+        "frozen": "frozen at the test start",
+    }
+    fig, ax = plt.subplots(figsize=(7, 4))
+    days = [b["day"] for b in by_day]
+    for key, label in labels.items():
+        if key in by_day[0]:
+            ax.plot(days, [b[key] for b in by_day], marker="o", label=label)
+    ax.set_xlabel("day of the test period")
+    ax.set_ylabel("AUC of that day's impressions")
+    ax.set_title("GLMix watch probability, progressive validation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plot_roc(

@@ -185,6 +185,12 @@ def test_report_has_the_online_replay(pipeline_out: Path) -> None:
     lo, hi = b["difference_vs_history_only_ci95"]
     assert lo <= b["difference_vs_history_only"] <= hi
     assert "online vs history only" in (pipeline_out / "report.md").read_text()
+    # AUC by day of the test period, and its plot
+    days = on["by_day"]
+    assert days and sum(d["rows"] for d in days) <= b["rows"]
+    assert all(0 <= d[k] <= 1 for d in days for k in ("online", "frozen", "history_only"))
+    assert (pipeline_out / "online.png").stat().st_size > 1000
+    assert "![online AUC by day](online.png)" in (pipeline_out / "report.md").read_text()
     # the artifact keeps each user's posterior precision for the online prior
     users = pq.read_table(pipeline_out / "artifact" / "glmix_users.parquet")
     assert "precision" in users.column_names

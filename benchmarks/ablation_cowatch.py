@@ -76,6 +76,12 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument(
+        "--history-features",
+        action="store_true",
+        help="GLMix also gets the history similarities (the pipeline's default); without "
+        "it, Eq. 18 alone (the tables in docs/results.md)",
+    )
     args = ap.parse_args()
     configure_cpu_allocator()
     names = [v for v in args.variants.split(",") if v]
@@ -93,7 +99,8 @@ def main() -> None:
 
     table: list[tuple[str, dict[str, tuple[float, float]], str]] = []
     if not args.no_baselines:
-        for name, (scores, info) in baseline_ladder(rows, store, 64, log=print).items():
+        ladder = baseline_ladder(rows, store, 64, log=print, history_features=args.history_features)
+        for name, (scores, info) in ladder.items():
             table.append((f"baseline {name}", _aucs(rows, scores), f"PCA {info['pca_dim']}"))
     for name in names:
         label, m_over, t_over = VARIANTS[name]
@@ -112,7 +119,7 @@ def main() -> None:
         if cfg.center_output:
             vectors = vectors - vectors.mean(0)
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        scores, _ = score_representation(rows, vectors)
+        scores, _ = score_representation(rows, vectors, history_features=args.history_features)
         note = f"epoch {res.best_epoch}, {time.perf_counter() - t0:.0f} s"
         table.append((label, _aucs(rows, scores), note))
         print(label, json.dumps({k: [round(x, 4) for x in v] for k, v in table[-1][1].items()}))

@@ -56,6 +56,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "pretrain": ("+ self-supervised pre-training (10 epochs)", {}, {"pretrain_epochs": 10}),
     "occupancy": ("+ cluster occupancy input", {"occupancy": True}, {}),
     "dropout_wd": ("+ dropout 0.3, weight decay 0.05", {"dropout": 0.3}, {"weight_decay": 0.05}),
+    "centroid_anchor": (
+        "+ Eq. 15 also from the anchor's co-watch centroid (3 partners)",
+        {},
+        {"anchor_neighbours": 3},
+    ),
     "netvlad": ("NetVLAD, same recipe", {"pooling": "netvlad"}, {}),
     "avg": ("average pooling, same recipe", {"pooling": "avg"}, {"ubm_init": False}),
 }

@@ -290,6 +290,7 @@ def train_embeddings_cmd(
     ubm_init: Annotated[
         bool, typer.Option(help="Initialise the pooling from a UBM (Eq. 20-21).")
     ] = False,
+    anchor_neighbours: AnchorNeighbours = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact.")] = False,
     quiet: Quiet = False,
 ) -> None:
@@ -332,6 +333,7 @@ def train_embeddings_cmd(
             device=device,
             max_triplets=max_triplets,
             ubm_init=ubm_init,
+            anchor_neighbours=anchor_neighbours,
         )
         triplet_cfg = TripletConfig(watch_threshold_s=watch_threshold, seed=seed)
         index_cfg = IndexConfig(kind=index)
@@ -377,6 +379,16 @@ def embed(
     else:
         n = embed_dataset(artifacts, data, out, batch_size=batch_size, device=device)
     typer.echo(f"wrote {out}: {n} embeddings")
+
+
+AnchorNeighbours = Annotated[
+    int,
+    typer.Option(
+        help="Also train Eq. 15 with the anchor replaced by the normalised sum of the anchor "
+        "and this many of its co-watch partners (shapes the space for Eq. 16's average "
+        "over a history); 0 = Eq. 15 alone."
+    ),
+]
 
 
 HistoryFeatures = Annotated[
@@ -546,6 +558,7 @@ def pipeline(
         ),
     ] = True,
     history_features: HistoryFeatures = True,
+    anchor_neighbours: AnchorNeighbours = 0,
     test_start: TestStart = None,
     watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples over users.")] = 200,
@@ -574,7 +587,13 @@ def pipeline(
             gamma=gamma,
             tune_glmix=tune_glmix,
             history_features=history_features,
-            train=TrainConfig(epochs=epochs, seed=seed, device=device, max_triplets=max_triplets),
+            train=TrainConfig(
+                epochs=epochs,
+                seed=seed,
+                device=device,
+                max_triplets=max_triplets,
+                anchor_neighbours=anchor_neighbours,
+            ),
             index=IndexConfig(kind=index),
             watch_threshold_s=watch_threshold,
             bootstrap=bootstrap,

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from embeddings.cowatch import (
@@ -81,6 +82,11 @@ class TrainConfig:
     #: centre the output on the catalogue's mean embedding after training (see
     #: CowatchEmbedder.output_mean)
     center_output: bool = True
+    #: also apply Eq. 15 with the anchor replaced by the normalised sum of the anchor and
+    #: this many of its co-watch partners (from the training triplets; 0 = Eq. 15 alone).
+    #: Eq. 16 scores a candidate against the mean of a whole history; this term trains for
+    #: that, where Eq. 15 alone only shapes pairs.
+    anchor_neighbours: int = 0
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"
@@ -95,6 +101,8 @@ class TrainConfig:
             raise ValueError("min_keep must be in (0, 1]")
         if self.negatives not in ("given", "semi_hard"):
             raise ValueError("negatives must be 'given' or 'semi_hard'")
+        if self.anchor_neighbours < 0:
+            raise ValueError("anchor_neighbours must be >= 0")
         if self.pretrain_epochs < 0 or self.weight_decay < 0 or self.init_temperature <= 0:
             raise ValueError("pretrain_epochs and weight_decay must be >= 0, init_temperature > 0")
 
@@ -201,6 +209,35 @@ def _batches(
         yield rows[order[s : s + batch_size]]
 
 
+@dataclass(frozen=True)
+class CowatchPartners:
+    """Each video's co-watch partners in the training triplets (anchor-positive pairs,
+    both directions), as CSR arrays: partners of video v are
+    ``indices[indptr[v]:indptr[v + 1]]``, sorted and without v itself."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+
+    @classmethod
+    def from_triplets(cls, rows: np.ndarray, num_videos: int) -> CowatchPartners:
+        pairs = np.concatenate([rows[:, [0, 1]], rows[:, [1, 0]]])
+        pairs = np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)  # sorted by (v, partner)
+        counts = np.bincount(pairs[:, 0], minlength=num_videos)
+        return cls(np.concatenate([[0], np.cumsum(counts)]), pairs[:, 1].copy())
+
+    def sample(
+        self, anchors: np.ndarray, positives: np.ndarray, k: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """(B, k) partners of each anchor other than its positive, without replacement
+        while there are enough; an anchor with none gets itself (its own embedding)."""
+        out = np.empty((len(anchors), k), dtype=np.int64)
+        for i, (a, p) in enumerate(zip(anchors.tolist(), positives.tolist(), strict=True)):
+            nb = self.indices[self.indptr[a] : self.indptr[a + 1]]
+            nb = nb[nb != p]
+            out[i] = rng.choice(nb, k, replace=len(nb) < k) if len(nb) else a
+        return out
+
+
 def _triplet_step_loss(
     model: torch.nn.Module,
     store: FrameStore,
@@ -211,12 +248,26 @@ def _triplet_step_loss(
     rng: np.random.Generator | None,
     negatives: str = "given",
     min_keep: float = 1.0,
+    partners: CowatchPartners | None = None,
+    anchor_neighbours: int = 0,
 ) -> torch.Tensor:
+    """Eq. 15 over a batch of (anchor, positive, negative) store rows; with
+    ``anchor_neighbours`` k > 0, plus Eq. 15 with the anchor replaced by the normalised
+    sum of the anchor and k of its co-watch partners (``partners``)."""
+    b, k = len(batch), anchor_neighbours if partners is not None else 0
     videos = batch.T.reshape(-1)  # anchors, positives, negatives
+    if k:
+        # Validation (rng None) draws its partners the same way every epoch.
+        pick = rng if rng is not None else np.random.default_rng(0)
+        extra = partners.sample(batch[:, 0], batch[:, 1], k, pick)  # type: ignore[union-attr]
+        videos = np.concatenate([videos, extra.reshape(-1)])
     frames, mask = store.batch(videos, max_frames, rng, min_keep if rng is not None else 1.0)
     emb = model(torch.from_numpy(frames).to(device), torch.from_numpy(mask).to(device))
-    a, p, n = emb.chunk(3)
+    a, p, n = emb[: 3 * b].chunk(3)
     loss = triplet_loss(a, p, n, margin)
+    if k:
+        centroid = F.normalize(a + emb[3 * b :].reshape(b, k, -1).sum(1), dim=-1)
+        loss = loss + triplet_loss(centroid, p, n, margin)
     if negatives == "semi_hard":
         # Candidates: every positive and negative of the batch that is neither the
         # anchor's video nor its positive's.
@@ -293,6 +344,9 @@ def train_embedder(
     if cfg.pretrain_epochs:
         _pretrain(net, params, opt, store, train_videos, cfg, device, rank, world, show)
     best_state: dict[str, torch.Tensor] | None = None
+    partners = (
+        CowatchPartners.from_triplets(train_rows, len(store)) if cfg.anchor_neighbours else None
+    )
     rng = np.random.default_rng(cfg.seed)
     per_rank = len(train_rows) // world
     if per_rank == 0:
@@ -323,12 +377,14 @@ def train_embedder(
                 frame_rng,
                 cfg.negatives,
                 cfg.min_keep,
+                partners,
+                cfg.anchor_neighbours,
             )
             _step(opt, loss, params, cfg.grad_clip)
             total += float(loss.detach()) * len(batch)
             count += len(batch)
         train_loss = _all_reduce_mean(total, count, device)
-        val_loss = evaluate_loss(net, store, val_rows, cfg, device)
+        val_loss = evaluate_loss(net, store, val_rows, cfg, device, partners)
         entry = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -410,13 +466,24 @@ def evaluate_loss(
     rows: np.ndarray,
     cfg: TrainConfig,
     device: torch.device,
+    partners: CowatchPartners | None = None,
 ) -> float:
     rank, world = _dist_info()
     net.eval()
     shard = rows[rank::world]
     total, count = 0.0, 0
     for batch in _batches(shard, cfg.batch_size, None):
-        loss = _triplet_step_loss(net, store, batch, cfg.eval_max_frames, cfg.margin, device, None)
+        loss = _triplet_step_loss(
+            net,
+            store,
+            batch,
+            cfg.eval_max_frames,
+            cfg.margin,
+            device,
+            None,
+            partners=partners,
+            anchor_neighbours=cfg.anchor_neighbours,
+        )
         total += float(loss) * len(batch)
         count += len(batch)
     return _all_reduce_mean(total, count, device)

@@ -147,6 +147,7 @@ def test_split_by_video_keeps_held_out_videos_out_of_training() -> None:
         {"negatives": "semi_hard", "pretrain_epochs": 1},
         {"ubm_init": True, "init_temperature": 4.0, "min_keep": 0.5},
         {"ubm_init": False, "min_keep": 1.0},
+        {"anchor_neighbours": 3},
     ],
 )
 def test_recipe_options_train_and_embed(small_world_dir: Path, options: dict) -> None:
@@ -178,3 +179,62 @@ def test_recipe_options_train_and_embed(small_world_dir: Path, options: dict) ->
         frames = torch.from_numpy(store.frames[:500])
         post = res.model.pooling.posteriors(frames[None])[0]  # type: ignore[operator]
         assert float(post.max(1).values.mean()) < 0.99
+
+
+def test_cowatch_partners_table_and_sampling() -> None:
+    from pipelines.train_embeddings import CowatchPartners
+
+    rows = np.array([[0, 1, 5], [1, 0, 4], [0, 2, 3], [3, 3, 1], [4, 2, 0]])
+    t = CowatchPartners.from_triplets(rows, 6)
+    got = {v: t.indices[t.indptr[v] : t.indptr[v + 1]].tolist() for v in range(6)}
+    # anchor-positive pairs in both directions, unique, no self pairs; negatives ignored
+    assert got == {0: [1, 2], 1: [0], 2: [0, 4], 3: [], 4: [2], 5: []}
+    rng = np.random.default_rng(0)
+    s = t.sample(np.array([0, 0, 3, 1]), np.array([1, 5, 1, 0]), 2, rng)
+    assert s[0].tolist() == [2, 2]  # only partner left once the positive is excluded
+    assert sorted(s[1].tolist()) == [1, 2]  # enough partners: without replacement
+    assert s[2].tolist() == [3, 3] and s[3].tolist() == [1, 1]  # none: the anchor itself
+
+
+def test_centroid_anchor_term_matches_a_direct_computation() -> None:
+    """With k partners and exactly k candidates the draw is a permutation, so the loss is
+    fixed: Eq. 15 plus Eq. 15 from normalise(anchor + partners)."""
+    import torch
+    import torch.nn.functional as F
+
+    from embeddings.cowatch import triplet_loss
+    from pipelines.train_embeddings import CowatchPartners, _triplet_step_loss
+    from recsys.frames import FrameStore
+
+    rng = np.random.default_rng(1)
+    n, d = 8, 3
+    frames = rng.normal(size=(n * 2, d)).astype(np.float32)
+    store = FrameStore([f"v{i}" for i in range(n)], frames, np.arange(0, 2 * n + 1, 2))
+    batch = np.array([[0, 1, 2], [3, 4, 5]])
+    train = np.array([[0, 1, 7], [0, 6, 7], [0, 7, 2], [3, 4, 5], [3, 2, 5], [3, 6, 1]])
+    partners = CowatchPartners.from_triplets(train, n)
+
+    class Mean(torch.nn.Module):  # a stand-in embedder: normalised frame mean
+        def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            m = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            return F.normalize(m, dim=-1)
+
+    model = Mean()
+    got = _triplet_step_loss(
+        model,
+        store,
+        batch,
+        4,
+        0.3,
+        torch.device("cpu"),
+        None,
+        partners=partners,
+        anchor_neighbours=2,
+    )
+    e = F.normalize(torch.from_numpy(frames.reshape(n, 2, d).mean(1)), dim=-1)
+    a, p, neg = e[batch[:, 0]], e[batch[:, 1]], e[batch[:, 2]]
+    cen = F.normalize(torch.stack([e[0] + e[6] + e[7], e[3] + e[2] + e[6]]), dim=-1)
+    want = triplet_loss(a, p, neg, 0.3) + triplet_loss(cen, p, neg, 0.3)
+    assert float(got) == pytest.approx(float(want), abs=1e-6)
+    plain = _triplet_step_loss(model, store, batch, 4, 0.3, torch.device("cpu"), None)
+    assert float(plain) == pytest.approx(float(triplet_loss(a, p, neg, 0.3)), abs=1e-6)

@@ -1,6 +1,7 @@
 """How much the headline numbers move with the training seed.
 
     python -m benchmarks.seed_spread --data DIR --out DIR [--seeds 0 1 2] [--no-history-features]
+        [--anchor-neighbours K]
 
 Runs ``recsys pipeline`` (defaults, in process) once per seed into OUT/seed_N, then
 prints one Markdown row per seed and the mean, min and max of each column: the learned
@@ -73,12 +74,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--no-history-features", action="store_true")
+    ap.add_argument("--anchor-neighbours", type=int, default=None, help="TrainConfig's if unset")
     args = ap.parse_args()
     base = PipelineConfig(history_features=not args.no_history_features)
     rows: dict[int, dict[str, float]] = {}
     for seed in args.seeds:
         out = args.out / f"seed_{seed}"
-        cfg = replace(base, train=replace(TrainConfig(), seed=seed))
+        train = replace(TrainConfig(), seed=seed)
+        if args.anchor_neighbours is not None:
+            train = replace(train, anchor_neighbours=args.anchor_neighbours)
+        cfg = replace(base, train=train)
         report = run_pipeline(args.data, out, cfg, overwrite=True, progress=False)
         rows[seed] = summarise(report)
         print(f"seed {seed}: " + json.dumps({k: round(v, 4) for k, v in rows[seed].items()}))

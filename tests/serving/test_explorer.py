@@ -53,9 +53,8 @@ def browser() -> Iterator[object]:
 @pytest.fixture
 def live(artifact: Path, pipeline_out: Path, tmp_path: Path) -> Iterator[str]:
     # The pipeline's report beside the artifact copy, as `recsys pipeline` leaves it.
-    for name in ("report.md", "roc.png"):
-        if (pipeline_out / name).exists():
-            shutil.copy(pipeline_out / name, artifact.parent / name)
+    for path in [pipeline_out / "report.md", *pipeline_out.glob("*.png")]:
+        shutil.copy(path, artifact.parent / path.name)
     port = free_port()
     proc = start_server(artifact, tmp_path / "state.sqlite3", port)
     yield f"http://127.0.0.1:{port}"
@@ -154,8 +153,14 @@ def test_user_picker_and_report(browser, live: str) -> None:
     page.click("#report-link")
     page.wait_for_selector("main.report h1")
     assert page.locator("main.report table").count() > 0
-    img = page.locator("main.report img").first
-    assert img.evaluate("i => i.complete && i.naturalWidth > 0")  # the ROC plot loads
+    # Every plot of the report loads (ROC and the online replay by day).
+    srcs = page.locator("main.report img").evaluate_all("els => els.map(e => e.src)")
+    assert any(s.endswith("roc.png") for s in srcs) and any(s.endswith("online.png") for s in srcs)
+    page.wait_for_function(
+        "[...document.querySelectorAll('main.report img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)",
+        timeout=10000,
+    )
     page.close()
 
 

@@ -362,7 +362,8 @@ def evaluate_artifact(
         by_user.setdefault(uindex[u], []).append(r)
     history_rows = {u: np.unique(np.array(r)) for u, r in by_user.items()}
     user_idx = np.array([uindex[u] for u in users], dtype=np.int64)
-    max_s, avg_s = similarity_by_user(user_idx, vrows, history_rows, emb.astype(np.float64))
+    emb64 = emb.astype(np.float64)
+    max_s, avg_s = similarity_by_user(user_idx, vrows, history_rows, emb64)
     x = emb[vrows].astype(np.float64)
     # The frozen model sees the histories as they were at the test start.
     frozen_g = _global_features(glm, max_s, avg_s)
@@ -381,7 +382,7 @@ def evaluate_artifact(
         if frozen_g is not None:
             # Online, each watch replayed joins the history before the next impression.
             live_max, live_avg = prior_history_similarity(
-                user_idx, vrows, times, y > 0, emb.astype(np.float64), history_rows
+                user_idx, vrows, times, y > 0, emb64, history_rows
             )
             online_g = _global_features(glm, live_max, live_avg)
         online_p = progressive_validation(users, x, y, times, glm, online, online_g)

@@ -44,6 +44,7 @@ from recsys.glmix import (
     _fixed_design,
     _log_sigmoid_loss_np,
     fit_user_effects,
+    full_fixed_vector,
     logistic_sums,
     newton_logistic,
     posterior_precision,
@@ -389,12 +390,7 @@ def fit_glmix_frame(
     order = user_order if user_order is not None else sorted(got)
     coef = np.stack([got[u][0] for u in order]) if order else np.zeros((0, q))
     precision = np.stack([got[u][1] for u in order]) if order else np.zeros((0, q))
-    # The fixed vector always has slots for the video coefficients, zero when unused.
-    full = np.zeros(1 + e + gd)
-    full[0] = fixed[0]
-    if use_video:
-        full[1 : 1 + e] = fixed[1:q]
-    full[1 + e :] = fixed[q:]
+    full = full_fixed_vector(fixed, e, use_video)
     return GLMix(cfg, e, gd, full, [str(u) for u in order], coef, history, precision)
 
 

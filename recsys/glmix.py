@@ -603,15 +603,21 @@ def fit_glmix(
     precision = posterior_precision(
         user_of_row, n_users, z_all.numpy(), (fixed_score + rand_score).numpy(), cfg
     )
-    # The fixed vector always has slots for the video coefficients, zero when unused.
-    full = np.zeros(1 + e + g)
-    full[0] = fixed_full[0]
-    if use_video:
-        full[1 : 1 + e] = fixed_full[1 : 1 + e]
-        full[1 + e :] = fixed_full[1 + e :]
-    else:
-        full[1 + e :] = fixed_full[1:]
+    full = full_fixed_vector(fixed_full, e, use_video)
     return GLMix(cfg, e, g, full, [str(u) for u in uniq], coef.numpy(), history, precision)
+
+
+def full_fixed_vector(fitted: np.ndarray, embedding_dim: int, use_video: bool) -> np.ndarray:
+    """The stored fixed effect [intercept, video (E), global (G)] from the fitted one over
+    the design's columns ([1, global] when the video is not used): the video slots are
+    always there, zero when unused."""
+    e = embedding_dim
+    q = 1 + (e if use_video else 0)
+    full = np.zeros(1 + e + len(fitted) - q)
+    full[0] = fitted[0]
+    full[1:q] = fitted[1:q]
+    full[1 + e :] = fitted[q:]
+    return full
 
 
 def select_random_l2(

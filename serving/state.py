@@ -33,6 +33,9 @@ from serving.store import Impression, StateStore, StoredVideo, Watch
 
 log = logging.getLogger(__name__)
 
+#: a user's impressions of one batch: store rows, labels, global features at each
+_Staged = tuple[list[int], list[float], list[np.ndarray | None]]
+
 
 class ConflictError(Exception):
     """A write that contradicts what is stored (HTTP 409)."""
@@ -165,7 +168,7 @@ class ServingState:
                     r = self._rows.get(w.video_id)
                     if r is not None and w.watch_seconds >= self.threshold:
                         self._add_history(w.user_id, r)
-            by_user: dict[str, tuple[list[int], list[float], list[np.ndarray | None]]] = {}
+            by_user: dict[str, _Staged] = {}
             for seq, imp in changes.impressions:
                 if not self._mark("impressions", seq):
                     continue
@@ -175,15 +178,7 @@ class ServingState:
                     self.skipped_rows += 1
                     continue
                 self.impression_events += 1
-                watched = imp.watch_seconds >= self.threshold
-                rs, ys, gs = by_user.setdefault(imp.user_id, ([], [], []))
-                # The global features as they were when the impression was shown: before
-                # its own watch joins the history (as the offline fit computes them).
-                gs.append(self._global_features(imp.user_id, self._emb[r][None, :]))
-                if watched:
-                    self._add_history(imp.user_id, r)
-                rs.append(r)
-                ys.append(1.0 if watched else 0.0)
+                self._stage(by_user, imp.user_id, r, imp.watch_seconds >= self.threshold)
             for t in self._applied:  # forget numbers below the look-back window
                 floor = self._cursor[t] - lb
                 if len(self._applied[t]) > 2 * lb + 64:
@@ -309,6 +304,17 @@ class ServingState:
             return glmix_global_features(names, sims.max(1), sims.mean(1))
         nan = np.full(len(cand), np.nan)
         return glmix_global_features(names, nan, nan)
+
+    def _stage(self, by_user: dict[str, _Staged], user: str, row: int, watched: bool) -> None:
+        """Take one new impression in (under the state lock): its global features as they
+        were when it was shown, before its own watch joins the history (as the offline
+        fit computes them); then the history; the refit comes after the batch."""
+        rs, ys, gs = by_user.setdefault(user, ([], [], []))
+        gs.append(self._global_features(user, self._emb[row][None, :]))
+        if watched:
+            self._add_history(user, row)
+        rs.append(row)
+        ys.append(1.0 if watched else 0.0)
 
     def _observe(
         self, user: str, rows: list[int], labels: list[float], feats: list[np.ndarray | None]
@@ -485,19 +491,14 @@ class ServingState:
         with self._lock:
             seqs = self.store.insert_impressions(impressions)
             fresh = [q is not None and self._mark("impressions", q) for q in seqs]
-            by_user: dict[str, tuple[list[int], list[float], list[np.ndarray | None]]] = {}
+            by_user: dict[str, _Staged] = {}
             valid = 0
             for imp, r, new in zip(impressions, rows, fresh, strict=True):
                 if not new:
                     continue
                 watched = imp.watch_seconds >= self.threshold
                 valid += watched
-                rs, ys, gs = by_user.setdefault(imp.user_id, ([], [], []))
-                gs.append(self._global_features(imp.user_id, self._emb[r][None, :]))
-                if watched:
-                    self._add_history(imp.user_id, r)
-                rs.append(r)
-                ys.append(1.0 if watched else 0.0)
+                self._stage(by_user, imp.user_id, r, watched)
             self.impression_events += sum(fresh)
         with self._online_lock:
             for user, (rs, ys, gs) in by_user.items():

@@ -23,18 +23,11 @@ import torch
 
 from embeddings.cowatch import EmbedderConfig
 from embeddings.runtime import configure_cpu_allocator
-from pipelines.ladder import baseline_ladder, load_rec_rows, score_representation
-from pipelines.train_embeddings import (
-    TrainConfig,
-    embed_store,
-    impressions_connection,
-    load_frame_store,
-    log_span,
-    split_by_user,
-    split_by_video,
-    train_embedder,
-    triplet_rows,
-)
+from embeddings.ubm_start import UBMStart
+from pipelines.cowatch_data import load_frame_store, split_by_user, split_by_video, triplet_rows
+from pipelines.cowatch_training import TrainConfig, embed_store, train_embedder
+from pipelines.impressions import impressions_connection, load_rec_rows, log_span
+from pipelines.ladder import baseline_ladder, score_representation
 from recsys.metrics import auc
 from recsys.splits import default_test_start
 from recsys.triplets import TripletConfig, mine_triplets
@@ -45,12 +38,21 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "previous": (
         "previous default (random init, all frames, user validation, uncentred)",
         {},
-        {"ubm_init": False, "min_keep": 1.0, "holdout_videos": 0.0, "center_output": False},
+        {
+            "ubm": UBMStart(enabled=False),
+            "min_keep": 1.0,
+            "holdout_videos": 0.0,
+            "center_output": False,
+        },
     ),
     "all_frames": ("- frame subsampling (all frames)", {}, {"min_keep": 1.0}),
     "uncentred": ("- output centring", {}, {"center_output": False}),
-    "random_init": ("- UBM init (random init)", {}, {"ubm_init": False}),
-    "hard_init": ("UBM init at temperature 1 (Eq. 20-21 as is)", {}, {"init_temperature": 1.0}),
+    "random_init": ("- UBM init (random init)", {}, {"ubm": UBMStart(enabled=False)}),
+    "hard_init": (
+        "UBM init at temperature 1 (Eq. 20-21 as is)",
+        {},
+        {"ubm": UBMStart(temperature=1.0)},
+    ),
     "user_validation": ("validation on held-out users, not videos", {}, {"holdout_videos": 0.0}),
     "semi_hard": ("+ semi-hard in-batch negatives", {}, {"negatives": "semi_hard"}),
     "pretrain": ("+ self-supervised pre-training (10 epochs)", {}, {"pretrain_epochs": 10}),
@@ -62,7 +64,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {"anchor_neighbours": 3},
     ),
     "netvlad": ("NetVLAD, same recipe", {"pooling": "netvlad"}, {}),
-    "avg": ("average pooling, same recipe", {"pooling": "avg"}, {"ubm_init": False}),
+    "avg": ("average pooling, same recipe", {"pooling": "avg"}, {"ubm": UBMStart(enabled=False)}),
 }
 
 
@@ -140,7 +142,7 @@ def main() -> None:
         lines.append(f"| {name} | {' | '.join(cells)} | {note} |")
     text = "\n".join(lines)
     print(text)
-    print("defaults:", json.dumps(asdict(TrainConfig())))
+    print("defaults:", json.dumps(asdict(TrainConfig()), default=str))
     if args.out:
         args.out.write_text(text + "\n")
 

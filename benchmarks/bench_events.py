@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys.artifact import read_embeddings
+from recsys.artifact import load_embeddings
 from tests.serving.live import PostgresServer, free_port, start_server
 
 
@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--users", type=int, default=50)
     args = ap.parse_args()
-    ids, _ = read_embeddings(args.artifacts / "embeddings.parquet")
+    ids, _ = load_embeddings(args.artifacts)
     rng = np.random.default_rng(0)
     bodies: list[bytes | None] = []
     for r in range(args.requests):

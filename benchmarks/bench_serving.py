@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from recsys.artifact import embedder_feature_dim, load_embeddings
 from tests.serving.live import free_port
 
 
@@ -112,12 +112,8 @@ def main() -> None:
                     break
             except OSError:
                 time.sleep(0.2)
-        ids = (
-            pq.read_table(args.artifacts / "embeddings.parquet", columns=["video_id"])
-            .column("video_id")
-            .to_pylist()
-        )
-        d = json.loads((args.artifacts / "embedder.json").read_text())["feature_dim"]
+        ids, _ = load_embeddings(args.artifacts)
+        d = embedder_feature_dim(args.artifacts)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         for v in ids[:50]:
             ev = {

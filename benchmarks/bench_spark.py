@@ -59,8 +59,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from pipelines.spark import fit_glmix_frame, mine_triplets_spark, spark_session
-    from pipelines.train_embeddings import impressions_connection
+    from pipelines.impressions import impressions_connection
+    from pipelines.spark import mine_triplets_spark, spark_session
+    from pipelines.spark_glmix import fit_glmix_frame
     from recsys.triplets import mine_triplets
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_spark_"))

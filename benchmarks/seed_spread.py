@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from pipelines.pipeline import PipelineConfig, run_pipeline
-from pipelines.train_embeddings import TrainConfig
 
 COLUMNS = (
     "GLMix all",
@@ -76,14 +75,16 @@ def main() -> None:
     ap.add_argument("--no-history-features", action="store_true")
     ap.add_argument("--anchor-neighbours", type=int, default=None, help="TrainConfig's if unset")
     args = ap.parse_args()
-    base = PipelineConfig(history_features=not args.no_history_features)
+    base = PipelineConfig()
+    base = replace(base, glmix=replace(base.glmix, history_features=not args.no_history_features))
     rows: dict[int, dict[str, float]] = {}
     for seed in args.seeds:
         out = args.out / f"seed_{seed}"
-        train = replace(TrainConfig(), seed=seed)
+        cfg = base.with_seed(seed)
         if args.anchor_neighbours is not None:
-            train = replace(train, anchor_neighbours=args.anchor_neighbours)
-        cfg = replace(base, train=train)
+            e = cfg.embedding
+            train = replace(e.train, anchor_neighbours=args.anchor_neighbours)
+            cfg = replace(cfg, embedding=replace(e, train=train))
         report = run_pipeline(args.data, out, cfg, overwrite=True, progress=False)
         rows[seed] = summarise(report)
         print(f"seed {seed}: " + json.dumps({k: round(v, 4) for k, v in rows[seed].items()}))

@@ -20,6 +20,7 @@ from embeddings.pooling import (
     NetVLAD,
     Pooling,
     PoolingConfig,
+    PoolingOptions,
     UBMPooling,
     build_pooling,
 )
@@ -31,6 +32,7 @@ from embeddings.stats import (
     sufficient_statistics,
     vlad,
 )
+from embeddings.ubm_start import UBMStart, start_from_ubm
 
 configure_on_import()
 
@@ -50,13 +52,16 @@ __all__ = [
     "NetVLAD",
     "Pooling",
     "PoolingConfig",
+    "PoolingOptions",
     "SufficientStats",
     "UBMPooling",
+    "UBMStart",
     "build_pooling",
     "fit_gmm",
     "kmeans",
     "smoothed_gmm",
     "smoothed_means",
+    "start_from_ubm",
     "sufficient_statistics",
     "vlad",
 ]

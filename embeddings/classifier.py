@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from embeddings.heads import ContextGating, MixtureOfExperts, MoEConfig
-from embeddings.pooling import Pooling, build_pooling_from
+from embeddings.pooling import Pooling, PoolingOptions, build_pooling_from
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(PoolingOptions):
+    """The pooling (``PoolingOptions``) and the heads above it."""
+
     feature_dim: int
     num_classes: int
-    pooling: str = "dsgmm"
-    num_clusters: int = 16  # small data sets; the paper uses 256 on YouTube-8M
-    gamma: float = 0.125
-    intra_norm: bool = True
-    final_norm: bool = False
-    assignment: str = "decoupled"
+    #: small data sets; the paper uses 256 on YouTube-8M
+    num_clusters: int = field(default=16, kw_only=True)
     #: 0 = no hidden layer (K=256, D=1024 with a 1024 hidden layer is 268M weights)
     hidden_size: int = 0
     num_mixtures: int = 2
@@ -36,7 +34,7 @@ class VideoClassifier(nn.Module):
     def __init__(self, cfg: ClassifierConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.pooling: Pooling = build_pooling_from(cfg)
+        self.pooling: Pooling = build_pooling_from(cfg, cfg.feature_dim)
         width = self.pooling.out_dim
         self.hidden: nn.Module = nn.Identity()
         if cfg.hidden_size > 0:

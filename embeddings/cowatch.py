@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -11,20 +11,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from embeddings.gmm import GMM
-from embeddings.pooling import POOLING_NAMES, ClusterPooling, Pooling, build_pooling_from
+from embeddings.pooling import ClusterPooling, Pooling, PoolingOptions, build_pooling_from
 
 
 @dataclass(frozen=True)
-class EmbedderConfig:
-    """g(v): a pooling layer by name; f: Linear -> BatchNorm -> ReLU -> Linear -> L2-normalise."""
+class EmbedderConfig(PoolingOptions):
+    """g(v): a pooling layer (``PoolingOptions``: name, clusters, gamma, ...);
+    f: Linear -> BatchNorm -> ReLU -> Linear -> L2-normalise."""
 
-    feature_dim: int
-    pooling: str = "dsgmm"
-    num_clusters: int = 32
-    gamma: float = 0.125
-    intra_norm: bool = True
-    final_norm: bool = False
-    assignment: str = "decoupled"
+    #: frame dimension D; 0 = not known yet (the training job takes it from the data)
+    feature_dim: int = 0
+    #: 32 suits catalogues of thousands of videos; the paper's 256 is for millions
+    num_clusters: int = field(default=32, kw_only=True)
     hidden_dim: int = 256
     embedding_dim: int = 64
     #: dropout on the pooled vector during training (the pooled vectors are large and
@@ -36,10 +34,9 @@ class EmbedderConfig:
     occupancy: bool = False
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLING_NAMES:
-            raise ValueError(
-                f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING_NAMES)}"
-            )
+        super().__post_init__()
+        if self.feature_dim < 0:
+            raise ValueError(f"feature_dim must be >= 0, got {self.feature_dim}")
         if self.hidden_dim < 1 or self.embedding_dim < 1:
             raise ValueError("hidden_dim and embedding_dim must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
@@ -75,7 +72,7 @@ class CowatchEmbedder(nn.Module):
     def __init__(self, cfg: EmbedderConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.pooling: Pooling = build_pooling_from(cfg)
+        self.pooling: Pooling = build_pooling_from(cfg, cfg.feature_dim)
         in_dim = self.pooling.out_dim + (cfg.num_clusters if cfg.occupancy else 0)
         # Batch norm after the first layer: pooled vectors of different videos share a
         # large common part (with intra-norm, clusters a video barely visits all sit

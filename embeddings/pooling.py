@@ -31,61 +31,35 @@ normalisation work in place on that (B, K, D) result at inference time.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Protocol
+from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embeddings.assignment import DecoupledAssignment, GMMAssignment, make_assignment
 from embeddings.gmm import GMM
+from embeddings.options import (
+    ASSIGNMENTS,
+    NORM_EPS,
+    POOLING_NAMES,
+    ClusterOptions,
+    PoolingConfig,
+    PoolingOptions,
+)
 from embeddings.stats import MASS_EPS
 
-POOLING_NAMES: tuple[str, ...] = (
-    "avg",
-    "vlad",
-    "sgmm",
-    "netvlad",
-    "dsgmm",
-    "netrvlad",
-    "netfv",
-    "netbow",
-)
-ASSIGNMENTS: tuple[str, ...] = (
-    "decoupled",
-    "uniform_priors",
-    "shared_spherical",
-    "spherical",
-    "shared_diagonal",
-    "diagonal",
-)
-NORM_EPS = 1e-12
-
-
-@dataclass(frozen=True)
-class PoolingConfig:
-    """Options shared by the pooling layers. Defaults follow the paper's best setting."""
-
-    feature_dim: int
-    num_clusters: int = 64
-    #: smoothing strength of Eq. 12 (sgmm, dsgmm); 0 = ML means, large = UBM means
-    gamma: float = 0.125
-    #: L2-normalise each cluster's D-vector
-    intra_norm: bool = True
-    #: L2-normalise the whole representation
-    final_norm: bool = False
-    #: "decoupled" or one of the coupled GMM variants (netvlad, dsgmm)
-    assignment: str = "decoupled"
-
-    def __post_init__(self) -> None:
-        if self.feature_dim < 1:
-            raise ValueError(f"feature_dim must be >= 1, got {self.feature_dim}")
-        if self.num_clusters < 1:
-            raise ValueError(f"num_clusters must be >= 1, got {self.num_clusters}")
-        if not (self.gamma >= 0 and math.isfinite(self.gamma)):
-            raise ValueError(f"gamma must be finite and >= 0, got {self.gamma}")
-        if self.assignment not in ASSIGNMENTS:
-            raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {self.assignment!r}")
+__all__ = [
+    "ASSIGNMENTS",
+    "NORM_EPS",
+    "POOLING_NAMES",
+    "ClusterOptions",
+    "DecoupledAssignment",
+    "GMMAssignment",
+    "PoolingConfig",
+    "PoolingOptions",
+]
 
 
 def _check_input(frames: torch.Tensor, mask: torch.Tensor | None, feature_dim: int) -> None:
@@ -166,109 +140,6 @@ def aggregate(
 
 
 # --------------------------------------------------------------------------- assignment
-
-
-class DecoupledAssignment(nn.Module):
-    """P(k|x) = softmax_k(u_k^T x + b_k) (Eq. 14); parameters independent of the centres."""
-
-    def __init__(self, cfg: PoolingConfig) -> None:
-        super().__init__()
-        k, d = cfg.num_clusters, cfg.feature_dim
-        self.weight = nn.Parameter(torch.randn(k, d) / math.sqrt(d))  # u_k: (K, D)
-        self.bias = nn.Parameter(torch.zeros(k))  # b_k: (K,)
-
-    def logits(self, frames: torch.Tensor, centres: torch.Tensor | None = None) -> torch.Tensor:
-        """frames (B, T, D) -> (B, T, K); the centres play no part (decoupled)."""
-        return F.linear(frames, self.weight, self.bias)
-
-    @torch.no_grad()
-    def init_from_ubm(self, ubm: GMM) -> None:
-        """Eq. 20-21: u_k = Sigma^-1 mu_k, b_k = ln w_k - 1/2 mu_k^T Sigma^-1 mu_k."""
-        u, b = ubm.shared_precision_form()
-        self.weight.copy_(u.to(self.weight.dtype))
-        self.bias.copy_(b.to(self.bias.dtype))
-
-
-class GMMAssignment(nn.Module):
-    """P(k|x) of Eq. 2 under a trainable GMM that shares its means with the centres.
-
-    Free parameters: ``weight_logits (K,)`` (w = softmax; fixed at uniform for
-    ``uniform_priors``) and ``log_sigma`` whose shape sets the covariance:
-    (1, 1) shared spherical, (K, 1) spherical, (1, D) shared diagonal, (K, D) diagonal.
-    """
-
-    weight_logits: torch.Tensor
-    # variant -> (sigma per cluster?, sigma per dimension?)
-    _SIGMA_SHAPES: ClassVar[dict[str, tuple[bool, bool]]] = {
-        "uniform_priors": (False, False),
-        "shared_spherical": (False, False),
-        "spherical": (True, False),
-        "shared_diagonal": (False, True),
-        "diagonal": (True, True),
-    }
-
-    def __init__(self, cfg: PoolingConfig) -> None:
-        super().__init__()
-        if cfg.assignment not in self._SIGMA_SHAPES:
-            raise ValueError(f"GMMAssignment needs a coupled assignment, got {cfg.assignment!r}")
-        self.variant = cfg.assignment
-        k, d = cfg.num_clusters, cfg.feature_dim
-        per_cluster, per_dim = self._SIGMA_SHAPES[cfg.assignment]
-        self.num_clusters, self.feature_dim = k, d
-        self.log_sigma = nn.Parameter(torch.zeros(k if per_cluster else 1, d if per_dim else 1))
-        if cfg.assignment == "uniform_priors":
-            self.register_buffer("weight_logits", torch.zeros(k))
-        else:
-            self.weight_logits = nn.Parameter(torch.zeros(k))
-
-    @property
-    def weights(self) -> torch.Tensor:
-        return torch.softmax(self.weight_logits, dim=0)
-
-    @property
-    def variances(self) -> torch.Tensor:
-        """sigma^2 broadcast to (K, D)."""
-        return torch.exp(2.0 * self.log_sigma).expand(self.num_clusters, self.feature_dim)
-
-    def logits(self, frames: torch.Tensor, centres: torch.Tensor | None) -> torch.Tensor:
-        """log w_k + log N(x; mu_k, Sigma_k) up to terms equal for all k; (B, T, K)."""
-        if centres is None:
-            raise ValueError("a coupled GMM assignment needs the layer's centres (its means)")
-        k, d = self.num_clusters, self.feature_dim
-        prec = torch.exp(-2.0 * self.log_sigma)  # (K|1, D|1)
-        prec_kd = prec.expand(k, d)
-        log_w = torch.log_softmax(self.weight_logits, dim=0)
-        const = log_w - 0.5 * (
-            (prec_kd * centres * centres).sum(1) + 2.0 * self.log_sigma.expand(k, d).sum(1)
-        )
-        out = F.linear(frames, prec_kd * centres, const)  # x^T Sigma_k^-1 mu_k + const_k
-        if prec.shape[0] == k:  # per-cluster covariance: x^T Sigma_k^-1 x differs across k
-            if prec.shape[1] == d:
-                out = out - 0.5 * F.linear(frames * frames, prec)
-            else:
-                out = out - 0.5 * (frames * frames).sum(-1, keepdim=True) * prec.reshape(1, 1, k)
-        # A shared covariance adds the same x^T Sigma^-1 x to every k: it cancels in Eq. 2.
-        return out
-
-    @torch.no_grad()
-    def init_from_ubm(self, ubm: GMM) -> None:
-        var = ubm.diagonal_variances().to(self.log_sigma.dtype)  # (K, D)
-        w = ubm.weights.to(var.dtype)
-        per_cluster, per_dim = self._SIGMA_SHAPES[self.variant]
-        if not per_cluster:
-            var = (w[:, None] * var).sum(0, keepdim=True)  # weighted average over clusters
-        if not per_dim:
-            var = var.mean(1, keepdim=True)
-        self.log_sigma.copy_(0.5 * torch.log(var))
-        if self.variant != "uniform_priors":
-            self.weight_logits.copy_(torch.log(w))
-
-
-def _make_assignment(cfg: PoolingConfig) -> DecoupledAssignment | GMMAssignment:
-    return DecoupledAssignment(cfg) if cfg.assignment == "decoupled" else GMMAssignment(cfg)
-
-
-# --------------------------------------------------------------------------- layers
 
 
 class Pooling(nn.Module):
@@ -430,7 +301,7 @@ class ClusterPooling(SoftAssignmentPooling):
         k, d = cfg.num_clusters, cfg.feature_dim
         self.out_dim = k * d
         self.centres = nn.Parameter(torch.randn(k, d) / math.sqrt(d))  # mu_k: (K, D)
-        self.assignment = _make_assignment(cfg)
+        self.assignment = make_assignment(cfg)
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.pool_with_occupancy(frames, mask)[0]
@@ -594,30 +465,11 @@ def build_pooling(
     return layer
 
 
-class PoolingOptions(Protocol):
-    """Anything that carries the pooling fields (EmbedderConfig, ClassifierConfig, ...)."""
-
-    @property
-    def pooling(self) -> str: ...
-    @property
-    def feature_dim(self) -> int: ...
-    @property
-    def num_clusters(self) -> int: ...
-    @property
-    def gamma(self) -> float: ...
-    @property
-    def intra_norm(self) -> bool: ...
-    @property
-    def final_norm(self) -> bool: ...
-    @property
-    def assignment(self) -> str: ...
-
-
-def build_pooling_from(options: PoolingOptions) -> Pooling:
-    """``build_pooling`` from a model config that embeds the pooling options."""
+def build_pooling_from(options: PoolingOptions, feature_dim: int) -> Pooling:
+    """``build_pooling`` from a model config that extends ``PoolingOptions``."""
     return build_pooling(
         options.pooling,
-        options.feature_dim,
+        feature_dim,
         options.num_clusters,
         gamma=options.gamma,
         intra_norm=options.intra_norm,

@@ -18,7 +18,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,10 @@ import torch
 from tqdm.auto import tqdm
 
 from embeddings.classifier import ClassifierConfig, VideoClassifier
-from embeddings.gmm import fit_gmm
-from embeddings.pooling import SoftAssignmentPooling
 from embeddings.runtime import resolve_device
+from embeddings.ubm_start import UBMStart, start_from_ubm
 from pipelines.io import dataset_dir, iter_record_batches, open_parquet, write_parquet_atomic
+from pipelines.plots import plot_loss_curve
 from recsys.auc import interval_verdict
 from recsys.classification import gap_at_k, gap_from_topk, hit_at_1, mcnemar_test, top_k
 from recsys.dataset import VIDEOS_FILE, decode_video_batch
@@ -52,15 +52,11 @@ class ClassifyConfig:
     decay_examples: int = 4_000_000
     frames_per_video: int = 30
     clip_value: float = 1.0
-    #: start trainable cluster layers from a UBM (Eq. 20-21), softened by
-    #: ``init_temperature``: as is, UBM-initialised assignments start nearly hard and
-    #: barely train (GAP 0.77 vs 0.91 for DSGMM, measured); softened, they converge in a
-    #: quarter of the epochs of a random start (see docs/results.md). vlad/sgmm always
-    #: use the UBM.
-    ubm_init: bool = True
-    #: temper UBM-initialised assignments (SoftAssignmentPooling.soften_assignment)
-    init_temperature: float = 4.0
-    ubm_frames: int = 100_000
+    #: start trainable cluster layers from a UBM (Eq. 20-21), softened by its
+    #: temperature: as is, UBM-initialised assignments start nearly hard and barely train
+    #: (GAP 0.77 vs 0.91 for DSGMM, measured); softened, they converge in a quarter of the
+    #: epochs of a random start (see docs/results.md). vlad/sgmm always use the UBM.
+    ubm: UBMStart = field(default_factory=lambda: UBMStart(frames=100_000))
     #: stop when validation GAP@20 has not improved for this many epochs (0 = never)
     patience: int = 3
     #: also fit the classical baselines (pipelines.classify_baselines) on the same splits
@@ -232,16 +228,17 @@ def train_classifier(
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = VideoClassifier(model_cfg)
-    clustered = model_cfg.pooling != "avg"
-    if model_cfg.pooling in ("vlad", "sgmm") or (clustered and cfg.ubm_init):
-        x = torch.from_numpy(_ubm_sample(info, cfg.ubm_frames, cfg.seed)).double()
-        batches = lambda: (x[i : i + 8192] for i in range(0, len(x), 8192))  # noqa: E731
-        ubm = fit_gmm(
-            batches, model_cfg.num_clusters, "shared_full", max_iter=30, seed=cfg.seed
-        ).gmm
-        model.pooling.from_ubm(ubm)
-        if isinstance(model.pooling, SoftAssignmentPooling):
-            model.pooling.soften_assignment(cfg.init_temperature)
+    if cfg.ubm.applies_to(model_cfg.pooling):
+        try:
+            start_from_ubm(
+                model.pooling,
+                _ubm_sample(info, cfg.ubm.frames, cfg.seed),
+                model_cfg.num_clusters,
+                cfg.ubm.temperature,
+                cfg.seed,
+            )
+        except ValueError as exc:  # too few frames for the clusters
+            raise UserInputError(str(exc)) from None
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -362,7 +359,7 @@ def run_classify(
     torch.save({k2: v.detach().cpu() for k2, v in model.state_dict().items()}, buf)
     (o / "model.pt").write_bytes(buf.getvalue())
     (o / "report.json").write_text(json.dumps(report, indent=2))
-    _plot_curve(history, o / "training_curve.png", model_cfg.pooling)
+    plot_loss_curve(history, o / "training_curve.png", model_cfg.pooling, "binary cross-entropy")
     return report
 
 
@@ -404,31 +401,6 @@ def _baseline_ladder(
         "verdict": interval_verdict(lo, hi),
     }
     return out
-
-
-def _plot_curve(history: list[dict[str, float]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(
-        [h["epoch"] for h in history], [h["train_loss"] for h in history], marker="o", label="train"
-    )
-    ax.plot(
-        [h["epoch"] for h in history],
-        [h["val_loss"] for h in history],
-        marker="o",
-        label="validation",
-    )
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("binary cross-entropy")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def compare_runs(

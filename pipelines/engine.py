@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from pipelines.impressions import impressions_connection
 from recsys.auc import delong_ci
 from recsys.errors import UserInputError
 from recsys.glmix import GLMix, GLMixConfig, fit_glmix, select_random_l2
@@ -68,8 +69,6 @@ class Engine:
             df = mine_triplets_spark(self.spark, data_dir / "impressions.parquet", cfg, train_end)
             table: pa.Table = df.toArrow()
             return table
-        from pipelines.train_embeddings import impressions_connection
-
         return mine_triplets(impressions_connection(data_dir), cfg, train_end)
 
     def fit_glmix(
@@ -82,7 +81,7 @@ class Engine:
         global_feats: np.ndarray | None = None,
     ) -> GLMix:
         if self.is_spark:
-            from pipelines.spark import fit_glmix_spark
+            from pipelines.spark_glmix import fit_glmix_spark
 
             return fit_glmix_spark(
                 self.spark, users, video, labels, cfg, on_pass, global_feats=global_feats
@@ -100,7 +99,7 @@ class Engine:
     ) -> tuple[float, dict[float, float]]:
         fit = None
         if self.is_spark:
-            from pipelines.spark import fit_glmix_spark
+            from pipelines.spark_glmix import fit_glmix_spark
 
             def fit(
                 u: np.ndarray,

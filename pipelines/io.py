@@ -29,6 +29,7 @@ from recsys.dataset import (
     validate_impressions,
     validate_videos,
 )
+from recsys.durable import fsync_dir
 from recsys.errors import UserInputError
 
 
@@ -174,14 +175,6 @@ def validate_dataset(
     if purpose == "classification" and videos.num_videos and not videos.num_labelled:
         problems.append(f"{VIDEOS_FILE}: no labelled videos (classification needs labels)")
     return ValidationReport(videos=videos, impressions=impressions, problems=problems)
-
-
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_parquet_atomic(

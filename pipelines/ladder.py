@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import datetime
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from pipelines.impressions import RecRows
 from recsys.baselines import BASELINE_NAMES, PCA, baseline_features
-from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S
-from recsys.errors import UserInputError
 from recsys.frames import FrameStore
 from recsys.glmix import GLMixConfig, fit_glmix, select_random_l2
+from recsys.logistic import mean_log_loss
 from recsys.scoring import history_features as _history_features
 from recsys.scoring import prior_history_similarity, similarity_by_user
 
@@ -31,82 +29,12 @@ from recsys.scoring import prior_history_similarity, similarity_by_user
 PCA_DIMS: tuple[int, ...] = (8, 16, 32, 64)
 
 
-@dataclass
-class RecRows:
-    """Training and test impressions as rows into one video table (``video_ids``)."""
-
-    video_ids: list[str]
-    train_users: np.ndarray  # (N_train,) object
-    train_videos: np.ndarray  # (N_train,) int64 rows into video_ids
-    train_labels: np.ndarray  # (N_train,) float64 in {0, 1}
-    train_times: np.ndarray  # (N_train,) int64 microseconds
-    test_users: np.ndarray
-    test_videos: np.ndarray
-    test_labels: np.ndarray  # int64
-    cold_start: np.ndarray  # bool: video without an impression before the test start
-    test_user_index: np.ndarray  # int64 ids shared with history_rows
-    history_rows: dict[int, np.ndarray]
-    train_user_index: np.ndarray | None = None  # int64 ids shared with history_rows
-
-    @property
-    def validation_mask(self) -> np.ndarray:
-        """The last 10% (by time) of the training rows: where sizes and penalties are chosen."""
-        return self.train_times >= np.quantile(self.train_times, 0.9)
-
-
-def load_rec_rows(
-    data: Path,
-    video_ids: list[str],
-    test_start: datetime,
-    watch_threshold_s: float = DEFAULT_WATCH_THRESHOLD_S,
-) -> RecRows:
-    from pipelines.evaluate import _connection, _embedding_rows, _rows
-
-    con = _connection(data)
-    train = _rows(con, "shown_at < ?", [test_start])
-    test = _rows(con, "shown_at >= ?", [test_start])
-    if train.num_rows == 0 or test.num_rows == 0:
-        raise UserInputError(
-            "the baseline ladder needs impressions before and after the test start"
-        )
-    tr_v = _embedding_rows(video_ids, train.column("video_id").to_pylist(), "training impressions")
-    te_v = _embedding_rows(video_ids, test.column("video_id").to_pylist(), "test impressions")
-    tr_u = np.array(train.column("user_id").to_pylist(), dtype=object)
-    te_u = np.array(test.column("user_id").to_pylist(), dtype=object)
-    tr_y = (train.column("watch_seconds").to_numpy() >= watch_threshold_s).astype(np.float64)
-    te_y = (test.column("watch_seconds").to_numpy() >= watch_threshold_s).astype(np.int64)
-    times = train.column("shown_at").to_numpy().astype("datetime64[us]").astype(np.int64)
-    seen = np.zeros(len(video_ids), dtype=bool)
-    seen[tr_v] = True
-    uindex = {u: i for i, u in enumerate(sorted(set(tr_u.tolist()) | set(te_u.tolist())))}
-    hist: dict[int, list[int]] = {}
-    for u, v, w in zip(tr_u.tolist(), tr_v.tolist(), tr_y.tolist(), strict=True):
-        if w > 0:
-            hist.setdefault(uindex[u], []).append(v)
-    return RecRows(
-        video_ids=video_ids,
-        train_users=tr_u,
-        train_videos=tr_v,
-        train_labels=tr_y,
-        train_times=times,
-        test_users=te_u,
-        test_videos=te_v,
-        test_labels=te_y,
-        cold_start=~seen[te_v],
-        test_user_index=np.array([uindex[u] for u in te_u.tolist()], dtype=np.int64),
-        history_rows={u: np.unique(np.array(r)) for u, r in hist.items()},
-        train_user_index=np.array([uindex[u] for u in tr_u.tolist()], dtype=np.int64),
-    )
-
-
 def validation_log_loss(rows: RecRows, vectors: np.ndarray, cfg: GLMixConfig) -> float:
     """GLMix fitted on the training rows before the validation cut, log-loss after it."""
     val = rows.validation_mask
     x = vectors[rows.train_videos]
     model = fit_glmix(rows.train_users[~val], x[~val], rows.train_labels[~val], cfg)
-    p = np.clip(model.predict_proba(rows.train_users[val], x[val]), 1e-12, 1 - 1e-12)
-    y = rows.train_labels[val]
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return mean_log_loss(rows.train_labels[val], model.predict_proba(rows.train_users[val], x[val]))
 
 
 def score_representation(
@@ -118,7 +46,7 @@ def score_representation(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Test-row scores (max/avg similarity, GLMix) of an (N_videos, E) representation.
     ``history_features``: GLMix also gets the Eq. 16-17 similarities to the history, as
-    the artifact's model does (``GLMixJobConfig.history_features``)."""
+    the artifact's model does (``pipelines.fit_glmix.GLMixJobConfig``)."""
     base = base or GLMixConfig()
     x_train = vectors[rows.train_videos]
     v64 = vectors.astype(np.float64)
@@ -210,15 +138,3 @@ def baseline_ladder(
         if log is not None:
             log(f"baseline {name}: PCA {info['pca_dim']}, {info['seconds']:.1f} s")
     return out
-
-
-def read_embedding_vectors(path: Path, video_ids: list[str]) -> np.ndarray:
-    """Embeddings from an artifact's embeddings.parquet, in the order of ``video_ids``."""
-    from recsys.artifact import read_embeddings
-
-    ids, emb = read_embeddings(path)
-    index = {v: i for i, v in enumerate(ids)}
-    missing = [v for v in video_ids if v not in index]
-    if missing:
-        raise UserInputError(f"{len(missing)} videos have no embedding, e.g. {missing[0]!r}")
-    return emb[[index[v] for v in video_ids]]

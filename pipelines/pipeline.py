@@ -2,48 +2,75 @@
 
 OUT/artifact/  the artifact that ``recsys serve --artifacts OUT/artifact`` loads
 OUT/report.json, report.md, roc.png, test_scores.parquet  the offline evaluation
+
+``PipelineConfig`` nests each stage's own configuration and hands it over whole.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from embeddings.cowatch import EmbedderConfig
 from pipelines.engine import LOCAL, Engine
-from pipelines.evaluate import GLMixJobConfig, evaluate_artifact, fit_glmix_into_artifact
-from pipelines.io import video_feature_dim
-from pipelines.train_embeddings import TrainConfig, run_train_embeddings
-from recsys.baselines import BASELINE_NAMES
-from recsys.glmix import GLMixConfig
-from recsys.index import IndexConfig
-from recsys.online import OnlineConfig
-from recsys.triplets import TripletConfig
+from pipelines.evaluate import evaluate_artifact
+from pipelines.evaluation_inputs import EvalConfig
+from pipelines.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
+from pipelines.report import write_report
+from pipelines.train_embeddings import EmbeddingJobConfig, run_train_embeddings
+from recsys import artifact as art
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    pooling: str = "dsgmm"
-    num_clusters: int = 32
-    gamma: float = 0.125
-    embedding_dim: int = 64
-    train: TrainConfig = field(default_factory=TrainConfig)
-    glmix: GLMixConfig = field(default_factory=GLMixConfig)
-    #: choose random_l2 by validation log-loss (measured: the default 10 over-shrinks here)
-    tune_glmix: bool = True
-    #: GLMix also gets the history similarities (GLMixJobConfig.history_features)
-    history_features: bool = True
-    index: IndexConfig = field(default_factory=IndexConfig)
-    watch_threshold_s: float = 10.0
-    bootstrap: int = 200
-    #: score the classical baselines (recsys.baselines) on the same rows in the report
-    baselines: bool = True
-    #: replay the test period through online GLMix (progressive validation) in the report
-    online: bool = True
+    embedding: EmbeddingJobConfig = field(default_factory=EmbeddingJobConfig)
+    #: GLMix's random_l2 chosen by validation log-loss (measured: the default 10
+    #: over-shrinks here), with the history similarities as global features
+    glmix: GLMixJobConfig = field(default_factory=lambda: GLMixJobConfig(tune=True))
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        # One definition of a valid watch across the stages, or the report compares
+        # models trained and scored on different labels.
+        thresholds = {
+            self.embedding.triplets.watch_threshold_s,
+            self.glmix.watch_threshold_s,
+            self.evaluation.watch_threshold_s,
+        }
+        if len(thresholds) > 1:
+            raise ValueError(
+                "the triplets, GLMix and the evaluation must use one watch threshold, "
+                f"got {sorted(thresholds)}"
+            )
+
+    @property
+    def watch_threshold_s(self) -> float:
+        return self.glmix.watch_threshold_s
+
+    def with_watch_threshold(self, seconds: float) -> PipelineConfig:
+        """The same configuration with every stage's valid-watch threshold set."""
+        e = self.embedding
+        return replace(
+            self,
+            embedding=replace(e, triplets=replace(e.triplets, watch_threshold_s=seconds)),
+            glmix=replace(self.glmix, watch_threshold_s=seconds),
+            evaluation=replace(self.evaluation, watch_threshold_s=seconds),
+        )
+
+    def with_seed(self, seed: int) -> PipelineConfig:
+        """The same configuration with every stage's seed set (training, the triplet
+        sample, the evaluation's bootstrap and baselines)."""
+        e = self.embedding
+        return replace(
+            self,
+            embedding=replace(
+                e, train=replace(e.train, seed=seed), triplets=replace(e.triplets, seed=seed)
+            ),
+            evaluation=replace(self.evaluation, seed=seed),
+        )
 
 
 def run_pipeline(
@@ -51,36 +78,20 @@ def run_pipeline(
     out: str | os.PathLike[str],
     cfg: PipelineConfig | None = None,
     test_start: datetime | None = None,
-    baseline: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
     engine: Engine | None = None,
 ) -> dict[str, Any]:
+    """Run every stage; write OUT/artifact and the report once; return the report (empty
+    on a non-zero torchrun rank)."""
     cfg = cfg or PipelineConfig()
     engine = engine or LOCAL
     o = Path(out)
     artifact = o / "artifact"
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    model_cfg = EmbedderConfig(
-        feature_dim=video_feature_dim(data),
-        pooling=cfg.pooling,
-        num_clusters=cfg.num_clusters,
-        gamma=cfg.gamma,
-        embedding_dim=cfg.embedding_dim,
-    )
-    triplets = TripletConfig(watch_threshold_s=cfg.watch_threshold_s, seed=cfg.train.seed)
     emb = run_train_embeddings(
-        data,
-        artifact,
-        model_cfg,
-        cfg.train,
-        triplets,
-        cfg.index,
-        test_start,
-        overwrite=overwrite,
-        progress=progress,
-        engine=engine,
+        data, artifact, cfg.embedding, test_start, overwrite, progress, engine
     )
     timings["embeddings_s"] = time.perf_counter() - t0
     if emb.artifact is None:  # a non-zero rank under torchrun
@@ -88,46 +99,19 @@ def run_pipeline(
     t1 = time.perf_counter()
     if progress:
         print("fitting GLMix (with and without video features) ...", flush=True)
-    glm = fit_glmix_into_artifact(
-        data,
-        artifact,
-        GLMixJobConfig(
-            watch_threshold_s=cfg.watch_threshold_s,
-            glmix=cfg.glmix,
-            tune=cfg.tune_glmix,
-            progress=progress,
-            history_features=cfg.history_features,
-        ),
-        engine,
-    )
+    glm = fit_glmix_into_artifact(data, artifact, replace(cfg.glmix, progress=progress), engine)
     timings["glmix_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     if progress:
         print("evaluating ...", flush=True)
-    report = evaluate_artifact(
-        data,
-        artifact,
-        o,
-        cfg.watch_threshold_s,
-        bootstrap=cfg.bootstrap,
-        baseline=baseline,
-        seed=cfg.train.seed,
-        baselines=BASELINE_NAMES if cfg.baselines else (),
-        progress=progress,
-        engine=engine,
-        online=OnlineConfig() if cfg.online else None,
-    )
+    evaluation = evaluate_artifact(data, artifact, replace(cfg.evaluation, progress=progress))
     timings["evaluation_s"] = time.perf_counter() - t2
+    report = evaluation.report
     report["timings"] = timings
     report["engine"] = engine.describe()
     report["embedding_metrics"] = emb.metrics
     report["glmix"] = glm
-    import json
-
-    from pipelines.evaluate import _clean, render_markdown
-
-    if (artifact / "loss_curve.png").exists():
-        report["loss_curve"] = "artifact/loss_curve.png"
-    (o / "report.json").write_text(json.dumps(_clean(report), indent=2, default=str))
-    (o / "report.md").write_text(render_markdown(report))
+    if (artifact / art.LOSS_CURVE).exists():
+        report["loss_curve"] = f"artifact/{art.LOSS_CURVE}"
+    write_report(o, evaluation)
     return report

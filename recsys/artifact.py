@@ -1,6 +1,6 @@
 """The artifact format: one directory per training run, written atomically.
 
-Layout::
+Layout (every name is a constant below; no other module spells one)::
 
     manifest.json        format version, library versions, data span, file hashes, metrics
     embedder.json        EmbedderConfig of the model
@@ -8,9 +8,14 @@ Layout::
     embeddings.parquet   video_id, embedding (list<float32>), in index row order
     index.faiss          FAISS index; row i is embeddings.parquet row i
     index.json           IndexConfig
+    projection.json      the explorer's 2-D PCA map of the embedding space
+    train_history.json   loss per epoch; loss_curve.png its plot
+    glmix.json, glmix_users.parquet                   GLMix (fixed effect; per-user effects)
+    glmix_no_video.json, glmix_no_video_users.parquet GLMix without video features
+    histories.parquet    training-period valid watches (user_id, video_id, watched_at)
 
 Later stages add files (GLMix coefficients, watch histories) through the same
-writer. ``write_artifact`` assembles everything in a sibling temporary directory,
+writer. This module is the only reader too: serving and evaluation load through it. ``write_artifact`` assembles everything in a sibling temporary directory,
 fsyncs each file and the directory, then renames it into place, so a reader sees
 either the old artifact or the complete new one, never half of one.
 """
@@ -27,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +42,30 @@ import pyarrow.parquet as pq
 import torch
 
 from embeddings.cowatch import CowatchEmbedder, EmbedderConfig
+from recsys.durable import fsync_dir
 from recsys.errors import UserInputError
 from recsys.index import IndexConfig, VideoIndex
+from recsys.splits import parse_time
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+EMBEDDER_CONFIG = "embedder.json"
+EMBEDDER_WEIGHTS = "embedder.pt"
+EMBEDDINGS = "embeddings.parquet"
+INDEX = "index.faiss"
+INDEX_CONFIG = "index.json"
+PROJECTION = "projection.json"
+TRAIN_HISTORY = "train_history.json"
+LOSS_CURVE = "loss_curve.png"
+HISTORIES = "histories.parquet"
+#: GLMix models by stem: STEM.json (fixed effect) and STEM_users.parquet (user effects)
+GLMIX = "glmix"
+GLMIX_NO_VIDEO = "glmix_no_video"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def glmix_file_names(stem: str) -> tuple[str, str]:
+    """(fixed-effect JSON, per-user Parquet) file names of the GLMix model ``stem``."""
+    return f"{stem}.json", f"{stem}_users.parquet"
 
 
 def sha256_file(path: Path) -> str:
@@ -127,7 +144,7 @@ def write_artifact(
             json.dump(full, fh, indent=2, sort_keys=True, default=str)
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             os.replace(dest, old)
@@ -135,7 +152,7 @@ def write_artifact(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -180,20 +197,32 @@ class EmbeddingArtifact:
         return self.embedder.config.embedding_dim
 
 
-def load_embedder(path: Path) -> CowatchEmbedder:
+def embedder_config(path: Path) -> EmbedderConfig:
     try:
-        cfg = EmbedderConfig.from_dict(json.loads((path / "embedder.json").read_text()))
+        return EmbedderConfig.from_dict(json.loads((path / EMBEDDER_CONFIG).read_text()))
     except (OSError, ValueError, TypeError) as exc:
-        raise UserInputError(f"{path}: cannot read embedder.json ({exc})") from None
+        raise UserInputError(f"{path}: cannot read {EMBEDDER_CONFIG} ({exc})") from None
+
+
+def embedder_feature_dim(path: Path) -> int | None:
+    """The frame dimension the artifact's embedder expects, or None when unreadable."""
+    try:
+        return embedder_config(path).feature_dim
+    except UserInputError:
+        return None
+
+
+def load_embedder(path: Path) -> CowatchEmbedder:
+    cfg = embedder_config(path)
     model = CowatchEmbedder(cfg)
     try:
-        state = torch.load(path / "embedder.pt", map_location="cpu", weights_only=True)
+        state = torch.load(path / EMBEDDER_WEIGHTS, map_location="cpu", weights_only=True)
         # Artifacts written before output centring have no output_mean: zero = uncentred.
         state.setdefault("output_mean", torch.zeros(cfg.embedding_dim))
         model.load_state_dict(state)
     except (OSError, RuntimeError, ValueError) as exc:
         raise UserInputError(
-            f"{path}: cannot load embedder.pt ({str(exc).splitlines()[0]})"
+            f"{path}: cannot load {EMBEDDER_WEIGHTS} ({str(exc).splitlines()[0]})"
         ) from None
     return model.eval()
 
@@ -202,14 +231,45 @@ def load_embedding_artifact(path: str | os.PathLike[str], verify: bool = True) -
     d = Path(path)
     manifest = read_manifest(d, verify=verify)
     model = load_embedder(d)
-    table = pq.read_table(d / "embeddings.parquet", columns=["video_id"])
-    ids = table.column("video_id").to_pylist()
-    try:
-        icfg = IndexConfig(**json.loads((d / "index.json").read_text()))
-    except (OSError, ValueError, TypeError) as exc:
-        raise UserInputError(f"{d}: cannot read index.json ({exc})") from None
-    index = VideoIndex.from_bytes((d / "index.faiss").read_bytes(), ids, icfg)
+    table = pq.read_table(d / EMBEDDINGS, columns=["video_id"])
+    index = load_index(d, table.column("video_id").to_pylist())
     return EmbeddingArtifact(path=d, manifest=manifest, embedder=model, index=index)
+
+
+def load_index(artifact: Path, video_ids: list[str]) -> VideoIndex:
+    """The FAISS index; row i is ``video_ids[i]`` (the embeddings' order)."""
+    try:
+        icfg = IndexConfig(**json.loads((artifact / INDEX_CONFIG).read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserInputError(f"{artifact}: cannot read {INDEX_CONFIG} ({exc})") from None
+    return VideoIndex.from_bytes((artifact / INDEX).read_bytes(), video_ids, icfg)
+
+
+def load_embeddings(artifact: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
+    """(video ids, (N, E) float32 embeddings) of the artifact's catalogue, in index order."""
+    return read_embeddings(Path(artifact) / EMBEDDINGS)
+
+
+def load_histories(artifact: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
+    """The training-period valid watches (user_id, video_id, watched_at)."""
+    path = Path(artifact) / HISTORIES
+    if not path.exists():
+        raise UserInputError(f"{artifact}: no watch histories (run recsys fit-glmix first)")
+    return pq.read_table(path, columns=columns)
+
+
+def load_projection(artifact: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The explorer's 2-D map, or None for artifacts written before it existed."""
+    path = Path(artifact) / PROJECTION
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def training_cutoff(manifest: Mapping[str, Any]) -> datetime:
+    """The start of the test period the artifact was trained before (its training cut-off)."""
+    try:
+        return parse_time(str(manifest["data"]["test_start"]).replace(" ", "T"))
+    except KeyError:
+        raise UserInputError("artifact manifest has no data.test_start") from None
 
 
 def read_embeddings(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
@@ -263,12 +323,13 @@ def write_json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
 
 
-def load_glmix(artifact: str | os.PathLike[str], stem: str = "glmix") -> Any:
+def load_glmix(artifact: str | os.PathLike[str], stem: str = GLMIX) -> Any:
     """The GLMix model ``STEM.json`` + ``STEM_users.parquet`` of an artifact, or None."""
     from recsys.glmix import GLMix
 
     a = Path(artifact)
-    jpath, upath = a / f"{stem}.json", a / f"{stem}_users.parquet"
+    jname, uname = glmix_file_names(stem)
+    jpath, upath = a / jname, a / uname
     if not jpath.exists():
         return None
     try:
@@ -277,3 +338,47 @@ def load_glmix(artifact: str | os.PathLike[str], stem: str = "glmix") -> Any:
     except (OSError, json.JSONDecodeError, pa.ArrowException) as exc:
         raise UserInputError(f"{jpath}: cannot read GLMix model ({exc})") from None
     return GLMix.from_tables(fixed, users)
+
+
+@dataclass
+class RecommenderArtifact:
+    """Everything a scorer needs from an artifact (what ``recsys serve`` loads)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    embedder: CowatchEmbedder
+    video_ids: list[str]
+    embeddings: np.ndarray  # (N, E) float32, row i = video_ids[i]
+    index: VideoIndex
+    glmix: Any  # recsys.glmix.GLMix
+    histories: pa.Table  # user_id, video_id
+    projection: dict[str, Any] | None
+
+    @property
+    def version(self) -> str:
+        """Creation time plus the weights' hash: changes whenever the model does."""
+        files = self.manifest.get("files", {})
+        return f"{self.manifest.get('created_at', '')}:{str(files.get(EMBEDDER_WEIGHTS, ''))[:12]}"
+
+
+def load_recommender(path: str | os.PathLike[str]) -> RecommenderArtifact:
+    """Load and verify (file hashes) a recommender artifact: the output of ``recsys
+    pipeline`` or of ``train-embeddings`` followed by ``fit-glmix``."""
+    d = Path(path)
+    manifest = read_manifest(d, verify=True)
+    embedder = load_embedder(d)
+    glmix = load_glmix(d, GLMIX)
+    if glmix is None:
+        raise UserInputError(f"{d}: no GLMix model (run recsys pipeline or recsys fit-glmix)")
+    ids, emb = load_embeddings(d)
+    return RecommenderArtifact(
+        path=d,
+        manifest=manifest,
+        embedder=embedder,
+        video_ids=ids,
+        embeddings=emb,
+        index=load_index(d, ids),
+        glmix=glmix,
+        histories=load_histories(d, ["user_id", "video_id"]),
+        projection=load_projection(d),
+    )

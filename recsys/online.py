@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recsys.glmix import GLMix
+from recsys.glmix_config import random_prior
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class OnlineConfig:
     def __post_init__(self) -> None:
         if self.window < 1 or self.newton_steps < 1:
             raise ValueError("window and newton_steps must be >= 1")
+
+
+def sigmoid(eta: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-eta) through tanh: exact at large |eta|, no overflow warning."""
+    return 0.5 * (1.0 + np.tanh(0.5 * eta))
 
 
 def refit_effect(
@@ -71,7 +77,7 @@ def refit_effect(
     obj = objective(b)
     for _ in range(steps):
         eta = offset + z @ b
-        mu = 0.5 * (1.0 + np.tanh(0.5 * eta))
+        mu = sigmoid(eta)
         grad = z.T @ (y - mu) - lam * (b - m)
         hess = (z * (mu * (1.0 - mu))[:, None]).T @ z + np.diag(lam) + 1e-9 * np.eye(len(b))
         step = np.linalg.solve(hess, grad)
@@ -108,10 +114,7 @@ class OnlineEffects:
     _windows: dict[str, _UserWindow] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        q = self.model.random_dim
-        lam = np.full(q, self.model.config.random_l2)
-        lam[0] = self.model.config.random_intercept_l2
-        self.prior_precision = lam
+        self.prior_precision = random_prior(self.model.config, self.model.random_dim)
 
     def precision(self, user: str) -> np.ndarray:
         """Prior precision around ``prior(user)``: the offline posterior precision (how
@@ -157,7 +160,7 @@ class OnlineEffects:
     def probability(
         self, user: str, video: np.ndarray, global_feats: np.ndarray | None = None
     ) -> np.ndarray:
-        return 0.5 * (1.0 + np.tanh(0.5 * self.logit(user, video, global_feats)))
+        return sigmoid(self.logit(user, video, global_feats))
 
     def observe(
         self,

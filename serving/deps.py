@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Request
 
-from serving.state import ServingState
+from serving.metrics import Metrics
+from serving.settings import Settings
+from serving.state import ServingState, StateHolder
 
 
 def get_state(request: Request) -> ServingState:
@@ -17,4 +20,41 @@ def get_state(request: Request) -> ServingState:
     return state
 
 
+def get_holder(request: Request) -> StateHolder:
+    holder: StateHolder = request.app.state.holder
+    return holder
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+def current_state(holder: StateHolder) -> ServingState:
+    """The state now (a write takes it under the reload lock, after any reload)."""
+    state = holder.current
+    if state is None:
+        raise HTTPException(503, "not ready")
+    return state
+
+
+def require_api_key(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> None:
+    """Writes need ``X-API-Key`` when ``RECSYS_API_KEY`` is set (compared in constant time)."""
+    expected = get_settings(request).api_key
+    if expected is None:
+        return
+    if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected.encode()):
+        raise HTTPException(401, "missing or wrong X-API-Key header")
+
+
 State = Annotated[ServingState, Depends(get_state)]
+Holder = Annotated[StateHolder, Depends(get_holder)]
+AppSettings = Annotated[Settings, Depends(get_settings)]
+AppMetrics = Annotated[Metrics, Depends(get_metrics)]
+#: the dependency list of every write route
+WRITE = [Depends(require_api_key)]

@@ -16,10 +16,10 @@ import pytest
 from pipelines.spark import (
     delong_spark,
     embed_videos_spark,
-    fit_glmix_spark,
     mine_triplets_spark,
     spark_session,
 )
+from pipelines.spark_glmix import fit_glmix_spark
 from recsys.auc import delong_ci
 from recsys.errors import UserInputError
 from recsys.glmix import GLMixConfig, fit_glmix
@@ -45,7 +45,7 @@ def _sorted_rows(table) -> list[tuple[str, ...]]:
 def test_triplets_are_identical_on_both_engines(spark, small_world_dir: Path) -> None:
     import duckdb
 
-    from pipelines.train_embeddings import impressions_connection, log_span
+    from pipelines.impressions import impressions_connection, log_span
     from recsys.splits import default_test_start
 
     con = impressions_connection(small_world_dir)
@@ -176,7 +176,7 @@ def test_fit_glmix_job_on_spark_matches_local(
     import shutil
 
     from pipelines.engine import Engine
-    from pipelines.evaluate import GLMixJobConfig, fit_glmix_into_artifact
+    from pipelines.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
     from recsys.artifact import load_glmix
 
     fits = {}

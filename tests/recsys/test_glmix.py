@@ -5,17 +5,11 @@ import itertools
 import numpy as np
 import pytest
 import statsmodels.api as sm
-from scipy.optimize import minimize
 
 from recsys.errors import UserInputError
-from recsys.glmix import (
-    GLMix,
-    GLMixConfig,
-    _buckets,
-    fit_glmix,
-    fit_logistic,
-    select_random_l2,
-)
+from recsys.glmix import GLMix, GLMixConfig, fit_glmix, select_random_l2
+from recsys.logistic import fit_logistic
+from tests.recsys.reference import scipy_penalised as _scipy_penalised
 
 
 def _simulate(n_users: int = 40, rows: int = 60, e: int = 3, seed: int = 0):
@@ -55,35 +49,6 @@ def test_fixed_effect_matches_statsmodels_glm() -> None:
     ref0 = sm.GLM(y, design, family=sm.families.Binomial()).fit()
     np.testing.assert_allclose(model.fixed, ref0.params, atol=1e-7)
     assert np.all(model.user_coef == 0)
-
-
-def test_penalised_fit_matches_statsmodels_ridge() -> None:
-    rng = np.random.default_rng(2)
-    x = np.c_[np.ones(300), rng.normal(size=(300, 2))]
-    y = (rng.random(300) < 0.4).astype(float)
-    off = rng.normal(0, 0.5, 300)
-    lam = 3.0
-    ours = fit_logistic(x, y, offset=off, l2=lam)
-    # statsmodels minimises -llf/n + alpha/2 |b|^2, i.e. alpha = lam / n; its elastic-net
-    # solver stops early, so it agrees to ~1e-4. An exact optimiser pins it to 1e-7.
-    ref = sm.GLM(y, x, family=sm.families.Binomial(), offset=off).fit_regularized(
-        alpha=lam / 300, L1_wt=0.0, cnvrg_tol=1e-12, maxiter=1000
-    )
-    np.testing.assert_allclose(ours, ref.params, atol=2e-4)
-    exact = _scipy_penalised(x, y, off, np.full(3, lam))
-    np.testing.assert_allclose(ours, exact, atol=1e-7)
-
-
-def _scipy_penalised(x, y, off, lam):
-    def neg(b):
-        eta = off + x @ b
-        return -(y * eta - np.logaddexp(0, eta)).sum() + 0.5 * (lam * b * b).sum()
-
-    def grad(b):
-        mu = 1 / (1 + np.exp(-(off + x @ b)))
-        return -(x.T @ (y - mu)) + lam * b
-
-    return minimize(neg, np.zeros(x.shape[1]), jac=grad, method="BFGS", options={"gtol": 1e-11}).x
 
 
 def _reference_user_solve(z, y, off, lam_vec, steps=100):
@@ -162,26 +127,6 @@ def test_no_video_features_model() -> None:
     p1 = model.predict_proba(users[:5], x[:5])
     p2 = model.predict_proba(users[:5], np.zeros_like(x[:5]))
     np.testing.assert_allclose(p1, p2)
-
-
-def test_row_bounds() -> None:
-    user_of_row = np.array([0] * 3 + [1] * 10 + [2] * 1)
-    cfg = GLMixConfig(min_rows_per_user=2, max_rows_per_user=4)
-    buckets, eligible = _buckets(user_of_row, 3, cfg, np.random.default_rng(0))
-    assert eligible.tolist() == [True, True, False]
-    by_user = {int(u): (b.rows[i], b.weights[i]) for b in buckets for i, u in enumerate(b.users)}
-    assert set(by_user) == {0, 1}
-    rows1, w1 = by_user[1]
-    assert (rows1 >= 0).sum() == 4 and np.allclose(w1[rows1 >= 0], 10 / 4)
-    assert set(rows1[rows1 >= 0]) <= set(range(3, 13))
-    rows0, w0 = by_user[0]
-    assert sorted(rows0[rows0 >= 0]) == [0, 1, 2] and np.allclose(w0[rows0 >= 0], 1.0)
-    # Fitting with bounds works and leaves the small user at zero.
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(14, 2))
-    y = (rng.random(14) < 0.5).astype(float)
-    m = fit_glmix(np.array(["a"] * 3 + ["b"] * 10 + ["c"]), x, y, cfg)
-    assert np.all(m.user_coef[m.user_index["c"]] == 0) and np.isfinite(m.user_coef).all()
 
 
 def test_bad_input() -> None:

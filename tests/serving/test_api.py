@@ -330,7 +330,7 @@ def test_frames_at_the_float32_limit_are_refused_and_nothing_is_stored(settings,
     """Finite frames that would overflow inside the model: refused by the schema (JSON) or
     the decoder (base64), and, should any reach the model, refused before the write. No
     stored row, and the service (and a restart, and a reload) carry on."""
-    from serving.store import DurableStore
+    from serving.stores import SqliteStore
 
     d = client.get("/readyz").json()
     assert d["status"] == "ready"
@@ -350,7 +350,7 @@ def test_frames_at_the_float32_limit_are_refused_and_nothing_is_stored(settings,
     with pytest.raises(UserInputError, match="not finite"):
         state.ingest("huge", huge)
     assert client.post("/v1/admin/reload", headers=AUTH).status_code == 200
-    store = DurableStore(settings.state_db)
+    store = SqliteStore(settings.state_db)
     assert store.counts()[0] == 0
     store.close()
     # Just inside the bound is fine.
@@ -363,9 +363,9 @@ def test_frames_at_the_float32_limit_are_refused_and_nothing_is_stored(settings,
 def test_a_bad_stored_row_is_skipped_at_start_up_not_fatal(settings) -> None:
     import numpy as np
 
-    from serving.store import DurableStore
+    from serving.stores import SqliteStore
 
-    store = DurableStore(settings.state_db)
+    store = SqliteStore(settings.state_db)
     assert store.insert_video("nan_row", "0" * 64, np.full(64, np.nan, np.float32), 3)
     assert store.insert_video("short_row", "1" * 64, np.ones(3, np.float32), 3)
     store.close()
@@ -558,7 +558,7 @@ def test_an_eq18_only_model_is_served_without_history_features(
 ) -> None:
     """Artifacts fitted with --no-history-features (or before them) score by Eq. 18 alone;
     a model naming global features this version cannot build is refused at load."""
-    from pipelines.evaluate import GLMixJobConfig, fit_glmix_into_artifact
+    from pipelines.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
     from recsys.artifact import extend_artifact, write_json_bytes
 
     fit_glmix_into_artifact(small_world_dir, artifact, GLMixJobConfig(history_features=False))

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from serving.app import create_app
 from serving.settings import Settings
-from serving.store import Impression, SqliteStore, StoreUnavailable, Watch, open_store
+from serving.stores import Impression, SqliteStore, StoreUnavailable, Watch, open_store
 from tests.serving.conftest import AUTH
 from tests.serving.live import PostgresServer, free_port, start_server
 

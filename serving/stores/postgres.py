@@ -1,5 +1,5 @@
 """The state store on PostgreSQL: several replicas share ingested videos, watches and
-impressions (see ``serving/store.py`` for the interface).
+impressions (see ``serving/stores/contract.py`` for the interface).
 
 Durability: a commit returns after the WAL is flushed (PostgreSQL's default
 ``synchronous_commit = on``), so an acknowledged write survives a crash of the replica
@@ -17,43 +17,19 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from serving.store import (
+from serving.stores.contract import (
+    POSTGRES,
     Changes,
     Impression,
     StoredVideo,
     StoreUnavailable,
     Watch,
-    _vector,
+    blob,
     changes_from_rows,
+    stored_video,
 )
 
 T = TypeVar("T")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS videos (
-    seq BIGSERIAL PRIMARY KEY,
-    video_id TEXT NOT NULL UNIQUE,
-    payload_sha256 TEXT NOT NULL,
-    embedding BYTEA NOT NULL,
-    num_frames INTEGER NOT NULL,
-    ingested_at TIMESTAMPTZ NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS watches (
-    seq BIGSERIAL PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    video_id TEXT NOT NULL,
-    watch_seconds DOUBLE PRECISION NOT NULL,
-    at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS impressions (
-    seq BIGSERIAL PRIMARY KEY,
-    event_id TEXT UNIQUE,
-    user_id TEXT NOT NULL,
-    video_id TEXT NOT NULL,
-    shown_at TEXT NOT NULL,
-    watch_seconds DOUBLE PRECISION NOT NULL
-);
-"""
 
 #: advisory lock id serialising schema creation between replicas starting together
 _SCHEMA_LOCK = 0x7EC5
@@ -107,7 +83,7 @@ class PostgresStore:
     @staticmethod
     def _create_schema(conn: Any) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-        conn.execute(SCHEMA)
+        conn.execute(POSTGRES.schema)
 
     def close(self) -> None:
         with self._lock:
@@ -121,24 +97,19 @@ class PostgresStore:
     # ------------------------------------------------------------------ interface
 
     def get_video(self, video_id: str) -> StoredVideo | None:
-        row = self._run(
-            lambda c: c.execute(
-                "SELECT video_id, payload_sha256, embedding, num_frames FROM videos "
-                "WHERE video_id = %s",
-                (video_id,),
-            ).fetchone()
+        return stored_video(
+            self._run(lambda c: c.execute(POSTGRES.get_video, (video_id,)).fetchone())
         )
-        return None if row is None else StoredVideo(row[0], row[1], _vector(row[2]), row[3])
 
     def insert_video(
         self, video_id: str, payload_sha256: str, embedding: np.ndarray, num_frames: int
     ) -> int | None:
-        blob = np.ascontiguousarray(embedding, dtype=np.float32).tobytes()
+        data = blob(embedding)
         row = self._run(
             lambda c: c.execute(
                 "INSERT INTO videos (video_id, payload_sha256, embedding, num_frames) "
                 "VALUES (%s, %s, %s, %s) ON CONFLICT (video_id) DO NOTHING RETURNING seq",
-                (video_id, payload_sha256, blob, num_frames),
+                (video_id, payload_sha256, data, num_frames),
             ).fetchone()
         )
         return None if row is None else int(row[0])
@@ -146,8 +117,7 @@ class PostgresStore:
     def insert_watch(self, w: Watch) -> int:
         row = self._run(
             lambda c: c.execute(
-                "INSERT INTO watches (user_id, video_id, watch_seconds, at) "
-                "VALUES (%s, %s, %s, %s) RETURNING seq",
+                POSTGRES.insert_watch + " RETURNING seq",
                 (w.user_id, w.video_id, w.watch_seconds, w.at),
             ).fetchone()
         )
@@ -169,29 +139,19 @@ class PostgresStore:
 
     def changes(self, videos: int, watches: int, impressions: int) -> Changes:
         def read(c: Any) -> Changes:
-            v = c.execute(
-                "SELECT seq, video_id, payload_sha256, embedding, num_frames FROM videos "
-                "WHERE seq > %s ORDER BY seq",
-                (videos,),
-            ).fetchall()
-            w = c.execute(
-                "SELECT seq, user_id, video_id, watch_seconds, at FROM watches WHERE seq > %s "
-                "ORDER BY seq",
-                (watches,),
-            ).fetchall()
-            i = c.execute(
-                "SELECT seq, event_id, user_id, video_id, shown_at, watch_seconds FROM impressions "
-                "WHERE seq > %s ORDER BY seq",
-                (impressions,),
-            ).fetchall()
-            return changes_from_rows(v, w, i)
+            after = (videos, watches, impressions)
+            return changes_from_rows(
+                *(
+                    c.execute(sql, (a,)).fetchall()
+                    for sql, a in zip(POSTGRES.changes, after, strict=True)
+                )
+            )
 
         return self._run(read)
 
     def counts(self) -> tuple[int, int]:
         def count(c: Any) -> tuple[int, int]:
-            v = c.execute("SELECT count(*) FROM videos").fetchone()[0]
-            w = c.execute("SELECT count(*) FROM watches").fetchone()[0]
-            return int(v), int(w)
+            v, w = (int(c.execute(sql).fetchone()[0]) for sql in POSTGRES.COUNTS)
+            return v, w
 
         return self._run(count)

@@ -1,0 +1,147 @@
+"""The report's baseline rows: each classical representation (``pipelines.ladder``)
+scored on the evaluation's test rows, the synthetic world's ceiling, and whether the
+learned embedding beats the best baseline (DeLong's paired test)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipelines.cowatch_data import load_frame_store
+from pipelines.evaluation_inputs import EvalConfig, TestSet
+from pipelines.impressions import RecRows, load_rec_rows
+from pipelines.ladder import baseline_ladder, reduce_on_validation, score_representation
+from pipelines.statistics import auc_block, auc_table
+from recsys.auc import delong_paired_difference, interval_verdict
+from recsys.dataset import VIDEO_TRUTH_FILE
+from recsys.frames import FrameStore
+
+#: the learned scores compared with the best baseline
+COMPARED = ("glmix", "max_similarity", "avg_similarity")
+
+
+def add_baselines(
+    report: dict[str, Any],
+    data: Path,
+    test: TestSet,
+    scores: dict[str, np.ndarray],
+    start: datetime,
+    cfg: EvalConfig,
+    history_features: bool = False,
+) -> None:
+    """Score each of ``cfg.baselines`` on the test rows into ``report["baselines"]``, the
+    ceiling (synthetic worlds) into ``report["ceiling"]`` and the comparison into
+    ``report["vs_best_baseline"]``. ``history_features``: the baselines' GLMix gets the
+    history similarities as the learned model's does (same model family)."""
+    y, cold, users = test.labels, test.cold_start, test.users
+    if cfg.progress:
+        print(
+            f"baselines: {', '.join(cfg.baselines)} (PCA size and GLMix penalty chosen on validation)"
+        )
+    store = load_frame_store(data)
+    rows = load_rec_rows(data, store.video_ids, start, cfg.watch_threshold_s)
+    if not np.array_equal(rows.test_labels, y):
+        raise RuntimeError("baseline rows differ from the evaluation rows")  # a bug, not input
+    emb_dim = test.embeddings.shape[1]
+    ladder = baseline_ladder(
+        rows,
+        store,
+        emb_dim,
+        cfg.baselines,
+        seed=cfg.seed,
+        log=print if cfg.progress else None,
+        history_features=history_features,
+    )
+    out: dict[str, Any] = {}
+    for name, (bscores, info) in ladder.items():
+        auc_all, auc_cold, ci_all, ci_cold = auc_table(
+            y, bscores, cold, users, cfg.bootstrap, cfg.seed
+        )
+        out[name] = {
+            "auc": auc_all,
+            "auc_cold_start": auc_cold,
+            "ci95": {"all": ci_all, "cold_start": ci_cold},
+            "choice": {
+                **info,
+                "pca_validation_log_loss": {
+                    str(d): loss for d, loss in info["pca_validation_log_loss"].items()
+                },
+            },
+        }
+    report["baselines"] = out
+    ceiling = _ceiling(data, store, rows, test, emb_dim, cfg.seed, history_features)
+    if ceiling is not None:
+        report["ceiling"] = ceiling
+    base_scores = {name: bscores for name, (bscores, _) in ladder.items()}
+    report["vs_best_baseline"] = _versus_best(report, out, base_scores, scores, y, cold)
+
+
+def _ceiling(
+    data: Path,
+    store: FrameStore,
+    rows: RecRows,
+    test: TestSet,
+    emb_dim: int,
+    seed: int,
+    history_features: bool,
+) -> dict[str, Any] | None:
+    """A synthetic world knows each video's true features: the same GLMix on them is the
+    ceiling for any embedding (not a baseline to beat)."""
+    truth_path = data / VIDEO_TRUTH_FILE
+    if not truth_path.exists():
+        return None
+    t = pq.read_table(truth_path)
+    index = {v: i for i, v in enumerate(t.column("video_id").to_pylist())}
+    feats = np.stack(t.column("features").to_numpy(zero_copy_only=False))
+    if not all(v in index for v in store.video_ids):
+        return None
+    y, cold, users = test.labels, test.cold_start, test.users
+    raw = feats[[index[v] for v in store.video_ids]]
+    vectors, info = reduce_on_validation(rows, raw, emb_dim)
+    cscores, fit = score_representation(rows, vectors, history_features=history_features)
+    return {
+        "name": "true video features (synthetic world)",
+        "auc": {k: auc_block(y, v, users, 0, seed)["auc"] for k, v in cscores.items()},
+        "auc_cold_start": {
+            k: auc_block(y[cold], v[cold], users[cold], 0, seed)["auc"] for k, v in cscores.items()
+        },
+        "choice": {"pca_dim": info["pca_dim"], **fit},
+    }
+
+
+def _versus_best(
+    report: dict[str, Any],
+    baselines: dict[str, Any],
+    base_scores: dict[str, dict[str, np.ndarray]],
+    scores: dict[str, np.ndarray],
+    y: np.ndarray,
+    cold: np.ndarray,
+) -> dict[str, Any]:
+    """Each learned score against the best baseline of each subset (all, cold start)."""
+    comparison: dict[str, Any] = {}
+    for score in COMPARED:
+        for subset, sel in (("all", np.ones_like(cold)), ("cold_start", cold)):
+            key = "auc" if subset == "all" else "auc_cold_start"
+            valid = {
+                n: e[key][score] for n, e in baselines.items() if not math.isnan(e[key][score])
+            }
+            if not valid or not sel.any():
+                continue
+            best = max(valid, key=lambda n: valid[n])
+            other = base_scores[best][score]
+            ok = sel & ~np.isnan(scores[score]) & ~np.isnan(other)
+            diff, lo, hi = delong_paired_difference(y[ok], scores[score][ok], other[ok])
+            comparison.setdefault(score, {})[subset] = {
+                "best_baseline": best,
+                "learned_auc": report[key][score],
+                "baseline_auc": valid[best],
+                "difference": diff,
+                "delong_paired_95": [lo, hi],
+                "verdict": interval_verdict(lo, hi),
+            }
+    return comparison

@@ -1,0 +1,1 @@
+"""The ``recsys`` commands, one module per kind of work; ``pipelines.cli`` registers them."""

@@ -1,0 +1,120 @@
+"""Commands that make, check and convert data sets."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipelines.options import Seed, WatchThreshold, fail
+from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S
+
+
+def synth(
+    out: Annotated[Path, typer.Option(help="Directory to write the data set to.")],
+    seed: Seed = 0,
+    videos: Annotated[int, typer.Option(help="Number of videos.")] = 2000,
+    users: Annotated[int, typer.Option(help="Number of users.")] = 1000,
+    days: Annotated[int, typer.Option(help="Length of the impression log in days.")] = 28,
+    feature_dim: Annotated[int, typer.Option(help="Frame feature dimension D.")] = 32,
+    topics: Annotated[int, typer.Option(help="Number of topics.")] = 16,
+    shared_fraction: Annotated[
+        float, typer.Option(help="Mean fraction of frames from shared intro/credit components.")
+    ] = 0.33,
+    shared_scale: Annotated[
+        float, typer.Option(help="Norm of the shared components relative to topical ones.")
+    ] = 3.0,
+    median_frames: Annotated[
+        float, typer.Option(help="Median frames per video (log-normal, 2 to 300).")
+    ] = 16.0,
+) -> None:
+    """Generate a synthetic world: videos.parquet, impressions.parquet and truth.parquet."""
+    from pipelines.io import write_dataset
+    from recsys.synthetic import SynthConfig, generate_world
+
+    try:
+        cfg = SynthConfig(
+            seed=seed,
+            num_videos=videos,
+            num_users=users,
+            days=days,
+            feature_dim=feature_dim,
+            num_topics=topics,
+            shared_fraction=shared_fraction,
+            shared_scale=shared_scale,
+            median_frames=median_frames,
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    t0 = time.perf_counter()
+    world = generate_world(cfg)
+    write_dataset(out, world.videos, world.impressions, world.truth, world.video_truth)
+    typer.echo(
+        f"wrote {out}: {world.videos.num_rows} videos, {world.impressions.num_rows} impressions "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
+
+
+def synth_digits(
+    out: Annotated[Path, typer.Option(help="Directory to write videos.parquet to.")],
+    seed: Seed = 0,
+    videos: Annotated[int, typer.Option(help="Number of videos.")] = 1500,
+    max_frames: Annotated[int, typer.Option(help="At most this many frames per video.")] = 40,
+) -> None:
+    """A classification set of real frames: scikit-learn's 8x8 digit scans, labels = digits shown."""
+    from pipelines.io import write_parquet_atomic
+    from recsys.digits import digits_videos
+
+    try:
+        table = digits_videos(videos, max_frames, seed)
+    except ValueError as exc:
+        fail(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(table, out / "videos.parquet", row_group_size=512)
+    typer.echo(f"wrote {out}: {table.num_rows} videos of digit scans (D = 64)")
+
+
+def validate(
+    data: Annotated[Path, typer.Argument(help="Data set directory.")],
+    watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
+    purpose: Annotated[
+        str,
+        typer.Option(
+            help="any: videos required, impressions checked when present; recommendation: "
+            "impressions required; classification: labels required."
+        ),
+    ] = "any",
+) -> None:
+    """Check a data set against the contract (docs/data.md); exit 2 listing every violation."""
+    from pipelines.io import validate_dataset
+
+    report = validate_dataset(data, watch_threshold_s=watch_threshold, purpose=purpose)
+    if not report.ok:
+        for p in report.problems:
+            typer.echo(f"error: {p}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"{data}: valid" + (f" for {purpose}" if purpose != "any" else ""))
+    if report.impressions is None:
+        typer.echo("  no impressions.parquet: fine for classification and embedding only")
+    for line in report.summary_lines():
+        typer.echo(f"  {line}")
+
+
+def convert_yt8m(
+    files: Annotated[list[Path], typer.Argument(help="Frame-level YouTube-8M TFRecord files.")],
+    out: Annotated[Path, typer.Option(help="Output data set directory.")],
+    audio: Annotated[bool, typer.Option(help="Append the 128-d audio to the 1024-d rgb.")] = False,
+    keep_uint8: Annotated[
+        bool, typer.Option(help="Store quantised uint8 frames (readers dequantise them).")
+    ] = False,
+) -> None:
+    """Convert YouTube-8M frame-level TFRecords into videos.parquet (no TensorFlow needed)."""
+    from pipelines.yt8m import convert_yt8m as convert
+
+    counts = convert(list(files), out, with_audio=audio, dequantise=not keep_uint8)
+    typer.echo(
+        f"wrote {out / 'videos.parquet'}: {counts['videos']} videos, {counts['frames']} frames"
+        + (f", skipped {counts['skipped_empty']} without frames" if counts["skipped_empty"] else "")
+    )

@@ -1,0 +1,205 @@
+"""Commands that evaluate an artifact, run the whole job, and the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipelines.commands.data import synth, validate
+from pipelines.options import (
+    AnchorNeighbours,
+    Baselines,
+    Clusters,
+    Device,
+    EngineName,
+    Gamma,
+    HistoryFeatures,
+    Online,
+    Overwrite,
+    PoolingName,
+    Quiet,
+    Seed,
+    SparkMaster,
+    TestStart,
+    WatchThreshold,
+    engine_from,
+    fail,
+    test_start_from,
+)
+from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S, VIDEOS_FILE
+
+
+def evaluate(
+    data: Annotated[Path, typer.Option(help="Data set directory.")],
+    artifacts: Annotated[Path, typer.Option(help="Artifact directory.")],
+    out: Annotated[Path, typer.Option(help="Directory for report.json, report.md and ROC plots.")],
+    test_start: TestStart = None,
+    watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples over users (0 = none).")
+    ] = 200,
+    baseline: Annotated[
+        Path | None, typer.Option(help="report.json of a baseline run (e.g. avg pooling).")
+    ] = None,
+    baselines: Baselines = True,
+    online: Online = True,
+    engine: EngineName = "local",
+    spark_master: SparkMaster = "local[*]",
+) -> None:
+    """Offline AUC evaluation: max/avg similarity (Eq. 16-17), GLMix with and without video features."""
+    from pipelines.evaluate import evaluate_artifact
+    from pipelines.evaluation_inputs import EvalConfig
+    from pipelines.report import write_report
+    from recsys.baselines import BASELINE_NAMES
+    from recsys.online import OnlineConfig
+
+    engine_from(engine, spark_master)  # checks the name; the AUCs run in-process
+    cfg = EvalConfig(
+        watch_threshold_s=watch_threshold,
+        test_start=test_start_from(test_start),
+        bootstrap=bootstrap,
+        baselines=BASELINE_NAMES if baselines else (),
+        online=OnlineConfig() if online else None,
+        baseline_report=baseline,
+        progress=True,
+    )
+    evaluation = evaluate_artifact(data, artifacts, cfg)
+    write_report(out, evaluation)
+    _print_summary(evaluation.report, out)
+
+
+def _print_summary(report: dict[str, Any], out: Path) -> None:
+    from pipelines.report import terminal_summary
+
+    for line in terminal_summary(report, out):
+        typer.echo(line)
+
+
+def pipeline(
+    data: Annotated[Path, typer.Option(help="Data set directory.")],
+    out: Annotated[
+        Path, typer.Option(help="Output directory: OUT/artifact plus the evaluation report.")
+    ],
+    pooling: PoolingName = "dsgmm",
+    clusters: Clusters = 32,
+    gamma: Gamma = 0.125,
+    epochs: Annotated[
+        int, typer.Option(help="Embedding training epochs (the best validation epoch is kept).")
+    ] = 3,
+    max_triplets: Annotated[
+        int, typer.Option(help="Use at most this many triplets (0 = all).")
+    ] = 0,
+    index: Annotated[str, typer.Option(help="FAISS index kind: flat, hnsw or ivf.")] = "flat",
+    tune_glmix: Annotated[
+        bool,
+        typer.Option(
+            help="Choose GLMix's random_l2 on the last 10% of the training period (validation)."
+        ),
+    ] = True,
+    history_features: HistoryFeatures = True,
+    anchor_neighbours: AnchorNeighbours = 0,
+    test_start: TestStart = None,
+    watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples over users.")] = 200,
+    baseline: Annotated[
+        Path | None, typer.Option(help="report.json of a baseline run (e.g. avg pooling).")
+    ] = None,
+    baselines: Baselines = True,
+    online: Online = True,
+    seed: Seed = 0,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    engine: EngineName = "local",
+    spark_master: SparkMaster = "local[*]",
+) -> None:
+    """Mine triplets, train embeddings, index, fit GLMix and evaluate; OUT/artifact is servable.
+    With --engine spark, mining and GLMix run on Spark (training stays on torch)."""
+    from embeddings.cowatch import EmbedderConfig
+    from pipelines.cowatch_training import TrainConfig
+    from pipelines.evaluation_inputs import EvalConfig
+    from pipelines.fit_glmix import GLMixJobConfig
+    from pipelines.pipeline import PipelineConfig, run_pipeline
+    from pipelines.train_embeddings import EmbeddingJobConfig
+    from recsys.baselines import BASELINE_NAMES
+    from recsys.index import IndexConfig
+    from recsys.online import OnlineConfig
+
+    try:
+        cfg = PipelineConfig(
+            embedding=EmbeddingJobConfig(
+                embedder=EmbedderConfig(pooling=pooling, num_clusters=clusters, gamma=gamma),
+                train=TrainConfig(
+                    epochs=epochs,
+                    device=device,
+                    max_triplets=max_triplets,
+                    anchor_neighbours=anchor_neighbours,
+                ),
+                index=IndexConfig(kind=index),
+            ),
+            glmix=GLMixJobConfig(tune=tune_glmix, history_features=history_features),
+            evaluation=EvalConfig(
+                bootstrap=bootstrap,
+                baselines=BASELINE_NAMES if baselines else (),
+                online=OnlineConfig() if online else None,
+                baseline_report=baseline,
+            ),
+        )
+        cfg = cfg.with_seed(seed).with_watch_threshold(watch_threshold)
+    except ValueError as exc:
+        fail(str(exc))
+    eng = engine_from(engine, spark_master)
+    report = run_pipeline(data, out, cfg, test_start_from(test_start), overwrite, not quiet, eng)
+    if report:
+        _print_summary(report, out)
+        typer.echo(f"artifact: {out / 'artifact'}")
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Working directory for the demo.")] = Path("demo"),
+    seed: Seed = 0,
+    pooling: PoolingName = "dsgmm",
+    epochs: Annotated[
+        int, typer.Option(help="Embedding training epochs (the best validation epoch is kept).")
+    ] = 3,
+    serve: Annotated[
+        bool, typer.Option(help="Start the service on the demo artifact at the end.")
+    ] = True,
+    port: Annotated[int, typer.Option(help="Port for the service.")] = 8000,
+) -> None:
+    """The main job: synthetic world -> validate -> train, index, GLMix, evaluate -> serve."""
+    data = out / "data"
+    if not (data / VIDEOS_FILE).exists():
+        synth(out=data, seed=seed)
+    validate(data)
+    pipeline(
+        data=data,
+        out=out / "run",
+        pooling=pooling,
+        epochs=epochs,
+        overwrite=True,
+        clusters=32,
+        gamma=0.125,
+        max_triplets=0,
+        index="flat",
+        tune_glmix=True,
+        history_features=True,
+        test_start=None,
+        watch_threshold=DEFAULT_WATCH_THRESHOLD_S,
+        bootstrap=200,
+        baseline=None,
+        seed=seed,
+        device="auto",
+        quiet=False,
+    )
+    typer.echo(f"report: {out / 'run' / 'report.md'}")
+    if not serve:
+        typer.echo(f"to serve it: .venv/bin/recsys serve --artifacts {out / 'run' / 'artifact'}")
+    if serve:
+        from serving.cli import serve_artifact
+
+        serve_artifact(
+            out / "run" / "artifact", host="127.0.0.1", port=port, workers=1, print_examples=True
+        )

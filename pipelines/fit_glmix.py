@@ -1,0 +1,150 @@
+"""``recsys fit-glmix``: GLMix (Eq. 18) on the training period's impressions, with and
+without video features, plus the users' watch histories, added to an artifact.
+
+Everything fitted uses only the impressions before the artifact's test start.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.engine import LOCAL, Engine
+from pipelines.impressions import (
+    embedding_rows,
+    impressions_connection,
+    labels,
+    times_us,
+    training_rows,
+    users_of,
+)
+from pipelines.io import dataset_dir
+from recsys import artifact as art
+from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S
+from recsys.errors import UserInputError
+from recsys.glmix import GLMix, GLMixConfig
+from recsys.scoring import HISTORY_FEATURES, history_features, prior_history_similarity
+
+
+@dataclass(frozen=True)
+class GLMixJobConfig:
+    watch_threshold_s: float = DEFAULT_WATCH_THRESHOLD_S
+    glmix: GLMixConfig = field(default_factory=GLMixConfig)
+    #: choose random_l2 on the last 10% (by time) of the training period
+    tune: bool = False
+    #: print each phase and coordinate-descent pass
+    progress: bool = False
+    #: give the watch-probability model the Eq. 16-17 similarities to the user's history
+    #: (``recsys.scoring.HISTORY_FEATURES``) as global features; False: Eq. 18 alone
+    history_features: bool = True
+
+
+def _glmix_files(model: GLMix, stem: str) -> dict[str, Any]:
+    fixed, users = model.to_tables()
+    jname, uname = art.glmix_file_names(stem)
+    return {
+        jname: art.write_json_bytes(fixed),
+        uname: lambda p, t=users: pq.write_table(t, p),
+    }
+
+
+def _say(cfg: GLMixJobConfig, message: str) -> None:
+    if cfg.progress:
+        print(message, flush=True)
+
+
+def _history_features(
+    users: np.ndarray, vrows: np.ndarray, times: np.ndarray, y: np.ndarray, emb: np.ndarray
+) -> np.ndarray:
+    """Each impression's similarity to the user's history as it was when it was shown."""
+    codes, _ = pd.factorize(users)
+    max_s, avg_s = prior_history_similarity(
+        codes, vrows, times, y > 0, emb.astype(np.float64, copy=False)
+    )
+    return history_features(max_s, avg_s)
+
+
+def fit_glmix_into_artifact(
+    data: str | os.PathLike[str],
+    artifact: str | os.PathLike[str],
+    cfg: GLMixJobConfig | None = None,
+    engine: Engine | None = None,
+) -> dict[str, Any]:
+    """Fit GLMix (with and without video features) on training-period impressions and add
+    them, with the users' training-period watch histories, to the artifact."""
+    cfg = cfg or GLMixJobConfig()
+    engine = engine or LOCAL
+    d, a = dataset_dir(data), Path(artifact)
+    test_start = art.training_cutoff(art.read_manifest(a))
+    train = training_rows(impressions_connection(d), test_start)
+    if train.num_rows == 0:
+        raise UserInputError("no impressions before the test start to fit GLMix on")
+    ids, emb = art.load_embeddings(a)
+    vrows = embedding_rows(ids, train.column("video_id").to_pylist(), "training impressions")
+    users = users_of(train)
+    y = labels(train, cfg.watch_threshold_s).astype(np.float64)
+    x = emb[vrows]
+    times = times_us(train)
+    hist_feats = None
+    if cfg.history_features:
+        _say(cfg, "GLMix: similarity of each impression to the history before it ...")
+        hist_feats = _history_features(users, vrows, times, y, emb)
+    glm_cfg = cfg.glmix
+    tuning: dict[str, Any] = {}
+    if cfg.tune:
+        _say(cfg, "GLMix: choosing random_l2 on the last 10% of the training period ...")
+        cut = np.quantile(times, 0.9)
+        best, losses = engine.select_random_l2(users, x, y, times >= cut, glm_cfg, hist_feats)
+        _say(cfg, f"GLMix: random_l2 = {best}")
+        glm_cfg = replace(glm_cfg, random_l2=best)
+        tuning = {"random_l2": best, "validation_log_loss": {str(k): v for k, v in losses.items()}}
+    t0 = time.perf_counter()
+    _say(cfg, f"GLMix: fitting on {engine.describe()} ...")
+    with_video = engine.fit_glmix(
+        users,
+        x,
+        y,
+        glm_cfg,
+        on_pass=lambda p, ll: _say(cfg, f"GLMix pass {p}: log-likelihood per row {ll:.5f}"),
+        global_feats=hist_feats,
+    )
+    if hist_feats is not None:
+        with_video.global_names = list(HISTORY_FEATURES)
+    _say(cfg, "GLMix without video features ...")
+    fit_s = time.perf_counter() - t0
+    no_video = engine.fit_glmix(users, x, y, replace(glm_cfg, use_video_features=False))
+    watched = pa.array(y > 0)
+    histories = pa.table(
+        {
+            "user_id": train.column("user_id").filter(watched),
+            "video_id": train.column("video_id").filter(watched),
+            "watched_at": train.column("shown_at").filter(watched),
+        }
+    )
+    info = {
+        "training_rows": int(train.num_rows),
+        "users": len(with_video.user_ids),
+        "fit_seconds": fit_s,
+        "passes": len(with_video.history),
+        "log_likelihood_per_row": with_video.history[-1]["log_likelihood_per_row"],
+        "config": asdict(glm_cfg),
+        "global_features": list(with_video.global_names),
+        "tuning": tuning,
+        "watch_threshold_s": cfg.watch_threshold_s,
+        "engine": engine.describe(),
+    }
+    files = {
+        **_glmix_files(with_video, art.GLMIX),
+        **_glmix_files(no_video, art.GLMIX_NO_VIDEO),
+        art.HISTORIES: lambda p: pq.write_table(histories, p),
+    }
+    art.extend_artifact(a, files, {"kind": "recommender", "glmix": info})
+    return info

@@ -1,0 +1,129 @@
+"""The command line's shared option types and helpers (every command module uses them)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from pipelines.engine import Engine
+
+WatchThreshold = Annotated[
+    float,
+    typer.Option(help="An impression is a valid watch when watch_seconds >= this many seconds."),
+]
+
+
+Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")]
+Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
+PoolingName = Annotated[
+    str, typer.Option(help="avg, vlad, sgmm, netvlad, dsgmm, netrvlad, netfv or netbow.")
+]
+Clusters = Annotated[int, typer.Option(help="Number of clusters K.")]
+Baselines = Annotated[
+    bool,
+    typer.Option(
+        help="Also score classical baselines (average of frames, k-means bag of words with "
+        "tf-idf, k-means VLAD; PCA and GLMix chosen on validation) on the same rows."
+    ),
+]
+Gamma = Annotated[float, typer.Option(help="SGMM/DSGMM smoothing gamma (Eq. 12).")]
+Assignment = Annotated[
+    str,
+    typer.Option(
+        help="decoupled, or a coupled GMM: uniform_priors, shared_spherical, spherical, "
+        "shared_diagonal, diagonal."
+    ),
+]
+IntraNorm = Annotated[bool, typer.Option(help="L2-normalise each cluster's vector.")]
+FinalNorm = Annotated[bool, typer.Option(help="L2-normalise the whole pooled vector.")]
+
+
+Online = Annotated[
+    bool,
+    typer.Option(
+        help="Also replay the test period in time order through online GLMix (each impression "
+        "scored before learning from it) and report its AUC against the frozen model."
+    ),
+]
+EngineName = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="Where the heavy steps run: local (DuckDB and in-process) or spark "
+        "(the same results on a Spark cluster; see docs/scale.md).",
+    ),
+]
+SparkMaster = Annotated[
+    str,
+    typer.Option(
+        help="Spark master for --engine spark, e.g. local[4] or spark://host:7077 "
+        "(SPARK_REMOTE, a Spark Connect URL, wins when set)."
+    ),
+]
+
+
+AnchorNeighbours = Annotated[
+    int,
+    typer.Option(
+        help="Also train Eq. 15 with the anchor replaced by the normalised sum of the anchor "
+        "and this many of its co-watch partners (shapes the space for Eq. 16's average "
+        "over a history); 0 = Eq. 15 alone."
+    ),
+]
+
+
+HistoryFeatures = Annotated[
+    bool,
+    typer.Option(
+        help="Give GLMix the similarity of each candidate to the user's watch history "
+        "(Eq. 16-17: max, average, and whether there is a history) as global features; "
+        "--no-history-features fits Eq. 18 alone."
+    ),
+]
+
+
+TestStart = Annotated[
+    str | None,
+    typer.Option(help="ISO-8601 start of the test period; default: the last quarter of the log."),
+]
+
+
+Overwrite = Annotated[bool, typer.Option(help="Replace an existing artifact.")]
+
+
+def pooling_options(
+    pooling: str, clusters: int, gamma: float, intra_norm: bool, final_norm: bool, assignment: str
+) -> dict[str, Any]:
+    """The ``PoolingOptions`` fields from their flags (each model config extends them)."""
+    return {
+        "pooling": pooling,
+        "num_clusters": clusters,
+        "gamma": gamma,
+        "intra_norm": intra_norm,
+        "final_norm": final_norm,
+        "assignment": assignment,
+    }
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit code 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def engine_from(name: str, master: str) -> Engine:
+    from pipelines.engine import Engine
+
+    if name not in ("local", "spark"):
+        fail(f"--engine must be local or spark, not {name!r}")
+    return Engine(name, master)  # type: ignore[arg-type]
+
+
+def test_start_from(value: str | None) -> datetime | None:
+    from recsys.splits import parse_time
+
+    return parse_time(value) if value else None

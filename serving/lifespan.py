@@ -1,0 +1,130 @@
+"""The service's life: open the store and load the artifact at start-up (or keep
+retrying while the store is down), follow the store's log in the background, reload on
+``SIGHUP`` or ``POST /v1/admin/reload``, and close everything at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import faiss
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from serving.metrics import Metrics
+from serving.settings import Settings
+from serving.state import ServingState, StateHolder
+from serving.stores import StateStore, StoreUnavailable, open_store
+
+log = logging.getLogger(__name__)
+
+#: builds a state from the artifact over a store (checks the artifact still fits the app)
+LoadState = Callable[[StateStore], ServingState]
+
+
+def _follow(app: FastAPI, stop: threading.Event) -> None:
+    """Apply other replicas' writes (and, after an outage, notice the store is back)."""
+    settings: Settings = app.state.settings
+    holder: StateHolder = app.state.holder
+    metrics: Metrics = app.state.metrics
+    while not stop.wait(settings.sync_interval_s):
+        state = holder.current
+        if state is None:
+            continue
+        try:
+            n = state.sync()
+            app.state.store_ok = True
+            if n:
+                metrics.inc("replicated_rows", n)
+        except StoreUnavailable as exc:
+            if app.state.store_ok:
+                log.warning("%s", exc)
+            app.state.store_ok = False
+        except Exception:  # keep following; the next poll retries
+            log.exception("state store: sync failed")
+
+
+def _open_and_load(app: FastAPI, load_state: LoadState) -> tuple[StateStore, ServingState]:
+    store = open_store(app.state.settings.store_url())
+    try:
+        return store, load_state(store)
+    except BaseException:
+        store.close()
+        raise
+
+
+def _load_when_reachable(app: FastAPI, load_state: LoadState, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            app.state.store, app.state.holder.current = _open_and_load(app, load_state)
+            app.state.store_ok = True
+            log.warning("state store reachable again: loaded")
+            return
+        except StoreUnavailable:
+            stop.wait(1.0)
+
+
+async def reload_now(app: FastAPI, load_state: LoadState) -> dict[str, Any]:
+    """Load the artifact again and swap it in atomically."""
+    holder: StateHolder = app.state.holder
+
+    def build() -> ServingState:
+        # Writes wait on the reload lock, so none lands between building and swapping.
+        with holder.reload_lock:
+            if app.state.store is None:
+                raise StoreUnavailable("state store unavailable: not loaded yet")
+            new = load_state(app.state.store)
+            holder.current = new
+            holder.reloads += 1
+            return new
+
+    new = await run_in_threadpool(build)
+    app.state.metrics.inc("artifact_reloads")
+    return {"status": "reloaded", "artifact_version": new.version, "videos": new.num_videos}
+
+
+def make_lifespan(load_state: LoadState) -> Callable[[FastAPI], Any]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One OpenMP thread per FAISS search: requests run concurrently already, and an
+        # OpenMP team per single query stalls when cores are busy (HNSW p50 0.14 ms with
+        # one thread vs ~8 ms with two under load, measured here).
+        faiss.omp_set_num_threads(1)
+        stop = threading.Event()
+        app.state.store_ok = True
+        try:
+            app.state.store, app.state.holder.current = await run_in_threadpool(
+                _open_and_load, app, load_state
+            )
+        except StoreUnavailable as exc:
+            # Start anyway, not ready, and load as soon as the store answers.
+            log.warning("%s; retrying every second", exc)
+            app.state.store, app.state.store_ok = None, False
+            threading.Thread(
+                target=_load_when_reachable, args=(app, load_state, stop), daemon=True
+            ).start()
+        follower = threading.Thread(
+            target=_follow, args=(app, stop), name="state-follower", daemon=True
+        )
+        follower.start()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: asyncio.ensure_future(reload_now(app, load_state))
+            )
+        try:
+            yield
+        finally:
+            stop.set()
+            follower.join(timeout=5)
+            app.state.holder.current = None
+            if app.state.store is not None:
+                app.state.store.close()
+
+    return lifespan

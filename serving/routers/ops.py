@@ -1,0 +1,60 @@
+"""Operations: liveness, readiness, Prometheus metrics and reloading the artifact."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse, Response
+
+from serving.deps import WRITE, AppMetrics, Holder
+from serving.errors import error_responses, json_response
+from serving.lifespan import reload_now
+from serving.state import StateHolder
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz")
+def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@router.get("/readyz")
+def readyz(request: Request, holder: Holder) -> Response:
+    state = holder.current
+    if state is None:
+        return json_response({"status": "loading"}, 503)
+    if not request.app.state.store_ok:
+        response = json_response({"status": "state store unavailable"}, 503)
+        response.headers["Retry-After"] = "1"
+        return response
+    return json_response(
+        {"status": "ready", "artifact_version": state.version, "videos": state.num_videos}
+    )
+
+
+def gauges(holder: StateHolder) -> dict[str, float]:
+    s = holder.current
+    if s is None:
+        return {"ready": 0}
+    return {
+        "ready": 1,
+        "index_size": s.num_videos,
+        "ingested_videos": s.ingested,
+        "watch_events": s.watch_events,
+        "impression_events_stored": s.impression_events,
+        "online_users": len(s.online.effects),
+        "state_rows_skipped": s.skipped_rows,
+    }
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def prometheus(holder: Holder, metrics: AppMetrics) -> PlainTextResponse:
+    return PlainTextResponse(
+        metrics.render(lambda: gauges(holder)), media_type="text/plain; version=0.0.4"
+    )
+
+
+@router.post("/v1/admin/reload", responses=error_responses(400, 401, 422, 503), dependencies=WRITE)
+async def reload(request: Request) -> Response:
+    """Load the artifact again (e.g. a new version put in place) and swap it in atomically."""
+    return json_response(await reload_now(request.app, request.app.state.load_state))

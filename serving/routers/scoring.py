@@ -1,0 +1,86 @@
+"""Scoring: candidates for a user, recommendations, similar videos."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import Response
+
+from serving.deps import State
+from serving.errors import error_responses, json_response
+from serving.schemas import (
+    RecommendationsResponse,
+    ScoreRequest,
+    ScoreResponse,
+    SimilarResponse,
+    score_request_type,
+)
+from serving.settings import Settings
+from serving.state import ServingState
+
+UserId = Annotated[str, Path(min_length=1, max_length=256)]
+VideoId = Annotated[str, Path(min_length=1, max_length=256)]
+
+
+def score(req: ScoreRequest, state: ServingState) -> Response:
+    """Max/avg similarity to the user's watch history (Eq. 16-17) and GLMix watch probability (Eq. 18)
+    per candidate. Unknown videos are reported per item; unknown users get the fixed effect."""
+    return json_response(state.score(req.user_id, req.video_ids))
+
+
+def recommendations(state: ServingState, user_id: str, k: int, seeds: int) -> Response:
+    """Neighbours of the user's history from the index, minus watched videos, ranked by GLMix."""
+    return json_response(
+        {"user_id": user_id, "recommendations": state.recommend(user_id, k, seeds)}
+    )
+
+
+def similar(state: ServingState, video_id: str, k: int) -> Response:
+    """Nearest videos by cosine similarity of the co-watch embeddings."""
+    return json_response({"video_id": video_id, "similar": state.similar(video_id, k)})
+
+
+def router(settings: Settings) -> APIRouter:
+    """The scoring routes; their schemas state the configured limits (no silent cap)."""
+    r = APIRouter(tags=["scoring"])
+    seeds = settings.recommend_seed_videos
+
+    def score_route(req: Any, state: State) -> Response:
+        return score(req, state)
+
+    score_route.__annotations__["req"] = score_request_type(settings.max_candidates)
+    _describe(score_route, score, "score")
+    r.post(
+        "/v1/score",
+        responses={200: {"model": ScoreResponse}, **error_responses(400, 413, 422, 503)},
+    )(score_route)
+
+    # Defaults, not Annotated: the bounds come from the settings at app creation.
+    def recommendations_route(
+        state: State, user_id: UserId, k: int = Query(10, ge=1, le=settings.max_k)
+    ) -> Response:
+        return recommendations(state, user_id, k, seeds)
+
+    def similar_route(
+        state: State, video_id: VideoId, k: int = Query(10, ge=1, le=settings.max_k)
+    ) -> Response:
+        return similar(state, video_id, k)
+
+    _describe(recommendations_route, recommendations, "recommendations")
+    r.get(
+        "/v1/users/{user_id}/recommendations",
+        responses={200: {"model": RecommendationsResponse}, **error_responses(404, 422, 503)},
+    )(recommendations_route)
+    _describe(similar_route, similar, "similar")
+    r.get(
+        "/v1/videos/{video_id}/similar",
+        responses={200: {"model": SimilarResponse}, **error_responses(404, 422, 503)},
+    )(similar_route)
+    return r
+
+
+def _describe(route: Any, logic: Any, name: str) -> None:
+    """The route's name and description in the OpenAPI schema are its logic's."""
+    route.__name__ = name
+    route.__doc__ = logic.__doc__

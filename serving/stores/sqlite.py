@@ -1,0 +1,104 @@
+"""The embedded state store: one SQLite file (default: next to the artifact).
+
+WAL mode with ``synchronous=FULL``: a commit is on disk before the call returns (WAL
+alone is not enough; with ``NORMAL`` the last commits can be lost on power failure).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from serving.stores.contract import (
+    SQLITE,
+    Changes,
+    Impression,
+    StoredVideo,
+    Watch,
+    blob,
+    changes_from_rows,
+    stored_video,
+)
+
+
+class SqliteStore:
+    lookback = 0  # one writer at a time (BEGIN IMMEDIATE): commit order = sequence order
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SQLITE.schema)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def get_video(self, video_id: str) -> StoredVideo | None:
+        with self._lock:
+            row = self._db.execute(SQLITE.get_video, (video_id,)).fetchone()
+        return stored_video(row)
+
+    def insert_video(
+        self, video_id: str, payload_sha256: str, embedding: np.ndarray, num_frames: int
+    ) -> int | None:
+        """Durably insert; None when the id already exists (nothing written)."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                cur = self._db.execute(
+                    "INSERT INTO videos (video_id, payload_sha256, embedding, num_frames) VALUES (?, ?, ?, ?)",
+                    (video_id, payload_sha256, blob(embedding), num_frames),
+                )
+                self._db.execute("COMMIT")
+                return int(cur.lastrowid or 0)
+            except sqlite3.IntegrityError:
+                self._db.execute("ROLLBACK")
+                return None
+
+    def insert_watch(self, w: Watch) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                SQLITE.insert_watch, (w.user_id, w.video_id, w.watch_seconds, w.at)
+            )
+            return int(cur.lastrowid or 0)
+
+    def insert_impressions(self, rows: list[Impression]) -> list[int | None]:
+        """Durably insert a batch in one transaction; per row its sequence number, or None
+        when its ``event_id`` was stored before (a retry: nothing written for it)."""
+        seqs: list[int | None] = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for r in rows:
+                    cur = self._db.execute(
+                        "INSERT OR IGNORE INTO impressions "
+                        "(event_id, user_id, video_id, shown_at, watch_seconds) VALUES (?, ?, ?, ?, ?)",
+                        (r.event_id, r.user_id, r.video_id, r.shown_at, r.watch_seconds),
+                    )
+                    seqs.append(int(cur.lastrowid or 0) if cur.rowcount == 1 else None)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return seqs
+
+    def changes(self, videos: int, watches: int, impressions: int) -> Changes:
+        with self._lock:
+            got = [
+                self._db.execute(sql, (after,)).fetchall()
+                for sql, after in zip(SQLITE.changes, (videos, watches, impressions), strict=True)
+            ]
+        return changes_from_rows(*got)
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            v, w = (int(self._db.execute(sql).fetchone()[0]) for sql in SQLITE.COUNTS)
+        return v, w

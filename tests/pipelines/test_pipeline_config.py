@@ -1,0 +1,42 @@
+"""PipelineConfig nests each stage's own configuration; the stages agree on a valid watch."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from pipelines.pipeline import PipelineConfig
+
+
+def test_defaults_are_the_documented_recipe() -> None:
+    cfg = PipelineConfig()
+    e = cfg.embedding
+    assert (e.embedder.pooling, e.embedder.num_clusters, e.embedder.gamma) == ("dsgmm", 32, 0.125)
+    assert e.embedder.feature_dim == 0  # taken from the data set
+    assert cfg.glmix.tune and cfg.glmix.history_features
+    assert cfg.evaluation.online is not None and cfg.evaluation.baselines
+
+
+def test_with_seed_and_with_watch_threshold_reach_every_stage() -> None:
+    cfg = PipelineConfig().with_seed(7).with_watch_threshold(30.0)
+    e = cfg.embedding
+    assert (e.train.seed, e.triplets.seed, cfg.evaluation.seed) == (7, 7, 7)
+    assert cfg.watch_threshold_s == 30.0
+    assert (e.triplets.watch_threshold_s, cfg.evaluation.watch_threshold_s) == (30.0, 30.0)
+
+
+def test_stages_with_different_watch_thresholds_are_refused() -> None:
+    cfg = PipelineConfig()
+    with pytest.raises(ValueError, match="one watch threshold"):
+        replace(cfg, glmix=replace(cfg.glmix, watch_threshold_s=5.0))
+
+
+def test_the_cli_builds_the_same_config(run_cli, tmp_path) -> None:
+    """A bad option is refused with one line before anything runs."""
+    code, _, err = run_cli(
+        "pipeline", "--data", tmp_path, "--out", tmp_path / "o", "--pooling", "nope"
+    )
+    assert code == 2 and "unknown pooling 'nope'" in err
+    code, _, err = run_cli("pipeline", "--data", tmp_path, "--out", tmp_path / "o", "--gamma", "-1")
+    assert code == 2 and "gamma must be finite and >= 0" in err

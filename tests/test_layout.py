@@ -1,0 +1,124 @@
+"""The house rules, read from the source: layering, no import circles, files that fit.
+
+Every import counts, also those inside functions and under ``TYPE_CHECKING``: a circle
+that only a lazy import keeps from failing is still a circle for the reader.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("embeddings", "recsys", "pipelines", "serving")
+#: what each package may import (besides itself and third-party code)
+MAY_IMPORT = {
+    "embeddings": set(),
+    "recsys": {"embeddings"},
+    "pipelines": {"embeddings", "recsys"},
+    "serving": {"embeddings", "recsys"},
+}
+#: the one CLI starts the service: its command modules may import ``serving``
+CLI_MAY_IMPORT = {"serving"}
+MAX_LINES = 480
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = path
+    return out
+
+
+def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """The project modules ``name`` imports (``from a import b`` counts as ``a.b`` when
+    that is a module)."""
+    is_pkg = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the module's package
+                pkg = name.split(".") if is_pkg else name.split(".")[:-1]
+                pkg = pkg[: len(pkg) - node.level + 1]
+                base = ".".join([*pkg, base] if base else pkg)
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                found.add(sub if sub in modules else base)
+    return {m for m in found if m in modules and m != name}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, name, modules) for name, path in modules.items()}
+
+
+def test_the_import_graph_is_read() -> None:
+    g = _graph()
+    # known edges: the reader sees them, or the checks below check nothing
+    assert "recsys.glmix" in g["pipelines.fit_glmix"]
+    assert "serving.stores.contract" in g["serving.stores.sqlite"]
+    assert "pipelines.commands.train" in g["pipelines.cli"]
+
+
+def test_lower_layers_never_import_upper_ones() -> None:
+    bad = []
+    for mod, deps in _graph().items():
+        pkg = mod.split(".")[0]
+        allowed = MAY_IMPORT[pkg] | {pkg}
+        if mod == "pipelines.cli" or mod.startswith("pipelines.commands"):
+            allowed |= CLI_MAY_IMPORT
+        bad += [f"{mod} -> {d}" for d in deps if d.split(".")[0] not in allowed]
+    assert not bad, "imports against the layering: " + ", ".join(sorted(bad))
+
+
+def test_no_import_circles() -> None:
+    g = _graph()
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(g[m]):
+            if state.get(d) == 1:
+                cycles.append([*stack[stack.index(d) :], d])
+            elif d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(g):
+        if m not in state:
+            visit(m)
+    assert not cycles, "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+@pytest.mark.parametrize("pkg", PACKAGES)
+def test_files_fit_on_a_few_screens(pkg: str) -> None:
+    big = {
+        str(p.relative_to(ROOT)): n
+        for p in (ROOT / pkg).rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not big, f"files over {MAX_LINES} lines: {big}"
+
+
+def test_artifact_file_names_are_spelled_in_one_module() -> None:
+    names = ("embeddings.parquet", "index.faiss", "index.json", "embedder.pt", "histories.parquet")
+    spelled = {
+        str(p.relative_to(ROOT))
+        for pkg in PACKAGES
+        for p in (ROOT / pkg).rglob("*.py")
+        if any(f'"{n}"' in p.read_text() for n in names)
+    }
+    assert spelled == {"recsys/artifact.py"}

@@ -175,9 +175,19 @@ def _plots(report: dict[str, Any], b: Budget, o: Path) -> None:
 
 def _markdown(report: dict[str, Any], b: Budget) -> str:
     res = report["results"]
+    lines = [*_md_table2(report), *_md_tables_4_5(res), *_md_figures(res, b), ""]
+    return "\n".join(lines)
+
+
+def _cell(res: dict[str, Any], name: str, metric: str) -> str:
+    return f"{res[name][metric]:.4f}"
+
+
+def _md_table2(report: dict[str, Any]) -> list[str]:
+    res = report["results"]
 
     def cell(name: str, metric: str) -> str:
-        return f"{res[name][metric]:.4f}"
+        return _cell(res, name, metric)
 
     s = report["dsgmm_vs_netvlad"]
     lines = [
@@ -214,6 +224,15 @@ def _markdown(report: dict[str, Any], b: Budget) -> str:
         "",
         f"DSGMM vs NetVLAD on test Hit@1: contingency {t}, McNemar p = {s['mcnemar_p']:.3g}; "
         f"GAP difference {s['gap_diff']:+.4f} (95% bootstrap CI {s['gap_diff_ci95'][0]:+.4f} .. {s['gap_diff_ci95'][1]:+.4f}).",
+    ]
+    return lines
+
+
+def _md_tables_4_5(res: dict[str, Any]) -> list[str]:
+    def cell(name: str, metric: str) -> str:
+        return _cell(res, name, metric)
+
+    lines = [
         "",
         "## Table 4 (test)",
         "",
@@ -239,7 +258,14 @@ def _markdown(report: dict[str, Any], b: Budget) -> str:
         lines.append(
             f"| {a} | {cell(nv, 'gap')} | {cell(ds, 'gap')} | {cell(nv, 'hit_at_1')} | {cell(ds, 'hit_at_1')} |"
         )
-    lines += [
+    return lines
+
+
+def _md_figures(res: dict[str, Any], b: Budget) -> list[str]:
+    def cell(name: str, metric: str) -> str:
+        return _cell(res, name, metric)
+
+    lines = [
         "",
         "## Figure 2",
         "",
@@ -265,5 +291,4 @@ def _markdown(report: dict[str, Any], b: Budget) -> str:
         lines.append(
             f"| {e} | {cell(f'f3_dsgmm_g{e}', 'gap')} | {cell(f'f3_dsgmm_g{e}', 'hit_at_1')} |"
         )
-    lines.append("")
-    return "\n".join(lines)
+    return lines

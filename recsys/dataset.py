@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -256,6 +257,51 @@ def check_videos_schema(schema: pa.Schema) -> list[str]:
     return problems.finish()
 
 
+def _videos_with_nonfinite(
+    values: np.ndarray, d_per_frame: np.ndarray, frame_offsets: np.ndarray
+) -> np.ndarray:
+    """(videos,) whether each video holds a NaN or inf value, through cumulative counts:
+    no Python loop over values, so a batch of long videos stays fast. ``frame_offsets``:
+    (videos + 1,) each video's first frame."""
+    finite = np.isfinite(values) if values.dtype.kind == "f" else np.ones(len(values), bool)
+    rel = np.concatenate([[0], np.cumsum(d_per_frame)])
+    bad_cum = np.concatenate([[0], np.cumsum(~finite)])
+    frame_bad = (bad_cum[rel[1:]] - bad_cum[rel[:-1]]) > 0
+    frame_bad_cum = np.concatenate([[0], np.cumsum(frame_bad)])
+    return (frame_bad_cum[frame_offsets[1:]] - frame_bad_cum[frame_offsets[:-1]]) > 0
+
+
+def _check_optional_columns(
+    batch: pa.RecordBatch, ids: list[Any], summary: VideosSummary, problems: _Problems
+) -> None:
+    """labels (none negative), split (a known name), created_at (its span)."""
+    if "labels" in batch.schema.names:
+        labels = batch.column("labels")
+        summary.num_labelled += len(labels) - labels.null_count
+        flat = labels.flatten()
+        if len(flat) and pc.min(flat).as_py() is not None and pc.min(flat).as_py() < 0:
+            for i, labs in enumerate(labels.to_pylist()):
+                if labs and min(labs) < 0:
+                    problems.add("labels", f"labels: video {ids[i]!r} has a negative label")
+    if "split" in batch.schema.names:
+        for i, s in enumerate(batch.column("split").to_pylist()):
+            if s is not None and s not in SPLITS:
+                problems.add(
+                    "split",
+                    f"split: video {ids[i]!r} has split {s!r}, expected one of {SPLITS}",
+                )
+    if "created_at" in batch.schema.names:
+        col = batch.column("created_at")
+        if len(col) - col.null_count:
+            lo, hi = pc.min(col).as_py(), pc.max(col).as_py()
+            summary.created_min = (
+                lo if summary.created_min is None else min(summary.created_min, lo)
+            )
+            summary.created_max = (
+                hi if summary.created_max is None else max(summary.created_max, hi)
+            )
+
+
 def validate_videos(
     schema: pa.Schema, batches: Iterable[pa.RecordBatch]
 ) -> tuple[VideosSummary, list[str]]:
@@ -279,15 +325,8 @@ def validate_videos(
         values = inner.flatten()
         values_null = values.null_count > 0
         val_np = values.to_numpy(zero_copy_only=False) if len(values) else np.zeros(0)
-        finite = np.isfinite(val_np) if val_np.dtype.kind == "f" else np.ones(len(val_np), bool)
-        # Per-video "has a non-finite value" through cumulative counts: no Python loop
-        # over values, so a batch of long videos stays fast.
-        rel = np.concatenate([[0], np.cumsum(d_per_frame)])
-        bad_cum = np.concatenate([[0], np.cumsum(~finite)])
-        frame_bad = (bad_cum[rel[1:]] - bad_cum[rel[:-1]]) > 0
         orel = np.concatenate([[0], np.cumsum(t_per_video)])
-        frame_bad_cum = np.concatenate([[0], np.cumsum(frame_bad)])
-        video_nonfinite = (frame_bad_cum[orel[1:]] - frame_bad_cum[orel[:-1]]) > 0
+        video_nonfinite = _videos_with_nonfinite(val_np, d_per_frame, orel)
 
         for i, vid in enumerate(ids):
             label = repr(vid)
@@ -325,31 +364,7 @@ def validate_videos(
             problems.add("frames", "frames: null values inside frames")
         if summary.feature_dim == 0:
             problems.add("frames", "frames: feature dimension D is 0")
-        if "labels" in batch.schema.names:
-            labels = batch.column("labels")
-            summary.num_labelled += len(labels) - labels.null_count
-            flat = labels.flatten()
-            if len(flat) and pc.min(flat).as_py() is not None and pc.min(flat).as_py() < 0:
-                for i, labs in enumerate(labels.to_pylist()):
-                    if labs and min(labs) < 0:
-                        problems.add("labels", f"labels: video {ids[i]!r} has a negative label")
-        if "split" in batch.schema.names:
-            for i, s in enumerate(batch.column("split").to_pylist()):
-                if s is not None and s not in SPLITS:
-                    problems.add(
-                        "split",
-                        f"split: video {ids[i]!r} has split {s!r}, expected one of {SPLITS}",
-                    )
-        if "created_at" in batch.schema.names:
-            col = batch.column("created_at")
-            if len(col) - col.null_count:
-                lo, hi = pc.min(col).as_py(), pc.max(col).as_py()
-                summary.created_min = (
-                    lo if summary.created_min is None else min(summary.created_min, lo)
-                )
-                summary.created_max = (
-                    hi if summary.created_max is None else max(summary.created_max, hi)
-                )
+        _check_optional_columns(batch, ids, summary, problems)
         summary.num_videos += batch.num_rows
     if summary.num_videos == 0:
         problems.add("videos", "videos.parquet: no videos")

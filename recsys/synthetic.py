@@ -105,8 +105,20 @@ def _timestamps(seconds_from_start: np.ndarray) -> pa.Array:
     return pa.array(micros, pa.timestamp("us", tz="UTC"))
 
 
-def generate_world(cfg: SynthConfig) -> SyntheticWorld:
-    rng = np.random.default_rng(cfg.seed)
+@dataclass
+class _Catalogue:
+    """The generated videos and what the impressions need of them."""
+
+    table: pa.Table
+    video_ids: np.ndarray
+    primary: np.ndarray  # (V,) primary topic
+    comp_w: np.ndarray  # (V, TC) component mixture
+    created: np.ndarray  # (V,) upload time, seconds from the start
+    quality: np.ndarray  # (V,)
+    video_style: np.ndarray  # (V,)
+
+
+def _catalogue(cfg: SynthConfig, rng: np.random.Generator) -> _Catalogue:
     v, d, nt, nc = cfg.num_videos, cfg.feature_dim, cfg.num_topics, cfg.components_per_topic
     tc = nt * nc
     span = cfg.days * 86400.0
@@ -148,8 +160,44 @@ def generate_world(cfg: SynthConfig) -> SyntheticWorld:
         [-rng.uniform(0, 30 * 86400.0, n_pre), rng.uniform(0, span, v - n_pre)]
     )
     created = created[rng.permutation(v)]
+    frames = _frames(
+        rng, lengths, shared_frac, comp_w, comp_means, shared_means, look, style_shift, video_style
+    )
 
-    # ---- frames, vectorised over all frames of all videos
+    # ---- labels: coarse topic labels + fine (topic, component) labels that are prominent
+    label_lists: list[list[int]] = []
+    for i in range(v):
+        labs = [int(t) for t in np.flatnonzero(topic_w[i] >= 0.2)]
+        labs += [nt + int(c) for c in np.flatnonzero(comp_w[i] >= 0.25)]
+        label_lists.append(sorted(set(labs)))
+    split = rng.choice(np.array(["train", "validation", "test"]), size=v, p=[0.8, 0.1, 0.1])
+    video_ids = np.array([f"v{i:06d}" for i in range(v)])
+    table = pa.table(
+        {
+            "video_id": pa.array(video_ids, pa.string()),
+            "frames": frames_to_arrow(frames, lengths),
+            "labels": pa.array(label_lists, pa.list_(pa.int32())),
+            "created_at": _timestamps(created),
+            "split": pa.array(split, pa.string()),
+        }
+    )
+    return _Catalogue(table, video_ids, primary, comp_w, created, quality, video_style)
+
+
+def _frames(
+    rng: np.random.Generator,
+    lengths: np.ndarray,
+    shared_frac: np.ndarray,
+    comp_w: np.ndarray,
+    comp_means: np.ndarray,
+    shared_means: np.ndarray,
+    look: np.ndarray,
+    style_shift: np.ndarray,
+    video_style: np.ndarray,
+) -> np.ndarray:
+    """(sum(lengths), D) float32 frames, vectorised over all frames of all videos: each a
+    shared component (intro/credits) or a topical one moved by the video's look and style."""
+    v, d = len(lengths), comp_means.shape[1]
     owner = np.repeat(np.arange(v), lengths)
     nf = len(owner)
     is_shared = rng.random(nf) < shared_frac[owner]
@@ -165,41 +213,42 @@ def generate_world(cfg: SynthConfig) -> SyntheticWorld:
     topical = (~is_shared)[:, None]
     shift = style_shift[video_style[owner], comp]
     frames = means + (look[owner] + shift) * topical + rng.normal(0.0, 0.5, (nf, d))
-    frames = frames.astype(np.float32)
+    return frames.astype(np.float32)
 
-    # ---- labels: coarse topic labels + fine (topic, component) labels that are prominent
-    label_lists: list[list[int]] = []
-    for i in range(v):
-        labs = [int(t) for t in np.flatnonzero(topic_w[i] >= 0.2)]
-        labs += [nt + int(c) for c in np.flatnonzero(comp_w[i] >= 0.25)]
-        label_lists.append(sorted(set(labs)))
-    split = rng.choice(np.array(["train", "validation", "test"]), size=v, p=[0.8, 0.1, 0.1])
-    video_ids = np.array([f"v{i:06d}" for i in range(v)])
 
-    videos = pa.table(
-        {
-            "video_id": pa.array(video_ids, pa.string()),
-            "frames": frames_to_arrow(frames, lengths),
-            "labels": pa.array(label_lists, pa.list_(pa.int32())),
-            "created_at": _timestamps(created),
-            "split": pa.array(split, pa.string()),
-        }
-    )
+@dataclass
+class _Users:
+    topic: np.ndarray  # (U, T) topic preferences
+    pref: np.ndarray  # (U, TC) component preferences
+    style: np.ndarray  # (U, S) style preferences
+    propensity: np.ndarray  # (U,) watch intercept
+    sensitivity: np.ndarray  # (U,) slope on affinity
+    activity: np.ndarray  # (U,) sessions per day
 
-    # ---- users: sparse component preferences, propensity, sensitivity, activity
-    nu = cfg.num_users
+
+def _users(cfg: SynthConfig, rng: np.random.Generator) -> _Users:
+    """Sparse component preferences, propensity, sensitivity, activity."""
+    nu, nt, nc = cfg.num_users, cfg.num_topics, cfg.components_per_topic
+    ns = max(cfg.num_styles, 1)
     user_topic = rng.dirichlet(np.full(nt, 0.25), size=nu)
     user_within = rng.dirichlet(np.full(nc, 0.6), size=(nu, nt))
-    user_pref = (user_topic[:, :, None] * user_within).reshape(nu, tc)
+    user_pref = (user_topic[:, :, None] * user_within).reshape(nu, nt * nc)
     user_style = rng.dirichlet(np.full(ns, 0.5), size=nu)
     propensity = rng.normal(-1.2, 0.8, nu)
     sensitivity = np.exp(rng.normal(np.log(1.5), 0.4, nu))
     activity = np.exp(rng.normal(0.0, 0.8, nu))
     activity *= cfg.sessions_per_user_day / activity.mean()
+    return _Users(user_topic, user_pref, user_style, propensity, sensitivity, activity)
 
-    # ---- sessions and impressions
+
+def _sessions(
+    cfg: SynthConfig, rng: np.random.Generator, activity: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(user, shown time) of every impression: sessions per user, impressions per session
+    at sorted offsets inside it."""
+    span = cfg.days * 86400.0
     n_sessions = rng.poisson(activity * cfg.days)
-    s_user = np.repeat(np.arange(nu), n_sessions)
+    s_user = np.repeat(np.arange(cfg.num_users), n_sessions)
     s_start = rng.uniform(0, span - SESSION_SECONDS, len(s_user))
     s_len = 1 + rng.poisson(cfg.impressions_per_session - 1, len(s_user))
     imp_session = np.repeat(np.arange(len(s_user)), s_len)
@@ -208,11 +257,21 @@ def generate_world(cfg: SynthConfig) -> SyntheticWorld:
     offs = rng.uniform(0, SESSION_SECONDS - 1, len(imp_session))
     order = np.lexsort((offs, imp_session))
     offs = offs[order]
-    shown = s_start[imp_session] + offs
-    n_imp = len(imp_user)
+    return imp_user, s_start[imp_session] + offs
 
-    # Candidate choice: mostly the user's topics (the feed targets interests),
-    # the rest anything; recent uploads are favoured; only uploaded videos.
+
+def _candidates(
+    rng: np.random.Generator,
+    nt: int,
+    imp_user: np.ndarray,
+    shown: np.ndarray,
+    user_topic: np.ndarray,
+    cat: _Catalogue,
+) -> np.ndarray:
+    """The video of each impression: mostly the user's topics (the feed targets interests),
+    the rest anything; recent uploads are favoured; only uploaded videos."""
+    n_imp = len(imp_user)
+    primary, created = cat.primary, cat.created
     targeted = rng.random(n_imp) < 0.6
     ucum = np.cumsum(user_topic, axis=1)
     ucum[:, -1] = 1.0
@@ -238,16 +297,26 @@ def generate_world(cfg: SynthConfig) -> SyntheticWorld:
     avail = np.searchsorted(all_created, shown[rest], side="right").clip(1)
     pick = (avail - 1 - np.floor(avail * recency[rest]).astype(np.int64)).clip(0)
     imp_video[rest] = all_order[pick]
+    return imp_video
+
+
+def _standardise(a: np.ndarray) -> np.ndarray:
+    return (a - a.mean()) / (a.std() + 1e-12)
+
+
+def generate_world(cfg: SynthConfig) -> SyntheticWorld:
+    rng = np.random.default_rng(cfg.seed)
+    cat = _catalogue(cfg, rng)
+    users = _users(cfg, rng)
+    imp_user, shown = _sessions(cfg, rng, users.activity)
+    imp_video = _candidates(rng, cfg.num_topics, imp_user, shown, users.topic, cat)
+    n_imp = len(imp_user)
 
     # Watch probability: user intercept + user slope * standardised affinity + quality.
-    content = np.einsum("ij,ij->i", user_pref[imp_user], comp_w[imp_video])
-    style_aff = user_style[imp_user, video_style[imp_video]]
-
-    def standardise(a: np.ndarray) -> np.ndarray:
-        return (a - a.mean()) / (a.std() + 1e-12)
-
-    aff = standardise(standardise(content) + standardise(style_aff))
-    logit = propensity[imp_user] + sensitivity[imp_user] * aff + quality[imp_video]
+    content = np.einsum("ij,ij->i", users.pref[imp_user], cat.comp_w[imp_video])
+    style_aff = users.style[imp_user, cat.video_style[imp_video]]
+    aff = _standardise(_standardise(content) + _standardise(style_aff))
+    logit = users.propensity[imp_user] + users.sensitivity[imp_user] * aff + cat.quality[imp_video]
     p_watch = 1.0 / (1.0 + np.exp(-logit))
     watched = rng.random(n_imp) < p_watch
     watch_seconds = np.where(
@@ -257,12 +326,12 @@ def generate_world(cfg: SynthConfig) -> SyntheticWorld:
     )
     # Log order is by time, as a log would be.
     by_time = np.argsort(shown, kind="stable")
-    user_ids = np.array([f"u{i:06d}" for i in range(nu)])
+    user_ids = np.array([f"u{i:06d}" for i in range(cfg.num_users)])
     shown_col = _timestamps(shown[by_time])
     impressions = pa.table(
         {
             "user_id": pa.array(user_ids[imp_user[by_time]], pa.string()),
-            "video_id": pa.array(video_ids[imp_video[by_time]], pa.string()),
+            "video_id": pa.array(cat.video_ids[imp_video[by_time]], pa.string()),
             "shown_at": shown_col,
             "watch_seconds": pa.array(watch_seconds[by_time], pa.float64()),
         }
@@ -276,15 +345,16 @@ def generate_world(cfg: SynthConfig) -> SyntheticWorld:
             "affinity": pa.array(aff[by_time], pa.float64()),
         }
     )
-    true_features = np.concatenate([comp_w, np.eye(ns)[video_style]], axis=1).astype(np.float32)
+    ns = max(cfg.num_styles, 1)
+    true_features = np.concatenate([cat.comp_w, np.eye(ns)[cat.video_style]], axis=1)
     video_truth = pa.table(
         {
-            "video_id": pa.array(video_ids, pa.string()),
-            "features": pa.array(list(true_features), pa.list_(pa.float32())),
+            "video_id": pa.array(cat.video_ids, pa.string()),
+            "features": pa.array(list(true_features.astype(np.float32)), pa.list_(pa.float32())),
         }
     )
     return SyntheticWorld(
-        videos=videos, impressions=impressions, truth=truth, config=cfg, video_truth=video_truth
+        videos=cat.table, impressions=impressions, truth=truth, config=cfg, video_truth=video_truth
     )
 
 

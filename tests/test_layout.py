@@ -122,3 +122,29 @@ def test_artifact_file_names_are_spelled_in_one_module() -> None:
         if any(f'"{n}"' in p.read_text() for n in names)
     }
     assert spelled == {"recsys/artifact.py"}
+
+
+def _body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function's body, its signature and docstring left out (a command's
+    options are its signature)."""
+    body = fn.body
+    first = body[0]
+    if (
+        len(body) > 1
+        and isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        first = body[1]
+    return (fn.end_lineno or fn.lineno) - first.lineno + 1
+
+
+def test_functions_fit_on_a_screen() -> None:
+    long = {
+        f"{path.relative_to(ROOT)}:{node.name}": n
+        for path in _modules().values()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (n := _body_lines(node)) > 80
+    }
+    assert not long, f"function bodies over 80 lines: {long}"

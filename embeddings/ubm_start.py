@@ -8,13 +8,14 @@ soft (measured in docs/results.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from embeddings.gmm import GMM, fit_gmm
-from embeddings.pooling import Pooling, SoftAssignmentPooling
+from embeddings.pooling import Pooling, PoolingOptions, SoftAssignmentPooling
 
 #: layers that cannot run without a UBM
 UBM_POOLINGS = ("vlad", "sgmm")
@@ -40,6 +41,22 @@ class UBMStart:
     def applies_to(self, pooling: str) -> bool:
         """Whether a layer of this kind starts from a UBM."""
         return pooling in UBM_POOLINGS or (self.enabled and pooling != "avg")
+
+    def start(
+        self,
+        layer: Pooling,
+        options: PoolingOptions,
+        sample: Callable[[int], np.ndarray],
+        seed: int,
+    ) -> GMM | None:
+        """Start a model's pooling ``layer`` (of the kind ``options`` names) from a UBM
+        fitted on ``sample(self.frames)`` frames (N, D), when this start applies to it;
+        None when it does not. ValueError when there are fewer frames than clusters."""
+        if not self.applies_to(options.pooling):
+            return None
+        return start_from_ubm(
+            layer, sample(self.frames), options.num_clusters, self.temperature, seed
+        )
 
 
 def start_from_ubm(

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from embeddings.classifier import ClassifierConfig, VideoClassifier
 from embeddings.runtime import resolve_device
-from embeddings.ubm_start import UBMStart, start_from_ubm
+from embeddings.ubm_start import UBMStart
 from pipelines.io import dataset_dir, iter_record_batches, open_parquet, write_parquet_atomic
 from pipelines.plots import plot_loss_curve
 from recsys.auc import interval_verdict
@@ -228,17 +228,10 @@ def train_classifier(
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = VideoClassifier(model_cfg)
-    if cfg.ubm.applies_to(model_cfg.pooling):
-        try:
-            start_from_ubm(
-                model.pooling,
-                _ubm_sample(info, cfg.ubm.frames, cfg.seed),
-                model_cfg.num_clusters,
-                cfg.ubm.temperature,
-                cfg.seed,
-            )
-        except ValueError as exc:  # too few frames for the clusters
-            raise UserInputError(str(exc)) from None
+    try:
+        cfg.ubm.start(model.pooling, model_cfg, lambda n: _ubm_sample(info, n, cfg.seed), cfg.seed)
+    except ValueError as exc:  # too few frames for the clusters
+        raise UserInputError(str(exc)) from None
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)

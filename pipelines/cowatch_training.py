@@ -24,7 +24,7 @@ from embeddings.cowatch import (
     triplet_loss,
 )
 from embeddings.runtime import resolve_device
-from embeddings.ubm_start import UBMStart, start_from_ubm
+from embeddings.ubm_start import UBMStart
 from pipelines.cowatch_data import CowatchPartners, triplet_batches
 from pipelines.distributed import all_reduce_mean, dist_info
 from recsys.errors import UserInputError
@@ -222,17 +222,12 @@ def new_embedder(model_cfg: EmbedderConfig, store: FrameStore, cfg: TrainConfig)
     """A fresh model (seeded), its pooling started from a UBM when ``cfg.ubm`` says so."""
     torch.manual_seed(cfg.seed)
     model = CowatchEmbedder(model_cfg)
-    if cfg.ubm.applies_to(model_cfg.pooling):
-        try:
-            start_from_ubm(
-                model.pooling,
-                store.sample_frames(cfg.ubm.frames, cfg.seed),
-                model_cfg.num_clusters,
-                cfg.ubm.temperature,
-                cfg.seed,
-            )
-        except ValueError as exc:  # too few frames for the clusters
-            raise UserInputError(str(exc)) from None
+    try:
+        cfg.ubm.start(
+            model.pooling, model_cfg, lambda n: store.sample_frames(n, cfg.seed), cfg.seed
+        )
+    except ValueError as exc:  # too few frames for the clusters
+        raise UserInputError(str(exc)) from None
     return model
 
 

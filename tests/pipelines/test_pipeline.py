@@ -1,4 +1,4 @@
-"""recsys pipeline / evaluate / fit-glmix on a small synthetic world."""
+"""recsys pipeline on a small synthetic world: the report and a servable artifact."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from recsys.artifact import load_glmix, read_manifest
-from recsys.scoring import HISTORY_FEATURES
 
 
 def test_pipeline_writes_report_and_servable_artifact(pipeline_out: Path) -> None:
@@ -62,104 +61,6 @@ def test_report_has_the_baseline_ladder_and_paired_verdicts(pipeline_out: Path) 
         assert lo <= c["difference"] <= hi
         want = "better" if lo > 0 else "worse" if hi < 0 else "no significant difference"
         assert c["verdict"] == want
-
-
-def test_evaluate_refuses_a_leaky_test_start(
-    run_cli, pipeline_out: Path, small_world_dir: Path, tmp_path: Path
-) -> None:
-    code, _, err = run_cli(
-        "evaluate",
-        "--data",
-        small_world_dir,
-        "--artifacts",
-        pipeline_out / "artifact",
-        "--out",
-        tmp_path,
-        "--test-start",
-        "2000-01-01T00:00:00Z",
-    )
-    assert code == 2 and "before the artifact's training cut-off" in err
-
-
-def test_evaluate_with_baseline(
-    run_cli, pipeline_out: Path, small_world_dir: Path, tmp_path: Path
-) -> None:
-    code, out, err = run_cli(
-        "evaluate",
-        "--data",
-        small_world_dir,
-        "--artifacts",
-        pipeline_out / "artifact",
-        "--out",
-        tmp_path,
-        "--bootstrap",
-        "0",
-        "--baseline",
-        pipeline_out / "report.json",
-        "--no-baselines",
-    )
-    assert code == 0, err
-    rep = json.loads((tmp_path / "report.json").read_text())
-    # The same model as its own baseline: 0% change.
-    assert rep["relative_improvement"]["vs_baseline_pct"]["max_similarity"] == pytest.approx(
-        0.0, abs=1e-9
-    )
-    assert "AUC glmix" in out and "baselines" not in rep
-
-
-def test_fit_glmix_cli_extends_artifact(run_cli, small_world_dir: Path, tmp_path: Path) -> None:
-    art = tmp_path / "art"
-    code, _, err = run_cli(
-        "train-embeddings",
-        "--data",
-        small_world_dir,
-        "--out",
-        art,
-        "--epochs",
-        "1",
-        "--clusters",
-        "4",
-        "--max-triplets",
-        "500",
-        "--quiet",
-    )
-    assert code == 0, err
-    assert "glmix.json" not in read_manifest(art)["files"]
-    code, out, err = run_cli(
-        "fit-glmix", "--data", small_world_dir, "--artifacts", art, "--random-l2", "5"
-    )
-    assert code == 0, err
-    assert "GLMix:" in out
-    m = read_manifest(art)
-    assert "glmix.json" in m["files"] and m["glmix"]["config"]["random_l2"] == 5.0
-    assert m["config"]["embedder"]["pooling"] == "dsgmm"  # the rest of the manifest survives
-    assert m["glmix"]["global_features"] == list(HISTORY_FEATURES)
-    # Eq. 18 alone on request; evaluate follows whichever model the artifact holds.
-    code, _, err = run_cli(
-        "fit-glmix", "--data", small_world_dir, "--artifacts", art, "--no-history-features"
-    )
-    assert code == 0, err
-    assert read_manifest(art)["glmix"]["global_features"] == []
-    code, _, err = run_cli(
-        "evaluate",
-        "--data",
-        small_world_dir,
-        "--artifacts",
-        art,
-        "--out",
-        tmp_path / "ev",
-        "--no-baselines",
-        "--bootstrap",
-        "10",
-    )
-    assert code == 0, err
-    report = json.loads((tmp_path / "ev" / "report.json").read_text())
-    assert report["glmix_global_features"] == [] and "online" in report
-    assert "Eq. 18 alone" in (tmp_path / "ev" / "report.md").read_text()
-    code, _, err = run_cli(
-        "fit-glmix", "--data", small_world_dir, "--artifacts", art, "--random-l2", "-1"
-    )
-    assert code == 2 and "random_l2" in err
 
 
 def test_report_has_the_online_replay(pipeline_out: Path) -> None:

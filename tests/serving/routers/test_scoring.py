@@ -1,0 +1,64 @@
+"""Scoring over HTTP: Eq. 16-17 and GLMix per candidate, recommendations, similar videos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from recsys.artifact import load_glmix
+from recsys.scoring import HISTORY_FEATURES
+from tests.serving.helpers import a_user_with_history, catalogue, history
+
+
+def test_score_matches_eq16_17_and_glmix(client: TestClient, artifact) -> None:
+    ids, emb = catalogue(artifact)
+    user = a_user_with_history(artifact)
+    hist = sorted(set(history(artifact, user)))
+    cands = [ids[0], ids[5], "does-not-exist"]
+    r = client.post("/v1/score", json={"user_id": user, "video_ids": cands})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["known_user"] and body["history_size"] == len(hist)
+    row = {v: i for i, v in enumerate(ids)}
+    h = emb[[row[v] for v in hist]]
+    glm = load_glmix(artifact)
+    assert glm.global_names == list(HISTORY_FEATURES)  # the pipeline's default model
+    for item, v in zip(body["scores"][:2], cands[:2], strict=True):
+        sims = h @ emb[row[v]]
+        assert item["max_similarity"] == pytest.approx(float(sims.max()), abs=1e-5)
+        assert item["avg_similarity"] == pytest.approx(float(sims.mean()), abs=1e-5)
+        # Eq. 18 plus the history similarities as global features.
+        g = np.array([[sims.max(), sims.mean(), 1.0]])
+        p = glm.predict_proba([user], emb[row[v]][None].astype(np.float64), g)[0]
+        assert item["watch_probability"] == pytest.approx(p, abs=1e-6)
+    assert body["scores"][2] == {"video_id": "does-not-exist", "error": "unknown video"}
+
+
+def test_unknown_user_gets_fixed_effect_and_null_similarities(client: TestClient, artifact) -> None:
+    ids, emb = catalogue(artifact)
+    r = client.post("/v1/score", json={"user_id": "stranger", "video_ids": [ids[1]]}).json()
+    assert r["known_user"] is False and r["history_size"] == 0
+    s = r["scores"][0]
+    assert s["max_similarity"] is None and s["avg_similarity"] is None
+    glm = load_glmix(artifact)
+    no_history = np.zeros((1, len(glm.global_names)))  # similarities 0, has_history 0
+    eta = glm.fixed_logit(emb[1][None].astype(np.float64), no_history)[0]
+    assert s["watch_probability"] == pytest.approx(1 / (1 + np.exp(-eta)))
+
+
+def test_recommendations_exclude_watched_and_similar(client: TestClient, artifact) -> None:
+    user = a_user_with_history(artifact)
+    recs = client.get(f"/v1/users/{user}/recommendations", params={"k": 5}).json()[
+        "recommendations"
+    ]
+    assert 0 < len(recs) <= 5
+    assert not set(r["video_id"] for r in recs) & set(history(artifact, user))
+    probs = [r["watch_probability"] for r in recs]
+    assert probs == sorted(probs, reverse=True)
+    ids, _ = catalogue(artifact)
+    cold = client.get("/v1/users/nobody/recommendations", params={"k": 3}).json()["recommendations"]
+    assert len(cold) == 3
+    sim = client.get(f"/v1/videos/{ids[0]}/similar", params={"k": 4}).json()["similar"]
+    assert len(sim) == 4 and ids[0] not in [s["video_id"] for s in sim]
+    assert client.get("/v1/videos/zzz/similar").status_code == 404

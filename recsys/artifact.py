@@ -44,6 +44,7 @@ import torch
 from embeddings.cowatch import CowatchEmbedder, EmbedderConfig
 from recsys.durable import fsync_dir
 from recsys.errors import UserInputError
+from recsys.glmix import GLMix
 from recsys.index import IndexConfig, VideoIndex
 from recsys.splits import parse_time
 
@@ -323,10 +324,8 @@ def write_json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
 
 
-def load_glmix(artifact: str | os.PathLike[str], stem: str = GLMIX) -> Any:
+def load_glmix(artifact: str | os.PathLike[str], stem: str = GLMIX) -> GLMix | None:
     """The GLMix model ``STEM.json`` + ``STEM_users.parquet`` of an artifact, or None."""
-    from recsys.glmix import GLMix
-
     a = Path(artifact)
     jname, uname = glmix_file_names(stem)
     jpath, upath = a / jname, a / uname
@@ -350,7 +349,7 @@ class RecommenderArtifact:
     video_ids: list[str]
     embeddings: np.ndarray  # (N, E) float32, row i = video_ids[i]
     index: VideoIndex
-    glmix: Any  # recsys.glmix.GLMix
+    glmix: GLMix
     histories: pa.Table  # user_id, video_id
     projection: dict[str, Any] | None
 

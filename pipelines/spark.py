@@ -124,7 +124,7 @@ def spark_session(master: str | None = None, app_name: str = "recsys") -> SparkS
     return spark
 
 
-def _parallelism(spark: SparkSession) -> int:
+def parallelism(spark: SparkSession) -> int:
     try:
         return max(1, int(spark.sparkContext.defaultParallelism))
     except Exception:  # Spark Connect has no SparkContext
@@ -228,7 +228,7 @@ def delong_spark(
         .agg(F.sum("y").alias("pos"), F.sum(1 - F.col("y")).alias("neg"))
     )
     distinct = counts.count()
-    parts = max(1, min(_parallelism(scored.sparkSession), math.ceil(distinct / ROWS_PER_TASK)))
+    parts = max(1, min(parallelism(scored.sparkSession), math.ceil(distinct / ROWS_PER_TASK)))
     ranged = counts.repartitionByRange(parts, "s").sortWithinPartitions("s").localCheckpoint()
 
     def totals(it: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

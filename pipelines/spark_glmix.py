@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipelines.spark import ROWS_PER_TASK, _parallelism
+from pipelines.spark import ROWS_PER_TASK, parallelism
 from recsys.coordinate_descent import coordinate_descent, fixed_design
 from recsys.errors import UserInputError
 from recsys.glmix import GLMix, GLMixConfig, full_fixed_vector, validate_glmix_inputs
@@ -89,7 +89,7 @@ class SparkBackend:
         self.n = rows.count()
         # One task per core, but no partition under ~10k rows: a Spark task costs ~0.1 s
         # before any work (Spark Connect's default of 200 partitions made a 3k-row fit 144 s).
-        n_parts = partitions or max(1, min(_parallelism(spark), math.ceil(self.n / ROWS_PER_TASK)))
+        n_parts = partitions or max(1, min(parallelism(spark), math.ceil(self.n / ROWS_PER_TASK)))
         self.e, self.gd, self.cfg = feature_dim, global_dim, cfg
         self.use_video = cfg.use_video_features
         self.q = 1 + (feature_dim if self.use_video else 0)  # the random effect: [1, video]

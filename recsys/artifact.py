@@ -199,10 +199,14 @@ class EmbeddingArtifact:
 
 
 def embedder_config(path: Path) -> EmbedderConfig:
+    """The trained model's config; a saved model always states its frame dimension."""
     try:
-        return EmbedderConfig.from_dict(json.loads((path / EMBEDDER_CONFIG).read_text()))
+        cfg = EmbedderConfig.from_dict(json.loads((path / EMBEDDER_CONFIG).read_text()))
     except (OSError, ValueError, TypeError) as exc:
         raise UserInputError(f"{path}: cannot read {EMBEDDER_CONFIG} ({exc})") from None
+    if cfg.feature_dim < 1:
+        raise UserInputError(f"{path}: {EMBEDDER_CONFIG} states no feature_dim")
+    return cfg
 
 
 def embedder_feature_dim(path: Path) -> int | None:

@@ -14,10 +14,7 @@ from serving.state import ServingState, StateHolder
 
 def get_state(request: Request) -> ServingState:
     """The state current when the request started; a reload does not change it mid-request."""
-    state = request.app.state.holder.current
-    if state is None:
-        raise HTTPException(503, "not ready")
-    return state
+    return current_state(request.app.state.holder)
 
 
 def get_holder(request: Request) -> StateHolder:

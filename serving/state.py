@@ -388,8 +388,10 @@ class ServingState:
         were when it was shown, before its own watch joins the history (as the offline
         fit computes them); then the history; the refit comes after the batch."""
         rs, ys, gs = by_user.setdefault(user, ([], [], []))
-        cand = self.catalogue.vectors([row])
-        gs.append(glmix_global_features(self.glmix.global_names, *self._similarity(user, cand)))
+        names = self.glmix.global_names
+        # An Eq. 18-only model has no global features: no similarity to compute.
+        sims = self._similarity(user, self.catalogue.vectors([row])) if names else None
+        gs.append(glmix_global_features(names, *sims) if sims is not None else None)
         if watched:
             self._add_history(user, row)
         rs.append(row)

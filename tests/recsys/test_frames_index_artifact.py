@@ -180,3 +180,18 @@ def test_auc_helpers() -> None:
     x[1] = x[0]
     x[3] = x[2]
     assert pair_auc(x, np.array([[0, 1], [2, 3]]), num_random=200) > 0.95
+
+
+def test_an_embedder_config_without_feature_dim_is_refused(tmp_path) -> None:
+    """A saved model must state its frame dimension (0 means "from the data" only before
+    training): the service refuses the artifact instead of serving rows of length 0."""
+    import json
+
+    from recsys.artifact import EMBEDDER_CONFIG, embedder_config, embedder_feature_dim
+
+    (tmp_path / EMBEDDER_CONFIG).write_text(json.dumps({"pooling": "avg"}))
+    with pytest.raises(UserInputError, match="states no feature_dim"):
+        embedder_config(tmp_path)
+    assert embedder_feature_dim(tmp_path) is None
+    (tmp_path / EMBEDDER_CONFIG).write_text(json.dumps({"pooling": "avg", "feature_dim": 7}))
+    assert embedder_feature_dim(tmp_path) == 7

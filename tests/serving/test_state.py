@@ -46,8 +46,19 @@ def test_an_eq18_only_model_is_served_without_history_features(
     user = a_user_with_history(artifact)
     with TestClient(create_app(settings)) as c:
         r = c.post("/v1/score", json={"user_id": user, "video_ids": [ids[2]]}).json()
+        # Impressions refit the user online without history features (Eq. 18 alone).
+        imp = {"user_id": "eq18-new", "video_id": ids[3], "watch_seconds": 60.0}
+        got = c.post(
+            "/v1/events/impressions",
+            json={"impressions": [{**imp, "shown_at": "2030-01-01T00:00:00Z"}]},
+            headers=AUTH,
+        )
+        assert got.status_code == 201 and got.json()["users_updated"] == 1
+        after = c.post("/v1/score", json={"user_id": "eq18-new", "video_ids": [ids[3]]}).json()
     want = glm.predict_proba([user], emb[2][None].astype(np.float64))[0]
     assert r["scores"][0]["watch_probability"] == pytest.approx(want, abs=1e-9)
+    fresh = glm.predict_proba(["eq18-new"], emb[3][None].astype(np.float64))[0]
+    assert after["scores"][0]["watch_probability"] > fresh  # learnt from the watch
     meta = json.loads((artifact / "glmix.json").read_text())
     meta["global_features"] = ["popularity"]
     meta["global_dim"] = 1

@@ -24,8 +24,9 @@ import torch
 from embeddings.cowatch import EmbedderConfig
 from embeddings.runtime import configure_cpu_allocator
 from embeddings.ubm_start import UBMStart
-from pipelines.cowatch_data import load_frame_store, split_by_user, split_by_video, triplet_rows
+from pipelines.cowatch_data import split_by_user, split_by_video, triplet_rows
 from pipelines.cowatch_training import TrainConfig, embed_store, train_embedder
+from pipelines.frame_cache import open_frame_store
 from pipelines.impressions import impressions_connection, load_rec_rows, log_span
 from pipelines.ladder import baseline_ladder, score_representation
 from recsys.metrics import auc
@@ -99,7 +100,7 @@ def main() -> None:
     con = impressions_connection(args.data)
     first, last = log_span(con)
     test_start = default_test_start(first, last)
-    store = load_frame_store(args.data)
+    store = open_frame_store(args.data)
     rows = load_rec_rows(args.data, store.video_ids, test_start)
     trip_rows, users = triplet_rows(store, mine_triplets(con, TripletConfig(), test_start))
     print(f"{len(store)} videos, {len(trip_rows)} triplets, {len(rows.test_labels)} test rows")

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipelines.cowatch_data import load_frame_store
 from pipelines.evaluation_inputs import EvalConfig, TestSet
+from pipelines.frame_cache import open_frame_store
 from pipelines.impressions import RecRows, load_rec_rows
 from pipelines.ladder import baseline_ladder, reduce_on_validation, score_representation
 from pipelines.statistics import auc_block, auc_table
@@ -43,7 +43,7 @@ def add_baselines(
         print(
             f"baselines: {', '.join(cfg.baselines)} (PCA size and GLMix penalty chosen on validation)"
         )
-    store = load_frame_store(data)
+    store = open_frame_store(data)
     rows = load_rec_rows(data, store.video_ids, start, cfg.watch_threshold_s)
     if not np.array_equal(rows.test_labels, y):
         raise RuntimeError("baseline rows differ from the evaluation rows")  # a bug, not input

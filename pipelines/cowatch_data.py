@@ -5,17 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from pipelines.io import iter_video_batches
 from recsys.frames import FrameStore
-
-
-def load_frame_store(data: Path, batch_size: int = 512) -> FrameStore:
-    return FrameStore.from_batches(iter_video_batches(data, batch_size=batch_size))
 
 
 def triplet_rows(store: FrameStore, triplets: pa.Table) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,8 +28,9 @@ from embeddings.runtime import resolve_device
 from embeddings.ubm_start import UBMStart
 from pipelines.cowatch_data import CowatchPartners, triplet_batches
 from pipelines.distributed import all_reduce_mean, dist_info
+from pipelines.frame_loader import LoaderConfig, load_batches
 from recsys.errors import UserInputError
-from recsys.frames import FrameStore
+from recsys.frames import FramePlan, FrameStore, frames_tensor
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class TrainConfig:
     #: that, where Eq. 15 alone only shapes pairs.
     anchor_neighbours: int = 0
     grad_clip: float = 1.0
+    #: how frames reach the model (worker processes, prefetch)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
     seed: int = 0
     device: str = "auto"
     max_triplets: int = 0  # 0 = all
@@ -92,59 +96,69 @@ class TrainResult:
     best_val_loss: float = float("nan")
 
 
-def _triplet_step_loss(
-    model: torch.nn.Module,
+def _triplet_plans(
     store: FrameStore,
-    batch: np.ndarray,
-    max_frames: int,
-    margin: float,
-    device: torch.device,
+    rows: np.ndarray,
+    cfg: TrainConfig,
     rng: np.random.Generator | None,
-    negatives: str = "given",
-    min_keep: float = 1.0,
-    partners: CowatchPartners | None = None,
-    anchor_neighbours: int = 0,
+    partners: CowatchPartners | None,
+) -> Iterator[tuple[np.ndarray, FramePlan]]:
+    """Each batch of triplet ``rows`` with the plan of its frames: anchors, positives,
+    negatives, then (``cfg.anchor_neighbours`` k > 0) k co-watch partners per anchor.
+    ``rng`` None = validation: every frame up to ``eval_max_frames``, partners drawn the
+    same way every epoch."""
+    k = cfg.anchor_neighbours if partners is not None else 0
+    max_frames = cfg.max_frames if rng is not None else cfg.eval_max_frames
+    min_keep = cfg.min_keep if rng is not None else 1.0
+    for batch in triplet_batches(rows, cfg.batch_size, None):
+        videos = batch.T.reshape(-1)
+        if k:
+            pick = rng if rng is not None else np.random.default_rng(0)
+            extra = partners.sample(batch[:, 0], batch[:, 1], k, pick)  # type: ignore[union-attr]
+            videos = np.concatenate([videos, extra.reshape(-1)])
+        yield batch, store.plan(videos, max_frames, rng, min_keep)
+
+
+def _triplet_loss(
+    model: torch.nn.Module,
+    batch: np.ndarray,
+    frames: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: TrainConfig,
+    device: torch.device,
 ) -> torch.Tensor:
-    """Eq. 15 over a batch of (anchor, positive, negative) store rows; with
-    ``anchor_neighbours`` k > 0, plus Eq. 15 with the anchor replaced by the normalised
-    sum of the anchor and k of its co-watch partners (``partners``)."""
-    b, k = len(batch), anchor_neighbours if partners is not None else 0
-    videos = batch.T.reshape(-1)  # anchors, positives, negatives
-    if k:
-        # Validation (rng None) draws its partners the same way every epoch.
-        pick = rng if rng is not None else np.random.default_rng(0)
-        extra = partners.sample(batch[:, 0], batch[:, 1], k, pick)  # type: ignore[union-attr]
-        videos = np.concatenate([videos, extra.reshape(-1)])
-    frames, mask = store.batch(videos, max_frames, rng, min_keep if rng is not None else 1.0)
-    emb = model(torch.from_numpy(frames).to(device), torch.from_numpy(mask).to(device))
+    """Eq. 15 over a batch of (anchor, positive, negative) store rows whose frames
+    (stored type) and mask follow ``_triplet_plans``; with ``anchor_neighbours`` k > 0,
+    plus Eq. 15 with the anchor replaced by the normalised sum of the anchor and its k
+    partners; with ``negatives == "semi_hard"`` plus a semi-hard negative (FaceNet)."""
+    b = len(batch)
+    emb = model(frames_tensor(frames, device, mask), mask.to(device))
     a, p, n = emb[: 3 * b].chunk(3)
-    loss = triplet_loss(a, p, n, margin)
-    if k:
-        centroid = F.normalize(a + emb[3 * b :].reshape(b, k, -1).sum(1), dim=-1)
-        loss = loss + triplet_loss(centroid, p, n, margin)
-    if negatives == "semi_hard":
+    loss = triplet_loss(a, p, n, cfg.margin)
+    if len(emb) > 3 * b:
+        centroid = F.normalize(a + emb[3 * b :].reshape(b, -1, emb.shape[1]).sum(1), dim=-1)
+        loss = loss + triplet_loss(centroid, p, n, cfg.margin)
+    if cfg.negatives == "semi_hard" and model.training:
         # Candidates: every positive and negative of the batch that is neither the
         # anchor's video nor its positive's.
         cand = torch.from_numpy(np.concatenate([batch[:, 1], batch[:, 2]])).to(device)
         anc = torch.from_numpy(batch[:, 0]).to(device).unsqueeze(1)
         pos = torch.from_numpy(batch[:, 1]).to(device).unsqueeze(1)
         allowed = (cand.unsqueeze(0) != anc) & (cand.unsqueeze(0) != pos)
-        loss = loss + semi_hard_triplet_loss(a, p, torch.cat([p, n]), allowed, margin)
+        loss = loss + semi_hard_triplet_loss(a, p, torch.cat([p, n]), allowed, cfg.margin)
     return loss
 
 
-def _self_supervised_step_loss(
+def _self_supervised_loss(
     model: torch.nn.Module,
-    store: FrameStore,
     videos: np.ndarray,
+    frames: torch.Tensor,
+    mask: torch.Tensor,
     cfg: TrainConfig,
     device: torch.device,
-    rng: np.random.Generator,
 ) -> torch.Tensor:
     """Two random frame subsets of each video embed close; the batch's others are negatives."""
-    twice = np.concatenate([videos, videos])
-    frames, mask = store.batch(twice, cfg.max_frames, rng, min(cfg.min_keep, 0.5))
-    emb = model(torch.from_numpy(frames).to(device), torch.from_numpy(mask).to(device))
+    emb = model(frames_tensor(frames, device, mask), mask.to(device))
     v1, v2 = emb.chunk(2)
     ids = torch.from_numpy(videos).to(device)
     allowed = ids.unsqueeze(1) != ids.unsqueeze(0)
@@ -249,26 +263,15 @@ def _train_epoch(
     net.train()
     frame_rng = np.random.default_rng([cfg.seed, epoch, rank])
     total, count = 0.0, 0
-    for batch in tqdm(
-        triplet_batches(rows, cfg.batch_size, None),
+    plans = _triplet_plans(store, rows, cfg, frame_rng, partners)
+    for batch, frames, mask in tqdm(
+        load_batches(store, plans, device, cfg.loader),
         total=math.ceil(len(rows) / cfg.batch_size),
         desc=f"epoch {epoch + 1}",
         leave=False,
         disable=not show,
     ):
-        loss = _triplet_step_loss(
-            net,
-            store,
-            batch,
-            cfg.max_frames,
-            cfg.margin,
-            device,
-            frame_rng,
-            cfg.negatives,
-            cfg.min_keep,
-            partners,
-            cfg.anchor_neighbours,
-        )
+        loss = _triplet_loss(net, batch, frames, mask, cfg, device)
         _step(opt, loss, params, cfg.grad_clip)
         total += float(loss.detach()) * len(batch)
         count += len(batch)
@@ -295,17 +298,26 @@ def _pretrain(
         perm = rng.permutation(videos)[rank::world][:per_rank]
         frame_rng = np.random.default_rng([cfg.seed, 2, epoch, rank])
         total, count = 0.0, 0
-        for s in range(0, len(perm) - 1, cfg.batch_size):
-            batch = perm[s : s + cfg.batch_size]
-            if len(batch) < 2:
-                continue
-            loss = _self_supervised_step_loss(net, store, batch, cfg, device, frame_rng)
+        plans = _pair_plans(store, perm, cfg, frame_rng)
+        for batch, frames, mask in load_batches(store, plans, device, cfg.loader):
+            loss = _self_supervised_loss(net, batch, frames, mask, cfg, device)
             _step(opt, loss, params, cfg.grad_clip)
             total += float(loss.detach()) * len(batch)
             count += len(batch)
         mean = all_reduce_mean(total, count, device)
         if show:
             tqdm.write(f"pre-training epoch {epoch + 1}: self-supervised loss {mean:.4f}")
+
+
+def _pair_plans(
+    store: FrameStore, videos: np.ndarray, cfg: TrainConfig, rng: np.random.Generator
+) -> Iterator[tuple[np.ndarray, FramePlan]]:
+    """Batches of ``videos`` (at least two each), every video twice with its own subset."""
+    for s in range(0, len(videos) - 1, cfg.batch_size):
+        batch = videos[s : s + cfg.batch_size]
+        if len(batch) >= 2:
+            twice = np.concatenate([batch, batch])
+            yield batch, store.plan(twice, cfg.max_frames, rng, min(cfg.min_keep, 0.5))
 
 
 def _step(
@@ -332,18 +344,9 @@ def evaluate_loss(
     net.eval()
     shard = rows[rank::world]
     total, count = 0.0, 0
-    for batch in triplet_batches(shard, cfg.batch_size, None):
-        loss = _triplet_step_loss(
-            net,
-            store,
-            batch,
-            cfg.eval_max_frames,
-            cfg.margin,
-            device,
-            None,
-            partners=partners,
-            anchor_neighbours=cfg.anchor_neighbours,
-        )
+    plans = _triplet_plans(store, shard, cfg, None, partners)
+    for batch, frames, mask in load_batches(store, plans, device, cfg.loader):
+        loss = _triplet_loss(net, batch, frames, mask, cfg, device)
         total += float(loss) * len(batch)
         count += len(batch)
     return all_reduce_mean(total, count, device)
@@ -357,16 +360,22 @@ def embed_store(
     max_frames: int = 300,
     device: str = "auto",
     progress: bool = False,
+    loader: LoaderConfig | None = None,
 ) -> np.ndarray:
-    """(N, E) L2-normalised embeddings of every video in the store, in store order."""
+    """(N, E) L2-normalised embeddings of every video in the store, in store order (at
+    most ``max_frames`` evenly spaced frames per video)."""
     dev = resolve_device(device)
     model = model.to(dev).eval()
     out = np.zeros((len(store), model.config.embedding_dim), dtype=np.float32)
     order = np.argsort(store.lengths, kind="stable")  # similar lengths together: less padding
-    for s in tqdm(range(0, len(order), batch_size), desc="embedding", disable=not progress):
-        rows = order[s : s + batch_size]
-        frames, mask = store.batch(rows, max_frames, None)
-        emb = model(torch.from_numpy(frames).to(dev), torch.from_numpy(mask).to(dev))
+    plans = (
+        (rows, store.plan(rows, max_frames, None))
+        for rows in (order[s : s + batch_size] for s in range(0, len(order), batch_size))
+    )
+    batches = load_batches(store, plans, dev, loader)
+    total = math.ceil(len(order) / batch_size)
+    for rows, frames, mask in tqdm(batches, total=total, desc="embedding", disable=not progress):
+        emb = model(frames_tensor(frames, dev, mask), mask.to(dev))
         out[rows] = emb.float().cpu().numpy()
     model.cpu()
     return out

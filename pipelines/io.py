@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +75,10 @@ def iter_video_batches(
     batch_size: int = 256,
     with_labels: bool = False,
     feature_dim: int | None = None,
+    keep_uint8: bool = False,
 ) -> Iterator[VideoBatch]:
-    """Stream decoded videos of ``DATA/videos.parquet`` in batches."""
+    """Stream decoded videos of ``DATA/videos.parquet`` in batches (frames float32, or
+    uint8 as stored with ``keep_uint8``)."""
     path = dataset_dir(data) / VIDEOS_FILE
     cols = ["video_id", "frames"]
     if with_labels:
@@ -84,7 +86,7 @@ def iter_video_batches(
             raise UserInputError(f"{path.name}: no labels column")
         cols.append("labels")
     for batch in iter_record_batches(path, batch_size, cols):
-        yield decode_video_batch(batch, feature_dim)
+        yield decode_video_batch(batch, feature_dim, keep_uint8)
 
 
 def video_feature_dim(data: str | os.PathLike[str]) -> int:
@@ -178,15 +180,22 @@ def validate_dataset(
 
 
 def write_parquet_atomic(
-    table: pa.Table, path: str | os.PathLike[str], row_group_size: int | None = None
+    table: pa.Table | Iterable[pa.Table],
+    path: str | os.PathLike[str],
+    row_group_size: int | None = None,
 ) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename into place."""
+    """Write to a temporary file in the same directory, fsync, then rename into place.
+    An iterable of tables (one schema) is written one after another, so a file larger
+    than memory is never held whole."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp, row_group_size=row_group_size)
+        if isinstance(table, pa.Table):
+            pq.write_table(table, tmp, row_group_size=row_group_size)
+        else:
+            _write_tables(table, tmp, row_group_size)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, p)
@@ -197,9 +206,23 @@ def write_parquet_atomic(
         raise
 
 
+def _write_tables(tables: Iterable[pa.Table], path: str, row_group_size: int | None) -> None:
+    writer: pq.ParquetWriter | None = None
+    try:
+        for t in tables:
+            if writer is None:
+                writer = pq.ParquetWriter(path, t.schema)
+            writer.write_table(t, row_group_size=row_group_size)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError("no tables to write")
+
+
 def write_dataset(
     out: str | os.PathLike[str],
-    videos: pa.Table,
+    videos: pa.Table | Iterable[pa.Table],
     impressions: pa.Table,
     truth: pa.Table | None = None,
     video_truth: pa.Table | None = None,

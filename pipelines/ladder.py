@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from pipelines.impressions import RecRows
-from recsys.baselines import BASELINE_NAMES, PCA, baseline_features
+from recsys.baselines import (
+    BASELINE_NAMES,
+    PCA,
+    kmeans_codebook,
+    l2_rows,
+    raw_dim,
+    raw_features,
+)
 from recsys.frames import FrameStore
 from recsys.glmix import GLMixConfig, fit_glmix, select_random_l2
 from recsys.logistic import mean_log_loss
@@ -27,6 +34,11 @@ from recsys.scoring import prior_history_similarity, similarity_by_user
 
 #: PCA sizes tried for a baseline (those above the embedding size are skipped)
 PCA_DIMS: tuple[int, ...] = (8, 16, 32, 64)
+#: raw representations of up to this many values (videos x features) get an exact PCA
+#: of all videos; larger ones (VLAD of long frames) a PCA fitted on a sample of videos
+#: and applied chunk by chunk, so memory does not grow with the catalogue
+EXACT_PCA_VALUES = 1 << 26
+PCA_SAMPLE_VIDEOS = 2048
 
 
 def validation_log_loss(rows: RecRows, vectors: np.ndarray, cfg: GLMixConfig) -> float:
@@ -90,23 +102,61 @@ def score_representation(
     return scores, info
 
 
+def _pca_dims(max_dim: int, n: int, f: int) -> list[int]:
+    return [d for d in PCA_DIMS if d <= max_dim and d <= min(n, f)] or [max(1, min(max_dim, n, f))]
+
+
+def _choose_dim(
+    rows: RecRows, candidates: dict[int, np.ndarray], base: GLMixConfig
+) -> tuple[np.ndarray, dict[str, Any]]:
+    losses = {d: validation_log_loss(rows, v, base) for d, v in candidates.items()}
+    best = min(losses, key=lambda k: losses[k])
+    return candidates[best], {"pca_dim": best, "pca_validation_log_loss": losses}
+
+
 def reduce_on_validation(
     rows: RecRows, raw: np.ndarray, max_dim: int, base: GLMixConfig | None = None
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """PCA of ``raw`` to the size in ``PCA_DIMS`` (<= max_dim) with the lowest GLMix
     validation log-loss; returns the L2-normalised reduced vectors and the choice."""
-    base = base or GLMixConfig()
-    dims = [d for d in PCA_DIMS if d <= max_dim and d <= min(raw.shape)] or [
-        max(1, min(max_dim, *raw.shape))
-    ]
-    losses: dict[int, float] = {}
-    reduced: dict[int, np.ndarray] = {}
+    dims = _pca_dims(max_dim, *raw.shape)
     full = PCA.fit(raw, max(dims))  # one SVD; each size keeps its leading directions
-    for d in dims:
-        reduced[d] = full.truncated(d).transform(raw)
-        losses[d] = validation_log_loss(rows, reduced[d], base)
-    best = min(losses, key=lambda k: losses[k])
-    return reduced[best], {"pca_dim": best, "pca_validation_log_loss": losses}
+    return _choose_dim(
+        rows, {d: full.truncated(d).transform(raw) for d in dims}, base or GLMixConfig()
+    )
+
+
+def reduce_store_features(
+    rows: RecRows,
+    store: FrameStore,
+    name: str,
+    max_dim: int,
+    base: GLMixConfig | None = None,
+    num_words: int = 64,
+    seed: int = 0,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A baseline's rows for every video of ``store``, PCA-reduced on validation
+    (``reduce_on_validation``); raw rows are computed a chunk of videos at a time, and
+    above ``EXACT_PCA_VALUES`` the PCA is fitted on ``PCA_SAMPLE_VIDEOS`` videos."""
+    n, f = len(store), raw_dim(name, store.feature_dim, num_words)
+    codebook = kmeans_codebook(store.frames, num_words, seed=seed) if name != "avg_frames" else None
+    if n * f <= EXACT_PCA_VALUES:
+        raw = np.empty((n, f), dtype=np.float32)
+        for sl, chunk in raw_features(name, store, codebook):
+            raw[sl] = chunk
+        return reduce_on_validation(rows, raw, max_dim, base)
+    dims = _pca_dims(max_dim, n, f)
+    rng = np.random.default_rng([seed, 3])
+    sample = np.sort(rng.choice(n, size=min(n, PCA_SAMPLE_VIDEOS), replace=False))
+    fit_rows = np.concatenate([c for _, c in raw_features(name, store.subset(sample), codebook)])
+    pca = PCA.fit_gram(fit_rows, max(dims))
+    del fit_rows
+    z = np.empty((n, pca.dim))
+    for sl, chunk in raw_features(name, store, codebook):
+        z[sl] = pca.project(chunk)
+    candidates = {d: l2_rows(z[:, :d]) for d in dims if d <= pca.dim}
+    vectors, info = _choose_dim(rows, candidates, base or GLMixConfig())
+    return vectors, {**info, "pca_fitted_on_videos": len(sample)}
 
 
 def baseline_ladder(
@@ -128,8 +178,7 @@ def baseline_ladder(
     out: dict[str, tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
     for name in names:
         t0 = time.perf_counter()
-        raw = baseline_features(name, store.frames, store.offsets, num_words, seed)
-        vectors, info = reduce_on_validation(rows, raw, max_dim, base)
+        vectors, info = reduce_store_features(rows, store, name, max_dim, base, num_words, seed)
         scores, fit_info = score_representation(
             rows, vectors, base, history_features=history_features
         )

@@ -22,10 +22,11 @@ import pyarrow.parquet as pq
 import torch
 
 from embeddings.cowatch import EmbedderConfig
-from pipelines.cowatch_data import load_frame_store, split_by_user, split_by_video, triplet_rows
+from pipelines.cowatch_data import split_by_user, split_by_video, triplet_rows
 from pipelines.cowatch_training import TrainConfig, TrainResult, embed_store, train_embedder
 from pipelines.distributed import dist_info
 from pipelines.engine import LOCAL, Engine
+from pipelines.frame_cache import open_frame_store
 from pipelines.impressions import impressions_connection, log_span
 from pipelines.io import dataset_dir
 from pipelines.plots import plot_loss_curve
@@ -117,7 +118,7 @@ def run_train_embeddings(
         print(f"mining co-watch triplets ({engine.describe()}) ...", flush=True)
     triplets = engine.mine_triplets(data_dir, cfg.triplets, test_start)
     mining_s = time.perf_counter() - t0
-    store = load_frame_store(data_dir)
+    store = open_frame_store(data_dir)
     model_cfg = _model_config(cfg.embedder, store)
     rows, val_mask, held, held_out = _training_triplets(store, triplets, cfg.train)
     if progress and rank == 0:
@@ -192,7 +193,9 @@ def _manifest(
 def _embed_catalogue(result: TrainResult, store: FrameStore, cfg: TrainConfig) -> np.ndarray:
     """(N, E) embeddings of every video, centred on their mean when ``center_output``
     (the mean is stored in the model, so later embeddings get the same map)."""
-    vectors = embed_store(result.model, store, max_frames=cfg.eval_max_frames, device=cfg.device)
+    vectors = embed_store(
+        result.model, store, max_frames=cfg.eval_max_frames, device=cfg.device, loader=cfg.loader
+    )
     if cfg.center_output:
         # Same as embedding again with the mean set, without a second pass.
         result.model.set_output_mean(torch.from_numpy(vectors))

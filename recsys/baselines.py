@@ -17,12 +17,14 @@ of them reads or writes files.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from embeddings.gmm import kmeans
+from recsys.frames import FrameStore, as_float
 
 BASELINE_NAMES: tuple[str, ...] = ("avg_frames", "bow_tfidf", "vlad_kmeans")
 
@@ -53,12 +55,13 @@ def mean_frames(frames: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 def kmeans_codebook(
     frames: np.ndarray, num_words: int, sample: int = 50_000, iters: int = 20, seed: int = 0
 ) -> np.ndarray:
-    """(K, D) k-means++ / Lloyd centroids fitted on up to ``sample`` frames drawn uniformly."""
+    """(K, D) k-means++ / Lloyd centroids fitted on up to ``sample`` frames drawn uniformly
+    (only those are read: ``frames`` may be a memory map, uint8 frames are dequantised)."""
     if len(frames) == 0:
         raise ValueError("a codebook needs frames")
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(frames), size=min(sample, len(frames)), replace=False)
-    x = torch.from_numpy(np.asarray(frames[np.sort(pick)], dtype=np.float64))
+    x = torch.from_numpy(as_float(frames[np.sort(pick)]).astype(np.float64))
     k = min(num_words, len(x))
     return kmeans(x, k, iters=iters, seed=seed).numpy()
 
@@ -143,10 +146,91 @@ class PCA:
     def dim(self) -> int:
         return int(self.components.shape[0])
 
+    @classmethod
+    def fit_gram(cls, x: np.ndarray, dim: int, block: int = 8192) -> PCA:
+        """The same directions as ``fit`` (up to sign) through the N x N Gram matrix of
+        the centred rows, for a few rows of many features: memory N * F float32 plus
+        N^2, where an SVD of a wide matrix needs several copies of it in float64."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or len(x) < 2:
+            raise ValueError("PCA needs a (N >= 2, F) matrix")
+        mean = x.mean(0, dtype=np.float64)
+        xc = x - mean.astype(np.float32)
+        gram = np.zeros((len(x), len(x)))
+        for s in range(0, x.shape[1], block):
+            b = xc[:, s : s + block].astype(np.float64)
+            gram += b @ b.T
+        values, vectors = np.linalg.eigh(gram)  # ascending
+        keep = max(1, min(dim, len(x) - 1))
+        values, vectors = values[::-1][:keep], vectors[:, ::-1][:, :keep]
+        scale = np.sqrt(np.maximum(values, 1e-300))
+        comps = np.zeros((keep, x.shape[1]))
+        for s in range(0, x.shape[1], block):
+            comps[:, s : s + block] = vectors.T @ xc[:, s : s + block].astype(np.float64)
+        return cls(mean, comps / scale[:, None])
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """(N, dim) coordinates before normalisation; ``transform`` of the leading ``d``
+        directions is ``l2_rows(project(x)[:, :d])``."""
+        return (np.asarray(x, dtype=np.float64) - self.mean) @ self.components.T
+
     def transform(self, x: np.ndarray) -> np.ndarray:
-        z = (np.asarray(x, dtype=np.float64) - self.mean) @ self.components.T
-        norms = np.linalg.norm(z, axis=1, keepdims=True)
-        return (z / np.maximum(norms, 1e-12)).astype(np.float32)
+        return l2_rows(self.project(x))
+
+
+def l2_rows(z: np.ndarray) -> np.ndarray:
+    """float32 rows of ``z`` scaled to unit length (zero rows stay zero)."""
+    norms = np.linalg.norm(z, axis=1, keepdims=True)
+    return (z / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def check_name(name: str) -> None:
+    if name not in BASELINE_NAMES:
+        raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINE_NAMES)}")
+
+
+def raw_dim(name: str, feature_dim: int, num_words: int) -> int:
+    """How many values a video's raw (pre-PCA) representation has."""
+    check_name(name)
+    return {
+        "avg_frames": feature_dim,
+        "bow_tfidf": num_words,
+        "vlad_kmeans": num_words * feature_dim,
+    }[name]
+
+
+def store_chunks(
+    store: FrameStore, max_values: int
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """``store.chunks`` with at most about ``max_values`` frame values per chunk."""
+    return store.chunks(max(1, max_values // max(store.feature_dim, 1)))
+
+
+def raw_features(
+    name: str,
+    store: FrameStore,
+    codebook: np.ndarray | None = None,
+    max_values: int = 1 << 24,
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """A baseline's raw rows, one run of videos at a time (each chunk holds about
+    ``max_values`` frame values): bounded memory for any catalogue. bow_tfidf and
+    vlad_kmeans need the ``codebook`` (``kmeans_codebook``); the bag of words needs its
+    document frequencies over all videos first, so it yields one chunk."""
+    check_name(name)
+    if name == "avg_frames":
+        for sl, frames, offsets in store_chunks(store, max_values):
+            yield sl, mean_frames(frames, offsets)
+        return
+    if codebook is None:
+        raise ValueError(f"{name} needs a codebook")
+    if name == "vlad_kmeans":
+        for sl, frames, offsets in store_chunks(store, max_values):
+            yield sl, vlad_kmeans(frames, offsets, codebook)
+        return
+    counts = np.concatenate(
+        [word_counts(f, o, codebook) for _, f, o in store_chunks(store, max_values)]
+    )
+    yield slice(0, len(store)), tfidf(counts, idf_weights(counts))
 
 
 def baseline_features(

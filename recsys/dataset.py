@@ -131,9 +131,10 @@ def _as_batch(data: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
 
 
 def decode_video_batch(
-    data: pa.RecordBatch | pa.Table, feature_dim: int | None = None
+    data: pa.RecordBatch | pa.Table, feature_dim: int | None = None, keep_uint8: bool = False
 ) -> VideoBatch:
-    """Decode ``video_id`` / ``frames`` (and ``labels`` if present) of a batch.
+    """Decode ``video_id`` / ``frames`` (and ``labels`` if present) of a batch; frames
+    become float32 (uint8 dequantised) unless ``keep_uint8`` keeps uint8 frames as stored.
 
     Raises DatasetError when a video's frames are not a (T >= 1, D) matrix.
     """
@@ -162,7 +163,10 @@ def decode_video_batch(
     if problems:
         raise DatasetError(problems)
     values = inner.flatten().to_numpy(zero_copy_only=False)
-    arr = dequantize(values) if values.dtype == np.uint8 else values.astype(np.float32, copy=False)
+    if values.dtype == np.uint8:
+        arr = values if keep_uint8 else dequantize(values)
+    else:
+        arr = values.astype(np.float32, copy=False)
     frames = arr.reshape(-1, d) if d else np.zeros((0, 0), dtype=np.float32)
     labels = None
     if "labels" in batch.schema.names:

@@ -180,7 +180,12 @@ def fit_user_effects(
 
 
 def posterior_precision(
-    user_of_row: np.ndarray, n_users: int, z: np.ndarray, eta: np.ndarray, cfg: GLMixConfig
+    user_of_row: np.ndarray,
+    n_users: int,
+    z: np.ndarray,
+    eta: np.ndarray,
+    cfg: GLMixConfig,
+    chunk_rows: int = 1 << 18,
 ) -> np.ndarray:
     """(U, q) diagonal of each user's posterior precision at logits ``eta``: the prior L2
     plus sum_i z_i^2 mu_i (1 - mu_i) over the user's rows (users below
@@ -189,10 +194,16 @@ def posterior_precision(
     user_of_row: (N,) codes 0..U-1; z: (N, q) random-effect design [1, video]; eta: (N,).
     """
     q = z.shape[1]
-    precision = np.tile(random_prior(cfg, q), (n_users, 1))
     counts = np.bincount(user_of_row, minlength=n_users)
-    rows = (counts >= cfg.min_rows_per_user)[user_of_row]
-    mu = expit(np.asarray(eta, dtype=np.float64)[rows])
-    zr = np.asarray(z, dtype=np.float64)[rows]
-    np.add.at(precision, user_of_row[rows], zr * zr * (mu * (1.0 - mu))[:, None])
-    return precision
+    has_effect = counts >= cfg.min_rows_per_user
+    sums = np.zeros((n_users, q))
+    for s in range(0, len(z), chunk_rows):  # float64 copies of one chunk at a time
+        sl = slice(s, s + chunk_rows)
+        users = user_of_row[sl]
+        keep = has_effect[users]
+        mu = expit(np.asarray(eta[sl], dtype=np.float64)[keep])
+        zr = np.asarray(z[sl], dtype=np.float64)[keep]
+        w = zr * zr * (mu * (1.0 - mu))[:, None]
+        for j in range(q):
+            sums[:, j] += np.bincount(users[keep], weights=w[:, j], minlength=n_users)
+    return random_prior(cfg, q)[None, :] + sums

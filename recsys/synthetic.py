@@ -31,16 +31,36 @@ touches the file system.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from recsys.dataset import frames_to_arrow
+from recsys.dataset import DEQUANT_BIAS, DEQUANT_SCALE, frames_to_arrow
 
 WORLD_START = datetime(2026, 1, 5, tzinfo=UTC)
 SESSION_SECONDS = 30 * 60
+FRAME_DTYPES = ("float32", "uint8")
+#: frame values generated per step (a chunk's float64 temporaries stay ~32 MB each)
+_CHUNK_VALUES = 1 << 22
+
+#: ``allocate(num_frames, D, dtype)``: the array generated frames are written into
+#: (``np.empty`` by default; a caller writing a catalogue larger than memory passes a
+#: memory map)
+Allocate = Callable[[int, int, np.dtype[Any]], np.ndarray]
+
+
+def _in_memory(n: int, d: int, dtype: np.dtype[Any]) -> np.ndarray:
+    return np.empty((n, d), dtype=dtype)
+
+
+def quantize(frames: np.ndarray) -> np.ndarray:
+    """uint8 codes whose ``dequantize`` is nearest to ``frames`` (clipped to [-2, 2])."""
+    q = np.round((frames - DEQUANT_BIAS) / DEQUANT_SCALE)
+    return np.clip(q, 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,9 @@ class SynthConfig:
     impressions_per_session: float = 7.0
     #: fraction of videos that exist before the log starts
     catalogue_at_start: float = 0.4
+    #: "float32", or "uint8": the frames halved and quantised with YouTube-8M's map
+    #: (``recsys.dataset.dequantize`` reads them back), as that release stores features
+    frame_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("num_videos", "num_users", "days", "feature_dim", "num_topics"):
@@ -81,6 +104,8 @@ class SynthConfig:
             raise ValueError("shared_fraction must be in [0, 1) and shared_scale > 0")
         if not 1 <= self.min_frames <= self.max_frames:
             raise ValueError("frame counts need 1 <= min_frames <= max_frames")
+        if self.frame_dtype not in FRAME_DTYPES:
+            raise ValueError(f"frame_dtype must be one of {', '.join(FRAME_DTYPES)}")
 
     @property
     def num_labels(self) -> int:
@@ -89,13 +114,39 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class SyntheticWorld:
-    videos: pa.Table
+    #: every column of videos.parquet but ``frames`` (see ``videos``, ``video_batches``)
+    video_meta: pa.Table
+    #: (sum T, D) frames in ``config.frame_dtype``, video i owning the next lengths[i] rows
+    frames: np.ndarray
+    lengths: np.ndarray
     impressions: pa.Table
     truth: pa.Table
     config: SynthConfig
     #: per video: the true features the watch probability depends on (component
     #: mixture and one-hot style): what a perfect content embedding would know
     video_truth: pa.Table | None = None
+
+    @property
+    def videos(self) -> pa.Table:
+        """The whole videos table, frames included (small worlds; see ``video_batches``)."""
+        return self._with_frames(self.video_meta, 0, len(self.lengths))
+
+    def video_batches(self, max_bytes: int = 64 << 20) -> Iterator[pa.Table]:
+        """The videos table a run of whole videos at a time, each run about ``max_bytes``
+        of frames (at most 512 videos): for writing a catalogue larger than memory."""
+        per_video = max(1.0, float(self.lengths.mean()) * self.frames.shape[1]) * (
+            self.frames.dtype.itemsize
+        )
+        step = int(np.clip(max_bytes // per_video, 1, 512))
+        for start in range(0, len(self.lengths), step):
+            stop = min(start + step, len(self.lengths))
+            yield self._with_frames(self.video_meta.slice(start, stop - start), start, stop)
+
+    def _with_frames(self, meta: pa.Table, start: int, stop: int) -> pa.Table:
+        offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        frames = np.asarray(self.frames[offsets[start] : offsets[stop]])
+        column = frames_to_arrow(frames, self.lengths[start:stop])
+        return meta.add_column(1, "frames", column)
 
 
 def _timestamps(seconds_from_start: np.ndarray) -> pa.Array:
@@ -109,7 +160,9 @@ def _timestamps(seconds_from_start: np.ndarray) -> pa.Array:
 class _Catalogue:
     """The generated videos and what the impressions need of them."""
 
-    table: pa.Table
+    table: pa.Table  # without frames
+    frames: np.ndarray
+    lengths: np.ndarray
     video_ids: np.ndarray
     primary: np.ndarray  # (V,) primary topic
     comp_w: np.ndarray  # (V, TC) component mixture
@@ -118,7 +171,7 @@ class _Catalogue:
     video_style: np.ndarray  # (V,)
 
 
-def _catalogue(cfg: SynthConfig, rng: np.random.Generator) -> _Catalogue:
+def _catalogue(cfg: SynthConfig, rng: np.random.Generator, allocate: Allocate) -> _Catalogue:
     v, d, nt, nc = cfg.num_videos, cfg.feature_dim, cfg.num_topics, cfg.components_per_topic
     tc = nt * nc
     span = cfg.days * 86400.0
@@ -160,8 +213,18 @@ def _catalogue(cfg: SynthConfig, rng: np.random.Generator) -> _Catalogue:
         [-rng.uniform(0, 30 * 86400.0, n_pre), rng.uniform(0, span, v - n_pre)]
     )
     created = created[rng.permutation(v)]
-    frames = _frames(
-        rng, lengths, shared_frac, comp_w, comp_means, shared_means, look, style_shift, video_style
+    frames = allocate(int(lengths.sum()), d, np.dtype(cfg.frame_dtype))
+    _frames(
+        rng,
+        lengths,
+        shared_frac,
+        comp_w,
+        comp_means,
+        shared_means,
+        look,
+        style_shift,
+        video_style,
+        frames,
     )
 
     # ---- labels: coarse topic labels + fine (topic, component) labels that are prominent
@@ -175,13 +238,14 @@ def _catalogue(cfg: SynthConfig, rng: np.random.Generator) -> _Catalogue:
     table = pa.table(
         {
             "video_id": pa.array(video_ids, pa.string()),
-            "frames": frames_to_arrow(frames, lengths),
             "labels": pa.array(label_lists, pa.list_(pa.int32())),
             "created_at": _timestamps(created),
             "split": pa.array(split, pa.string()),
         }
     )
-    return _Catalogue(table, video_ids, primary, comp_w, created, quality, video_style)
+    return _Catalogue(
+        table, frames, lengths, video_ids, primary, comp_w, created, quality, video_style
+    )
 
 
 def _frames(
@@ -194,9 +258,12 @@ def _frames(
     look: np.ndarray,
     style_shift: np.ndarray,
     video_style: np.ndarray,
-) -> np.ndarray:
-    """(sum(lengths), D) float32 frames, vectorised over all frames of all videos: each a
-    shared component (intro/credits) or a topical one moved by the video's look and style."""
+    out: np.ndarray,
+) -> None:
+    """``out`` (sum(lengths), D): every frame a shared component (intro/credits) or a
+    topical one moved by the video's look and style, plus noise; float32, or halved and
+    quantised for uint8. Vectorised over a chunk of frames at a time, drawing the noise
+    in the same order as one draw would (the world does not depend on the chunk size)."""
     v, d = len(lengths), comp_means.shape[1]
     owner = np.repeat(np.arange(v), lengths)
     nf = len(owner)
@@ -209,11 +276,15 @@ def _frames(
         sl = slice(start, start + 65536)
         comp[sl] = (cum[owner[sl]] < u[sl, None]).sum(1)
     shared_idx = rng.integers(0, len(shared_means), nf)
-    means = np.where(is_shared[:, None], shared_means[shared_idx], comp_means[comp])
-    topical = (~is_shared)[:, None]
-    shift = style_shift[video_style[owner], comp]
-    frames = means + (look[owner] + shift) * topical + rng.normal(0.0, 0.5, (nf, d))
-    return frames.astype(np.float32)
+    step = max(1, _CHUNK_VALUES // d)
+    for start in range(0, nf, step):
+        sl = slice(start, start + step)
+        own, c, shared = owner[sl], comp[sl], is_shared[sl]
+        means = np.where(shared[:, None], shared_means[shared_idx[sl]], comp_means[c])
+        shift = style_shift[video_style[own], c]
+        noise = rng.normal(0.0, 0.5, (len(own), d))
+        frames = means + (look[own] + shift) * (~shared)[:, None] + noise
+        out[sl] = quantize(frames / 2.0) if out.dtype == np.uint8 else frames.astype(np.float32)
 
 
 @dataclass
@@ -304,9 +375,10 @@ def _standardise(a: np.ndarray) -> np.ndarray:
     return (a - a.mean()) / (a.std() + 1e-12)
 
 
-def generate_world(cfg: SynthConfig) -> SyntheticWorld:
+def generate_world(cfg: SynthConfig, allocate: Allocate = _in_memory) -> SyntheticWorld:
+    """The world of ``cfg``; its frames are written into ``allocate(...)`` (see ``Allocate``)."""
     rng = np.random.default_rng(cfg.seed)
-    cat = _catalogue(cfg, rng)
+    cat = _catalogue(cfg, rng, allocate)
     users = _users(cfg, rng)
     imp_user, shown = _sessions(cfg, rng, users.activity)
     imp_video = _candidates(rng, cfg.num_topics, imp_user, shown, users.topic, cat)
@@ -354,7 +426,13 @@ def generate_world(cfg: SynthConfig) -> SyntheticWorld:
         }
     )
     return SyntheticWorld(
-        videos=cat.table, impressions=impressions, truth=truth, config=cfg, video_truth=video_truth
+        video_meta=cat.table,
+        frames=cat.frames,
+        lengths=cat.lengths,
+        impressions=impressions,
+        truth=truth,
+        config=cfg,
+        video_truth=video_truth,
     )
 
 

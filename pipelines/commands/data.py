@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from pipelines.options import Seed, WatchThreshold, fail
@@ -27,10 +29,21 @@ def synth(
         float, typer.Option(help="Norm of the shared components relative to topical ones.")
     ] = 3.0,
     median_frames: Annotated[
-        float, typer.Option(help="Median frames per video (log-normal, 2 to 300).")
+        float, typer.Option(help="Median frames per video (log-normal, clipped to the bounds).")
     ] = 16.0,
+    min_frames: Annotated[int, typer.Option(help="Fewest frames of a video.")] = 2,
+    max_frames: Annotated[int, typer.Option(help="Most frames of a video.")] = 300,
+    frame_dtype: Annotated[
+        str,
+        typer.Option(
+            help="float32, or uint8: frames quantised as YouTube-8M stores them (a quarter "
+            "of the bytes)."
+        ),
+    ] = "float32",
 ) -> None:
-    """Generate a synthetic world: videos.parquet, impressions.parquet and truth.parquet."""
+    """Generate a synthetic world: videos.parquet, impressions.parquet and truth.parquet.
+    Frames are generated into a memory map beside the output and written a row group at
+    a time, so a catalogue larger than memory can be made."""
     from pipelines.io import write_dataset
     from recsys.synthetic import SynthConfig, generate_world
 
@@ -45,14 +58,27 @@ def synth(
             shared_fraction=shared_fraction,
             shared_scale=shared_scale,
             median_frames=median_frames,
+            min_frames=min_frames,
+            max_frames=max_frames,
+            frame_dtype=frame_dtype,
         )
     except ValueError as exc:
         fail(str(exc))
     t0 = time.perf_counter()
-    world = generate_world(cfg)
-    write_dataset(out, world.videos, world.impressions, world.truth, world.video_truth)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".synth-frames.", dir=out) as tmp:
+
+        def on_disk(n: int, d: int, dtype: np.dtype[Any]) -> np.ndarray:
+            if n * d == 0:
+                return np.empty((n, d), dtype=dtype)
+            return np.memmap(Path(tmp) / "frames.bin", dtype=dtype, mode="w+", shape=(n, d))
+
+        world = generate_world(cfg, on_disk)
+        impressions = world.impressions.num_rows
+        write_dataset(out, world.video_batches(), world.impressions, world.truth, world.video_truth)
+        del world  # the memory map closes before its directory goes
     typer.echo(
-        f"wrote {out}: {world.videos.num_rows} videos, {world.impressions.num_rows} impressions "
+        f"wrote {out}: {cfg.num_videos} videos, {impressions} impressions "
         f"({time.perf_counter() - t0:.1f} s)"
     )
 

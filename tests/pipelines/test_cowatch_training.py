@@ -23,10 +23,10 @@ def test_recipe_options_train_and_embed(small_world_dir: Path, options: dict) ->
     import torch
 
     from embeddings.cowatch import EmbedderConfig
-    from pipelines.cowatch_data import load_frame_store
     from pipelines.cowatch_training import TrainConfig, embed_store, train_embedder
+    from pipelines.frame_cache import open_frame_store
 
-    store = load_frame_store(small_world_dir)
+    store = open_frame_store(small_world_dir)
     rng = np.random.default_rng(0)
     rows = rng.integers(0, len(store), size=(300, 3))
     cfg = TrainConfig(epochs=2, batch_size=64, **{"ubm": UBMStart(frames=2000), **options})
@@ -41,7 +41,7 @@ def test_recipe_options_train_and_embed(small_world_dir: Path, options: dict) ->
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     if "ubm" in options and options["ubm"].enabled:
         # Softened: posteriors of real frames are not one-hot.
-        frames = torch.from_numpy(store.frames[:500])
+        frames = torch.from_numpy(store.sample_frames(500))
         post = res.model.pooling.posteriors(frames[None])[0]  # type: ignore[operator]
         assert float(post.max(1).values.mean()) < 0.99
 
@@ -54,7 +54,7 @@ def test_centroid_anchor_term_matches_a_direct_computation() -> None:
 
     from embeddings.cowatch import triplet_loss
     from pipelines.cowatch_data import CowatchPartners
-    from pipelines.cowatch_training import _triplet_step_loss
+    from pipelines.cowatch_training import TrainConfig, _triplet_loss, _triplet_plans
     from recsys.frames import FrameStore
 
     rng = np.random.default_rng(1)
@@ -70,22 +70,21 @@ def test_centroid_anchor_term_matches_a_direct_computation() -> None:
             m = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
             return F.normalize(m, dim=-1)
 
-    model = Mean()
-    got = _triplet_step_loss(
-        model,
-        store,
-        batch,
-        4,
-        0.3,
-        torch.device("cpu"),
-        None,
-        partners=partners,
-        anchor_neighbours=2,
-    )
+    model = Mean().eval()
+    cpu = torch.device("cpu")
+
+    def loss(cfg: TrainConfig, partners: CowatchPartners | None) -> float:
+        ((rows, plan),) = list(_triplet_plans(store, batch, cfg, None, partners))
+        frames, mask = store.gather(plan)
+        got = _triplet_loss(model, rows, torch.from_numpy(frames), torch.from_numpy(mask), cfg, cpu)
+        return float(got)
+
+    cfg = TrainConfig(batch_size=2, eval_max_frames=4, margin=0.3, anchor_neighbours=2)
+    got = loss(cfg, partners)
     e = F.normalize(torch.from_numpy(frames.reshape(n, 2, d).mean(1)), dim=-1)
     a, p, neg = e[batch[:, 0]], e[batch[:, 1]], e[batch[:, 2]]
     cen = F.normalize(torch.stack([e[0] + e[6] + e[7], e[3] + e[2] + e[6]]), dim=-1)
     want = triplet_loss(a, p, neg, 0.3) + triplet_loss(cen, p, neg, 0.3)
-    assert float(got) == pytest.approx(float(want), abs=1e-6)
-    plain = _triplet_step_loss(model, store, batch, 4, 0.3, torch.device("cpu"), None)
-    assert float(plain) == pytest.approx(float(triplet_loss(a, p, neg, 0.3)), abs=1e-6)
+    assert got == pytest.approx(float(want), abs=1e-6)
+    plain = loss(cfg, None)
+    assert plain == pytest.approx(float(triplet_loss(a, p, neg, 0.3)), abs=1e-6)

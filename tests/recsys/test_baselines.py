@@ -112,3 +112,54 @@ def test_codebook_and_features_shapes_and_errors() -> None:
         baseline_features("nope", frames, offsets)
     with pytest.raises(ValueError, match="offsets"):
         mean_frames(frames, np.array([0, 3]))
+
+
+# ---------------------------------------------------------------- streamed over a store
+
+
+def _store_of(frames: np.ndarray, offsets: np.ndarray):
+    from recsys.frames import FrameStore
+
+    return FrameStore([f"v{i}" for i in range(len(offsets) - 1)], frames, offsets)
+
+
+@pytest.mark.parametrize("name", ["avg_frames", "bow_tfidf", "vlad_kmeans"])
+def test_chunked_rows_equal_the_whole_array_rows(name: str) -> None:
+    """A pass a few videos at a time gives the rows of the whole-array functions."""
+    from recsys.baselines import baseline_features, kmeans_codebook, raw_features
+
+    rng = np.random.default_rng(4)
+    lengths = rng.integers(1, 12, 40)
+    frames = rng.normal(size=(int(lengths.sum()), 5)).astype(np.float32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    store = _store_of(frames, offsets)
+    codebook = None if name == "avg_frames" else kmeans_codebook(frames, 6, seed=0)
+    got = np.zeros((40, {"avg_frames": 5, "bow_tfidf": 6, "vlad_kmeans": 30}[name]), np.float32)
+    chunks = 0
+    for sl, rows in raw_features(name, store, codebook, max_values=60):
+        got[sl] = rows
+        chunks += 1
+    assert chunks == 1 if name == "bow_tfidf" else chunks > 5
+    np.testing.assert_allclose(got, baseline_features(name, frames, offsets, 6, 0), atol=1e-6)
+
+
+def test_the_codebook_reads_uint8_frames_dequantised() -> None:
+    from recsys.baselines import kmeans_codebook
+    from recsys.dataset import dequantize
+
+    q = np.random.default_rng(0).integers(0, 256, (300, 4)).astype(np.uint8)
+    np.testing.assert_allclose(
+        kmeans_codebook(q, 3, seed=1), kmeans_codebook(dequantize(q), 3, seed=1), atol=1e-9
+    )
+
+
+def test_gram_pca_finds_the_svd_directions() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(30, 200)) * np.linspace(3, 0.1, 200)  # wide, decaying variance
+    exact, gram = PCA.fit(x, 5), PCA.fit_gram(x, 5, block=37)
+    np.testing.assert_allclose(gram.mean, exact.mean, atol=1e-6)  # float32 rows
+    for a, b in zip(exact.components, gram.components, strict=True):
+        assert abs(float(a @ b)) == pytest.approx(1.0, abs=1e-6)  # same up to sign
+    z_exact, z_gram = np.abs(exact.transform(x)), np.abs(gram.transform(x))
+    np.testing.assert_allclose(z_exact, z_gram, atol=1e-5)
+    assert PCA.fit_gram(x[:3], 10).dim == 2  # at most N - 1 directions of N rows

@@ -124,3 +124,46 @@ def test_digits_videos_show_their_labels() -> None:
         assert shown <= set(labels) and 1 <= len(labels) <= 3
     with pytest.raises(ValueError):
         digits_videos(num_videos=0)
+
+
+def test_the_world_does_not_depend_on_the_chunk_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    import recsys.synthetic as synthetic
+
+    cfg = SynthConfig(seed=4, num_videos=60, num_users=20, days=5)
+    whole = generate_world(cfg)
+    monkeypatch.setattr(synthetic, "_CHUNK_VALUES", 100)  # a few frames per step
+    chunked = generate_world(cfg)
+    assert whole.videos.equals(chunked.videos) and whole.impressions.equals(chunked.impressions)
+    import pyarrow as pa
+
+    parts = pa.concat_tables(list(whole.video_batches(max_bytes=3000)))
+    assert parts.equals(whole.videos) and len(list(whole.video_batches(max_bytes=3000))) > 3
+
+
+def test_uint8_frames_are_the_halved_world_quantised() -> None:
+    from recsys.dataset import DEQUANT_SCALE, dequantize
+
+    base = SynthConfig(seed=2, num_videos=40, num_users=10, days=3)
+    flt = generate_world(base)
+    q = generate_world(SynthConfig(**{**base.__dict__, "frame_dtype": "uint8"}))
+    assert q.frames.dtype == np.uint8 and q.impressions.equals(flt.impressions)
+    half = flt.frames / 2.0
+    inside = np.abs(half) < 1.98
+    err = np.abs(dequantize(q.frames) - half)
+    assert err[inside].max() <= DEQUANT_SCALE / 2 + 1e-6
+    assert inside.mean() > 0.8  # most values fit the [-2, 2] range; outliers clip
+    with pytest.raises(ValueError, match="frame_dtype"):
+        SynthConfig(frame_dtype="float16")
+
+
+def test_frames_can_be_written_into_a_callers_array(tmp_path) -> None:
+    cfg = SynthConfig(seed=1, num_videos=30, num_users=10, days=3)
+    seen = {}
+
+    def allocate(n: int, d: int, dtype: np.dtype) -> np.ndarray:
+        seen["shape"] = (n, d)
+        return np.memmap(tmp_path / "f.bin", dtype=dtype, mode="w+", shape=(n, d))
+
+    mapped = generate_world(cfg, allocate)
+    assert isinstance(mapped.frames, np.memmap) and seen["shape"] == mapped.frames.shape
+    assert mapped.videos.equals(generate_world(cfg).videos)

@@ -72,6 +72,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     max_triplets: int = 0  # 0 = all
+    #: each epoch trains on a fresh random sample of at most this many training triplets
+    #: (0 = all of them every epoch): an epoch's cost stops growing with the log
+    epoch_triplets: int = 125_000
+    #: the validation loss is measured on a fixed random sample of at most this many
+    #: validation triplets (0 = all)
+    val_triplets: int = 20_000
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -84,6 +90,8 @@ class TrainConfig:
             raise ValueError("negatives must be 'given' or 'semi_hard'")
         if self.anchor_neighbours < 0:
             raise ValueError("anchor_neighbours must be >= 0")
+        if min(self.epoch_triplets, self.val_triplets, self.max_triplets) < 0:
+            raise ValueError("max_triplets, epoch_triplets and val_triplets must be >= 0")
         if self.pretrain_epochs < 0 or self.weight_decay < 0:
             raise ValueError("pretrain_epochs and weight_decay must be >= 0")
 
@@ -132,7 +140,7 @@ def _triplet_loss(
     plus Eq. 15 with the anchor replaced by the normalised sum of the anchor and its k
     partners; with ``negatives == "semi_hard"`` plus a semi-hard negative (FaceNet)."""
     b = len(batch)
-    emb = model(frames_tensor(frames, device, mask), mask.to(device))
+    emb = _embed(model, frames, mask, device)
     a, p, n = emb[: 3 * b].chunk(3)
     loss = triplet_loss(a, p, n, cfg.margin)
     if len(emb) > 3 * b:
@@ -147,6 +155,29 @@ def _triplet_loss(
         allowed = (cand.unsqueeze(0) != anc) & (cand.unsqueeze(0) != pos)
         loss = loss + semi_hard_triplet_loss(a, p, torch.cat([p, n]), allowed, cfg.margin)
     return loss
+
+
+#: frame values one forward pass without gradients takes at once (validation, embedding
+#: the catalogue): long videos of wide frames are embedded a few at a time
+EVAL_CHUNK_VALUES = 1 << 24
+
+
+def _embed(
+    model: torch.nn.Module, frames: torch.Tensor, mask: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """model(frames, mask) -> (B, E); without gradients (eval mode: every video on its
+    own) in chunks of at most ``EVAL_CHUNK_VALUES`` frame values, so memory does not
+    grow with the frames per video."""
+    b, t, d = frames.shape
+    step = b if model.training else max(1, EVAL_CHUNK_VALUES // max(t * d, 1))
+    parts = [
+        model(
+            frames_tensor(frames[i : i + step], device, mask[i : i + step]),
+            mask[i : i + step].to(device),
+        )
+        for i in range(0, b, step)
+    ]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _self_supervised_loss(
@@ -198,14 +229,19 @@ def train_embedder(
         CowatchPartners.from_triplets(train_rows, len(store)) if cfg.anchor_neighbours else None
     )
     rng = np.random.default_rng(cfg.seed)
-    per_rank = len(train_rows) // world
+    per_epoch = min(len(train_rows), cfg.epoch_triplets or len(train_rows))
+    per_rank = per_epoch // world
+    if len(val_rows) > cfg.val_triplets > 0:  # its own stream: training's is unchanged
+        pick = np.random.default_rng([cfg.seed, 4]).choice(len(val_rows), cfg.val_triplets, False)
+        val_rows = val_rows[np.sort(pick)]
     if per_rank == 0:
         raise UserInputError(
             f"not enough training triplets ({len(train_rows)}) for {world} processes"
         )
     for epoch in tqdm(range(cfg.epochs), desc="epochs", disable=not show):
         # Same permutation on every rank; each takes an equal share.
-        perm = rng.permutation(len(train_rows))[rank::world][:per_rank]
+        # The first per_epoch of a permutation: a fresh uniform sample every epoch.
+        perm = rng.permutation(len(train_rows))[:per_epoch][rank::world][:per_rank]
         t0 = time.perf_counter()
         train_loss = _train_epoch(
             net, params, opt, store, train_rows[perm], partners, cfg, device, epoch, show
@@ -375,7 +411,7 @@ def embed_store(
     batches = load_batches(store, plans, dev, loader)
     total = math.ceil(len(order) / batch_size)
     for rows, frames, mask in tqdm(batches, total=total, desc="embedding", disable=not progress):
-        emb = model(frames_tensor(frames, dev, mask), mask.to(dev))
+        emb = _embed(model, frames, mask, dev)
         out[rows] = emb.float().cpu().numpy()
     model.cpu()
     return out

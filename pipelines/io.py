@@ -179,6 +179,9 @@ def validate_dataset(
     return ValidationReport(videos=videos, impressions=impressions, problems=problems)
 
 
+_SYNC_BYTES = 64 << 20
+
+
 def write_parquet_atomic(
     table: pa.Table | Iterable[pa.Table],
     path: str | os.PathLike[str],
@@ -207,15 +210,24 @@ def write_parquet_atomic(
 
 
 def _write_tables(tables: Iterable[pa.Table], path: str, row_group_size: int | None) -> None:
+    """Each table as it comes; synced every ``_SYNC_BYTES`` so that dirty page cache (which
+    a container's memory limit charges) stays bounded however large the file grows."""
     writer: pq.ParquetWriter | None = None
-    try:
-        for t in tables:
-            if writer is None:
-                writer = pq.ParquetWriter(path, t.schema)
-            writer.write_table(t, row_group_size=row_group_size)
-    finally:
-        if writer is not None:
-            writer.close()
+    unsynced = 0
+    with open(path, "wb") as fh:
+        try:
+            for t in tables:
+                if writer is None:
+                    writer = pq.ParquetWriter(fh, t.schema)
+                writer.write_table(t, row_group_size=row_group_size)
+                unsynced += t.nbytes
+                if unsynced >= _SYNC_BYTES:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    unsynced = 0
+        finally:
+            if writer is not None:
+                writer.close()
     if writer is None:
         raise ValueError("no tables to write")
 

@@ -16,6 +16,13 @@ WatchThreshold = Annotated[
 ]
 
 
+EpochTriplets = Annotated[
+    int,
+    typer.Option(
+        help="Train each epoch on a fresh random sample of at most this many triplets "
+        "(0 = all every epoch): an epoch's time stops growing with the log."
+    ),
+]
 Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")]
 Quiet = Annotated[bool, typer.Option(help="No progress bars.")]

@@ -131,7 +131,7 @@ class SyntheticWorld:
         """The whole videos table, frames included (small worlds; see ``video_batches``)."""
         return self._with_frames(self.video_meta, 0, len(self.lengths))
 
-    def video_batches(self, max_bytes: int = 64 << 20) -> Iterator[pa.Table]:
+    def video_batches(self, max_bytes: int = 16 << 20) -> Iterator[pa.Table]:
         """The videos table a run of whole videos at a time, each run about ``max_bytes``
         of frames (at most 512 videos): for writing a catalogue larger than memory."""
         per_video = max(1.0, float(self.lengths.mean()) * self.frames.shape[1]) * (
@@ -285,6 +285,8 @@ def _frames(
         noise = rng.normal(0.0, 0.5, (len(own), d))
         frames = means + (look[own] + shift) * (~shared)[:, None] + noise
         out[sl] = quantize(frames / 2.0) if out.dtype == np.uint8 else frames.astype(np.float32)
+        if isinstance(out, np.memmap) and (start // step) % 16 == 15:
+            out.flush()  # written-back pages can be dropped: dirty ones count against a cap
 
 
 @dataclass

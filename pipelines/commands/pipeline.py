@@ -14,6 +14,7 @@ from pipelines.options import (
     Clusters,
     Device,
     EngineName,
+    EpochTriplets,
     Gamma,
     HistoryFeatures,
     Online,
@@ -91,6 +92,7 @@ def pipeline(
     max_triplets: Annotated[
         int, typer.Option(help="Use at most this many triplets (0 = all).")
     ] = 0,
+    epoch_triplets: EpochTriplets = 125_000,
     index: Annotated[str, typer.Option(help="FAISS index kind: flat, hnsw or ivf.")] = "flat",
     tune_glmix: Annotated[
         bool,
@@ -135,6 +137,7 @@ def pipeline(
                     epochs=epochs,
                     device=device,
                     max_triplets=max_triplets,
+                    epoch_triplets=epoch_triplets,
                     anchor_neighbours=anchor_neighbours,
                 ),
                 index=IndexConfig(kind=index),
@@ -183,6 +186,7 @@ def demo(
         clusters=32,
         gamma=0.125,
         max_triplets=0,
+        epoch_triplets=125_000,
         index="flat",
         tune_glmix=True,
         history_features=True,

@@ -13,6 +13,7 @@ from pipelines.options import (
     Clusters,
     Device,
     EngineName,
+    EpochTriplets,
     FinalNorm,
     Gamma,
     HistoryFeatures,
@@ -93,6 +94,7 @@ def train_embeddings(
     max_triplets: Annotated[
         int, typer.Option(help="Use at most this many triplets (0 = all).")
     ] = 0,
+    epoch_triplets: EpochTriplets = 125_000,
     index: Annotated[str, typer.Option(help="FAISS index kind: flat, hnsw or ivf.")] = "flat",
     test_start: TestStart = None,
     watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
@@ -133,6 +135,7 @@ def train_embeddings(
                 seed=seed,
                 device=device,
                 max_triplets=max_triplets,
+                epoch_triplets=epoch_triplets,
                 ubm=UBMStart(enabled=ubm_init),
                 anchor_neighbours=anchor_neighbours,
             ),

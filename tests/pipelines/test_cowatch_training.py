@@ -88,3 +88,47 @@ def test_centroid_anchor_term_matches_a_direct_computation() -> None:
     assert got == pytest.approx(float(want), abs=1e-6)
     plain = loss(cfg, None)
     assert plain == pytest.approx(float(triplet_loss(a, p, neg, 0.3)), abs=1e-6)
+
+
+def test_an_epoch_samples_at_most_epoch_triplets(
+    small_world_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each epoch trains on a fresh sample of epoch_triplets (its cost stops growing with
+    the log) and validation on a fixed sample of val_triplets; a cap above the counts
+    changes nothing."""
+    import torch
+
+    import pipelines.cowatch_training as ct
+    from embeddings.cowatch import EmbedderConfig
+    from pipelines.frame_cache import open_frame_store
+
+    store = open_frame_store(small_world_dir)
+    rows = np.random.default_rng(0).integers(0, len(store), (120, 3))
+    model_cfg = EmbedderConfig(
+        feature_dim=store.feature_dim, num_clusters=4, hidden_dim=8, embedding_dim=4
+    )
+    seen: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    real_epoch, real_eval = ct._train_epoch, ct.evaluate_loss
+
+    def spy_epoch(net, params, opt, store, rows, *rest):  # type: ignore[no-untyped-def]
+        seen["train"].append(rows.copy())
+        return real_epoch(net, params, opt, store, rows, *rest)
+
+    def spy_eval(net, store, rows, *rest):  # type: ignore[no-untyped-def]
+        seen["val"].append(rows.copy())
+        return real_eval(net, store, rows, *rest)
+
+    monkeypatch.setattr(ct, "_train_epoch", spy_epoch)
+    monkeypatch.setattr(ct, "evaluate_loss", spy_eval)
+    cfg = ct.TrainConfig(epochs=2, batch_size=16, epoch_triplets=40, val_triplets=10)
+    ct.train_embedder(store, rows[:100], rows[100:], model_cfg, cfg, progress=False)
+    a, b = seen["train"]
+    assert len(a) == len(b) == 40 and not np.array_equal(a, b)
+    assert all(len(v) == 10 for v in seen["val"]) and np.array_equal(*seen["val"])
+    # Caps above the counts: the same model as no caps at all.
+    weights = []
+    for caps in ((0, 0), (1000, 1000)):
+        cfg = ct.TrainConfig(epochs=2, batch_size=16, epoch_triplets=caps[0], val_triplets=caps[1])
+        res = ct.train_embedder(store, rows[:100], rows[100:], model_cfg, cfg, progress=False)
+        weights.append(res.model.state_dict())
+    assert all(torch.equal(v, weights[1][k]) for k, v in weights[0].items())

@@ -25,7 +25,8 @@ from embeddings.cowatch import EmbedderConfig
 from embeddings.runtime import configure_cpu_allocator
 from embeddings.ubm_start import UBMStart
 from pipelines.cowatch_data import split_by_user, split_by_video, triplet_rows
-from pipelines.cowatch_training import TrainConfig, embed_store, train_embedder
+from pipelines.cowatch_embedding import embed_store
+from pipelines.cowatch_training import TrainConfig, train_embedder
 from pipelines.frame_cache import open_frame_store
 from pipelines.impressions import impressions_connection, load_rec_rows, log_span
 from pipelines.ladder import baseline_ladder, score_representation

@@ -15,18 +15,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from embeddings.cowatch import (
     CowatchEmbedder,
     EmbedderConfig,
     semi_hard_triplet_loss,
-    triplet_loss,
 )
 from embeddings.runtime import resolve_device
 from embeddings.ubm_start import UBMStart
 from pipelines.cowatch_data import CowatchPartners, triplet_batches
+from pipelines.cowatch_embedding import embed_frames, evaluate_loss, loss_of_embeddings
 from pipelines.distributed import all_reduce_mean, dist_info
 from pipelines.frame_loader import LoaderConfig, load_batches
 from recsys.errors import UserInputError
@@ -77,7 +76,7 @@ class TrainConfig:
     epoch_triplets: int = 125_000
     #: the validation loss is measured on a fixed random sample of at most this many
     #: validation triplets (0 = all)
-    val_triplets: int = 20_000
+    val_triplets: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -140,12 +139,9 @@ def _triplet_loss(
     plus Eq. 15 with the anchor replaced by the normalised sum of the anchor and its k
     partners; with ``negatives == "semi_hard"`` plus a semi-hard negative (FaceNet)."""
     b = len(batch)
-    emb = _embed(model, frames, mask, device)
+    emb = embed_frames(model, frames, mask, device)
+    loss = loss_of_embeddings(emb, b, cfg.margin)
     a, p, n = emb[: 3 * b].chunk(3)
-    loss = triplet_loss(a, p, n, cfg.margin)
-    if len(emb) > 3 * b:
-        centroid = F.normalize(a + emb[3 * b :].reshape(b, -1, emb.shape[1]).sum(1), dim=-1)
-        loss = loss + triplet_loss(centroid, p, n, cfg.margin)
     if cfg.negatives == "semi_hard" and model.training:
         # Candidates: every positive and negative of the batch that is neither the
         # anchor's video nor its positive's.
@@ -155,29 +151,6 @@ def _triplet_loss(
         allowed = (cand.unsqueeze(0) != anc) & (cand.unsqueeze(0) != pos)
         loss = loss + semi_hard_triplet_loss(a, p, torch.cat([p, n]), allowed, cfg.margin)
     return loss
-
-
-#: frame values one forward pass without gradients takes at once (validation, embedding
-#: the catalogue): long videos of wide frames are embedded a few at a time
-EVAL_CHUNK_VALUES = 1 << 24
-
-
-def _embed(
-    model: torch.nn.Module, frames: torch.Tensor, mask: torch.Tensor, device: torch.device
-) -> torch.Tensor:
-    """model(frames, mask) -> (B, E); without gradients (eval mode: every video on its
-    own) in chunks of at most ``EVAL_CHUNK_VALUES`` frame values, so memory does not
-    grow with the frames per video."""
-    b, t, d = frames.shape
-    step = b if model.training else max(1, EVAL_CHUNK_VALUES // max(t * d, 1))
-    parts = [
-        model(
-            frames_tensor(frames[i : i + step], device, mask[i : i + step]),
-            mask[i : i + step].to(device),
-        )
-        for i in range(0, b, step)
-    ]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _self_supervised_loss(
@@ -246,7 +219,18 @@ def train_embedder(
         train_loss = _train_epoch(
             net, params, opt, store, train_rows[perm], partners, cfg, device, epoch, show
         )
-        val_loss = evaluate_loss(net, store, val_rows, cfg, device, partners)
+        val_loss = evaluate_loss(
+            net,
+            store,
+            val_rows,
+            device,
+            batch_size=cfg.batch_size,
+            max_frames=cfg.eval_max_frames,
+            margin=cfg.margin,
+            loader=cfg.loader,
+            partners=partners,
+            anchor_neighbours=cfg.anchor_neighbours,
+        )
         entry = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -365,53 +349,3 @@ def _step(
     if clip > 0:
         torch.nn.utils.clip_grad_norm_(params, clip)
     opt.step()
-
-
-@torch.no_grad()
-def evaluate_loss(
-    net: torch.nn.Module,
-    store: FrameStore,
-    rows: np.ndarray,
-    cfg: TrainConfig,
-    device: torch.device,
-    partners: CowatchPartners | None = None,
-) -> float:
-    rank, world = dist_info()
-    net.eval()
-    shard = rows[rank::world]
-    total, count = 0.0, 0
-    plans = _triplet_plans(store, shard, cfg, None, partners)
-    for batch, frames, mask in load_batches(store, plans, device, cfg.loader):
-        loss = _triplet_loss(net, batch, frames, mask, cfg, device)
-        total += float(loss) * len(batch)
-        count += len(batch)
-    return all_reduce_mean(total, count, device)
-
-
-@torch.no_grad()
-def embed_store(
-    model: CowatchEmbedder,
-    store: FrameStore,
-    batch_size: int = 256,
-    max_frames: int = 300,
-    device: str = "auto",
-    progress: bool = False,
-    loader: LoaderConfig | None = None,
-) -> np.ndarray:
-    """(N, E) L2-normalised embeddings of every video in the store, in store order (at
-    most ``max_frames`` evenly spaced frames per video)."""
-    dev = resolve_device(device)
-    model = model.to(dev).eval()
-    out = np.zeros((len(store), model.config.embedding_dim), dtype=np.float32)
-    order = np.argsort(store.lengths, kind="stable")  # similar lengths together: less padding
-    plans = (
-        (rows, store.plan(rows, max_frames, None))
-        for rows in (order[s : s + batch_size] for s in range(0, len(order), batch_size))
-    )
-    batches = load_batches(store, plans, dev, loader)
-    total = math.ceil(len(order) / batch_size)
-    for rows, frames, mask in tqdm(batches, total=total, desc="embedding", disable=not progress):
-        emb = _embed(model, frames, mask, dev)
-        out[rows] = emb.float().cpu().numpy()
-    model.cpu()
-    return out

@@ -23,7 +23,8 @@ import torch
 
 from embeddings.cowatch import EmbedderConfig
 from pipelines.cowatch_data import split_by_user, split_by_video, triplet_rows
-from pipelines.cowatch_training import TrainConfig, TrainResult, embed_store, train_embedder
+from pipelines.cowatch_embedding import embed_store
+from pipelines.cowatch_training import TrainConfig, TrainResult, train_embedder
 from pipelines.distributed import dist_info
 from pipelines.engine import LOCAL, Engine
 from pipelines.frame_cache import open_frame_store

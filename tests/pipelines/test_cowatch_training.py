@@ -23,7 +23,8 @@ def test_recipe_options_train_and_embed(small_world_dir: Path, options: dict) ->
     import torch
 
     from embeddings.cowatch import EmbedderConfig
-    from pipelines.cowatch_training import TrainConfig, embed_store, train_embedder
+    from pipelines.cowatch_embedding import embed_store
+    from pipelines.cowatch_training import TrainConfig, train_embedder
     from pipelines.frame_cache import open_frame_store
 
     store = open_frame_store(small_world_dir)
@@ -114,9 +115,9 @@ def test_an_epoch_samples_at_most_epoch_triplets(
         seen["train"].append(rows.copy())
         return real_epoch(net, params, opt, store, rows, *rest)
 
-    def spy_eval(net, store, rows, *rest):  # type: ignore[no-untyped-def]
+    def spy_eval(net, store, rows, *rest, **kw):  # type: ignore[no-untyped-def]
         seen["val"].append(rows.copy())
-        return real_eval(net, store, rows, *rest)
+        return real_eval(net, store, rows, *rest, **kw)
 
     monkeypatch.setattr(ct, "_train_epoch", spy_epoch)
     monkeypatch.setattr(ct, "evaluate_loss", spy_eval)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +81,47 @@ def fit_glmix_into_artifact(
     engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Fit GLMix (with and without video features) on training-period impressions and add
-    them, with the users' training-period watch histories, to the artifact."""
+    them, with the users' training-period watch histories, to the artifact. On Spark the
+    rows never come to this process (``pipelines.spark_fit_glmix``)."""
     cfg = cfg or GLMixJobConfig()
     engine = engine or LOCAL
     d, a = dataset_dir(data), Path(artifact)
     test_start = art.training_cutoff(art.read_manifest(a))
+    if engine.is_spark:
+        from pipelines.spark_fit_glmix import fit_glmix_on_spark
+
+        with_video, no_video, write_histories, facts = fit_glmix_on_spark(
+            engine.spark, d, a, test_start, cfg, lambda m: _say(cfg, m)
+        )
+    else:
+        with_video, no_video, write_histories, facts = _fit_local(d, a, test_start, cfg)
+    info = {
+        "training_rows": facts["training_rows"],
+        "users": len(with_video.user_ids),
+        "fit_seconds": facts["fit_seconds"],
+        "passes": len(with_video.history),
+        "log_likelihood_per_row": with_video.history[-1]["log_likelihood_per_row"],
+        "config": asdict(facts["config"]),
+        "global_features": list(with_video.global_names),
+        "tuning": facts["tuning"],
+        "watch_threshold_s": cfg.watch_threshold_s,
+        "engine": engine.describe(),
+    }
+    files = {
+        **_glmix_files(with_video, art.GLMIX),
+        **_glmix_files(no_video, art.GLMIX_NO_VIDEO),
+        art.HISTORIES: write_histories,
+    }
+    art.extend_artifact(a, files, {"kind": "recommender", "glmix": info})
+    return info
+
+
+def _fit_local(
+    d: Path, a: Path, test_start: datetime, cfg: GLMixJobConfig
+) -> tuple[GLMix, GLMix, Callable[[Path], None], dict[str, Any]]:
+    """(model with video features, model without, the histories writer, facts), the rows
+    in this process."""
+    engine = LOCAL
     train = training_rows(impressions_connection(d), test_start)
     if train.num_rows == 0:
         raise UserInputError("no impressions before the test start to fit GLMix on")
@@ -129,22 +167,10 @@ def fit_glmix_into_artifact(
             "watched_at": train.column("shown_at").filter(watched),
         }
     )
-    info = {
+    facts = {
         "training_rows": int(train.num_rows),
-        "users": len(with_video.user_ids),
         "fit_seconds": fit_s,
-        "passes": len(with_video.history),
-        "log_likelihood_per_row": with_video.history[-1]["log_likelihood_per_row"],
-        "config": asdict(glm_cfg),
-        "global_features": list(with_video.global_names),
         "tuning": tuning,
-        "watch_threshold_s": cfg.watch_threshold_s,
-        "engine": engine.describe(),
+        "config": glm_cfg,
     }
-    files = {
-        **_glmix_files(with_video, art.GLMIX),
-        **_glmix_files(no_video, art.GLMIX_NO_VIDEO),
-        art.HISTORIES: lambda p: pq.write_table(histories, p),
-    }
-    art.extend_artifact(a, files, {"kind": "recommender", "glmix": info})
-    return info
+    return with_video, no_video, lambda p: pq.write_table(histories, p), facts

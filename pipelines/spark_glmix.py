@@ -117,7 +117,9 @@ class SparkBackend:
                 # Arrow's flat list values: the (n, E) features without a Python loop.
                 f = rb.column("f").flatten().to_numpy(zero_copy_only=False).reshape(-1, e)
                 x = fixed_design(
-                    f.astype(np.float32, copy=False), _global(rb.column("g"), gd), use_video
+                    f.astype(np.float32, copy=False),
+                    global_features_of(rb.column("g"), gd),
+                    use_video,
                 )
                 y = rb.column("y").to_numpy().astype(np.float64)
                 off = rb.column("rand").to_numpy().astype(np.float64)
@@ -201,7 +203,7 @@ def fit_glmix_frame(
     )
 
 
-def _global(column: pa.Array | pa.ChunkedArray, g: int) -> np.ndarray | None:
+def global_features_of(column: pa.Array | pa.ChunkedArray, g: int) -> np.ndarray | None:
     """The (n, g) global features of an Arrow ``array<float>`` column (None when g = 0)."""
     if not g:
         return None
@@ -244,7 +246,9 @@ def _user_pass(
         codes, uniq = pd.factorize(table.column("user_id").to_numpy(zero_copy_only=False))
         f = table.column("f").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         x = fixed_design(
-            f.reshape(n, e).astype(np.float32, copy=False), _global(table.column("g"), g), use_video
+            f.reshape(n, e).astype(np.float32, copy=False),
+            global_features_of(table.column("g"), g),
+            use_video,
         )
         coef = np.zeros((len(uniq), q))
         prev = table.column("coef").combine_chunks()

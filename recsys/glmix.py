@@ -237,12 +237,16 @@ def full_fixed_vector(fitted: np.ndarray, embedding_dim: int, use_video: bool) -
     return full
 
 
+#: the random-effect L2 strengths ``select_random_l2`` tries
+RANDOM_L2_GRID: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
+
+
 def select_random_l2(
     user_ids: np.ndarray,
     video: np.ndarray,
     labels: np.ndarray,
     is_validation: np.ndarray,
-    grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 100.0),
+    grid: tuple[float, ...] = RANDOM_L2_GRID,
     base: GLMixConfig | None = None,
     fit: Callable[..., GLMix] | None = None,
     global_feats: np.ndarray | None = None,

@@ -1,0 +1,99 @@
+"""``fit-glmix --engine spark``: the rows are built, tuned and fitted on Spark, and the
+driver never receives a row per impression; the models equal the local engine's."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.engine import Engine
+from pipelines.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
+from pipelines.spark import spark_session
+from recsys import artifact as art
+
+pytestmark = pytest.mark.xdist_group("spark")
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[Any]:
+    session = spark_session("local[2]")
+    yield session
+    session.stop()
+
+
+class RowsToDriver:
+    """Counts the rows each action brings to the driver (collect, toArrow, toPandas, ...)."""
+
+    def __init__(self, spark: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.largest = 0
+        cls = type(spark.range(1))
+        for name in ("collect", "toArrow", "toPandas", "take", "tail", "head"):
+            real = getattr(cls, name)
+            monkeypatch.setattr(cls, name, self._wrap(real))
+
+    def _wrap(self, real: Any) -> Any:
+        def counted(df: Any, *args: Any, **kwargs: Any) -> Any:
+            got = real(df, *args, **kwargs)
+            n = getattr(got, "num_rows", None)
+            n = len(got) if n is None and hasattr(got, "__len__") else (n or 0)
+            self.largest = max(self.largest, int(n))
+            return got
+
+        return counted
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_spark_fit_equals_local_and_keeps_rows_off_the_driver(
+    spark: Any, pipeline_out: Path, small_world_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    cfg = GLMixJobConfig(tune=True, history_features=True)
+    local_a = _copy(pipeline_out / "artifact", tmp_path / "local")
+    spark_a = _copy(pipeline_out / "artifact", tmp_path / "spark")
+    local = fit_glmix_into_artifact(small_world_dir, local_a, cfg)
+    watch = RowsToDriver(spark, monkeypatch)
+    remote = fit_glmix_into_artifact(small_world_dir, spark_a, cfg, Engine("spark", _session=spark))
+    # No action returned anything near a row per impression (or per watch).
+    assert remote["training_rows"] == local["training_rows"] > 1000
+    assert watch.largest <= local["users"] + 10
+    assert remote["tuning"]["random_l2"] == local["tuning"]["random_l2"]
+    for stem in (art.GLMIX, art.GLMIX_NO_VIDEO):
+        want, got = art.load_glmix(local_a, stem), art.load_glmix(spark_a, stem)
+        assert want is not None and got is not None
+        np.testing.assert_allclose(got.fixed, want.fixed, atol=1e-6)
+        assert got.global_names == want.global_names
+        for u in want.user_ids:
+            i, j = want.user_index[u], got.user_index.get(u)
+            if j is None:  # no random effect: both predict with the fixed effect alone
+                assert not np.any(want.user_coef[i])
+                continue
+            np.testing.assert_allclose(got.user_coef[j], want.user_coef[i], atol=1e-6)
+    h_local = pq.read_table(local_a / art.HISTORIES).to_pylist()
+    h_spark = pq.read_table(spark_a / art.HISTORIES).to_pylist()
+    assert h_spark == h_local and len(h_local) > 100
+
+
+def test_an_unknown_video_is_named(
+    spark: Any, pipeline_out: Path, small_world_dir: Path, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from pipelines.spark_rows import glmix_rows_spark
+    from recsys.errors import UserInputError
+
+    ids, emb = art.load_embeddings(pipeline_out / "artifact")
+    (tmp_path / "a").mkdir()
+    pq.write_table(art.embeddings_table(ids[1:], emb[1:]), tmp_path / "a" / art.EMBEDDINGS)
+    with pytest.raises(UserInputError, match=f"not in the artifact: '{ids[0]}'"):
+        glmix_rows_spark(
+            spark, small_world_dir, tmp_path / "a", datetime(2100, 1, 1, tzinfo=UTC), 10.0, True, 2
+        )

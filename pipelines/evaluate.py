@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines.baseline_comparison import add_baselines
+from pipelines.engine import Engine
 from pipelines.evaluation_inputs import EvalConfig, TestSet, load_test_set
 from pipelines.io import dataset_dir
 from pipelines.statistics import auc_block, auc_by_day, auc_table, online_block
@@ -34,12 +36,14 @@ SCORES = ("max_similarity", "avg_similarity", "glmix", "glmix_no_video")
 
 @dataclass
 class Evaluation:
-    """What ``pipelines.report`` writes: the report and the per-row arrays behind it."""
+    """What ``pipelines.report`` writes: the report and the per-row arrays behind it
+    (``test`` None on Spark: the rows stay there and ``write_scores`` writes them)."""
 
     report: dict[str, Any]
-    test: TestSet
+    test: TestSet | None
     scores: dict[str, np.ndarray]
     oracle: np.ndarray | None
+    write_scores: Callable[[Path], None] | None = None
 
 
 def _load_models(a: Path) -> tuple[GLMix, GLMix]:
@@ -105,13 +109,13 @@ def _row_counts(t: TestSet, max_s: np.ndarray) -> dict[str, Any]:
 
 
 def _relative(
-    auc_all: dict[str, float], auc_cold: dict[str, float], cold: np.ndarray, base: Path | None
+    auc_all: dict[str, float], auc_cold: dict[str, float], has_cold: bool, base: Path | None
 ) -> dict[str, Any]:
     rel: dict[str, Any] = {
         "glmix_vs_no_video_pct": {
             "all": 100 * (auc_all["glmix"] / auc_all["glmix_no_video"] - 1),
             "cold_start": 100 * (auc_cold["glmix"] / auc_cold["glmix_no_video"] - 1)
-            if cold.any()
+            if has_cold
             else math.nan,
         }
     }
@@ -135,10 +139,11 @@ def evaluate_artifact(
     data: str | os.PathLike[str],
     artifact: str | os.PathLike[str],
     cfg: EvalConfig | None = None,
+    engine: Engine | None = None,
 ) -> Evaluation:
     """Offline AUCs of the artifact's scores on the test period, beside the classical
-    baselines (``pipelines.ladder``) scored on the same rows. In-process: the test rows'
-    scores are arrays here (``Engine.delong`` computes one AUC on Spark when needed)."""
+    baselines (``pipelines.ladder``) scored on the same rows. On Spark the test rows are
+    scored and their AUCs computed there (``pipelines.spark_evaluate``)."""
     cfg = cfg or EvalConfig()
     d, a = dataset_dir(data), Path(artifact)
     manifest = art.read_manifest(a)
@@ -150,6 +155,15 @@ def evaluate_artifact(
             f"{cutoff.isoformat()}: the model has seen test impressions"
         )
     glm, glm0 = _load_models(a)
+    head: dict[str, Any] = {
+        "artifact": str(a.resolve()),
+        "pooling": manifest.get("config", {}).get("embedder", {}).get("pooling"),
+        "test_start": start.isoformat(),
+        "watch_threshold_s": cfg.watch_threshold_s,
+        "glmix_global_features": list(glm.global_names),
+    }
+    if engine is not None and engine.is_spark:
+        return _evaluate_on_spark(engine, d, a, start, cutoff, cfg, glm, glm0, head)
     t = load_test_set(d, a, start, cutoff, cfg.watch_threshold_s)
     y, cold, users = t.labels, t.cold_start, t.users
     max_s, avg_s = similarity_by_user(t.user_index, t.video_rows, t.history_rows, t.embeddings)
@@ -167,20 +181,7 @@ def evaluate_artifact(
         _say(cfg, "online GLMix: replaying the test period in time order ...")
         online_report = _online(t, glm, frozen_g, scores["glmix"], cfg.online)
     oracle = _oracle(d, t)
-    report: dict[str, Any] = {
-        "artifact": str(a.resolve()),
-        "pooling": manifest.get("config", {}).get("embedder", {}).get("pooling"),
-        "test_start": start.isoformat(),
-        "watch_threshold_s": cfg.watch_threshold_s,
-        "glmix_global_features": list(glm.global_names),
-        "rows": _row_counts(t, max_s),
-        "notes": [
-            "Similarity AUCs use the test rows of users with a training-period watch history "
-            "(Eq. 16-17 are undefined otherwise); GLMix AUCs use all test rows, and unknown users "
-            "get the fixed effect alone.",
-            "Cold-start videos have no impression before the test start.",
-        ],
-    }
+    report: dict[str, Any] = {**head, "rows": _row_counts(t, max_s), "notes": list(NOTES)}
     log = print if cfg.progress else None
     auc_all, auc_cold, ci_all, ci_cold = auc_table(
         y, scores, cold, users, cfg.bootstrap, cfg.seed, log
@@ -197,10 +198,59 @@ def evaluate_artifact(
             if cold.any()
             else math.nan,
         }
-    report["relative_improvement"] = _relative(auc_all, auc_cold, cold, cfg.baseline_report)
+    report["relative_improvement"] = _relative(
+        auc_all, auc_cold, bool(cold.any()), cfg.baseline_report
+    )
     if cfg.baselines:
         add_baselines(report, d, t, scores, start, cfg, history_features=bool(glm.global_names))
     return Evaluation(report=report, test=t, scores=scores, oracle=oracle)
+
+
+NOTES = (
+    "Similarity AUCs use the test rows of users with a training-period watch history "
+    "(Eq. 16-17 are undefined otherwise); GLMix AUCs use all test rows, and unknown users "
+    "get the fixed effect alone.",
+    "Cold-start videos have no impression before the test start.",
+)
+
+
+def _evaluate_on_spark(
+    engine: Engine,
+    d: Path,
+    a: Path,
+    start: Any,
+    cutoff: Any,
+    cfg: EvalConfig,
+    glm: GLMix,
+    glm0: GLMix,
+    head: dict[str, Any],
+) -> Evaluation:
+    from pipelines.spark_evaluate import (
+        SPARK_NOTE,
+        online_block_spark,
+        scored_test_rows,
+        scores_writer,
+        spark_statistics,
+    )
+
+    _say(cfg, f"evaluating on {engine.describe()} ...")
+    rows = scored_test_rows(
+        engine.spark, d, a, start, cutoff, cfg.watch_threshold_s, glm, glm0, cfg.online
+    )
+    if rows.isEmpty():
+        raise UserInputError(f"no impressions at or after the test start {start.isoformat()}")
+    stats = spark_statistics(rows, SCORES)
+    report: dict[str, Any] = {**head, "evaluated_on": "spark", "rows": stats["rows"]}
+    report["notes"] = [*NOTES, SPARK_NOTE]
+    report["auc"], report["auc_cold_start"] = stats["auc"], stats["auc_cold"]
+    report["ci95"] = {"all": stats["ci_all"], "cold_start": stats["ci_cold"]}
+    if cfg.online is not None:
+        _say(cfg, "online GLMix: replayed per user partition on Spark ...")
+        report["online"] = online_block_spark(rows, cfg.online, bool(glm.global_names))
+    report["relative_improvement"] = _relative(
+        stats["auc"], stats["auc_cold"], stats["has_cold"], cfg.baseline_report
+    )
+    return Evaluation(report, None, {}, None, write_scores=scores_writer(rows))
 
 
 def _say(cfg: EvalConfig, message: str) -> None:

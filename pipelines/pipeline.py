@@ -104,7 +104,9 @@ def run_pipeline(
     t2 = time.perf_counter()
     if progress:
         print("evaluating ...", flush=True)
-    evaluation = evaluate_artifact(data, artifact, replace(cfg.evaluation, progress=progress))
+    evaluation = evaluate_artifact(
+        data, artifact, replace(cfg.evaluation, progress=progress), engine
+    )
     timings["evaluation_s"] = time.perf_counter() - t2
     report = evaluation.report
     report["timings"] = timings

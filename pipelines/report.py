@@ -24,22 +24,26 @@ def write_report(out: str | Path, evaluation: Evaluation) -> Path:
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
     report, t = evaluation.report, evaluation.test
-    plot_roc(t.labels, evaluation.scores, t.cold_start, evaluation.oracle, o / "roc.png")
     online = report.get("online")
     if online is not None and online["by_day"]:
         plot_online(online["by_day"], o / "online.png")
-    write_parquet_atomic(
-        pa.table(
-            {
-                "user_id": pa.array(t.users.tolist(), pa.string()),
-                "video_id": t.rows.column("video_id"),
-                "label": pa.array(t.labels),
-                "cold_start": pa.array(t.cold_start),
-                **{k: pa.array(v) for k, v in evaluation.scores.items()},
-            }
-        ),
-        o / "test_scores.parquet",
-    )
+    if t is None:  # computed on Spark: the rows stay there
+        if evaluation.write_scores is not None:
+            evaluation.write_scores(o / "test_scores.parquet")
+    else:
+        plot_roc(t.labels, evaluation.scores, t.cold_start, evaluation.oracle, o / "roc.png")
+        write_parquet_atomic(
+            pa.table(
+                {
+                    "user_id": pa.array(t.users.tolist(), pa.string()),
+                    "video_id": t.rows.column("video_id"),
+                    "label": pa.array(t.labels),
+                    "cold_start": pa.array(t.cold_start),
+                    **{k: pa.array(v) for k, v in evaluation.scores.items()},
+                }
+            ),
+            o / "test_scores.parquet",
+        )
     (o / REPORT_JSON).write_text(json.dumps(clean(report), indent=2, default=str))
     (o / REPORT_MD).write_text(render_markdown(report))
     return o
@@ -221,7 +225,9 @@ def _md_footer(report: dict[str, Any]) -> list[str]:
             f"Relative to {b['baseline_pooling']} pooling: max similarity {b['max_similarity']:+.2f}%, "
             f"avg similarity {b['avg_similarity']:+.2f}%."
         )
-    lines += ["", "![ROC](roc.png)", ""]
+    if report.get("evaluated_on") != "spark":  # the ROC plot needs every test row in one process
+        lines += ["", "![ROC](roc.png)"]
+    lines += [""]
     if report.get("loss_curve"):
         em = report.get("embedding_metrics", {})
         kept = f" (kept epoch {em['best_epoch']})" if "best_epoch" in em else ""

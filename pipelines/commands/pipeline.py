@@ -56,7 +56,7 @@ def evaluate(
     from recsys.baselines import BASELINE_NAMES
     from recsys.online import OnlineConfig
 
-    engine_from(engine, spark_master)  # checks the name; the AUCs run in-process
+    eng = engine_from(engine, spark_master)
     cfg = EvalConfig(
         watch_threshold_s=watch_threshold,
         test_start=test_start_from(test_start),
@@ -66,8 +66,11 @@ def evaluate(
         baseline_report=baseline,
         progress=True,
     )
-    evaluation = evaluate_artifact(data, artifacts, cfg)
-    write_report(out, evaluation)
+    try:
+        evaluation = evaluate_artifact(data, artifacts, cfg, eng)
+        write_report(out, evaluation)
+    finally:
+        eng.stop()
     _print_summary(evaluation.report, out)
 
 

@@ -16,6 +16,7 @@ from pipelines.engine import Engine
 from pipelines.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
 from pipelines.spark import spark_session
 from recsys import artifact as art
+from tests.pipelines.spark_helpers import RowsToDriver
 
 pytestmark = pytest.mark.xdist_group("spark")
 
@@ -25,27 +26,6 @@ def spark() -> Iterator[Any]:
     session = spark_session("local[2]")
     yield session
     session.stop()
-
-
-class RowsToDriver:
-    """Counts the rows each action brings to the driver (collect, toArrow, toPandas, ...)."""
-
-    def __init__(self, spark: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.largest = 0
-        cls = type(spark.range(1))
-        for name in ("collect", "toArrow", "toPandas", "take", "tail", "head"):
-            real = getattr(cls, name)
-            monkeypatch.setattr(cls, name, self._wrap(real))
-
-    def _wrap(self, real: Any) -> Any:
-        def counted(df: Any, *args: Any, **kwargs: Any) -> Any:
-            got = real(df, *args, **kwargs)
-            n = getattr(got, "num_rows", None)
-            n = len(got) if n is None and hasattr(got, "__len__") else (n or 0)
-            self.largest = max(self.largest, int(n))
-            return got
-
-        return counted
 
 
 def _copy(src: Path, dst: Path) -> Path:

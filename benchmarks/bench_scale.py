@@ -8,9 +8,9 @@ Worlds: ``recsys synth`` with D = 1024 uint8 frames (YouTube-8M's quantisation),
 its own process, the way a user runs it, with the default flags. For each it prints:
 
 * wall time, and the time of each phase (the job's own progress lines, timestamped);
-* peak anonymous memory of the job's process tree (``RssAnon``, polled every 0.1 s:
-  what the job allocates, without the page cache of memory-mapped files, which the
-  kernel reclaims under pressure);
+* peak anonymous memory of the job's process tree (``Pss_Anon``, polled every 0.25 s:
+  what the job allocates, shared pages counted once, without the page cache of
+  memory-mapped files, which the kernel reclaims under pressure);
 * with ``--cap`` (root and cgroup v1): the peak the cgroup charged, process memory and
   page cache together, as a container would, and whether the job fit under the cap.
 
@@ -49,19 +49,23 @@ def _tree(pid: int) -> list[int]:
 
 
 def _anon_kb(pids: list[int]) -> int:
+    """Anonymous memory of the processes, shared pages split among their sharers
+    (``Pss_Anon``): a forked loader worker shares its parent's pages, which ``RssAnon``
+    would count twice."""
     total = 0
     for p in pids:
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("RssAnon:"):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss_Anon:"):
                     total += int(line.split()[1])
         except OSError:
             pass
     return total
 
 
-def run_job(cmd: list[str], cap: str | None) -> dict[str, Any]:
-    """Run ``cmd``; wall time, phases, peak anonymous memory (MiB), cgroup peak."""
+def run_job(cmd: list[str], cap: str | None, tree: bool = True) -> dict[str, Any]:
+    """Run ``cmd``; wall time, phases, peak anonymous memory (MiB) of its process tree
+    (``tree``) or of its own process alone, cgroup peak."""
     full = [str(CAPPED), cap, *cmd] if cap else cmd
     t0 = time.perf_counter()
     proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -70,8 +74,8 @@ def run_job(cmd: list[str], cap: str | None) -> dict[str, Any]:
 
     def poll() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], _anon_kb(_tree(proc.pid)))
-            time.sleep(0.1)
+            peak[0] = max(peak[0], _anon_kb(_tree(proc.pid) if tree else [proc.pid]))
+            time.sleep(0.25)
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()

@@ -35,9 +35,10 @@ from recsys.scoring import prior_history_similarity, similarity_by_user
 #: PCA sizes tried for a baseline (those above the embedding size are skipped)
 PCA_DIMS: tuple[int, ...] = (8, 16, 32, 64)
 #: raw representations of up to this many values (videos x features) get an exact PCA
-#: of all videos; larger ones (VLAD of long frames) a PCA fitted on a sample of videos
+#: of all videos (an SVD needs several float64 copies: 2^26 values took 4.4 GB); larger
+#: ones (VLAD of long frames) a PCA fitted on a sample of videos through its Gram matrix
 #: and applied chunk by chunk, so memory does not grow with the catalogue
-EXACT_PCA_VALUES = 1 << 26
+EXACT_PCA_VALUES = 1 << 23
 PCA_SAMPLE_VIDEOS = 2048
 
 

@@ -162,6 +162,9 @@ def fit_glmix_on_spark(
         say(f"GLMix: random_l2 = {best}")
         glm_cfg = replace(glm_cfg, random_l2=best)
         tuning = {"random_l2": best, "validation_log_loss": {str(k): v for k, v in losses.items()}}
+    # Users in order of their first impression, as the local fit stores them (one row each).
+    first_seen = rows.groupBy("user_id").agg(F.min("okey").alias("k")).orderBy("k")
+    order = [r["user_id"] for r in first_seen.select("user_id").collect()]
     t0 = time.perf_counter()
     say(f"GLMix: fitting on Spark ({n} rows in {n_parts} partitions) ...")
     fit_rows = rows.select("user_id", "y", "f", "g")
@@ -172,6 +175,7 @@ def fit_glmix_on_spark(
         glm_cfg,
         on_pass=lambda p, ll: say(f"GLMix pass {p}: log-likelihood per row {ll:.5f}"),
         partitions=n_parts,
+        user_order=order,
         global_dim=g,
     )
     if g:
@@ -184,6 +188,7 @@ def fit_glmix_on_spark(
         dim,
         replace(glm_cfg, use_video_features=False),
         partitions=n_parts,
+        user_order=order,
     )
     facts = {"training_rows": n, "fit_seconds": fit_s, "tuning": tuning, "config": glm_cfg}
     return with_video, no_video, _histories_writer(rows), facts

@@ -138,10 +138,34 @@ class EMResult:
     num_frames: int = 0
 
 
+#: rows of the sample a k-means step handles at once: the (rows, D) temporaries of a
+#: distance computation stay ~64 MB in float64 however large the sample and D are
+_KMEANS_BLOCK_VALUES = 1 << 23
+
+
+def _row_blocks(x: torch.Tensor) -> list[slice]:
+    step = max(1, _KMEANS_BLOCK_VALUES // max(x.shape[1], 1))
+    return [slice(s, s + step) for s in range(0, x.shape[0], step)]
+
+
+def _sq_dist_to_point(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """(N,) squared distances of the rows of x to p, a block of rows at a time."""
+    return torch.cat([((x[b] - p) ** 2).sum(1) for b in _row_blocks(x)])
+
+
+def _nearest_centre(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """(N,) index of each row's nearest centre, a block of rows at a time."""
+    c2 = (c * c).sum(1)
+    parts = [
+        ((x[b] * x[b]).sum(1, keepdim=True) - 2 * x[b] @ c.T + c2).argmin(1) for b in _row_blocks(x)
+    ]
+    return torch.cat(parts)
+
+
 def _kmeans_plus_plus(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     n = x.shape[0]
     centres = [x[torch.randint(n, (1,), generator=gen)].squeeze(0)]
-    d2 = ((x - centres[0]) ** 2).sum(1)
+    d2 = _sq_dist_to_point(x, centres[0])
     for _ in range(1, k):
         total = d2.sum()
         if total <= 0:  # fewer distinct points than clusters: duplicate a point
@@ -149,7 +173,7 @@ def _kmeans_plus_plus(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Te
         else:
             idx = int(torch.multinomial(d2 / total, 1, generator=gen))
         centres.append(x[idx])
-        d2 = torch.minimum(d2, ((x - x[idx]) ** 2).sum(1))
+        d2 = torch.minimum(d2, _sq_dist_to_point(x, x[idx]))
     return torch.stack(centres)
 
 
@@ -158,8 +182,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 10, seed: int = 0) -> torch.Ten
     gen = torch.Generator().manual_seed(seed)
     c = _kmeans_plus_plus(x, k, gen)
     for _ in range(iters):
-        d2 = (x * x).sum(1, keepdim=True) - 2 * x @ c.T + (c * c).sum(1)
-        a = d2.argmin(1)
+        a = _nearest_centre(x, c)
         counts = torch.bincount(a, minlength=k).to(x.dtype)
         sums = torch.zeros_like(c).index_add_(0, a, x)
         nonempty = counts > 0

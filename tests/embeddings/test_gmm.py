@@ -104,3 +104,14 @@ def test_kmeans_finds_separated_centres() -> None:
     c = kmeans(torch.tensor(x), 4, iters=20, seed=1).numpy()
     dist = np.linalg.norm(centres[:, None] - c[None], axis=-1)
     assert dist.min(1).max() < 0.3
+
+
+def test_kmeans_a_block_of_rows_at_a_time_is_the_same_kmeans(monkeypatch) -> None:
+    """Distances computed over row blocks (bounded temporaries) give the same centres."""
+    import embeddings.gmm as gmm
+
+    x = torch.randn(3000, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    whole = gmm.kmeans(x, 6, iters=5, seed=3)
+    monkeypatch.setattr(gmm, "_KMEANS_BLOCK_VALUES", 7 * 128)  # 128 rows a block
+    assert len(gmm._row_blocks(x)) == 24
+    torch.testing.assert_close(gmm.kmeans(x, 6, iters=5, seed=3), whole, rtol=0, atol=1e-12)

@@ -164,7 +164,7 @@ def fit_glmix_on_spark(
         tuning = {"random_l2": best, "validation_log_loss": {str(k): v for k, v in losses.items()}}
     # Users in order of their first impression, as the local fit stores them (one row each).
     first_seen = rows.groupBy("user_id").agg(F.min("okey").alias("k")).orderBy("k")
-    order = [r["user_id"] for r in first_seen.select("user_id").collect()]
+    order = first_seen.select("user_id").toArrow().column("user_id").to_pylist()
     t0 = time.perf_counter()
     say(f"GLMix: fitting on Spark ({n} rows in {n_parts} partitions) ...")
     fit_rows = rows.select("user_id", "y", "f", "g")

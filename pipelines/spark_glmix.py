@@ -164,16 +164,21 @@ class SparkBackend:
         by id when None); users without a random effect are left out."""
         from pyspark.sql import functions as F
 
-        got = {
-            r["user_id"]: (np.asarray(r["coef"]), np.asarray(r["prec"]))
-            for r in self.state.where(F.col("coef").isNotNull())
+        # Arrow columns, not Row objects: ~16 bytes a coefficient instead of ~1 KB a user.
+        table = (
+            self.state.where(F.col("coef").isNotNull())
             .select("user_id", "coef", "prec")
-            .collect()
-        }
-        users = order if order is not None else sorted(got)
+            .toArrow()
+        )
         q = self.q
-        coef = np.stack([got[u][0] for u in users]) if users else np.zeros((0, q))
-        precision = np.stack([got[u][1] for u in users]) if users else np.zeros((0, q))
+        ids = table.column("user_id").to_pylist()
+        flat_coef = table.column("coef").combine_chunks().flatten().to_numpy().reshape(-1, q)
+        flat_prec = table.column("prec").combine_chunks().flatten().to_numpy().reshape(-1, q)
+        where = {u: i for i, u in enumerate(ids)}
+        users = order if order is not None else sorted(ids)
+        pick = np.array([where[u] for u in users], dtype=np.int64)
+        coef = flat_coef[pick] if len(pick) else np.zeros((0, q))
+        precision = flat_prec[pick] if len(pick) else np.zeros((0, q))
         return users, coef, precision
 
 

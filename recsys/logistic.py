@@ -49,15 +49,23 @@ def logistic_sums(
     ll = 0.0
     grad = np.zeros(p)
     curv = np.zeros((p, p))
+    # Two float64 chunk buffers reused across chunks: a fresh (chunk, p) array per chunk
+    # is returned to the OS and faulted in again every time (allocation churn).
+    rows = min(chunk_rows, len(x))
+    buf = np.empty((rows, p))
+    wbuf = np.empty((rows, p)) if derivatives else buf
     for i in range(0, len(x), chunk_rows):
         c = slice(i, i + chunk_rows)
-        xc = x[c].astype(np.float64)
+        xc = buf[: len(x[c])]
+        np.copyto(xc, x[c])
         eta = offset[c] + xc @ beta
         ll += float((weights[c] * (y[c] * eta - np.logaddexp(0.0, eta))).sum())
         if derivatives:
             mu = expit(eta)
             grad += xc.T @ (weights[c] * (y[c] - mu))
-            curv += (xc * (weights[c] * mu * (1 - mu))[:, None]).T @ xc
+            weighted = wbuf[: len(xc)]
+            np.multiply(xc, (weights[c] * mu * (1 - mu))[:, None], out=weighted)
+            curv += weighted.T @ xc
     return ll, grad, curv
 
 

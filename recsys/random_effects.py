@@ -21,8 +21,11 @@ from recsys.logistic import log_likelihood_torch
 def design_dot(x: np.ndarray, beta: np.ndarray, chunk_rows: int = 1 << 18) -> np.ndarray:
     """x @ beta in float64, over row chunks (x may be float32)."""
     out = np.empty(len(x), dtype=np.float64)
+    buf = np.empty((min(chunk_rows, len(x)), x.shape[1]))  # reused: no per-chunk faults
     for i in range(0, len(x), chunk_rows):
-        out[i : i + chunk_rows] = x[i : i + chunk_rows].astype(np.float64) @ beta
+        xc = buf[: len(x[i : i + chunk_rows])]
+        np.copyto(xc, x[i : i + chunk_rows])
+        out[i : i + chunk_rows] = xc @ beta
     return out
 
 

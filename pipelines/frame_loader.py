@@ -24,8 +24,9 @@ K = TypeVar("K")
 
 @dataclass(frozen=True)
 class LoaderConfig:
-    #: gathering processes; -1 = one per spare core with a GPU, one on a CPU (the
-    #: model's compute owns the cores there), 0 = gather in the training process
+    #: gathering processes; -1 = one per spare core with a GPU, none on a CPU (there
+    #: the model's compute owns every core: on 2 cores one worker measured 0.84 of the
+    #: in-memory step rate, gathering in the training process 0.95), 0 = none
     workers: int = -1
     #: batches each worker gathers ahead
     prefetch: int = 2
@@ -39,7 +40,7 @@ class LoaderConfig:
             return self.workers
         if device.type == "cuda":
             return max(1, min(8, (os.cpu_count() or 2) - 1))
-        return 1
+        return 0
 
 
 class _Gather(Dataset[Any]):

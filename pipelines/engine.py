@@ -119,7 +119,7 @@ class Engine:
         if self.is_spark:
             import pandas as pd
 
-            from pipelines.spark import delong_spark
+            from pipelines.spark_auc import delong_spark
 
             df = self.spark.createDataFrame(
                 pd.DataFrame({"score": np.asarray(scores, np.float64), "label": labels})

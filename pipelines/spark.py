@@ -18,7 +18,6 @@ docs/scale.md).
 from __future__ import annotations
 
 import io
-import math
 import os
 import shutil
 import subprocess
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from recsys.errors import UserInputError
@@ -206,80 +204,3 @@ def _has_context(spark: SparkSession) -> bool:
 
 
 # --------------------------------------------------------------------------- AUC
-
-
-def delong_spark(
-    scored: DataFrame, score: str = "score", label: str = "label", level: float = 0.95
-) -> tuple[float, float, float]:
-    """(AUC, low, high) as ``recsys.auc.delong_ci`` computes it, from a DataFrame of
-    (score, label in {0, 1}) rows of any size.
-
-    Rows are reduced to class counts per distinct score, range-partitioned by score; a
-    first pass gives each partition's class totals, the driver turns them into the counts
-    below each partition, and a second pass sums the placement values and their squares.
-    """
-    from pyspark.sql import functions as F
-
-    from recsys.auc import delong_from_moments
-
-    counts = (
-        scored.select(F.col(score).cast("double").alias("s"), F.col(label).cast("int").alias("y"))
-        .groupBy("s")
-        .agg(F.sum("y").alias("pos"), F.sum(1 - F.col("y")).alias("neg"))
-    )
-    distinct = counts.count()
-    parts = max(1, min(parallelism(scored.sparkSession), math.ceil(distinct / ROWS_PER_TASK)))
-    ranged = counts.repartitionByRange(parts, "s").sortWithinPartitions("s").localCheckpoint()
-
-    def totals(it: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        lo, pos, neg = math.inf, 0, 0
-        for pdf in it:
-            if len(pdf):
-                lo = min(lo, float(pdf["s"].min()))
-                pos += int(pdf["pos"].sum())
-                neg += int(pdf["neg"].sum())
-        if pos + neg:
-            yield pd.DataFrame({"lo": [lo], "pos": [pos], "neg": [neg]})
-
-    summary = sorted(
-        (r["lo"], r["pos"], r["neg"])
-        for r in ranged.mapInPandas(totals, "lo double, pos long, neg long").collect()
-    )
-    m = sum(r[1] for r in summary)
-    n = sum(r[2] for r in summary)
-    if m == 0 or n == 0:
-        return float("nan"), float("nan"), float("nan")
-    # counts of negatives strictly below, and positives strictly above, each partition
-    offsets: dict[float, tuple[int, int]] = {}
-    neg_below, pos_seen = 0, 0
-    for lo, pos, neg in summary:
-        offsets[lo] = (neg_below, m - pos_seen - pos)
-        neg_below += neg
-        pos_seen += pos
-
-    def moments(it: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        frames = [pdf for pdf in it if len(pdf)]
-        if not frames:
-            return
-        pdf = pd.concat(frames).sort_values("s")
-        below, above = offsets[float(pdf["s"].iloc[0])]
-        pos = pdf["pos"].to_numpy(np.float64)
-        neg = pdf["neg"].to_numpy(np.float64)
-        neg_lt = below + np.cumsum(neg) - neg
-        pos_gt = above + pos[::-1].cumsum()[::-1] - pos
-        v10 = (neg_lt + 0.5 * neg) / n  # each positive at this score
-        v01 = (pos_gt + 0.5 * pos) / m  # each negative at this score
-        yield pd.DataFrame(
-            {
-                "s10": [float((pos * v10).sum())],
-                "s10sq": [float((pos * v10 * v10).sum())],
-                "s01": [float((neg * v01).sum())],
-                "s01sq": [float((neg * v01 * v01).sum())],
-            }
-        )
-
-    rows = ranged.mapInPandas(
-        moments, "s10 double, s10sq double, s01 double, s01sq double"
-    ).collect()
-    tot = {k: math.fsum(r[k] for r in rows) for k in ("s10", "s10sq", "s01", "s01sq")}
-    return delong_from_moments(m, n, tot["s10"], tot["s10sq"], tot["s01"], tot["s01sq"], level)

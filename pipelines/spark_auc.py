@@ -1,10 +1,10 @@
-"""DeLong on Spark for two scores of the same rows: the paired difference of AUCs
-(``recsys.auc.delong_paired_difference``) without bringing the rows to the driver.
+"""DeLong on Spark: an AUC with its interval, and the paired difference of two scores'
+AUCs on the same rows, without bringing the rows to the driver.
 
-Each score's placement values depend only on the score (ties share them), so a table of
-(distinct score, V10, V01) is built from class counts per score, range-partitioned like
-``pipelines.spark.delong_spark``; the rows then join both tables and sum the paired
-differences and their squares.
+Placement values depend only on the score (ties share them), so a table of (distinct
+score, class counts, V10, V01) is built from class counts per score, range-partitioned
+by score, with the counts below each partition from a first pass. One AUC sums over the
+table; a paired difference joins both scores' tables back to the rows.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 
 def placement_table(scored: DataFrame, score: str, label: str) -> tuple[DataFrame, int, int]:
-    """((s, v10, v01) for every distinct score, positives m, negatives n): V10 of a
+    """((s, pos, neg, v10, v01) for every distinct score, positives m, negatives n): the
+    class counts at s; V10 of a
     positive at s = share of negatives below it (ties half), V01 of a negative at s =
     share of positives above it."""
     from pyspark.sql import functions as F
@@ -64,13 +65,41 @@ def placement_table(scored: DataFrame, score: str, label: str) -> tuple[DataFram
         yield pd.DataFrame(
             {
                 "s": pdf["s"].to_numpy(),
+                "pos": pos,
+                "neg": neg,
                 "v10": (neg_lt + 0.5 * neg) / max(n, 1),
                 "v01": (pos_gt + 0.5 * pos) / max(m, 1),
             }
         )
 
-    table = ranged.mapInPandas(placements, "s double, v10 double, v01 double")
+    table = ranged.mapInPandas(
+        placements, "s double, pos double, neg double, v10 double, v01 double"
+    )
     return table, m, n
+
+
+def delong_spark(
+    scored: DataFrame, score: str = "score", label: str = "label", level: float = 0.95
+) -> tuple[float, float, float]:
+    """(AUC, low, high) as ``recsys.auc.delong_ci`` computes it, from a DataFrame of
+    (score, label in {0, 1}) rows of any size: the sums of the placement values and
+    their squares over the placement table (``placement_table``)."""
+    from pyspark.sql import functions as F
+
+    from recsys.auc import delong_from_moments
+
+    table, m, n = placement_table(scored, score, label)
+    if m == 0 or n == 0:
+        return float("nan"), float("nan"), float("nan")
+    v10, v01, pos, neg = F.col("v10"), F.col("v01"), F.col("pos"), F.col("neg")
+    sums = table.agg(
+        F.sum(pos * v10).alias("s10"),
+        F.sum(pos * v10 * v10).alias("s10sq"),
+        F.sum(neg * v01).alias("s01"),
+        F.sum(neg * v01 * v01).alias("s01sq"),
+    ).first()
+    assert sums is not None  # an aggregate always has its row
+    return delong_from_moments(m, n, sums["s10"], sums["s10sq"], sums["s01"], sums["s01sq"], level)
 
 
 def delong_paired_spark(

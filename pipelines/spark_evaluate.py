@@ -5,7 +5,7 @@ Test rows and the artifact's watch histories meet in partitions of whole users, 
 the local functions score them (Eq. 16-17 similarities, GLMix with and without video
 features) and replay the test period through online GLMix: its effects are per user, so
 replaying each user's rows in time order is the local replay. AUCs and their DeLong
-intervals come from ``pipelines.spark.delong_spark``, paired differences from
+intervals come from ``pipelines.spark_auc.delong_spark``, paired differences from
 ``pipelines.spark_auc``. What needs the rows in one place stays with the local engine:
 user-bootstrap intervals, the baseline ladder, AUC by day and ROC plots.
 """
@@ -23,8 +23,8 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.impressions import group_histories
-from pipelines.spark import delong_spark, parallelism
-from pipelines.spark_auc import delong_paired_spark
+from pipelines.spark import parallelism
+from pipelines.spark_auc import delong_paired_spark, delong_spark
 from pipelines.spark_rows import (
     by_user,
     embeddings_frame,

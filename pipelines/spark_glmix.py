@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.spark import ROWS_PER_TASK, parallelism
+from pipelines.spark_rows import whole_partitions
 from recsys.coordinate_descent import coordinate_descent, fixed_design
 from recsys.errors import UserInputError
 from recsys.glmix import GLMix, GLMixConfig, full_fixed_vector, validate_glmix_inputs
@@ -152,7 +153,7 @@ class SparkBackend:
         # The state is hash-partitioned by user, so a partition holds whole users: the pass
         # maps partitions (no shuffle, no sort by group) and keeps that partitioning.
         solve = _user_pass(self.e, self.use_video, fixed.copy(), steps, self.q, self.cfg, self.gd)
-        new_state = self.state.mapInArrow(_whole_partition(solve), _STATE_SCHEMA).cache()
+        new_state = self.state.mapInArrow(whole_partitions(solve), _STATE_SCHEMA).cache()
         # One job computes the pass, caches it and sums the log-likelihood.
         ll = float(new_state.agg(F.sum("ll")).collect()[0][0]) / self.n
         self.state.unpersist()
@@ -166,9 +167,7 @@ class SparkBackend:
 
         # Arrow columns, not Row objects: ~16 bytes a coefficient instead of ~1 KB a user.
         table = (
-            self.state.where(F.col("coef").isNotNull())
-            .select("user_id", "coef", "prec")
-            .toArrow()
+            self.state.where(F.col("coef").isNotNull()).select("user_id", "coef", "prec").toArrow()
         )
         q = self.q
         ids = table.column("user_id").to_pylist()
@@ -216,19 +215,6 @@ def global_features_of(column: pa.Array | pa.ChunkedArray, g: int) -> np.ndarray
         column = column.combine_chunks()
     flat = column.flatten().to_numpy(zero_copy_only=False)
     return flat.reshape(-1, g).astype(np.float32, copy=False)
-
-
-def _whole_partition(
-    fn: Callable[[pa.Table], pa.Table],
-) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """``fn`` over all rows of a partition at once (Arrow hands them over in batches)."""
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        got = [b for b in batches if b.num_rows]
-        if got:
-            yield from fn(pa.Table.from_batches(got)).to_batches()
-
-    return run
 
 
 def _user_pass(

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from pipelines.spark import spark_session
+
+
+@pytest.fixture(scope="module", name="spark")
+def spark_fixture() -> Iterator[Any]:
+    """One local[2] session for a test module (tests that use it share an xdist group)."""
+    session = spark_session("local[2]")
+    yield session
+    session.stop()
 
 
 class RowsToDriver:

@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.spark import (
-    delong_spark,
     embed_videos_spark,
     mine_triplets_spark,
     spark_session,
 )
+from pipelines.spark_auc import delong_spark
 from pipelines.spark_glmix import fit_glmix_spark
 from recsys.auc import delong_ci
 from recsys.errors import UserInputError

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,10 @@ from pipelines.engine import Engine
 from pipelines.evaluate import evaluate_artifact
 from pipelines.evaluation_inputs import EvalConfig
 from pipelines.report import write_report
-from pipelines.spark import spark_session
 from recsys.auc import delong_paired_difference
-from tests.pipelines.spark_helpers import RowsToDriver
+from tests.pipelines.spark_helpers import RowsToDriver, spark_fixture  # noqa: F401  (fixture "spark")
 
 pytestmark = pytest.mark.xdist_group("spark")
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
-    session = spark_session("local[2]")
-    yield session
-    session.stop()
 
 
 def test_spark_evaluation_equals_local(

@@ -4,7 +4,6 @@ driver never receives a row per impression; the models equal the local engine's.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +13,10 @@ import pytest
 
 from pipelines.engine import Engine
 from pipelines.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
-from pipelines.spark import spark_session
 from recsys import artifact as art
-from tests.pipelines.spark_helpers import RowsToDriver
+from tests.pipelines.spark_helpers import RowsToDriver, spark_fixture  # noqa: F401  (fixture "spark")
 
 pytestmark = pytest.mark.xdist_group("spark")
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
-    session = spark_session("local[2]")
-    yield session
-    session.stop()
 
 
 def _copy(src: Path, dst: Path) -> Path:

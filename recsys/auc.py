@@ -87,6 +87,19 @@ def delong_paired_difference(
     return diff, diff - half, diff + half
 
 
+def weighted_auc(levels: np.ndarray, y: np.ndarray, weights: np.ndarray, n: int) -> float:
+    """AUC of rows that appear ``weights`` times each: ``levels`` (rows,) are their scores'
+    ranks among the ``n`` distinct scores (ties share a level and count one half).
+    NaN when a class has no weight. Equal to ``auc`` on the rows repeated."""
+    pos = np.bincount(levels[y], weights[y], minlength=n)
+    neg = np.bincount(levels[~y], weights[~y], minlength=n)
+    p, q = pos.sum(), neg.sum()
+    if p == 0 or q == 0:
+        return float("nan")
+    below = np.cumsum(neg) - neg  # negative weight strictly below each level
+    return float((pos * (below + 0.5 * neg)).sum() / (p * q))
+
+
 def bootstrap_ci(
     labels: np.ndarray,
     scores: np.ndarray,
@@ -98,22 +111,25 @@ def bootstrap_ci(
     """Percentile interval of the AUC when whole groups (users) are resampled with replacement.
 
     Impressions of one user are not independent, so resampling users gives a more
-    honest interval than resampling rows.
+    honest interval than resampling rows. A resample is a count per user (how often it
+    was drawn), so its AUC is a weighted count over the scores sorted once: O(rows)
+    per resample, not a sort of the resampled rows.
     """
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
     _, g = np.unique(np.asarray(groups), return_inverse=True)
+    g = g.reshape(-1)
     n_groups = int(g.max()) + 1 if len(g) else 0
     if n_groups == 0:
         return float("nan"), float("nan")
-    order = np.argsort(g, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(np.bincount(g, minlength=n_groups))])
+    distinct, levels = np.unique(s, return_inverse=True)
+    levels = levels.reshape(-1)
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(num_resamples):
         pick = rng.integers(0, n_groups, n_groups)
-        idx = np.concatenate([order[starts[k] : starts[k + 1]] for k in pick])
-        v = auc(y[idx], s[idx])
+        drawn = np.bincount(pick, minlength=n_groups).astype(np.float64)
+        v = weighted_auc(levels, y, drawn[g], len(distinct))
         if not math.isnan(v):
             values.append(v)
     if not values:

@@ -45,11 +45,13 @@ def _owner(offsets: np.ndarray) -> np.ndarray:
 def mean_frames(frames: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """(N, D) mean frame of each video; a video without frames is all zeros."""
     _check(frames, offsets)
-    n = len(offsets) - 1
-    sums = np.zeros((n, frames.shape[1]), dtype=np.float64)
-    np.add.at(sums, _owner(offsets), frames)
-    counts = np.maximum(np.diff(offsets), 1)[:, None]
-    return (sums / counts).astype(np.float32)
+    counts = np.diff(offsets)
+    sums = np.zeros((len(counts), frames.shape[1]), dtype=np.float64)
+    has = counts > 0
+    if has.any():
+        # Each non-empty video's frames run from its offset to the next non-empty one's.
+        sums[has] = np.add.reduceat(frames, offsets[:-1][has], axis=0, dtype=np.float64)
+    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
 
 
 def kmeans_codebook(
@@ -113,9 +115,14 @@ def vlad_kmeans(frames: np.ndarray, offsets: np.ndarray, codebook: np.ndarray) -
     _check(frames, offsets)
     n, (k, d) = len(offsets) - 1, codebook.shape
     words = nearest_word(frames, codebook)
-    resid = np.asarray(frames, dtype=np.float64) - codebook[words]
+    # Sorted by (video, word), each cell's frames are one run: sum_t x_t - n c_k per run.
+    cell = _owner(offsets) * k + words
+    order = np.argsort(cell, kind="stable")
+    cells, starts, counts = np.unique(cell[order], return_index=True, return_counts=True)
     out = np.zeros((n * k, d))
-    np.add.at(out, _owner(offsets) * k + words, resid)
+    if len(cells):
+        sums = np.add.reduceat(frames[order], starts, axis=0, dtype=np.float64)
+        out[cells] = sums - counts[:, None] * codebook[cells % k].astype(np.float64)
     out = out.reshape(n, k, d)
     norms = np.linalg.norm(out, axis=2, keepdims=True)
     return (out / np.maximum(norms, 1e-12)).reshape(n, k * d).astype(np.float32)

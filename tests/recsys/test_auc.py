@@ -7,7 +7,11 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from recsys.auc import bootstrap_ci, delong_ci
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recsys.auc import bootstrap_ci, delong_ci, weighted_auc
+from recsys.metrics import auc
 
 
 def _delong_bruteforce(y, s):
@@ -51,6 +55,41 @@ def test_bootstrap_over_users_covers_and_is_wider_for_clustered_data() -> None:
     assert (bhi - blo) > (dhi - dlo)  # row-level DeLong is too narrow here
     again = bootstrap_ci(y, s, users, num_resamples=300)
     assert again == (blo, bhi)  # seeded
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.integers(0, 6), st.integers(0, 3)), min_size=1, max_size=40
+    )
+)
+def test_weighted_auc_equals_auc_of_repeated_rows(rows: list[tuple[bool, int, int]]) -> None:
+    y = np.array([r[0] for r in rows])
+    s = np.array([r[1] for r in rows], dtype=float) / 2  # few values: many ties
+    w = np.array([r[2] for r in rows])
+    distinct, levels = np.unique(s, return_inverse=True)
+    got = weighted_auc(levels, y, w.astype(float), len(distinct))
+    want = auc(np.repeat(y, w), np.repeat(s, w))
+    assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, abs=1e-12)
+
+
+def test_bootstrap_equals_resampling_the_rows() -> None:
+    """The weighted count gives the interval that concatenating each drawn user's rows
+    and sorting them again gives (same draws)."""
+    rng = np.random.default_rng(3)
+    users = rng.integers(0, 40, 600)
+    y = rng.random(600) < 0.3
+    s = np.round(rng.normal(size=600) + y, 1)
+    ids, g = np.unique(users, return_inverse=True)
+    draw = np.random.default_rng(0)
+    values = []
+    for _ in range(50):
+        pick = draw.integers(0, len(ids), len(ids))
+        idx = np.concatenate([np.flatnonzero(g == k) for k in pick])
+        values.append(auc(y[idx], s[idx]))
+    want = np.percentile(values, [2.5, 97.5])
+    got = bootstrap_ci(y, s, users, num_resamples=50)
+    assert got == pytest.approx(tuple(want), abs=1e-12)
 
 
 def _paired_bruteforce(y, s1, s2):

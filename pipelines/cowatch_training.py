@@ -22,7 +22,7 @@ from embeddings.cowatch import (
     EmbedderConfig,
     semi_hard_triplet_loss,
 )
-from embeddings.runtime import resolve_device
+from embeddings.runtime import PRECISIONS, autocast, autocast_dtype, resolve_device
 from embeddings.ubm_start import UBMStart
 from pipelines.cowatch_data import CowatchPartners, triplet_batches
 from pipelines.cowatch_embedding import embed_frames, evaluate_loss, loss_of_embeddings
@@ -77,6 +77,10 @@ class TrainConfig:
     #: the validation loss is measured on a fixed random sample of at most this many
     #: validation triplets (0 = all)
     val_triplets: int = 0
+    #: the training forward's matrix products: "auto" = bfloat16 autocast where the
+    #: hardware multiplies bf16 natively (CUDA, AVX512-BF16/AMX CPUs), else float32.
+    #: Weights, optimiser, validation and every embedding written stay float32.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -93,6 +97,8 @@ class TrainConfig:
             raise ValueError("max_triplets, epoch_triplets and val_triplets must be >= 0")
         if self.pretrain_epochs < 0 or self.weight_decay < 0:
             raise ValueError("pretrain_epochs and weight_decay must be >= 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
 
 
 @dataclass
@@ -101,6 +107,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = -1
     best_val_loss: float = float("nan")
+    #: what the training forward ran in: "float32" or "bfloat16"
+    precision: str = "float32"
 
 
 def _triplet_plans(
@@ -139,7 +147,7 @@ def _triplet_loss(
     plus Eq. 15 with the anchor replaced by the normalised sum of the anchor and its k
     partners; with ``negatives == "semi_hard"`` plus a semi-hard negative (FaceNet)."""
     b = len(batch)
-    emb = embed_frames(model, frames, mask, device)
+    emb = embed_frames(model, frames, mask, device).float()
     loss = loss_of_embeddings(emb, b, cfg.margin)
     a, p, n = emb[: 3 * b].chunk(3)
     if cfg.negatives == "semi_hard" and model.training:
@@ -162,7 +170,7 @@ def _self_supervised_loss(
     device: torch.device,
 ) -> torch.Tensor:
     """Two random frame subsets of each video embed close; the batch's others are negatives."""
-    emb = model(frames_tensor(frames, device, mask), mask.to(device))
+    emb = model(frames_tensor(frames, device, mask), mask.to(device)).float()
     v1, v2 = emb.chunk(2)
     ids = torch.from_numpy(videos).to(device)
     allowed = ids.unsqueeze(1) != ids.unsqueeze(0)
@@ -193,7 +201,8 @@ def train_embedder(
         net = torch.nn.parallel.DistributedDataParallel(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    result = TrainResult(model=model)
+    low = autocast_dtype(cfg.precision, device)
+    result = TrainResult(model=model, precision="float32" if low is None else "bfloat16")
     show = progress and rank == 0
     if cfg.pretrain_epochs:
         _pretrain(net, params, opt, store, train_videos, cfg, device, rank, world, show)
@@ -291,7 +300,8 @@ def _train_epoch(
         leave=False,
         disable=not show,
     ):
-        loss = _triplet_loss(net, batch, frames, mask, cfg, device)
+        with autocast(cfg.precision, device):
+            loss = _triplet_loss(net, batch, frames, mask, cfg, device)
         _step(opt, loss, params, cfg.grad_clip)
         total += float(loss.detach()) * len(batch)
         count += len(batch)
@@ -320,7 +330,8 @@ def _pretrain(
         total, count = 0.0, 0
         plans = _pair_plans(store, perm, cfg, frame_rng)
         for batch, frames, mask in load_batches(store, plans, device, cfg.loader):
-            loss = _self_supervised_loss(net, batch, frames, mask, cfg, device)
+            with autocast(cfg.precision, device):
+                loss = _self_supervised_loss(net, batch, frames, mask, cfg, device)
             _step(opt, loss, params, cfg.grad_clip)
             total += float(loss.detach()) * len(batch)
             count += len(batch)

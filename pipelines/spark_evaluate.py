@@ -32,8 +32,8 @@ from pipelines.spark_rows import (
     whole_partitions,
     with_embeddings,
 )
+from pipelines.statistics import online_entry
 from recsys import artifact as art
-from recsys.auc import interval_verdict
 from recsys.glmix import GLMix
 from recsys.online import OnlineConfig, progressive_validation
 from recsys.scoring import glmix_global_features, prior_history_similarity, similarity_by_user
@@ -174,29 +174,14 @@ def online_block_spark(rows: DataFrame, cfg: OnlineConfig, with_history: bool) -
         if n < 2 or classes < 2:
             out[name] = {"rows": n, "note": "too few rows of both classes"}
             continue
-        on, fr = delong_spark(sel, "online", "label"), delong_spark(sel, "glmix", "label")
-        diff = delong_paired_spark(sel, "online", "glmix")
-        out[name] = {
-            "rows": n,
-            "users": sel.select("user_id").distinct().count(),
-            "online_auc": on[0],
-            "online_ci95": [on[1], on[2]],
-            "frozen_auc": fr[0],
-            "frozen_ci95": [fr[1], fr[2]],
-            "difference": diff[0],
-            "difference_ci95": [diff[1], diff[2]],
-            "verdict": interval_verdict(diff[1], diff[2]),
-        }
-        if with_history:
-            ho = delong_spark(sel, "history_only", "label")
-            d2 = delong_paired_spark(sel, "online", "history_only")
-            out[name].update(
-                history_only_auc=ho[0],
-                history_only_ci95=[ho[1], ho[2]],
-                difference_vs_history_only=d2[0],
-                difference_vs_history_only_ci95=[d2[1], d2[2]],
-                verdict_vs_history_only=interval_verdict(d2[1], d2[2]),
-            )
+        column = {"online": "online", "frozen": "glmix", "history_only": "history_only"}
+        out[name] = online_entry(
+            n,
+            sel.select("user_id").distinct().count(),
+            lambda c: delong_spark(sel, column[c], "label"),  # noqa: B023 (called at once)
+            lambda a, b: delong_paired_spark(sel, column[a], column[b]),  # noqa: B023
+            with_history,
+        )
     return out
 
 

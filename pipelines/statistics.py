@@ -4,6 +4,7 @@ differences with verdicts, and the online replay's comparison (arrays in, dicts 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -76,31 +77,54 @@ def online_block(
         if rows.sum() < 2 or len(set(y[rows].tolist())) < 2:
             out[name] = {"rows": int(rows.sum()), "note": "too few rows of both classes"}
             continue
-        on = delong_ci(y[rows], online_p[rows])
-        fr = delong_ci(y[rows], frozen_p[rows])
-        diff = delong_paired_difference(y[rows], online_p[rows], frozen_p[rows])
-        out[name] = {
-            "rows": int(rows.sum()),
-            "users": len(set(users[rows].tolist())),
-            "online_auc": on[0],
-            "online_ci95": [on[1], on[2]],
-            "frozen_auc": fr[0],
-            "frozen_ci95": [fr[1], fr[2]],
-            "difference": diff[0],
-            "difference_ci95": [diff[1], diff[2]],
-            "verdict": interval_verdict(diff[1], diff[2]),
-        }
+        curves = {"online": online_p[rows], "frozen": frozen_p[rows]}
         if history_only_p is not None:
-            ho = delong_ci(y[rows], history_only_p[rows])
-            d2 = delong_paired_difference(y[rows], online_p[rows], history_only_p[rows])
-            out[name].update(
-                history_only_auc=ho[0],
-                history_only_ci95=[ho[1], ho[2]],
-                difference_vs_history_only=d2[0],
-                difference_vs_history_only_ci95=[d2[1], d2[2]],
-                verdict_vs_history_only=interval_verdict(d2[1], d2[2]),
-            )
+            curves["history_only"] = history_only_p[rows]
+        yr = y[rows]
+        out[name] = online_entry(
+            int(rows.sum()),
+            len(set(users[rows].tolist())),
+            lambda c: delong_ci(yr, curves[c]),  # noqa: B023 (called before the loop moves on)
+            lambda a, b: delong_paired_difference(yr, curves[a], curves[b]),  # noqa: B023
+            history_only_p is not None,
+        )
     return out
+
+
+Interval = tuple[float, float, float]  # estimate, 95% low, 95% high
+
+
+def online_entry(
+    rows: int,
+    users: int,
+    auc_of: Callable[[str], Interval],
+    paired_of: Callable[[str, str], Interval],
+    with_history: bool,
+) -> dict[str, Any]:
+    """One row set of the online-vs-frozen block, whatever computes the AUCs (arrays here,
+    Spark in ``pipelines.spark_evaluate``): curves "online", "frozen", "history_only"."""
+    on, fr, diff = auc_of("online"), auc_of("frozen"), paired_of("online", "frozen")
+    entry: dict[str, Any] = {
+        "rows": rows,
+        "users": users,
+        "online_auc": on[0],
+        "online_ci95": [on[1], on[2]],
+        "frozen_auc": fr[0],
+        "frozen_ci95": [fr[1], fr[2]],
+        "difference": diff[0],
+        "difference_ci95": [diff[1], diff[2]],
+        "verdict": interval_verdict(diff[1], diff[2]),
+    }
+    if with_history:
+        ho, d2 = auc_of("history_only"), paired_of("online", "history_only")
+        entry.update(
+            history_only_auc=ho[0],
+            history_only_ci95=[ho[1], ho[2]],
+            difference_vs_history_only=d2[0],
+            difference_vs_history_only_ci95=[d2[1], d2[2]],
+            verdict_vs_history_only=interval_verdict(d2[1], d2[2]),
+        )
+    return entry
 
 
 def auc_by_day(

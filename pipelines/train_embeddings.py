@@ -139,7 +139,8 @@ def run_train_embeddings(
     if progress and rank == 0:
         print(
             f"kept epoch {result.best_epoch} of {cfg.train.epochs} "
-            f"(lowest validation loss {result.best_val_loss:.4f})"
+            f"(lowest validation loss {result.best_val_loss:.4f}; "
+            f"{result.precision} training steps)"
         )
     if rank != 0:
         return EmbeddingJobResult(artifact=None, metrics={}, history=result.history)
@@ -151,6 +152,7 @@ def run_train_embeddings(
         "triplets": {"train": int((~val_mask).sum()), "validation": int(val_mask.sum())},
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
+        "train_precision": result.precision,
         **_heldout_pairs(con, store, vectors, cfg, test_start),
         "embed_videos_per_s": len(store) / embed_s if embed_s > 0 else None,
         "mining_seconds": mining_s,

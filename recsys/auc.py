@@ -7,8 +7,6 @@ import math
 import numpy as np
 from scipy.stats import norm, rankdata
 
-from recsys.metrics import auc
-
 
 def delong_ci(
     labels: np.ndarray, scores: np.ndarray, level: float = 0.95

@@ -20,6 +20,7 @@ from pipelines.options import (
     Online,
     Overwrite,
     PoolingName,
+    Precision,
     Quiet,
     Seed,
     SparkMaster,
@@ -96,6 +97,7 @@ def pipeline(
         int, typer.Option(help="Use at most this many triplets (0 = all).")
     ] = 0,
     epoch_triplets: EpochTriplets = 125_000,
+    precision: Precision = "auto",
     index: Annotated[str, typer.Option(help="FAISS index kind: flat, hnsw or ivf.")] = "flat",
     tune_glmix: Annotated[
         bool,
@@ -141,6 +143,7 @@ def pipeline(
                     device=device,
                     max_triplets=max_triplets,
                     epoch_triplets=epoch_triplets,
+                    precision=precision,
                     anchor_neighbours=anchor_neighbours,
                 ),
                 index=IndexConfig(kind=index),

@@ -20,6 +20,7 @@ from pipelines.options import (
     IntraNorm,
     Overwrite,
     PoolingName,
+    Precision,
     Quiet,
     Seed,
     SparkMaster,
@@ -95,6 +96,7 @@ def train_embeddings(
         int, typer.Option(help="Use at most this many triplets (0 = all).")
     ] = 0,
     epoch_triplets: EpochTriplets = 125_000,
+    precision: Precision = "auto",
     index: Annotated[str, typer.Option(help="FAISS index kind: flat, hnsw or ivf.")] = "flat",
     test_start: TestStart = None,
     watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
@@ -136,6 +138,7 @@ def train_embeddings(
                 device=device,
                 max_triplets=max_triplets,
                 epoch_triplets=epoch_triplets,
+                precision=precision,
                 ubm=UBMStart(enabled=ubm_init),
                 anchor_neighbours=anchor_neighbours,
             ),

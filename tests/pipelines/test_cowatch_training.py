@@ -133,3 +133,57 @@ def test_an_epoch_samples_at_most_epoch_triplets(
         res = ct.train_embedder(store, rows[:100], rows[100:], model_cfg, cfg, progress=False)
         weights.append(res.model.state_dict())
     assert all(torch.equal(v, weights[1][k]) for k, v in weights[0].items())
+
+
+def test_precision_choice() -> None:
+    import torch
+
+    from embeddings.runtime import autocast_dtype, native_bfloat16
+    from pipelines.cowatch_training import TrainConfig
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype("float32", cpu) is None
+    assert autocast_dtype("bfloat16", cpu) == torch.bfloat16
+    want = torch.bfloat16 if native_bfloat16(cpu) else None
+    assert autocast_dtype("auto", cpu) == want
+    with pytest.raises(ValueError, match="precision"):
+        autocast_dtype("half", cpu)
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")
+
+
+def test_bfloat16_steps_track_float32_and_keep_float32_weights(small_world_dir: Path) -> None:
+    """Mixed precision changes the rounding of the forward's products, not the model:
+    the same seed's losses agree closely, and weights and embeddings stay float32."""
+    import torch
+
+    from embeddings.cowatch import EmbedderConfig
+    from pipelines.cowatch_embedding import embed_store
+    from pipelines.cowatch_training import TrainConfig, train_embedder
+    from pipelines.frame_cache import open_frame_store
+
+    store = open_frame_store(small_world_dir)
+    rows = np.random.default_rng(0).integers(0, len(store), size=(300, 3))
+    model_cfg = EmbedderConfig(
+        feature_dim=store.feature_dim, num_clusters=4, hidden_dim=16, embedding_dim=8
+    )
+    runs = {
+        p: train_embedder(
+            store,
+            rows[:250],
+            rows[250:],
+            model_cfg,
+            TrainConfig(epochs=2, batch_size=64, precision=p),
+            progress=False,
+        )
+        for p in ("float32", "bfloat16")
+    }
+    assert runs["float32"].precision == "float32" and runs["bfloat16"].precision == "bfloat16"
+    low = runs["bfloat16"]
+    assert all(p.dtype == torch.float32 for p in low.model.parameters())
+    assert embed_store(low.model, store).dtype == np.float32
+    for a, b in zip(runs["float32"].history, low.history, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.05)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=0.05)
+    # Not a no-op: the rounding did change the trajectory.
+    assert runs["float32"].history[-1]["train_loss"] != low.history[-1]["train_loss"]

@@ -4,11 +4,10 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import norm
-from sklearn.metrics import roc_auc_score
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.stats import norm
+from sklearn.metrics import roc_auc_score
 
 from recsys.auc import bootstrap_ci, delong_ci, weighted_auc
 from recsys.metrics import auc

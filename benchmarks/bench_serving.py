@@ -96,7 +96,7 @@ def main() -> None:
             str(args.artifacts),
             "--port",
             str(port),
-            "--limit-concurrency",
+            "--max-in-flight",
             "256",
         ],
         env=env,

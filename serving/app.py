@@ -81,6 +81,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         LimitsAndMetricsMiddleware,  # type: ignore[arg-type]
         max_body=settings.max_body_bytes,
         metrics=app.state.metrics,
+        api_key=settings.api_key,
+        max_in_flight=settings.max_in_flight,
+        queue_timeout_s=settings.queue_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
     )
     add_exception_handlers(app)
     app.include_router(explorer.router)

@@ -8,6 +8,8 @@ from pathlib import Path
 import uvicorn
 
 from recsys.artifact import read_manifest
+from serving.connections import protocol_with_deadline, raise_open_file_limit
+from serving.settings import Settings
 
 
 def example_requests(base: str, api_key: str | None) -> str:
@@ -35,12 +37,16 @@ def serve_artifact(
     host: str = "127.0.0.1",
     port: int = 8000,
     workers: int = 1,
-    limit_concurrency: int | None = 64,
+    max_in_flight: int | None = None,
     print_examples: bool = False,
     access_log: bool = False,
 ) -> None:
     """Run uvicorn on the artifact (checked first, so a bad path fails fast with a clear message)."""
     read_manifest(artifacts, verify=True)
+    if max_in_flight is not None:
+        os.environ["RECSYS_MAX_IN_FLIGHT"] = str(max_in_flight)
+    settings = Settings()  # the environment's, as the app will read them
+    raise_open_file_limit()
     print(f"listening on http://{host}:{port} (artifact {artifacts})", flush=True)
     os.environ["RECSYS_ARTIFACTS"] = str(Path(artifacts).resolve())
     if print_examples:
@@ -53,7 +59,10 @@ def serve_artifact(
         host=host,
         port=port,
         workers=workers,
-        limit_concurrency=limit_concurrency,
+        # Requests in flight are limited by the app (serving.middleware), not sockets.
+        limit_concurrency=None,
+        http=protocol_with_deadline(settings.head_timeout_s),
+        timeout_keep_alive=max(1, int(settings.head_timeout_s)),
         log_level="info" if access_log else "warning",
         access_log=access_log,
     )

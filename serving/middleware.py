@@ -1,7 +1,26 @@
-"""ASGI middleware: the body-size limit (413) and per-route latency metrics."""
+"""ASGI middleware: limits before work, then the request, then its metrics.
+
+In order, before the application reads a byte of the body:
+
+1. **Overload**: at most ``max_in_flight`` requests run at once; a request waits up to
+   ``queue_timeout_s`` for a slot, then gets 503 with ``Retry-After``. Health, readiness
+   and metrics (``EXEMPT``) never wait, so probes answer while the API is saturated.
+2. **The API key** of write routes (every POST, PUT, PATCH or DELETE but ``OPEN_POSTS``):
+   401 from the headers alone, so a stranger's large body is never parsed.
+3. **The size limit**: a declared ``Content-Length`` over ``max_body`` is 413 at once; any
+   other body is read up to the limit first (413 as soon as it passes it), then handed
+   to the application, so every oversized body gets the same 413. The body is read
+   whole before the application runs (it would read it anyway); one that stalls for
+   ``body_timeout_s`` gets 408.
+
+Metrics are recorded for every answer, 5xx from an exception included, with bounded
+labels: unknown methods share ``OTHER``, unmatched paths ``unmatched``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -9,72 +28,149 @@ from typing import Any
 
 from serving.metrics import Metrics
 
+#: paths that never queue behind the API (probes, scrapes)
+EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
+#: POST routes that read (no key needed); every other POST/PUT/PATCH/DELETE writes
+OPEN_POSTS = frozenset({"/v1/score"})
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+KNOWN_METHODS = frozenset({"GET", "HEAD", "OPTIONS", *WRITE_METHODS})
+
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[..., Awaitable[None]]
+
+
+def needs_write_key(method: str, path: str) -> bool:
+    return method in WRITE_METHODS and path not in OPEN_POSTS
+
 
 class LimitsAndMetricsMiddleware:
-    """Pure ASGI: 413 for bodies over the limit (declared or streamed), latency per route."""
+    """Pure ASGI: overload 503, write key 401, body 413/408 before the app; metrics after."""
 
     def __init__(
-        self, app: Callable[..., Awaitable[None]], max_body: int, metrics: Metrics
+        self,
+        app: ASGIApp,
+        max_body: int,
+        metrics: Metrics,
+        api_key: str | None = None,
+        max_in_flight: int = 64,
+        queue_timeout_s: float = 2.0,
+        body_timeout_s: float = 30.0,
     ) -> None:
         self.app = app
         self.max_body = max_body
         self.metrics = metrics
+        self.api_key = api_key
+        self.queue_timeout_s = queue_timeout_s
+        self.body_timeout_s = body_timeout_s
+        self.slots = asyncio.Semaphore(max_in_flight)
 
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Message, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status_holder = [500]
+        status = [500]
 
-        async def send_wrapper(message: MutableMapping[str, Any]) -> None:
+        async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status_holder[0] = message["status"]
+                status[0] = message["status"]
             await send(message)
 
+        try:
+            await self._limited(scope, receive, send_wrapper)
+        finally:  # an exception is a 500 and is counted like any other answer
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.observe(
+                method if method in KNOWN_METHODS else "OTHER",
+                path,
+                status[0],
+                time.perf_counter() - start,
+            )
+
+    async def _limited(self, scope: Message, receive: Any, send: Any) -> None:
+        if scope.get("path") in EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        try:
+            async with asyncio.timeout(self.queue_timeout_s):
+                await self.slots.acquire()
+        except TimeoutError:
+            self.metrics.inc("overload_rejections")
+            await _reject(send, 503, "overloaded: too many requests in flight", retry_after=1)
+            return
+        try:
+            await self._checked(scope, receive, send)
+        finally:
+            self.slots.release()
+
+    async def _checked(self, scope: Message, receive: Any, send: Any) -> None:
         headers = dict(scope.get("headers") or [])
+        if self.api_key is not None and needs_write_key(scope.get("method", ""), scope["path"]):
+            given = headers.get(b"x-api-key", b"")
+            if not hmac.compare_digest(given, self.api_key.encode()):
+                await _reject(send, 401, "missing or wrong X-API-Key header")
+                return
         declared = headers.get(b"content-length")
-        too_big = False
-        if declared is not None:
-            try:
-                too_big = int(declared) > self.max_body
-            except ValueError:
-                too_big = True
-        if too_big:
-            await self._reject(send, send_wrapper)
-        else:
-            received = [0]
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"")
+        if declared is None and not chunked:  # no body
+            await self.app(scope, receive, send)
+            return
+        try:
+            if declared is not None and int(declared) > self.max_body:
+                raise _BodyTooLarge
+            body = await self._read_limited(receive)
+        except (_BodyTooLarge, ValueError):
+            await _reject(send, 413, self._too_big)
+            return
+        except TimeoutError:
+            await _reject(send, 408, f"request body not received within {self.body_timeout_s} s")
+            return
+        await self.app(scope, _replay(body, receive), send)
 
-            async def limited_receive() -> MutableMapping[str, Any]:
-                message: MutableMapping[str, Any] = await receive()
-                if message["type"] == "http.request":
-                    received[0] += len(message.get("body", b""))
-                    if received[0] > self.max_body:
-                        raise _BodyTooLarge
-                return message
+    @property
+    def _too_big(self) -> str:
+        return f"request body larger than {self.max_body} bytes"
 
-            try:
-                await self.app(scope, limited_receive, send_wrapper)
-            except _BodyTooLarge:
-                await self._reject(send, send_wrapper)
-        route = scope.get("route")
-        path = getattr(route, "path", None) or "unmatched"
-        self.metrics.observe(
-            scope.get("method", "?"), path, status_holder[0], time.perf_counter() - start
-        )
+    async def _read_limited(self, receive: Any) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            async with asyncio.timeout(self.body_timeout_s):
+                message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(parts)  # disconnected: the app sees an empty body and stops
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise _BodyTooLarge
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
 
-    async def _reject(self, send: Any, send_wrapper: Any) -> None:
-        body = json.dumps(
-            {"detail": f"request body larger than {self.max_body} bytes", "field": None}
-        ).encode()
-        await send_wrapper(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+
+def _replay(body: bytes, receive: Any) -> Callable[[], Awaitable[Message]]:
+    sent = [False]
+
+    async def replay() -> Message:
+        if not sent[0]:
+            sent[0] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        message: Message = await receive()
+        return message
+
+    return replay
+
+
+async def _reject(send: Any, status: int, detail: str, retry_after: int | None = None) -> None:
+    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    body = json.dumps({"detail": detail, "field": None}).encode()
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _BodyTooLarge(Exception):

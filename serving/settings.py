@@ -22,6 +22,15 @@ class Settings(BaseSettings):
     #: required in the X-API-Key header of write endpoints when set
     api_key: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
+    #: requests served at once (health, readiness and metrics not counted); beyond it a
+    #: request waits up to queue_timeout_s for a slot, then gets 503 with Retry-After
+    max_in_flight: int = 64
+    queue_timeout_s: float = 2.0
+    #: a request body that stalls this long gets 408
+    body_timeout_s: float = 30.0
+    #: a connection that sends no complete request head this long after connecting (or
+    #: after its last response) is closed: idle and byte-at-a-time clients hold nothing
+    head_timeout_s: float = 5.0
     max_candidates: int = 1000
     max_frames: int = 2000
     max_k: int = 500

@@ -33,7 +33,7 @@ def test_compose_options_exist(run_cli) -> None:
         if tok.startswith("--"):
             assert tok in help_text, tok
     _, serve_help, _ = run_cli("serve", "--help")
-    for opt in ("--artifacts", "--host", "--port", "--limit-concurrency"):
+    for opt in ("--artifacts", "--host", "--port", "--max-in-flight"):
         assert opt in serve_help and opt in text
 
 

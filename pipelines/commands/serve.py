@@ -24,8 +24,13 @@ def serve(
             "state; run one process per replica instead."
         ),
     ] = 1,
-    limit_concurrency: Annotated[
-        int, typer.Option(help="Answer 503 beyond this many concurrent requests.")
+    max_in_flight: Annotated[
+        int,
+        typer.Option(
+            help="Requests served at once; beyond it a request waits up to "
+            "RECSYS_QUEUE_TIMEOUT_S (2 s) for a slot, then gets 503 with Retry-After. "
+            "Health checks are not counted."
+        ),
     ] = 64,
     access_log: Annotated[
         bool, typer.Option(help="Log every request (uvicorn's access log) to stderr.")
@@ -56,7 +61,7 @@ def serve(
         host,
         port,
         workers,
-        limit_concurrency,
+        max_in_flight,
         print_examples=True,
         access_log=access_log,
     )

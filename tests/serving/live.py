@@ -20,9 +20,14 @@ def free_port() -> int:
 
 
 def start_server(
-    artifact: Path, db: Path, port: int, state_url: str | None = None
+    artifact: Path,
+    db: Path,
+    port: int,
+    state_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RECSYS_STATE_DB": str(db), "RECSYS_API_KEY": "k", "OMP_NUM_THREADS": "1"}
+    env.update(extra_env or {})
     if state_url:
         env["RECSYS_STATE_URL"] = state_url
     proc = subprocess.Popen(

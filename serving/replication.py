@@ -1,43 +1,40 @@
 """Following the state store's log: which rows of each table this replica has applied.
 
-Rows get sequence numbers at insert and become visible at commit, so on PostgreSQL a row
-can appear after rows with higher numbers; a follower re-reads ``lookback`` numbers
-below the newest it has seen and skips those it applied already.
+A read returns the rows whose commit-order key is at or above this replica's horizon,
+with a new horizon below which every row was visible to it (``serving.stores.contract``).
+A row is therefore read at least once whatever the order transactions commit in, and
+perhaps again while its key is at or above the horizon; its sequence number is
+remembered until the horizon passes it, so it is applied exactly once. What is
+remembered is the rows of transactions that were still open at the last read: at idle,
+nothing.
 """
 
 from __future__ import annotations
 
-TABLES = ("videos", "watches", "impressions")
+from serving.stores.contract import TABLES, Stamp
 
 
-class LogCursor:
-    def __init__(self, lookback: int) -> None:
-        self.lookback = lookback
-        #: the newest sequence number seen per table
-        self.newest = dict.fromkeys(TABLES, 0)
-        #: the numbers applied within the look-back window
-        self.applied: dict[str, set[int]] = {t: set() for t in TABLES}
+class Follower:
+    def __init__(self) -> None:
+        #: per table: every row whose key is below this was read (or written here)
+        self.horizon = dict.fromkeys(TABLES, 0)
+        #: per table: sequence number -> key of the rows applied at or above the horizon
+        self.applied: dict[str, dict[int, int]] = {t: {} for t in TABLES}
 
-    def mark(self, table: str, seq: int) -> bool:
-        """Record ``seq`` as applied; False when it was applied before (or is below the
-        window, so it was applied on an earlier read)."""
+    def mark(self, table: str, stamp: Stamp) -> bool:
+        """Record a row as applied; False when it was applied before."""
         applied = self.applied[table]
-        if seq in applied or seq <= self.newest[table] - self.lookback - 1:
+        if stamp.seq in applied or stamp.order < self.horizon[table]:
             return False
-        applied.add(seq)
-        if seq > self.newest[table]:
-            self.newest[table] = seq
+        applied[stamp.seq] = stamp.order
         return True
 
-    def read_from(self) -> tuple[int, int, int]:
-        """The sequence numbers to read after, per table (``TABLES`` order)."""
-        lb = self.lookback
-        v, w, i = (max(0, self.newest[t] - lb) for t in TABLES)
-        return v, w, i
-
-    def forget_old(self) -> None:
-        """Drop remembered numbers below the window (bounded memory)."""
-        for t in TABLES:
-            floor = self.newest[t] - self.lookback
-            if len(self.applied[t]) > 2 * self.lookback + 64:
-                self.applied[t] = {x for x in self.applied[t] if x > floor}
+    def advance(self, horizon: dict[str, int]) -> None:
+        """Move to a read's horizon (never back) and forget the rows below it: no later
+        read returns them."""
+        for table in TABLES:
+            h = max(self.horizon[table], horizon.get(table, 0))
+            if h != self.horizon[table]:
+                self.horizon[table] = h
+                applied = self.applied[table]
+                self.applied[table] = {s: o for s, o in applied.items() if o >= h}

@@ -31,7 +31,7 @@ from recsys.projection import fit_projection
 from recsys.scoring import glmix_global_features, history_similarity
 from serving.catalogue import Catalogue
 from serving.errors import ConflictError, NotFoundError
-from serving.replication import LogCursor
+from serving.replication import Follower
 from serving.stores import Impression, StateStore, StoredVideo, Watch
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class ServingState:
         #: stored rows that could not be replayed (skipped and logged, never fatal)
         self.skipped_rows = 0
         self.online = OnlineEffects(self.glmix, online_config or OnlineConfig())
-        self._log = LogCursor(store.lookback)
+        self._log = Follower()
         self.sync()  # replay every durable write
         # The 2-D map: the artifact's projection (fitted at pipeline time), or one fitted
         # now on the catalogue for artifacts written before it existed.
@@ -119,9 +119,7 @@ class ServingState:
     def sync(self) -> int:
         """Apply the rows other writers (replicas) added since the last call; returns how
         many. Cheap when nothing changed: three indexed range queries."""
-        changes = self.store.changes(*self._log.read_from())
-        if not changes:
-            return 0
+        changes = self.store.changes(dict(self._log.horizon))
         applied = 0
         with self._lock:
             for seq, sv in changes.videos:
@@ -146,7 +144,7 @@ class ServingState:
                     continue
                 self.impression_events += 1
                 self._stage(by_user, imp.user_id, r, imp.watch_seconds >= self.threshold)
-            self._log.forget_old()
+            self._log.advance(changes.horizon)
             if by_user:
                 self._observe_all(by_user)
         return applied

@@ -1,7 +1,12 @@
 """What the service needs from durable storage, and the SQL both stores share.
 
-Every row has a sequence number. A replica applies its own writes at once and follows the
-others' through ``changes`` (polled), so all replicas converge on the same state: the
+Every row has a sequence number (its name) and a commit-order key (its place): on
+PostgreSQL the id of the transaction that wrote it, on SQLite, whose writers take turns,
+the sequence number itself. A replica applies its own writes at once and follows the
+others' through ``changes`` (polled): rows whose key is at or above a per-table horizon,
+with the new horizon, below which every row was visible to that read
+(``serving.replication``). So every committed row reaches every replica once, whatever
+the order transactions commit in, and all replicas converge on the same state: the
 in-memory index, histories and online user effects are derived from the artifact plus
 this log, and rebuilt from it on start-up.
 """
@@ -9,13 +14,23 @@ this log, and rebuilt from it on start-up.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 
 class StoreUnavailable(Exception):
     """The store cannot be reached (HTTP 503 with Retry-After; the replica is not ready)."""
+
+
+TABLES = ("videos", "watches", "impressions")
+
+
+class Stamp(NamedTuple):
+    """A written row: its sequence number and its commit-order key."""
+
+    seq: int
+    order: int
 
 
 @dataclass(frozen=True)
@@ -45,31 +60,30 @@ class Watch:
 
 @dataclass
 class Changes:
-    """Rows with a sequence number above the asked cursors, per table, in order."""
+    """Rows whose commit-order key is at or above the asked horizons, per table, in
+    sequence order; ``horizon``: per table, a key below which every row committed before
+    this read (so it is in this read or an earlier one)."""
 
-    videos: list[tuple[int, StoredVideo]] = field(default_factory=list)
-    watches: list[tuple[int, Watch]] = field(default_factory=list)
-    impressions: list[tuple[int, Impression]] = field(default_factory=list)
+    videos: list[tuple[Stamp, StoredVideo]] = field(default_factory=list)
+    watches: list[tuple[Stamp, Watch]] = field(default_factory=list)
+    impressions: list[tuple[Stamp, Impression]] = field(default_factory=list)
+    horizon: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.videos) + len(self.watches) + len(self.impressions)
 
 
 class StateStore(Protocol):
-    """What the service needs from durable storage. Inserts return sequence numbers."""
-
-    #: how far below its newest seen row a follower re-reads, for rows whose transaction
-    #: committed after a later one (0: commits are serialised in sequence order)
-    lookback: int
+    """What the service needs from durable storage. Inserts return the rows' stamps."""
 
     def close(self) -> None: ...
     def get_video(self, video_id: str) -> StoredVideo | None: ...
     def insert_video(
         self, video_id: str, payload_sha256: str, embedding: np.ndarray, num_frames: int
-    ) -> int | None: ...
-    def insert_watch(self, w: Watch) -> int: ...
-    def insert_impressions(self, rows: list[Impression]) -> list[int | None]: ...
-    def changes(self, videos: int, watches: int, impressions: int) -> Changes: ...
+    ) -> Stamp | None: ...
+    def insert_watch(self, w: Watch) -> Stamp: ...
+    def insert_impressions(self, rows: list[Impression]) -> list[Stamp | None]: ...
+    def changes(self, since: dict[str, int]) -> Changes: ...
     def counts(self) -> tuple[int, int]: ...
 
 
@@ -89,16 +103,34 @@ def stored_video(row: Any) -> StoredVideo | None:
     return None if row is None else StoredVideo(row[0], row[1], vector(row[2]), row[3])
 
 
-def changes_from_rows(videos: Any, watches: Any, impressions: Any) -> Changes:
+def changes_from_rows(
+    videos: Any, watches: Any, impressions: Any, horizon: dict[str, int]
+) -> Changes:
     """``Changes`` from the rows of ``Dialect.changes``' three queries, in their column
-    order: (seq, video_id, payload_sha256, embedding, num_frames), (seq, user_id,
-    video_id, watch_seconds, at), (seq, event_id, user_id, video_id, shown_at,
-    watch_seconds)."""
+    order: (seq, order, video_id, payload_sha256, embedding, num_frames), (seq, order,
+    user_id, video_id, watch_seconds, at), (seq, order, event_id, user_id, video_id,
+    shown_at, watch_seconds)."""
     return Changes(
-        [(int(r[0]), StoredVideo(r[1], r[2], vector(r[3]), r[4])) for r in videos],
-        [(int(r[0]), Watch(r[1], r[2], float(r[3]), r[4])) for r in watches],
-        [(int(r[0]), Impression(r[2], r[3], r[4], float(r[5]), r[1])) for r in impressions],
+        [(_stamp(r), StoredVideo(r[2], r[3], vector(r[4]), r[5])) for r in videos],
+        [(_stamp(r), Watch(r[2], r[3], float(r[4]), r[5])) for r in watches],
+        [(_stamp(r), Impression(r[3], r[4], r[5], float(r[6]), r[2])) for r in impressions],
+        horizon,
     )
+
+
+def _stamp(row: Any) -> Stamp:
+    return Stamp(int(row[0]), int(row[1]))
+
+
+def next_horizon(changes: Changes, since: dict[str, int]) -> dict[str, int]:
+    """Where the next read starts when rows commit in sequence order (SQLite): past the
+    newest row read, per table."""
+    out = dict(since)
+    tables: tuple[list[Any], ...] = (changes.videos, changes.watches, changes.impressions)
+    for table, rows in zip(TABLES, tables, strict=True):
+        if rows:
+            out[table] = max(out.get(table, 0), max(s.order for s, _ in rows) + 1)
+    return out
 
 
 _SCHEMA = """
@@ -107,7 +139,7 @@ CREATE TABLE IF NOT EXISTS videos (
     payload_sha256 TEXT NOT NULL,
     embedding {blob} NOT NULL,
     num_frames INTEGER NOT NULL,
-    ingested_at {now}
+    ingested_at {now}{order_column}
 );
 CREATE TABLE IF NOT EXISTS impressions (
     seq {serial},
@@ -115,14 +147,14 @@ CREATE TABLE IF NOT EXISTS impressions (
     user_id TEXT NOT NULL,
     video_id TEXT NOT NULL,
     shown_at TEXT NOT NULL,
-    watch_seconds {real} NOT NULL
+    watch_seconds {real} NOT NULL{order_column}
 );
 CREATE TABLE IF NOT EXISTS watches (
     seq {serial},
     user_id TEXT NOT NULL,
     video_id TEXT NOT NULL,
     watch_seconds {real} NOT NULL,
-    at TEXT NOT NULL
+    at TEXT NOT NULL{order_column}
 );
 """
 
@@ -140,6 +172,11 @@ class Dialect:
     blob: str
     real: str
     now: str
+    #: the commit-order key: its column definition (none: the sequence number is the key)
+    #: and how each table's key is read
+    order_column: str
+    video_order: str
+    order: str
 
     @property
     def schema(self) -> str:
@@ -149,6 +186,7 @@ class Dialect:
             blob=self.blob,
             real=self.real,
             now=self.now,
+            order_column=self.order_column,
         )
 
     @property
@@ -165,15 +203,16 @@ class Dialect:
 
     @property
     def changes(self) -> tuple[str, str, str]:
-        """The videos, watches and impressions after a sequence number, in order."""
-        p, v = self.param, self.video_seq
+        """The videos, watches and impressions at or above a commit-order key, in
+        sequence order (``TABLES`` order)."""
+        p, v, vo, o = self.param, self.video_seq, self.video_order, self.order
         return (
-            f"SELECT {v}, video_id, payload_sha256, embedding, num_frames FROM videos "
-            f"WHERE {v} > {p} ORDER BY {v}",
-            f"SELECT seq, user_id, video_id, watch_seconds, at FROM watches WHERE seq > {p} "
-            "ORDER BY seq",
-            "SELECT seq, event_id, user_id, video_id, shown_at, watch_seconds FROM impressions "
-            f"WHERE seq > {p} ORDER BY seq",
+            f"SELECT {v}, {vo}, video_id, payload_sha256, embedding, num_frames FROM videos "
+            f"WHERE {vo} >= {p} ORDER BY {v}",
+            f"SELECT seq, {o}, user_id, video_id, watch_seconds, at FROM watches "
+            f"WHERE {o} >= {p} ORDER BY seq",
+            f"SELECT seq, {o}, event_id, user_id, video_id, shown_at, watch_seconds "
+            f"FROM impressions WHERE {o} >= {p} ORDER BY seq",
         )
 
     COUNTS = ("SELECT count(*) FROM videos", "SELECT count(*) FROM watches")
@@ -187,6 +226,9 @@ SQLITE = Dialect(
     blob="BLOB",
     real="REAL",
     now="TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+    order_column="",
+    video_order="rowid",
+    order="seq",
 )
 POSTGRES = Dialect(
     param="%s",
@@ -196,4 +238,7 @@ POSTGRES = Dialect(
     blob="BYTEA",
     real="DOUBLE PRECISION",
     now="TIMESTAMPTZ NOT NULL DEFAULT now()",
+    order_column=",\n    xid BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint)",
+    video_order="xid",
+    order="xid",
 )

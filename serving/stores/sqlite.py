@@ -14,18 +14,22 @@ import numpy as np
 
 from serving.stores.contract import (
     SQLITE,
+    TABLES,
     Changes,
     Impression,
+    Stamp,
     StoredVideo,
     Watch,
     blob,
     changes_from_rows,
+    next_horizon,
     stored_video,
 )
 
 
 class SqliteStore:
-    lookback = 0  # one writer at a time (BEGIN IMMEDIATE): commit order = sequence order
+    """One writer at a time (BEGIN IMMEDIATE): rows commit in sequence order, so a row's
+    sequence number is its commit-order key."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -48,7 +52,7 @@ class SqliteStore:
 
     def insert_video(
         self, video_id: str, payload_sha256: str, embedding: np.ndarray, num_frames: int
-    ) -> int | None:
+    ) -> Stamp | None:
         """Durably insert; None when the id already exists (nothing written)."""
         with self._lock:
             try:
@@ -58,22 +62,22 @@ class SqliteStore:
                     (video_id, payload_sha256, blob(embedding), num_frames),
                 )
                 self._db.execute("COMMIT")
-                return int(cur.lastrowid or 0)
+                return _stamp(cur.lastrowid)
             except sqlite3.IntegrityError:
                 self._db.execute("ROLLBACK")
                 return None
 
-    def insert_watch(self, w: Watch) -> int:
+    def insert_watch(self, w: Watch) -> Stamp:
         with self._lock:
             cur = self._db.execute(
                 SQLITE.insert_watch, (w.user_id, w.video_id, w.watch_seconds, w.at)
             )
-            return int(cur.lastrowid or 0)
+            return _stamp(cur.lastrowid)
 
-    def insert_impressions(self, rows: list[Impression]) -> list[int | None]:
+    def insert_impressions(self, rows: list[Impression]) -> list[Stamp | None]:
         """Durably insert a batch in one transaction; per row its sequence number, or None
         when its ``event_id`` was stored before (a retry: nothing written for it)."""
-        seqs: list[int | None] = []
+        seqs: list[Stamp | None] = []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -83,22 +87,29 @@ class SqliteStore:
                         "(event_id, user_id, video_id, shown_at, watch_seconds) VALUES (?, ?, ?, ?, ?)",
                         (r.event_id, r.user_id, r.video_id, r.shown_at, r.watch_seconds),
                     )
-                    seqs.append(int(cur.lastrowid or 0) if cur.rowcount == 1 else None)
+                    seqs.append(_stamp(cur.lastrowid) if cur.rowcount == 1 else None)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return seqs
 
-    def changes(self, videos: int, watches: int, impressions: int) -> Changes:
+    def changes(self, since: dict[str, int]) -> Changes:
         with self._lock:
             got = [
-                self._db.execute(sql, (after,)).fetchall()
-                for sql, after in zip(SQLITE.changes, (videos, watches, impressions), strict=True)
+                self._db.execute(sql, (since.get(t, 0),)).fetchall()
+                for sql, t in zip(SQLITE.changes, TABLES, strict=True)
             ]
-        return changes_from_rows(*got)
+        changes = changes_from_rows(got[0], got[1], got[2], horizon={})
+        changes.horizon = next_horizon(changes, since)
+        return changes
 
     def counts(self) -> tuple[int, int]:
         with self._lock:
             v, w = (int(self._db.execute(sql).fetchone()[0]) for sql in SQLITE.COUNTS)
         return v, w
+
+
+def _stamp(rowid: int | None) -> Stamp:
+    seq = int(rowid or 0)
+    return Stamp(seq, seq)

@@ -72,10 +72,13 @@ def test_store_contract(kind: str, tmp_path: Path, request: pytest.FixtureReques
     assert all(s is not None for s in seqs)
     again = store.insert_impressions(rows[:1])
     assert again == [None]  # the retried event id: nothing written
-    ch = store.changes(0, 0, 0)
+    ch = store.changes({})
     assert [s for s, _ in ch.videos] == [s1] and [s for s, _ in ch.watches] == [w]
     assert [i.event_id for _, i in ch.impressions] == ["e1", None]
-    assert len(store.changes(s1, w, max(s for s in seqs if s is not None))) == 0
+    # Past every committed row: the next read from the horizon returns nothing.
+    assert all(ch.horizon[t] > max(s.order for s in got) for t, got in
+               (("videos", [s1]), ("watches", [w]), ("impressions", seqs)))  # fmt: skip
+    assert len(store.changes(ch.horizon)) == 0
     assert store.counts() == (1, 1)
     store.close()
 
@@ -218,7 +221,7 @@ def test_sigkill_of_a_replica_loses_no_acknowledged_write(
         t.join()
     assert len(acked) > 20
     store = open_store(pg_url)
-    stored = {i.event_id for _, i in store.changes(0, 0, 0).impressions}
+    stored = {i.event_id for _, i in store.changes({}).impressions}
     store.close()
     missing = set(acked) - stored
     assert not missing, f"{len(missing)} acknowledged impressions lost"

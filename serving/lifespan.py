@@ -29,7 +29,8 @@ LoadState = Callable[[StateStore], ServingState]
 
 
 def _follow(app: FastAPI, stop: threading.Event) -> None:
-    """Apply other replicas' writes (and, after an outage, notice the store is back)."""
+    """Apply other replicas' writes; after a failure (the store down, the disk full),
+    ready again only once a write commits."""
     settings: Settings = app.state.settings
     holder: StateHolder = app.state.holder
     metrics: Metrics = app.state.metrics
@@ -39,6 +40,9 @@ def _follow(app: FastAPI, stop: threading.Event) -> None:
             continue
         try:
             n = state.sync()
+            if not app.state.store_ok:
+                state.store.probe_write()
+                log.warning("state store: writes work again; ready")
             app.state.store_ok = True
             if n:
                 metrics.inc("replicated_rows", n)

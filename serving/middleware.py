@@ -31,7 +31,7 @@ from serving.metrics import Metrics
 #: paths that never queue behind the API (probes, scrapes)
 EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
 #: POST routes that read (no key needed); every other POST/PUT/PATCH/DELETE writes
-OPEN_POSTS = frozenset({"/v1/score"})
+OPEN_POSTS = frozenset({"/v1/score", "/v1/map/positions"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 KNOWN_METHODS = frozenset({"GET", "HEAD", "OPTIONS", *WRITE_METHODS})
 

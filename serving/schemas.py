@@ -23,7 +23,14 @@ from pydantic import (
 
 from serving.frame_encoding import VALUE_LIMIT, frames_b64_pattern, max_b64_length
 
-ID = Annotated[str, Field(min_length=1, max_length=256)]
+#: An id the service looks up (it may come from the offline data set): 1-256 characters,
+#: no control characters (NUL and friends cannot be stored).
+ID = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+#: The alphabet of every id the service creates (ingested videos, users of events, event
+#: ids): 1-128 of letters, digits and ``_ - . : @ + =``, not starting with ``.``. Such an
+#: id reads back through every route: no ``/`` to split a path, no ``..`` to normalise.
+NEW_ID_PATTERN = r"^[A-Za-z0-9_\-:@+=][A-Za-z0-9_.\-:@+=]{0,127}$"
+NEW_ID = Annotated[str, Field(min_length=1, max_length=128, pattern=NEW_ID_PATTERN)]
 
 
 REQUEST_MODEL = ConfigDict(strict=True, extra="forbid")
@@ -93,14 +100,14 @@ def ingest_body_type(dim: int | None, max_frames: int) -> Any:
         """Frames as a JSON matrix: one row of ``feature_dim`` numbers per frame."""
 
         model_config = strict
-        video_id: ID
+        video_id: NEW_ID
         frames: list[row] = Field(min_length=1, max_length=max_frames)  # type: ignore[valid-type]
 
     class Float32FramesIngest(BaseModel):
         """Frames as base64 of float32 bytes (lossless, 3x smaller than JSON)."""
 
         model_config = strict
-        video_id: ID
+        video_id: NEW_ID
         frames_b64: str = b64_field("float32")
         dtype: Literal["float32"] = "float32"
 
@@ -108,7 +115,7 @@ def ingest_body_type(dim: int | None, max_frames: int) -> Any:
         """Frames as base64 of YouTube-8M-quantised uint8 bytes (dequantised on arrival)."""
 
         model_config = strict
-        video_id: ID
+        video_id: NEW_ID
         frames_b64: str = b64_field("uint8")
         dtype: Literal["uint8"]
 
@@ -149,7 +156,7 @@ def _rfc3339_string(value: Any) -> Any:
 
 class WatchEvent(BaseModel):
     model_config = REQUEST_MODEL
-    user_id: ID
+    user_id: NEW_ID
     video_id: ID
     watch_seconds: float = Field(ge=0, allow_inf_nan=False)
     #: an RFC 3339 string with a time zone (not parsed from numbers: the schema says string)
@@ -160,12 +167,12 @@ class ImpressionEvent(BaseModel):
     """One row of the ``impressions.parquet`` contract, as it happens."""
 
     model_config = REQUEST_MODEL
-    user_id: ID
+    user_id: NEW_ID
     video_id: ID
     shown_at: Annotated[AwareDatetime, Field(strict=False), BeforeValidator(_rfc3339_string)]
     watch_seconds: float = Field(ge=0, allow_inf_nan=False)
     #: a retry with the same id is acknowledged and not applied twice
-    event_id: ID | None = None
+    event_id: NEW_ID | None = None
 
 
 class ImpressionBatch(BaseModel):

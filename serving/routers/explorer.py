@@ -221,6 +221,8 @@ def report_file(name: str, settings: AppSettings) -> FileResponse:
     d = report_dir(settings.artifacts)
     if d is None or not name.endswith(".png"):
         raise HTTPException(404, "no such report file")
+    if "\x00" in name:  # the OS refuses such a path; it names no file
+        raise HTTPException(404, "no such report file")
     path = (d / name).resolve()
     if d.resolve() not in path.parents or not path.is_file():
         raise HTTPException(404, f"no such report file: {html.escape(name)}")

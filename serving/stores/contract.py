@@ -24,6 +24,8 @@ class StoreUnavailable(Exception):
 
 
 TABLES = ("videos", "watches", "impressions")
+#: a write probe's size: more than a page, so it needs space the store does not have free
+WRITE_PROBE_BYTES = 8192
 
 
 class Stamp(NamedTuple):
@@ -84,6 +86,10 @@ class StateStore(Protocol):
     def insert_watch(self, w: Watch) -> Stamp: ...
     def insert_impressions(self, rows: list[Impression]) -> list[Stamp | None]: ...
     def changes(self, since: dict[str, int]) -> Changes: ...
+    def probe_write(self) -> None:
+        """Commit a write that needs fresh space (and take it back); raises
+        ``StoreUnavailable`` while writes fail (disk full, read-only, server down)."""
+
     def counts(self) -> tuple[int, int]: ...
 
 
@@ -148,6 +154,9 @@ CREATE TABLE IF NOT EXISTS impressions (
     video_id TEXT NOT NULL,
     shown_at TEXT NOT NULL,
     watch_seconds {real} NOT NULL{order_column}
+);
+CREATE TABLE IF NOT EXISTS write_probe (
+    payload {blob} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS watches (
     seq {serial},
@@ -216,6 +225,10 @@ class Dialect:
         )
 
     COUNTS = ("SELECT count(*) FROM videos", "SELECT count(*) FROM watches")
+
+    @property
+    def probe_insert(self) -> str:
+        return f"INSERT INTO write_probe (payload) VALUES ({self.param})"
 
 
 SQLITE = Dialect(

@@ -20,6 +20,7 @@ import numpy as np
 from serving.stores.contract import (
     POSTGRES,
     TABLES,
+    WRITE_PROBE_BYTES,
     Changes,
     Impression,
     Stamp,
@@ -77,7 +78,7 @@ class PostgresStore:
                 conn = self._connect()
                 with conn.transaction():
                     return fn(conn)
-            except self._psycopg.OperationalError as exc:
+            except self._psycopg.DatabaseError as exc:  # unreachable, disk full, read-only
                 if self._conn is not None:
                     with contextlib.suppress(Exception):  # already broken
                         self._conn.close()
@@ -104,6 +105,13 @@ class PostgresStore:
 
     def ping(self) -> None:
         self._run(lambda c: c.execute("SELECT 1"))
+
+    def probe_write(self) -> None:
+        def probe(c: Any) -> None:
+            c.execute(POSTGRES.probe_insert, (bytes(WRITE_PROBE_BYTES),))
+            c.execute("DELETE FROM write_probe")
+
+        self._run(probe)
 
     # ------------------------------------------------------------------ interface
 

@@ -6,8 +6,10 @@ alone is not enough; with ``NORMAL`` the last commits can be lost on power failu
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +17,12 @@ import numpy as np
 from serving.stores.contract import (
     SQLITE,
     TABLES,
+    WRITE_PROBE_BYTES,
     Changes,
     Impression,
     Stamp,
     StoredVideo,
+    StoreUnavailable,
     Watch,
     blob,
     changes_from_rows,
@@ -41,12 +45,34 @@ class SqliteStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SQLITE.schema)
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection, alone; a fault (disk full, I/O error, a damaged file) becomes
+        ``StoreUnavailable`` (503, not ready) with any open transaction rolled back."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise StoreUnavailable(f"state store unavailable: {exc}") from None
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
+    def probe_write(self) -> None:
+        with self._locked() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(SQLITE.probe_insert, (bytes(WRITE_PROBE_BYTES),))
+            db.execute("DELETE FROM write_probe")
+            db.execute("COMMIT")
+
     def get_video(self, video_id: str) -> StoredVideo | None:
-        with self._lock:
+        with self._locked():
             row = self._db.execute(SQLITE.get_video, (video_id,)).fetchone()
         return stored_video(row)
 
@@ -54,7 +80,7 @@ class SqliteStore:
         self, video_id: str, payload_sha256: str, embedding: np.ndarray, num_frames: int
     ) -> Stamp | None:
         """Durably insert; None when the id already exists (nothing written)."""
-        with self._lock:
+        with self._locked():
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 cur = self._db.execute(
@@ -68,7 +94,7 @@ class SqliteStore:
                 return None
 
     def insert_watch(self, w: Watch) -> Stamp:
-        with self._lock:
+        with self._locked():
             cur = self._db.execute(
                 SQLITE.insert_watch, (w.user_id, w.video_id, w.watch_seconds, w.at)
             )
@@ -78,7 +104,7 @@ class SqliteStore:
         """Durably insert a batch in one transaction; per row its sequence number, or None
         when its ``event_id`` was stored before (a retry: nothing written for it)."""
         seqs: list[Stamp | None] = []
-        with self._lock:
+        with self._locked():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for r in rows:
@@ -95,7 +121,7 @@ class SqliteStore:
         return seqs
 
     def changes(self, since: dict[str, int]) -> Changes:
-        with self._lock:
+        with self._locked():
             got = [
                 self._db.execute(sql, (since.get(t, 0),)).fetchall()
                 for sql, t in zip(SQLITE.changes, TABLES, strict=True)
@@ -105,7 +131,7 @@ class SqliteStore:
         return changes
 
     def counts(self) -> tuple[int, int]:
-        with self._lock:
+        with self._locked():
             v, w = (int(self._db.execute(sql).fetchone()[0]) for sql in SQLITE.COUNTS)
         return v, w
 

@@ -99,3 +99,8 @@ def test_every_body_route_documents_the_400_it_gives_for_unparseable_bodies(
         assert "400" in schema["paths"][path]["post"]["responses"], path
         r = client.post(path, content=b"\xff", headers={**AUTH, "Content-Type": "application/json"})
         assert r.status_code == 400 and set(r.json()) == {"detail", "field"}, (path, r.text)
+
+
+def test_a_nul_in_a_report_file_name_is_404_not_500(client) -> None:
+    r = client.get("/explorer/report/files/roc.png%00.png")
+    assert r.status_code == 404 and r.json()["detail"] == "no such report file"

@@ -129,3 +129,27 @@ def test_metrics_labels_are_bounded_and_500s_counted() -> None:
     keys = set(mw.metrics.requests)
     assert keys == {("OTHER", "unmatched", 200), ("GET", "unmatched", 500)}
     assert mw.metrics.requests[("OTHER", "unmatched", 200)] == 50
+
+
+def test_the_key_rule_matches_every_route(client) -> None:
+    """The middleware's rule (every write method but ``OPEN_POSTS``) names exactly the
+    routes that declare the key dependency (which documents the 401)."""
+    from fastapi.routing import APIRoute
+
+    from serving.deps import require_api_key
+    from serving.middleware import needs_write_key
+
+    def walk(routes):  # FastAPI keeps included routers as wrappers around their routes
+        for r in routes:
+            inner = getattr(r, "original_router", None)
+            yield from walk(inner.routes) if inner is not None else [r]
+
+    checked = 0
+    for route in walk(client.app.routes):
+        if not isinstance(route, APIRoute):
+            continue
+        declares = any(d.call is require_api_key for d in route.dependant.dependencies)
+        for method in route.methods:
+            assert needs_write_key(method, route.path) == declares, (method, route.path)
+            checked += 1
+    assert checked > 10

@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_in_flight=settings.max_in_flight,
         queue_timeout_s=settings.queue_timeout_s,
         body_timeout_s=settings.body_timeout_s,
+        allowed_hosts=settings.host_list(),
     )
     add_exception_handlers(app)
     app.include_router(explorer.router)

@@ -49,9 +49,29 @@ def require_api_key(request: Request, x_api_key: Annotated[str | None, Header()]
         raise HTTPException(401, "missing or wrong X-API-Key header")
 
 
+def require_read_key(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> None:
+    """User lists and histories are private: ``X-API-Key`` must be the read key or the
+    write key, unless ``RECSYS_PUBLIC_USER_DATA`` opens them."""
+    settings = get_settings(request)
+    if settings.public_user_data:
+        return
+    keys = [k for k in (settings.read_key, settings.api_key) if k]
+    if not keys:
+        raise HTTPException(
+            403,
+            "user data is private: set RECSYS_READ_KEY and send it as X-API-Key, "
+            "or RECSYS_PUBLIC_USER_DATA=true",
+        )
+    given = (x_api_key or "").encode()
+    if not any(hmac.compare_digest(given, k.encode()) for k in keys):
+        raise HTTPException(401, "missing or wrong X-API-Key header (user data needs a key)")
+
+
 State = Annotated[ServingState, Depends(get_state)]
 Holder = Annotated[StateHolder, Depends(get_holder)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
 AppMetrics = Annotated[Metrics, Depends(get_metrics)]
 #: the dependency list of every write route
 WRITE = [Depends(require_api_key)]
+#: the dependency list of routes that show user data
+USER_DATA = [Depends(require_read_key)]

@@ -28,6 +28,7 @@ class NotFoundError(Exception):
 ERROR_TEXT = {
     400: "Bad input (the message names the field)",
     401: "Missing or wrong X-API-Key",
+    403: "User data is private and no key is configured",
     404: "Unknown user or video",
     409: "Conflicts with an existing video",
     413: "Request body too large",

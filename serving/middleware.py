@@ -13,8 +13,11 @@ In order, before the application reads a byte of the body:
    whole before the application runs (it would read it anyway); one that stalls for
    ``body_timeout_s`` gets 408.
 
-Metrics are recorded for every answer, 5xx from an exception included, with bounded
-labels: unknown methods share ``OTHER``, unmatched paths ``unmatched``.
+Every answer carries the security headers (``SECURITY_HEADERS``: no sniffing, no
+framing, a content policy of this origin only); with ``allowed_hosts`` a request for
+another ``Host`` is 400 (probes excepted). Metrics are recorded for every answer, 5xx
+from an exception included, with bounded labels: unknown methods share ``OTHER``,
+unmatched paths ``unmatched``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,21 @@ EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
 #: POST routes that read (no key needed); every other POST/PUT/PATCH/DELETE writes
 OPEN_POSTS = frozenset({"/v1/score", "/v1/map/positions"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self'{extra}; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", _CSP.format(extra="").encode()),
+]
+#: the API docs page starts Swagger UI with an inline script
+_DOCS_HEADERS = [
+    *SECURITY_HEADERS[:3],
+    (b"content-security-policy", _CSP.format(extra=" 'unsafe-inline'").encode()),
+]
 KNOWN_METHODS = frozenset({"GET", "HEAD", "OPTIONS", *WRITE_METHODS})
 
 Message = MutableMapping[str, Any]
@@ -55,6 +73,7 @@ class LimitsAndMetricsMiddleware:
         max_in_flight: int = 64,
         queue_timeout_s: float = 2.0,
         body_timeout_s: float = 30.0,
+        allowed_hosts: list[str] | None = None,
     ) -> None:
         self.app = app
         self.max_body = max_body
@@ -63,6 +82,7 @@ class LimitsAndMetricsMiddleware:
         self.queue_timeout_s = queue_timeout_s
         self.body_timeout_s = body_timeout_s
         self.slots = asyncio.Semaphore(max_in_flight)
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts or [])
 
     async def __call__(self, scope: Message, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -70,10 +90,12 @@ class LimitsAndMetricsMiddleware:
             return
         start = time.perf_counter()
         status = [500]
+        extra = _DOCS_HEADERS if scope.get("path") == "/docs" else SECURITY_HEADERS
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
         try:
@@ -92,6 +114,9 @@ class LimitsAndMetricsMiddleware:
     async def _limited(self, scope: Message, receive: Any, send: Any) -> None:
         if scope.get("path") in EXEMPT:
             await self.app(scope, receive, send)
+            return
+        if self.allowed_hosts and _host(scope) not in self.allowed_hosts:
+            await _reject(send, 400, "Host header not served here")
             return
         try:
             async with asyncio.timeout(self.queue_timeout_s):
@@ -148,6 +173,14 @@ class LimitsAndMetricsMiddleware:
             parts.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(parts)
+
+
+def _host(scope: Message) -> str:
+    """The Host header's name, lower-cased, without the port."""
+    raw = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").lower()
+    if raw.startswith("["):  # [IPv6]:port
+        return raw.split("]", 1)[0] + "]"
+    return raw.rsplit(":", 1)[0] if ":" in raw else raw
 
 
 def _replay(body: bytes, receive: Any) -> Callable[[], Awaitable[Message]]:

@@ -21,6 +21,12 @@ class Settings(BaseSettings):
     sync_interval_s: float = 0.2
     #: required in the X-API-Key header of write endpoints when set
     api_key: str | None = None
+    #: user lists and watch histories (and /metrics) need X-API-Key equal to this key or
+    #: to api_key; with neither set they are refused, unless public_user_data
+    read_key: str | None = None
+    public_user_data: bool = False
+    #: Host header values served (comma-separated; "" = any); others get 400
+    allowed_hosts: str = ""
     max_body_bytes: int = 32 * 1024 * 1024
     #: requests served at once (health, readiness and metrics not counted); beyond it a
     #: request waits up to queue_timeout_s for a slot, then gets 503 with Retry-After
@@ -37,6 +43,9 @@ class Settings(BaseSettings):
     watch_threshold_s: float = 10.0
     #: at most this many history videos seed the neighbour search for recommendations
     recommend_seed_videos: int = 20
+
+    def host_list(self) -> list[str]:
+        return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]
 
     def store_url(self) -> str:
         return self.state_url or f"sqlite:///{self.state_db_path()}"

@@ -208,7 +208,12 @@ def demo(
     if not serve:
         typer.echo(f"to serve it: .venv/bin/recsys serve --artifacts {out / 'run' / 'artifact'}")
     if serve:
+        import os
+
         from serving.cli import serve_artifact
+
+        # A synthetic world on loopback: its users' histories may show in the explorer.
+        os.environ.setdefault("RECSYS_PUBLIC_USER_DATA", "true")
 
         serve_artifact(
             out / "run" / "artifact", host="127.0.0.1", port=port, workers=1, print_examples=True

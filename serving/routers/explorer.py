@@ -22,7 +22,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from recsys.projection import map_sample, project
-from serving.deps import AppSettings, State
+from serving.deps import USER_DATA, AppSettings, State
 from serving.errors import error_responses, json_response
 from serving.schemas import (
     ExplorerInfo,
@@ -149,7 +149,8 @@ def info(state: State, settings: AppSettings) -> dict[str, Any]:
     "/v1/users",
     tags=["explorer"],
     response_model=UsersResponse,
-    responses=error_responses(422, 503),
+    responses=error_responses(401, 403, 422, 503),
+    dependencies=USER_DATA,
 )
 def users(
     state: State,
@@ -164,7 +165,8 @@ def users(
     "/v1/users/{user_id}/history",
     tags=["explorer"],
     response_model=HistoryResponse,
-    responses=error_responses(422, 503),
+    responses=error_responses(401, 403, 422, 503),
+    dependencies=USER_DATA,
 )
 def history(
     state: State, user_id: Annotated[str, PathParam(min_length=1, max_length=256)]

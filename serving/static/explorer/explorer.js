@@ -7,9 +7,26 @@ const SVG = "http://www.w3.org/2000/svg";
 let mapData = null; // {points, ...} from /v1/map
 let currentUser = null;
 
+// User lists and histories need a key unless the service makes them public. The page
+// takes it from its address (/explorer#key=...: a fragment never reaches a server or
+// its logs), keeps it for this tab only and removes it from the address bar.
+const KEY_STORE = "recsys-explorer-key";
+(() => {
+  const m = location.hash.match(/(?:^#|&)key=([^&]*)/);
+  if (!m) return;
+  sessionStorage.setItem(KEY_STORE, decodeURIComponent(m[1]));
+  history.replaceState(null, "", location.pathname + location.search);
+})();
+
 async function getJSON(url, options) {
-  const r = await fetch(url, options);
+  const key = sessionStorage.getItem(KEY_STORE);
+  const opts = { ...(options || {}) };
+  if (key) opts.headers = { ...(opts.headers || {}), "X-API-Key": key };
+  const r = await fetch(url, opts);
   const body = await r.json();
+  if (r.status === 401 || r.status === 403) {
+    throw new Error(`${body.detail} (open the page as /explorer#key=YOUR_KEY)`);
+  }
   if (!r.ok) throw new Error(body.detail || `HTTP ${r.status}`);
   return body;
 }

@@ -112,21 +112,30 @@ class OnlineEffects:
     config: OnlineConfig = field(default_factory=OnlineConfig)
     effects: dict[str, np.ndarray] = field(default_factory=dict)
     _windows: dict[str, _UserWindow] = field(default_factory=dict)
+    #: users whose data was erased: the offline fit's effect of them no longer applies
+    forgotten: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.prior_precision = random_prior(self.model.config, self.model.random_dim)
 
+    def forget(self, user: str) -> None:
+        """Drop everything learned about ``user``, online and offline: from now on they
+        are a new user (zero prior effect) whatever the offline model holds."""
+        self.effects.pop(user, None)
+        self._windows.pop(user, None)
+        self.forgotten.add(user)
+
     def precision(self, user: str) -> np.ndarray:
         """Prior precision around ``prior(user)``: the offline posterior precision (how
         much the offline fit already knows about this user), else the prior L2."""
-        u = self.model.user_index.get(user)
+        u = None if user in self.forgotten else self.model.user_index.get(user)
         if u is None or self.model.user_precision is None:
             return self.prior_precision
         return np.asarray(self.model.user_precision[u], dtype=np.float64)
 
     def prior(self, user: str) -> np.ndarray:
-        """The offline effect (zero for a user the offline fit did not see)."""
-        u = self.model.user_index.get(user)
+        """The offline effect (zero for a user the offline fit did not see, or forgot)."""
+        u = None if user in self.forgotten else self.model.user_index.get(user)
         if u is None:
             return np.zeros(self.model.random_dim)
         return np.asarray(self.model.user_coef[u], dtype=np.float64)

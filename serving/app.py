@@ -21,7 +21,7 @@ from serving.errors import add_exception_handlers
 from serving.lifespan import make_lifespan
 from serving.metrics import Metrics
 from serving.middleware import LimitsAndMetricsMiddleware
-from serving.routers import events, explorer, ingestion, ops, scoring
+from serving.routers import events, explorer, ingestion, ops, removals, scoring
 from serving.settings import Settings
 from serving.state import ServingState, StateHolder
 from serving.stores import StateStore
@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(scoring.router(settings))
     app.include_router(ingestion.router(settings, schema_dim))
     app.include_router(events.router)
+    app.include_router(removals.router)
     return app
 
 

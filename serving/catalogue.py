@@ -25,6 +25,8 @@ class Catalogue:
         self.size_at_load = len(video_ids)
         self.index = index
         self._index_lock = threading.Lock()
+        #: rows of videos taken down: still in the arrays and the index, never answered
+        self.removed_rows: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -52,17 +54,33 @@ class Catalogue:
         self.rows[video_id] = n
         self.ids.append(video_id)
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[str]]:
-        """The ``k`` nearest video ids of each query row."""
+    def remove(self, video_id: str) -> bool:
+        """Take a video down (caller holds the state's write lock): unknown from now on
+        and left out of every search. False when it was not here."""
+        row = self.rows.pop(video_id, None)
+        if row is None:
+            return False
+        self.removed_rows.add(row)
+        return True
+
+    def live_rows(self, rows: list[int] | np.ndarray) -> list[int]:
+        return [r for r in np.asarray(rows, dtype=np.int64).tolist() if r not in self.removed_rows]
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
+        # Taken-down videos are still indexed: ask for enough more to make up for them.
+        wanted = min(len(self.ids), k + len(self.removed_rows))
         with self._index_lock:
-            ids, _ = self.index.search(queries, k)
-        return ids
+            ids, scores = self.index.search(queries, wanted)
+        return ids, np.asarray(scores)
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[str]]:
+        """The ``k`` nearest video ids of each query row (taken-down videos left out)."""
+        ids, _ = self._search(queries, k)
+        return [[v for v in row if v in self.rows][:k] for row in ids]
 
     def similar(self, row: int, k: int) -> list[tuple[str, float]]:
         """The ``k`` nearest other videos of a row, with their cosine similarity."""
-        with self._index_lock:
-            ids, scores = self.index.search(self.emb[row][None, :], k + 1)
+        ids, scores = self._search(self.emb[row][None, :], k + 1)
         me = self.ids[row]
-        return [(v, float(s)) for v, s in zip(ids[0], scores[0].tolist(), strict=False) if v != me][
-            :k
-        ]
+        pairs = zip(ids[0], scores[0].tolist(), strict=False)
+        return [(v, float(s)) for v, s in pairs if v != me and v in self.rows][:k]

@@ -214,6 +214,17 @@ class WatchResponse(BaseModel):
     valid_watch: bool
 
 
+class TakedownResponse(BaseModel):
+    video_id: str
+    #: False when it was taken down before (the call is idempotent)
+    taken_down_now: bool
+
+
+class ErasureResponse(BaseModel):
+    user_id: str
+    erased: Literal[True]
+
+
 class ErrorBody(BaseModel):
     """Every 4xx/5xx answer: a one-line message and, when one input is to blame, its name."""
 

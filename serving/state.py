@@ -32,7 +32,7 @@ from recsys.scoring import glmix_global_features, history_similarity
 from serving.catalogue import Catalogue
 from serving.errors import ConflictError, NotFoundError
 from serving.replication import Follower
-from serving.stores import Impression, StateStore, StoredVideo, Watch
+from serving.stores import Impression, Removal, StateStore, StoredVideo, Watch
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,9 @@ class ServingState:
         #: stored rows that could not be replayed (skipped and logged, never fatal)
         self.skipped_rows = 0
         self.online = OnlineEffects(self.glmix, online_config or OnlineConfig())
+        #: ids taken down (never answered again) and users erased (offline data ignored)
+        self.removed_videos: set[str] = set()
+        self.erased_users: set[str] = set()
         self._log = Follower()
         self.sync()  # replay every durable write
         # The 2-D map: the artifact's projection (fitted at pipeline time), or one fitted
@@ -126,30 +129,66 @@ class ServingState:
                 if self._log.mark("videos", seq):
                     applied += 1
                     self._apply_video(sv)
-            for seq, w in changes.watches:
-                if self._log.mark("watches", seq):
+            fresh_w = [w for seq, w in changes.watches if self._log.mark("watches", seq)]
+            fresh_i = [i for seq, i in changes.impressions if self._log.mark("impressions", seq)]
+            self._apply_events(fresh_w, fresh_i)
+            applied += len(fresh_w) + len(fresh_i)
+            for seq, removal in changes.removals:
+                if self._log.mark("removals", seq):
                     applied += 1
-                    self.watch_events += 1
-                    r = self.catalogue.row(w.video_id)
-                    if r is not None and w.watch_seconds >= self.threshold:
-                        self._add_history(w.user_id, r)
-            by_user: dict[str, _Staged] = {}
-            for seq, imp in changes.impressions:
-                if not self._log.mark("impressions", seq):
-                    continue
-                applied += 1
-                r = self.catalogue.row(imp.video_id)
-                if r is None:  # a video that this artifact does not have
-                    self.skipped_rows += 1
-                    continue
-                self.impression_events += 1
-                self._stage(by_user, imp.user_id, r, imp.watch_seconds >= self.threshold)
+                    self._apply_removal(removal)
             self._log.advance(changes.horizon)
-            if by_user:
-                self._observe_all(by_user)
         return applied
 
+    def _apply_events(self, watches: list[Watch], impressions: list[Impression]) -> None:
+        """Take stored watches and impressions in (caller holds the lock)."""
+        for w in watches:
+            self.watch_events += 1
+            r = self.catalogue.row(w.video_id)
+            if r is not None and w.watch_seconds >= self.threshold:
+                self._add_history(w.user_id, r)
+        by_user: dict[str, _Staged] = {}
+        for imp in impressions:
+            r = self.catalogue.row(imp.video_id)
+            if r is None:  # a video this artifact does not have, or one taken down
+                self.skipped_rows += 1
+                continue
+            self.impression_events += 1
+            self._stage(by_user, imp.user_id, r, imp.watch_seconds >= self.threshold)
+        if by_user:
+            self._observe_all(by_user)
+
+    def _apply_removal(self, removal: Removal) -> None:
+        """A takedown or an erasure, from this replica or another (caller holds the lock)."""
+        if removal.kind == "video":
+            self.removed_videos.add(removal.target)
+            row = self.catalogue.row(removal.target)
+            if self.catalogue.remove(removal.target) and row is not None:
+                for user, rows in self._history.items():  # histories no longer show it
+                    if row in self._history_set[user]:
+                        self._history_set[user].discard(row)
+                        rows.remove(row)
+                self.payload_hashes.pop(removal.target, None)
+            return
+        user = removal.target
+        self.erased_users.add(user)
+        self._history.pop(user, None)
+        self._history_set.pop(user, None)
+        with self._online_lock:
+            self.online.forget(user)
+        # What the store still holds of the user was written after the erasure (a
+        # concurrent write it did not delete): take it in again, whether this replica
+        # had applied it already or not, so every replica ends where a restart would.
+        again = self.store.user_rows(user)
+        for seq, _ in again.watches:
+            self._log.mark("watches", seq)
+        for seq, _ in again.impressions:
+            self._log.mark("impressions", seq)
+        self._apply_events([w for _, w in again.watches], [i for _, i in again.impressions])
+
     def _apply_video(self, sv: StoredVideo) -> None:
+        if sv.video_id in self.removed_videos:  # ingested elsewhere as it was taken down
+            return
         emb_ok = sv.embedding.shape == (self.dim,) and bool(np.isfinite(sv.embedding).all())
         if not emb_ok or sv.video_id in self.catalogue:
             self.skipped_rows += 1
@@ -196,7 +235,8 @@ class ServingState:
         return set(self._history) | set(self.online.effects)
 
     def known_user(self, user_id: str) -> bool:
-        return user_id in self.glmix.user_index or user_id in self.online.effects
+        offline = user_id in self.glmix.user_index and user_id not in self.erased_users
+        return offline or user_id in self.online.effects
 
     # ------------------------------------------------------------------ scoring
 
@@ -249,7 +289,8 @@ class ServingState:
     def similar(self, video_id: str, k: int) -> list[dict[str, Any]]:
         row = self.catalogue.row(video_id)
         if row is None:
-            raise NotFoundError(f"unknown video {video_id!r}")
+            gone = video_id in self.removed_videos
+            raise NotFoundError(f"video {video_id!r} was taken down" if gone else f"unknown video {video_id!r}")
         return [{"video_id": v, "similarity": s} for v, s in self.catalogue.similar(row, k)]
 
     def recommend(self, user_id: str, k: int, seeds: int) -> list[dict[str, Any]]:
@@ -261,9 +302,11 @@ class ServingState:
             ids = self.catalogue.search(
                 self.catalogue.vectors(hist[-seeds:]), min(n, 4 * k + len(hist))
             )
-            cand_rows = sorted({self.catalogue.rows[v] for row in ids for v in row} - set(hist))
+            rows = self.catalogue.rows
+            found = {rows.get(v, -1) for row in ids for v in row} - {-1}  # -1: just taken down
+            cand_rows = sorted(found - set(hist))
         else:
-            cand_rows = list(range(max(0, n - 20_000), n))
+            cand_rows = self.catalogue.live_rows(np.arange(max(0, n - 20_000), n))
         if not cand_rows:
             return []
         cand = self.catalogue.vectors(cand_rows)
@@ -298,6 +341,8 @@ class ServingState:
             raise ConflictError(f"video {video_id!r} was already ingested with different frames")
         if video_id in self.catalogue:
             raise ConflictError(f"video {video_id!r} is already in the catalogue")
+        if video_id in self.removed_videos:
+            raise ConflictError(f"video {video_id!r} was taken down; its id cannot be reused")
         return False
 
     def ingest(self, video_id: str, frames: np.ndarray) -> IngestResult:
@@ -336,6 +381,27 @@ class ServingState:
             self.catalogue.append(video_id, vector)
             self.ingested += 1
         return IngestResult(video_id, True, len(frames))
+
+    def take_down(self, video_id: str) -> bool:
+        """Durably take a video down on every replica; False when it was down already.
+        Unknown ids are NotFoundError (a typo must not pass for a takedown)."""
+        with self._lock:
+            if video_id in self.removed_videos:
+                return False
+            if video_id not in self.catalogue:
+                raise NotFoundError(f"unknown video {video_id!r}")
+            stamp = self.store.remove_video(video_id)
+            self._log.mark("removals", stamp)
+            self._apply_removal(Removal("video", video_id))
+        return True
+
+    def erase(self, user_id: str) -> None:
+        """Durably delete everything stored about a user and forget them on every
+        replica (idempotent: erasing an unknown or erased user erases nothing more)."""
+        with self._lock:
+            stamp = self.store.erase_user(user_id)
+            self._log.mark("removals", stamp)
+            self._apply_removal(Removal("user", user_id))
 
     def record_watch(self, user_id: str, video_id: str, watch_seconds: float, at: str) -> bool:
         row = self.catalogue.row(video_id)

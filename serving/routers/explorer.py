@@ -56,7 +56,8 @@ def search_users(state: ServingState, prefix: str, limit: int) -> list[str]:
     for u in offline[bisect.bisect_left(offline, prefix) :]:
         if not u.startswith(prefix) or len(found) >= limit:
             break
-        found.append(u)
+        if u not in state.erased_users:
+            found.append(u)
     # users first seen by this service (few): checked one by one
     extra = {u for u in state.users_seen_online() if u.startswith(prefix)}
     return sorted(set(found) | extra)[:limit]
@@ -64,9 +65,10 @@ def search_users(state: ServingState, prefix: str, limit: int) -> list[str]:
 
 def points(state: ServingState, rows: np.ndarray) -> list[dict[str, Any]]:
     """Map coordinates of catalogue rows; ``cold_start`` marks ingested videos."""
+    cat = state.catalogue
+    rows = np.asarray(cat.live_rows(rows), dtype=np.int64)  # taken-down videos hidden
     if len(rows) == 0:
         return []
-    cat = state.catalogue
     xy = project(cat.vectors(rows), state.projection)
     return [
         {

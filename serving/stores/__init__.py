@@ -11,6 +11,7 @@ from __future__ import annotations
 from serving.stores.contract import (
     Changes,
     Impression,
+    Removal,
     StateStore,
     StoredVideo,
     StoreUnavailable,
@@ -21,6 +22,7 @@ from serving.stores.sqlite import SqliteStore
 __all__ = [
     "Changes",
     "Impression",
+    "Removal",
     "SqliteStore",
     "StateStore",
     "StoreUnavailable",

@@ -23,7 +23,7 @@ class StoreUnavailable(Exception):
     """The store cannot be reached (HTTP 503 with Retry-After; the replica is not ready)."""
 
 
-TABLES = ("videos", "watches", "impressions")
+TABLES = ("videos", "watches", "impressions", "removals")
 #: a write probe's size: more than a page, so it needs space the store does not have free
 WRITE_PROBE_BYTES = 8192
 
@@ -60,6 +60,15 @@ class Watch:
     at: str
 
 
+@dataclass(frozen=True)
+class Removal:
+    """A takedown (``kind`` "video": never recommend or show it again) or an erasure
+    ("user": their watches and impressions are deleted with it; replicas forget them)."""
+
+    kind: str
+    target: str
+
+
 @dataclass
 class Changes:
     """Rows whose commit-order key is at or above the asked horizons, per table, in
@@ -69,10 +78,11 @@ class Changes:
     videos: list[tuple[Stamp, StoredVideo]] = field(default_factory=list)
     watches: list[tuple[Stamp, Watch]] = field(default_factory=list)
     impressions: list[tuple[Stamp, Impression]] = field(default_factory=list)
+    removals: list[tuple[Stamp, Removal]] = field(default_factory=list)
     horizon: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.videos) + len(self.watches) + len(self.impressions)
+        return len(self.videos) + len(self.watches) + len(self.impressions) + len(self.removals)
 
 
 class StateStore(Protocol):
@@ -86,6 +96,16 @@ class StateStore(Protocol):
     def insert_watch(self, w: Watch) -> Stamp: ...
     def insert_impressions(self, rows: list[Impression]) -> list[Stamp | None]: ...
     def changes(self, since: dict[str, int]) -> Changes: ...
+    def remove_video(self, video_id: str) -> Stamp:
+        """Record a takedown (and delete the video's ingested row, if any)."""
+
+    def erase_user(self, user_id: str) -> Stamp:
+        """Delete the user's watches and impressions and record the erasure, atomically."""
+
+    def user_rows(self, user_id: str) -> Changes:
+        """The user's watches and impressions now stored (after an erasure: only what
+        was written after it)."""
+
     def probe_write(self) -> None:
         """Commit a write that needs fresh space (and take it back); raises
         ``StoreUnavailable`` while writes fail (disk full, read-only, server down)."""
@@ -109,17 +129,17 @@ def stored_video(row: Any) -> StoredVideo | None:
     return None if row is None else StoredVideo(row[0], row[1], vector(row[2]), row[3])
 
 
-def changes_from_rows(
-    videos: Any, watches: Any, impressions: Any, horizon: dict[str, int]
-) -> Changes:
-    """``Changes`` from the rows of ``Dialect.changes``' three queries, in their column
-    order: (seq, order, video_id, payload_sha256, embedding, num_frames), (seq, order,
-    user_id, video_id, watch_seconds, at), (seq, order, event_id, user_id, video_id,
-    shown_at, watch_seconds)."""
+def changes_from_rows(rows: list[Any], horizon: dict[str, int]) -> Changes:
+    """``Changes`` from the rows of ``Dialect.changes``' queries (``TABLES`` order), in
+    their column order: (seq, order, video_id, payload_sha256, embedding, num_frames),
+    (seq, order, user_id, video_id, watch_seconds, at), (seq, order, event_id, user_id,
+    video_id, shown_at, watch_seconds), (seq, order, kind, target)."""
+    videos, watches, impressions, removals = rows
     return Changes(
         [(_stamp(r), StoredVideo(r[2], r[3], vector(r[4]), r[5])) for r in videos],
         [(_stamp(r), Watch(r[2], r[3], float(r[4]), r[5])) for r in watches],
         [(_stamp(r), Impression(r[3], r[4], r[5], float(r[6]), r[2])) for r in impressions],
+        [(_stamp(r), Removal(r[2], r[3])) for r in removals],
         horizon,
     )
 
@@ -132,7 +152,12 @@ def next_horizon(changes: Changes, since: dict[str, int]) -> dict[str, int]:
     """Where the next read starts when rows commit in sequence order (SQLite): past the
     newest row read, per table."""
     out = dict(since)
-    tables: tuple[list[Any], ...] = (changes.videos, changes.watches, changes.impressions)
+    tables: tuple[list[Any], ...] = (
+        changes.videos,
+        changes.watches,
+        changes.impressions,
+        changes.removals,
+    )
     for table, rows in zip(TABLES, tables, strict=True):
         if rows:
             out[table] = max(out.get(table, 0), max(s.order for s, _ in rows) + 1)
@@ -155,6 +180,12 @@ CREATE TABLE IF NOT EXISTS impressions (
     shown_at TEXT NOT NULL,
     watch_seconds {real} NOT NULL{order_column}
 );
+CREATE TABLE IF NOT EXISTS removals (
+    seq {serial},
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    at {now}{order_column}
+);
 CREATE TABLE IF NOT EXISTS write_probe (
     payload {blob} NOT NULL
 );
@@ -165,6 +196,8 @@ CREATE TABLE IF NOT EXISTS watches (
     watch_seconds {real} NOT NULL,
     at TEXT NOT NULL{order_column}
 );
+CREATE INDEX IF NOT EXISTS watches_user ON watches (user_id);
+CREATE INDEX IF NOT EXISTS impressions_user ON impressions (user_id);
 """
 
 
@@ -211,9 +244,9 @@ class Dialect:
         return f"INSERT INTO watches (user_id, video_id, watch_seconds, at) VALUES ({p}, {p}, {p}, {p})"
 
     @property
-    def changes(self) -> tuple[str, str, str]:
-        """The videos, watches and impressions at or above a commit-order key, in
-        sequence order (``TABLES`` order)."""
+    def changes(self) -> tuple[str, str, str, str]:
+        """The videos, watches, impressions and removals at or above a commit-order key,
+        in sequence order (``TABLES`` order)."""
         p, v, vo, o = self.param, self.video_seq, self.video_order, self.order
         return (
             f"SELECT {v}, {vo}, video_id, payload_sha256, embedding, num_frames FROM videos "
@@ -222,7 +255,32 @@ class Dialect:
             f"WHERE {o} >= {p} ORDER BY seq",
             f"SELECT seq, {o}, event_id, user_id, video_id, shown_at, watch_seconds "
             f"FROM impressions WHERE {o} >= {p} ORDER BY seq",
+            f"SELECT seq, {o}, kind, target FROM removals WHERE {o} >= {p} ORDER BY seq",
         )
+
+    @property
+    def user_rows(self) -> tuple[str, str]:
+        """``changes``' watches and impressions queries for one user."""
+        p, o = self.param, self.order
+        return (
+            f"SELECT seq, {o}, user_id, video_id, watch_seconds, at FROM watches "
+            f"WHERE user_id = {p} ORDER BY seq",
+            f"SELECT seq, {o}, event_id, user_id, video_id, shown_at, watch_seconds "
+            f"FROM impressions WHERE user_id = {p} ORDER BY seq",
+        )
+
+    @property
+    def erase(self) -> tuple[str, str]:
+        p = self.param
+        return (
+            f"DELETE FROM watches WHERE user_id = {p}",
+            f"DELETE FROM impressions WHERE user_id = {p}",
+        )
+
+    @property
+    def insert_removal(self) -> str:
+        p = self.param
+        return f"INSERT INTO removals (kind, target) VALUES ({p}, {p})"
 
     COUNTS = ("SELECT count(*) FROM videos", "SELECT count(*) FROM watches")
 

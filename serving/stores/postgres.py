@@ -169,7 +169,33 @@ class PostgresStore:
                 for sql, t in zip(POSTGRES.changes, TABLES, strict=True)
             ]
             horizon = {t: max(int(xmin), since.get(t, 0)) for t in TABLES}
-            return changes_from_rows(rows[0], rows[1], rows[2], horizon)
+            return changes_from_rows(rows, horizon)
+
+        return self._run(read)
+
+    def remove_video(self, video_id: str) -> Stamp:
+        def remove(c: Any) -> Stamp:
+            c.execute("DELETE FROM videos WHERE video_id = %s", (video_id,))
+            row = c.execute(POSTGRES.insert_removal + " RETURNING seq, xid", ("video", video_id))
+            seq, xid = row.fetchone()
+            return Stamp(int(seq), int(xid))
+
+        return self._run(remove)
+
+    def erase_user(self, user_id: str) -> Stamp:
+        def erase(c: Any) -> Stamp:
+            for sql in POSTGRES.erase:
+                c.execute(sql, (user_id,))
+            row = c.execute(POSTGRES.insert_removal + " RETURNING seq, xid", ("user", user_id))
+            seq, xid = row.fetchone()
+            return Stamp(int(seq), int(xid))
+
+        return self._run(erase)
+
+    def user_rows(self, user_id: str) -> Changes:
+        def read(c: Any) -> Changes:
+            w, i = (c.execute(sql, (user_id,)).fetchall() for sql in POSTGRES.user_rows)
+            return changes_from_rows([[], w, i, []], horizon={})
 
         return self._run(read)
 

@@ -126,9 +126,31 @@ class SqliteStore:
                 self._db.execute(sql, (since.get(t, 0),)).fetchall()
                 for sql, t in zip(SQLITE.changes, TABLES, strict=True)
             ]
-        changes = changes_from_rows(got[0], got[1], got[2], horizon={})
+        changes = changes_from_rows(got, horizon={})
         changes.horizon = next_horizon(changes, since)
         return changes
+
+    def remove_video(self, video_id: str) -> Stamp:
+        with self._locked() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM videos WHERE video_id = ?", (video_id,))
+            cur = db.execute(SQLITE.insert_removal, ("video", video_id))
+            db.execute("COMMIT")
+            return _stamp(cur.lastrowid)
+
+    def erase_user(self, user_id: str) -> Stamp:
+        with self._locked() as db:
+            db.execute("BEGIN IMMEDIATE")
+            for sql in SQLITE.erase:
+                db.execute(sql, (user_id,))
+            cur = db.execute(SQLITE.insert_removal, ("user", user_id))
+            db.execute("COMMIT")
+            return _stamp(cur.lastrowid)
+
+    def user_rows(self, user_id: str) -> Changes:
+        with self._locked() as db:
+            w, i = (db.execute(sql, (user_id,)).fetchall() for sql in SQLITE.user_rows)
+        return changes_from_rows([[], w, i, []], horizon={})
 
     def counts(self) -> tuple[int, int]:
         with self._locked():

@@ -135,3 +135,37 @@ def test_a_frozen_replica_catches_up_without_a_restart(
         for p in (a, b):
             p.terminate()
             p.wait(10)
+
+
+def test_takedown_and_erasure_reach_the_other_replica_within_a_second(
+    artifact: Path, pg_url: str, tmp_path: Path
+) -> None:
+    import psycopg
+
+    from tests.serving.helpers import a_user_with_history, history
+
+    user = a_user_with_history(artifact)
+    gone = history(artifact, user)[0]
+    with (
+        TestClient(create_app(_settings(artifact, pg_url, tmp_path))) as a,
+        TestClient(create_app(_settings(artifact, pg_url, tmp_path))) as b,
+    ):
+        video = read_embeddings(artifact / "embeddings.parquet")[0][1]
+        r = b.post("/v1/events/impressions", json=_batch("er", video, 20, user=user), headers=AUTH)
+        assert r.status_code == 201
+        assert a.delete(f"/v1/videos/{gone}", headers=AUTH).status_code == 200
+        lag = _wait(lambda: b.get(f"/v1/videos/{gone}/similar").status_code == 404, 1.0)
+        hist = b.get(f"/v1/users/{user}/history", headers=AUTH).json()["history"]
+        assert gone not in {h["video_id"] for h in hist}
+        assert a.delete(f"/v1/users/{user}", headers=AUTH).status_code == 200
+
+        def forgotten() -> bool:
+            s = b.post("/v1/score", json={"user_id": user, "video_ids": [video]}).json()
+            return not s["known_user"] and s["history_size"] == 0
+
+        lag_user = _wait(forgotten, 1.0)
+        assert lag < 1.0 and lag_user < 1.0
+    with psycopg.connect(pg_url) as c:
+        for table in ("watches", "impressions"):
+            n = c.execute(f"SELECT count(*) FROM {table} WHERE user_id = %s", (user,)).fetchone()
+            assert n[0] == 0

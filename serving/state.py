@@ -189,6 +189,8 @@ class ServingState:
     def _apply_video(self, sv: StoredVideo) -> None:
         if sv.video_id in self.removed_videos:  # ingested elsewhere as it was taken down
             return
+        if self.payload_hashes.get(sv.video_id) == sv.payload_sha256:
+            return  # this replica lost an ingest race for it and took the winner's row in
         emb_ok = sv.embedding.shape == (self.dim,) and bool(np.isfinite(sv.embedding).all())
         if not emb_ok or sv.video_id in self.catalogue:
             self.skipped_rows += 1
@@ -371,6 +373,7 @@ class ServingState:
                 if stored is not None and stored.payload_sha256 == digest:
                     self.payload_hashes[video_id] = digest
                     self.catalogue.append(video_id, stored.embedding)
+                    self.ingested += 1  # counted here; the follower will find it applied
                     return repeat
                 raise ConflictError(
                     f"video {video_id!r} was already ingested with different frames"

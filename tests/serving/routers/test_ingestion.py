@@ -155,3 +155,25 @@ def test_frames_at_the_float32_limit_are_refused_and_nothing_is_stored(settings,
     edge[1] *= -1
     ok = {"video_id": "edge", "frames_b64": base64.b64encode(edge.astype("<f4").tobytes()).decode()}
     assert client.post("/v1/videos", json=ok, headers=AUTH).status_code == 201
+
+
+def test_a_lost_ingest_race_leaves_the_same_counters(settings, artifact) -> None:
+    """Two replicas ingest one video at once: both answer it, and both count it once."""
+    import re
+
+    d = json.loads((artifact / "embedder.json").read_text())["feature_dim"]
+    slow = settings.model_copy(update={"sync_interval_s": 3600.0})  # no background sync
+    body = {"video_id": "raced", "frames": frames(d)}
+
+    def gauges(c: TestClient) -> dict[str, float]:
+        text = c.get("/metrics").text
+        return {k: float(v) for k, v in re.findall(r"^recsys_(\w+) ([\d.]+)$", text, re.M)}
+
+    with TestClient(create_app(slow)) as a, TestClient(create_app(slow)) as b:
+        assert a.post("/v1/videos", json=body, headers=AUTH).status_code == 201
+        assert b.post("/v1/videos", json=body, headers=AUTH).status_code == 200  # lost the race
+        for c in (a, b):
+            c.app.state.holder.current.sync()  # type: ignore[attr-defined]
+        ga, gb = gauges(a), gauges(b)
+        assert ga["ingested_videos"] == gb["ingested_videos"] == 1
+        assert ga["state_rows_skipped"] == gb["state_rows_skipped"] == 0

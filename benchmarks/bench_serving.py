@@ -39,6 +39,8 @@ def _load(
 ) -> dict[str, float]:
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
+    overload = [0] * clients  # 503 with Retry-After: the documented answer to overload
+    conn_errors = [0] * clients  # resets, refusals, timeouts: never acceptable
     stop = time.perf_counter() + seconds
 
     def run(i: int) -> None:
@@ -46,11 +48,19 @@ def _load(
         headers = {"Content-Type": "application/json"} if body else {}
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
-            conn.request(method, path, body=body, headers=headers)
-            resp = conn.getresponse()
-            resp.read()
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+            except (OSError, http.client.HTTPException):
+                conn_errors[i] += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                continue
             latencies[i].append(time.perf_counter() - t0)
-            if resp.status != 200:
+            if resp.status == 503 and resp.getheader("Retry-After"):
+                overload[i] += 1
+            elif resp.status != 200:
                 errors[i] += 1
         conn.close()
 
@@ -68,6 +78,8 @@ def _load(
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
         "errors": sum(errors),
+        "overload_503": sum(overload),
+        "connection_errors": sum(conn_errors),
     }
 
 
@@ -78,6 +90,7 @@ def main() -> None:
     ap.add_argument("--artifacts", type=Path, required=True)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--max-in-flight", type=int, default=0, help="0: the server's default (64)")
     ap.add_argument(
         "--rounds", type=int, default=3, help="score/healthz alternations (memory drift check)"
     )
@@ -96,8 +109,7 @@ def main() -> None:
             str(args.artifacts),
             "--port",
             str(port),
-            "--max-in-flight",
-            "256",
+            *(["--max-in-flight", str(args.max_in_flight)] if args.max_in_flight else []),
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -137,7 +149,8 @@ def main() -> None:
             h = _load(port, "GET", "/healthz", None, args.clients, args.seconds)
             print(
                 f"round {r + 1}: /v1/score {s['req_per_s']:.0f} req/s p50 {s['p50_ms']:.1f} ms p99 {s['p99_ms']:.1f} ms "
-                f"(errors {s['errors']}) | /healthz {h['req_per_s']:.0f} req/s p50 {h['p50_ms']:.1f} ms "
+                f"(errors {s['errors']}, overload 503s {s['overload_503']}, connection errors "
+                f"{s['connection_errors']}) | /healthz {h['req_per_s']:.0f} req/s p50 {h['p50_ms']:.1f} ms "
                 f"p99 {h['p99_ms']:.1f} ms | server RSS {_rss_mb(proc.pid):.0f} MB",
                 flush=True,
             )

@@ -292,7 +292,9 @@ class ServingState:
         row = self.catalogue.row(video_id)
         if row is None:
             gone = video_id in self.removed_videos
-            raise NotFoundError(f"video {video_id!r} was taken down" if gone else f"unknown video {video_id!r}")
+            raise NotFoundError(
+                f"video {video_id!r} was taken down" if gone else f"unknown video {video_id!r}"
+            )
         return [{"video_id": v, "similarity": s} for v, s in self.catalogue.similar(row, k)]
 
     def recommend(self, user_id: str, k: int, seeds: int) -> list[dict[str, Any]]:

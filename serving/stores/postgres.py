@@ -174,23 +174,11 @@ class PostgresStore:
         return self._run(read)
 
     def remove_video(self, video_id: str) -> Stamp:
-        def remove(c: Any) -> Stamp:
-            c.execute("DELETE FROM videos WHERE video_id = %s", (video_id,))
-            row = c.execute(POSTGRES.insert_removal + " RETURNING seq, xid", ("video", video_id))
-            seq, xid = row.fetchone()
-            return Stamp(int(seq), int(xid))
-
-        return self._run(remove)
+        deletes = ("DELETE FROM videos WHERE video_id = %s",)
+        return self._run(lambda c: _removal(c, deletes, "video", video_id))
 
     def erase_user(self, user_id: str) -> Stamp:
-        def erase(c: Any) -> Stamp:
-            for sql in POSTGRES.erase:
-                c.execute(sql, (user_id,))
-            row = c.execute(POSTGRES.insert_removal + " RETURNING seq, xid", ("user", user_id))
-            seq, xid = row.fetchone()
-            return Stamp(int(seq), int(xid))
-
-        return self._run(erase)
+        return self._run(lambda c: _removal(c, POSTGRES.erase, "user", user_id))
 
     def user_rows(self, user_id: str) -> Changes:
         def read(c: Any) -> Changes:
@@ -205,3 +193,11 @@ class PostgresStore:
             return v, w
 
         return self._run(count)
+
+
+def _removal(c: Any, deletes: tuple[str, ...], kind: str, target: str) -> Stamp:
+    """In one transaction: the deletes (each with ``target``), then the removal's record."""
+    for sql in deletes:
+        c.execute(sql, (target,))
+    seq, xid = c.execute(POSTGRES.insert_removal + " RETURNING seq, xid", (kind, target)).fetchone()
+    return Stamp(int(seq), int(xid))

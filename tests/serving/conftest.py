@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from serving.app import create_app
 from serving.settings import Settings
+from tests.serving.live import PostgresServer
 
 
 @pytest.fixture
@@ -36,3 +38,22 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 
 AUTH = {"X-API-Key": "s3cret"}
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for one test module (initdb in a temporary directory)."""
+    server = PostgresServer()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_url(pg: PostgresServer) -> str:
+    """A fresh database per test on the shared server."""
+    import psycopg
+
+    name = f"t{time.time_ns()}"
+    with psycopg.connect(pg.url, autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    return pg.url.rsplit("/", 1)[0] + "/" + name

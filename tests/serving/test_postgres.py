@@ -7,7 +7,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -22,24 +22,6 @@ from tests.serving.conftest import AUTH
 from tests.serving.live import PostgresServer, free_port, start_server
 
 pytestmark = pytest.mark.xdist_group("postgres")
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    yield server
-    server.destroy()
-
-
-@pytest.fixture
-def pg_url(pg: PostgresServer) -> str:
-    """A fresh database per test on the shared server."""
-    import psycopg
-
-    name = f"t{time.time_ns()}"
-    with psycopg.connect(pg.url, autocommit=True) as c:
-        c.execute(f"CREATE DATABASE {name}")
-    return pg.url.rsplit("/", 1)[0] + "/" + name
 
 
 def _wait(cond: Callable[[], bool], timeout: float) -> float:

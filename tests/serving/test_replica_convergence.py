@@ -8,7 +8,6 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,27 +17,10 @@ from fastapi.testclient import TestClient
 from recsys.artifact import read_embeddings
 from serving.app import create_app
 from tests.serving.conftest import AUTH
-from tests.serving.live import PostgresServer, free_port, start_server
+from tests.serving.live import free_port, start_server
 from tests.serving.test_postgres import _settings, _wait
 
 pytestmark = pytest.mark.xdist_group("postgres")
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    yield server
-    server.destroy()
-
-
-@pytest.fixture
-def pg_url(pg: PostgresServer) -> str:
-    import psycopg
-
-    name = f"c{time.time_ns()}"
-    with psycopg.connect(pg.url, autocommit=True) as c:
-        c.execute(f"CREATE DATABASE {name}")
-    return pg.url.rsplit("/", 1)[0] + "/" + name
 
 
 def _batch(prefix: str, video: str, n: int, user: str | None = None) -> dict:

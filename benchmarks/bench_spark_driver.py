@@ -2,7 +2,10 @@
 ``fit-glmix --engine spark`` and ``evaluate --engine spark`` at two log sizes.
 
     .venv/bin/python -m benchmarks.bench_spark_driver --out /tmp/spark_driver
-        [--impressions 1000000 5000000] [--master 'local[2]']
+        [--impressions 1000000 5000000] [--master 'local[2]'] [--users 10200]
+
+With ``--users`` the number of users is fixed and the log grows by days, so what the
+driver holds per user stays the same and only the log grows.
 
 Worlds: ``recsys synth`` with about 98 impressions per user (the default world's rate),
 20,000 short videos of D = 16; an artifact from a quick ``train-embeddings`` (average
@@ -28,17 +31,25 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--impressions", type=int, nargs="+", default=[1_000_000, 5_000_000])
     ap.add_argument("--master", default="local[2]")
+    ap.add_argument(
+        "--users",
+        type=int,
+        default=0,
+        help="fixed number of users (the log grows by more days); 0: one per 98 impressions",
+    )
     args = ap.parse_args()
     recsys = str(Path(sys.executable).with_name("recsys"))
     spark = ["--engine", "spark", "--spark-master", args.master]
     results: dict[str, dict[str, object]] = {}
     for n in args.impressions:
-        world, a = args.out / f"w{n}", args.out / f"a{n}"
-        users = max(100, n // 98)
+        users = args.users or max(100, n // 98)
+        days = max(1, round(28 * n / (98 * users)))  # 98 impressions a user in 28 days
+        tag = f"{n}" if not args.users else f"{n}u{users}"
+        world, a = args.out / f"w{tag}", args.out / f"a{tag}"
         if not (world / "videos.parquet").exists():
             run_job(
                 [recsys, "synth", "--out", str(world), "--videos", "20000", "--users", str(users),
-                 "--feature-dim", "16"],
+                 "--days", str(days), "--feature-dim", "16"],
                 None,
             )  # fmt: skip
         run_job(

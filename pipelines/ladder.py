@@ -149,7 +149,9 @@ def reduce_store_features(
     dims = _pca_dims(max_dim, n, f)
     rng = np.random.default_rng([seed, 3])
     sample = np.sort(rng.choice(n, size=min(n, PCA_SAMPLE_VIDEOS), replace=False))
-    fit_rows = np.concatenate([c for _, c in raw_features(name, store.subset(sample), codebook)])
+    fit_rows = np.empty((len(sample), f), dtype=np.float32)  # filled in place: one copy
+    for sl, chunk in raw_features(name, store.subset(sample), codebook):
+        fit_rows[sl] = chunk
     pca = PCA.fit_gram(fit_rows, max(dims))
     del fit_rows
     z = np.empty((n, pca.dim))

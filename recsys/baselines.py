@@ -156,16 +156,20 @@ class PCA:
     @classmethod
     def fit_gram(cls, x: np.ndarray, dim: int, block: int = 8192) -> PCA:
         """The same directions as ``fit`` (up to sign) through the N x N Gram matrix of
-        the centred rows, for a few rows of many features: memory N * F float32 plus
-        N^2, where an SVD of a wide matrix needs several copies of it in float64."""
+        the centred rows, for a few rows of many features: memory N * F float32 (``x``
+        itself, centred a block of columns at a time) plus N^2, where an SVD of a wide
+        matrix needs several copies of it in float64."""
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or len(x) < 2:
             raise ValueError("PCA needs a (N >= 2, F) matrix")
         mean = x.mean(0, dtype=np.float64)
-        xc = x - mean.astype(np.float32)
+
+        def centred(s: int) -> np.ndarray:
+            return x[:, s : s + block].astype(np.float64) - mean[s : s + block]
+
         gram = np.zeros((len(x), len(x)))
         for s in range(0, x.shape[1], block):
-            b = xc[:, s : s + block].astype(np.float64)
+            b = centred(s)
             gram += b @ b.T
         values, vectors = np.linalg.eigh(gram)  # ascending
         keep = max(1, min(dim, len(x) - 1))
@@ -173,7 +177,7 @@ class PCA:
         scale = np.sqrt(np.maximum(values, 1e-300))
         comps = np.zeros((keep, x.shape[1]))
         for s in range(0, x.shape[1], block):
-            comps[:, s : s + block] = vectors.T @ xc[:, s : s + block].astype(np.float64)
+            comps[:, s : s + block] = vectors.T @ centred(s)
         return cls(mean, comps / scale[:, None])
 
     def project(self, x: np.ndarray) -> np.ndarray:

@@ -3,7 +3,9 @@
 Where things are: request and response bodies in ``schemas.py``, the error shape and
 handlers in ``errors.py``, the body limit and metrics in ``middleware.py``, start-up,
 the store follower and reloads in ``lifespan.py``, the routes per resource in
-``routers/``, the scoring state in ``state.py``, the stores in ``stores/``.
+``routers/``, the state in ``state.py`` (and ``histories.py``, ``catalogue.py``), what
+reads it in ``queries.py``, the stores in ``stores/``, connection deadlines in
+``connections.py``.
 
 Hot paths validate requests with pydantic (Rust core) but return pre-serialised JSON
 ``Response`` objects, skipping FastAPI's response-model round trip, which dominated

@@ -1,4 +1,4 @@
-"""The loaded artifact plus everything written since, and the scoring on top.
+"""The loaded artifact plus everything written since (the read side: ``serving.queries``).
 
 One ``ServingState`` is immutable in what it was loaded from and grows only by appends
 (new videos, new watches, online user effects) under a lock. A reload builds a new state
@@ -18,7 +18,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ from recsys.projection import fit_projection
 from recsys.scoring import glmix_global_features, history_similarity
 from serving.catalogue import Catalogue
 from serving.errors import ConflictError, NotFoundError
+from serving.histories import Histories
 from serving.replication import Follower
 from serving.stores import Impression, Removal, StateStore, StoredVideo, Watch
 
@@ -88,15 +88,14 @@ class ServingState:
         self.threshold = watch_threshold_s
         self._lock = threading.Lock()
         self._online_lock = threading.Lock()
-        self._history: dict[str, list[int]] = {}
-        self._history_set: dict[str, set[int]] = {}
+        self.histories = Histories()
         hist = loaded.histories
         for u, v in zip(
             hist.column("user_id").to_pylist(), hist.column("video_id").to_pylist(), strict=True
         ):
             r = self.catalogue.row(v)
             if r is not None:
-                self._add_history(u, r)
+                self.histories.add(u, r)
         self.store = store
         self.ingested = self.watch_events = self.impression_events = 0
         self.payload_hashes: dict[str, str] = {}
@@ -114,7 +113,7 @@ class ServingState:
             self.catalogue.emb[: self.catalogue.size_at_load]
         )
         #: users known at load (offline fit, histories), sorted for prefix search
-        self.offline_users = sorted(set(self.glmix.user_ids) | set(self._history))
+        self.offline_users = sorted(set(self.glmix.user_ids) | self.histories.users())
         self.load_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ the log
@@ -146,7 +145,7 @@ class ServingState:
             self.watch_events += 1
             r = self.catalogue.row(w.video_id)
             if r is not None and w.watch_seconds >= self.threshold:
-                self._add_history(w.user_id, r)
+                self.histories.add(w.user_id, r)
         by_user: dict[str, _Staged] = {}
         for imp in impressions:
             r = self.catalogue.row(imp.video_id)
@@ -164,16 +163,12 @@ class ServingState:
             self.removed_videos.add(removal.target)
             row = self.catalogue.row(removal.target)
             if self.catalogue.remove(removal.target) and row is not None:
-                for user, rows in self._history.items():  # histories no longer show it
-                    if row in self._history_set[user]:
-                        self._history_set[user].discard(row)
-                        rows.remove(row)
+                self.histories.drop_row(row)
                 self.payload_hashes.pop(removal.target, None)
             return
         user = removal.target
         self.erased_users.add(user)
-        self._history.pop(user, None)
-        self._history_set.pop(user, None)
+        self.histories.forget(user)
         with self._online_lock:
             self.online.forget(user)
         # What the store still holds of the user was written after the erasure (a
@@ -208,12 +203,6 @@ class ServingState:
 
     # ------------------------------------------------------------------ histories
 
-    def _add_history(self, user: str, row: int) -> None:
-        seen = self._history_set.setdefault(user, set())
-        if row not in seen:
-            seen.add(row)
-            self._history.setdefault(user, []).append(row)
-
     @property
     def num_videos(self) -> int:
         return len(self.catalogue)
@@ -226,15 +215,15 @@ class ServingState:
         return video_id in self.catalogue
 
     def history_rows(self, user: str) -> list[int]:
-        return list(self._history.get(user, ()))
+        return list(self.histories.get(user) or ())
 
     def history_ids(self, user_id: str) -> list[str]:
         """The user's valid watches, in the order they were first watched."""
-        return [self.catalogue.ids[r] for r in self._history.get(user_id, ())]
+        return [self.catalogue.ids[r] for r in self.histories.get(user_id) or ()]
 
     def users_seen_online(self) -> set[str]:
         """Users first seen by this service (histories or online effects)."""
-        return set(self._history) | set(self.online.effects)
+        return self.histories.users() | set(self.online.effects)
 
     def known_user(self, user_id: str) -> bool:
         offline = user_id in self.glmix.user_index and user_id not in self.erased_users
@@ -242,13 +231,13 @@ class ServingState:
 
     # ------------------------------------------------------------------ scoring
 
-    def _similarity(self, user_id: str, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def similarity(self, user_id: str, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Eq. 17 / Eq. 16 of candidates (M, E) against the user's current history
         (NaN without one)."""
-        hist = self._history.get(user_id)
+        hist = self.histories.get(user_id)
         return history_similarity(cand, self.catalogue.vectors(hist or []))
 
-    def _watch_probability(
+    def watch_probability(
         self, user_id: str, cand: np.ndarray, max_s: np.ndarray, avg_s: np.ndarray
     ) -> np.ndarray:
         # Fixed effect plus the user's effect: refitted online when the service has seen
@@ -256,77 +245,6 @@ class ServingState:
         # a refit swaps the user's effect array whole (scoring must not queue behind it).
         g = glmix_global_features(self.glmix.global_names, max_s, avg_s)
         return self.online.probability(user_id, cand, g)
-
-    def score(self, user_id: str, video_ids: list[str]) -> dict[str, Any]:
-        rows = np.array([self.catalogue.rows.get(v, -1) for v in video_ids], dtype=np.int64)
-        known = rows >= 0
-        cand = self.catalogue.vectors(rows[known])
-        mx, av = self._similarity(user_id, cand)
-        probs = self._watch_probability(user_id, cand, mx, av).tolist()
-        hist = self._history.get(user_id)
-        max_s: list[float | None] = mx.tolist() if hist else [None] * len(cand)
-        avg_s: list[float | None] = av.tolist() if hist else [None] * len(cand)
-        out: list[dict[str, Any]] = []
-        j = 0
-        for v, ok in zip(video_ids, known.tolist(), strict=True):
-            if not ok:
-                out.append({"video_id": v, "error": "unknown video"})
-                continue
-            out.append(
-                {
-                    "video_id": v,
-                    "max_similarity": max_s[j],
-                    "avg_similarity": avg_s[j],
-                    "watch_probability": probs[j],
-                }
-            )
-            j += 1
-        return {
-            "user_id": user_id,
-            "known_user": self.known_user(user_id),
-            "history_size": len(hist) if hist else 0,
-            "scores": out,
-        }
-
-    def similar(self, video_id: str, k: int) -> list[dict[str, Any]]:
-        row = self.catalogue.row(video_id)
-        if row is None:
-            gone = video_id in self.removed_videos
-            raise NotFoundError(
-                f"video {video_id!r} was taken down" if gone else f"unknown video {video_id!r}"
-            )
-        return [{"video_id": v, "similarity": s} for v, s in self.catalogue.similar(row, k)]
-
-    def recommend(self, user_id: str, k: int, seeds: int) -> list[dict[str, Any]]:
-        """Neighbours of the user's last ``seeds`` watches, minus watched videos, ranked by
-        GLMix (no history: the newest 20k videos of the catalogue)."""
-        hist = self._history.get(user_id, [])
-        n = self.num_videos
-        if hist:
-            ids = self.catalogue.search(
-                self.catalogue.vectors(hist[-seeds:]), min(n, 4 * k + len(hist))
-            )
-            rows = self.catalogue.rows
-            found = {rows.get(v, -1) for row in ids for v in row} - {-1}  # -1: just taken down
-            cand_rows = sorted(found - set(hist))
-        else:
-            cand_rows = self.catalogue.live_rows(np.arange(max(0, n - 20_000), n))
-        if not cand_rows:
-            return []
-        cand = self.catalogue.vectors(cand_rows)
-        mx, av = self._similarity(user_id, cand)
-        p = self._watch_probability(user_id, cand, mx, av)
-        result = []
-        for i in np.argsort(-p, kind="stable")[:k].tolist():
-            item: dict[str, Any] = {
-                "video_id": self.catalogue.ids[cand_rows[i]],
-                "watch_probability": float(p[i]),
-            }
-            if hist:
-                item["max_similarity"] = float(mx[i])
-                item["avg_similarity"] = float(av[i])
-            result.append(item)
-        return result
 
     # ------------------------------------------------------------------ writes
 
@@ -418,7 +336,7 @@ class ServingState:
             self.watch_events += 1
             valid = watch_seconds >= self.threshold
             if valid:
-                self._add_history(user_id, row)
+                self.histories.add(user_id, row)
         return valid
 
     def record_impressions(self, impressions: list[Impression]) -> ImpressionsResult:
@@ -459,10 +377,10 @@ class ServingState:
         rs, ys, gs = by_user.setdefault(user, ([], [], []))
         names = self.glmix.global_names
         # An Eq. 18-only model has no global features: no similarity to compute.
-        sims = self._similarity(user, self.catalogue.vectors([row])) if names else None
+        sims = self.similarity(user, self.catalogue.vectors([row])) if names else None
         gs.append(glmix_global_features(names, *sims) if sims is not None else None)
         if watched:
-            self._add_history(user, row)
+            self.histories.add(user, row)
         rs.append(row)
         ys.append(1.0 if watched else 0.0)
 

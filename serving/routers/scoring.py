@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 
+from serving import queries
 from serving.deps import State
 from serving.errors import error_responses, json_response
 from serving.schemas import (
@@ -26,19 +27,19 @@ VideoId = Annotated[str, Path(min_length=1, max_length=256)]
 def score(req: ScoreRequest, state: ServingState) -> Response:
     """Max/avg similarity to the user's watch history (Eq. 16-17) and GLMix watch probability (Eq. 18)
     per candidate. Unknown videos are reported per item; unknown users get the fixed effect."""
-    return json_response(state.score(req.user_id, req.video_ids))
+    return json_response(queries.score(state, req.user_id, req.video_ids))
 
 
 def recommendations(state: ServingState, user_id: str, k: int, seeds: int) -> Response:
     """Neighbours of the user's history from the index, minus watched videos, ranked by GLMix."""
     return json_response(
-        {"user_id": user_id, "recommendations": state.recommend(user_id, k, seeds)}
+        {"user_id": user_id, "recommendations": queries.recommend(state, user_id, k, seeds)}
     )
 
 
 def similar(state: ServingState, video_id: str, k: int) -> Response:
     """Nearest videos by cosine similarity of the co-watch embeddings."""
-    return json_response({"video_id": video_id, "similar": state.similar(video_id, k)})
+    return json_response({"video_id": video_id, "similar": queries.similar(state, video_id, k)})
 
 
 def router(settings: Settings) -> APIRouter:

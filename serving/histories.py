@@ -1,0 +1,36 @@
+"""Every user's valid watches as catalogue rows, first watched first, each once.
+
+Writers hold the state's lock; readers take ``get``'s list as it is (a list is only
+appended to, or replaced whole when a video is taken down).
+"""
+
+from __future__ import annotations
+
+
+class Histories:
+    def __init__(self) -> None:
+        self._rows: dict[str, list[int]] = {}
+        self._seen: dict[str, set[int]] = {}
+
+    def add(self, user: str, row: int) -> None:
+        seen = self._seen.setdefault(user, set())
+        if row not in seen:
+            seen.add(row)
+            self._rows.setdefault(user, []).append(row)
+
+    def get(self, user: str) -> list[int] | None:
+        return self._rows.get(user)
+
+    def users(self) -> set[str]:
+        return set(self._rows)
+
+    def drop_row(self, row: int) -> None:
+        """A video taken down leaves every history (rare: a pass over all users)."""
+        for user, seen in self._seen.items():
+            if row in seen:
+                seen.discard(row)
+                self._rows[user] = [r for r in self._rows[user] if r != row]
+
+    def forget(self, user: str) -> None:
+        self._rows.pop(user, None)
+        self._seen.pop(user, None)

@@ -25,13 +25,13 @@ def serve(
         ),
     ] = 1,
     max_in_flight: Annotated[
-        int,
+        int | None,
         typer.Option(
-            help="Requests served at once; beyond it a request waits up to "
-            "RECSYS_QUEUE_TIMEOUT_S (2 s) for a slot, then gets 503 with Retry-After. "
-            "Health checks are not counted."
+            help="Requests served at once (default: RECSYS_MAX_IN_FLIGHT, else 64); beyond "
+            "it a request waits up to RECSYS_QUEUE_TIMEOUT_S (2 s) for a slot, then gets 503 "
+            "with Retry-After. Health checks are not counted."
         ),
-    ] = 64,
+    ] = None,
     access_log: Annotated[
         bool, typer.Option(help="Log every request (uvicorn's access log) to stderr.")
     ] = False,
@@ -56,6 +56,17 @@ def serve(
         if not state_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             fail("--state-url must start with sqlite:/// or postgresql://")
         os.environ["RECSYS_STATE_URL"] = state_url
+    from pydantic import ValidationError
+
+    from serving.settings import Settings
+
+    try:
+        Settings()
+    except ValidationError as exc:  # one line per bad RECSYS_* variable, no traceback
+        problems = [
+            f"RECSYS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        ]
+        fail("; ".join(problems))
     serve_artifact(
         artifacts,
         host,

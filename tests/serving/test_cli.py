@@ -26,3 +26,10 @@ def test_serve_state_url_option(run_cli, pipeline_out: Path) -> None:
     assert code == 2 and "--state-url must start with" in err and "Traceback" not in err
     code, out, _ = run_cli("serve", "--help")
     assert code == 0 and "--state-url" in out
+
+
+def test_a_bad_setting_is_one_line_and_exit_2(run_cli, pipeline_out: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RECSYS_HEAD_TIMEOUT_S", "soon")
+    code, _, err = run_cli("serve", "--artifacts", pipeline_out / "artifact")
+    assert code == 2 and "Traceback" not in err
+    assert "RECSYS_HEAD_TIMEOUT_S" in err and len(err.strip().splitlines()) == 1

@@ -97,7 +97,7 @@ class StateStore(Protocol):
     def insert_impressions(self, rows: list[Impression]) -> list[Stamp | None]: ...
     def changes(self, since: dict[str, int]) -> Changes: ...
     def remove_video(self, video_id: str) -> Stamp:
-        """Record a takedown (and delete the video's ingested row, if any)."""
+        """Record a takedown (an ingested video's row stays; the record hides it)."""
 
     def erase_user(self, user_id: str) -> Stamp:
         """Delete the user's watches and impressions and record the erasure, atomically."""

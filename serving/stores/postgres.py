@@ -174,8 +174,8 @@ class PostgresStore:
         return self._run(read)
 
     def remove_video(self, video_id: str) -> Stamp:
-        deletes = ("DELETE FROM videos WHERE video_id = %s",)
-        return self._run(lambda c: _removal(c, deletes, "video", video_id))
+        # As on SQLite, an ingested video's row stays; the record hides it on replay.
+        return self._run(lambda c: _removal(c, (), "video", video_id))
 
     def erase_user(self, user_id: str) -> Stamp:
         return self._run(lambda c: _removal(c, POSTGRES.erase, "user", user_id))

@@ -131,11 +131,10 @@ class SqliteStore:
         return changes
 
     def remove_video(self, video_id: str) -> Stamp:
+        # An ingested video's row stays (the record hides it on every replay): deleting
+        # the newest row would let SQLite give its rowid, the follower's key, to the next.
         with self._locked() as db:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM videos WHERE video_id = ?", (video_id,))
             cur = db.execute(SQLITE.insert_removal, ("video", video_id))
-            db.execute("COMMIT")
             return _stamp(cur.lastrowid)
 
     def erase_user(self, user_id: str) -> Stamp:

@@ -104,3 +104,22 @@ def test_an_erased_user_is_forgotten_and_leaves_no_row(settings, artifact) -> No
             c.post("/v1/score", json={"user_id": user, "video_ids": ids[:1]}).json()["history_size"]
             == 1
         )
+
+
+def test_a_takedown_of_an_upload_then_a_new_upload_reach_another_replica(
+    settings, artifact
+) -> None:
+    """The store's keys are never reused: the upload after a takedown still replicates."""
+    d = json.loads((artifact / "embedder.json").read_text())["feature_dim"]
+    slow = settings.model_copy(update={"sync_interval_s": 3600.0})
+    with TestClient(create_app(slow)) as a, TestClient(create_app(slow)) as b:
+        for vid, seed in (("up-1", 0),):
+            body = {"video_id": vid, "frames": frames(d, seed=seed)}
+            assert a.post("/v1/videos", json=body, headers=AUTH).status_code == 201
+        b.app.state.holder.current.sync()  # type: ignore[attr-defined]  # B has seen up-1
+        assert a.delete("/v1/videos/up-1", headers=AUTH).status_code == 200
+        body = {"video_id": "up-2", "frames": frames(d, seed=1)}
+        assert a.post("/v1/videos", json=body, headers=AUTH).status_code == 201
+        b.app.state.holder.current.sync()  # type: ignore[attr-defined]
+        assert b.get("/v1/videos/up-2/similar?k=2").status_code == 200
+        assert b.get("/v1/videos/up-1/similar?k=2").status_code == 404

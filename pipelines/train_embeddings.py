@@ -36,7 +36,7 @@ from recsys.errors import UserInputError
 from recsys.frames import FrameStore
 from recsys.index import IndexConfig, VideoIndex
 from recsys.metrics import pair_auc
-from recsys.projection import fit_projection
+from recsys.projection import fit_map
 from recsys.splits import default_test_start
 from recsys.triplets import TripletConfig, mine_cowatch_pairs
 
@@ -254,5 +254,5 @@ def _artifact_files(
         art.TRAIN_HISTORY: json.dumps(result.history, indent=2).encode(),
         art.LOSS_CURVE: png.read_bytes(),
         # the explorer's 2-D map (PCA), fitted once so every replica draws the same map
-        art.PROJECTION: json.dumps(fit_projection(vectors)).encode(),
+        art.PROJECTION: json.dumps(fit_map(vectors)).encode(),
     }

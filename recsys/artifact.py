@@ -8,7 +8,7 @@ Layout (every name is a constant below; no other module spells one)::
     embeddings.parquet   video_id, embedding (list<float32>), in index row order
     index.faiss          FAISS index; row i is embeddings.parquet row i
     index.json           IndexConfig
-    projection.json      the explorer's 2-D PCA map of the embedding space
+    projection.json      the explorer's 2-D map of the embedding space (t-SNE, or PCA)
     train_history.json   loss per epoch; loss_curve.png its plot
     glmix.json, glmix_users.parquet                   GLMix (fixed effect; per-user effects)
     glmix_no_video.json, glmix_no_video_users.parquet GLMix without video features

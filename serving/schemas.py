@@ -257,8 +257,11 @@ class MapPoint(BaseModel):
 
 
 class MapResponse(BaseModel):
+    #: "tsne" (neighbour-preserving; uploads placed among their nearest drawn videos) or "pca"
     projection: str
     explained_variance_ratio: list[float]
+    #: how well the map keeps each video's 10 nearest neighbours near (t-SNE vs PCA), 0-1
+    trustworthiness: dict[str, float] | None = None
     catalogue_size: int
     points: list[MapPoint]
 

@@ -100,6 +100,7 @@ def _map(state: ServingState, pts: list[dict[str, Any]]) -> Response:
         {
             "projection": state.projection.get("method", "pca"),
             "explained_variance_ratio": state.projection.get("explained_variance_ratio", []),
+            "trustworthiness": state.projection.get("trustworthiness"),
             "catalogue_size": state.catalogue_size,
             "points": pts,
         }
@@ -183,7 +184,7 @@ def history(
     "/v1/map", tags=["explorer"], response_model=MapResponse, responses=error_responses(503)
 )
 def embedding_map(state: State) -> Response:
-    """A 2-D PCA map of the embedding space: an even sample of the catalogue and every
+    """A 2-D map of the embedding space (t-SNE fitted at pipeline time, or PCA): an even sample of the catalogue and every
     cold-start upload (``cold_start``)."""
     return _map(state, map_points(state, MAP_POINTS))
 

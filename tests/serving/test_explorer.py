@@ -181,7 +181,10 @@ def test_map_and_history_routes_bad_input(live: str) -> None:
     assert httpx.get(f"{live}/v1/users", params={"limit": 0}, headers=KEY).status_code == 422
     assert httpx.get(f"{live}/explorer/report/files/../../etc/passwd.png").status_code == 404
     body = httpx.get(f"{live}/v1/map").json()
-    assert body["projection"] == "pca" and len(body["points"]) <= 4000 + 1
+    assert body["projection"] in ("tsne", "pca") and len(body["points"]) <= 4000 + 1
+    if body["projection"] == "tsne":
+        trust = body["trustworthiness"]
+        assert 0 <= trust["pca"] <= 1 and 0 <= trust["tsne"] <= 1
     json.dumps(body)
 
 

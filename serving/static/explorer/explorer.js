@@ -201,9 +201,14 @@ async function start() {
   mapData = map;
   $("report-link").hidden = !info.report;
   const ev = map.explained_variance_ratio.map((r) => `${(100 * r).toFixed(0)}%`).join(" + ");
+  const t = map.trustworthiness;
+  const how =
+    map.projection === "tsne" && t
+      ? `t-SNE of the co-watch embeddings: neighbours stay together, so topics form regions ` +
+        `(trustworthiness ${t.tsne.toFixed(2)}, a PCA would score ${t.pca.toFixed(2)}); `
+      : `PCA of the co-watch embeddings (${ev} of the variance); `;
   $("map-caption").textContent =
-    `PCA of the co-watch embeddings (${ev} of the variance); ` +
-    `${map.points.length} of ${info.videos} videos drawn, hover a point for its id.`;
+    how + `${map.points.length} of ${info.videos} videos drawn, hover a point for its id.`;
   drawMap([]);
   const user = new URLSearchParams(location.search).get("user");
   if (user) {

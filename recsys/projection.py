@@ -81,18 +81,24 @@ def fit_map(embeddings: np.ndarray, seed: int = 0, anchors: int = MAP_ANCHORS) -
 def _place(embeddings: np.ndarray, projection: dict[str, Any]) -> np.ndarray:
     """Map positions from a t-SNE map's anchors: an anchor's own position, else the mean
     of its ``PLACE_NEIGHBOURS`` nearest anchors (cosine) weighted by similarity."""
-    anchors = np.asarray(projection["anchors"], dtype=np.float64)
+    anchors = np.asarray(projection["anchors"], dtype=np.float32)
+    anchors = anchors / np.maximum(np.linalg.norm(anchors, axis=1, keepdims=True), 1e-12)
     xy = np.asarray(projection["anchor_xy"], dtype=np.float64)
-    x = np.asarray(embeddings, dtype=np.float64).reshape(-1, anchors.shape[1])
-    norm = np.linalg.norm(x, axis=1, keepdims=True) * np.linalg.norm(anchors, axis=1)
-    sims = (x @ anchors.T) / np.maximum(norm, 1e-12)  # (N, A)
+    x = np.asarray(embeddings, dtype=np.float32).reshape(-1, anchors.shape[1])
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     k = min(PLACE_NEIGHBOURS, len(anchors))
-    near = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    s = np.take_along_axis(sims, near, axis=1)
-    w = np.exp((s - s[:, :1]) / 0.02)  # an exact match (an anchor itself) takes it all
-    out = (w[:, :, None] * xy[near]).sum(1) / w.sum(1, keepdims=True)
-    same = s[:, 0] > 1 - 1e-6
-    out[same] = xy[near[same, 0]]
+    out = np.empty((len(x), 2))
+    for s0 in range(0, len(x), 512):  # (512, A) similarities at a time
+        sims = x[s0 : s0 + 512] @ anchors.T
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        s = np.take_along_axis(sims, part, axis=1).astype(np.float64)
+        order = np.argsort(-s, axis=1, kind="stable")
+        near, s = np.take_along_axis(part, order, axis=1), np.take_along_axis(s, order, axis=1)
+        w = np.exp((s - s[:, :1]) / 0.02)  # an exact match (an anchor itself) takes it all
+        chunk = (w[:, :, None] * xy[near]).sum(1) / w.sum(1, keepdims=True)
+        same = s[:, 0] > 1 - 1e-5
+        chunk[same] = xy[near[same, 0]]
+        out[s0 : s0 + 512] = chunk
     return out
 
 

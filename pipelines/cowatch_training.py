@@ -11,7 +11,7 @@ import copy
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -201,8 +201,10 @@ def train_embedder(
         net = torch.nn.parallel.DistributedDataParallel(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Resolved once ("auto" -> what this device does): every step's autocast reads it.
     low = autocast_dtype(cfg.precision, device)
-    result = TrainResult(model=model, precision="float32" if low is None else "bfloat16")
+    cfg = replace(cfg, precision="float32" if low is None else "bfloat16")
+    result = TrainResult(model=model, precision=cfg.precision)
     show = progress and rank == 0
     if cfg.pretrain_epochs:
         _pretrain(net, params, opt, store, train_videos, cfg, device, rank, world, show)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -29,6 +30,8 @@ ID = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x
 #: The alphabet of every id the service creates (ingested videos, users of events, event
 #: ids): 1-128 of letters, digits and ``_ - . : @ + =``, not starting with ``.``. Such an
 #: id reads back through every route: no ``/`` to split a path, no ``..`` to normalise.
+#: ``ID`` as a path parameter (every ``/v1/users/{user_id}/...``, ``/v1/videos/{video_id}/...``)
+PATH_ID = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
 NEW_ID_PATTERN = r"^[A-Za-z0-9_\-:@+=][A-Za-z0-9_.\-:@+=]{0,127}$"
 NEW_ID = Annotated[str, Field(min_length=1, max_length=128, pattern=NEW_ID_PATTERN)]
 

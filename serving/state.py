@@ -120,7 +120,8 @@ class ServingState:
 
     def sync(self) -> int:
         """Apply the rows other writers (replicas) added since the last call; returns how
-        many. Cheap when nothing changed: three indexed range queries."""
+        many. Cheap when nothing changed: the horizon and four indexed range queries
+        that return no row."""
         changes = self.store.changes(dict(self._log.horizon))
         applied = 0
         with self._lock:

@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, HTTPException, Query
-from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -25,6 +24,7 @@ from recsys.projection import map_sample, project
 from serving.deps import USER_DATA, AppSettings, State
 from serving.errors import error_responses, json_response
 from serving.schemas import (
+    PATH_ID,
     ExplorerInfo,
     HistoryResponse,
     MapResponse,
@@ -171,9 +171,7 @@ def users(
     responses=error_responses(401, 403, 422, 503),
     dependencies=USER_DATA,
 )
-def history(
-    state: State, user_id: Annotated[str, PathParam(min_length=1, max_length=256)]
-) -> Response:
+def history(state: State, user_id: PATH_ID) -> Response:
     """The user's valid watches (training period plus events), first watched first."""
     return json_response(
         {"user_id": user_id, "history": [{"video_id": v} for v in state.history_ids(user_id)]}

@@ -4,20 +4,14 @@ and are idempotent."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter
-from fastapi import Path as PathParam
 from fastapi.responses import Response
 
 from serving.deps import WRITE, Holder, current_state
 from serving.errors import error_responses, json_response
-from serving.schemas import ErasureResponse, TakedownResponse
+from serving.schemas import PATH_ID, ErasureResponse, TakedownResponse
 
 router = APIRouter(tags=["removals"])
-
-VideoId = Annotated[str, PathParam(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
-UserId = Annotated[str, PathParam(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 @router.delete(
@@ -25,7 +19,7 @@ UserId = Annotated[str, PathParam(min_length=1, max_length=256, pattern=r"^[^\x0
     responses={200: {"model": TakedownResponse}, **error_responses(401, 404, 422, 503)},
     dependencies=WRITE,
 )
-def take_down(video_id: VideoId, holder: Holder) -> Response:
+def take_down(video_id: PATH_ID, holder: Holder) -> Response:
     """Take a video down: from now on it is in no recommendation, similar list, score,
     history or map on any replica, the offline index's copy included; its id cannot be
     ingested again. The next pipeline run should leave it out of the data set."""
@@ -39,7 +33,7 @@ def take_down(video_id: VideoId, holder: Holder) -> Response:
     responses={200: {"model": ErasureResponse}, **error_responses(401, 422, 503)},
     dependencies=WRITE,
 )
-def erase(user_id: UserId, holder: Holder) -> Response:
+def erase(user_id: PATH_ID, holder: Holder) -> Response:
     """Erase a user: their stored watches and impressions are deleted and every replica
     forgets their history and effects, offline ones included. Events after this start
     a new user."""

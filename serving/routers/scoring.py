@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from serving import queries
 from serving.deps import State
 from serving.errors import error_responses, json_response
 from serving.schemas import (
+    PATH_ID,
     RecommendationsResponse,
     ScoreRequest,
     ScoreResponse,
@@ -19,9 +20,6 @@ from serving.schemas import (
 )
 from serving.settings import Settings
 from serving.state import ServingState
-
-UserId = Annotated[str, Path(min_length=1, max_length=256)]
-VideoId = Annotated[str, Path(min_length=1, max_length=256)]
 
 
 def score(req: ScoreRequest, state: ServingState) -> Response:
@@ -59,12 +57,12 @@ def router(settings: Settings) -> APIRouter:
 
     # Defaults, not Annotated: the bounds come from the settings at app creation.
     def recommendations_route(
-        state: State, user_id: UserId, k: int = Query(10, ge=1, le=settings.max_k)
+        state: State, user_id: PATH_ID, k: int = Query(10, ge=1, le=settings.max_k)
     ) -> Response:
         return recommendations(state, user_id, k, seeds)
 
     def similar_route(
-        state: State, video_id: VideoId, k: int = Query(10, ge=1, le=settings.max_k)
+        state: State, video_id: PATH_ID, k: int = Query(10, ge=1, le=settings.max_k)
     ) -> Response:
         return similar(state, video_id, k)
 

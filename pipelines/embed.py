@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from embeddings.runtime import resolve_device
 from pipelines.engine import Engine
 from pipelines.io import iter_video_batches
 from recsys.artifact import embeddings_table, load_embedder, read_manifest
+from recsys.embedders import ClassicalEmbedder, is_classical
+from recsys.errors import UserInputError
 
 
 def embed_dataset(
@@ -32,6 +35,8 @@ def embed_dataset(
     """
     a = Path(artifacts)
     read_manifest(a)
+    if is_classical(a):
+        return _write_embeddings(a, data, out, batch_size, progress)
     model = load_embedder(a)
     dev = resolve_device(device)
     model.to(dev).eval()
@@ -45,8 +50,6 @@ def embed_dataset(
         ):
             frames, mask = vb.padded(max_frames)
             if frames.shape[-1] != model.config.feature_dim:
-                from recsys.errors import UserInputError
-
                 raise UserInputError(
                     f"data has D = {frames.shape[-1]}, model expects D = {model.config.feature_dim}"
                 )
@@ -73,6 +76,36 @@ def embed_dataset(
     return n
 
 
+def _write_embeddings(
+    a: Path, data: str | os.PathLike[str], out: str | os.PathLike[str], batch: int, progress: bool
+) -> int:
+    """``embed_dataset`` for an artifact that ships a classical rung: every frame of each
+    video, as the catalogue's own embeddings were made."""
+    rung = ClassicalEmbedder.load(a)
+    dest = Path(out)
+    tmp = dest.with_name(f".{dest.name}.partial")
+    n = 0
+    try:
+        with contextlib.ExitStack() as stack:
+            writer: pq.ParquetWriter | None = None
+            for vb in tqdm(iter_video_batches(data, batch_size=batch), disable=not progress):
+                if vb.frames.shape[-1] != rung.feature_dim:
+                    raise UserInputError(
+                        f"data has D = {vb.frames.shape[-1]}, the {rung.name} embedder "
+                        f"expects D = {rung.feature_dim}"
+                    )
+                table = embeddings_table(vb.video_ids, rung.embed_videos(vb.frames, vb.offsets))
+                if writer is None:
+                    writer = stack.enter_context(pq.ParquetWriter(tmp, table.schema))
+                writer.write_table(table)
+                n += len(vb)
+        if n:
+            os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n
+
+
 def embed_dataset_spark(
     engine: Engine,
     artifacts: str | os.PathLike[str],
@@ -92,6 +125,11 @@ def embed_dataset_spark(
 
     a = Path(artifacts)
     read_manifest(a)
+    if is_classical(a):
+        raise UserInputError(
+            f"{a} ships the classical {ClassicalEmbedder.load(a).name} embedder; embed with "
+            "--engine local (it runs in one pass over the frames, no model to distribute)"
+        )
     model = load_embedder(a)
     path = dataset_dir(data) / VIDEOS_FILE
     open_parquet(path)  # a clear error for an unreadable file, before Spark sees it

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from pipelines.impressions import impressions_connection
 from recsys.auc import delong_ci
+from recsys.design import VideoRows, dense_video
 from recsys.errors import UserInputError
 from recsys.glmix import GLMix, GLMixConfig, fit_glmix, select_random_l2
 from recsys.triplets import TripletConfig, mine_triplets
@@ -74,7 +75,7 @@ class Engine:
     def fit_glmix(
         self,
         users: np.ndarray,
-        video: np.ndarray,
+        video: np.ndarray | VideoRows,
         labels: np.ndarray,
         cfg: GLMixConfig,
         on_pass: Callable[[int, float], None] | None = None,
@@ -84,14 +85,20 @@ class Engine:
             from pipelines.spark_glmix import fit_glmix_spark
 
             return fit_glmix_spark(
-                self.spark, users, video, labels, cfg, on_pass, global_feats=global_feats
+                self.spark,
+                users,
+                dense_video(video),
+                labels,
+                cfg,
+                on_pass,
+                global_feats=global_feats,
             )
         return fit_glmix(users, video, labels, cfg, global_feats, on_pass=on_pass)
 
     def select_random_l2(
         self,
         users: np.ndarray,
-        video: np.ndarray,
+        video: np.ndarray | VideoRows,
         labels: np.ndarray,
         is_validation: np.ndarray,
         base: GLMixConfig,
@@ -110,6 +117,8 @@ class Engine:
             ) -> GLMix:
                 return fit_glmix_spark(self.spark, u, x, y, cfg, global_feats=g)
 
+        if self.is_spark:
+            video = dense_video(video)
         return select_random_l2(
             users, video, labels, is_validation, base=base, fit=fit, global_feats=global_feats
         )

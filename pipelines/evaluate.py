@@ -26,8 +26,10 @@ from pipelines.io import dataset_dir
 from pipelines.statistics import auc_block, auc_by_day, auc_table, online_block
 from recsys import artifact as art
 from recsys.dataset import TRUTH_FILE
+from recsys.design import VideoRows
 from recsys.errors import UserInputError
 from recsys.glmix import GLMix
+from recsys.memory import release_free_memory
 from recsys.online import OnlineConfig, progressive_validation
 from recsys.scoring import glmix_global_features, prior_history_similarity, similarity_by_user
 
@@ -67,7 +69,7 @@ def _online(
     t: TestSet, glm: GLMix, frozen_g: np.ndarray | None, frozen: np.ndarray, cfg: OnlineConfig
 ) -> dict[str, Any]:
     """The test period replayed in time order through online GLMix, against the frozen model."""
-    x = t.embeddings[t.video_rows]
+    x = VideoRows(t.embeddings, t.video_rows)
     online_g = None
     if frozen_g is not None:
         # Online, each watch replayed joins the history before the next impression.
@@ -167,7 +169,7 @@ def evaluate_artifact(
     t = load_test_set(d, a, start, cutoff, cfg.watch_threshold_s)
     y, cold, users = t.labels, t.cold_start, t.users
     max_s, avg_s = similarity_by_user(t.user_index, t.video_rows, t.history_rows, t.embeddings)
-    x = t.embeddings[t.video_rows]
+    x = VideoRows(t.embeddings, t.video_rows)  # rows by reference: no (N, E) copy
     # The frozen model sees the histories as they were at the test start.
     frozen_g = _global_features(glm, max_s, avg_s)
     scores = {
@@ -180,6 +182,7 @@ def evaluate_artifact(
     if cfg.online is not None:
         _say(cfg, "online GLMix: replaying the test period in time order ...")
         online_report = _online(t, glm, frozen_g, scores["glmix"], cfg.online)
+        release_free_memory()
     oracle = _oracle(d, t)
     report: dict[str, Any] = {**head, "rows": _row_counts(t, max_s), "notes": list(NOTES)}
     log = print if cfg.progress else None

@@ -31,6 +31,7 @@ from pipelines.impressions import (
 from pipelines.io import dataset_dir
 from recsys import artifact as art
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S
+from recsys.design import VideoRows
 from recsys.errors import UserInputError
 from recsys.glmix import GLMix, GLMixConfig
 from recsys.scoring import HISTORY_FEATURES, history_features, prior_history_similarity
@@ -129,7 +130,7 @@ def _fit_local(
     vrows = embedding_rows(ids, train.column("video_id").to_pylist(), "training impressions")
     users = users_of(train)
     y = labels(train, cfg.watch_threshold_s).astype(np.float64)
-    x = emb[vrows]
+    x = VideoRows(emb, vrows)  # each row names its video: no (N, E) copy of the log
     times = times_us(train)
     hist_feats = None
     if cfg.history_features:

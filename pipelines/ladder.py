@@ -21,14 +21,21 @@ from pipelines.impressions import RecRows
 from recsys.baselines import (
     BASELINE_NAMES,
     PCA,
+    idf_weights,
     kmeans_codebook,
     l2_rows,
     raw_dim,
     raw_features,
+    store_chunks,
+    tfidf,
+    word_counts,
 )
+from recsys.design import VideoRows
+from recsys.embedders import ClassicalEmbedder
 from recsys.frames import FrameStore
 from recsys.glmix import GLMixConfig, fit_glmix, select_random_l2
 from recsys.logistic import mean_log_loss
+from recsys.memory import release_free_memory
 from recsys.scoring import history_features as _history_features
 from recsys.scoring import prior_history_similarity, similarity_by_user
 
@@ -39,13 +46,17 @@ PCA_DIMS: tuple[int, ...] = (8, 16, 32, 64)
 #: ones (VLAD of long frames) a PCA fitted on a sample of videos through its Gram matrix
 #: and applied chunk by chunk, so memory does not grow with the catalogue
 EXACT_PCA_VALUES = 1 << 23
-PCA_SAMPLE_VIDEOS = 2048
+#: (1,024 videos of VLAD 64 x 1024: 256 MB of float32 rows; far more than the <= 64
+#: leading directions kept need)
+PCA_SAMPLE_VIDEOS = 1024
+#: sampled videos whose frames are copied together while the PCA's rows are computed
+_SAMPLE_BLOCK = 128
 
 
 def validation_log_loss(rows: RecRows, vectors: np.ndarray, cfg: GLMixConfig) -> float:
     """GLMix fitted on the training rows before the validation cut, log-loss after it."""
     val = rows.validation_mask
-    x = vectors[rows.train_videos]
+    x = VideoRows(vectors, rows.train_videos)  # by reference: no (N, E) copy
     model = fit_glmix(rows.train_users[~val], x[~val], rows.train_labels[~val], cfg)
     return mean_log_loss(rows.train_labels[val], model.predict_proba(rows.train_users[val], x[val]))
 
@@ -61,7 +72,7 @@ def score_representation(
     ``history_features``: GLMix also gets the Eq. 16-17 similarities to the history, as
     the artifact's model does (``pipelines.fit_glmix.GLMixJobConfig``)."""
     base = base or GLMixConfig()
-    x_train = vectors[rows.train_videos]
+    x_train = VideoRows(vectors, rows.train_videos)
     v64 = vectors.astype(np.float64)
     info: dict[str, Any] = {}
     cfg = base
@@ -115,16 +126,78 @@ def _choose_dim(
     return candidates[best], {"pca_dim": best, "pca_validation_log_loss": losses}
 
 
+def _reduce_exact(
+    rows: RecRows, raw: np.ndarray, max_dim: int, base: GLMixConfig | None
+) -> tuple[np.ndarray, dict[str, Any], PCA]:
+    dims = _pca_dims(max_dim, *raw.shape)
+    full = PCA.fit(raw, max(dims))  # one SVD; each size keeps its leading directions
+    vectors, info = _choose_dim(
+        rows, {d: full.truncated(d).transform(raw) for d in dims}, base or GLMixConfig()
+    )
+    return vectors, info, full.truncated(info["pca_dim"])
+
+
 def reduce_on_validation(
     rows: RecRows, raw: np.ndarray, max_dim: int, base: GLMixConfig | None = None
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """PCA of ``raw`` to the size in ``PCA_DIMS`` (<= max_dim) with the lowest GLMix
     validation log-loss; returns the L2-normalised reduced vectors and the choice."""
-    dims = _pca_dims(max_dim, *raw.shape)
-    full = PCA.fit(raw, max(dims))  # one SVD; each size keeps its leading directions
-    return _choose_dim(
-        rows, {d: full.truncated(d).transform(raw) for d in dims}, base or GLMixConfig()
-    )
+    vectors, info, _ = _reduce_exact(rows, raw, max_dim, base)
+    return vectors, info
+
+
+def fit_rung(
+    rows: RecRows,
+    store: FrameStore,
+    name: str,
+    max_dim: int,
+    base: GLMixConfig | None = None,
+    num_words: int = 64,
+    seed: int = 0,
+    codebook: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[str, Any], ClassicalEmbedder]:
+    """A rung's rows for every video of ``store``, PCA-reduced on validation
+    (``reduce_on_validation``), and the embedder that maps a video's frames to its row.
+    Raw rows are computed a chunk of videos at a time; above ``EXACT_PCA_VALUES`` the PCA
+    is fitted on ``PCA_SAMPLE_VIDEOS`` videos. ``codebook``: the k-means words of
+    bow_tfidf / vlad_kmeans (fitted here when None)."""
+    n, f = len(store), raw_dim(name, store.feature_dim, num_words)
+    if codebook is None and name != "avg_frames":
+        codebook = kmeans_codebook(store.frames, num_words, seed=seed)
+    idf, raw_all = None, None
+    if name == "bow_tfidf":  # (N, K): the idf needs every video's words first
+        assert codebook is not None
+        counts = np.concatenate(
+            [word_counts(fr, off, codebook) for _, fr, off in store_chunks(store, 1 << 24)]
+        )
+        idf = idf_weights(counts)
+        raw_all = tfidf(counts, idf)
+    if n * f <= EXACT_PCA_VALUES:
+        if raw_all is None:
+            raw_all = np.empty((n, f), dtype=np.float32)
+            for sl, chunk in raw_features(name, store, codebook):
+                raw_all[sl] = chunk
+        vectors, info, pca = _reduce_exact(rows, raw_all, max_dim, base)
+        return vectors, info, ClassicalEmbedder(name, pca, codebook, idf)
+    dims = _pca_dims(max_dim, n, f)
+    rng = np.random.default_rng([seed, 3])
+    sample = np.sort(rng.choice(n, size=min(n, PCA_SAMPLE_VIDEOS), replace=False))
+    if raw_all is not None:
+        fit_rows = raw_all[sample]
+    else:
+        fit_rows = _sample_rows(name, store, codebook, sample, f)
+    full = PCA.fit_gram(fit_rows, max(dims))
+    del fit_rows
+    if raw_all is not None:
+        z = full.project(raw_all)
+    else:
+        z = np.empty((n, full.dim))
+        for sl, chunk in raw_features(name, store, codebook):
+            z[sl] = full.project(chunk)
+    candidates = {d: l2_rows(z[:, :d]) for d in dims if d <= full.dim}
+    vectors, info = _choose_dim(rows, candidates, base or GLMixConfig())
+    embedder = ClassicalEmbedder(name, full.truncated(info["pca_dim"]), codebook, idf)
+    return vectors, {**info, "pca_fitted_on_videos": len(sample)}, embedder
 
 
 def reduce_store_features(
@@ -135,31 +208,27 @@ def reduce_store_features(
     base: GLMixConfig | None = None,
     num_words: int = 64,
     seed: int = 0,
+    codebook: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """A baseline's rows for every video of ``store``, PCA-reduced on validation
-    (``reduce_on_validation``); raw rows are computed a chunk of videos at a time, and
-    above ``EXACT_PCA_VALUES`` the PCA is fitted on ``PCA_SAMPLE_VIDEOS`` videos."""
-    n, f = len(store), raw_dim(name, store.feature_dim, num_words)
-    codebook = kmeans_codebook(store.frames, num_words, seed=seed) if name != "avg_frames" else None
-    if n * f <= EXACT_PCA_VALUES:
-        raw = np.empty((n, f), dtype=np.float32)
-        for sl, chunk in raw_features(name, store, codebook):
-            raw[sl] = chunk
-        return reduce_on_validation(rows, raw, max_dim, base)
-    dims = _pca_dims(max_dim, n, f)
-    rng = np.random.default_rng([seed, 3])
-    sample = np.sort(rng.choice(n, size=min(n, PCA_SAMPLE_VIDEOS), replace=False))
-    fit_rows = np.empty((len(sample), f), dtype=np.float32)  # filled in place: one copy
-    for sl, chunk in raw_features(name, store.subset(sample), codebook):
-        fit_rows[sl] = chunk
-    pca = PCA.fit_gram(fit_rows, max(dims))
-    del fit_rows
-    z = np.empty((n, pca.dim))
-    for sl, chunk in raw_features(name, store, codebook):
-        z[sl] = pca.project(chunk)
-    candidates = {d: l2_rows(z[:, :d]) for d in dims if d <= pca.dim}
-    vectors, info = _choose_dim(rows, candidates, base or GLMixConfig())
-    return vectors, {**info, "pca_fitted_on_videos": len(sample)}
+    """``fit_rung``'s rows and choice, without the embedder."""
+    vectors, info, _ = fit_rung(rows, store, name, max_dim, base, num_words, seed, codebook)
+    return vectors, info
+
+
+def _sample_rows(
+    name: str, store: FrameStore, codebook: np.ndarray | None, sample: np.ndarray, f: int
+) -> np.ndarray:
+    """(len(sample), f) float32 raw rows of the sampled videos (sorted rows of ``store``),
+    filled in place. A video's average or VLAD depends on its frames alone, so only the
+    sampled videos are read, a block at a time."""
+    if name == "bow_tfidf":
+        raise ValueError("the bag of words' rows depend on the catalogue's idf")
+    out = np.empty((len(sample), f), dtype=np.float32)
+    for b in range(0, len(sample), _SAMPLE_BLOCK):
+        block = store.subset(sample[b : b + _SAMPLE_BLOCK])
+        for sl, chunk in raw_features(name, block, codebook):
+            out[b + sl.start : b + sl.stop] = chunk
+    return out
 
 
 def baseline_ladder(
@@ -179,14 +248,20 @@ def baseline_ladder(
     if store.video_ids != rows.video_ids:
         raise ValueError("the frame store and the rows must list the same videos in one order")
     out: dict[str, tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
+    codebook = None  # one k-means serves every rung that needs words
     for name in names:
         t0 = time.perf_counter()
-        vectors, info = reduce_store_features(rows, store, name, max_dim, base, num_words, seed)
+        if codebook is None and name != "avg_frames":
+            codebook = kmeans_codebook(store.frames, num_words, seed=seed)
+        vectors, info = reduce_store_features(
+            rows, store, name, max_dim, base, num_words, seed, codebook
+        )
         scores, fit_info = score_representation(
             rows, vectors, base, history_features=history_features
         )
         info.update(fit_info, seconds=time.perf_counter() - t0)
         out[name] = (scores, info)
+        release_free_memory()  # a rung's temporaries go back before the next one starts
         if log is not None:
             log(f"baseline {name}: PCA {info['pca_dim']}, {info['seconds']:.1f} s")
     return out

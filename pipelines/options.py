@@ -35,7 +35,12 @@ Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the sa
 Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")]
 Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
 PoolingName = Annotated[
-    str, typer.Option(help="avg, vlad, sgmm, netvlad, dsgmm, netrvlad, netfv or netbow.")
+    str,
+    typer.Option(
+        help="The learned pooling (avg, vlad, sgmm, netvlad, dsgmm, netrvlad, netfv, netbow); "
+        "a classical rung to ship instead, no training (avg_frames, bow_tfidf, vlad_kmeans); "
+        "or auto: train dsgmm, then ship whichever has the lowest validation log-loss."
+    ),
 ]
 Clusters = Annotated[int, typer.Option(help="Number of clusters K.")]
 Baselines = Annotated[
@@ -110,12 +115,22 @@ TestStart = Annotated[
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing artifact.")]
 
 
+def representation_of(pooling: str) -> tuple[str, str]:
+    """(the learned model's pooling, what the artifact ships) from ``--pooling``: a rung
+    name or ``auto`` picks what is shipped; the learned candidate is then DSGMM."""
+    from recsys.baselines import BASELINE_NAMES
+
+    if pooling in BASELINE_NAMES or pooling == "auto":
+        return "dsgmm", pooling
+    return pooling, "learned"
+
+
 def pooling_options(
     pooling: str, clusters: int, gamma: float, intra_norm: bool, final_norm: bool, assignment: str
 ) -> dict[str, Any]:
     """The ``PoolingOptions`` fields from their flags (each model config extends them)."""
     return {
-        "pooling": pooling,
+        "pooling": representation_of(pooling)[0],
         "num_clusters": clusters,
         "gamma": gamma,
         "intra_norm": intra_norm,

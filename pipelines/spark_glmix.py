@@ -22,6 +22,7 @@ import pyarrow as pa
 from pipelines.spark import ROWS_PER_TASK, parallelism
 from pipelines.spark_rows import whole_partitions
 from recsys.coordinate_descent import coordinate_descent, fixed_design
+from recsys.design import dense_video
 from recsys.errors import UserInputError
 from recsys.glmix import GLMix, GLMixConfig, full_fixed_vector, validate_glmix_inputs
 from recsys.glmix_config import fixed_prior
@@ -52,7 +53,8 @@ def fit_glmix_spark(
     cfg = cfg or GLMixConfig()
     if cfg.max_rows_per_user:
         raise UserInputError("--engine spark does not subsample users' rows (max_rows_per_user)")
-    y_np, video, codes, uniq = validate_glmix_inputs(user_ids, video, labels, global_feats)
+    y_np, checked, codes, uniq = validate_glmix_inputs(user_ids, video, labels, global_feats)
+    video = dense_video(checked)
     g = 0 if global_feats is None else global_feats.shape[1]
     rows = pd.DataFrame(
         {

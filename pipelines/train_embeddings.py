@@ -31,7 +31,16 @@ from pipelines.frame_cache import open_frame_store
 from pipelines.impressions import impressions_connection, log_span
 from pipelines.io import dataset_dir
 from pipelines.plots import plot_loss_curve
+from pipelines.representation import (
+    AUTO,
+    REPRESENTATIONS,
+    choose_representation,
+    rung_config,
+    rung_files,
+    ship_rung,
+)
 from recsys import artifact as art
+from recsys.baselines import BASELINE_NAMES
 from recsys.errors import UserInputError
 from recsys.frames import FrameStore
 from recsys.index import IndexConfig, VideoIndex
@@ -51,6 +60,16 @@ class EmbeddingJobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     triplets: TripletConfig = field(default_factory=TripletConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    #: what the artifact ships: "learned" (the model above), a ladder rung by name (no
+    #: training), or "auto" (train, then ship whichever validation prefers)
+    representation: str = "learned"
+
+    def __post_init__(self) -> None:
+        if self.representation not in REPRESENTATIONS:
+            raise ValueError(
+                f"unknown representation {self.representation!r}; one of "
+                f"{', '.join(REPRESENTATIONS)}"
+            )
 
 
 @dataclass
@@ -114,6 +133,8 @@ def run_train_embeddings(
     con = impressions_connection(data_dir)
     first, last = log_span(con)
     test_start = test_start or default_test_start(first, last)
+    if cfg.representation in BASELINE_NAMES:
+        return _run_rung(data_dir, Path(out), cfg, (first, last, test_start), overwrite, progress)
     t0 = time.perf_counter()
     if progress:
         print(f"mining co-watch triplets ({engine.describe()}) ...", flush=True)
@@ -161,7 +182,77 @@ def run_train_embeddings(
     with tempfile.TemporaryDirectory() as tmp:
         files = _artifact_files(result, model_cfg, store, vectors, index, cfg.index, Path(tmp))
         path = art.write_artifact(out, files, manifest, overwrite=overwrite)
+    if cfg.representation == AUTO:
+        metrics["selection"] = _auto_select(data_dir, path, cfg, test_start, progress)
     return EmbeddingJobResult(artifact=path, metrics=metrics, history=result.history)
+
+
+def _say(progress: bool, line: str) -> None:
+    if progress:
+        print(line, flush=True)
+
+
+def _auto_select(
+    data_dir: Path, path: Path, cfg: EmbeddingJobConfig, test_start: datetime, progress: bool
+) -> dict[str, Any]:
+    """``--pooling auto``: the learned embedding against every rung on validation; ship
+    the winner (the learned model stays when it wins or ties)."""
+    _say(progress, "choosing the representation on validation (learned vs the ladder) ...")
+    sel = choose_representation(
+        data_dir,
+        path,
+        test_start,
+        cfg.triplets.watch_threshold_s,
+        cfg.embedder.embedding_dim,
+        seed=cfg.train.seed,
+        log=(lambda line: _say(progress, "  " + line)),
+    )
+    if sel.winner != sel.learned:
+        ship_rung(path, data_dir, sel, sel.winner)
+    _say(
+        progress,
+        f"shipping {sel.winner} (lowest validation log-loss "
+        f"{sel.losses[sel.winner]:.5f}; learned {sel.learned} {sel.losses[sel.learned]:.5f})",
+    )
+    return sel.to_json()
+
+
+def _run_rung(
+    data_dir: Path,
+    out: Path,
+    cfg: EmbeddingJobConfig,
+    span: tuple[datetime, datetime, datetime],
+    overwrite: bool,
+    progress: bool,
+) -> EmbeddingJobResult:
+    """An artifact that ships a ladder rung (no training): its PCA size chosen on the
+    validation rows, every video embedded, indexed and mapped."""
+    first, last, test_start = span
+    name = cfg.representation
+    _say(progress, f"fitting the {name} rung (PCA size chosen on validation) ...")
+    sel = choose_representation(
+        data_dir,
+        None,
+        test_start,
+        cfg.triplets.watch_threshold_s,
+        cfg.embedder.embedding_dim,
+        names=(name,),
+        seed=cfg.train.seed,
+    )
+    vectors, emb, info = sel.rungs[name]
+    store = open_frame_store(data_dir)
+    metrics = {
+        "selection": sel.to_json(),
+        "pca_dim": info["pca_dim"],
+        **_heldout_pairs(impressions_connection(data_dir), store, vectors, cfg, test_start),
+    }
+    manifest = _manifest(data_dir, first, last, test_start, len(store), cfg.embedder, cfg, metrics)
+    manifest["config"]["embedder"] = rung_config(emb)
+    manifest["config"].pop("train")
+    path = art.write_artifact(
+        out, rung_files(store, vectors, emb, cfg.index), manifest, overwrite=overwrite
+    )
+    return EmbeddingJobResult(artifact=path, metrics=metrics, history=[])
 
 
 def _manifest(

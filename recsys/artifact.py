@@ -5,6 +5,8 @@ Layout (every name is a constant below; no other module spells one)::
     manifest.json        format version, library versions, data span, file hashes, metrics
     embedder.json        EmbedderConfig of the model
     embedder.pt          model weights (a tensor state dict; loaded with weights_only=True)
+    classical.json/.npz  instead of the two above when a classical rung is shipped
+                         (``recsys.embedders.ClassicalEmbedder``: arrays, no pickle)
     embeddings.parquet   video_id, embedding (list<float32>), in index row order
     index.faiss          FAISS index; row i is embeddings.parquet row i
     index.json           IndexConfig
@@ -43,6 +45,13 @@ import torch
 
 from embeddings.cowatch import CowatchEmbedder, EmbedderConfig
 from recsys.durable import fsync_dir
+from recsys.embedders import (
+    CLASSICAL_ARRAYS,
+    ClassicalEmbedder,
+    FrameEmbedder,
+    LearnedEmbedder,
+    is_classical,
+)
 from recsys.errors import UserInputError
 from recsys.glmix import GLMix
 from recsys.index import IndexConfig, VideoIndex
@@ -212,6 +221,8 @@ def embedder_config(path: Path) -> EmbedderConfig:
 def embedder_feature_dim(path: Path) -> int | None:
     """The frame dimension the artifact's embedder expects, or None when unreadable."""
     try:
+        if is_classical(path):
+            return load_frame_embedder(path).feature_dim
         return embedder_config(path).feature_dim
     except UserInputError:
         return None
@@ -230,6 +241,14 @@ def load_embedder(path: Path) -> CowatchEmbedder:
             f"{path}: cannot load {EMBEDDER_WEIGHTS} ({str(exc).splitlines()[0]})"
         ) from None
     return model.eval()
+
+
+def load_frame_embedder(path: Path) -> FrameEmbedder:
+    """What embeds an upload's frames: the classical rung the artifact ships, else its
+    trained model."""
+    if is_classical(path):
+        return ClassicalEmbedder.load(path)
+    return LearnedEmbedder(load_embedder(path))
 
 
 def load_embedding_artifact(path: str | os.PathLike[str], verify: bool = True) -> EmbeddingArtifact:
@@ -292,8 +311,10 @@ def extend_artifact(
     path: str | os.PathLike[str],
     files: Mapping[str, bytes | FileWriter],
     manifest_updates: Mapping[str, Any],
+    drop: tuple[str, ...] = (),
 ) -> Path:
-    """Add or replace files of an existing artifact, atomically (a new directory is swapped in).
+    """Add or replace files of an existing artifact (and leave out those in ``drop``),
+    atomically (a new directory is swapped in).
 
     Existing files are hard-linked into the new directory when possible (no copy).
     """
@@ -301,7 +322,7 @@ def extend_artifact(
     manifest = read_manifest(d, verify=True)
     kept: dict[str, bytes | FileWriter] = {}
     for name in manifest.get("files", {}):
-        if name in files:
+        if name in files or name in drop:
             continue
 
         def link(dst: Path, src: Path = d / name) -> None:
@@ -349,7 +370,7 @@ class RecommenderArtifact:
 
     path: Path
     manifest: dict[str, Any]
-    embedder: CowatchEmbedder
+    embedder: FrameEmbedder
     video_ids: list[str]
     embeddings: np.ndarray  # (N, E) float32, row i = video_ids[i]
     index: VideoIndex
@@ -361,7 +382,8 @@ class RecommenderArtifact:
     def version(self) -> str:
         """Creation time plus the weights' hash: changes whenever the model does."""
         files = self.manifest.get("files", {})
-        return f"{self.manifest.get('created_at', '')}:{str(files.get(EMBEDDER_WEIGHTS, ''))[:12]}"
+        weights = files.get(EMBEDDER_WEIGHTS) or files.get(CLASSICAL_ARRAYS, "")
+        return f"{self.manifest.get('created_at', '')}:{str(weights)[:12]}"
 
 
 def load_recommender(path: str | os.PathLike[str]) -> RecommenderArtifact:
@@ -369,7 +391,7 @@ def load_recommender(path: str | os.PathLike[str]) -> RecommenderArtifact:
     pipeline`` or of ``train-embeddings`` followed by ``fit-glmix``."""
     d = Path(path)
     manifest = read_manifest(d, verify=True)
-    embedder = load_embedder(d)
+    embedder = load_frame_embedder(d)
     glmix = load_glmix(d, GLMIX)
     if glmix is None:
         raise UserInputError(f"{d}: no GLMix model (run recsys pipeline or recsys fit-glmix)")

@@ -23,6 +23,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from recsys.design import VideoDesign
 from recsys.glmix_config import GLMixConfig, random_prior
 from recsys.logistic import log_likelihood_torch, logistic_sums, newton_logistic
 from recsys.random_effects import (
@@ -115,15 +116,16 @@ def coordinate_descent(
 class LocalBackend:
     """The rows as arrays in this process.
 
-    user_of_row: (N,) codes 0..U-1; x_fixed: (N, p) float32 design [1, video, global];
-    y: (N,) float64 labels. The random-effect design [1, video] is its first q columns.
+    user_of_row: (N,) codes 0..U-1; x_fixed: (N, p) float32 design [1, video, global],
+    or a ``VideoDesign`` (rows by reference); y: (N,) float64 labels. The random-effect
+    design [1, video] is the first q columns (or the design's per-video table).
     """
 
     def __init__(
         self,
         user_of_row: np.ndarray,
         n_users: int,
-        x_fixed: np.ndarray,
+        x_fixed: np.ndarray | VideoDesign,
         y: np.ndarray,
         q: int,
         cfg: GLMixConfig,
@@ -131,11 +133,15 @@ class LocalBackend:
     ) -> None:
         self.user_of_row, self.n_users, self.cfg = user_of_row, n_users, cfg
         self.x_fixed, self.y_np = x_fixed, y
-        # [1, video] is the first q columns of the fixed design; one float32 copy serves both.
-        self.z_all = torch.from_numpy(np.ascontiguousarray(x_fixed[:, :q]))
+        self.row_video: np.ndarray | None = None
+        if isinstance(x_fixed, VideoDesign):  # [1, video] per video, gathered per row
+            self.z_all = torch.from_numpy(x_fixed.random_table)
+            self.row_video = x_fixed.rows
+        else:  # [1, video] is the first q columns of the fixed design: a view, no copy
+            self.z_all = torch.from_numpy(x_fixed[:, :q])
         self.y = torch.from_numpy(y)
         self.lam = torch.from_numpy(random_prior(cfg, q))
-        self.buckets, _ = user_buckets(user_of_row, n_users, cfg, rng)
+        self.buckets, _ = user_buckets(user_of_row, n_users, cfg, rng, q)
         self.coef = torch.zeros(n_users, q, dtype=torch.float64)
         self.rand_score = torch.zeros(len(y), dtype=torch.float64)
         self.fixed_score = torch.zeros(len(y), dtype=torch.float64)
@@ -159,6 +165,7 @@ class LocalBackend:
             self.lam,
             steps,
             self.rand_score,
+            None if self.row_video is None else torch.from_numpy(self.row_video),
         )
         eta = self.fixed_score + self.rand_score
         return float(log_likelihood_torch(eta, self.y).mean())
@@ -168,6 +175,11 @@ class LocalBackend:
         pass's logits (how sure the fit is: the online update's prior)."""
         eta = (self.fixed_score + self.rand_score).numpy()
         precision = posterior_precision(
-            self.user_of_row, self.n_users, self.z_all.numpy(), eta, self.cfg
+            self.user_of_row,
+            self.n_users,
+            self.z_all.numpy(),
+            eta,
+            self.cfg,
+            row_video=self.row_video,
         )
         return self.coef.numpy(), precision

@@ -23,9 +23,11 @@ import pandas as pd
 import pyarrow as pa
 
 from recsys.coordinate_descent import LocalBackend, coordinate_descent, fixed_design
+from recsys.design import VideoDesign, VideoRows, dense_video
 from recsys.errors import UserInputError
 from recsys.glmix_config import GLMixConfig, fixed_prior
-from recsys.logistic import fit_logistic, mean_log_loss
+from recsys.logistic import CHUNK_ROWS, fit_logistic, mean_log_loss
+from recsys.memory import release_free_memory
 
 __all__ = ["GLMix", "GLMixConfig", "fit_glmix", "select_random_l2", "validate_glmix_inputs"]
 
@@ -88,12 +90,20 @@ class GLMix:
     def predict_proba(
         self,
         users: list[str] | np.ndarray,
-        video: np.ndarray,
+        video: np.ndarray | VideoRows,
         global_feats: np.ndarray | None = None,
     ) -> np.ndarray:
+        """Watch probabilities of rows (user, video features, global features), a chunk of
+        rows at a time: ``video`` may be ``VideoRows`` and is materialised per chunk."""
         rows = self.user_rows(users)
-        eta = self.fixed_logit(video, global_feats) + self.random_logit(rows, video)
-        return 1.0 / (1.0 + np.exp(-eta))
+        out = np.empty(len(rows), dtype=np.float64)
+        for s in range(0, len(rows), CHUNK_ROWS):
+            sl = slice(s, s + CHUNK_ROWS)
+            v = dense_video(video[sl])
+            g = None if global_feats is None else global_feats[sl]
+            eta = self.fixed_logit(v, g) + self.random_logit(rows[sl], v)
+            out[sl] = 1.0 / (1.0 + np.exp(-eta))
+        return out
 
     # ------------------------------------------------------------------ persistence
 
@@ -157,16 +167,22 @@ class GLMix:
 
 def validate_glmix_inputs(
     user_ids: list[str] | np.ndarray,
-    video: np.ndarray,
+    video: np.ndarray | VideoRows,
     labels: np.ndarray,
     global_feats: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+) -> tuple[np.ndarray, np.ndarray | VideoRows, np.ndarray, Any]:
     """(labels as float64, video features, user code per row, unique users in order of
     first appearance), or a UserInputError naming what is wrong."""
     y_np = np.asarray(labels, dtype=np.float64)
-    video = np.asarray(video)
-    if video.dtype not in (np.float32, np.float64):
-        video = video.astype(np.float32)
+    if isinstance(video, VideoRows):
+        if len(video) and not 0 <= video.rows.min() <= video.rows.max() < len(video.table):
+            raise UserInputError("GLMix: a row names a video outside the feature table")
+        values: np.ndarray = video.table
+    else:
+        video = values = np.asarray(video)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float32)
+        video = VideoRows(values, video.rows) if isinstance(video, VideoRows) else values
     n = len(y_np)
     if n == 0:
         raise UserInputError("GLMix needs at least one training row")
@@ -174,7 +190,7 @@ def validate_glmix_inputs(
         raise UserInputError(
             "GLMix: users, video features and labels must have the same number of rows"
         )
-    if not np.isfinite(video).all() or not np.isin(y_np, (0.0, 1.0)).all():
+    if not np.isfinite(values).all() or not np.isin(y_np, (0.0, 1.0)).all():
         raise UserInputError("GLMix: features must be finite and labels 0 or 1")
     if global_feats is not None and (global_feats.ndim != 2 or len(global_feats) != n):
         raise UserInputError("GLMix: global features must be (N, G)")
@@ -189,19 +205,26 @@ _SUBSAMPLE_ROWS = 250_000
 
 def fit_glmix(
     user_ids: list[str] | np.ndarray,
-    video: np.ndarray,
+    video: np.ndarray | VideoRows,
     labels: np.ndarray,
     cfg: GLMixConfig | None = None,
     global_feats: np.ndarray | None = None,
     on_pass: Callable[[int, float], None] | None = None,
 ) -> GLMix:
-    """Fit GLMix on rows (user, video features (N, E), label in {0, 1}) in this process."""
+    """Fit GLMix on rows (user, video features (N, E), label in {0, 1}) in this process.
+    ``video`` as ``VideoRows`` (a per-video table and each row's video) keeps the design
+    by reference: memory per row is an index, not E features."""
     cfg = cfg or GLMixConfig()
     y_np, video, codes, uniq = validate_glmix_inputs(user_ids, video, labels, global_feats)
     n, e = len(y_np), video.shape[1]
     g = 0 if global_feats is None else global_feats.shape[1]
     use_video = cfg.use_video_features
-    x_fixed = fixed_design(video, global_feats, use_video)
+    x_fixed: np.ndarray | VideoDesign
+    if isinstance(video, VideoRows):
+        g32 = None if global_feats is None else np.asarray(global_feats, dtype=np.float32)
+        x_fixed = VideoDesign(video, g32, use_video)
+    else:
+        x_fixed = fixed_design(video, global_feats, use_video)
     fixed_l2 = fixed_prior(cfg, x_fixed.shape[1])
     q = 1 + (e if use_video else 0)
     rng = np.random.default_rng(cfg.seed)
@@ -221,6 +244,8 @@ def fit_glmix(
     fixed, history = coordinate_descent(backend, cfg, fixed_l2, init, big, on_pass)
     coef, precision = backend.user_effects()
     full = full_fixed_vector(fixed, e, use_video)
+    del backend, x_fixed
+    release_free_memory()  # the fit's temporaries go back before the caller's next step
     return GLMix(cfg, e, g, full, [str(u) for u in uniq], coef, history, precision)
 
 
@@ -243,7 +268,7 @@ RANDOM_L2_GRID: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
 
 def select_random_l2(
     user_ids: np.ndarray,
-    video: np.ndarray,
+    video: np.ndarray | VideoRows,
     labels: np.ndarray,
     is_validation: np.ndarray,
     grid: tuple[float, ...] = RANDOM_L2_GRID,

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from scipy.special import expit
 
+from recsys.design import DesignMatrix
+
 
 def log_likelihood(eta: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Bernoulli log-likelihood of labels y given logits eta, elementwise (stable)."""
@@ -30,14 +32,19 @@ def mean_log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
 
 
+#: rows per float64 chunk of a design: two (chunk, p) buffers (~35 MB at p = 65) bound the
+#: memory of a pass over any number of rows, and BLAS is as fast as with larger chunks
+CHUNK_ROWS = 1 << 16
+
+
 def logistic_sums(
-    x: np.ndarray,
+    x: DesignMatrix,
     y: np.ndarray,
     offset: np.ndarray,
     weights: np.ndarray,
     beta: np.ndarray,
     derivatives: bool = True,
-    chunk_rows: int = 1 << 18,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """Log-likelihood sum_i w_i log p(y_i | x_i^T beta + offset_i) of some rows, with its
     gradient X^T w (y - mu) and curvature X^T diag(w mu (1 - mu)) X (zeros when not asked).
@@ -56,7 +63,7 @@ def logistic_sums(
     wbuf = np.empty((rows, p)) if derivatives else buf
     for i in range(0, len(x), chunk_rows):
         c = slice(i, i + chunk_rows)
-        xc = buf[: len(x[c])]
+        xc = buf[: min(chunk_rows, len(x) - i)]
         np.copyto(xc, x[c])
         eta = offset[c] + xc @ beta
         ll += float((weights[c] * (y[c] * eta - np.logaddexp(0.0, eta))).sum())
@@ -120,7 +127,7 @@ def fit_logistic(
     max_steps: int = 25,
     tol: float = 1e-10,
     init: np.ndarray | None = None,
-    chunk_rows: int = 1 << 18,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> np.ndarray:
     """Penalised logistic regression on in-memory rows (``newton_logistic`` over
     ``logistic_sums``). ``l2`` may be a vector (e.g. 0 for an unpenalised intercept)."""

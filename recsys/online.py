@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from recsys.design import VideoRows
 from recsys.glmix import GLMix
 from recsys.glmix_config import random_prior
 
@@ -208,7 +209,7 @@ class OnlineEffects:
 
 def progressive_validation(
     users: np.ndarray,
-    video: np.ndarray,
+    video: np.ndarray | VideoRows,
     labels: np.ndarray,
     times: np.ndarray,
     model: GLMix,
@@ -226,12 +227,16 @@ def progressive_validation(
     online = OnlineEffects(model, config or OnlineConfig())
     order = np.argsort(np.asarray(times), kind="stable")
     out = np.empty(len(labels), dtype=np.float64)
-    x = np.asarray(video, dtype=np.float64)
+    if isinstance(video, VideoRows):  # a row's features are its video's table row
+        table, video_of = np.asarray(video.table, dtype=np.float64), video.rows
+    else:
+        table, video_of = np.asarray(video, dtype=np.float64), np.arange(len(labels))
     y = np.asarray(labels, dtype=np.float64)
     g = None if global_feats is None else np.asarray(global_feats, dtype=np.float64)
     for i in order.tolist():
         u = str(users[i])
         gi = None if g is None else g[i : i + 1]
-        out[i] = float(online.probability(u, x[i], gi)[0])
-        online.observe(u, x[i], y[i : i + 1], gi)
+        xi = table[video_of[i]]
+        out[i] = float(online.probability(u, xi, gi)[0])
+        online.observe(u, xi, y[i : i + 1], gi)
     return out

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from scipy.special import expit
 
+from recsys.design import DesignMatrix
 from recsys.glmix_config import GLMixConfig, random_prior
-from recsys.logistic import log_likelihood_torch
+from recsys.logistic import CHUNK_ROWS, log_likelihood_torch
 
 
-def design_dot(x: np.ndarray, beta: np.ndarray, chunk_rows: int = 1 << 18) -> np.ndarray:
+def design_dot(x: DesignMatrix, beta: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
     """x @ beta in float64, over row chunks (x may be float32)."""
     out = np.empty(len(x), dtype=np.float64)
     buf = np.empty((min(chunk_rows, len(x)), x.shape[1]))  # reused: no per-chunk faults
@@ -36,10 +37,21 @@ class Bucket:
     weights: np.ndarray  # (B, n) row weights (0 on padding; > 1 when subsampled)
 
 
+#: design values (users x rows x q) one batched solve holds at most: its (B, n, q) float32
+#: temporaries stay ~64 MB each however many users share a row-count class
+BUCKET_VALUES = 1 << 24
+
+
 def user_buckets(
-    user_of_row: np.ndarray, n_users: int, cfg: GLMixConfig, rng: np.random.Generator
+    user_of_row: np.ndarray,
+    n_users: int,
+    cfg: GLMixConfig,
+    rng: np.random.Generator,
+    q: int = 1,
 ) -> tuple[list[Bucket], np.ndarray]:
-    """Group users with a random effect by row count (power-of-two buckets)."""
+    """Group users with a random effect by row count (power-of-two buckets), at most
+    ``cfg.user_chunk`` users and about ``BUCKET_VALUES`` values of a q-column design per
+    batch. Each user's solve is its own, so the batching changes no coefficient."""
     order = np.argsort(user_of_row, kind="stable")
     counts = np.bincount(user_of_row, minlength=n_users)
     starts = np.concatenate([[0], np.cumsum(counts)])
@@ -51,8 +63,9 @@ def user_buckets(
     for sc in np.unique(size_class[eligible]):
         users = np.flatnonzero(eligible & (size_class == sc))
         width = int(eff[users].max())
-        for c0 in range(0, len(users), cfg.user_chunk):
-            chunk = users[c0 : c0 + cfg.user_chunk]
+        per = max(1, min(cfg.user_chunk, BUCKET_VALUES // (width * max(q, 1))))
+        for c0 in range(0, len(users), per):
+            chunk = users[c0 : c0 + per]
             rows = np.full((len(chunk), width), -1, dtype=np.int64)
             weights = np.zeros((len(chunk), width), dtype=np.float64)
             take = eff[chunk]
@@ -84,6 +97,7 @@ def solve_random_effects(
     lam: torch.Tensor,  # (q,)
     steps: int,
     rand_score: torch.Tensor,  # (N,) out: beta_u0 + f(v)^T beta_u per row
+    row_video: torch.Tensor | None = None,  # (N,): z_all is (V, q), row i's is z_all[row_video[i]]
 ) -> None:
     """Batched Newton for every user's penalised logistic problem.
 
@@ -97,7 +111,7 @@ def solve_random_effects(
         rows = torch.from_numpy(bk.rows)
         pad = rows < 0
         safe = rows.clamp_min(0)
-        z = z_all[safe]  # (B, n, q)
+        z = z_all[safe if row_video is None else row_video[safe]]  # (B, n, q)
         zt = z.transpose(1, 2)
         w = torch.from_numpy(bk.weights)
         yy = y[safe]
@@ -171,7 +185,9 @@ def fit_user_effects(
     distributed fit that gives each worker whole users gets the same coefficients.
     """
     q = coef.shape[1]
-    buckets, _ = user_buckets(user_of_row, len(coef), cfg, np.random.default_rng(cfg.seed))
+    buckets, _ = user_buckets(
+        user_of_row, len(coef), cfg, np.random.default_rng(cfg.seed), coef.shape[1]
+    )
     z_all = torch.from_numpy(np.ascontiguousarray(x_fixed[:, :q], dtype=np.float32))
     fixed_score = torch.from_numpy(design_dot(x_fixed, fixed_coef))
     rand = torch.zeros(len(y), dtype=torch.float64)
@@ -188,24 +204,26 @@ def posterior_precision(
     z: np.ndarray,
     eta: np.ndarray,
     cfg: GLMixConfig,
-    chunk_rows: int = 1 << 18,
+    chunk_rows: int = CHUNK_ROWS,
+    row_video: np.ndarray | None = None,
 ) -> np.ndarray:
     """(U, q) diagonal of each user's posterior precision at logits ``eta``: the prior L2
     plus sum_i z_i^2 mu_i (1 - mu_i) over the user's rows (users below
     ``min_rows_per_user`` have no random effect and keep the prior L2 alone).
 
-    user_of_row: (N,) codes 0..U-1; z: (N, q) random-effect design [1, video]; eta: (N,).
+    user_of_row: (N,) codes 0..U-1; z: (N, q) random-effect design [1, video], or (V, q)
+    per video with ``row_video`` (N,) naming each row's; eta: (N,).
     """
     q = z.shape[1]
     counts = np.bincount(user_of_row, minlength=n_users)
     has_effect = counts >= cfg.min_rows_per_user
     sums = np.zeros((n_users, q))
-    for s in range(0, len(z), chunk_rows):  # float64 copies of one chunk at a time
+    for s in range(0, len(user_of_row), chunk_rows):  # float64 copies of one chunk at a time
         sl = slice(s, s + chunk_rows)
         users = user_of_row[sl]
         keep = has_effect[users]
         mu = expit(np.asarray(eta[sl], dtype=np.float64)[keep])
-        zr = np.asarray(z[sl], dtype=np.float64)[keep]
+        zr = np.asarray(z[sl] if row_video is None else z[row_video[sl]], dtype=np.float64)[keep]
         w = zr * zr * (mu * (1.0 - mu))[:, None]
         for j in range(q):
             sums[:, j] += np.bincount(users[keep], weights=w[:, j], minlength=n_users)

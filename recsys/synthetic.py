@@ -78,8 +78,15 @@ class SynthConfig:
     #: scale of the shared components' means relative to topical ones (large-norm frames)
     shared_scale: float = 3.0
     num_styles: int = 4
-    #: how far a style moves a component's frames (per dimension; frame noise is 0.5)
+    #: how far a style moves a component's frames (per dimension)
     style_scale: float = 0.5
+    #: standard deviation of every frame's noise (per dimension)
+    frame_noise: float = 0.5
+    #: weights of content (which components a video holds: what a bag of words sees) and
+    #: of style (how its frames look within a component: what residuals see) in a user's
+    #: affinity to a video; each part is standardised first
+    content_weight: float = 1.0
+    style_weight: float = 1.0
     #: median number of frames per video; counts are log-normal, clipped to [min, max]
     median_frames: float = 16.0
     min_frames: int = 2
@@ -104,6 +111,12 @@ class SynthConfig:
             raise ValueError("shared_fraction must be in [0, 1) and shared_scale > 0")
         if not 1 <= self.min_frames <= self.max_frames:
             raise ValueError("frame counts need 1 <= min_frames <= max_frames")
+        if self.frame_noise < 0 or self.style_scale < 0:
+            raise ValueError("frame_noise and style_scale must be >= 0")
+        if min(self.content_weight, self.style_weight) < 0 or not (
+            self.content_weight + self.style_weight > 0
+        ):
+            raise ValueError("content_weight and style_weight must be >= 0, not both 0")
         if self.frame_dtype not in FRAME_DTYPES:
             raise ValueError(f"frame_dtype must be one of {', '.join(FRAME_DTYPES)}")
 
@@ -225,6 +238,7 @@ def _catalogue(cfg: SynthConfig, rng: np.random.Generator, allocate: Allocate) -
         style_shift,
         video_style,
         frames,
+        cfg.frame_noise,
     )
 
     # ---- labels: coarse topic labels + fine (topic, component) labels that are prominent
@@ -259,6 +273,7 @@ def _frames(
     style_shift: np.ndarray,
     video_style: np.ndarray,
     out: np.ndarray,
+    noise_sd: float = 0.5,
 ) -> None:
     """``out`` (sum(lengths), D): every frame a shared component (intro/credits) or a
     topical one moved by the video's look and style, plus noise; float32, or halved and
@@ -282,7 +297,7 @@ def _frames(
         own, c, shared = owner[sl], comp[sl], is_shared[sl]
         means = np.where(shared[:, None], shared_means[shared_idx[sl]], comp_means[c])
         shift = style_shift[video_style[own], c]
-        noise = rng.normal(0.0, 0.5, (len(own), d))
+        noise = rng.normal(0.0, noise_sd, (len(own), d))
         frames = means + (look[own] + shift) * (~shared)[:, None] + noise
         out[sl] = quantize(frames / 2.0) if out.dtype == np.uint8 else frames.astype(np.float32)
         if isinstance(out, np.memmap) and (start // step) % 16 == 15:
@@ -389,7 +404,9 @@ def generate_world(cfg: SynthConfig, allocate: Allocate = _in_memory) -> Synthet
     # Watch probability: user intercept + user slope * standardised affinity + quality.
     content = np.einsum("ij,ij->i", users.pref[imp_user], cat.comp_w[imp_video])
     style_aff = users.style[imp_user, cat.video_style[imp_video]]
-    aff = _standardise(_standardise(content) + _standardise(style_aff))
+    aff = _standardise(
+        cfg.content_weight * _standardise(content) + cfg.style_weight * _standardise(style_aff)
+    )
     logit = users.propensity[imp_user] + users.sensitivity[imp_user] * aff + cat.quality[imp_video]
     p_watch = 1.0 / (1.0 + np.exp(-logit))
     watched = rng.random(n_imp) < p_watch

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from recsys.artifact import load_recommender
 from recsys.errors import UserInputError
@@ -77,7 +76,7 @@ class ServingState:
         self.manifest = loaded.manifest
         self.version = loaded.version
         self.embedder = loaded.embedder
-        self.feature_dim = self.embedder.config.feature_dim
+        self.feature_dim = self.embedder.feature_dim
         self.glmix: GLMix = loaded.glmix
         try:  # a model whose global features this version cannot build is refused at load
             glmix_global_features(self.glmix.global_names, np.zeros(1), np.zeros(1))
@@ -250,9 +249,7 @@ class ServingState:
     # ------------------------------------------------------------------ writes
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[None]
-            return self.embedder(x).numpy()[0].astype(np.float32)
+        return self.embedder.embed(frames)
 
     def _known_payload(self, video_id: str, digest: str) -> bool:
         """True when ``video_id`` holds this payload already (a repeat); ConflictError when

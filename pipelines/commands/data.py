@@ -40,6 +40,17 @@ def synth(
             "of the bytes)."
         ),
     ] = "float32",
+    content_weight: Annotated[
+        float,
+        typer.Option(help="Weight of what a video holds (its scene mix) in users' affinity."),
+    ] = 1.0,
+    style_weight: Annotated[
+        float,
+        typer.Option(help="Weight of how a video looks within its scenes in users' affinity."),
+    ] = 1.0,
+    frame_noise: Annotated[
+        float, typer.Option(help="Standard deviation of every frame's noise.")
+    ] = 0.5,
 ) -> None:
     """Generate a synthetic world: videos.parquet, impressions.parquet and truth.parquet.
     Frames are generated into a memory map beside the output and written a row group at
@@ -61,6 +72,9 @@ def synth(
             min_frames=min_frames,
             max_frames=max_frames,
             frame_dtype=frame_dtype,
+            content_weight=content_weight,
+            style_weight=style_weight,
+            frame_noise=frame_noise,
         )
     except ValueError as exc:
         fail(str(exc))

@@ -28,6 +28,7 @@ from pipelines.options import (
     WatchThreshold,
     engine_from,
     fail,
+    representation_of,
     test_start_from,
 )
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S, VIDEOS_FILE
@@ -137,7 +138,9 @@ def pipeline(
     try:
         cfg = PipelineConfig(
             embedding=EmbeddingJobConfig(
-                embedder=EmbedderConfig(pooling=pooling, num_clusters=clusters, gamma=gamma),
+                embedder=EmbedderConfig(
+                    pooling=representation_of(pooling)[0], num_clusters=clusters, gamma=gamma
+                ),
                 train=TrainConfig(
                     epochs=epochs,
                     device=device,
@@ -147,6 +150,7 @@ def pipeline(
                     anchor_neighbours=anchor_neighbours,
                 ),
                 index=IndexConfig(kind=index),
+                representation=representation_of(pooling)[1],
             ),
             glmix=GLMixJobConfig(tune=tune_glmix, history_features=history_features),
             evaluation=EvalConfig(

@@ -29,6 +29,7 @@ from pipelines.options import (
     engine_from,
     fail,
     pooling_options,
+    representation_of,
     test_start_from,
 )
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S
@@ -144,6 +145,7 @@ def train_embeddings(
             ),
             triplets=TripletConfig(watch_threshold_s=watch_threshold, seed=seed),
             index=IndexConfig(kind=index),
+            representation=representation_of(pooling)[1],
         )
     except ValueError as exc:
         fail(str(exc))
@@ -153,8 +155,13 @@ def train_embeddings(
     )
     if result.artifact is not None:
         m = result.metrics
+        trained = (
+            f"best epoch {m['best_epoch']}, validation loss {m['best_val_loss']:.4f}, "
+            if "best_epoch" in m
+            else f"the {pooling} rung (PCA {m.get('pca_dim')}), "
+        )
         typer.echo(
-            f"wrote {result.artifact}: best epoch {m['best_epoch']}, validation loss {m['best_val_loss']:.4f}, "
+            f"wrote {result.artifact}: {trained}"
             f"held-out co-watch pair AUC {m['heldout_pair_auc']:.4f}"
         )
 

@@ -180,3 +180,35 @@ def test_global_features_fit_predict_and_round_trip() -> None:
     is_val = np.arange(len(y)) % 5 == 0
     best, _ = select_random_l2(users, x, y, is_val, grid=(1.0, 10.0), global_feats=g)
     assert best in (1.0, 10.0)
+
+
+@pytest.mark.parametrize("use_video", [True, False])
+def test_rows_by_reference_fit_the_same_model(use_video: bool, monkeypatch) -> None:
+    """A per-video table and each row's video (``VideoRows``) give the model the dense
+    (N, E) rows give: fixed effect, user effects, precisions, validation losses; also
+    through the subsample start of a large fit."""
+    import recsys.glmix as glmix_mod
+    from recsys.design import VideoRows
+
+    rng = np.random.default_rng(5)
+    table = rng.normal(size=(30, 3)).astype(np.float32)
+    rows = rng.integers(0, 30, 900)
+    users = np.array([f"u{i}" for i in rng.integers(0, 25, 900)], dtype=object)
+    eta = 0.4 * table[rows] @ np.array([1.0, -1.0, 0.5]) - 0.3
+    y = (rng.random(900) < 1 / (1 + np.exp(-eta))).astype(float)
+    g = rng.normal(size=(900, 2))
+    monkeypatch.setattr(glmix_mod, "_SUBSAMPLE_ROWS", 100)  # 900 > 4 x 100: subsample start
+    cfg = GLMixConfig(use_video_features=use_video)
+    dense = fit_glmix(users, table[rows], y, cfg, g)
+    by_ref = fit_glmix(users, VideoRows(table, rows), y, cfg, g)
+    np.testing.assert_allclose(by_ref.fixed, dense.fixed, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(by_ref.user_coef, dense.user_coef, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(by_ref.user_precision, dense.user_precision, rtol=1e-6)
+    val = np.arange(900) >= 800
+    best_d, loss_d = select_random_l2(users, table[rows], y, val, global_feats=g)
+    best_r, loss_r = select_random_l2(users, VideoRows(table, rows), y, val, global_feats=g)
+    assert best_r == best_d
+    for lam, loss in loss_d.items():
+        assert loss_r[lam] == pytest.approx(loss, rel=1e-7)
+    with pytest.raises(UserInputError, match="outside the feature table"):
+        fit_glmix(users, VideoRows(table, rows + 30), y, cfg, g)

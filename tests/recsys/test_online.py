@@ -113,6 +113,12 @@ def test_progressive_validation_scores_before_learning() -> None:
 
     late = times < n // 2
     assert delong_ci(y[late], p[late])[0] > delong_ci(y[late], frozen[late])[0] + 0.1
+    # Rows by reference (each row names its video's table row) replay the same.
+    from recsys.design import VideoRows
+
+    by_ref = VideoRows(x, np.arange(n))
+    np.testing.assert_array_equal(progressive_validation(users, by_ref, y, times, model), p)
+    np.testing.assert_array_equal(model.predict_proba(users, by_ref), frozen)
 
 
 def test_global_features_enter_the_offset_as_they_were() -> None:

@@ -50,3 +50,21 @@ def test_posterior_precision_is_the_prior_plus_each_users_curvature() -> None:
         if rows.sum() >= 2:  # user 1 has one row: no random effect, the prior alone
             want += (z[rows] ** 2 * (mu[rows] * (1 - mu[rows]))[:, None]).sum(0)
         np.testing.assert_allclose(got[u], want, rtol=1e-12)
+
+
+def test_a_bounded_bucket_size_changes_no_coefficient(monkeypatch) -> None:
+    """Many users of one row-count class are solved in batches of about BUCKET_VALUES
+    design values; each user's solve is its own, so the fit is the same."""
+    import recsys.random_effects as re_mod
+
+    rng = np.random.default_rng(3)
+    users = np.repeat([f"u{i}" for i in range(40)], rng.integers(5, 9, 40))
+    x = rng.normal(size=(len(users), 3))
+    y = (rng.random(len(users)) < 0.4).astype(float)
+    whole = fit_glmix(users, x, y, GLMixConfig())
+    monkeypatch.setattr(re_mod, "BUCKET_VALUES", 64)  # 2 users of 8 rows x 4 columns
+    buckets, _ = _buckets(np.unique(users, return_inverse=True)[1], 40, GLMixConfig(), rng, q=4)
+    assert max(len(b.users) for b in buckets) == 2
+    split = fit_glmix(users, x, y, GLMixConfig())
+    np.testing.assert_allclose(split.user_coef, whole.user_coef, atol=1e-10)
+    np.testing.assert_allclose(split.fixed, whole.fixed, atol=1e-10)

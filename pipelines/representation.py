@@ -1,0 +1,172 @@
+"""Which representation an artifact ships, chosen on the user's own validation rows.
+
+The candidates are the learned embedding (what ``train-embeddings`` wrote) and each rung
+of the classical ladder (``pipelines.ladder.fit_rung``: average of frames, k-means bag of
+words with tf-idf, k-means VLAD; PCA size chosen on the same rows). Each is scored the
+same way: GLMix fitted on the training period before its last 10% (by time) and its
+log-loss on that last 10% (``pipelines.ladder.validation_log_loss``). The test period is
+never looked at. The learned model's triplets come from the whole training period, the
+validation 10% included, so the comparison leans towards it, never against it: a rung
+that wins here wins despite that.
+
+A rung is shipped by replacing the artifact's embedder, embeddings, index and map with
+the rung's (``ship_rung``); the service then embeds uploads with it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipelines.frame_cache import open_frame_store
+from pipelines.impressions import RecRows, load_rec_rows
+from pipelines.ladder import fit_rung, validation_log_loss
+from recsys import artifact as art
+from recsys.baselines import BASELINE_NAMES, kmeans_codebook
+from recsys.embedders import ClassicalEmbedder
+from recsys.frames import FrameStore
+from recsys.glmix import GLMixConfig
+from recsys.index import IndexConfig, VideoIndex
+from recsys.projection import fit_map
+
+#: what ``--pooling`` may name besides a learned pooling layer
+AUTO = "auto"
+REPRESENTATIONS: tuple[str, ...] = ("learned", AUTO, *BASELINE_NAMES)
+
+
+@dataclass
+class Selection:
+    """Validation log-loss of every candidate and the winner (lowest)."""
+
+    learned: str  # the learned model's pooling name ("" when none was trained)
+    losses: dict[str, float]
+    rungs: dict[str, tuple[np.ndarray, ClassicalEmbedder, dict[str, Any]]] = field(
+        default_factory=dict
+    )
+
+    @property
+    def winner(self) -> str:
+        return min(self.losses, key=lambda k: self.losses[k])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "criterion": "GLMix log-loss on the last 10% of the training period",
+            "learned": self.learned,
+            "validation_log_loss": dict(self.losses),
+            "winner": self.winner,
+            "rungs": {
+                name: {"pca_dim": info["pca_dim"], "embedding_dim": emb.embedding_dim}
+                for name, (_, emb, info) in self.rungs.items()
+            },
+        }
+
+
+def store_order(ids: list[str], vectors: np.ndarray, store: FrameStore) -> np.ndarray:
+    """``vectors`` (rows named by ``ids``) in the frame store's video order."""
+    where = {v: i for i, v in enumerate(ids)}
+    return vectors[[where[v] for v in store.video_ids]]
+
+
+def fit_rungs(
+    rows: RecRows,
+    store: FrameStore,
+    max_dim: int,
+    names: tuple[str, ...] = BASELINE_NAMES,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, tuple[np.ndarray, ClassicalEmbedder, dict[str, Any]]]:
+    """Each rung's vectors (store order), embedder and choice; one k-means for all."""
+    codebook = None
+    out = {}
+    for name in names:
+        if codebook is None and name != "avg_frames":
+            codebook = kmeans_codebook(store.frames, 64, seed=seed)
+        vectors, info, emb = fit_rung(rows, store, name, max_dim, seed=seed, codebook=codebook)
+        out[name] = (vectors, emb, info)
+        if log is not None:
+            loss = info["pca_validation_log_loss"][info["pca_dim"]]
+            log(f"{name}: PCA {info['pca_dim']}, validation log-loss {loss:.5f}")
+    return out
+
+
+def choose_representation(
+    data: Path,
+    artifact: Path | None,
+    test_start: datetime,
+    watch_threshold_s: float,
+    max_dim: int,
+    names: tuple[str, ...] = BASELINE_NAMES,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> Selection:
+    """The validation log-loss of the artifact's learned embedding (when ``artifact``)
+    and of each rung in ``names``."""
+    store = open_frame_store(data)
+    rows = load_rec_rows(data, store.video_ids, test_start, watch_threshold_s)
+    losses: dict[str, float] = {}
+    learned = ""
+    if artifact is not None:
+        ids, vectors = art.load_embeddings(artifact)
+        learned = str(art.read_manifest(artifact)["config"]["embedder"].get("pooling", "learned"))
+        vectors = store_order(ids, vectors, store)
+        losses[learned] = validation_log_loss(rows, vectors, GLMixConfig())
+        if log is not None:
+            log(f"learned {learned}: validation log-loss {losses[learned]:.5f}")
+    rungs = fit_rungs(rows, store, max_dim, names, seed, log)
+    for name, (_, _, info) in rungs.items():
+        losses[name] = float(info["pca_validation_log_loss"][info["pca_dim"]])
+    return Selection(learned, losses, rungs)
+
+
+def rung_files(
+    store: FrameStore, vectors: np.ndarray, emb: ClassicalEmbedder, index_cfg: IndexConfig
+) -> dict[str, Any]:
+    """The artifact files of a shipped rung: its embedder, every video's row, the index
+    over them and the explorer's map."""
+    index = VideoIndex.build(store.video_ids, vectors, index_cfg)
+    return {
+        **emb.to_files(),
+        art.EMBEDDINGS: lambda p: pq.write_table(art.embeddings_table(store.video_ids, vectors), p),
+        art.INDEX: index.to_bytes(),
+        art.INDEX_CONFIG: json.dumps(asdict(index_cfg)).encode(),
+        art.PROJECTION: json.dumps(fit_map(vectors)).encode(),
+    }
+
+
+def rung_config(emb: ClassicalEmbedder) -> dict[str, Any]:
+    """The manifest's ``config.embedder`` of a shipped rung."""
+    return {
+        "pooling": emb.name,
+        "classical": True,
+        "feature_dim": emb.feature_dim,
+        "embedding_dim": emb.embedding_dim,
+    }
+
+
+def ship_rung(artifact: Path, data: Path, selection: Selection, name: str) -> None:
+    """Replace the artifact's learned embedder and everything derived from it by the rung
+    ``name`` of ``selection``; the learned model's training record stays beside it."""
+    vectors, emb, _ = selection.rungs[name]
+    manifest = art.read_manifest(artifact)
+    index_cfg = IndexConfig(**manifest["config"].get("index", {}))
+    store = open_frame_store(data)
+    art.extend_artifact(
+        artifact,
+        rung_files(store, vectors, emb, index_cfg),
+        {
+            "config": {"embedder": rung_config(emb)},
+            "metrics": {"selection": selection.to_json()},
+        },
+        drop=(art.EMBEDDER_CONFIG, art.EMBEDDER_WEIGHTS),
+    )
+
+
+def ship_command(data: Path | str, out: Path | str, name: str) -> str:
+    return f"recsys pipeline --data {data} --out {out} --pooling {name}"

@@ -1,0 +1,179 @@
+"""What turns a video's frames into its embedding: the learned model, or a rung of the
+classical ladder (``recsys.baselines``) when that is what the artifact ships.
+
+The service embeds a cold-start upload with whichever the artifact holds, through one
+interface (``FrameEmbedder``); the offline embeddings of the catalogue come from the
+same code, so an upload lands where the same video in the catalogue would.
+
+A classical rung is stored as JSON plus a NumPy ``.npz`` read with
+``allow_pickle=False``: arrays only, nothing executable.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from embeddings.cowatch import CowatchEmbedder
+from recsys.baselines import (
+    BASELINE_NAMES,
+    PCA,
+    mean_frames,
+    raw_dim,
+    store_chunks,
+    tfidf,
+    vlad_kmeans,
+    word_counts,
+)
+from recsys.errors import UserInputError
+from recsys.frames import FrameStore
+
+CLASSICAL_CONFIG = "classical.json"
+CLASSICAL_ARRAYS = "classical.npz"
+
+
+class FrameEmbedder(Protocol):
+    """frames (T, D) float32 -> (E,) float32 embedding of one video."""
+
+    @property
+    def feature_dim(self) -> int: ...
+
+    @property
+    def embedding_dim(self) -> int: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    def embed(self, frames: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class LearnedEmbedder:
+    """The trained co-watch model (pooling + projector) behind ``FrameEmbedder``."""
+
+    model: CowatchEmbedder
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.model.config.feature_dim)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.model.config.embedding_dim)
+
+    @property
+    def kind(self) -> str:
+        return str(self.model.config.pooling)
+
+    def embed(self, frames: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[None]
+            return self.model(x).numpy()[0].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ClassicalEmbedder:
+    """A ladder rung as an embedder: raw statistic -> PCA (fitted on the catalogue, size
+    chosen on validation) -> L2 normalisation.
+
+    name: one of ``BASELINE_NAMES``; codebook (K, D): the k-means words of bow_tfidf and
+    vlad_kmeans; idf (K,): the catalogue's inverse document frequencies (bow_tfidf).
+    """
+
+    name: str
+    pca: PCA
+    codebook: np.ndarray | None = None
+    idf: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in BASELINE_NAMES:
+            raise ValueError(f"unknown rung {self.name!r}; one of {', '.join(BASELINE_NAMES)}")
+        needs_words = self.name != "avg_frames"
+        if needs_words and self.codebook is None:
+            raise ValueError(f"{self.name} needs a codebook")
+        if self.name == "bow_tfidf" and (
+            self.idf is None or self.codebook is None or len(self.idf) != len(self.codebook)
+        ):
+            raise ValueError("bow_tfidf needs one idf weight per word")
+        k = 0 if self.codebook is None else len(self.codebook)
+        if len(self.pca.mean) != raw_dim(self.name, self.feature_dim, k):
+            raise ValueError("the PCA does not match the rung's raw size")
+
+    @property
+    def feature_dim(self) -> int:
+        if self.codebook is not None:
+            return int(self.codebook.shape[1])
+        return int(self.pca.mean.shape[0])
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.pca.dim
+
+    @property
+    def kind(self) -> str:
+        return self.name
+
+    def raw(self, frames: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """(N, F) the rung's raw rows of videos in the flat layout (frames, offsets)."""
+        if self.name == "avg_frames":
+            return mean_frames(frames, offsets)
+        assert self.codebook is not None
+        if self.name == "bow_tfidf":
+            assert self.idf is not None
+            return tfidf(word_counts(frames, offsets, self.codebook), self.idf)
+        return vlad_kmeans(frames, offsets, self.codebook)
+
+    def embed_videos(self, frames: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """(N, E) float32 unit rows."""
+        return self.pca.transform(self.raw(frames, offsets))
+
+    def embed(self, frames: np.ndarray) -> np.ndarray:
+        x = np.asarray(frames, dtype=np.float32)
+        return self.embed_videos(x, np.array([0, len(x)]))[0]
+
+    def embed_store(self, store: FrameStore, max_values: int = 1 << 24) -> np.ndarray:
+        """(N, E) every video of ``store`` in order, a run of videos at a time."""
+        out = np.empty((len(store), self.embedding_dim), dtype=np.float32)
+        for sl, frames, offsets in store_chunks(store, max_values):
+            out[sl] = self.embed_videos(frames, offsets)
+        return out
+
+    # ------------------------------------------------------------------ files
+
+    def to_files(self) -> dict[str, bytes]:
+        arrays = {"pca_mean": self.pca.mean, "pca_components": self.pca.components}
+        if self.codebook is not None:
+            arrays["codebook"] = self.codebook
+        if self.idf is not None:
+            arrays["idf"] = self.idf
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        config = {
+            "name": self.name,
+            "feature_dim": self.feature_dim,
+            "embedding_dim": self.embedding_dim,
+        }
+        return {CLASSICAL_CONFIG: json.dumps(config).encode(), CLASSICAL_ARRAYS: buf.getvalue()}
+
+    @classmethod
+    def load(cls, directory: Path) -> ClassicalEmbedder:
+        try:
+            config = json.loads((directory / CLASSICAL_CONFIG).read_text())
+            with np.load(directory / CLASSICAL_ARRAYS, allow_pickle=False) as z:
+                arrays = {k: np.asarray(z[k]) for k in z.files}
+            pca = PCA(arrays["pca_mean"], arrays["pca_components"])
+            return cls(str(config["name"]), pca, arrays.get("codebook"), arrays.get("idf"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserInputError(
+                f"{directory}: cannot load the classical embedder ({exc})"
+            ) from None
+
+
+def is_classical(directory: Path) -> bool:
+    return (directory / CLASSICAL_CONFIG).exists()

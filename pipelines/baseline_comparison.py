@@ -15,11 +15,18 @@ import pyarrow.parquet as pq
 from pipelines.evaluation_inputs import EvalConfig, TestSet
 from pipelines.frame_cache import open_frame_store
 from pipelines.impressions import RecRows, load_rec_rows
-from pipelines.ladder import baseline_ladder, reduce_on_validation, score_representation
+from pipelines.ladder import (
+    baseline_ladder,
+    reduce_on_validation,
+    score_representation,
+    validation_log_loss,
+)
+from pipelines.representation import store_order
 from pipelines.statistics import auc_block, auc_table
 from recsys.auc import delong_paired_difference, interval_verdict
 from recsys.dataset import VIDEO_TRUTH_FILE
 from recsys.frames import FrameStore
+from recsys.glmix import GLMixConfig
 
 #: the learned scores compared with the best baseline
 COMPARED = ("glmix", "max_similarity", "avg_similarity")
@@ -33,6 +40,7 @@ def add_baselines(
     start: datetime,
     cfg: EvalConfig,
     history_features: bool = False,
+    max_dim: int | None = None,
 ) -> None:
     """Score each of ``cfg.baselines`` on the test rows into ``report["baselines"]``, the
     ceiling (synthetic worlds) into ``report["ceiling"]`` and the comparison into
@@ -47,7 +55,9 @@ def add_baselines(
     rows = load_rec_rows(data, store.video_ids, start, cfg.watch_threshold_s)
     if not np.array_equal(rows.test_labels, y):
         raise RuntimeError("baseline rows differ from the evaluation rows")  # a bug, not input
-    emb_dim = test.embeddings.shape[1]
+    # A rung is given at most the learned model's size (a shipped rung: the size the
+    # learned model would have had, not the rung's own PCA size).
+    emb_dim = max_dim or test.embeddings.shape[1]
     ladder = baseline_ladder(
         rows,
         store,
@@ -74,11 +84,37 @@ def add_baselines(
             },
         }
     report["baselines"] = out
+    shipped = store_order(test.video_ids, test.embeddings, store)
+    report["validation_choice"] = validation_choice(
+        report.get("pooling") or "learned",
+        validation_log_loss(rows, shipped, GLMixConfig()),
+        ladder,
+    )
     ceiling = _ceiling(data, store, rows, test, emb_dim, cfg.seed, history_features)
     if ceiling is not None:
         report["ceiling"] = ceiling
     base_scores = {name: bscores for name, (bscores, _) in ladder.items()}
     report["vs_best_baseline"] = _versus_best(report, out, base_scores, scores, y, cold)
+
+
+def validation_choice(
+    shipped: str,
+    shipped_loss: float,
+    ladder: dict[str, tuple[dict[str, np.ndarray], dict[str, Any]]],
+) -> dict[str, Any]:
+    """The shipped representation's GLMix validation log-loss beside each rung's (the
+    last 10% of the training period; the test period unseen) and the lowest of them:
+    what ``--pooling auto`` would ship."""
+    losses = {shipped: shipped_loss}
+    for name, (_, info) in ladder.items():
+        losses.setdefault(name, float(info["pca_validation_log_loss"][info["pca_dim"]]))
+    best = min(losses, key=lambda k: losses[k])
+    return {
+        "criterion": "GLMix log-loss on the last 10% of the training period",
+        "shipped": shipped,
+        "validation_log_loss": losses,
+        "best": best,
+    }
 
 
 def _ceiling(

@@ -159,6 +159,7 @@ def evaluate_artifact(
     glm, glm0 = _load_models(a)
     head: dict[str, Any] = {
         "artifact": str(a.resolve()),
+        "data": str(d.resolve()),
         "pooling": manifest.get("config", {}).get("embedder", {}).get("pooling"),
         "test_start": start.isoformat(),
         "watch_threshold_s": cfg.watch_threshold_s,
@@ -205,7 +206,17 @@ def evaluate_artifact(
         auc_all, auc_cold, bool(cold.any()), cfg.baseline_report
     )
     if cfg.baselines:
-        add_baselines(report, d, t, scores, start, cfg, history_features=bool(glm.global_names))
+        embedder = manifest.get("config", {}).get("embedder", {})
+        add_baselines(
+            report,
+            d,
+            t,
+            scores,
+            start,
+            cfg,
+            history_features=bool(glm.global_names),
+            max_dim=embedder.get("max_dim"),
+        )
     return Evaluation(report=report, test=t, scores=scores, oracle=oracle)
 
 

@@ -57,6 +57,7 @@ class TestSet:
     user_index: np.ndarray  # (N,) user codes shared with ``history_rows``
     history_rows: dict[int, np.ndarray]  # training-period watches per user code
     embeddings: np.ndarray  # (V, E) float64
+    video_ids: list[str] = field(default_factory=list)  # names of the embeddings' rows
 
 
 def load_test_set(d: Path, a: Path, start: datetime, cutoff: datetime, threshold: float) -> TestSet:
@@ -84,4 +85,5 @@ def load_test_set(d: Path, a: Path, start: datetime, cutoff: datetime, threshold
         user_index=np.array([uindex[u] for u in users], dtype=np.int64),
         history_rows=group_histories([uindex[u] for u in hist_users], hist_rows.tolist()),
         embeddings=emb.astype(np.float64),
+        video_ids=ids,
     )

@@ -70,6 +70,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         *_md_scores(report),
         *_md_online(report.get("online")),
         *_md_versus_best(report),
+        *_md_validation_choice(report),
         *_md_footer(report),
     ]
     return "\n".join(lines)
@@ -206,6 +207,33 @@ def _md_versus_best(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _md_validation_choice(report: dict[str, Any]) -> list[str]:
+    """What was tried on validation and why the winner won (``--pooling auto`` ships it)."""
+    choice = report.get("validation_choice")
+    if not choice:
+        return []
+    losses = choice["validation_log_loss"]
+    lines = [
+        "",
+        "## Which representation does validation prefer?",
+        "",
+        f"{choice['criterion']} (lower is better; the test period is not used). "
+        "`--pooling auto` ships the lowest.",
+        "",
+        "| representation | validation log-loss | |",
+        "|---|---|---|",
+    ]
+    for name, loss in sorted(losses.items(), key=lambda kv: kv[1]):
+        tags = [
+            t for t, n in (("shipped", choice["shipped"]), ("lowest", choice["best"])) if n == name
+        ]
+        lines.append(f"| {name} | {loss:.5f} | {', '.join(tags)} |")
+    selection = report.get("embedding_metrics", {}).get("selection")
+    if selection:
+        lines += ["", f"This artifact was chosen by `--pooling auto`: {selection['winner']} won."]
+    return lines
+
+
 def _md_footer(report: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     if "oracle_auc" in report:
@@ -237,6 +265,21 @@ def _md_footer(report: dict[str, Any]) -> list[str]:
         ]
     lines += [*[f"- {n}" for n in report["notes"]], ""]
     return lines
+
+
+def validation_line(report: dict[str, Any], out: Path) -> str | None:
+    """One line when a rung beats the shipped representation on validation, with the
+    command that ships the rung instead."""
+    choice = report.get("validation_choice")
+    if not choice or choice["best"] == choice["shipped"]:
+        return None
+    losses, best, shipped = choice["validation_log_loss"], choice["best"], choice["shipped"]
+    data = report.get("data") or "DATA"
+    return (
+        f"  validation prefers {best} to the shipped {shipped} (GLMix log-loss "
+        f"{losses[best]:.5f} vs {losses[shipped]:.5f}); to ship it: "
+        f"recsys pipeline --data {data} --out {out} --pooling {best}"
+    )
 
 
 def terminal_summary(report: dict[str, Any], out: Path) -> list[str]:
@@ -273,6 +316,9 @@ def terminal_summary(report: dict[str, Any], out: Path) -> list[str]:
             f"  ceiling ({c['name']}): glmix all {c['auc']['glmix']:.4f}   "
             f"cold start {c['auc_cold_start']['glmix']:.4f}"
         )
+    line = validation_line(report, out)
+    if line:
+        lines.append(line)
     for score, subsets in report.get("vs_best_baseline", {}).items():
         for subset, c in subsets.items():
             lo, hi = c["delong_paired_95"]

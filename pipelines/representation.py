@@ -31,6 +31,7 @@ from pipelines.ladder import fit_rung, validation_log_loss
 from recsys import artifact as art
 from recsys.baselines import BASELINE_NAMES, kmeans_codebook
 from recsys.embedders import ClassicalEmbedder
+from recsys.errors import UserInputError
 from recsys.frames import FrameStore
 from recsys.glmix import GLMixConfig
 from recsys.index import IndexConfig, VideoIndex
@@ -140,19 +141,31 @@ def rung_files(
     }
 
 
-def rung_config(emb: ClassicalEmbedder) -> dict[str, Any]:
-    """The manifest's ``config.embedder`` of a shipped rung."""
+def rung_config(emb: ClassicalEmbedder, max_dim: int) -> dict[str, Any]:
+    """The manifest's ``config.embedder`` of a shipped rung (``max_dim``: the largest
+    PCA size it could have taken, the learned model's embedding size)."""
     return {
         "pooling": emb.name,
         "classical": True,
         "feature_dim": emb.feature_dim,
         "embedding_dim": emb.embedding_dim,
+        "max_dim": max_dim,
     }
 
 
-def ship_rung(artifact: Path, data: Path, selection: Selection, name: str) -> None:
+def ship_rung(
+    artifact: Path,
+    data: Path,
+    selection: Selection,
+    name: str,
+    max_dim: int,
+    metrics: dict[str, Any] | None = None,
+) -> None:
     """Replace the artifact's learned embedder and everything derived from it by the rung
-    ``name`` of ``selection``; the learned model's training record stays beside it."""
+    ``name`` of ``selection`` (before GLMix is fitted on them); the learned model's
+    training record stays beside it. ``metrics``: the rung's, replacing the model's."""
+    if art.glmix_file_names(art.GLMIX)[0] in art.read_manifest(artifact).get("files", {}):
+        raise UserInputError(f"{artifact}: has a GLMix fitted on its embeddings; ship first")
     vectors, emb, _ = selection.rungs[name]
     manifest = art.read_manifest(artifact)
     index_cfg = IndexConfig(**manifest["config"].get("index", {}))
@@ -161,8 +174,8 @@ def ship_rung(artifact: Path, data: Path, selection: Selection, name: str) -> No
         artifact,
         rung_files(store, vectors, emb, index_cfg),
         {
-            "config": {"embedder": rung_config(emb)},
-            "metrics": {"selection": selection.to_json()},
+            "config": {"embedder": rung_config(emb, max_dim)},
+            "metrics": {**(metrics or {}), "selection": selection.to_json()},
         },
         drop=(art.EMBEDDER_CONFIG, art.EMBEDDER_WEIGHTS),
     )

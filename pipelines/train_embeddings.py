@@ -208,7 +208,10 @@ def _auto_select(
         log=(lambda line: _say(progress, "  " + line)),
     )
     if sel.winner != sel.learned:
-        ship_rung(path, data_dir, sel, sel.winner)
+        vectors = sel.rungs[sel.winner][0]
+        con, store = impressions_connection(data_dir), open_frame_store(data_dir)
+        pairs = _heldout_pairs(con, store, vectors, cfg, test_start)
+        ship_rung(path, data_dir, sel, sel.winner, cfg.embedder.embedding_dim, pairs)
     _say(
         progress,
         f"shipping {sel.winner} (lowest validation log-loss "
@@ -247,7 +250,7 @@ def _run_rung(
         **_heldout_pairs(impressions_connection(data_dir), store, vectors, cfg, test_start),
     }
     manifest = _manifest(data_dir, first, last, test_start, len(store), cfg.embedder, cfg, metrics)
-    manifest["config"]["embedder"] = rung_config(emb)
+    manifest["config"]["embedder"] = rung_config(emb, cfg.embedder.embedding_dim)
     manifest["config"].pop("train")
     path = art.write_artifact(
         out, rung_files(store, vectors, emb, cfg.index), manifest, overwrite=overwrite

@@ -164,6 +164,13 @@ def train_embeddings(
             f"wrote {result.artifact}: {trained}"
             f"held-out co-watch pair AUC {m['heldout_pair_auc']:.4f}"
         )
+        if "best_epoch" in m and "selection" in m:
+            sel = m["selection"]
+            loss = sel["validation_log_loss"]
+            typer.echo(
+                f"shipping {sel['winner']}: lowest GLMix validation log-loss "
+                f"({', '.join(f'{k} {v:.5f}' for k, v in sorted(loss.items(), key=lambda kv: kv[1]))})"
+            )
 
 
 def embed(

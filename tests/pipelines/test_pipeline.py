@@ -103,3 +103,45 @@ def test_report_has_the_online_replay(pipeline_out: Path) -> None:
     assert (model.user_precision[:, 1:] >= model.config.random_l2 - 1e-9).all()
     assert np.isfinite(model.user_precision).all()
     assert (pipeline_out / "artifact" / "projection.json").exists()
+
+
+def test_report_compares_the_shipped_embedding_with_each_rung_on_validation(
+    pipeline_out: Path,
+) -> None:
+    """Every candidate's GLMix validation log-loss, the shipped one among them, and the
+    lowest named: what ``--pooling auto`` would ship."""
+    from pipelines.report import validation_line
+
+    report = json.loads((pipeline_out / "report.json").read_text())
+    choice = report["validation_choice"]
+    losses = choice["validation_log_loss"]
+    assert choice["shipped"] == "dsgmm" and set(losses) == {"dsgmm", *report["baselines"]}
+    assert choice["best"] == min(losses, key=lambda k: losses[k])
+    for name, b in report["baselines"].items():
+        assert losses[name] == pytest.approx(
+            b["choice"]["pca_validation_log_loss"][str(b["choice"]["pca_dim"])]
+        )
+    line = validation_line(report, pipeline_out)
+    assert (line is None) == (choice["best"] == "dsgmm")
+    rung = {**choice, "best": "bow_tfidf", "validation_log_loss": {**losses, "bow_tfidf": 0.0}}
+    line = validation_line({**report, "validation_choice": rung}, pipeline_out)
+    assert line is not None and "--pooling bow_tfidf" in line and str(pipeline_out) in line
+    assert (
+        "Which representation does validation prefer?" in (pipeline_out / "report.md").read_text()
+    )
+
+
+def test_a_rung_is_never_shipped_under_a_glmix_fitted_on_other_embeddings(
+    pipeline_out: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from pipelines.representation import Selection, ship_rung
+    from recsys.errors import UserInputError
+
+    art = tmp_path / "artifact"
+    shutil.copytree(pipeline_out / "artifact", art)
+    sel = Selection("dsgmm", {"dsgmm": 0.6, "bow_tfidf": 0.5})
+    with pytest.raises(UserInputError, match="GLMix"):
+        ship_rung(art, pipeline_out, sel, "bow_tfidf", 64)
+    assert (art / "embedder.pt").exists()

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.artifact import load_embedding_artifact, read_embeddings
+from recsys.artifact import load_embedding_artifact, read_embeddings, read_manifest
 
 FAST = [
     "--epochs",
@@ -132,3 +132,38 @@ def test_torchrun_two_cpu_processes(small_world_dir: Path, tmp_path: Path) -> No
     assert len(a.manifest["metrics"]) and len(a.index) > 0
     hist = a.manifest["config"]["train"]
     assert hist["epochs"] == 2
+
+
+def test_auto_ships_the_lowest_validation_loss_and_a_rung_embeds_like_its_artifact(
+    run_cli, small_world_dir: Path, tmp_path: Path
+) -> None:
+    """``--pooling auto`` trains, compares on validation and ships the winner (a rung
+    replaces the learned embedder's files); ``recsys embed`` through a shipped rung gives
+    the artifact's own rows."""
+    art = tmp_path / "auto"
+    code, out, err = run_cli(
+        "train-embeddings", "--data", small_world_dir, "--out", art, "--pooling", "auto", *FAST
+    )
+    assert code == 0, err
+    sel = read_manifest(art)["metrics"]["selection"]
+    losses = sel["validation_log_loss"]
+    assert set(losses) == {"dsgmm", "avg_frames", "bow_tfidf", "vlad_kmeans"}
+    assert sel["winner"] == min(losses, key=lambda k: losses[k])
+    assert f"shipping {sel['winner']}" in out
+    shipped = read_manifest(art)["config"]["embedder"]["pooling"]
+    assert shipped == sel["winner"]
+    assert (art / "classical.npz").exists() == (sel["winner"] != "dsgmm")
+    assert (art / "embedder.pt").exists() == (sel["winner"] == "dsgmm")
+    rung = tmp_path / "rung"
+    code, out, err = run_cli(
+        "train-embeddings", "--data", small_world_dir, "--out", rung, "--pooling", "vlad_kmeans"
+    )
+    assert code == 0 and "the vlad_kmeans rung" in out, err
+    code, _, err = run_cli(
+        "embed", "--artifacts", rung, "--data", small_world_dir, "--out", tmp_path / "r.parquet"
+    )
+    assert code == 0, err
+    ids, vecs = read_embeddings(tmp_path / "r.parquet")
+    ids0, vecs0 = read_embeddings(rung / "embeddings.parquet")
+    assert ids == ids0
+    np.testing.assert_allclose(vecs, vecs0, atol=1e-5)

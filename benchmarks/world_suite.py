@@ -1,7 +1,8 @@
 """The learned embedding against every rung of the ladder on many kinds of world.
 
     python -m benchmarks.world_suite --out DIR [--worlds scenes styles ...] [--seeds 0 1 2]
-        [--videos 1200] [--users 600] [--pooling dsgmm]
+        [--videos 1200] [--users 600] [--pooling dsgmm|auto|bow_tfidf|...]
+        [--embedder-option occupancy=true]
 
 One look-alike world does not predict an unseen one, so the recipe is judged on worlds
 that differ in *where the co-watch signal lives*:
@@ -36,6 +37,7 @@ import numpy as np
 
 from pipelines.io import write_dataset
 from pipelines.pipeline import PipelineConfig, run_pipeline
+from pipelines.representation import REPRESENTATIONS
 from recsys.synthetic import SynthConfig, generate_world
 
 #: SynthConfig changes of each world (on top of the suite's size)
@@ -80,15 +82,28 @@ def comparison_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def json_option(text: str) -> tuple[str, Any]:
+    """NAME=VALUE with VALUE as JSON (true, 64, 0.1) or else a string."""
+    name, _, value = text.partition("=")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
 def run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     world_dir = args.out / "worlds" / f"{name}_{seed}"
     if not (world_dir / "impressions.parquet").exists():
         w = generate_world(world_config(name, seed, args.videos, args.users))
         write_dataset(world_dir, w.video_batches(), w.impressions, w.truth, w.video_truth)
     cfg = PipelineConfig().with_seed(seed)
-    if args.pooling:
-        e = cfg.embedding
-        cfg = replace(cfg, embedding=replace(e, embedder=replace(e.embedder, pooling=args.pooling)))
+    e = cfg.embedding
+    options = dict(json_option(o) for o in args.embedder_option)
+    if args.pooling in REPRESENTATIONS:
+        e = replace(e, representation=args.pooling)
+    elif args.pooling:
+        options["pooling"] = args.pooling
+    cfg = replace(cfg, embedding=replace(e, embedder=replace(e.embedder, **options)))
     t0 = time.perf_counter()
     report = run_pipeline(world_dir, args.out / "runs" / f"{name}_{seed}", cfg, overwrite=True)
     return {
@@ -143,6 +158,12 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=1200)
     ap.add_argument("--users", type=int, default=600)
     ap.add_argument("--pooling", default=None, help="the pipeline's --pooling (default: its own)")
+    ap.add_argument(
+        "--embedder-option",
+        action="append",
+        default=[],
+        help="NAME=VALUE of the learned model's EmbedderConfig, e.g. occupancy=true",
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []

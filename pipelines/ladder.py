@@ -200,21 +200,6 @@ def fit_rung(
     return vectors, {**info, "pca_fitted_on_videos": len(sample)}, embedder
 
 
-def reduce_store_features(
-    rows: RecRows,
-    store: FrameStore,
-    name: str,
-    max_dim: int,
-    base: GLMixConfig | None = None,
-    num_words: int = 64,
-    seed: int = 0,
-    codebook: np.ndarray | None = None,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """``fit_rung``'s rows and choice, without the embedder."""
-    vectors, info, _ = fit_rung(rows, store, name, max_dim, base, num_words, seed, codebook)
-    return vectors, info
-
-
 def _sample_rows(
     name: str, store: FrameStore, codebook: np.ndarray | None, sample: np.ndarray, f: int
 ) -> np.ndarray:
@@ -253,9 +238,7 @@ def baseline_ladder(
         t0 = time.perf_counter()
         if codebook is None and name != "avg_frames":
             codebook = kmeans_codebook(store.frames, num_words, seed=seed)
-        vectors, info = reduce_store_features(
-            rows, store, name, max_dim, base, num_words, seed, codebook
-        )
+        vectors, info, _ = fit_rung(rows, store, name, max_dim, base, num_words, seed, codebook)
         scores, fit_info = score_representation(
             rows, vectors, base, history_features=history_features
         )

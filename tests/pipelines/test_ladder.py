@@ -22,9 +22,9 @@ def test_a_sampled_pca_matches_the_exact_one_when_it_sees_every_video(
     store = open_frame_store(small_world_dir)
     first, last = log_span(impressions_connection(small_world_dir))
     rows = load_rec_rows(small_world_dir, store.video_ids, default_test_start(first, last), 10.0)
-    exact_v, exact = ladder.reduce_store_features(rows, store, "vlad_kmeans", 16, num_words=8)
+    exact_v, exact, _ = ladder.fit_rung(rows, store, "vlad_kmeans", 16, num_words=8)
     monkeypatch.setattr(ladder, "EXACT_PCA_VALUES", 10)
-    sampled_v, sampled = ladder.reduce_store_features(rows, store, "vlad_kmeans", 16, num_words=8)
+    sampled_v, sampled, _ = ladder.fit_rung(rows, store, "vlad_kmeans", 16, num_words=8)
     assert sampled["pca_fitted_on_videos"] == len(store) and "pca_fitted_on_videos" not in exact
     assert sampled["pca_dim"] == exact["pca_dim"]
     for d, loss in exact["pca_validation_log_loss"].items():

@@ -189,11 +189,11 @@ def _md_versus_best(report: dict[str, Any]) -> list[str]:
         return []
     lines = [
         "",
-        f"## Does the learned ({report.get('pooling')}) embedding beat the best baseline?",
+        f"## Does the shipped embedding ({report.get('pooling')}) beat the best baseline?",
         "",
         "DeLong's paired test on the same rows (95% interval of the AUC difference).",
         "",
-        "| score | subset | learned | best baseline | difference [95%] | verdict |",
+        "| score | subset | shipped | best baseline | difference [95%] | verdict |",
         "|---|---|---|---|---|---|",
     ]
     for score, subsets in report["vs_best_baseline"].items():
@@ -323,7 +323,8 @@ def terminal_summary(report: dict[str, Any], out: Path) -> list[str]:
         for subset, c in subsets.items():
             lo, hi = c["delong_paired_95"]
             lines.append(
-                f"  {score} ({subset}): learned {c['learned_auc']:.4f} vs {c['best_baseline']} "
+                f"  {score} ({subset}): {report.get('pooling') or 'shipped'} {c['learned_auc']:.4f} "
+                f"vs {c['best_baseline']} "
                 f"{c['baseline_auc']:.4f}, difference {c['difference']:+.4f} "
                 f"[{lo:+.4f}, {hi:+.4f}]: {c['verdict']}"
             )

@@ -45,7 +45,7 @@ WORLDS: dict[str, dict[str, Any]] = {
     "scenes": {"style_weight": 0.0},
     "styles": {"content_weight": 0.0},
     "short": {"median_frames": 6.0, "min_frames": 3, "max_frames": 12},
-    "long": {"median_frames": 80.0, "min_frames": 40, "max_frames": 300},
+    "long": {"median_frames": 80.0, "min_frames": 40},
     "noisy": {"frame_noise": 1.5},
     "sparse": {"sessions_per_user_day": 0.1},
     "mixture": {},

@@ -112,7 +112,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "seconds": time.perf_counter() - t0,
         "glmix_no_video": report["auc"]["glmix_no_video"],
         "comparisons": comparison_rows(report),
-        "selection": report.get("selection"),
+        "shipped": report.get("pooling"),
+        "selection": report.get("embedding_metrics", {}).get("selection"),
     }
 
 

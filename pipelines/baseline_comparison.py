@@ -19,14 +19,14 @@ from pipelines.ladder import (
     baseline_ladder,
     reduce_on_validation,
     score_representation,
-    validation_log_loss,
+    validation_summary,
 )
-from pipelines.representation import store_order
+from pipelines.representation import CRITERION, heldout_mask, store_order
 from pipelines.statistics import auc_block, auc_table
+from recsys import artifact as art
 from recsys.auc import delong_paired_difference, interval_verdict
 from recsys.dataset import VIDEO_TRUTH_FILE
 from recsys.frames import FrameStore
-from recsys.glmix import GLMixConfig
 
 #: the learned scores compared with the best baseline
 COMPARED = ("glmix", "max_similarity", "avg_similarity")
@@ -58,6 +58,7 @@ def add_baselines(
     # A rung is given at most the learned model's size (a shipped rung: the size the
     # learned model would have had, not the rung's own PCA size).
     emb_dim = max_dim or test.embeddings.shape[1]
+    heldout = heldout_mask(store, art.load_heldout_videos(report["artifact"]))
     ladder = baseline_ladder(
         rows,
         store,
@@ -66,6 +67,7 @@ def add_baselines(
         seed=cfg.seed,
         log=print if cfg.progress else None,
         history_features=history_features,
+        heldout=heldout,
     )
     out: dict[str, Any] = {}
     for name, (bscores, info) in ladder.items():
@@ -86,9 +88,7 @@ def add_baselines(
     report["baselines"] = out
     shipped = store_order(test.video_ids, test.embeddings, store)
     report["validation_choice"] = validation_choice(
-        report.get("pooling") or "learned",
-        validation_log_loss(rows, shipped, GLMixConfig()),
-        ladder,
+        report.get("pooling") or "learned", validation_summary(rows, shipped, heldout), ladder
     )
     ceiling = _ceiling(data, store, rows, test, emb_dim, cfg.seed, history_features)
     if ceiling is not None:
@@ -99,18 +99,20 @@ def add_baselines(
 
 def validation_choice(
     shipped: str,
-    shipped_loss: float,
+    summary: dict[str, float | None],
     ladder: dict[str, tuple[dict[str, np.ndarray], dict[str, Any]]],
 ) -> dict[str, Any]:
-    """The shipped representation's GLMix validation log-loss beside each rung's (the
-    last 10% of the training period; the test period unseen) and the lowest of them:
-    what ``--pooling auto`` would ship."""
-    losses = {shipped: shipped_loss}
+    """The shipped representation's validation criterion (``ladder.validation_summary``:
+    the last 10% of the training period, the test period unseen) beside each rung's, and
+    the lowest of them: what ``--pooling auto`` would ship."""
+    details = {shipped: summary}
     for name, (_, info) in ladder.items():
-        losses.setdefault(name, float(info["pca_validation_log_loss"][info["pca_dim"]]))
+        details.setdefault(name, info["validation"])
+    losses = {name: float(d["criterion"] or 0.0) for name, d in details.items()}
     best = min(losses, key=lambda k: losses[k])
     return {
-        "criterion": "GLMix log-loss on the last 10% of the training period",
+        "criterion": CRITERION,
+        "details": details,
         "shipped": shipped,
         "validation_log_loss": losses,
         "best": best,

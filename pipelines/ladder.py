@@ -55,10 +55,51 @@ _SAMPLE_BLOCK = 128
 
 def validation_log_loss(rows: RecRows, vectors: np.ndarray, cfg: GLMixConfig) -> float:
     """GLMix fitted on the training rows before the validation cut, log-loss after it."""
+    return validation_log_losses(rows, vectors, cfg)[0]
+
+
+def validation_log_losses(
+    rows: RecRows, vectors: np.ndarray, cfg: GLMixConfig, videos: np.ndarray | None = None
+) -> tuple[float, float | None]:
+    """``validation_log_loss`` and, from the same fit, the log-loss of the validation
+    rows whose video is in ``videos`` (a (V,) mask; None when no such row)."""
     val = rows.validation_mask
     x = VideoRows(vectors, rows.train_videos)  # by reference: no (N, E) copy
     model = fit_glmix(rows.train_users[~val], x[~val], rows.train_labels[~val], cfg)
-    return mean_log_loss(rows.train_labels[val], model.predict_proba(rows.train_users[val], x[val]))
+    y, p = rows.train_labels[val], model.predict_proba(rows.train_users[val], x[val])
+    sub = None
+    if videos is not None:
+        on = videos[rows.train_videos[val]]
+        sub = mean_log_loss(y[on], p[on]) if on.any() else None
+    return mean_log_loss(y, p), sub
+
+
+#: validation rows of held-out videos below which the criterion is all validation rows
+MIN_HELDOUT_ROWS = 100
+
+
+def validation_summary(
+    rows: RecRows,
+    vectors: np.ndarray,
+    heldout: np.ndarray | None,
+    all_rows_loss: float | None = None,
+) -> dict[str, float | None]:
+    """What a representation is chosen by: GLMix's log-loss on the validation rows
+    (``all``), on those of videos the learned model never trained on (``heldout_videos``:
+    ``heldout`` (V,) mask; the cold-start question), and their mean (``criterion``; the
+    first alone when fewer than ``MIN_HELDOUT_ROWS`` rows name a held-out video).
+    ``all_rows_loss``: ``all`` when already known (no held-out videos: no refit)."""
+    held_rows = 0
+    if heldout is not None:
+        held_rows = int(heldout[rows.train_videos[rows.validation_mask]].sum())
+    if held_rows < MIN_HELDOUT_ROWS:
+        loss = all_rows_loss
+        if loss is None:
+            loss = validation_log_loss(rows, vectors, GLMixConfig())
+        return {"all": loss, "heldout_videos": None, "criterion": loss}
+    loss, held = validation_log_losses(rows, vectors, GLMixConfig(), heldout)
+    assert held is not None
+    return {"all": loss, "heldout_videos": held, "criterion": (loss + held) / 2}
 
 
 def score_representation(
@@ -226,10 +267,12 @@ def baseline_ladder(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     history_features: bool = False,
+    heldout: np.ndarray | None = None,
 ) -> dict[str, tuple[dict[str, np.ndarray], dict[str, Any]]]:
     """Scores of each classical baseline on ``rows``; ``store`` must list ``rows.video_ids``.
     ``history_features``: their GLMix gets the history similarities too (as the model it
-    is compared with does)."""
+    is compared with does). Each rung's ``info["validation"]`` is its
+    ``validation_summary`` (``heldout``: the learned model's held-out videos)."""
     if store.video_ids != rows.video_ids:
         raise ValueError("the frame store and the rows must list the same videos in one order")
     out: dict[str, tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
@@ -239,6 +282,8 @@ def baseline_ladder(
         if codebook is None and name != "avg_frames":
             codebook = kmeans_codebook(store.frames, num_words, seed=seed)
         vectors, info, _ = fit_rung(rows, store, name, max_dim, base, num_words, seed, codebook)
+        known = info["pca_validation_log_loss"][info["pca_dim"]]
+        info["validation"] = validation_summary(rows, vectors, heldout, known)
         scores, fit_info = score_representation(
             rows, vectors, base, history_features=history_features
         )

@@ -217,17 +217,22 @@ def _md_validation_choice(report: dict[str, Any]) -> list[str]:
         "",
         "## Which representation does validation prefer?",
         "",
-        f"{choice['criterion']} (lower is better; the test period is not used). "
+        f"Criterion: {choice['criterion']}. Lower is better; the test period is not used. "
         "`--pooling auto` ships the lowest.",
         "",
-        "| representation | validation log-loss | |",
-        "|---|---|---|",
+        "| representation | log-loss, all validation rows | on held-out videos | criterion | |",
+        "|---|---|---|---|---|",
     ]
+    details = choice.get("details", {})
     for name, loss in sorted(losses.items(), key=lambda kv: kv[1]):
+        d = details.get(name, {})
         tags = [
             t for t, n in (("shipped", choice["shipped"]), ("lowest", choice["best"])) if n == name
         ]
-        lines.append(f"| {name} | {loss:.5f} | {', '.join(tags)} |")
+        lines.append(
+            f"| {name} | {_fmt(d.get('all'))} | {_fmt(d.get('heldout_videos'))} | {loss:.5f} | "
+            f"{', '.join(tags)} |"
+        )
     selection = report.get("embedding_metrics", {}).get("selection")
     if selection:
         lines += ["", f"This artifact was chosen by `--pooling auto`: {selection['winner']} won."]
@@ -276,7 +281,7 @@ def validation_line(report: dict[str, Any], out: Path) -> str | None:
     losses, best, shipped = choice["validation_log_loss"], choice["best"], choice["shipped"]
     data = report.get("data") or "DATA"
     return (
-        f"  validation prefers {best} to the shipped {shipped} (GLMix log-loss "
+        f"  validation prefers {best} to the shipped {shipped} (criterion "
         f"{losses[best]:.5f} vs {losses[shipped]:.5f}); to ship it: "
         f"recsys pipeline --data {data} --out {out} --pooling {best}"
     )

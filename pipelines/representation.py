@@ -27,13 +27,12 @@ import pyarrow.parquet as pq
 
 from pipelines.frame_cache import open_frame_store
 from pipelines.impressions import RecRows, load_rec_rows
-from pipelines.ladder import fit_rung, validation_log_loss
+from pipelines.ladder import fit_rung, validation_summary
 from recsys import artifact as art
 from recsys.baselines import BASELINE_NAMES, kmeans_codebook
 from recsys.embedders import ClassicalEmbedder
 from recsys.errors import UserInputError
 from recsys.frames import FrameStore
-from recsys.glmix import GLMixConfig
 from recsys.index import IndexConfig, VideoIndex
 from recsys.projection import fit_map
 
@@ -47,10 +46,11 @@ class Selection:
     """Validation log-loss of every candidate and the winner (lowest)."""
 
     learned: str  # the learned model's pooling name ("" when none was trained)
-    losses: dict[str, float]
+    losses: dict[str, float]  # each candidate's criterion (``ladder.validation_summary``)
     rungs: dict[str, tuple[np.ndarray, ClassicalEmbedder, dict[str, Any]]] = field(
         default_factory=dict
     )
+    details: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     @property
     def winner(self) -> str:
@@ -58,15 +58,30 @@ class Selection:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "criterion": "GLMix log-loss on the last 10% of the training period",
+            "criterion": CRITERION,
             "learned": self.learned,
             "validation_log_loss": dict(self.losses),
+            "details": dict(self.details),
             "winner": self.winner,
             "rungs": {
                 name: {"pca_dim": info["pca_dim"], "embedding_dim": emb.embedding_dim}
                 for name, (_, emb, info) in self.rungs.items()
             },
         }
+
+
+CRITERION = (
+    "GLMix log-loss on the last 10% of the training period: the mean of all its rows' and "
+    "of the rows of videos the learned model held out (all rows alone when under 100)"
+)
+
+
+def heldout_mask(store: FrameStore, ids: list[str] | None) -> np.ndarray | None:
+    """(V,) True for the store's videos in ``ids`` (None: no held-out videos known)."""
+    if not ids:
+        return None
+    wanted = set(ids)
+    return np.array([v in wanted for v in store.video_ids], dtype=bool)
 
 
 def store_order(ids: list[str], vectors: np.ndarray, store: FrameStore) -> np.ndarray:
@@ -82,18 +97,21 @@ def fit_rungs(
     names: tuple[str, ...] = BASELINE_NAMES,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    heldout: np.ndarray | None = None,
 ) -> dict[str, tuple[np.ndarray, ClassicalEmbedder, dict[str, Any]]]:
-    """Each rung's vectors (store order), embedder and choice; one k-means for all."""
+    """Each rung's vectors (store order), embedder and choice (its ``validation_summary``
+    under ``info["validation"]``); one k-means for all."""
     codebook = None
     out = {}
     for name in names:
         if codebook is None and name != "avg_frames":
             codebook = kmeans_codebook(store.frames, 64, seed=seed)
         vectors, info, emb = fit_rung(rows, store, name, max_dim, seed=seed, codebook=codebook)
+        known = info["pca_validation_log_loss"][info["pca_dim"]]
+        info["validation"] = validation_summary(rows, vectors, heldout, known)
         out[name] = (vectors, emb, info)
         if log is not None:
-            loss = info["pca_validation_log_loss"][info["pca_dim"]]
-            log(f"{name}: PCA {info['pca_dim']}, validation log-loss {loss:.5f}")
+            log(f"{name}: PCA {info['pca_dim']}, {_summary_text(info['validation'])}")
     return out
 
 
@@ -111,19 +129,27 @@ def choose_representation(
     and of each rung in ``names``."""
     store = open_frame_store(data)
     rows = load_rec_rows(data, store.video_ids, test_start, watch_threshold_s)
-    losses: dict[str, float] = {}
+    details: dict[str, dict[str, float | None]] = {}
     learned = ""
+    heldout = None
     if artifact is not None:
         ids, vectors = art.load_embeddings(artifact)
         learned = str(art.read_manifest(artifact)["config"]["embedder"].get("pooling", "learned"))
-        vectors = store_order(ids, vectors, store)
-        losses[learned] = validation_log_loss(rows, vectors, GLMixConfig())
+        heldout = heldout_mask(store, art.load_heldout_videos(artifact))
+        details[learned] = validation_summary(rows, store_order(ids, vectors, store), heldout)
         if log is not None:
-            log(f"learned {learned}: validation log-loss {losses[learned]:.5f}")
-    rungs = fit_rungs(rows, store, max_dim, names, seed, log)
+            log(f"learned {learned}: {_summary_text(details[learned])}")
+    rungs = fit_rungs(rows, store, max_dim, names, seed, log, heldout)
     for name, (_, _, info) in rungs.items():
-        losses[name] = float(info["pca_validation_log_loss"][info["pca_dim"]])
-    return Selection(learned, losses, rungs)
+        details[name] = info["validation"]
+    losses = {name: float(d["criterion"] or 0.0) for name, d in details.items()}
+    return Selection(learned, losses, rungs, details)
+
+
+def _summary_text(s: dict[str, float | None]) -> str:
+    held = s["heldout_videos"]
+    text = f"validation log-loss {s['all']:.5f}"
+    return text if held is None else f"{text}, on held-out videos {held:.5f}"
 
 
 def rung_files(

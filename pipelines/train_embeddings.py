@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -181,6 +182,9 @@ def run_train_embeddings(
     manifest = _manifest(data_dir, first, last, test_start, len(store), model_cfg, cfg, metrics)
     with tempfile.TemporaryDirectory() as tmp:
         files = _artifact_files(result, model_cfg, store, vectors, index, cfg.index, Path(tmp))
+        if held.any():
+            ids = pa.table({"video_id": [store.video_ids[i] for i in np.flatnonzero(held)]})
+            files[art.HELDOUT_VIDEOS] = lambda p: pq.write_table(ids, p)
         path = art.write_artifact(out, files, manifest, overwrite=overwrite)
     if cfg.representation == AUTO:
         metrics["selection"] = _auto_select(data_dir, path, cfg, test_start, progress)
@@ -214,7 +218,7 @@ def _auto_select(
         ship_rung(path, data_dir, sel, sel.winner, cfg.embedder.embedding_dim, pairs)
     _say(
         progress,
-        f"shipping {sel.winner} (lowest validation log-loss "
+        f"shipping {sel.winner} (lowest validation criterion "
         f"{sel.losses[sel.winner]:.5f}; learned {sel.learned} {sel.losses[sel.learned]:.5f})",
     )
     return sel.to_json()

@@ -65,6 +65,9 @@ EMBEDDINGS = "embeddings.parquet"
 INDEX = "index.faiss"
 INDEX_CONFIG = "index.json"
 PROJECTION = "projection.json"
+#: the videos whose co-watch triplets training held out (validation; the cold-start
+#: question when a representation is chosen)
+HELDOUT_VIDEOS = "heldout_videos.parquet"
 TRAIN_HISTORY = "train_history.json"
 LOSS_CURVE = "loss_curve.png"
 HISTORIES = "histories.parquet"
@@ -280,6 +283,17 @@ def load_histories(artifact: str | os.PathLike[str], columns: list[str] | None =
     if not path.exists():
         raise UserInputError(f"{artifact}: no watch histories (run recsys fit-glmix first)")
     return pq.read_table(path, columns=columns)
+
+
+def load_heldout_videos(artifact: str | os.PathLike[str]) -> list[str] | None:
+    """The videos training held out, or None (a rung artifact, or an older one)."""
+    path = Path(artifact) / HELDOUT_VIDEOS
+    if not path.exists():
+        return None
+    try:
+        return [str(v) for v in pq.read_table(path).column("video_id").to_pylist()]
+    except (OSError, KeyError, pa.ArrowException) as exc:
+        raise UserInputError(f"{path}: cannot read ({exc})") from None
 
 
 def load_projection(artifact: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -168,7 +168,7 @@ def train_embeddings(
             sel = m["selection"]
             loss = sel["validation_log_loss"]
             typer.echo(
-                f"shipping {sel['winner']}: lowest GLMix validation log-loss "
+                f"shipping {sel['winner']}: lowest validation criterion "
                 f"({', '.join(f'{k} {v:.5f}' for k, v in sorted(loss.items(), key=lambda kv: kv[1]))})"
             )
 

@@ -79,3 +79,28 @@ def test_a_rungs_embedder_gives_the_rows_the_ladder_scored(
         (tmp_path / fname).write_bytes(content)
     back = ClassicalEmbedder.load(tmp_path)
     np.testing.assert_array_equal(back.embed_store(store), emb.embed_store(store))
+
+
+def test_the_validation_criterion_weighs_the_videos_training_held_out(
+    small_world_dir: Path,
+) -> None:
+    """With enough validation rows on held-out videos, the criterion is the mean of the
+    log-loss on all validation rows and on theirs (one GLMix fit); with too few, the
+    first alone."""
+    from recsys.glmix import GLMixConfig
+
+    store = open_frame_store(small_world_dir)
+    first, last = log_span(impressions_connection(small_world_dir))
+    rows = load_rec_rows(small_world_dir, store.video_ids, default_test_start(first, last), 10.0)
+    vectors, _, _ = ladder.fit_rung(rows, store, "avg_frames", 8)
+    half = np.arange(len(store)) % 2 == 0
+    s = ladder.validation_summary(rows, vectors, half)
+    assert s["heldout_videos"] is not None
+    assert s["criterion"] == pytest.approx((s["all"] + s["heldout_videos"]) / 2)
+    assert s["all"] == pytest.approx(ladder.validation_log_loss(rows, vectors, GLMixConfig()))
+    on = half[rows.train_videos[rows.validation_mask]]
+    assert ladder.MIN_HELDOUT_ROWS <= on.sum() < len(on)
+    few = np.zeros(len(store), dtype=bool)
+    few[rows.train_videos[rows.validation_mask][0]] = True
+    t = ladder.validation_summary(rows, vectors, few)
+    assert t["heldout_videos"] is None and t["criterion"] == pytest.approx(s["all"])

@@ -21,7 +21,7 @@ from pipelines.ladder import (
     score_representation,
     validation_summary,
 )
-from pipelines.representation import CRITERION, heldout_mask, store_order
+from pipelines.representation import CRITERION, criteria, heldout_mask, store_order
 from pipelines.statistics import auc_block, auc_table
 from recsys import artifact as art
 from recsys.auc import delong_paired_difference, interval_verdict
@@ -108,7 +108,7 @@ def validation_choice(
     details = {shipped: summary}
     for name, (_, info) in ladder.items():
         details.setdefault(name, info["validation"])
-    losses = {name: float(d["criterion"] or 0.0) for name, d in details.items()}
+    losses = criteria(details)
     best = min(losses, key=lambda k: losses[k])
     return {
         "criterion": CRITERION,

@@ -76,6 +76,17 @@ CRITERION = (
 )
 
 
+def criteria(details: dict[str, dict[str, float | None]]) -> dict[str, float]:
+    """Each candidate's criterion from its ``validation_summary``."""
+    out = {}
+    for name, d in details.items():
+        value = d["criterion"]
+        if value is None:
+            raise ValueError(f"{name}: a validation summary without a criterion")
+        out[name] = float(value)
+    return out
+
+
 def heldout_mask(store: FrameStore, ids: list[str] | None) -> np.ndarray | None:
     """(V,) True for the store's videos in ``ids`` (None: no held-out videos known)."""
     if not ids:
@@ -142,7 +153,7 @@ def choose_representation(
     rungs = fit_rungs(rows, store, max_dim, names, seed, log, heldout)
     for name, (_, _, info) in rungs.items():
         details[name] = info["validation"]
-    losses = {name: float(d["criterion"] or 0.0) for name, d in details.items()}
+    losses = criteria(details)
     return Selection(learned, losses, rungs, details)
 
 

@@ -11,7 +11,7 @@ cosine means the same thing for every row of the report.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -257,6 +257,31 @@ def _sample_rows(
     return out
 
 
+def iter_rungs(
+    rows: RecRows,
+    store: FrameStore,
+    max_dim: int,
+    names: tuple[str, ...] = BASELINE_NAMES,
+    base: GLMixConfig | None = None,
+    num_words: int = 64,
+    seed: int = 0,
+    heldout: np.ndarray | None = None,
+) -> Iterator[tuple[str, np.ndarray, dict[str, Any], ClassicalEmbedder]]:
+    """(name, vectors, choice, embedder) of each rung in turn (``fit_rung``), its
+    ``validation_summary`` under ``choice["validation"]`` (``heldout``: the videos the
+    learned model held out); one k-means serves every rung that needs words."""
+    if store.video_ids != rows.video_ids:
+        raise ValueError("the frame store and the rows must list the same videos in one order")
+    codebook = None
+    for name in names:
+        if codebook is None and name != "avg_frames":
+            codebook = kmeans_codebook(store.frames, num_words, seed=seed)
+        vectors, info, emb = fit_rung(rows, store, name, max_dim, base, num_words, seed, codebook)
+        known = info["pca_validation_log_loss"][info["pca_dim"]]
+        info["validation"] = validation_summary(rows, vectors, heldout, known)
+        yield name, vectors, info, emb
+
+
 def baseline_ladder(
     rows: RecRows,
     store: FrameStore,
@@ -273,17 +298,10 @@ def baseline_ladder(
     ``history_features``: their GLMix gets the history similarities too (as the model it
     is compared with does). Each rung's ``info["validation"]`` is its
     ``validation_summary`` (``heldout``: the learned model's held-out videos)."""
-    if store.video_ids != rows.video_ids:
-        raise ValueError("the frame store and the rows must list the same videos in one order")
     out: dict[str, tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
-    codebook = None  # one k-means serves every rung that needs words
-    for name in names:
-        t0 = time.perf_counter()
-        if codebook is None and name != "avg_frames":
-            codebook = kmeans_codebook(store.frames, num_words, seed=seed)
-        vectors, info, _ = fit_rung(rows, store, name, max_dim, base, num_words, seed, codebook)
-        known = info["pca_validation_log_loss"][info["pca_dim"]]
-        info["validation"] = validation_summary(rows, vectors, heldout, known)
+    t0 = time.perf_counter()
+    rungs = iter_rungs(rows, store, max_dim, names, base, num_words, seed, heldout)
+    for name, vectors, info, _ in rungs:
         scores, fit_info = score_representation(
             rows, vectors, base, history_features=history_features
         )
@@ -292,4 +310,5 @@ def baseline_ladder(
         release_free_memory()  # a rung's temporaries go back before the next one starts
         if log is not None:
             log(f"baseline {name}: PCA {info['pca_dim']}, {info['seconds']:.1f} s")
+        t0 = time.perf_counter()
     return out

@@ -26,10 +26,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines.frame_cache import open_frame_store
-from pipelines.impressions import RecRows, load_rec_rows
-from pipelines.ladder import fit_rung, validation_summary
+from pipelines.impressions import RecRows, embedding_rows, load_rec_rows
+from pipelines.ladder import iter_rungs, validation_summary
 from recsys import artifact as art
-from recsys.baselines import BASELINE_NAMES, kmeans_codebook
+from recsys.baselines import BASELINE_NAMES
 from recsys.embedders import ClassicalEmbedder
 from recsys.errors import UserInputError
 from recsys.frames import FrameStore
@@ -97,8 +97,7 @@ def heldout_mask(store: FrameStore, ids: list[str] | None) -> np.ndarray | None:
 
 def store_order(ids: list[str], vectors: np.ndarray, store: FrameStore) -> np.ndarray:
     """``vectors`` (rows named by ``ids``) in the frame store's video order."""
-    where = {v: i for i, v in enumerate(ids)}
-    return vectors[[where[v] for v in store.video_ids]]
+    return vectors[embedding_rows(ids, store.video_ids, "catalogue videos")]
 
 
 def fit_rungs(
@@ -110,16 +109,11 @@ def fit_rungs(
     log: Callable[[str], None] | None = None,
     heldout: np.ndarray | None = None,
 ) -> dict[str, tuple[np.ndarray, ClassicalEmbedder, dict[str, Any]]]:
-    """Each rung's vectors (store order), embedder and choice (its ``validation_summary``
-    under ``info["validation"]``); one k-means for all."""
-    codebook = None
+    """Each rung's vectors (store order), embedder and choice (``ladder.iter_rungs``)."""
     out = {}
-    for name in names:
-        if codebook is None and name != "avg_frames":
-            codebook = kmeans_codebook(store.frames, 64, seed=seed)
-        vectors, info, emb = fit_rung(rows, store, name, max_dim, seed=seed, codebook=codebook)
-        known = info["pca_validation_log_loss"][info["pca_dim"]]
-        info["validation"] = validation_summary(rows, vectors, heldout, known)
+    for name, vectors, info, emb in iter_rungs(
+        rows, store, max_dim, names, seed=seed, heldout=heldout
+    ):
         out[name] = (vectors, emb, info)
         if log is not None:
             log(f"{name}: PCA {info['pca_dim']}, {_summary_text(info['validation'])}")

@@ -118,10 +118,16 @@ Overwrite = Annotated[bool, typer.Option(help="Replace an existing artifact.")]
 def representation_of(pooling: str) -> tuple[str, str]:
     """(the learned model's pooling, what the artifact ships) from ``--pooling``: a rung
     name or ``auto`` picks what is shipped; the learned candidate is then DSGMM."""
+    from embeddings.pooling import POOLING_NAMES
     from recsys.baselines import BASELINE_NAMES
 
     if pooling in BASELINE_NAMES or pooling == "auto":
         return "dsgmm", pooling
+    if pooling not in POOLING_NAMES:
+        raise ValueError(
+            f"unknown pooling {pooling!r}; choose a learned one ({', '.join(POOLING_NAMES)}), "
+            f"a classical rung ({', '.join(BASELINE_NAMES)}) or auto"
+        )
     return pooling, "learned"
 
 
@@ -130,7 +136,7 @@ def pooling_options(
 ) -> dict[str, Any]:
     """The ``PoolingOptions`` fields from their flags (each model config extends them)."""
     return {
-        "pooling": representation_of(pooling)[0],
+        "pooling": pooling,
         "num_clusters": clusters,
         "gamma": gamma,
         "intra_norm": intra_norm,

@@ -125,7 +125,14 @@ def train_embeddings(
     try:
         cfg = EmbeddingJobConfig(
             embedder=EmbedderConfig(
-                **pooling_options(pooling, clusters, gamma, intra_norm, final_norm, assignment),
+                **pooling_options(
+                    representation_of(pooling)[0],
+                    clusters,
+                    gamma,
+                    intra_norm,
+                    final_norm,
+                    assignment,
+                ),
                 hidden_dim=hidden_dim,
                 embedding_dim=embedding_dim,
                 dropout=dropout,

@@ -82,7 +82,7 @@ def test_cli_mine_triplets(run_cli, small_world_dir: Path, tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--pooling", "bogus"], "unknown pooling"),
+        (["--pooling", "bogus"], "a classical rung (avg_frames, bow_tfidf, vlad_kmeans) or auto"),
         (["--assignment", "full"], "assignment must be one of"),
         (["--index", "lsh"], "index kind"),
         (["--test-start", "yesterday"], "not an ISO-8601 time"),
@@ -167,3 +167,14 @@ def test_auto_ships_the_lowest_validation_loss_and_a_rung_embeds_like_its_artifa
     ids0, vecs0 = read_embeddings(rung / "embeddings.parquet")
     assert ids == ids0
     np.testing.assert_allclose(vecs, vecs0, atol=1e-5)
+
+
+def test_classification_takes_no_classical_rung(
+    run_cli, small_world_dir: Path, tmp_path: Path
+) -> None:
+    """A rung name ships a rung for recommendation; classify must refuse it, never train
+    another pooling in its place."""
+    code, _, err = run_cli(
+        "classify", "--data", small_world_dir, "--pooling", "bow_tfidf", "--out", tmp_path / "c"
+    )
+    assert code == 2 and "unknown pooling 'bow_tfidf'" in err and not (tmp_path / "c").exists()

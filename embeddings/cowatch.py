@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embeddings.classical import BASE_NAMES, ClassicalBase
 from embeddings.gmm import GMM
 from embeddings.pooling import ClusterPooling, Pooling, PoolingOptions, build_pooling_from
 
@@ -32,9 +33,22 @@ class EmbedderConfig(PoolingOptions):
     #: (netvlad/dsgmm only): intra-normalised clusters otherwise hide how much of the
     #: video a cluster holds, which is what a bag of words captures
     occupancy: bool = False
+    #: a classical rung the model starts from and learns on top of ("" = none; one of
+    #: ``embeddings.classical.BASE_NAMES``): the output is [sqrt(w) base(v), sqrt(1 - w)
+    #: f(g(v))], so a cosine is w times the rung's plus (1 - w) times the learned one's
+    base: str = ""
+    base_words: int = 64  # the base's k-means words (bow_tfidf, vlad_kmeans)
+    base_dim: int = 0  # the base's PCA size
+    base_weight: float = 0.5  # w
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.base and self.base not in BASE_NAMES:
+            raise ValueError(f"unknown base {self.base!r}; one of {', '.join(BASE_NAMES)}")
+        if self.base and (self.base_dim < 1 or self.base_words < 1):
+            raise ValueError("a base needs base_dim >= 1 and base_words >= 1")
+        if not 0.0 <= self.base_weight <= 1.0:
+            raise ValueError("base_weight must be in [0, 1]")
         if self.feature_dim < 0:
             raise ValueError(f"feature_dim must be >= 0, got {self.feature_dim}")
         if self.hidden_dim < 1 or self.embedding_dim < 1:
@@ -43,6 +57,11 @@ class EmbedderConfig(PoolingOptions):
             raise ValueError("dropout must be in [0, 1)")
         if self.occupancy and self.pooling not in ("netvlad", "dsgmm"):
             raise ValueError("occupancy needs a cluster pooling (netvlad or dsgmm)")
+
+    @property
+    def output_dim(self) -> int:
+        """The embedding's size: the base's PCA size (when any) plus ``embedding_dim``."""
+        return self.embedding_dim + (self.base_dim if self.base else 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,7 +76,12 @@ class EmbedderConfig(PoolingOptions):
 
 
 class CowatchEmbedder(nn.Module):
-    """frames (B, T, D), mask (B, T) -> L2-normalised embeddings (B, E).
+    """frames (B, T, D), mask (B, T) -> L2-normalised embeddings (B, O).
+
+    O = E (``embedding_dim``) alone, or base_dim + E with a ``base``: the rung's unit row
+    scaled by sqrt(w) beside the learned unit row scaled by sqrt(1 - w). The base is fixed,
+    so training learns what the rung misses (a residual on the starting point), and w can
+    be chosen after training on validation (w = 1 is the starting point itself).
 
     ``output_mean (E,)`` is subtracted from the normalised projection before the final
     normalisation. It is zero while training (the map is then exactly Eq. 15's f) and
@@ -86,6 +110,9 @@ class CowatchEmbedder(nn.Module):
             nn.Linear(cfg.hidden_dim, cfg.embedding_dim),
         )
         self.register_buffer("output_mean", torch.zeros(cfg.embedding_dim))
+        self.base: ClassicalBase | None = None
+        if cfg.base:
+            self.base = ClassicalBase(cfg.base, cfg.feature_dim, cfg.base_words, cfg.base_dim)
 
     @property
     def needs_ubm(self) -> bool:
@@ -110,7 +137,29 @@ class CowatchEmbedder(nn.Module):
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         z = F.normalize(self.projector(self.pooled(frames, mask)), dim=-1)
-        return F.normalize(z - self.output_mean, dim=-1)
+        z = F.normalize(z - self.output_mean, dim=-1)
+        if self.base is None:
+            return z
+        # The rung's statistic in float32 whatever the autocast: its hard assignment and
+        # PCA are those of the ladder, not an approximation of them.
+        with torch.autocast(frames.device.type, enabled=False):
+            b = self.base(frames, mask)
+        return self.combine(b, z.float(), self.config.base_weight)
+
+    @staticmethod
+    def combine(base: torch.Tensor, learned: torch.Tensor, weight: float) -> torch.Tensor:
+        """[sqrt(w) base, sqrt(1 - w) learned] of unit rows (N, base_dim), (N, E)."""
+        return torch.cat([base * math.sqrt(weight), learned * math.sqrt(1.0 - weight)], dim=-1)
+
+    def split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unit base rows (N, base_dim) and learned rows (N, E) of outputs (N, O)
+        (0 < w < 1; a part with zero weight cannot be recovered)."""
+        w, d = self.config.base_weight, self.config.base_dim if self.base is not None else 0
+        if d == 0:
+            return out[:, :0], out
+        if not 0.0 < w < 1.0:
+            raise ValueError("split needs 0 < base_weight < 1")
+        return out[:, :d] / math.sqrt(w), out[:, d:] / math.sqrt(1.0 - w)
 
     @torch.no_grad()
     def set_output_mean(self, uncentred: torch.Tensor) -> None:

@@ -19,10 +19,17 @@ from pipelines.ladder import (
     baseline_ladder,
     reduce_on_validation,
     score_representation,
-    validation_summary,
 )
-from pipelines.representation import CRITERION, criteria, heldout_mask, store_order
+from pipelines.representation import (
+    CRITERION,
+    RULE,
+    criteria,
+    gated,
+    heldout_mask,
+    store_order,
+)
 from pipelines.statistics import auc_block, auc_table
+from pipelines.validation import CandidateScores, ValidationSet, score_candidate
 from recsys import artifact as art
 from recsys.auc import delong_paired_difference, interval_verdict
 from recsys.dataset import VIDEO_TRUTH_FILE
@@ -79,7 +86,7 @@ def add_baselines(
             "auc_cold_start": auc_cold,
             "ci95": {"all": ci_all, "cold_start": ci_cold},
             "choice": {
-                **info,
+                **{k: v for k, v in info.items() if k != "validation_scores"},
                 "pca_validation_log_loss": {
                     str(d): loss for d, loss in info["pca_validation_log_loss"].items()
                 },
@@ -87,8 +94,9 @@ def add_baselines(
         }
     report["baselines"] = out
     shipped = store_order(test.video_ids, test.embeddings, store)
+    vset = ValidationSet.of(rows, heldout)
     report["validation_choice"] = validation_choice(
-        report.get("pooling") or "learned", validation_summary(rows, shipped, heldout), ladder
+        report.get("pooling") or "learned", score_candidate(rows, shipped, vset), ladder, vset
     )
     ceiling = _ceiling(data, store, rows, test, emb_dim, cfg.seed, history_features)
     if ceiling is not None:
@@ -99,22 +107,25 @@ def add_baselines(
 
 def validation_choice(
     shipped: str,
-    summary: dict[str, float | None],
+    shipped_scores: CandidateScores,
     ladder: dict[str, tuple[dict[str, np.ndarray], dict[str, Any]]],
+    vset: ValidationSet,
 ) -> dict[str, Any]:
-    """The shipped representation's validation criterion (``ladder.validation_summary``:
-    the last 10% of the training period, the test period unseen) beside each rung's, and
-    the lowest of them: what ``--pooling auto`` would ship."""
-    details = {shipped: summary}
+    """The shipped representation's validation scores (``pipelines.validation``: the last
+    10% of the training period, the test period unseen) beside each rung's, and the one
+    the gated rule prefers: what ``--pooling auto`` would ship."""
+    scores = {shipped: shipped_scores}
     for name, (_, info) in ladder.items():
-        details.setdefault(name, info["validation"])
-    losses = criteria(details)
-    best = min(losses, key=lambda k: losses[k])
+        scores.setdefault(name, info["validation_scores"])
+    details = {name: s.summary(vset) for name, s in scores.items()}
+    best, comparisons = gated(scores, shipped, vset)
     return {
         "criterion": CRITERION,
+        "rule": RULE,
         "details": details,
         "shipped": shipped,
-        "validation_log_loss": losses,
+        "validation_log_loss": criteria(details),
+        "versus_shipped": comparisons,
         "best": best,
     }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -185,17 +185,22 @@ def train_embedder(
     cfg: TrainConfig,
     progress: bool = True,
     train_videos: np.ndarray | None = None,
+    prepare: Callable[[CowatchEmbedder], None] | None = None,
 ) -> TrainResult:
     """Train on ``train_rows`` (N, 3) store rows; keep the epoch with the lowest validation
     loss on ``val_rows``. ``train_videos`` (store rows) are what self-supervised
-    pre-training may see (default: every video)."""
+    pre-training may see (default: every video). ``prepare``: called on the new model
+    before training (filling a base layer's arrays)."""
     rank, world = dist_info()
     if train_videos is None:
         train_videos = np.arange(len(store))
     device = resolve_device(cfg.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
-    model = new_embedder(model_cfg, store, cfg).to(device)
+    model = new_embedder(model_cfg, store, cfg)
+    if prepare is not None:
+        prepare(model)
+    model = model.to(device)
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)

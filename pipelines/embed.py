@@ -145,7 +145,7 @@ def embed_dataset_spark(
     }
     rows = sorted(range(len(ids)), key=lambda i: position[ids[i]])
     vectors = got.column("embedding").to_pylist()
-    emb = np.zeros((len(rows), model.config.embedding_dim), np.float32)
+    emb = np.zeros((len(rows), model.config.output_dim), np.float32)
     for j, i in enumerate(rows):
         emb[j] = vectors[i]
     write_parquet_atomic(embeddings_table([ids[i] for i in rows], emb), Path(out))

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.impressions import RecRows
+from pipelines.validation import CandidateScores, ValidationSet, score_candidate
 from recsys.baselines import (
     BASELINE_NAMES,
     PCA,
@@ -55,51 +56,21 @@ _SAMPLE_BLOCK = 128
 
 def validation_log_loss(rows: RecRows, vectors: np.ndarray, cfg: GLMixConfig) -> float:
     """GLMix fitted on the training rows before the validation cut, log-loss after it."""
-    return validation_log_losses(rows, vectors, cfg)[0]
-
-
-def validation_log_losses(
-    rows: RecRows, vectors: np.ndarray, cfg: GLMixConfig, videos: np.ndarray | None = None
-) -> tuple[float, float | None]:
-    """``validation_log_loss`` and, from the same fit, the log-loss of the validation
-    rows whose video is in ``videos`` (a (V,) mask; None when no such row)."""
     val = rows.validation_mask
     x = VideoRows(vectors, rows.train_videos)  # by reference: no (N, E) copy
     model = fit_glmix(rows.train_users[~val], x[~val], rows.train_labels[~val], cfg)
-    y, p = rows.train_labels[val], model.predict_proba(rows.train_users[val], x[val])
-    sub = None
-    if videos is not None:
-        on = videos[rows.train_videos[val]]
-        sub = mean_log_loss(y[on], p[on]) if on.any() else None
-    return mean_log_loss(y, p), sub
-
-
-#: validation rows of held-out videos below which the criterion is all validation rows
-MIN_HELDOUT_ROWS = 100
+    return mean_log_loss(rows.train_labels[val], model.predict_proba(rows.train_users[val], x[val]))
 
 
 def validation_summary(
-    rows: RecRows,
-    vectors: np.ndarray,
-    heldout: np.ndarray | None,
-    all_rows_loss: float | None = None,
+    rows: RecRows, vectors: np.ndarray, heldout: np.ndarray | None
 ) -> dict[str, float | None]:
-    """What a representation is chosen by: GLMix's log-loss on the validation rows
-    (``all``), on those of videos the learned model never trained on (``heldout_videos``:
-    ``heldout`` (V,) mask; the cold-start question), and their mean (``criterion``; the
-    first alone when fewer than ``MIN_HELDOUT_ROWS`` rows name a held-out video).
-    ``all_rows_loss``: ``all`` when already known (no held-out videos: no refit)."""
-    held_rows = 0
-    if heldout is not None:
-        held_rows = int(heldout[rows.train_videos[rows.validation_mask]].sum())
-    if held_rows < MIN_HELDOUT_ROWS:
-        loss = all_rows_loss
-        if loss is None:
-            loss = validation_log_loss(rows, vectors, GLMixConfig())
-        return {"all": loss, "heldout_videos": None, "criterion": loss}
-    loss, held = validation_log_losses(rows, vectors, GLMixConfig(), heldout)
-    assert held is not None
-    return {"all": loss, "heldout_videos": held, "criterion": (loss + held) / 2}
+    """What a representation is chosen by (``pipelines.validation``): GLMix's log-loss on
+    the validation rows (``all``), on those of videos the learned model never trained on
+    (``heldout_videos``: ``heldout`` (V,) mask), their ``criterion`` and the average
+    similarity AUC."""
+    vset = ValidationSet.of(rows, heldout)
+    return score_candidate(rows, vectors, vset).summary(vset)
 
 
 def score_representation(
@@ -266,20 +237,22 @@ def iter_rungs(
     num_words: int = 64,
     seed: int = 0,
     heldout: np.ndarray | None = None,
-) -> Iterator[tuple[str, np.ndarray, dict[str, Any], ClassicalEmbedder]]:
-    """(name, vectors, choice, embedder) of each rung in turn (``fit_rung``), its
-    ``validation_summary`` under ``choice["validation"]`` (``heldout``: the videos the
-    learned model held out); one k-means serves every rung that needs words."""
+) -> Iterator[tuple[str, np.ndarray, dict[str, Any], ClassicalEmbedder, CandidateScores]]:
+    """(name, vectors, choice, embedder, validation scores) of each rung in turn
+    (``fit_rung``; ``pipelines.validation.score_candidate`` with ``heldout``, the videos
+    the learned model held out), its summary under ``choice["validation"]``; one k-means
+    serves every rung that needs words."""
     if store.video_ids != rows.video_ids:
         raise ValueError("the frame store and the rows must list the same videos in one order")
+    vset = ValidationSet.of(rows, heldout)
     codebook = None
     for name in names:
         if codebook is None and name != "avg_frames":
             codebook = kmeans_codebook(store.frames, num_words, seed=seed)
         vectors, info, emb = fit_rung(rows, store, name, max_dim, base, num_words, seed, codebook)
-        known = info["pca_validation_log_loss"][info["pca_dim"]]
-        info["validation"] = validation_summary(rows, vectors, heldout, known)
-        yield name, vectors, info, emb
+        scores = score_candidate(rows, vectors, vset)
+        info["validation"] = scores.summary(vset)
+        yield name, vectors, info, emb, scores
 
 
 def baseline_ladder(
@@ -296,12 +269,14 @@ def baseline_ladder(
 ) -> dict[str, tuple[dict[str, np.ndarray], dict[str, Any]]]:
     """Scores of each classical baseline on ``rows``; ``store`` must list ``rows.video_ids``.
     ``history_features``: their GLMix gets the history similarities too (as the model it
-    is compared with does). Each rung's ``info["validation"]`` is its
-    ``validation_summary`` (``heldout``: the learned model's held-out videos)."""
+    is compared with does). Each rung's ``info["validation"]`` is its validation summary
+    and ``info["validation_scores"]`` its per-row ``CandidateScores`` (``heldout``: the
+    learned model's held-out videos)."""
     out: dict[str, tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
     t0 = time.perf_counter()
     rungs = iter_rungs(rows, store, max_dim, names, base, num_words, seed, heldout)
-    for name, vectors, info, _ in rungs:
+    for name, vectors, info, _, val_scores in rungs:
+        info["validation_scores"] = val_scores
         scores, fit_info = score_representation(
             rows, vectors, base, history_features=history_features
         )

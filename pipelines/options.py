@@ -39,7 +39,16 @@ PoolingName = Annotated[
     typer.Option(
         help="The learned pooling (avg, vlad, sgmm, netvlad, dsgmm, netrvlad, netfv, netbow); "
         "a classical rung to ship instead, no training (avg_frames, bow_tfidf, vlad_kmeans); "
-        "or auto: train dsgmm, then ship whichever has the lowest validation log-loss."
+        "or auto: train dsgmm, then ship a rung instead only when validation prefers it "
+        "beyond the paired interval."
+    ),
+]
+BaseRung = Annotated[
+    str,
+    typer.Option(
+        help="The classical rung the learned model starts from and learns on top of: auto "
+        "(the one validation prefers), none (the model alone), avg_frames, bow_tfidf or "
+        "vlad_kmeans. Its share of the final cosine is then chosen on validation."
     ),
 ]
 Clusters = Annotated[int, typer.Option(help="Number of clusters K.")]

@@ -217,26 +217,35 @@ def _md_validation_choice(report: dict[str, Any]) -> list[str]:
         "",
         "## Which representation does validation prefer?",
         "",
-        f"Criterion: {choice['criterion']}. Lower is better; the test period is not used. "
-        "`--pooling auto` ships the lowest.",
+        f"Criterion: {choice['criterion']}. Rule: {choice.get('rule', 'the lowest criterion')}. "
+        "The test period is not used; `--pooling auto` ships the preferred one.",
         "",
-        "| representation | log-loss, all validation rows | on held-out videos | criterion | |",
-        "|---|---|---|---|---|",
+        "| representation | log-loss, all validation rows | on held-out videos | criterion "
+        "| avg sim. AUC | vs shipped: criterion [95%] | vs shipped: avg sim. AUC [95%] | |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     details = choice.get("details", {})
+    versus = choice.get("versus_shipped", {})
     for name, loss in sorted(losses.items(), key=lambda kv: kv[1]):
-        d = details.get(name, {})
+        d, v = details.get(name, {}), versus.get(name)
         tags = [
-            t for t, n in (("shipped", choice["shipped"]), ("lowest", choice["best"])) if n == name
+            t
+            for t, n in (("shipped", choice["shipped"]), ("preferred", choice["best"]))
+            if n == name
         ]
+        gaps = "| |" if v is None else f"| {_gap(v, 'loss')} | {_gap(v, 'auc')} |"
         lines.append(
             f"| {name} | {_fmt(d.get('all'))} | {_fmt(d.get('heldout_videos'))} | {loss:.5f} | "
-            f"{', '.join(tags)} |"
+            f"{_fmt(d.get('avg_similarity_auc'))} {gaps} {', '.join(tags)} |"
         )
     selection = report.get("embedding_metrics", {}).get("selection")
     if selection:
         lines += ["", f"This artifact was chosen by `--pooling auto`: {selection['winner']} won."]
     return lines
+
+
+def _gap(v: dict[str, float], key: str) -> str:
+    return f"{v[key]:+.4f} [{v[key + '_low']:+.4f}, {v[key + '_high']:+.4f}]"
 
 
 def _md_footer(report: dict[str, Any]) -> list[str]:
@@ -281,8 +290,8 @@ def validation_line(report: dict[str, Any], out: Path) -> str | None:
     losses, best, shipped = choice["validation_log_loss"], choice["best"], choice["shipped"]
     data = report.get("data") or "DATA"
     return (
-        f"  validation prefers {best} to the shipped {shipped} (criterion "
-        f"{losses[best]:.5f} vs {losses[shipped]:.5f}); to ship it: "
+        f"  validation prefers {best} to the shipped {shipped} beyond the paired interval "
+        f"(criterion {losses[best]:.5f} vs {losses[shipped]:.5f}); to ship it: "
         f"recsys pipeline --data {data} --out {out} --pooling {best}"
     )
 

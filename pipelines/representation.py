@@ -3,11 +3,12 @@
 The candidates are the learned embedding (what ``train-embeddings`` wrote) and each rung
 of the classical ladder (``pipelines.ladder.fit_rung``: average of frames, k-means bag of
 words with tf-idf, k-means VLAD; PCA size chosen on the same rows). Each is scored the
-same way: GLMix fitted on the training period before its last 10% (by time) and its
-log-loss on that last 10% (``pipelines.ladder.validation_log_loss``). The test period is
-never looked at. The learned model's triplets come from the whole training period, the
-validation 10% included, so the comparison leans towards it, never against it: a rung
-that wins here wins despite that.
+same way on the last 10% (by time) of the training period (``pipelines.validation``: GLMix
+log-loss and average-similarity AUC, with paired intervals); a rung replaces the learned
+model only when ahead beyond the interval. The test period is never looked at. The
+learned model's triplets come from the whole training period, the validation 10%
+included, so the comparison leans towards it, never against it: a rung that wins here
+wins despite that.
 
 A rung is shipped by replacing the artifact's embedder, embeddings, index and map with
 the rung's (``ship_rung``); the service then embeds uploads with it.
@@ -27,7 +28,8 @@ import pyarrow.parquet as pq
 
 from pipelines.frame_cache import open_frame_store
 from pipelines.impressions import RecRows, embedding_rows, load_rec_rows
-from pipelines.ladder import iter_rungs, validation_summary
+from pipelines.ladder import iter_rungs
+from pipelines.validation import CandidateScores, ValidationSet, gated_choice, score_candidate
 from recsys import artifact as art
 from recsys.baselines import BASELINE_NAMES
 from recsys.embedders import ClassicalEmbedder
@@ -43,25 +45,30 @@ REPRESENTATIONS: tuple[str, ...] = ("learned", AUTO, *BASELINE_NAMES)
 
 @dataclass
 class Selection:
-    """Validation log-loss of every candidate and the winner (lowest)."""
+    """Every candidate's validation summary and which one won (``validation.gated_choice``
+    against the learned model: a rung wins only when ahead beyond the paired interval)."""
 
     learned: str  # the learned model's pooling name ("" when none was trained)
-    losses: dict[str, float]  # each candidate's criterion (``ladder.validation_summary``)
+    losses: dict[str, float]  # each candidate's log-loss criterion
     rungs: dict[str, tuple[np.ndarray, ClassicalEmbedder, dict[str, Any]]] = field(
         default_factory=dict
     )
     details: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    chosen: str = ""  # the gated winner ("" = the lowest criterion)
+    comparisons: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def winner(self) -> str:
-        return min(self.losses, key=lambda k: self.losses[k])
+        return self.chosen or min(self.losses, key=lambda k: self.losses[k])
 
     def to_json(self) -> dict[str, Any]:
         return {
             "criterion": CRITERION,
+            "rule": RULE,
             "learned": self.learned,
             "validation_log_loss": dict(self.losses),
             "details": dict(self.details),
+            "versus_reference": dict(self.comparisons),
             "winner": self.winner,
             "rungs": {
                 name: {"pca_dim": info["pca_dim"], "embedding_dim": emb.embedding_dim}
@@ -72,12 +79,17 @@ class Selection:
 
 CRITERION = (
     "GLMix log-loss on the last 10% of the training period: the mean of all its rows' and "
-    "of the rows of videos the learned model held out (all rows alone when under 100)"
+    "of the rows of videos the learned model held out (all rows alone when under 100); "
+    "beside it the average-similarity AUC on the same rows"
+)
+RULE = (
+    "a candidate replaces the shipped one only when ahead beyond the 95% paired interval "
+    "on the log-loss criterion or the average-similarity AUC, and behind on neither"
 )
 
 
 def criteria(details: dict[str, dict[str, float | None]]) -> dict[str, float]:
-    """Each candidate's criterion from its ``validation_summary``."""
+    """Each candidate's criterion from its validation summary."""
     out = {}
     for name, d in details.items():
         value = d["criterion"]
@@ -85,6 +97,14 @@ def criteria(details: dict[str, dict[str, float | None]]) -> dict[str, float]:
             raise ValueError(f"{name}: a validation summary without a criterion")
         out[name] = float(value)
     return out
+
+
+def gated(
+    scores: dict[str, CandidateScores], reference: str, vset: ValidationSet
+) -> tuple[str, dict[str, dict[str, float]]]:
+    """``validation.gated_choice`` with the comparisons as JSON."""
+    chosen, comps = gated_choice(scores, reference, vset)
+    return chosen, {name: c.to_json() for name, c in comps.items()}
 
 
 def heldout_mask(store: FrameStore, ids: list[str] | None) -> np.ndarray | None:
@@ -109,11 +129,13 @@ def fit_rungs(
     log: Callable[[str], None] | None = None,
     heldout: np.ndarray | None = None,
 ) -> dict[str, tuple[np.ndarray, ClassicalEmbedder, dict[str, Any]]]:
-    """Each rung's vectors (store order), embedder and choice (``ladder.iter_rungs``)."""
+    """Each rung's vectors (store order), embedder and choice (``ladder.iter_rungs``; its
+    per-row validation scores under ``info["validation_scores"]``)."""
     out = {}
-    for name, vectors, info, emb in iter_rungs(
+    for name, vectors, info, emb, scores in iter_rungs(
         rows, store, max_dim, names, seed=seed, heldout=heldout
     ):
+        info["validation_scores"] = scores
         out[name] = (vectors, emb, info)
         if log is not None:
             log(f"{name}: PCA {info['pca_dim']}, {_summary_text(info['validation'])}")
@@ -134,27 +156,34 @@ def choose_representation(
     and of each rung in ``names``."""
     store = open_frame_store(data)
     rows = load_rec_rows(data, store.video_ids, test_start, watch_threshold_s)
-    details: dict[str, dict[str, float | None]] = {}
+    scores: dict[str, CandidateScores] = {}
     learned = ""
     heldout = None
+    vset = None
     if artifact is not None:
         ids, vectors = art.load_embeddings(artifact)
         learned = str(art.read_manifest(artifact)["config"]["embedder"].get("pooling", "learned"))
         heldout = heldout_mask(store, art.load_heldout_videos(artifact))
-        details[learned] = validation_summary(rows, store_order(ids, vectors, store), heldout)
+        vset = ValidationSet.of(rows, heldout)
+        scores[learned] = score_candidate(rows, store_order(ids, vectors, store), vset)
         if log is not None:
-            log(f"learned {learned}: {_summary_text(details[learned])}")
+            log(f"learned {learned}: {_summary_text(scores[learned].summary(vset))}")
     rungs = fit_rungs(rows, store, max_dim, names, seed, log, heldout)
+    vset = vset or ValidationSet.of(rows, heldout)
     for name, (_, _, info) in rungs.items():
-        details[name] = info["validation"]
+        scores[name] = info["validation_scores"]
+    details = {name: s.summary(vset) for name, s in scores.items()}
     losses = criteria(details)
-    return Selection(learned, losses, rungs, details)
+    reference = learned or min(losses, key=lambda k: losses[k])
+    chosen, comparisons = gated(scores, reference, vset)
+    return Selection(learned, losses, rungs, details, chosen, comparisons)
 
 
 def _summary_text(s: dict[str, float | None]) -> str:
-    held = s["heldout_videos"]
+    held, auc = s["heldout_videos"], s.get("avg_similarity_auc")
     text = f"validation log-loss {s['all']:.5f}"
-    return text if held is None else f"{text}, on held-out videos {held:.5f}"
+    text = text if held is None else f"{text}, on held-out videos {held:.5f}"
+    return text if auc is None else f"{text}, average similarity AUC {auc:.4f}"
 
 
 def rung_files(

@@ -29,7 +29,7 @@ from pipelines.cowatch_training import TrainConfig, TrainResult, train_embedder
 from pipelines.distributed import dist_info
 from pipelines.engine import LOCAL, Engine
 from pipelines.frame_cache import open_frame_store
-from pipelines.impressions import impressions_connection, log_span
+from pipelines.impressions import RecRows, impressions_connection, load_rec_rows, log_span
 from pipelines.io import dataset_dir
 from pipelines.plots import plot_loss_curve
 from pipelines.representation import (
@@ -40,6 +40,7 @@ from pipelines.representation import (
     rung_files,
     ship_rung,
 )
+from pipelines.starting_point import BASE_CHOICES, choose_base, choose_weight, load_base, with_base
 from recsys import artifact as art
 from recsys.baselines import BASELINE_NAMES
 from recsys.errors import UserInputError
@@ -64,8 +65,14 @@ class EmbeddingJobConfig:
     #: what the artifact ships: "learned" (the model above), a ladder rung by name (no
     #: training), or "auto" (train, then ship whichever validation prefers)
     representation: str = "learned"
+    #: the rung the model starts from and learns on top of (``pipelines.starting_point``):
+    #: "auto" = the one validation prefers, "none" = the model alone, or a rung's name;
+    #: ignored when ``embedder.base`` already names one
+    base: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.base not in BASE_CHOICES:
+            raise ValueError(f"unknown base {self.base!r}; one of {', '.join(BASE_CHOICES)}")
         if self.representation not in REPRESENTATIONS:
             raise ValueError(
                 f"unknown representation {self.representation!r}; one of "
@@ -149,6 +156,14 @@ def run_train_embeddings(
             f"mined {len(rows)} triplets before {test_start:%Y-%m-%d %H:%M} ({mining_s:.1f} s); "
             f"{held_out} held out for validation; {len(store)} videos, D = {store.feature_dim}"
         )
+    rec_rows, prepare = None, None
+    if cfg.base != "none" and not model_cfg.base:
+        rec_rows = load_rec_rows(
+            data_dir, store.video_ids, test_start, cfg.triplets.watch_threshold_s
+        )
+        model_cfg, prepare, base_report = _starting_point(
+            rec_rows, store, held, model_cfg, cfg, progress and rank == 0
+        )
     result = train_embedder(
         store,
         rows[~val_mask],
@@ -157,6 +172,7 @@ def run_train_embeddings(
         cfg.train,
         progress,
         train_videos=np.flatnonzero(~held),
+        prepare=prepare,
     )
     if progress and rank == 0:
         print(
@@ -169,6 +185,19 @@ def run_train_embeddings(
     t1 = time.perf_counter()
     vectors = _embed_catalogue(result, store, cfg.train)
     embed_s = time.perf_counter() - t1
+    starting_point: dict[str, Any] = {}
+    if rec_rows is not None and result.model.base is not None:
+        _say(
+            progress,
+            f"choosing the {model_cfg.base} base's share of the embedding on validation ...",
+        )
+        vectors, weights = choose_weight(rec_rows, held, result.model, vectors, _logger(progress))
+        starting_point = {**base_report, "weight": weights}
+        model_cfg = result.model.config
+        _say(
+            progress,
+            f"  kept w = {model_cfg.base_weight:g} (trained with {weights['trained_weight']:g})",
+        )
     index = VideoIndex.build(store.video_ids, vectors, cfg.index)
     metrics = {
         "triplets": {"train": int((~val_mask).sum()), "validation": int(val_mask.sum())},
@@ -178,6 +207,7 @@ def run_train_embeddings(
         **_heldout_pairs(con, store, vectors, cfg, test_start),
         "embed_videos_per_s": len(store) / embed_s if embed_s > 0 else None,
         "mining_seconds": mining_s,
+        **({"starting_point": starting_point} if starting_point else {}),
     }
     manifest = _manifest(data_dir, first, last, test_start, len(store), model_cfg, cfg, metrics)
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,6 +224,29 @@ def run_train_embeddings(
 def _say(progress: bool, line: str) -> None:
     if progress:
         print(line, flush=True)
+
+
+def _logger(progress: bool) -> Any:
+    return (lambda line: print("  " + line, flush=True)) if progress else None
+
+
+def _starting_point(
+    rows: RecRows,
+    store: FrameStore,
+    held: np.ndarray,
+    model_cfg: EmbedderConfig,
+    cfg: EmbeddingJobConfig,
+    progress: bool,
+) -> tuple[EmbedderConfig, Any, dict[str, Any]]:
+    """The rung the model starts from (``pipelines.starting_point``): the config with it,
+    what fills the model's base layer, and what validation said."""
+    names = BASELINE_NAMES if cfg.base == "auto" else (cfg.base,)
+    _say(progress, f"choosing the starting point among {', '.join(names)} on validation ...")
+    emb, report = choose_base(
+        rows, store, held, cfg.embedder.embedding_dim, names, cfg.train.seed, _logger(progress)
+    )
+    _say(progress, f"  starting from {emb.name} (PCA {emb.embedding_dim})")
+    return with_base(model_cfg, emb), (lambda model: load_base(model, emb)), report
 
 
 def _auto_select(
@@ -216,10 +269,13 @@ def _auto_select(
         con, store = impressions_connection(data_dir), open_frame_store(data_dir)
         pairs = _heldout_pairs(con, store, vectors, cfg, test_start)
         ship_rung(path, data_dir, sel, sel.winner, cfg.embedder.embedding_dim, pairs)
+    else:
+        art.extend_artifact(path, {}, {"metrics": {"selection": sel.to_json()}})
+    lead = "ahead beyond the paired interval" if sel.winner != sel.learned else "no rung ahead"
     _say(
         progress,
-        f"shipping {sel.winner} (lowest validation criterion "
-        f"{sel.losses[sel.winner]:.5f}; learned {sel.learned} {sel.losses[sel.learned]:.5f})",
+        f"shipping {sel.winner} ({lead}; validation criterion {sel.losses[sel.winner]:.5f}, "
+        f"learned {sel.learned} {sel.losses[sel.learned]:.5f})",
     )
     return sel.to_json()
 
@@ -292,18 +348,23 @@ def _manifest(
 
 
 def _embed_catalogue(result: TrainResult, store: FrameStore, cfg: TrainConfig) -> np.ndarray:
-    """(N, E) embeddings of every video, centred on their mean when ``center_output``
-    (the mean is stored in the model, so later embeddings get the same map)."""
+    """(N, O) embeddings of every video, the learned part centred on its mean when
+    ``center_output`` (the mean is stored in the model, so later embeddings get the same
+    map); a base's part is the rung's row as it is."""
+    model = result.model
     vectors = embed_store(
-        result.model, store, max_frames=cfg.eval_max_frames, device=cfg.device, loader=cfg.loader
+        model, store, max_frames=cfg.eval_max_frames, device=cfg.device, loader=cfg.loader
     )
-    if cfg.center_output:
-        # Same as embedding again with the mean set, without a second pass.
-        result.model.set_output_mean(torch.from_numpy(vectors))
-        mean = result.model.output_mean.numpy()
-        vectors = vectors - mean
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return vectors
+    if not cfg.center_output:
+        return vectors
+    # Same as embedding again with the mean set, without a second pass.
+    out = torch.from_numpy(vectors)
+    base, learned = model.split(out)
+    model.set_output_mean(learned)
+    centred = torch.nn.functional.normalize(learned - model.output_mean, dim=-1)
+    if model.base is None:
+        return centred.numpy()
+    return model.combine(base, centred, model.config.base_weight).numpy()
 
 
 def _heldout_pairs(

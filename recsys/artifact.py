@@ -207,7 +207,7 @@ class EmbeddingArtifact:
 
     @property
     def embedding_dim(self) -> int:
-        return self.embedder.config.embedding_dim
+        return self.embedder.config.output_dim
 
 
 def embedder_config(path: Path) -> EmbedderConfig:

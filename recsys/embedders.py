@@ -65,7 +65,7 @@ class LearnedEmbedder:
 
     @property
     def embedding_dim(self) -> int:
-        return int(self.model.config.embedding_dim)
+        return int(self.model.config.output_dim)
 
     @property
     def kind(self) -> str:
@@ -73,7 +73,7 @@ class LearnedEmbedder:
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[None]
+            x = torch.from_numpy(np.array(frames, dtype=np.float32))[None]  # a writable copy
             return self.model(x).numpy()[0].astype(np.float32)
 
 

@@ -11,6 +11,7 @@ from pipelines.commands.data import synth, validate
 from pipelines.options import (
     AnchorNeighbours,
     Baselines,
+    BaseRung,
     Clusters,
     Device,
     EngineName,
@@ -89,6 +90,7 @@ def pipeline(
         Path, typer.Option(help="Output directory: OUT/artifact plus the evaluation report.")
     ],
     pooling: PoolingName = "dsgmm",
+    base: BaseRung = "auto",
     clusters: Clusters = 32,
     gamma: Gamma = 0.125,
     epochs: Annotated[
@@ -151,6 +153,7 @@ def pipeline(
                 ),
                 index=IndexConfig(kind=index),
                 representation=representation_of(pooling)[1],
+                base=base,
             ),
             glmix=GLMixJobConfig(tune=tune_glmix, history_features=history_features),
             evaluation=EvalConfig(

@@ -10,6 +10,7 @@ import typer
 from pipelines.options import (
     AnchorNeighbours,
     Assignment,
+    BaseRung,
     Clusters,
     Device,
     EngineName,
@@ -79,6 +80,7 @@ def train_embeddings(
     data: Annotated[Path, typer.Option(help="Data set directory.")],
     out: Annotated[Path, typer.Option(help="Artifact directory to create.")],
     pooling: PoolingName = "dsgmm",
+    base: BaseRung = "auto",
     clusters: Clusters = 32,
     gamma: Gamma = 0.125,
     assignment: Assignment = "decoupled",
@@ -153,6 +155,7 @@ def train_embeddings(
             triplets=TripletConfig(watch_threshold_s=watch_threshold, seed=seed),
             index=IndexConfig(kind=index),
             representation=representation_of(pooling)[1],
+            base=base,
         )
     except ValueError as exc:
         fail(str(exc))

@@ -10,6 +10,7 @@ import pytest
 import pipelines.ladder as ladder
 from pipelines.frame_cache import open_frame_store
 from pipelines.impressions import impressions_connection, load_rec_rows, log_span
+from pipelines.validation import MIN_HELDOUT_ROWS
 from recsys.splits import default_test_start
 
 
@@ -99,7 +100,7 @@ def test_the_validation_criterion_weighs_the_videos_training_held_out(
     assert s["criterion"] == pytest.approx((s["all"] + s["heldout_videos"]) / 2)
     assert s["all"] == pytest.approx(ladder.validation_log_loss(rows, vectors, GLMixConfig()))
     on = half[rows.train_videos[rows.validation_mask]]
-    assert ladder.MIN_HELDOUT_ROWS <= on.sum() < len(on)
+    assert MIN_HELDOUT_ROWS <= on.sum() < len(on)
     few = np.zeros(len(store), dtype=bool)
     few[rows.train_videos[rows.validation_mask][0]] = True
     t = ladder.validation_summary(rows, vectors, few)

@@ -1,0 +1,125 @@
+"""The learned model's starting point: the best classical rung on the user's validation
+rows, and how much of the final embedding it keeps (both chosen on validation).
+
+``train-embeddings`` with ``base = "auto"`` (the default):
+
+1. fits every rung of the ladder (``pipelines.ladder.iter_rungs``) and takes the one the
+   validation rule prefers (``pipelines.validation``: the lowest log-loss criterion,
+   unless another is ahead beyond the paired interval on average similarity);
+2. trains the co-watch model on top of it (``embeddings.cowatch.CowatchEmbedder`` with a
+   base: the rung's row stays fixed beside the learned one, so triplets teach what the
+   rung misses);
+3. chooses the rung's share w of the final cosine among ``WEIGHTS`` on the same rows:
+   w = 1 is the starting point itself, w = 0 the learned part alone. The trained w stays
+   unless another is ahead beyond the interval, so training cannot end behind its start
+   on validation unless noise hides it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from embeddings.cowatch import CowatchEmbedder, EmbedderConfig
+from pipelines.impressions import RecRows
+from pipelines.representation import criteria, fit_rungs, gated
+from pipelines.validation import CandidateScores, ValidationSet, score_candidate
+from recsys.baselines import BASELINE_NAMES
+from recsys.embedders import ClassicalEmbedder
+from recsys.frames import FrameStore
+
+#: the rung's shares of the final cosine tried after training
+WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: ``base`` values: "auto", "none" or a rung's name
+BASE_CHOICES: tuple[str, ...] = ("auto", "none", *BASELINE_NAMES)
+
+
+def choose_base(
+    rows: RecRows,
+    store: FrameStore,
+    heldout: np.ndarray,
+    max_dim: int,
+    names: tuple[str, ...] = BASELINE_NAMES,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> tuple[ClassicalEmbedder, dict[str, Any]]:
+    """The rung to start from among ``names`` and what validation said of each."""
+    rungs = fit_rungs(rows, store, max_dim, names, seed, log, heldout)
+    vset = ValidationSet.of(rows, heldout)
+    scores = {name: info["validation_scores"] for name, (_, _, info) in rungs.items()}
+    losses = criteria({name: s.summary(vset) for name, s in scores.items()})
+    reference = min(losses, key=lambda k: losses[k])
+    chosen, comparisons = gated(scores, reference, vset)
+    report = {
+        "candidates": {name: s.summary(vset) for name, s in scores.items()},
+        "lowest_criterion": reference,
+        "versus_lowest": comparisons,
+        "chosen": chosen,
+    }
+    return rungs[chosen][1], report
+
+
+def with_base(cfg: EmbedderConfig, emb: ClassicalEmbedder) -> EmbedderConfig:
+    """``cfg`` set up to start from the rung ``emb``."""
+    words = 1 if emb.codebook is None else len(emb.codebook)
+    return replace(cfg, base=emb.name, base_words=words, base_dim=emb.embedding_dim)
+
+
+def load_base(model: CowatchEmbedder, emb: ClassicalEmbedder) -> None:
+    """Copy the rung's codebook, idf and PCA into the model's fixed base layer."""
+    if model.base is None:
+        raise ValueError("the model has no base layer")
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(a, dtype=np.float64))
+
+    model.base.load_arrays(
+        t(emb.pca.mean),
+        t(emb.pca.components),
+        None if emb.codebook is None else t(emb.codebook),
+        None if emb.idf is None else t(emb.idf),
+    )
+
+
+def choose_weight(
+    rows: RecRows,
+    heldout: np.ndarray,
+    model: CowatchEmbedder,
+    vectors: np.ndarray,
+    log: Callable[[str], None] | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Set the model's ``base_weight`` to the share the validation rule prefers among
+    ``WEIGHTS`` (the trained one is the reference) and return the catalogue's ``vectors``
+    (V, O), in store order, recombined with it."""
+    trained = model.config.base_weight
+    base, learned = model.split(torch.from_numpy(vectors))
+    vset = ValidationSet.of(rows, heldout)
+    weights = {_name(w): w for w in sorted({*WEIGHTS, trained})}
+    candidates = {name: model.combine(base, learned, w).numpy() for name, w in weights.items()}
+    scores: dict[str, CandidateScores] = {}
+    for name, w in weights.items():
+        scores[name] = score_candidate(rows, candidates[name], vset)
+        if log is not None:
+            s = scores[name].summary(vset)
+            log(
+                f"w = {w:.2f}: criterion {s['criterion']:.5f}, "
+                f"average similarity AUC {s['avg_similarity_auc'] or float('nan'):.4f}"
+            )
+    chosen, comparisons = gated(scores, _name(trained), vset)
+    weight = weights[chosen]
+    model.config = replace(model.config, base_weight=weight)
+    report = {
+        "trained_weight": trained,
+        "weight": weight,
+        "candidates": {name: s.summary(vset) for name, s in scores.items()},
+        "versus_trained": comparisons,
+    }
+    return candidates[chosen], report
+
+
+def _name(w: float) -> str:
+    return f"w={w:g}"

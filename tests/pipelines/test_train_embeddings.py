@@ -146,7 +146,7 @@ def test_the_model_starts_from_the_rung_validation_prefers(
     from recsys.baselines import BASELINE_NAMES
 
     art = tmp_path / "art"
-    code, out, err = run_cli("train-embeddings", "--data", small_world_dir, "--out", art, *FAST)
+    code, _, err = run_cli("train-embeddings", "--data", small_world_dir, "--out", art, *FAST)
     assert code == 0, err
     m = read_manifest(art)
     emb_cfg, start = m["config"]["embedder"], m["metrics"]["starting_point"]

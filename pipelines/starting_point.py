@@ -63,6 +63,23 @@ def choose_base(
     return rungs[chosen][1], report
 
 
+def start_on_base(
+    rows: RecRows,
+    store: FrameStore,
+    heldout: np.ndarray,
+    cfg: EmbedderConfig,
+    names: tuple[str, ...] = BASELINE_NAMES,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> tuple[EmbedderConfig, Callable[[CowatchEmbedder], None], dict[str, Any]]:
+    """``cfg`` set up to start from the rung validation prefers among ``names`` (PCA at
+    most ``cfg.embedding_dim``), what fills a new model's base layer, and the report."""
+    emb, report = choose_base(rows, store, heldout, cfg.embedding_dim, names, seed, log)
+    if log is not None:
+        log(f"starting from {emb.name} (PCA {emb.embedding_dim})")
+    return with_base(cfg, emb), (lambda model: load_base(model, emb)), report
+
+
 def with_base(cfg: EmbedderConfig, emb: ClassicalEmbedder) -> EmbedderConfig:
     """``cfg`` set up to start from the rung ``emb``."""
     words = 1 if emb.codebook is None else len(emb.codebook)

@@ -40,7 +40,7 @@ from pipelines.representation import (
     rung_files,
     ship_rung,
 )
-from pipelines.starting_point import BASE_CHOICES, choose_base, choose_weight, load_base, with_base
+from pipelines.starting_point import BASE_CHOICES, choose_weight, start_on_base
 from recsys import artifact as art
 from recsys.baselines import BASELINE_NAMES
 from recsys.errors import UserInputError
@@ -143,26 +143,56 @@ def run_train_embeddings(
     test_start = test_start or default_test_start(first, last)
     if cfg.representation in BASELINE_NAMES:
         return _run_rung(data_dir, Path(out), cfg, (first, last, test_start), overwrite, progress)
+    trained = _train(data_dir, cfg, engine, test_start, progress and rank == 0)
+    if rank != 0:
+        return EmbeddingJobResult(artifact=None, metrics={}, history=trained.result.history)
+    path, metrics = _write_trained(
+        trained, data_dir, Path(out), cfg, (first, last, test_start), overwrite, progress
+    )
+    if cfg.representation == AUTO:
+        metrics["selection"] = _auto_select(data_dir, path, cfg, test_start, progress)
+    return EmbeddingJobResult(artifact=path, metrics=metrics, history=trained.result.history)
+
+
+@dataclass
+class _Trained:
+    """What training produced and the rows it held out."""
+
+    store: FrameStore
+    result: TrainResult
+    val_mask: np.ndarray  # (triplets,) validation triplets
+    held: np.ndarray  # (V,) videos held out from training
+    mining_s: float
+    rec_rows: RecRows | None = None  # the impressions, when a base was chosen on them
+    starting_point: dict[str, Any] = field(default_factory=dict)
+
+
+def _train(
+    data_dir: Path, cfg: EmbeddingJobConfig, engine: Engine, test_start: datetime, show: bool
+) -> _Trained:
+    """Mine the triplets, choose the starting point (``cfg.base``) and train."""
     t0 = time.perf_counter()
-    if progress:
-        print(f"mining co-watch triplets ({engine.describe()}) ...", flush=True)
+    _say(show, f"mining co-watch triplets ({engine.describe()}) ...")
     triplets = engine.mine_triplets(data_dir, cfg.triplets, test_start)
     mining_s = time.perf_counter() - t0
     store = open_frame_store(data_dir)
     model_cfg = _model_config(cfg.embedder, store)
     rows, val_mask, held, held_out = _training_triplets(store, triplets, cfg.train)
-    if progress and rank == 0:
-        print(
-            f"mined {len(rows)} triplets before {test_start:%Y-%m-%d %H:%M} ({mining_s:.1f} s); "
-            f"{held_out} held out for validation; {len(store)} videos, D = {store.feature_dim}"
-        )
+    _say(
+        show,
+        f"mined {len(rows)} triplets before {test_start:%Y-%m-%d %H:%M} ({mining_s:.1f} s); "
+        f"{held_out} held out for validation; {len(store)} videos, D = {store.feature_dim}",
+    )
     rec_rows, prepare = None, None
+    base_report: dict[str, Any] = {}
     if cfg.base != "none" and not model_cfg.base:
         rec_rows = load_rec_rows(
             data_dir, store.video_ids, test_start, cfg.triplets.watch_threshold_s
         )
-        model_cfg, prepare, base_report = _starting_point(
-            rec_rows, store, held, model_cfg, cfg, progress and rank == 0
+        names = BASELINE_NAMES if cfg.base == "auto" else (cfg.base,)
+        _say(show, f"choosing the starting point among {', '.join(names)} on validation ...")
+        model_cfg, prepare, base_report = start_on_base(
+            rec_rows, store, held, model_cfg, names, cfg.train.seed, _logger(show)
         )
     result = train_embedder(
         store,
@@ -170,55 +200,65 @@ def run_train_embeddings(
         rows[val_mask],
         model_cfg,
         cfg.train,
-        progress,
+        show,
         train_videos=np.flatnonzero(~held),
         prepare=prepare,
     )
-    if progress and rank == 0:
-        print(
-            f"kept epoch {result.best_epoch} of {cfg.train.epochs} "
-            f"(lowest validation loss {result.best_val_loss:.4f}; "
-            f"{result.precision} training steps)"
-        )
-    if rank != 0:
-        return EmbeddingJobResult(artifact=None, metrics={}, history=result.history)
+    _say(
+        show,
+        f"kept epoch {result.best_epoch} of {cfg.train.epochs} "
+        f"(lowest validation loss {result.best_val_loss:.4f}; "
+        f"{result.precision} training steps)",
+    )
+    return _Trained(store, result, val_mask, held, mining_s, rec_rows, base_report)
+
+
+def _write_trained(
+    t: _Trained,
+    data_dir: Path,
+    out: Path,
+    cfg: EmbeddingJobConfig,
+    span: tuple[datetime, datetime, datetime],
+    overwrite: bool,
+    progress: bool,
+) -> tuple[Path, dict[str, Any]]:
+    """Embed the catalogue (the base's share chosen on validation), index it and write
+    the artifact."""
+    store, result, test_start = t.store, t.result, span[2]
     t1 = time.perf_counter()
     vectors = _embed_catalogue(result, store, cfg.train)
     embed_s = time.perf_counter() - t1
-    starting_point: dict[str, Any] = {}
-    if rec_rows is not None and result.model.base is not None:
+    starting_point = dict(t.starting_point)
+    if t.rec_rows is not None and result.model.base is not None:
+        _say(progress, f"choosing the {result.model.config.base} base's share on validation ...")
+        vectors, weights = choose_weight(
+            t.rec_rows, t.held, result.model, vectors, _logger(progress)
+        )
+        starting_point["weight"] = weights
         _say(
             progress,
-            f"choosing the {model_cfg.base} base's share of the embedding on validation ...",
+            f"  kept w = {weights['weight']:g} (trained with {weights['trained_weight']:g})",
         )
-        vectors, weights = choose_weight(rec_rows, held, result.model, vectors, _logger(progress))
-        starting_point = {**base_report, "weight": weights}
-        model_cfg = result.model.config
-        _say(
-            progress,
-            f"  kept w = {model_cfg.base_weight:g} (trained with {weights['trained_weight']:g})",
-        )
+    model_cfg = result.model.config
     index = VideoIndex.build(store.video_ids, vectors, cfg.index)
     metrics = {
-        "triplets": {"train": int((~val_mask).sum()), "validation": int(val_mask.sum())},
+        "triplets": {"train": int((~t.val_mask).sum()), "validation": int(t.val_mask.sum())},
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
         "train_precision": result.precision,
-        **_heldout_pairs(con, store, vectors, cfg, test_start),
+        **_heldout_pairs(impressions_connection(data_dir), store, vectors, cfg, test_start),
         "embed_videos_per_s": len(store) / embed_s if embed_s > 0 else None,
-        "mining_seconds": mining_s,
+        "mining_seconds": t.mining_s,
         **({"starting_point": starting_point} if starting_point else {}),
     }
-    manifest = _manifest(data_dir, first, last, test_start, len(store), model_cfg, cfg, metrics)
+    manifest = _manifest(data_dir, *span, len(store), model_cfg, cfg, metrics)
     with tempfile.TemporaryDirectory() as tmp:
         files = _artifact_files(result, model_cfg, store, vectors, index, cfg.index, Path(tmp))
-        if held.any():
-            ids = pa.table({"video_id": [store.video_ids[i] for i in np.flatnonzero(held)]})
+        if t.held.any():
+            ids = pa.table({"video_id": [store.video_ids[i] for i in np.flatnonzero(t.held)]})
             files[art.HELDOUT_VIDEOS] = lambda p: pq.write_table(ids, p)
         path = art.write_artifact(out, files, manifest, overwrite=overwrite)
-    if cfg.representation == AUTO:
-        metrics["selection"] = _auto_select(data_dir, path, cfg, test_start, progress)
-    return EmbeddingJobResult(artifact=path, metrics=metrics, history=result.history)
+    return path, metrics
 
 
 def _say(progress: bool, line: str) -> None:
@@ -228,25 +268,6 @@ def _say(progress: bool, line: str) -> None:
 
 def _logger(progress: bool) -> Any:
     return (lambda line: print("  " + line, flush=True)) if progress else None
-
-
-def _starting_point(
-    rows: RecRows,
-    store: FrameStore,
-    held: np.ndarray,
-    model_cfg: EmbedderConfig,
-    cfg: EmbeddingJobConfig,
-    progress: bool,
-) -> tuple[EmbedderConfig, Any, dict[str, Any]]:
-    """The rung the model starts from (``pipelines.starting_point``): the config with it,
-    what fills the model's base layer, and what validation said."""
-    names = BASELINE_NAMES if cfg.base == "auto" else (cfg.base,)
-    _say(progress, f"choosing the starting point among {', '.join(names)} on validation ...")
-    emb, report = choose_base(
-        rows, store, held, cfg.embedder.embedding_dim, names, cfg.train.seed, _logger(progress)
-    )
-    _say(progress, f"  starting from {emb.name} (PCA {emb.embedding_dim})")
-    return with_base(model_cfg, emb), (lambda model: load_base(model, emb)), report
 
 
 def _auto_select(

@@ -71,6 +71,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         *_md_online(report.get("online")),
         *_md_versus_best(report),
         *_md_validation_choice(report),
+        *_md_starting_point(report),
         *_md_footer(report),
     ]
     return "\n".join(lines)
@@ -241,6 +242,42 @@ def _md_validation_choice(report: dict[str, Any]) -> list[str]:
     selection = report.get("embedding_metrics", {}).get("selection")
     if selection:
         lines += ["", f"This artifact was chosen by `--pooling auto`: {selection['winner']} won."]
+    return lines
+
+
+def _md_starting_point(report: dict[str, Any]) -> list[str]:
+    """Which rung the learned model started from and how much of it the embedding keeps."""
+    start = report.get("embedding_metrics", {}).get("starting_point")
+    if not start:
+        return []
+    lines = [
+        "",
+        "## What the learned model started from",
+        "",
+        f"It learned on top of **{start['chosen']}** (the rung with the lowest validation "
+        f"criterion: {start['lowest_criterion']}; another replaces it only when ahead beyond "
+        "the paired interval). Its share w of the final cosine, chosen on the same rows "
+        "(w = 1: the rung alone; w = 0: the learned part alone):",
+        "",
+        "| w | criterion | avg sim. AUC | vs trained w: criterion [95%] | vs trained w: avg sim. "
+        "AUC [95%] | |",
+        "|---|---|---|---|---|---|",
+    ]
+    weight = start.get("weight", {})
+    versus = weight.get("versus_trained", {})
+    for name, d in weight.get("candidates", {}).items():
+        v = versus.get(name)
+        w = float(name.removeprefix("w="))
+        tags = [
+            t
+            for t, x in (("trained", weight["trained_weight"]), ("kept", weight["weight"]))
+            if x == w
+        ]
+        gaps = "| |" if v is None else f"| {_gap(v, 'loss')} | {_gap(v, 'auc')} |"
+        lines.append(
+            f"| {w:g} | {_fmt(d.get('criterion'))} | {_fmt(d.get('avg_similarity_auc'))} {gaps} "
+            f"{', '.join(tags)} |"
+        )
     return lines
 
 

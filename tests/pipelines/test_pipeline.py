@@ -108,15 +108,30 @@ def test_report_has_the_online_replay(pipeline_out: Path) -> None:
 def test_report_compares_the_shipped_embedding_with_each_rung_on_validation(
     pipeline_out: Path,
 ) -> None:
-    """Every candidate's GLMix validation log-loss, the shipped one among them, and the
-    lowest named: what ``--pooling auto`` would ship."""
+    """Every candidate's GLMix validation log-loss, the shipped one among them, and the one
+    the gate prefers (a rung only when ahead beyond the paired interval): what
+    ``--pooling auto`` would ship."""
     from pipelines.report import validation_line
 
     report = json.loads((pipeline_out / "report.json").read_text())
     choice = report["validation_choice"]
     losses = choice["validation_log_loss"]
     assert choice["shipped"] == "dsgmm" and set(losses) == {"dsgmm", *report["baselines"]}
-    assert choice["best"] == min(losses, key=lambda k: losses[k])
+    versus = choice["versus_shipped"]
+    assert set(versus) == set(report["baselines"])
+    ahead = [
+        n
+        for n, c in versus.items()
+        if (c["loss_high"] < 0 or c["auc_low"] > 0) and not (c["loss_low"] > 0 or c["auc_high"] < 0)
+    ]
+    assert (choice["best"] in ahead) if ahead else (choice["best"] == "dsgmm")
+    for name, c in versus.items():
+        assert c["loss"] == pytest.approx(losses[name] - losses["dsgmm"], abs=1e-9)
+        auc = (
+            choice["details"][name]["avg_similarity_auc"]
+            - choice["details"]["dsgmm"]["avg_similarity_auc"]
+        )
+        assert c["auc"] == pytest.approx(auc, abs=1e-9)
     for name, b in report["baselines"].items():
         d = choice["details"][name]
         assert d["all"] == pytest.approx(
@@ -129,9 +144,13 @@ def test_report_compares_the_shipped_embedding_with_each_rung_on_validation(
     rung = {**choice, "best": "bow_tfidf", "validation_log_loss": {**losses, "bow_tfidf": 0.0}}
     line = validation_line({**report, "validation_choice": rung}, pipeline_out)
     assert line is not None and "--pooling bow_tfidf" in line and str(pipeline_out) in line
-    assert (
-        "Which representation does validation prefer?" in (pipeline_out / "report.md").read_text()
-    )
+    md = (pipeline_out / "report.md").read_text()
+    assert "Which representation does validation prefer?" in md
+    start = report["embedding_metrics"]["starting_point"]
+    assert f"It learned on top of **{start['chosen']}**" in md
+    kept_trained = start["weight"]["weight"] == start["weight"]["trained_weight"]
+    assert ("| trained, kept |" in md) == kept_trained
+    assert ("| trained |" in md and "| kept |" in md) == (not kept_trained)
 
 
 def test_a_rung_is_never_shipped_under_a_glmix_fitted_on_other_embeddings(

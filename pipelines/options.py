@@ -51,6 +51,14 @@ BaseRung = Annotated[
         "vlad_kmeans. Its share of the final cosine is then chosen on validation."
     ),
 ]
+SearchBudget = Annotated[
+    float,
+    typer.Option(
+        help="Seconds to spend training variants of the model (twice or half the clusters, "
+        "the cluster occupancy as input, half or twice the embedding size), keeping the one "
+        "validation prefers beyond the paired interval; 0 = train the configured model only."
+    ),
+]
 Clusters = Annotated[int, typer.Option(help="Number of clusters K.")]
 Baselines = Annotated[
     bool,

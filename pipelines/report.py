@@ -72,6 +72,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         *_md_versus_best(report),
         *_md_validation_choice(report),
         *_md_starting_point(report),
+        *_md_settings_search(report),
         *_md_footer(report),
     ]
     return "\n".join(lines)
@@ -277,6 +278,37 @@ def _md_starting_point(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {w:g} | {_fmt(d.get('criterion'))} | {_fmt(d.get('avg_similarity_auc'))} {gaps} "
             f"{', '.join(tags)} |"
+        )
+    return lines
+
+
+def _md_settings_search(report: dict[str, Any]) -> list[str]:
+    """The variants ``--search-budget`` trained, each against the default on validation."""
+    found = report.get("embedding_metrics", {}).get("settings_search")
+    if not found:
+        return []
+    lines = [
+        "",
+        "## Which settings did the search try?",
+        "",
+        f"Budget {found['budget_seconds']:.0f} s; a variant replaces the default only when "
+        f"ahead beyond the paired interval. Kept: **{found['chosen']}**."
+        + (
+            f" Not tried for time: {', '.join(found['skipped_for_time'])}."
+            if found["skipped_for_time"]
+            else ""
+        ),
+        "",
+        "| variant | seconds | w | criterion | avg sim. AUC | vs default: criterion [95%] "
+        "| vs default: avg sim. AUC [95%] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, c in found["candidates"].items():
+        v = c.get("versus_default")
+        gaps = "| |" if v is None else f"| {_gap(v, 'loss')} | {_gap(v, 'auc')} |"
+        lines.append(
+            f"| {label} | {c['seconds']:.0f} | {c['base_weight']:g} | {_fmt(c.get('criterion'))} "
+            f"| {_fmt(c.get('avg_similarity_auc'))} {gaps}"
         )
     return lines
 

@@ -1,9 +1,11 @@
 """``recsys train-embeddings``: co-watch triplets -> trained embedder -> every video
 embedded -> FAISS index -> quality metrics -> artifact directory (atomic).
 
-The steps' logic lives apart: the triplet SQL in ``recsys.triplets`` (run by the
-engine), the training data in ``pipelines.cowatch_data``, the training loop in
-``pipelines.cowatch_training``, the artifact's files in ``recsys.artifact``.
+The steps' logic lives apart: the steps before writing (config, triplets, starting
+point, training, the settings search) in ``pipelines.embedding_steps``, the triplet SQL
+in ``recsys.triplets`` (run by the engine), the training data in
+``pipelines.cowatch_data``, the training loop in ``pipelines.cowatch_training``, the
+artifact's files in ``recsys.artifact``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,27 +22,32 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from embeddings.cowatch import EmbedderConfig
-from pipelines.cowatch_data import split_by_user, split_by_video, triplet_rows
-from pipelines.cowatch_embedding import embed_store
-from pipelines.cowatch_training import TrainConfig, TrainResult, train_embedder
+from pipelines.cowatch_training import TrainResult
 from pipelines.distributed import dist_info
+from pipelines.embedding_steps import (
+    EmbeddingJobConfig,
+    Split,
+    finish,
+    fit,
+    prepare,
+    say,
+    search_settings,
+)
 from pipelines.engine import LOCAL, Engine
 from pipelines.frame_cache import open_frame_store
-from pipelines.impressions import RecRows, impressions_connection, load_rec_rows, log_span
+from pipelines.impressions import impressions_connection, log_span
 from pipelines.io import dataset_dir
 from pipelines.plots import plot_loss_curve
 from pipelines.representation import (
     AUTO,
-    REPRESENTATIONS,
     choose_representation,
     rung_config,
     rung_files,
     ship_rung,
 )
-from pipelines.starting_point import BASE_CHOICES, choose_weight, start_on_base
+from pipelines.settings_search import Candidate
 from recsys import artifact as art
 from recsys.baselines import BASELINE_NAMES
 from recsys.errors import UserInputError
@@ -49,35 +56,7 @@ from recsys.index import IndexConfig, VideoIndex
 from recsys.metrics import pair_auc
 from recsys.projection import fit_map
 from recsys.splits import default_test_start
-from recsys.triplets import TripletConfig, mine_cowatch_pairs
-
-
-@dataclass(frozen=True)
-class EmbeddingJobConfig:
-    """Everything the embedding job is told: the model, its training, the triplets it
-    learns from and the index it writes."""
-
-    #: the model; ``feature_dim`` 0 = the data set's frame dimension
-    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    triplets: TripletConfig = field(default_factory=TripletConfig)
-    index: IndexConfig = field(default_factory=IndexConfig)
-    #: what the artifact ships: "learned" (the model above), a ladder rung by name (no
-    #: training), or "auto" (train, then ship whichever validation prefers)
-    representation: str = "learned"
-    #: the rung the model starts from and learns on top of (``pipelines.starting_point``):
-    #: "auto" = the one validation prefers, "none" = the model alone, or a rung's name;
-    #: ignored when ``embedder.base`` already names one
-    base: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.base not in BASE_CHOICES:
-            raise ValueError(f"unknown base {self.base!r}; one of {', '.join(BASE_CHOICES)}")
-        if self.representation not in REPRESENTATIONS:
-            raise ValueError(
-                f"unknown representation {self.representation!r}; one of "
-                f"{', '.join(REPRESENTATIONS)}"
-            )
+from recsys.triplets import mine_cowatch_pairs
 
 
 @dataclass
@@ -85,39 +64,6 @@ class EmbeddingJobResult:
     artifact: Path | None
     metrics: dict[str, Any]
     history: list[dict[str, float]]
-
-
-def _model_config(cfg: EmbedderConfig, store: FrameStore) -> EmbedderConfig:
-    if cfg.feature_dim == 0:
-        return replace(cfg, feature_dim=store.feature_dim)
-    if cfg.feature_dim != store.feature_dim:
-        raise UserInputError(
-            f"model expects D = {cfg.feature_dim}, data has D = {store.feature_dim}"
-        )
-    return cfg
-
-
-def _training_triplets(
-    store: FrameStore, triplets: Any, cfg: TrainConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """(triplet rows, validation mask, held-out videos, what was held out) for training."""
-    rows, users = triplet_rows(store, triplets)
-    if cfg.max_triplets and len(rows) > cfg.max_triplets:
-        keep = np.random.default_rng(cfg.seed).choice(len(rows), cfg.max_triplets, replace=False)
-        rows, users = rows[np.sort(keep)], users[np.sort(keep)]
-    if len(rows) == 0:
-        raise UserInputError("no co-watch triplets in the training period (too few valid watches?)")
-    if cfg.holdout_videos > 0:
-        val_mask, held = split_by_video(rows, len(store), cfg.holdout_videos, cfg.seed)
-        return (
-            rows,
-            val_mask,
-            held,
-            f"{int(held.sum())} videos and their {int(val_mask.sum())} triplets",
-        )
-    val_mask = split_by_user(users, cfg.val_fraction, cfg.seed)
-    held = np.zeros(len(store), dtype=bool)
-    return rows, val_mask, held, f"{int(val_mask.sum())} triplets of other users"
 
 
 def run_train_embeddings(
@@ -143,131 +89,63 @@ def run_train_embeddings(
     test_start = test_start or default_test_start(first, last)
     if cfg.representation in BASELINE_NAMES:
         return _run_rung(data_dir, Path(out), cfg, (first, last, test_start), overwrite, progress)
-    trained = _train(data_dir, cfg, engine, test_start, progress and rank == 0)
+    if cfg.search_budget_s > 0 and dist_info()[1] > 1:
+        raise UserInputError("the settings search runs in one process (not under torchrun)")
+    split, model_cfg = prepare(data_dir, cfg, engine, test_start, progress and rank == 0)
+    t0 = time.perf_counter()
+    result = fit(split, model_cfg, cfg, progress and rank == 0)
     if rank != 0:
-        return EmbeddingJobResult(artifact=None, metrics={}, history=trained.result.history)
+        return EmbeddingJobResult(artifact=None, metrics={}, history=result.history)
+    chosen = finish(split, result, cfg, time.perf_counter() - t0, progress)
+    search_report = None
+    if cfg.search_budget_s > 0:
+        chosen, search_report = search_settings(split, chosen, cfg, progress)
     path, metrics = _write_trained(
-        trained, data_dir, Path(out), cfg, (first, last, test_start), overwrite, progress
+        split, chosen, search_report, data_dir, Path(out), cfg, (first, last, test_start), overwrite
     )
     if cfg.representation == AUTO:
         metrics["selection"] = _auto_select(data_dir, path, cfg, test_start, progress)
-    return EmbeddingJobResult(artifact=path, metrics=metrics, history=trained.result.history)
-
-
-@dataclass
-class _Trained:
-    """What training produced and the rows it held out."""
-
-    store: FrameStore
-    result: TrainResult
-    val_mask: np.ndarray  # (triplets,) validation triplets
-    held: np.ndarray  # (V,) videos held out from training
-    mining_s: float
-    rec_rows: RecRows | None = None  # the impressions, when a base was chosen on them
-    starting_point: dict[str, Any] = field(default_factory=dict)
-
-
-def _train(
-    data_dir: Path, cfg: EmbeddingJobConfig, engine: Engine, test_start: datetime, show: bool
-) -> _Trained:
-    """Mine the triplets, choose the starting point (``cfg.base``) and train."""
-    t0 = time.perf_counter()
-    _say(show, f"mining co-watch triplets ({engine.describe()}) ...")
-    triplets = engine.mine_triplets(data_dir, cfg.triplets, test_start)
-    mining_s = time.perf_counter() - t0
-    store = open_frame_store(data_dir)
-    model_cfg = _model_config(cfg.embedder, store)
-    rows, val_mask, held, held_out = _training_triplets(store, triplets, cfg.train)
-    _say(
-        show,
-        f"mined {len(rows)} triplets before {test_start:%Y-%m-%d %H:%M} ({mining_s:.1f} s); "
-        f"{held_out} held out for validation; {len(store)} videos, D = {store.feature_dim}",
-    )
-    rec_rows, prepare = None, None
-    base_report: dict[str, Any] = {}
-    if cfg.base != "none" and not model_cfg.base:
-        rec_rows = load_rec_rows(
-            data_dir, store.video_ids, test_start, cfg.triplets.watch_threshold_s
-        )
-        names = BASELINE_NAMES if cfg.base == "auto" else (cfg.base,)
-        _say(show, f"choosing the starting point among {', '.join(names)} on validation ...")
-        model_cfg, prepare, base_report = start_on_base(
-            rec_rows, store, held, model_cfg, names, cfg.train.seed, _logger(show)
-        )
-    result = train_embedder(
-        store,
-        rows[~val_mask],
-        rows[val_mask],
-        model_cfg,
-        cfg.train,
-        show,
-        train_videos=np.flatnonzero(~held),
-        prepare=prepare,
-    )
-    _say(
-        show,
-        f"kept epoch {result.best_epoch} of {cfg.train.epochs} "
-        f"(lowest validation loss {result.best_val_loss:.4f}; "
-        f"{result.precision} training steps)",
-    )
-    return _Trained(store, result, val_mask, held, mining_s, rec_rows, base_report)
+    return EmbeddingJobResult(artifact=path, metrics=metrics, history=chosen.outcome[0].history)
 
 
 def _write_trained(
-    t: _Trained,
+    split: Split,
+    chosen: Candidate,
+    search_report: dict[str, Any] | None,
     data_dir: Path,
     out: Path,
     cfg: EmbeddingJobConfig,
     span: tuple[datetime, datetime, datetime],
     overwrite: bool,
-    progress: bool,
 ) -> tuple[Path, dict[str, Any]]:
-    """Embed the catalogue (the base's share chosen on validation), index it and write
-    the artifact."""
-    store, result, test_start = t.store, t.result, span[2]
-    t1 = time.perf_counter()
-    vectors = _embed_catalogue(result, store, cfg.train)
-    embed_s = time.perf_counter() - t1
-    starting_point = dict(t.starting_point)
-    if t.rec_rows is not None and result.model.base is not None:
-        _say(progress, f"choosing the {result.model.config.base} base's share on validation ...")
-        vectors, weights = choose_weight(
-            t.rec_rows, t.held, result.model, vectors, _logger(progress)
-        )
-        starting_point["weight"] = weights
-        _say(
-            progress,
-            f"  kept w = {weights['weight']:g} (trained with {weights['trained_weight']:g})",
-        )
+    """Index the chosen model's catalogue rows and write the artifact."""
+    store, vectors, test_start = split.store, chosen.vectors, span[2]
+    result, weights, embed_s = chosen.outcome
+    starting_point = {**split.starting_point, **({"weight": weights} if weights else {})}
     model_cfg = result.model.config
     index = VideoIndex.build(store.video_ids, vectors, cfg.index)
     metrics = {
-        "triplets": {"train": int((~t.val_mask).sum()), "validation": int(t.val_mask.sum())},
+        "triplets": {
+            "train": int((~split.val_mask).sum()),
+            "validation": int(split.val_mask.sum()),
+        },
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
         "train_precision": result.precision,
         **_heldout_pairs(impressions_connection(data_dir), store, vectors, cfg, test_start),
         "embed_videos_per_s": len(store) / embed_s if embed_s > 0 else None,
-        "mining_seconds": t.mining_s,
+        "mining_seconds": split.mining_s,
         **({"starting_point": starting_point} if starting_point else {}),
+        **({"settings_search": search_report} if search_report else {}),
     }
     manifest = _manifest(data_dir, *span, len(store), model_cfg, cfg, metrics)
     with tempfile.TemporaryDirectory() as tmp:
         files = _artifact_files(result, model_cfg, store, vectors, index, cfg.index, Path(tmp))
-        if t.held.any():
-            ids = pa.table({"video_id": [store.video_ids[i] for i in np.flatnonzero(t.held)]})
+        if split.held.any():
+            ids = pa.table({"video_id": [store.video_ids[i] for i in np.flatnonzero(split.held)]})
             files[art.HELDOUT_VIDEOS] = lambda p: pq.write_table(ids, p)
         path = art.write_artifact(out, files, manifest, overwrite=overwrite)
     return path, metrics
-
-
-def _say(progress: bool, line: str) -> None:
-    if progress:
-        print(line, flush=True)
-
-
-def _logger(progress: bool) -> Any:
-    return (lambda line: print("  " + line, flush=True)) if progress else None
 
 
 def _auto_select(
@@ -275,7 +153,7 @@ def _auto_select(
 ) -> dict[str, Any]:
     """``--pooling auto``: the learned embedding against every rung on validation; ship
     the winner (the learned model stays when it wins or ties)."""
-    _say(progress, "choosing the representation on validation (learned vs the ladder) ...")
+    say(progress, "choosing the representation on validation (learned vs the ladder) ...")
     sel = choose_representation(
         data_dir,
         path,
@@ -283,7 +161,7 @@ def _auto_select(
         cfg.triplets.watch_threshold_s,
         cfg.embedder.embedding_dim,
         seed=cfg.train.seed,
-        log=(lambda line: _say(progress, "  " + line)),
+        log=(lambda line: say(progress, "  " + line)),
     )
     if sel.winner != sel.learned:
         vectors = sel.rungs[sel.winner][0]
@@ -293,7 +171,7 @@ def _auto_select(
     else:
         art.extend_artifact(path, {}, {"metrics": {"selection": sel.to_json()}})
     lead = "ahead beyond the paired interval" if sel.winner != sel.learned else "no rung ahead"
-    _say(
+    say(
         progress,
         f"shipping {sel.winner} ({lead}; validation criterion {sel.losses[sel.winner]:.5f}, "
         f"learned {sel.learned} {sel.losses[sel.learned]:.5f})",
@@ -313,7 +191,7 @@ def _run_rung(
     validation rows, every video embedded, indexed and mapped."""
     first, last, test_start = span
     name = cfg.representation
-    _say(progress, f"fitting the {name} rung (PCA size chosen on validation) ...")
+    say(progress, f"fitting the {name} rung (PCA size chosen on validation) ...")
     sel = choose_representation(
         data_dir,
         None,
@@ -366,26 +244,6 @@ def _manifest(
         },
         "metrics": metrics,
     }
-
-
-def _embed_catalogue(result: TrainResult, store: FrameStore, cfg: TrainConfig) -> np.ndarray:
-    """(N, O) embeddings of every video, the learned part centred on its mean when
-    ``center_output`` (the mean is stored in the model, so later embeddings get the same
-    map); a base's part is the rung's row as it is."""
-    model = result.model
-    vectors = embed_store(
-        model, store, max_frames=cfg.eval_max_frames, device=cfg.device, loader=cfg.loader
-    )
-    if not cfg.center_output:
-        return vectors
-    # Same as embedding again with the mean set, without a second pass.
-    out = torch.from_numpy(vectors)
-    base, learned = model.split(out)
-    model.set_output_mean(learned)
-    centred = torch.nn.functional.normalize(learned - model.output_mean, dim=-1)
-    if model.base is None:
-        return centred.numpy()
-    return model.combine(base, centred, model.config.base_weight).numpy()
 
 
 def _heldout_pairs(

@@ -23,6 +23,7 @@ from pipelines.options import (
     PoolingName,
     Precision,
     Quiet,
+    SearchBudget,
     Seed,
     SparkMaster,
     TestStart,
@@ -91,6 +92,7 @@ def pipeline(
     ],
     pooling: PoolingName = "dsgmm",
     base: BaseRung = "auto",
+    search_budget: SearchBudget = 0.0,
     clusters: Clusters = 32,
     gamma: Gamma = 0.125,
     epochs: Annotated[
@@ -154,6 +156,7 @@ def pipeline(
                 index=IndexConfig(kind=index),
                 representation=representation_of(pooling)[1],
                 base=base,
+                search_budget_s=search_budget,
             ),
             glmix=GLMixJobConfig(tune=tune_glmix, history_features=history_features),
             evaluation=EvalConfig(

@@ -23,6 +23,7 @@ from pipelines.options import (
     PoolingName,
     Precision,
     Quiet,
+    SearchBudget,
     Seed,
     SparkMaster,
     TestStart,
@@ -81,6 +82,7 @@ def train_embeddings(
     out: Annotated[Path, typer.Option(help="Artifact directory to create.")],
     pooling: PoolingName = "dsgmm",
     base: BaseRung = "auto",
+    search_budget: SearchBudget = 0.0,
     clusters: Clusters = 32,
     gamma: Gamma = 0.125,
     assignment: Assignment = "decoupled",
@@ -156,6 +158,7 @@ def train_embeddings(
             index=IndexConfig(kind=index),
             representation=representation_of(pooling)[1],
             base=base,
+            search_budget_s=search_budget,
         )
     except ValueError as exc:
         fail(str(exc))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -40,6 +40,9 @@ class EmbedderConfig(PoolingOptions):
     base_words: int = 64  # the base's k-means words (bow_tfidf, vlad_kmeans)
     base_dim: int = 0  # the base's PCA size
     base_weight: float = 0.5  # w
+    #: the output reduced to this many leading principal directions of the catalogue's
+    #: embeddings, then L2-normalised (0 = not reduced; chosen on validation after training)
+    reduced_dim: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,6 +52,8 @@ class EmbedderConfig(PoolingOptions):
             raise ValueError("a base needs base_dim >= 1 and base_words >= 1")
         if not 0.0 <= self.base_weight <= 1.0:
             raise ValueError("base_weight must be in [0, 1]")
+        if not 0 <= self.reduced_dim <= self.full_dim:
+            raise ValueError(f"reduced_dim must be in [0, {self.full_dim}]")
         if self.feature_dim < 0:
             raise ValueError(f"feature_dim must be >= 0, got {self.feature_dim}")
         if self.hidden_dim < 1 or self.embedding_dim < 1:
@@ -59,9 +64,15 @@ class EmbedderConfig(PoolingOptions):
             raise ValueError("occupancy needs a cluster pooling (netvlad or dsgmm)")
 
     @property
-    def output_dim(self) -> int:
-        """The embedding's size: the base's PCA size (when any) plus ``embedding_dim``."""
+    def full_dim(self) -> int:
+        """The base's PCA size (when any) plus ``embedding_dim``: the output before any
+        reduction."""
         return self.embedding_dim + (self.base_dim if self.base else 0)
+
+    @property
+    def output_dim(self) -> int:
+        """The embedding's size."""
+        return self.reduced_dim or self.full_dim
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +103,8 @@ class CowatchEmbedder(nn.Module):
     """
 
     output_mean: torch.Tensor
+    reduce_mean: torch.Tensor | None
+    reduce_components: torch.Tensor | None
 
     def __init__(self, cfg: EmbedderConfig) -> None:
         super().__init__()
@@ -113,6 +126,12 @@ class CowatchEmbedder(nn.Module):
         self.base: ClassicalBase | None = None
         if cfg.base:
             self.base = ClassicalBase(cfg.base, cfg.feature_dim, cfg.base_words, cfg.base_dim)
+        # None (not in the state dict) until a reduction is chosen (``set_reduction``)
+        reduced = cfg.reduced_dim > 0
+        self.register_buffer("reduce_mean", torch.zeros(cfg.full_dim) if reduced else None)
+        self.register_buffer(
+            "reduce_components", torch.zeros(cfg.reduced_dim, cfg.full_dim) if reduced else None
+        )
 
     @property
     def needs_ubm(self) -> bool:
@@ -138,13 +157,27 @@ class CowatchEmbedder(nn.Module):
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         z = F.normalize(self.projector(self.pooled(frames, mask)), dim=-1)
         z = F.normalize(z - self.output_mean, dim=-1)
-        if self.base is None:
+        if self.base is not None:
+            # The rung's statistic in float32 whatever the autocast: its hard assignment
+            # and PCA are those of the ladder, not an approximation of them.
+            with torch.autocast(frames.device.type, enabled=False):
+                b = self.base(frames, mask)
+            z = self.combine(b, z.float(), self.config.base_weight)
+        if self.reduce_components is None:
             return z
-        # The rung's statistic in float32 whatever the autocast: its hard assignment and
-        # PCA are those of the ladder, not an approximation of them.
-        with torch.autocast(frames.device.type, enabled=False):
-            b = self.base(frames, mask)
-        return self.combine(b, z.float(), self.config.base_weight)
+        assert self.reduce_mean is not None
+        return F.normalize((z.float() - self.reduce_mean) @ self.reduce_components.T, dim=-1)
+
+    @torch.no_grad()
+    def set_reduction(self, mean: torch.Tensor, components: torch.Tensor) -> None:
+        """Reduce future outputs to ``components (d, full_dim)`` after centring on
+        ``mean (full_dim,)``, and L2-normalise (``config.reduced_dim`` becomes d)."""
+        d, full = components.shape
+        if full != self.config.full_dim or mean.shape != (full,):
+            raise ValueError(f"a reduction of ({self.config.full_dim},) outputs expected")
+        self.config = replace(self.config, reduced_dim=d)
+        self.reduce_mean = mean.float().clone()
+        self.reduce_components = components.float().clone()
 
     @staticmethod
     def combine(base: torch.Tensor, learned: torch.Tensor, weight: float) -> torch.Tensor:
@@ -154,6 +187,8 @@ class CowatchEmbedder(nn.Module):
     def split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The unit base rows (N, base_dim) and learned rows (N, E) of outputs (N, O)
         (0 < w < 1; a part with zero weight cannot be recovered)."""
+        if self.reduce_components is not None:
+            raise ValueError("a reduced output cannot be split")
         w, d = self.config.base_weight, self.config.base_dim if self.base is not None else 0
         if d == 0:
             return out[:, :0], out

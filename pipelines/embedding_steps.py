@@ -24,7 +24,7 @@ from pipelines.frame_cache import open_frame_store
 from pipelines.impressions import RecRows, load_rec_rows
 from pipelines.representation import REPRESENTATIONS
 from pipelines.settings_search import Candidate, search
-from pipelines.starting_point import BASE_CHOICES, choose_weight, start_on_base
+from pipelines.starting_point import BASE_CHOICES, choose_size, choose_weight, start_on_base
 from pipelines.validation import ValidationSet, score_candidate
 from recsys.baselines import BASELINE_NAMES
 from recsys.errors import UserInputError
@@ -171,28 +171,34 @@ def fit(
 def finish(
     split: Split, result: TrainResult, cfg: EmbeddingJobConfig, train_s: float, progress: bool
 ) -> Candidate:
-    """Embed the catalogue and choose the base's share on validation; the candidate's
-    ``outcome`` is (training result, the share's report, embedding seconds)."""
+    """Embed the catalogue, then choose the base's share and the embedding's size on
+    validation; the candidate's ``outcome`` is (training result, the choices' reports,
+    embedding seconds)."""
     t1 = time.perf_counter()
     trained_cfg = result.model.config
     vectors = embed_catalogue(result, split.store, cfg.train)
     embed_s = time.perf_counter() - t1
-    weights: dict[str, Any] = {}
-    if split.rec_rows is not None and result.model.base is not None:
-        say(progress, f"choosing the {result.model.config.base} base's share on validation ...")
-        vectors, weights = choose_weight(
-            split.rec_rows, split.held, result.model, vectors, logger(progress)
+    choices: dict[str, Any] = {}
+    rows, model = split.rec_rows, result.model
+    if rows is not None and model.base is not None:
+        say(progress, f"choosing the {model.config.base} base's share on validation ...")
+        vectors, choices["weight"] = choose_weight(
+            rows, split.held, model, vectors, logger(progress)
         )
         say(
             progress,
-            f"  kept w = {weights['weight']:g} (trained with {weights['trained_weight']:g})",
+            f"  kept w = {model.config.base_weight:g} (trained with {trained_cfg.base_weight:g})",
         )
+    if rows is not None and (model.base is not None or cfg.search_budget_s > 0):
+        say(progress, "choosing the embedding's size on validation ...")
+        vectors, choices["size"] = choose_size(rows, split.held, model, vectors, logger(progress))
+        say(progress, f"  kept {choices['size']['chosen']} of {choices['size']['full_dim']}")
     scores = None
-    if split.rec_rows is not None and cfg.search_budget_s > 0:
-        vset = ValidationSet.of(split.rec_rows, split.held)
-        scores = score_candidate(split.rec_rows, vectors, vset)
+    if rows is not None and cfg.search_budget_s > 0:
+        scores = score_candidate(rows, vectors, ValidationSet.of(rows, split.held))
     seconds = train_s + time.perf_counter() - t1
-    return Candidate(trained_cfg, vectors, scores, seconds, (result, weights, embed_s))  # type: ignore[arg-type]
+    final = {"base_weight": model.config.base_weight, "reduced_dim": model.config.reduced_dim}
+    return Candidate(trained_cfg, vectors, scores, seconds, (result, choices, embed_s), final)  # type: ignore[arg-type]
 
 
 def search_settings(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,7 @@ class Candidate:
     scores: CandidateScores
     seconds: float
     outcome: Any = None  # whatever the caller needs to write it (its training result)
+    final: dict[str, Any] = field(default_factory=dict)  # settings chosen after training
 
 
 def search(
@@ -101,7 +102,7 @@ def search(
                 "num_clusters": c.config.num_clusters,
                 "embedding_dim": c.config.embedding_dim,
                 "occupancy": c.config.occupancy,
-                "base_weight": c.config.base_weight,
+                **c.final,
                 **c.scores.summary(vset),
                 **(
                     {"versus_default": comparisons[label].to_json()} if label in comparisons else {}

@@ -4,15 +4,19 @@ rows, and how much of the final embedding it keeps (both chosen on validation).
 ``train-embeddings`` with ``base = "auto"`` (the default):
 
 1. fits every rung of the ladder (``pipelines.ladder.iter_rungs``) and takes the one the
-   validation rule prefers (``pipelines.validation``: the lowest log-loss criterion,
-   unless another is ahead beyond the paired interval on average similarity);
+   validation rule prefers (``pipelines.validation``: the best mean rank over the
+   log-loss criterion and the average-similarity AUC, unless another is ahead beyond the
+   paired interval);
 2. trains the co-watch model on top of it (``embeddings.cowatch.CowatchEmbedder`` with a
    base: the rung's row stays fixed beside the learned one, so triplets teach what the
    rung misses);
 3. chooses the rung's share w of the final cosine among ``WEIGHTS`` on the same rows:
    w = 1 is the starting point itself, w = 0 the learned part alone. The trained w stays
    unless another is ahead beyond the interval, so training cannot end behind its start
-   on validation unless noise hides it.
+   on validation unless noise hides it;
+4. chooses the embedding's size (``choose_size``): the catalogue's rows reduced to their
+   leading principal directions (``SIZES``) or kept whole, on the same rows and rule. A
+   sparse log supports fewer directions per user than a rich one.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from embeddings.cowatch import CowatchEmbedder, EmbedderConfig
 from pipelines.impressions import RecRows
 from pipelines.representation import criteria, fit_rungs, gated
 from pipelines.validation import CandidateScores, ValidationSet, score_candidate
-from recsys.baselines import BASELINE_NAMES
+from recsys.baselines import BASELINE_NAMES, PCA, l2_rows
 from recsys.embedders import ClassicalEmbedder
 from recsys.frames import FrameStore
 
@@ -51,16 +55,29 @@ def choose_base(
     rungs = fit_rungs(rows, store, max_dim, names, seed, log, heldout)
     vset = ValidationSet.of(rows, heldout)
     scores = {name: info["validation_scores"] for name, (_, _, info) in rungs.items()}
-    losses = criteria({name: s.summary(vset) for name, s in scores.items()})
-    reference = min(losses, key=lambda k: losses[k])
+    summaries = {name: s.summary(vset) for name, s in scores.items()}
+    reference = best_ranked(summaries)
     chosen, comparisons = gated(scores, reference, vset)
     report = {
-        "candidates": {name: s.summary(vset) for name, s in scores.items()},
-        "lowest_criterion": reference,
-        "versus_lowest": comparisons,
+        "candidates": summaries,
+        "best_ranked": reference,
+        "versus_best_ranked": comparisons,
         "chosen": chosen,
     }
     return rungs[chosen][1], report
+
+
+def best_ranked(summaries: dict[str, dict[str, float | None]]) -> str:
+    """The candidate with the best mean rank over the log-loss criterion (low first) and
+    the average-similarity AUC (high first); ties go to the lower criterion. Where no
+    candidate is ahead beyond the interval, one score alone (a log-loss a few thousandths
+    apart) should not decide."""
+    losses = criteria(summaries)
+    names = sorted(losses, key=lambda k: losses[k])
+    aucs = {n: summaries[n].get("avg_similarity_auc") for n in names}
+    by_auc = sorted(names, key=lambda n: -(aucs[n] or 0.0))  # no AUC: last
+    rank = {n: names.index(n) + by_auc.index(n) for n in names}
+    return min(names, key=lambda n: (rank[n], names.index(n)))
 
 
 def start_on_base(
@@ -134,6 +151,52 @@ def choose_weight(
         "weight": weight,
         "candidates": {name: s.summary(vset) for name, s in scores.items()},
         "versus_trained": comparisons,
+    }
+    return candidates[chosen], report
+
+
+#: reduced sizes tried after training (those not below the full size are skipped)
+SIZES: tuple[int, ...] = (8, 16, 32)
+FULL = "full"
+
+
+def choose_size(
+    rows: RecRows,
+    heldout: np.ndarray,
+    model: CowatchEmbedder,
+    vectors: np.ndarray,
+    log: Callable[[str], None] | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Reduce the model's output to the size the validation rule prefers among ``SIZES``
+    (the whole output is the reference) and return the catalogue's ``vectors`` (V, O)
+    reduced the same way (``CowatchEmbedder.set_reduction``)."""
+    vset = ValidationSet.of(rows, heldout)
+    full = vectors.shape[1]
+    sizes = [d for d in SIZES if d < full]
+    pca = PCA.fit_covariance(vectors, max(sizes)) if sizes else None
+    candidates = {FULL: vectors}
+    if pca is not None:
+        z = pca.project(vectors)
+        candidates.update({f"d={d}": l2_rows(z[:, :d]) for d in sizes})
+    scores = {}
+    for name, v in candidates.items():
+        scores[name] = score_candidate(rows, v, vset)
+        if log is not None:
+            s = scores[name].summary(vset)
+            log(
+                f"size {name}: criterion {s['criterion']:.5f}, "
+                f"average similarity AUC {s['avg_similarity_auc'] or float('nan'):.4f}"
+            )
+    chosen, comparisons = gated(scores, FULL, vset)
+    if chosen != FULL:
+        assert pca is not None
+        d = int(chosen.removeprefix("d="))
+        model.set_reduction(torch.from_numpy(pca.mean), torch.from_numpy(pca.components[:d]))
+    report = {
+        "full_dim": full,
+        "chosen": chosen,
+        "candidates": {name: s.summary(vset) for name, s in scores.items()},
+        "versus_full": comparisons,
     }
     return candidates[chosen], report
 

@@ -120,8 +120,8 @@ def _write_trained(
 ) -> tuple[Path, dict[str, Any]]:
     """Index the chosen model's catalogue rows and write the artifact."""
     store, vectors, test_start = split.store, chosen.vectors, span[2]
-    result, weights, embed_s = chosen.outcome
-    starting_point = {**split.starting_point, **({"weight": weights} if weights else {})}
+    result, choices, embed_s = chosen.outcome
+    starting_point = {**split.starting_point, **choices} if split.starting_point else {}
     model_cfg = result.model.config
     index = VideoIndex.build(store.video_ids, vectors, cfg.index)
     metrics = {

@@ -183,6 +183,26 @@ class PCA:
             comps[:, s : s + block] = vectors.T @ centred(s)
         return cls(mean, comps / scale[:, None])
 
+    @classmethod
+    def fit_covariance(cls, x: np.ndarray, dim: int, block: int = 1 << 16) -> PCA:
+        """The same directions as ``fit`` (up to sign) through the F x F covariance, summed
+        a block of rows at a time: for many rows of few features (a catalogue's
+        embeddings), memory F^2 plus one block, never a float64 copy of ``x``."""
+        if x.ndim != 2 or len(x) < 2:
+            raise ValueError("PCA needs a (N >= 2, F) matrix")
+        n, f = x.shape
+        total = np.zeros(f)
+        for s in range(0, n, block):
+            total += np.asarray(x[s : s + block], dtype=np.float64).sum(0)
+        mean = total / n
+        cov = np.zeros((f, f))
+        for s in range(0, n, block):
+            b = np.asarray(x[s : s + block], dtype=np.float64) - mean
+            cov += b.T @ b
+        _, vectors = np.linalg.eigh(cov)  # eigenvalues ascending
+        keep = max(1, min(dim, f, n - 1))
+        return cls(mean, vectors[:, ::-1][:, :keep].T.copy())
+
     def project(self, x: np.ndarray) -> np.ndarray:
         """(N, dim) coordinates before normalisation; ``transform`` of the leading ``d``
         directions is ``l2_rows(project(x)[:, :d])``."""

@@ -166,3 +166,31 @@ def test_config_checks() -> None:
     with pytest.raises(ValueError, match="base_weight"):
         EmbedderConfig(feature_dim=D, base="bow_tfidf", base_dim=4, base_weight=1.5)
     assert EmbedderConfig(feature_dim=D).output_dim == 64
+
+
+def test_a_reduced_output_is_the_pca_of_the_full_one_and_survives_a_reload() -> None:
+    videos = _videos()
+    emb = _embedder("avg_frames", videos)
+    model = _model(emb)
+    x, mask = _padded(videos)
+    with torch.no_grad():
+        full = model(x, mask)
+    mean = full.mean(0)
+    comps = torch.linalg.svd(full - mean, full_matrices=False).Vh[:3]
+    model.set_reduction(mean, comps)
+    assert model.config.reduced_dim == 3 and model.config.output_dim == 3
+    assert model.config.full_dim == full.shape[1]
+    with torch.no_grad():
+        got = model(x, mask)
+    want = torch.nn.functional.normalize((full - mean) @ comps.T, dim=-1)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+    again = CowatchEmbedder(model.config)
+    again.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        np.testing.assert_allclose(again.eval()(x, mask).numpy(), got.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="cannot be split"):
+        model.split(got)
+    with pytest.raises(ValueError, match="reduction"):
+        model.set_reduction(mean[:-1], comps[:, :-1])
+    # Without a reduction the state dict has no reduction buffers (older artifacts load).
+    assert not any(k.startswith("reduce_") for k in _model(emb).state_dict())

@@ -104,7 +104,7 @@ def test_train_embeddings_with_a_search_budget(
         emb["occupancy"],
     )
     _, vecs = read_embeddings(art / "embeddings.parquet")
-    assert vecs.shape[1] == emb["embedding_dim"] + emb["base_dim"]
+    assert vecs.shape[1] == (emb["reduced_dim"] or emb["embedding_dim"] + emb["base_dim"])
     code, _, err = run_cli(
         "train-embeddings",
         "--data",
@@ -126,5 +126,6 @@ def _fast_cfg(manifest: dict) -> EmbedderConfig:
         embedding_dim=found["embedding_dim"],
         occupancy=found["occupancy"],
         base_weight=0.5,
+        reduced_dim=0,
     )
     return EmbedderConfig.from_dict(emb)

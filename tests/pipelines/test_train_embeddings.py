@@ -156,7 +156,11 @@ def test_the_model_starts_from_the_rung_validation_prefers(
     assert start["weight"]["trained_weight"] == 0.5
     assert len(start["weight"]["candidates"]) == len(WEIGHTS)
     ids, vecs = read_embeddings(art / "embeddings.parquet")
-    assert vecs.shape[1] == emb_cfg["base_dim"] + emb_cfg["embedding_dim"]
+    full = emb_cfg["base_dim"] + emb_cfg["embedding_dim"]
+    size = start["size"]
+    assert size["full_dim"] == full and set(size["candidates"]) >= {"full"}
+    assert vecs.shape[1] == (emb_cfg["reduced_dim"] or full)
+    assert (size["chosen"] == "full") == (emb_cfg["reduced_dim"] == 0)
     store = open_frame_store(small_world_dir)
     embedder = load_frame_embedder(art)
     for row in (0, 7):

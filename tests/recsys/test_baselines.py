@@ -163,3 +163,13 @@ def test_gram_pca_finds_the_svd_directions() -> None:
     z_exact, z_gram = np.abs(exact.transform(x)), np.abs(gram.transform(x))
     np.testing.assert_allclose(z_exact, z_gram, atol=1e-5)
     assert PCA.fit_gram(x[:3], 10).dim == 2  # at most N - 1 directions of N rows
+
+
+def test_pca_by_covariance_matches_the_svd() -> None:
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(500, 6)) * np.array([5, 4, 3, 2, 1, 0.5])).astype(np.float32)
+    a, b = PCA.fit(x, 4), PCA.fit_covariance(x, 4, block=64)
+    np.testing.assert_allclose(b.mean, a.mean, atol=1e-9)
+    # the same directions up to sign
+    np.testing.assert_allclose(np.abs((a.components * b.components).sum(1)), 1.0, atol=1e-9)
+    np.testing.assert_allclose(np.abs(b.transform(x)), np.abs(a.transform(x)), atol=1e-5)

@@ -255,10 +255,9 @@ def _md_starting_point(report: dict[str, Any]) -> list[str]:
         "",
         "## What the learned model started from",
         "",
-        f"It learned on top of **{start['chosen']}** (the rung with the best mean rank over "
-        f"the validation criterion and average-similarity AUC: "
-        f"{start.get('best_ranked', start.get('lowest_criterion'))}; another replaces it only "
-        "when ahead beyond the paired interval). Its share w of the final cosine, chosen on the same rows "
+        f"It learned on top of **{start['chosen']}** (the reference is "
+        f"{start.get('reference', start.get('lowest_criterion'))}; another rung replaces it "
+        "only when ahead beyond the paired interval on validation). Its share w of the final cosine, chosen on the same rows "
         "(w = 1: the rung alone; w = 0: the learned part alone):",
         "",
         "| w | criterion | avg sim. AUC | vs trained w: criterion [95%] | vs trained w: avg sim. "

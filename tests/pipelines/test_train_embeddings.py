@@ -151,6 +151,13 @@ def test_the_model_starts_from_the_rung_validation_prefers(
     m = read_manifest(art)
     emb_cfg, start = m["config"]["embedder"], m["metrics"]["starting_point"]
     assert emb_cfg["base"] == start["chosen"] and emb_cfg["base"] in BASELINE_NAMES
+    assert start["reference"] == "bow_tfidf"
+    ahead = [
+        n
+        for n, c in start["versus_reference"].items()
+        if (c["loss_high"] < 0 or c["auc_low"] > 0) and not (c["loss_low"] > 0 or c["auc_high"] < 0)
+    ]
+    assert (start["chosen"] in ahead) if ahead else (start["chosen"] == "bow_tfidf")
     assert set(start["candidates"]) == set(BASELINE_NAMES)
     assert emb_cfg["base_weight"] == start["weight"]["weight"] and emb_cfg["base_weight"] in WEIGHTS
     assert start["weight"]["trained_weight"] == 0.5

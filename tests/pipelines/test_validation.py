@@ -144,3 +144,15 @@ def test_the_validation_set_of_a_log() -> None:
     # User 0 watched every even-time video before the cut; user 1 watched nothing.
     assert sorted(vset.history[0].tolist()) == sorted(set(videos[:18:2].tolist()))
     assert 1 not in vset.history
+
+
+def test_best_ranked_weighs_both_scores_and_ties_go_to_the_lower_criterion() -> None:
+    from pipelines.starting_point import best_ranked
+
+    def d(crit: float, auc: float | None) -> dict[str, float | None]:
+        return {"all": crit, "heldout_videos": None, "criterion": crit, "avg_similarity_auc": auc}
+
+    # a: best criterion, worst AUC; b: second on both; c: worst criterion, best AUC
+    assert best_ranked({"a": d(0.50, 0.55), "b": d(0.51, 0.60), "c": d(0.52, 0.65)}) == "a"
+    assert best_ranked({"a": d(0.50, 0.55), "b": d(0.51, 0.66), "c": d(0.52, 0.65)}) == "b"
+    assert best_ranked({"a": d(0.50, None), "b": d(0.51, 0.60)}) == "a"

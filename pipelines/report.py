@@ -279,6 +279,23 @@ def _md_starting_point(report: dict[str, Any]) -> list[str]:
             f"| {w:g} | {_fmt(d.get('criterion'))} | {_fmt(d.get('avg_similarity_auc'))} {gaps} "
             f"{', '.join(tags)} |"
         )
+    size = start.get("size")
+    if size:
+        lines += [
+            "",
+            f"Then its size: the {size['full_dim']} values kept whole or reduced to their leading "
+            f"principal directions. Kept: **{size['chosen']}**.",
+            "",
+            "| size | criterion | avg sim. AUC | vs full: criterion [95%] | vs full: avg sim. AUC "
+            "[95%] |",
+            "|---|---|---|---|---|",
+        ]
+        for name, d in size["candidates"].items():
+            v = size["versus_full"].get(name)
+            gaps = "| |" if v is None else f"| {_gap(v, 'loss')} | {_gap(v, 'auc')} |"
+            lines.append(
+                f"| {name} | {_fmt(d.get('criterion'))} | {_fmt(d.get('avg_similarity_auc'))} {gaps}"
+            )
     return lines
 
 

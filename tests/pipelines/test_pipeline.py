@@ -148,6 +148,7 @@ def test_report_compares_the_shipped_embedding_with_each_rung_on_validation(
     assert "Which representation does validation prefer?" in md
     start = report["embedding_metrics"]["starting_point"]
     assert f"It learned on top of **{start['chosen']}**" in md
+    assert f"Kept: **{start['size']['chosen']}**" in md
     kept_trained = start["weight"]["weight"] == start["weight"]["trained_weight"]
     assert ("| trained, kept |" in md) == kept_trained
     assert ("| trained |" in md and "| kept |" in md) == (not kept_trained)

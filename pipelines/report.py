@@ -235,7 +235,7 @@ def _md_validation_choice(report: dict[str, Any]) -> list[str]:
             for t, n in (("shipped", choice["shipped"]), ("preferred", choice["best"]))
             if n == name
         ]
-        gaps = "| |" if v is None else f"| {_gap(v, 'loss')} | {_gap(v, 'auc')} |"
+        gaps = _gaps(v)
         lines.append(
             f"| {name} | {_fmt(d.get('all'))} | {_fmt(d.get('heldout_videos'))} | {loss:.5f} | "
             f"{_fmt(d.get('avg_similarity_auc'))} {gaps} {', '.join(tags)} |"
@@ -274,7 +274,7 @@ def _md_starting_point(report: dict[str, Any]) -> list[str]:
             for t, x in (("trained", weight["trained_weight"]), ("kept", weight["weight"]))
             if x == w
         ]
-        gaps = "| |" if v is None else f"| {_gap(v, 'loss')} | {_gap(v, 'auc')} |"
+        gaps = _gaps(v)
         lines.append(
             f"| {w:g} | {_fmt(d.get('criterion'))} | {_fmt(d.get('avg_similarity_auc'))} {gaps} "
             f"{', '.join(tags)} |"
@@ -292,7 +292,7 @@ def _md_starting_point(report: dict[str, Any]) -> list[str]:
         ]
         for name, d in size["candidates"].items():
             v = size["versus_full"].get(name)
-            gaps = "| |" if v is None else f"| {_gap(v, 'loss')} | {_gap(v, 'auc')} |"
+            gaps = _gaps(v)
             lines.append(
                 f"| {name} | {_fmt(d.get('criterion'))} | {_fmt(d.get('avg_similarity_auc'))} {gaps}"
             )
@@ -322,12 +322,17 @@ def _md_settings_search(report: dict[str, Any]) -> list[str]:
     ]
     for label, c in found["candidates"].items():
         v = c.get("versus_default")
-        gaps = "| |" if v is None else f"| {_gap(v, 'loss')} | {_gap(v, 'auc')} |"
+        gaps = _gaps(v)
         lines.append(
             f"| {label} | {c['seconds']:.0f} | {c['base_weight']:g} | {_fmt(c.get('criterion'))} "
             f"| {_fmt(c.get('avg_similarity_auc'))} {gaps}"
         )
     return lines
+
+
+def _gaps(v: dict[str, float] | None) -> str:
+    """The two interval cells of a comparison (empty for the reference itself)."""
+    return "| |" if v is None else f"| {_gap(v, 'loss')} | {_gap(v, 'auc')} |"
 
 
 def _gap(v: dict[str, float], key: str) -> str:

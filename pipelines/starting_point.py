@@ -138,25 +138,38 @@ def choose_weight(
     vset = ValidationSet.of(rows, heldout)
     weights = {_name(w): w for w in sorted({*WEIGHTS, trained})}
     candidates = {name: model.combine(base, learned, w).numpy() for name, w in weights.items()}
-    scores: dict[str, CandidateScores] = {}
-    for name, w in weights.items():
-        scores[name] = score_candidate(rows, candidates[name], vset)
-        if log is not None:
-            s = scores[name].summary(vset)
-            log(
-                f"w = {w:.2f}: criterion {s['criterion']:.5f}, "
-                f"average similarity AUC {s['avg_similarity_auc'] or float('nan'):.4f}"
-            )
-    chosen, comparisons = gated(scores, _name(trained), vset)
+    chosen, summaries, comparisons = _choose(rows, vset, candidates, _name(trained), log)
     weight = weights[chosen]
     model.config = replace(model.config, base_weight=weight)
     report = {
         "trained_weight": trained,
         "weight": weight,
-        "candidates": {name: s.summary(vset) for name, s in scores.items()},
+        "candidates": summaries,
         "versus_trained": comparisons,
     }
     return candidates[chosen], report
+
+
+def _choose(
+    rows: RecRows,
+    vset: ValidationSet,
+    candidates: dict[str, np.ndarray],
+    reference: str,
+    log: Callable[[str], None] | None,
+) -> tuple[str, dict[str, dict[str, float | None]], dict[str, dict[str, float]]]:
+    """Score every candidate's rows (V, O) on ``vset``; the gated winner against
+    ``reference``, each one's summary and each one's comparison with the reference."""
+    scores: dict[str, CandidateScores] = {}
+    for name, v in candidates.items():
+        scores[name] = score_candidate(rows, v, vset)
+        if log is not None:
+            s = scores[name].summary(vset)
+            log(
+                f"{name}: criterion {s['criterion']:.5f}, "
+                f"average similarity AUC {s['avg_similarity_auc'] or float('nan'):.4f}"
+            )
+    chosen, comparisons = gated(scores, reference, vset)
+    return chosen, {name: s.summary(vset) for name, s in scores.items()}, comparisons
 
 
 #: reduced sizes tried after training (those not below the full size are skipped)
@@ -182,16 +195,7 @@ def choose_size(
     if pca is not None:
         z = pca.project(vectors)
         candidates.update({f"d={d}": l2_rows(z[:, :d]) for d in sizes})
-    scores = {}
-    for name, v in candidates.items():
-        scores[name] = score_candidate(rows, v, vset)
-        if log is not None:
-            s = scores[name].summary(vset)
-            log(
-                f"size {name}: criterion {s['criterion']:.5f}, "
-                f"average similarity AUC {s['avg_similarity_auc'] or float('nan'):.4f}"
-            )
-    chosen, comparisons = gated(scores, FULL, vset)
+    chosen, summaries, comparisons = _choose(rows, vset, candidates, FULL, log)
     if chosen != FULL:
         assert pca is not None
         d = int(chosen.removeprefix("d="))
@@ -199,7 +203,7 @@ def choose_size(
     report = {
         "full_dim": full,
         "chosen": chosen,
-        "candidates": {name: s.summary(vset) for name, s in scores.items()},
+        "candidates": summaries,
         "versus_full": comparisons,
     }
     return candidates[chosen], report

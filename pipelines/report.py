@@ -230,15 +230,10 @@ def _md_validation_choice(report: dict[str, Any]) -> list[str]:
     versus = choice.get("versus_shipped", {})
     for name, loss in sorted(losses.items(), key=lambda kv: kv[1]):
         d, v = details.get(name, {}), versus.get(name)
-        tags = [
-            t
-            for t, n in (("shipped", choice["shipped"]), ("preferred", choice["best"]))
-            if n == name
-        ]
-        gaps = _gaps(v)
+        tags = _tags(name, shipped=choice["shipped"], preferred=choice["best"])
         lines.append(
             f"| {name} | {_fmt(d.get('all'))} | {_fmt(d.get('heldout_videos'))} | {loss:.5f} | "
-            f"{_fmt(d.get('avg_similarity_auc'))} {gaps} {', '.join(tags)} |"
+            f"{_fmt(d.get('avg_similarity_auc'))} {_gaps(v)} {tags} |"
         )
     selection = report.get("embedding_metrics", {}).get("selection")
     if selection:
@@ -267,17 +262,11 @@ def _md_starting_point(report: dict[str, Any]) -> list[str]:
     weight = start.get("weight", {})
     versus = weight.get("versus_trained", {})
     for name, d in weight.get("candidates", {}).items():
-        v = versus.get(name)
         w = float(name.removeprefix("w="))
-        tags = [
-            t
-            for t, x in (("trained", weight["trained_weight"]), ("kept", weight["weight"]))
-            if x == w
-        ]
-        gaps = _gaps(v)
+        tags = _tags(w, trained=weight["trained_weight"], kept=weight["weight"])
         lines.append(
-            f"| {w:g} | {_fmt(d.get('criterion'))} | {_fmt(d.get('avg_similarity_auc'))} {gaps} "
-            f"{', '.join(tags)} |"
+            f"| {w:g} | {_fmt(d.get('criterion'))} | {_fmt(d.get('avg_similarity_auc'))} "
+            f"{_gaps(versus.get(name))} {tags} |"
         )
     size = start.get("size")
     if size:
@@ -328,6 +317,11 @@ def _md_settings_search(report: dict[str, Any]) -> list[str]:
             f"| {_fmt(c.get('avg_similarity_auc'))} {gaps}"
         )
     return lines
+
+
+def _tags(value: object, **named: object) -> str:
+    """The names whose value is ``value``, comma-separated (a row's "shipped, preferred")."""
+    return ", ".join(tag for tag, x in named.items() if x == value)
 
 
 def _gaps(v: dict[str, float] | None) -> str:

@@ -65,6 +65,7 @@ def add_baselines(
     # A rung is given at most the learned model's size (a shipped rung: the size the
     # learned model would have had, not the rung's own PCA size).
     emb_dim = max_dim or test.embeddings.shape[1]
+    report["baselines_max_dim"] = emb_dim
     heldout = heldout_mask(store, art.load_heldout_videos(report["artifact"]))
     ladder = baseline_ladder(
         rows,

@@ -215,7 +215,9 @@ def evaluate_artifact(
             start,
             cfg,
             history_features=bool(glm.global_names),
-            max_dim=embedder.get("max_dim"),
+            # the rungs' PCA cap is the model's own size before any choice after training
+            # (a learned embedding reduced to 8 values must not cap the rungs at 8)
+            max_dim=embedder.get("max_dim") or embedder.get("embedding_dim"),
         )
     return Evaluation(report=report, test=t, scores=scores, oracle=oracle)
 

@@ -149,6 +149,9 @@ def test_report_compares_the_shipped_embedding_with_each_rung_on_validation(
     start = report["embedding_metrics"]["starting_point"]
     assert f"It learned on top of **{start['chosen']}**" in md
     assert f"Kept: **{start['size']['chosen']}**" in md
+    # The rungs may use as many PCA values as the model had before its size was chosen.
+    manifest = json.loads((pipeline_out / "artifact" / "manifest.json").read_text())
+    assert report["baselines_max_dim"] == manifest["config"]["embedder"]["embedding_dim"]
     kept_trained = start["weight"]["weight"] == start["weight"]["trained_weight"]
     assert ("| trained, kept |" in md) == kept_trained
     assert ("| trained |" in md and "| kept |" in md) == (not kept_trained)

@@ -149,6 +149,7 @@ def prepare(
 def fit(
     split: Split, model_cfg: EmbedderConfig, cfg: EmbeddingJobConfig, show: bool
 ) -> TrainResult:
+    """Train ``model_cfg`` as ``cfg.train`` says on the split's triplets."""
     result = train_embedder(
         split.store,
         split.rows[~split.val_mask],
@@ -198,7 +199,8 @@ def finish(
         scores = score_candidate(rows, vectors, ValidationSet.of(rows, split.held))
     seconds = train_s + time.perf_counter() - t1
     final = {"base_weight": model.config.base_weight, "reduced_dim": model.config.reduced_dim}
-    return Candidate(trained_cfg, vectors, scores, seconds, (result, choices, embed_s), final)  # type: ignore[arg-type]
+    outcome = (result, choices, embed_s)
+    return Candidate(trained_cfg, cfg.train.lr, vectors, scores, seconds, outcome, final)  # type: ignore[arg-type]
 
 
 def search_settings(
@@ -208,10 +210,11 @@ def search_settings(
     assert split.rec_rows is not None
     say(progress, f"searching the model's settings on validation ({cfg.search_budget_s:g} s) ...")
 
-    def train(model_cfg: EmbedderConfig) -> Candidate:
+    def train(model_cfg: EmbedderConfig, lr: float) -> Candidate:
         t0 = time.perf_counter()
-        result = fit(split, model_cfg, cfg, False)
-        return finish(split, result, cfg, time.perf_counter() - t0, False)
+        job = replace(cfg, train=replace(cfg.train, lr=lr))
+        result = fit(split, model_cfg, job, False)
+        return finish(split, result, job, time.perf_counter() - t0, False)
 
     vset = ValidationSet.of(split.rec_rows, split.held)
     chosen, report = search(default, train, vset, cfg.search_budget_s, logger(progress))

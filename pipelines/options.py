@@ -55,7 +55,8 @@ SearchBudget = Annotated[
     float,
     typer.Option(
         help="Seconds to spend training variants of the model (twice or half the clusters, "
-        "the cluster occupancy as input, half or twice the embedding size), keeping the one "
+        "the cluster occupancy as input, 3x or 1/3 the learning rate, half or twice the "
+        "embedding size), keeping the one "
         "validation prefers beyond the paired interval; 0 = train the configured model only."
     ),
 ]

@@ -1,8 +1,8 @@
 """Settings of the learned model chosen on the user's validation rows within a time budget.
 
 After the default model is trained, ``search`` trains variants of it one at a time (more
-or fewer clusters, the cluster occupancy as an extra input, a smaller or larger
-embedding), while the time left covers another training as long as the last one took.
+or fewer clusters, the cluster occupancy as an extra input, a larger or smaller learning
+rate, a smaller or larger embedding), while the time left covers another training as long as the last one took.
 Each variant starts from the same rung and gets its own share w (``starting_point``);
 all are scored on the same validation rows (``pipelines.validation``) and a variant
 replaces the default only when ahead beyond the paired interval on one score and behind
@@ -24,36 +24,29 @@ from pipelines.validation import CandidateScores, ValidationSet, gated_choice
 DEFAULT = "default"
 
 
-def variants(cfg: EmbedderConfig) -> list[tuple[str, EmbedderConfig]]:
-    """(label, config) of what a search tries, in order, each one change to ``cfg``."""
-    out = [(f"clusters={cfg.num_clusters * 2}", replace(cfg, num_clusters=cfg.num_clusters * 2))]
+def variants(cfg: EmbedderConfig, lr: float) -> list[tuple[str, EmbedderConfig, float]]:
+    """(label, model config, learning rate) of what a search tries, in order, each one
+    change to (``cfg``, ``lr``)."""
+    k, e = cfg.num_clusters, cfg.embedding_dim
+    out = [(f"clusters={k * 2}", replace(cfg, num_clusters=k * 2), lr)]
     if cfg.pooling in ("netvlad", "dsgmm") and not cfg.occupancy:
-        out.append(("occupancy", replace(cfg, occupancy=True)))
-    if cfg.num_clusters >= 4:
-        out.append(
-            (f"clusters={cfg.num_clusters // 2}", replace(cfg, num_clusters=cfg.num_clusters // 2))
-        )
-    if cfg.embedding_dim >= 16:
-        out.append(
-            (
-                f"embedding_dim={cfg.embedding_dim // 2}",
-                replace(cfg, embedding_dim=cfg.embedding_dim // 2),
-            )
-        )
-    out.append(
-        (
-            f"embedding_dim={cfg.embedding_dim * 2}",
-            replace(cfg, embedding_dim=cfg.embedding_dim * 2),
-        )
-    )
+        out.append(("occupancy", replace(cfg, occupancy=True), lr))
+    out += [(f"lr={lr * 3:g}", cfg, lr * 3), (f"lr={lr / 3:g}", cfg, lr / 3)]
+    if k >= 4:
+        out.append((f"clusters={k // 2}", replace(cfg, num_clusters=k // 2), lr))
+    if e >= 16:
+        out.append((f"embedding_dim={e // 2}", replace(cfg, embedding_dim=e // 2), lr))
+    out.append((f"embedding_dim={e * 2}", replace(cfg, embedding_dim=e * 2), lr))
     return out
 
 
 @dataclass
 class Candidate:
-    """One trained model: its config, catalogue rows (V, O), validation scores, cost."""
+    """One trained model: its config and learning rate, catalogue rows (V, O), validation
+    scores, cost."""
 
     config: EmbedderConfig
+    lr: float
     vectors: np.ndarray
     scores: CandidateScores
     seconds: float
@@ -63,7 +56,7 @@ class Candidate:
 
 def search(
     reference: Candidate,
-    train: Callable[[EmbedderConfig], Candidate],
+    train: Callable[[EmbedderConfig, float], Candidate],
     vset: ValidationSet,
     budget_s: float,
     log: Callable[[str], None] | None = None,
@@ -75,13 +68,13 @@ def search(
     tried: dict[str, Candidate] = {DEFAULT: reference}
     start, slowest, spent = time.perf_counter(), reference.seconds, 0.0
     skipped = []
-    for label, cfg in variants(reference.config):
+    for label, cfg, lr in variants(reference.config, reference.lr):
         if spent + slowest > budget_s:  # each candidate's own seconds add up
             skipped.append(label)
             continue
         if log is not None:
             log(f"trying {label} ...")
-        cand = train(cfg)
+        cand = train(cfg, lr)
         tried[label] = cand
         slowest, spent = max(slowest, cand.seconds), spent + cand.seconds
         if log is not None:
@@ -102,6 +95,7 @@ def search(
                 "num_clusters": c.config.num_clusters,
                 "embedding_dim": c.config.embedding_dim,
                 "occupancy": c.config.occupancy,
+                "lr": c.lr,
                 **c.final,
                 **c.scores.summary(vset),
                 **(

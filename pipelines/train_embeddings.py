@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,7 @@ def _write_trained(
         **({"starting_point": starting_point} if starting_point else {}),
         **({"settings_search": search_report} if search_report else {}),
     }
+    cfg = replace(cfg, train=replace(cfg.train, lr=chosen.lr))  # what the kept model had
     manifest = _manifest(data_dir, *span, len(store), model_cfg, cfg, metrics)
     with tempfile.TemporaryDirectory() as tmp:
         files = _artifact_files(result, model_cfg, store, vectors, index, cfg.index, Path(tmp))

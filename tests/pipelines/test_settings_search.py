@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from embeddings.cowatch import EmbedderConfig
 from pipelines.settings_search import DEFAULT, Candidate, search, variants
@@ -16,20 +17,27 @@ from recsys.artifact import read_embeddings, read_manifest
 CFG = EmbedderConfig(pooling="dsgmm", feature_dim=8, num_clusters=8, embedding_dim=16)
 
 
+def _labels(cfg: EmbedderConfig, lr: float = 1e-3) -> dict[str, tuple[EmbedderConfig, float]]:
+    return {label: (c, lr_) for label, c, lr_ in variants(cfg, lr)}
+
+
 def test_variants_change_one_setting_each() -> None:
-    got = dict(variants(CFG))
+    got = _labels(CFG)
     assert set(got) == {
         "clusters=16",
         "clusters=4",
         "occupancy",
+        "lr=0.003",
+        "lr=0.000333333",
         "embedding_dim=8",
         "embedding_dim=32",
     }
-    assert got["clusters=16"] == replace(CFG, num_clusters=16)
-    assert got["occupancy"] == replace(CFG, occupancy=True)
+    assert got["clusters=16"] == (replace(CFG, num_clusters=16), 1e-3)
+    assert got["occupancy"] == (replace(CFG, occupancy=True), 1e-3)
+    assert got["lr=0.003"] == (CFG, pytest.approx(3e-3))
     # occupancy needs a cluster pooling; already on, it is not tried again
-    assert "occupancy" not in dict(variants(replace(CFG, pooling="netfv")))
-    assert "occupancy" not in dict(variants(replace(CFG, occupancy=True)))
+    assert "occupancy" not in _labels(replace(CFG, pooling="netfv"))
+    assert "occupancy" not in _labels(replace(CFG, occupancy=True))
 
 
 def _vset(n: int = 800) -> ValidationSet:
@@ -43,14 +51,16 @@ def _vset(n: int = 800) -> ValidationSet:
     )
 
 
-def _cand(vset: ValidationSet, cfg: EmbedderConfig, sharp: float, seconds: float) -> Candidate:
+def _cand(
+    vset: ValidationSet, cfg: EmbedderConfig, sharp: float, seconds: float, lr: float = 1e-3
+) -> Candidate:
     rng = np.random.default_rng(1)  # the same noise for every candidate: only sharpness differs
     p = np.clip(
         0.4 + sharp * (vset.labels - 0.4) + rng.normal(0, 0.05, len(vset.labels)), 0.01, 0.99
     )
     sim = vset.labels + rng.normal(0, 1, len(vset.labels))
     scores = CandidateScores(row_log_loss(vset.labels, p), sim)
-    return Candidate(cfg, np.zeros((1, 1)), scores, seconds)
+    return Candidate(cfg, lr, np.zeros((1, 1)), scores, seconds)
 
 
 def test_a_variant_wins_only_when_ahead_and_the_budget_bounds_the_tries() -> None:
@@ -59,13 +69,13 @@ def test_a_variant_wins_only_when_ahead_and_the_budget_bounds_the_tries() -> Non
     better = {"clusters=16": 0.5}  # only this variant is sharper than the default
     calls = []
 
-    def train(cfg: EmbedderConfig) -> Candidate:
-        label = next(k for k, c in variants(CFG) if c == cfg)
+    def train(cfg: EmbedderConfig, lr: float) -> Candidate:
+        label = next(k for k, c, r in variants(CFG, 1e-3) if (c, r) == (cfg, lr))
         calls.append(label)
-        return _cand(vset, cfg, better.get(label, 0.1), seconds=10.0)
+        return _cand(vset, cfg, better.get(label, 0.1), seconds=10.0, lr=lr)
 
     chosen, report = search(default, train, vset, budget_s=1000)
-    assert len(calls) == len(variants(CFG)) and report["skipped_for_time"] == []
+    assert len(calls) == len(variants(CFG, 1e-3)) and report["skipped_for_time"] == []
     assert report["chosen"] == "clusters=16" and chosen.config.num_clusters == 16
     assert report["candidates"]["clusters=16"]["versus_default"]["loss_high"] < 0
     assert DEFAULT in report["candidates"]
@@ -76,7 +86,9 @@ def test_a_variant_wins_only_when_ahead_and_the_budget_bounds_the_tries() -> Non
     # Time for one more training only when the slowest so far fits in what is left.
     calls.clear()
     _, report = search(default, train, vset, budget_s=15)
-    assert calls == ["clusters=16"] and len(report["skipped_for_time"]) == len(variants(CFG)) - 1
+    assert (
+        calls == ["clusters=16"] and len(report["skipped_for_time"]) == len(variants(CFG, 1e-3)) - 1
+    )
     calls.clear()
     _, report = search(default, train, vset, budget_s=5)
     assert calls == [] and report["chosen"] == DEFAULT
@@ -95,7 +107,7 @@ def test_train_embeddings_with_a_search_budget(
     assert code == 0, err
     m = read_manifest(art)
     found = m["metrics"]["settings_search"]
-    assert set(found["candidates"]) == {DEFAULT, *dict(variants(_fast_cfg(m)))}
+    assert set(found["candidates"]) == {DEFAULT, *_labels(_fast_cfg(m), 1e-3)}
     kept = found["candidates"][found["chosen"]]
     emb = m["config"]["embedder"]
     assert (kept["num_clusters"], kept["embedding_dim"], kept["occupancy"]) == (
@@ -103,6 +115,7 @@ def test_train_embeddings_with_a_search_budget(
         emb["embedding_dim"],
         emb["occupancy"],
     )
+    assert m["config"]["train"]["lr"] == kept["lr"]
     _, vecs = read_embeddings(art / "embeddings.parquet")
     assert vecs.shape[1] == (emb["reduced_dim"] or emb["embedding_dim"] + emb["base_dim"])
     code, _, err = run_cli(

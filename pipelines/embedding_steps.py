@@ -1,7 +1,8 @@
 """The steps of ``recsys train-embeddings`` before anything is written: the job's config,
 the triplets and what validation holds out (``prepare``), the starting point, training
-(``fit``), the catalogue's rows with the base's share chosen on validation (``finish``)
-and the budgeted search over the model's settings (``search_settings``)."""
+(``fit``), the catalogue's rows with the base's share and the embedding's size chosen on
+validation (``finish``) and the budgeted search over the model's settings
+(``search_settings``)."""
 
 from __future__ import annotations
 

@@ -99,6 +99,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     cfg = PipelineConfig().with_seed(seed)
     e = cfg.embedding
     options = dict(json_option(o) for o in args.embedder_option)
+    if getattr(args, "base", None):
+        e = replace(e, base=args.base)
     if args.pooling in REPRESENTATIONS:
         e = replace(e, representation=args.pooling)
     elif args.pooling:
@@ -159,6 +161,11 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=1200)
     ap.add_argument("--users", type=int, default=600)
     ap.add_argument("--pooling", default=None, help="the pipeline's --pooling (default: its own)")
+    ap.add_argument(
+        "--base",
+        default=None,
+        help="the pipeline's --base (default: its own); none = the model alone",
+    )
     ap.add_argument(
         "--embedder-option",
         action="append",

@@ -17,9 +17,9 @@ from pipelines.validation import (
     ValidationSet,
     compare,
     gated_choice,
-    row_log_loss,
 )
 from recsys.auc import delong_paired_difference
+from recsys.logistic import row_log_loss
 
 
 def _vset(n: int = 600, users: int = 40, held: int = 0, seed: int = 0) -> ValidationSet:
@@ -119,9 +119,10 @@ def test_the_validation_set_of_a_log() -> None:
     t = np.arange(20, dtype=np.int64)
     users = np.array([0, 1] * 10, dtype=np.int64)
     videos = np.arange(20, dtype=np.int64) % 7
+    videos[18] = 7  # user 0's watch after the cut: a video seen nowhere else
     labels = np.array([1.0, 0.0] * 10)
     rows = RecRows(
-        video_ids=[str(i) for i in range(7)],
+        video_ids=[str(i) for i in range(8)],
         train_users=users.astype(object),
         train_videos=videos,
         train_labels=labels,
@@ -134,7 +135,7 @@ def test_the_validation_set_of_a_log() -> None:
         history_rows={},
         train_user_index=users,
     )
-    held = np.zeros(7, dtype=bool)
+    held = np.zeros(8, dtype=bool)
     held[videos[19]] = True
     vset = ValidationSet.of(rows, held)
     val = rows.validation_mask
@@ -143,7 +144,9 @@ def test_the_validation_set_of_a_log() -> None:
     assert vset.heldout.tolist() == [False, True]
     # User 0 watched every even-time video before the cut; user 1 watched nothing.
     assert sorted(vset.history[0].tolist()) == sorted(set(videos[:18:2].tolist()))
-    assert 1 not in vset.history
+    assert set(vset.history) == {0}  # user 1 has no watch, so no history
+    # Only watches before the cut: user 0's validation-period watch (time 18) is not in it.
+    assert 7 not in vset.history[0].tolist()
 
 
 def test_best_ranked_weighs_both_scores_and_ties_go_to_the_lower_criterion() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -137,7 +138,9 @@ def choose_weight(
     base, learned = model.split(torch.from_numpy(vectors))
     vset = ValidationSet.of(rows, heldout)
     weights = {_name(w): w for w in sorted({*WEIGHTS, trained})}
-    candidates = {name: model.combine(base, learned, w).numpy() for name, w in weights.items()}
+    candidates: dict[str, Callable[[], np.ndarray]] = {
+        name: partial(_combined, model, base, learned, w) for name, w in weights.items()
+    }
     chosen, summaries, comparisons = _choose(rows, vset, candidates, _name(trained), log)
     weight = weights[chosen]
     model.config = replace(model.config, base_weight=weight)
@@ -147,21 +150,22 @@ def choose_weight(
         "candidates": summaries,
         "versus_trained": comparisons,
     }
-    return candidates[chosen], report
+    return candidates[chosen](), report
 
 
 def _choose(
     rows: RecRows,
     vset: ValidationSet,
-    candidates: dict[str, np.ndarray],
+    candidates: dict[str, Callable[[], np.ndarray]],
     reference: str,
     log: Callable[[str], None] | None,
 ) -> tuple[str, dict[str, dict[str, float | None]], dict[str, dict[str, float]]]:
-    """Score every candidate's rows (V, O) on ``vset``; the gated winner against
-    ``reference``, each one's summary and each one's comparison with the reference."""
+    """Score every candidate's rows (V, O) on ``vset``, each built when scored and let go
+    after (one copy of the catalogue's rows at a time, not one per candidate); the gated
+    winner against ``reference``, each one's summary and comparison with the reference."""
     scores: dict[str, CandidateScores] = {}
-    for name, v in candidates.items():
-        scores[name] = score_candidate(rows, v, vset)
+    for name, build in candidates.items():
+        scores[name] = score_candidate(rows, build(), vset)
         if log is not None:
             s = scores[name].summary(vset)
             log(
@@ -191,10 +195,10 @@ def choose_size(
     full = vectors.shape[1]
     sizes = [d for d in SIZES if d < full]
     pca = PCA.fit_covariance(vectors, max(sizes)) if sizes else None
-    candidates = {FULL: vectors}
+    candidates: dict[str, Callable[[], np.ndarray]] = {FULL: lambda: vectors}
     if pca is not None:
-        z = pca.project(vectors)
-        candidates.update({f"d={d}": l2_rows(z[:, :d]) for d in sizes})
+        z = pca.project(vectors)  # (V, max size): the sizes share it
+        candidates.update({f"d={d}": partial(_leading, z, d) for d in sizes})
     chosen, summaries, comparisons = _choose(rows, vset, candidates, FULL, log)
     if chosen != FULL:
         assert pca is not None
@@ -206,7 +210,17 @@ def choose_size(
         "candidates": summaries,
         "versus_full": comparisons,
     }
-    return candidates[chosen], report
+    return candidates[chosen](), report
+
+
+def _combined(
+    model: CowatchEmbedder, base: torch.Tensor, learned: torch.Tensor, w: float
+) -> np.ndarray:
+    return model.combine(base, learned, w).numpy()
+
+
+def _leading(z: np.ndarray, d: int) -> np.ndarray:
+    return l2_rows(z[:, :d])
 
 
 def _name(w: float) -> str:

@@ -31,6 +31,7 @@ from pipelines.impressions import RecRows, group_histories
 from recsys.auc import delong_ci, delong_paired_difference
 from recsys.design import VideoRows
 from recsys.glmix import GLMixConfig, fit_glmix
+from recsys.logistic import row_log_loss
 from recsys.scoring import similarity_by_user
 
 #: validation rows of held-out videos below which the criterion is all validation rows
@@ -96,12 +97,6 @@ class CandidateScores:
             "criterion": float(vset.weights @ self.losses),
             "avg_similarity_auc": None if auc is None or math.isnan(auc) else float(auc),
         }
-
-
-def row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """(n,) binary cross-entropy of each row (p clipped as ``recsys.logistic.mean_log_loss``)."""
-    q = np.clip(p, 1e-12, 1 - 1e-12)
-    return -(y * np.log(q) + (1 - y) * np.log(1 - q))
 
 
 def score_candidate(

@@ -26,10 +26,15 @@ def log_likelihood_torch(eta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return y * eta - torch.nn.functional.softplus(eta)
 
 
-def mean_log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean binary cross-entropy of probabilities p (clipped to [1e-12, 1 - 1e-12])."""
+def row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """(n,) binary cross-entropy of each row's probability p (clipped to [1e-12, 1 - 1e-12])."""
     q = np.clip(p, 1e-12, 1 - 1e-12)
-    return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+    return -(y * np.log(q) + (1 - y) * np.log(1 - q))
+
+
+def mean_log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean binary cross-entropy of probabilities p (``row_log_loss`` averaged)."""
+    return float(np.mean(row_log_loss(y, p)))
 
 
 #: rows per float64 chunk of a design: two (chunk, p) buffers (~35 MB at p = 65) bound the

@@ -11,8 +11,9 @@ import pytest
 
 from embeddings.cowatch import EmbedderConfig
 from pipelines.settings_search import DEFAULT, Candidate, search, variants
-from pipelines.validation import CandidateScores, ValidationSet, row_log_loss
+from pipelines.validation import CandidateScores, ValidationSet
 from recsys.artifact import read_embeddings, read_manifest
+from recsys.logistic import row_log_loss
 
 CFG = EmbedderConfig(pooling="dsgmm", feature_dim=8, num_clusters=8, embedding_dim=16)
 

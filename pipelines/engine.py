@@ -21,7 +21,8 @@ from pipelines.impressions import impressions_connection
 from recsys.auc import delong_ci
 from recsys.design import VideoRows, dense_video
 from recsys.errors import UserInputError
-from recsys.glmix import GLMix, GLMixConfig, fit_glmix, select_random_l2
+from recsys.glmix import GLMix, GLMixConfig, fit_glmix
+from recsys.glmix_tuning import select_random_l2
 from recsys.triplets import TripletConfig, mine_triplets
 
 ENGINES = ("local", "spark")
@@ -80,6 +81,7 @@ class Engine:
         cfg: GLMixConfig,
         on_pass: Callable[[int, float], None] | None = None,
         global_feats: np.ndarray | None = None,
+        videos: np.ndarray | None = None,
     ) -> GLMix:
         if self.is_spark:
             from pipelines.spark_glmix import fit_glmix_spark
@@ -92,8 +94,9 @@ class Engine:
                 cfg,
                 on_pass,
                 global_feats=global_feats,
+                videos=videos,
             )
-        return fit_glmix(users, video, labels, cfg, global_feats, on_pass=on_pass)
+        return fit_glmix(users, video, labels, cfg, global_feats, on_pass=on_pass, videos=videos)
 
     def select_random_l2(
         self,
@@ -114,8 +117,9 @@ class Engine:
                 y: np.ndarray,
                 cfg: GLMixConfig,
                 g: np.ndarray | None,
+                v: np.ndarray | None = None,
             ) -> GLMix:
-                return fit_glmix_spark(self.spark, u, x, y, cfg, global_feats=g)
+                return fit_glmix_spark(self.spark, u, x, y, cfg, global_feats=g, videos=v)
 
         if self.is_spark:
             video = dense_video(video)

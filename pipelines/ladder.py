@@ -34,7 +34,8 @@ from recsys.baselines import (
 from recsys.design import VideoRows
 from recsys.embedders import ClassicalEmbedder
 from recsys.frames import FrameStore
-from recsys.glmix import GLMixConfig, fit_glmix, select_random_l2
+from recsys.glmix import GLMixConfig, fit_glmix
+from recsys.glmix_tuning import select_random_l2
 from recsys.logistic import mean_log_loss
 from recsys.memory import release_free_memory
 from recsys.scoring import history_features as _history_features

@@ -27,7 +27,8 @@ from pipelines.spark import ROWS_PER_TASK, parallelism
 from pipelines.spark_glmix import fit_glmix_frame, global_features_of
 from pipelines.spark_rows import glmix_rows_spark
 from recsys.errors import UserInputError
-from recsys.glmix import RANDOM_L2_GRID, GLMix, GLMixConfig
+from recsys.glmix import GLMix, GLMixConfig
+from recsys.glmix_tuning import RANDOM_L2_GRID
 from recsys.logistic import mean_log_loss
 from recsys.scoring import HISTORY_FEATURES
 

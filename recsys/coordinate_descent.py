@@ -5,12 +5,14 @@
 As GLMix / Photon-ML fit it:
 
 1. the fixed effect by Newton's method, the random-effect scores as offsets;
-2. every user's random effect, the fixed-effect score as offset;
+2. each random-effect coordinate in turn - every user's effect, then (when the model has
+   them) every video's - the other coordinates' scores as offset;
 3. repeat until the training log-likelihood per row stops improving.
 
 Where the rows live is the backend's business: ``LocalBackend`` holds arrays in this
 process; the Spark engine's backend (``pipelines/spark_glmix.py``) holds a DataFrame
-partitioned by user. Both run this loop, so both engines take the same steps.
+partitioned by user for the users' pass and by video for the videos'. Both run this
+loop, so both engines take the same steps.
 """
 
 from __future__ import annotations
@@ -18,24 +20,33 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 
 from recsys.design import VideoDesign
-from recsys.glmix_config import GLMixConfig, random_prior
+from recsys.glmix_config import GLMixConfig, random_prior, video_prior
 from recsys.logistic import log_likelihood_torch, logistic_sums, newton_logistic
 from recsys.random_effects import (
+    Bucket,
     design_dot,
+    entity_buckets,
     posterior_precision,
     solve_random_effects,
     user_buckets,
 )
 
+#: the random-effect coordinates, in the order each pass fits them
+USER, VIDEO = "user", "video"
+
 
 class GLMixBackend(Protocol):
     """Where the rows are: what the coordinate-descent loop asks of them."""
+
+    #: the random-effect coordinates this model has (``USER``, then ``VIDEO`` if any)
+    coordinates: tuple[str, ...]
 
     def fixed_sums(
         self, beta: np.ndarray, derivatives: bool
@@ -44,10 +55,17 @@ class GLMixBackend(Protocol):
         all rows, the current random-effect scores as offsets (``logistic_sums``)."""
         ...
 
-    def random_pass(self, fixed: np.ndarray, steps: int) -> float:
-        """Refit every user's effect (``steps`` Newton steps, warm started) with the fixed
-        effect ``fixed`` as offset; keep the new random-effect scores; return the
-        log-likelihood per row of the full model."""
+    def random_pass(self, coordinate: str, fixed: np.ndarray, steps: int) -> float:
+        """Refit every effect of ``coordinate`` (``steps`` Newton steps, warm started)
+        with the fixed effect ``fixed`` and the other coordinates' scores as offset; keep
+        the new scores; return the log-likelihood per row of the full model."""
+        ...
+
+    def recenter(self, coordinate: str) -> float:
+        """Take the mean intercept m out of ``coordinate``'s effects (every one minus m,
+        so every score minus m) and return it: the loop adds it to the fixed intercept,
+        which leaves every prediction as it was. Only when every row has an effect of
+        this coordinate (else return 0 and change nothing)."""
         ...
 
 
@@ -102,7 +120,16 @@ def coordinate_descent(
         # 2. The random effects, warm started after the first pass: one step is enough.
         steps = cfg.random_newton_steps if k == 0 else max(1, cfg.random_newton_steps // 2)
         t0 = time.perf_counter()
-        ll = backend.random_pass(fixed, steps)
+        for coordinate in backend.coordinates:
+            ll = backend.random_pass(coordinate, fixed, steps)
+            if len(backend.coordinates) > 1:
+                # With two crossed coordinates, a shift of all of one's intercepts against
+                # the fixed intercept is nearly flat in the likelihood: block descent
+                # crawls along it (0.3 off after 8 passes on a small log). At the optimum
+                # each coordinate's intercepts sum to zero (equal priors, every row
+                # covered), so moving their mean into the fixed intercept is exact.
+                fixed = fixed.copy()
+                fixed[0] += backend.recenter(coordinate)
         clock["random_s"] += time.perf_counter() - t0
         history.append({"pass": k + 1, "log_likelihood_per_row": ll})
         if on_pass is not None:
@@ -113,12 +140,28 @@ def coordinate_descent(
     return fixed, history
 
 
+@dataclass
+class _Coordinate:
+    """One random-effect coordinate's rows and state in this process."""
+
+    of_row: np.ndarray  # (N,) entity code 0..K-1
+    z: torch.Tensor  # (N, q) design, or (V, q) gathered through ``row_map``
+    row_map: torch.Tensor | None
+    lam: torch.Tensor  # (q,) prior precision
+    min_rows: int
+    buckets: list[Bucket]
+    coef: torch.Tensor  # (K, q) float64
+    score: torch.Tensor  # (N,) float64: this coordinate's logit of each row
+
+
 class LocalBackend:
     """The rows as arrays in this process.
 
     user_of_row: (N,) codes 0..U-1; x_fixed: (N, p) float32 design [1, video, global],
-    or a ``VideoDesign`` (rows by reference); y: (N,) float64 labels. The random-effect
-    design [1, video] is the first q columns (or the design's per-video table).
+    or a ``VideoDesign`` (rows by reference); y: (N,) float64 labels. The users'
+    random-effect design [1, video] is the first q columns (or the design's per-video
+    table). ``video_of_row`` (N,) codes 0..V-1 add the per-video coordinate, its design
+    ``video_z`` (N, qv) ([1, global features]; None: the intercept alone).
     """
 
     def __init__(
@@ -130,56 +173,119 @@ class LocalBackend:
         q: int,
         cfg: GLMixConfig,
         rng: np.random.Generator,
+        video_of_row: np.ndarray | None = None,
+        n_videos: int = 0,
+        video_z: np.ndarray | None = None,
     ) -> None:
-        self.user_of_row, self.n_users, self.cfg = user_of_row, n_users, cfg
+        self.cfg = cfg
         self.x_fixed, self.y_np = x_fixed, y
-        self.row_video: np.ndarray | None = None
+        n = len(y)
+        row_map = None
         if isinstance(x_fixed, VideoDesign):  # [1, video] per video, gathered per row
-            self.z_all = torch.from_numpy(x_fixed.random_table)
-            self.row_video = x_fixed.rows
+            z_user = torch.from_numpy(x_fixed.random_table)
+            row_map = torch.from_numpy(x_fixed.rows)
         else:  # [1, video] is the first q columns of the fixed design: a view, no copy
-            self.z_all = torch.from_numpy(x_fixed[:, :q])
+            z_user = torch.from_numpy(x_fixed[:, :q])
+        buckets, _ = user_buckets(user_of_row, n_users, cfg, rng, q)
+        self.coords = {
+            USER: self._coordinate(
+                user_of_row,
+                n_users,
+                z_user,
+                row_map,
+                random_prior(cfg, q),
+                cfg.min_rows_per_user,
+                buckets,
+            )
+        }
+        if video_of_row is not None:
+            # The intercept's design is a column of ones: a broadcast view, no (N,) copy.
+            zv = torch.ones(1, 1, dtype=torch.float32).expand(n, 1)
+            if video_z is not None:
+                zv = torch.from_numpy(np.ascontiguousarray(video_z, dtype=np.float32))
+            qv = zv.shape[1]
+            vb, _ = entity_buckets(video_of_row, n_videos, 1, 0, cfg.user_chunk, rng, qv)
+            self.coords[VIDEO] = self._coordinate(
+                video_of_row, n_videos, zv, None, video_prior(cfg, qv), 1, vb
+            )
+        self.coordinates = tuple(self.coords)
         self.y = torch.from_numpy(y)
-        self.lam = torch.from_numpy(random_prior(cfg, q))
-        self.buckets, _ = user_buckets(user_of_row, n_users, cfg, rng, q)
-        self.coef = torch.zeros(n_users, q, dtype=torch.float64)
-        self.rand_score = torch.zeros(len(y), dtype=torch.float64)
-        self.fixed_score = torch.zeros(len(y), dtype=torch.float64)
-        self._ones = np.ones(len(y))
+        self.fixed_score = torch.zeros(n, dtype=torch.float64)
+        self._fixed: np.ndarray | None = None
+        self._ones = np.ones(n)
+
+    def _coordinate(
+        self,
+        of_row: np.ndarray,
+        k: int,
+        z: torch.Tensor,
+        row_map: torch.Tensor | None,
+        prior: np.ndarray,
+        min_rows: int,
+        buckets: list[Bucket],
+    ) -> _Coordinate:
+        q = z.shape[1]
+        zeros = torch.zeros(len(of_row), dtype=torch.float64)
+        coef = torch.zeros(k, q, dtype=torch.float64)
+        return _Coordinate(
+            of_row, z, row_map, torch.from_numpy(prior), min_rows, buckets, coef, zeros
+        )
+
+    def _random_total(self, leave_out: str | None = None) -> torch.Tensor:
+        total = torch.zeros(len(self.y_np), dtype=torch.float64)
+        for name, c in self.coords.items():
+            if name != leave_out:
+                total += c.score
+        return total
 
     def fixed_sums(
         self, beta: np.ndarray, derivatives: bool
     ) -> tuple[float, np.ndarray, np.ndarray]:
         return logistic_sums(
-            self.x_fixed, self.y_np, self.rand_score.numpy(), self._ones, beta, derivatives
+            self.x_fixed, self.y_np, self._random_total().numpy(), self._ones, beta, derivatives
         )
 
-    def random_pass(self, fixed: np.ndarray, steps: int) -> float:
-        self.fixed_score = torch.from_numpy(design_dot(self.x_fixed, fixed))
+    def random_pass(self, coordinate: str, fixed: np.ndarray, steps: int) -> float:
+        if self._fixed is None or not np.array_equal(self._fixed, fixed):
+            self.fixed_score = torch.from_numpy(design_dot(self.x_fixed, fixed))
+            self._fixed = np.array(fixed, copy=True)
+        c = self.coords[coordinate]
+        offset = self.fixed_score + self._random_total(leave_out=coordinate)
         solve_random_effects(
-            self.buckets,
-            self.z_all,
-            self.y,
-            self.fixed_score,
-            self.coef,
-            self.lam,
-            steps,
-            self.rand_score,
-            None if self.row_video is None else torch.from_numpy(self.row_video),
+            c.buckets, c.z, self.y, offset, c.coef, c.lam, steps, c.score, c.row_map
         )
-        eta = self.fixed_score + self.rand_score
+        eta = offset + c.score
         return float(log_likelihood_torch(eta, self.y).mean())
 
-    def user_effects(self) -> tuple[np.ndarray, np.ndarray]:
-        """(U, q) coefficients and the diagonal of their posterior precision at the last
-        pass's logits (how sure the fit is: the online update's prior)."""
-        eta = (self.fixed_score + self.rand_score).numpy()
+    def recenter(self, coordinate: str) -> float:
+        c = self.coords[coordinate]
+        if c.min_rows > 1 or not len(c.coef):
+            return 0.0
+        m = float(c.coef[:, 0].mean())
+        c.coef[:, 0] -= m
+        c.score -= m
+        self.fixed_score += m  # the fixed intercept the loop raises by m
+        self._fixed = None if self._fixed is None else self._fixed + _intercept(len(self._fixed), m)
+        return m
+
+    def effects(self, coordinate: str = USER) -> tuple[np.ndarray, np.ndarray]:
+        """(K, q) coefficients of a coordinate and the diagonal of their posterior
+        precision at the last pass's logits (how sure the fit is: the online prior)."""
+        c = self.coords[coordinate]
+        eta = (self.fixed_score + self._random_total()).numpy()
         precision = posterior_precision(
-            self.user_of_row,
-            self.n_users,
-            self.z_all.numpy(),
+            c.of_row,
+            len(c.coef),
+            c.z.numpy(),
             eta,
-            self.cfg,
-            row_video=self.row_video,
+            c.lam.numpy(),
+            c.min_rows,
+            row_video=None if c.row_map is None else c.row_map.numpy(),
         )
-        return self.coef.numpy(), precision
+        return c.coef.numpy(), precision
+
+
+def _intercept(p: int, m: float) -> np.ndarray:
+    out = np.zeros(p)
+    out[0] = m
+    return out

@@ -34,9 +34,25 @@ class GLMixConfig:
     #: users per batched solve (bounds memory: users x p x p float64)
     user_chunk: int = 8192
     seed: int = 0
+    #: a third coordinate: per-video random effects (a video's own appeal, learnt from its
+    #: impressions; a video the fit never saw gets zero and relies on the fixed effect)
+    video_effects: bool = False
+    #: L2 strength on each video's intercept
+    video_intercept_l2: float = 1.0
+    #: per-video slopes on the global features (how much a video's appeal depends on the
+    #: user's history similarity); needs global features
+    video_slopes: bool = False
+    #: L2 strength on each video's slopes
+    video_slope_l2: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("fixed_l2", "random_l2", "random_intercept_l2"):
+        for name in (
+            "fixed_l2",
+            "random_l2",
+            "random_intercept_l2",
+            "video_intercept_l2",
+            "video_slope_l2",
+        ):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be finite and >= 0, got {v}")
@@ -58,4 +74,11 @@ def random_prior(cfg: GLMixConfig, q: int) -> np.ndarray:
     """(q,) prior precision of a user's effect [intercept, slopes]: the L2 strengths."""
     lam = np.full(q, cfg.random_l2)
     lam[0] = cfg.random_intercept_l2
+    return lam
+
+
+def video_prior(cfg: GLMixConfig, q: int) -> np.ndarray:
+    """(q,) prior precision of a video's effect [intercept, slopes on global features]."""
+    lam = np.full(q, cfg.video_slope_l2)
+    lam[0] = cfg.video_intercept_l2
     return lam

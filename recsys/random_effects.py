@@ -15,7 +15,7 @@ import torch
 from scipy.special import expit
 
 from recsys.design import DesignMatrix
-from recsys.glmix_config import GLMixConfig, random_prior
+from recsys.glmix_config import GLMixConfig
 from recsys.logistic import CHUNK_ROWS, log_likelihood_torch
 
 
@@ -49,21 +49,39 @@ def user_buckets(
     rng: np.random.Generator,
     q: int = 1,
 ) -> tuple[list[Bucket], np.ndarray]:
-    """Group users with a random effect by row count (power-of-two buckets), at most
-    ``cfg.user_chunk`` users and about ``BUCKET_VALUES`` values of a q-column design per
-    batch. Each user's solve is its own, so the batching changes no coefficient."""
+    """The users' buckets (``entity_buckets`` with the users' row limits)."""
+    return entity_buckets(
+        user_of_row, n_users, cfg.min_rows_per_user, cfg.max_rows_per_user, cfg.user_chunk, rng, q
+    )
+
+
+def entity_buckets(
+    of_row: np.ndarray,
+    n: int,
+    min_rows: int,
+    max_rows: int,
+    batch: int,
+    rng: np.random.Generator,
+    q: int = 1,
+) -> tuple[list[Bucket], np.ndarray]:
+    """Group the entities (users or videos) with a random effect (at least ``min_rows``
+    rows) by row count into power-of-two buckets, at most ``batch`` entities and about
+    ``BUCKET_VALUES`` values of a q-column design per batch; an entity above ``max_rows``
+    (0: no cap) is subsampled to it and reweighted. Each entity's solve is its own, so
+    the batching changes no coefficient. Returns the buckets and who has an effect."""
+    user_of_row, n_users = of_row, n
     order = np.argsort(user_of_row, kind="stable")
     counts = np.bincount(user_of_row, minlength=n_users)
     starts = np.concatenate([[0], np.cumsum(counts)])
-    eligible = counts >= cfg.min_rows_per_user
-    cap = cfg.max_rows_per_user or int(counts.max(initial=1))
+    eligible = counts >= min_rows
+    cap = max_rows or int(counts.max(initial=1))
     eff = np.minimum(counts, cap)
     size_class = np.ceil(np.log2(np.maximum(eff, 1))).astype(int)
     buckets: list[Bucket] = []
     for sc in np.unique(size_class[eligible]):
         users = np.flatnonzero(eligible & (size_class == sc))
         width = int(eff[users].max())
-        per = max(1, min(cfg.user_chunk, BUCKET_VALUES // (width * max(q, 1))))
+        per = max(1, min(batch, BUCKET_VALUES // (width * max(q, 1))))
         for c0 in range(0, len(users), per):
             chunk = users[c0 : c0 + per]
             rows = np.full((len(chunk), width), -1, dtype=np.int64)
@@ -168,34 +186,36 @@ def solve_random_effects(
         rand_score[rows[valid]] = (eta - off)[valid]
 
 
-def fit_user_effects(
-    user_of_row: np.ndarray,
-    x_fixed: np.ndarray,
+def fit_entity_effects(
+    of_row: np.ndarray,
+    z: np.ndarray,
     y: np.ndarray,
-    fixed_coef: np.ndarray,
+    offset: np.ndarray,
     coef: np.ndarray,
-    cfg: GLMixConfig,
+    prior: np.ndarray,
+    min_rows: int,
     steps: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One random-effect pass over some users, given all of their rows.
+    """One random-effect pass over some entities (users or videos), given all their rows.
 
-    user_of_row: (N,) user code 0..U-1; x_fixed: (N, p) fixed design [1, video]; y: (N,);
-    fixed_coef: (p,); coef: (U, q) warm start. Returns the new (U, q) coefficients and
-    each row's full logit (fixed + random). The same solver the local fit uses, so a
-    distributed fit that gives each worker whole users gets the same coefficients.
+    of_row: (N,) entity code 0..K-1; z: (N, q) random-effect design; y: (N,); offset:
+    (N,) the other coordinates' logits; coef: (K, q) warm start; prior: (q,) L2. Returns
+    the new (K, q) coefficients and each row's random-effect score. The solver the local
+    fit uses, so a distributed fit that gives each worker whole entities gets the same
+    coefficients.
     """
     q = coef.shape[1]
-    buckets, _ = user_buckets(
-        user_of_row, len(coef), cfg, np.random.default_rng(cfg.seed), coef.shape[1]
+    buckets, _ = entity_buckets(
+        of_row, len(coef), min_rows, 0, 1 << 30, np.random.default_rng(0), q
     )
-    z_all = torch.from_numpy(np.ascontiguousarray(x_fixed[:, :q], dtype=np.float32))
-    fixed_score = torch.from_numpy(design_dot(x_fixed, fixed_coef))
+    z_all = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
     rand = torch.zeros(len(y), dtype=torch.float64)
     c = torch.from_numpy(np.array(coef, dtype=np.float64))
     yt = torch.from_numpy(np.array(y, dtype=np.float64))
-    lam = torch.from_numpy(random_prior(cfg, q))
-    solve_random_effects(buckets, z_all, yt, fixed_score, c, lam, steps, rand)
-    return c.numpy(), (fixed_score + rand).numpy()
+    off = torch.from_numpy(np.asarray(offset, dtype=np.float64))
+    lam = torch.from_numpy(np.asarray(prior, dtype=np.float64))
+    solve_random_effects(buckets, z_all, yt, off, c, lam, steps, rand)
+    return c.numpy(), rand.numpy()
 
 
 def posterior_precision(
@@ -203,20 +223,21 @@ def posterior_precision(
     n_users: int,
     z: np.ndarray,
     eta: np.ndarray,
-    cfg: GLMixConfig,
+    prior: np.ndarray,
+    min_rows: int = 1,
     chunk_rows: int = CHUNK_ROWS,
     row_video: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(U, q) diagonal of each user's posterior precision at logits ``eta``: the prior L2
-    plus sum_i z_i^2 mu_i (1 - mu_i) over the user's rows (users below
-    ``min_rows_per_user`` have no random effect and keep the prior L2 alone).
+    """(U, q) diagonal of each entity's (user's or video's) posterior precision at logits
+    ``eta``: the prior L2 ``prior`` (q,) plus sum_i z_i^2 mu_i (1 - mu_i) over its rows
+    (entities below ``min_rows`` rows have no random effect and keep the prior alone).
 
-    user_of_row: (N,) codes 0..U-1; z: (N, q) random-effect design [1, video], or (V, q)
-    per video with ``row_video`` (N,) naming each row's; eta: (N,).
+    user_of_row: (N,) codes 0..U-1; z: (N, q) random-effect design, or (V, q) per video
+    with ``row_video`` (N,) naming each row's; eta: (N,).
     """
     q = z.shape[1]
     counts = np.bincount(user_of_row, minlength=n_users)
-    has_effect = counts >= cfg.min_rows_per_user
+    has_effect = counts >= min_rows
     sums = np.zeros((n_users, q))
     for s in range(0, len(user_of_row), chunk_rows):  # float64 copies of one chunk at a time
         sl = slice(s, s + chunk_rows)
@@ -227,4 +248,4 @@ def posterior_precision(
         w = zr * zr * (mu * (1.0 - mu))[:, None]
         for j in range(q):
             sums[:, j] += np.bincount(users[keep], weights=w[:, j], minlength=n_users)
-    return random_prior(cfg, q)[None, :] + sums
+    return np.asarray(prior, dtype=np.float64)[None, :] + sums

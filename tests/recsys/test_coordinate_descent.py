@@ -14,6 +14,8 @@ from recsys.logistic import fit_logistic, logistic_sums
 class _NoRandomEffects:
     """A backend whose users have no effects: the loop must reduce to one logistic fit."""
 
+    coordinates = ("user",)
+
     def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
         self.x, self.y = x, y
         self.passes: list[tuple[np.ndarray, int]] = []
@@ -23,7 +25,7 @@ class _NoRandomEffects:
     ) -> tuple[float, np.ndarray, np.ndarray]:
         return logistic_sums(self.x, self.y, np.zeros(len(self.y)), np.ones(len(self.y)), beta)
 
-    def random_pass(self, fixed: np.ndarray, steps: int) -> float:
+    def random_pass(self, coordinate: str, fixed: np.ndarray, steps: int) -> float:
         self.passes.append((fixed.copy(), steps))
         eta = self.x @ fixed
         return float(np.mean(self.y * eta - np.logaddexp(0.0, eta)))
@@ -61,8 +63,8 @@ def test_the_loop_stops_after_max_passes() -> None:
     y = (rng.random(50) < 0.5).astype(float)
 
     class Improving(_NoRandomEffects):
-        def random_pass(self, fixed: np.ndarray, steps: int) -> float:
-            super().random_pass(fixed, steps)
+        def random_pass(self, coordinate: str, fixed: np.ndarray, steps: int) -> float:
+            super().random_pass(coordinate, fixed, steps)
             return float(len(self.passes))  # always better by 1
 
     b = Improving(x, y)
@@ -82,7 +84,7 @@ def test_local_backend_through_the_loop_is_fit_glmix() -> None:
     x = fixed_design(video, None, True)
     backend = LocalBackend(codes, len(model.user_ids), x, y, 4, cfg, np.random.default_rng(0))
     fixed, history = coordinate_descent(backend, cfg, fixed_prior(cfg, 4))
-    coef, precision = backend.user_effects()
+    coef, precision = backend.effects()
     np.testing.assert_array_equal(fixed, model.fixed)
     np.testing.assert_array_equal(coef, model.user_coef)
     np.testing.assert_array_equal(precision, model.user_precision)

@@ -7,7 +7,8 @@ import pytest
 import statsmodels.api as sm
 
 from recsys.errors import UserInputError
-from recsys.glmix import GLMix, GLMixConfig, fit_glmix, select_random_l2
+from recsys.glmix import GLMix, GLMixConfig, fit_glmix
+from recsys.glmix_tuning import select_random_l2
 from recsys.logistic import fit_logistic
 from tests.recsys.reference import scipy_penalised as _scipy_penalised
 
@@ -141,7 +142,7 @@ def test_bad_input() -> None:
 
 
 def test_select_random_l2_prefers_the_better_validation_fit() -> None:
-    from recsys.glmix import select_random_l2
+    from recsys.glmix_tuning import select_random_l2
 
     users, x, y, _, _ = _simulate(n_users=60, rows=80, seed=7)
     rng = np.random.default_rng(0)

@@ -36,11 +36,13 @@ def test_posterior_precision_is_the_prior_plus_each_users_curvature() -> None:
     z = np.c_[np.ones(6), rng.normal(size=(6, 2))]
     eta = rng.normal(size=6)
     cfg = GLMixConfig(random_l2=3.0, random_intercept_l2=0.5, min_rows_per_user=2)
-    got = posterior_precision(user_of_row, 3, z, eta, cfg)
+    prior = random_prior(cfg, 3)
+    got = posterior_precision(user_of_row, 3, z, eta, prior, 2)
     # Rows summed a chunk at a time (bounded float64 copies) give the same sums.
+    z32 = z.astype(np.float32)
     np.testing.assert_allclose(
-        posterior_precision(user_of_row, 3, z.astype(np.float32), eta, cfg, chunk_rows=4),
-        posterior_precision(user_of_row, 3, z.astype(np.float32), eta, cfg),
+        posterior_precision(user_of_row, 3, z32, eta, prior, 2, chunk_rows=4),
+        posterior_precision(user_of_row, 3, z32, eta, prior, 2),
         rtol=1e-12,
     )
     mu = 1 / (1 + np.exp(-eta))

@@ -34,6 +34,7 @@ from recsys import artifact as art
 from recsys.auc import delong_paired_difference, interval_verdict
 from recsys.dataset import VIDEO_TRUTH_FILE
 from recsys.frames import FrameStore
+from recsys.glmix import GLMixConfig
 
 #: the learned scores compared with the best baseline
 COMPARED = ("glmix", "max_similarity", "avg_similarity")
@@ -48,11 +49,13 @@ def add_baselines(
     cfg: EvalConfig,
     history_features: bool = False,
     max_dim: int | None = None,
+    glmix_base: GLMixConfig | None = None,
 ) -> None:
     """Score each of ``cfg.baselines`` on the test rows into ``report["baselines"]``, the
     ceiling (synthetic worlds) into ``report["ceiling"]`` and the comparison into
     ``report["vs_best_baseline"]``. ``history_features``: the baselines' GLMix gets the
-    history similarities as the learned model's does (same model family)."""
+    history similarities as the learned model's does (same model family); ``glmix_base``:
+    the shipped model's coordinates (its per-video effects), given to every rung's GLMix."""
     y, cold, users = test.labels, test.cold_start, test.users
     if cfg.progress:
         print(
@@ -73,6 +76,7 @@ def add_baselines(
         emb_dim,
         cfg.baselines,
         seed=cfg.seed,
+        base=glmix_base,
         log=print if cfg.progress else None,
         history_features=history_features,
         heldout=heldout,
@@ -99,7 +103,7 @@ def add_baselines(
     report["validation_choice"] = validation_choice(
         report.get("pooling") or "learned", score_candidate(rows, shipped, vset), ladder, vset
     )
-    ceiling = _ceiling(data, store, rows, test, emb_dim, cfg.seed, history_features)
+    ceiling = _ceiling(data, store, rows, test, emb_dim, cfg.seed, history_features, glmix_base)
     if ceiling is not None:
         report["ceiling"] = ceiling
     base_scores = {name: bscores for name, (bscores, _) in ladder.items()}
@@ -139,6 +143,7 @@ def _ceiling(
     emb_dim: int,
     seed: int,
     history_features: bool,
+    glmix_base: GLMixConfig | None = None,
 ) -> dict[str, Any] | None:
     """A synthetic world knows each video's true features: the same GLMix on them is the
     ceiling for any embedding (not a baseline to beat)."""
@@ -152,8 +157,10 @@ def _ceiling(
         return None
     y, cold, users = test.labels, test.cold_start, test.users
     raw = feats[[index[v] for v in store.video_ids]]
-    vectors, info = reduce_on_validation(rows, raw, emb_dim)
-    cscores, fit = score_representation(rows, vectors, history_features=history_features)
+    vectors, info = reduce_on_validation(rows, raw, emb_dim, glmix_base)
+    cscores, fit = score_representation(
+        rows, vectors, glmix_base, history_features=history_features
+    )
     return {
         "name": "true video features (synthetic world)",
         "auc": {k: auc_block(y, v, users, 0, seed)["auc"] for k, v in cscores.items()},

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines.baseline_comparison import add_baselines
+from pipelines.coordinate_comparison import coordinate_table
 from pipelines.engine import Engine
 from pipelines.evaluation_inputs import EvalConfig, TestSet, load_test_set
 from pipelines.io import dataset_dir
@@ -28,7 +29,7 @@ from recsys import artifact as art
 from recsys.dataset import TRUTH_FILE
 from recsys.design import VideoRows
 from recsys.errors import UserInputError
-from recsys.glmix import GLMix
+from recsys.glmix import GLMix, GLMixConfig
 from recsys.memory import release_free_memory
 from recsys.online import OnlineConfig, progressive_validation
 from recsys.scoring import glmix_global_features, prior_history_similarity, similarity_by_user
@@ -56,6 +57,31 @@ def _load_models(a: Path) -> tuple[GLMix, GLMix]:
             "(recsys pipeline does it)"
         )
     return glm, glm0
+
+
+def _coordinate_block(
+    a: Path,
+    t: TestSet,
+    x: VideoRows,
+    videos: np.ndarray,
+    frozen_g: np.ndarray | None,
+    glm: GLMix,
+    scores: dict[str, np.ndarray],
+) -> dict[str, Any] | None:
+    """Table 7 with and without the per-video coordinate (``pipelines.
+    coordinate_comparison``), when the artifact has the variant pair (None otherwise)."""
+    var, var0 = art.load_glmix(a, art.GLMIX_VARIANT), art.load_glmix(a, art.GLMIX_NO_VIDEO_VARIANT)
+    if var is None or var0 is None:
+        return None
+    variant = (
+        var.predict_proba(t.users, x, frozen_g, videos),
+        var0.predict_proba(t.users, x, None, videos),
+    )
+    shipped = (scores["glmix"], scores["glmix_no_video"])
+    has = glm.has_video_effects
+    return coordinate_table(
+        t.labels, t.cold_start, shipped if has else variant, variant if has else shipped, has
+    )
 
 
 def _global_features(model: GLMix, max_s: np.ndarray, avg_s: np.ndarray) -> np.ndarray | None:
@@ -171,13 +197,14 @@ def evaluate_artifact(
     y, cold, users = t.labels, t.cold_start, t.users
     max_s, avg_s = similarity_by_user(t.user_index, t.video_rows, t.history_rows, t.embeddings)
     x = VideoRows(t.embeddings, t.video_rows)  # rows by reference: no (N, E) copy
+    videos = np.asarray(t.video_ids, dtype=object)[t.video_rows]  # for per-video effects
     # The frozen model sees the histories as they were at the test start.
     frozen_g = _global_features(glm, max_s, avg_s)
     scores = {
         "max_similarity": max_s,
         "avg_similarity": avg_s,
-        "glmix": glm.predict_proba(users, x, frozen_g),
-        "glmix_no_video": glm0.predict_proba(users, x),
+        "glmix": glm.predict_proba(users, x, frozen_g, videos),
+        "glmix_no_video": glm0.predict_proba(users, x, None, videos),
     }
     online_report = None
     if cfg.online is not None:
@@ -205,6 +232,13 @@ def evaluate_artifact(
     report["relative_improvement"] = _relative(
         auc_all, auc_cold, bool(cold.any()), cfg.baseline_report
     )
+    table7 = _coordinate_block(a, t, x, videos, frozen_g, glm, scores)
+    if table7 is not None:
+        report["per_video_effects"] = table7
+    report["glmix_coordinates"] = {
+        "per_video_effects": glm.has_video_effects,
+        "video_intercept_l2": glm.config.video_intercept_l2 if glm.has_video_effects else None,
+    }
     if cfg.baselines:
         embedder = manifest.get("config", {}).get("embedder", {})
         add_baselines(
@@ -218,6 +252,11 @@ def evaluate_artifact(
             # the rungs' PCA cap is the model's own size before any choice after training
             # (a learned embedding reduced to 8 values must not cap the rungs at 8)
             max_dim=embedder.get("max_dim") or embedder.get("embedding_dim"),
+            # every rung gets the shipped model's coordinates (per-video effects or not)
+            glmix_base=GLMixConfig(
+                video_effects=glm.has_video_effects,
+                video_intercept_l2=glm.config.video_intercept_l2,
+            ),
         )
     return Evaluation(report=report, test=t, scores=scores, oracle=oracle)
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.engine import LOCAL, Engine
+from pipelines.glmix_coordinates import choose_coordinates, fit_four
 from pipelines.impressions import (
     embedding_rows,
     impressions_connection,
@@ -33,7 +34,8 @@ from recsys import artifact as art
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S
 from recsys.design import VideoRows
 from recsys.errors import UserInputError
-from recsys.glmix import GLMix, GLMixConfig
+from recsys.glmix import GLMix, GLMixConfig, fit_glmix
+from recsys.glmix_tuning import select_video_l2
 from recsys.scoring import HISTORY_FEATURES, history_features, prior_history_similarity
 
 
@@ -48,15 +50,22 @@ class GLMixJobConfig:
     #: give the watch-probability model the Eq. 16-17 similarities to the user's history
     #: (``recsys.scoring.HISTORY_FEATURES``) as global features; False: Eq. 18 alone
     history_features: bool = True
+    #: per-video random effects as a third coordinate; with ``tune`` their penalty (or
+    #: none at all) is chosen on the validation rows
+    video_effects: bool = True
 
 
 def _glmix_files(model: GLMix, stem: str) -> dict[str, Any]:
     fixed, users = model.to_tables()
     jname, uname = art.glmix_file_names(stem)
-    return {
+    files: dict[str, Any] = {
         jname: art.write_json_bytes(fixed),
         uname: lambda p, t=users: pq.write_table(t, p),
     }
+    videos = model.video_table()
+    if videos is not None:
+        files[art.glmix_videos_file(stem)] = lambda p, t=videos: pq.write_table(t, p)
+    return files
 
 
 def _say(cfg: GLMixJobConfig, message: str) -> None:
@@ -91,14 +100,16 @@ def fit_glmix_into_artifact(
     if engine.is_spark:
         from pipelines.spark_fit_glmix import fit_glmix_on_spark
 
-        with_video, no_video, write_histories, facts = fit_glmix_on_spark(
+        models, write_histories, facts = fit_glmix_on_spark(
             engine.spark, d, a, test_start, cfg, lambda m: _say(cfg, m)
         )
     else:
-        with_video, no_video, write_histories, facts = _fit_local(d, a, test_start, cfg)
+        models, write_histories, facts = _fit_local(d, a, test_start, cfg)
+    with_video = models[art.GLMIX]
     info = {
         "training_rows": facts["training_rows"],
         "users": len(with_video.user_ids),
+        "videos_with_an_effect": len(with_video.video_ids),
         "fit_seconds": facts["fit_seconds"],
         "passes": len(with_video.history),
         "log_likelihood_per_row": with_video.history[-1]["log_likelihood_per_row"],
@@ -108,26 +119,25 @@ def fit_glmix_into_artifact(
         "watch_threshold_s": cfg.watch_threshold_s,
         "engine": engine.describe(),
     }
-    files = {
-        **_glmix_files(with_video, art.GLMIX),
-        **_glmix_files(no_video, art.GLMIX_NO_VIDEO),
-        art.HISTORIES: write_histories,
-    }
+    files: dict[str, Any] = {art.HISTORIES: write_histories}
+    for stem, model in models.items():
+        files.update(_glmix_files(model, stem))
     art.extend_artifact(a, files, {"kind": "recommender", "glmix": info})
     return info
 
 
 def _fit_local(
     d: Path, a: Path, test_start: datetime, cfg: GLMixJobConfig
-) -> tuple[GLMix, GLMix, Callable[[Path], None], dict[str, Any]]:
-    """(model with video features, model without, the histories writer, facts), the rows
-    in this process."""
+) -> tuple[dict[str, GLMix], Callable[[Path], None], dict[str, Any]]:
+    """(models by artifact stem, the histories writer, facts), the rows in this process."""
     engine = LOCAL
     train = training_rows(impressions_connection(d), test_start)
     if train.num_rows == 0:
         raise UserInputError("no impressions before the test start to fit GLMix on")
     ids, emb = art.load_embeddings(a)
     vrows = embedding_rows(ids, train.column("video_id").to_pylist(), "training impressions")
+    # Each row's video id: references to the catalogue's id strings, no copy per row.
+    videos = np.asarray(ids, dtype=object)[vrows]
     users = users_of(train)
     y = labels(train, cfg.watch_threshold_s).astype(np.float64)
     x = VideoRows(emb, vrows)  # each row names its video: no (N, E) copy of the log
@@ -138,28 +148,45 @@ def _fit_local(
         hist_feats = _history_features(users, vrows, times, y, emb)
     glm_cfg = cfg.glmix
     tuning: dict[str, Any] = {}
+    cut = np.quantile(times, 0.9)
     if cfg.tune:
         _say(cfg, "GLMix: choosing random_l2 on the last 10% of the training period ...")
-        cut = np.quantile(times, 0.9)
         best, losses = engine.select_random_l2(users, x, y, times >= cut, glm_cfg, hist_feats)
         _say(cfg, f"GLMix: random_l2 = {best}")
         glm_cfg = replace(glm_cfg, random_l2=best)
         tuning = {"random_l2": best, "validation_log_loss": {str(k): v for k, v in losses.items()}}
+
+    def select_video(base: GLMixConfig) -> tuple[GLMixConfig, dict[str, float]]:
+        return select_video_l2(
+            users, x, y, times >= cut, videos, base=base, global_feats=hist_feats
+        )
+
+    shipped, variant, video_tuning = choose_coordinates(
+        glm_cfg, cfg.video_effects, cfg.tune, lambda m: _say(cfg, m), select_video
+    )
+    tuning.update(video_tuning)
     t0 = time.perf_counter()
     _say(cfg, f"GLMix: fitting on {engine.describe()} ...")
-    with_video = engine.fit_glmix(
-        users,
-        x,
-        y,
-        glm_cfg,
-        on_pass=lambda p, ll: _say(cfg, f"GLMix pass {p}: log-likelihood per row {ll:.5f}"),
-        global_feats=hist_feats,
-    )
-    if hist_feats is not None:
-        with_video.global_names = list(HISTORY_FEATURES)
-    _say(cfg, "GLMix without video features ...")
+
+    def fit(c: GLMixConfig, features: bool) -> GLMix:
+        g = hist_feats if features else None
+        model = fit_glmix(
+            users,
+            x,
+            y,
+            c,
+            g,
+            on_pass=(lambda p, ll: _say(cfg, f"GLMix pass {p}: log-likelihood per row {ll:.5f}"))
+            if features
+            else None,
+            videos=videos if c.video_effects else None,
+        )
+        if g is not None:
+            model.global_names = list(HISTORY_FEATURES)
+        return model
+
+    models = fit_four(shipped, variant, fit, lambda m: _say(cfg, m))
     fit_s = time.perf_counter() - t0
-    no_video = engine.fit_glmix(users, x, y, replace(glm_cfg, use_video_features=False))
     watched = pa.array(y > 0)
     histories = pa.table(
         {
@@ -172,6 +199,6 @@ def _fit_local(
         "training_rows": int(train.num_rows),
         "fit_seconds": fit_s,
         "tuning": tuning,
-        "config": glm_cfg,
+        "config": shipped,
     }
-    return with_video, no_video, lambda p: pq.write_table(histories, p), facts
+    return models, lambda p: pq.write_table(histories, p), facts

@@ -55,12 +55,30 @@ PCA_SAMPLE_VIDEOS = 1024
 _SAMPLE_BLOCK = 128
 
 
+def video_names(rows: RecRows, videos: np.ndarray, cfg: GLMixConfig) -> np.ndarray | None:
+    """Each row's video id for GLMix's per-video coordinate (None without one): references
+    to the catalogue's id strings, no copy per row."""
+    if not cfg.video_effects:
+        return None
+    return np.asarray(rows.video_ids, dtype=object)[videos]
+
+
 def validation_log_loss(rows: RecRows, vectors: np.ndarray, cfg: GLMixConfig) -> float:
     """GLMix fitted on the training rows before the validation cut, log-loss after it."""
     val = rows.validation_mask
     x = VideoRows(vectors, rows.train_videos)  # by reference: no (N, E) copy
-    model = fit_glmix(rows.train_users[~val], x[~val], rows.train_labels[~val], cfg)
-    return mean_log_loss(rows.train_labels[val], model.predict_proba(rows.train_users[val], x[val]))
+    names = video_names(rows, rows.train_videos, cfg)
+    model = fit_glmix(
+        rows.train_users[~val],
+        x[~val],
+        rows.train_labels[~val],
+        cfg,
+        videos=None if names is None else names[~val],
+    )
+    p = model.predict_proba(
+        rows.train_users[val], x[val], None, None if names is None else names[val]
+    )
+    return mean_log_loss(rows.train_labels[val], p)
 
 
 def validation_summary(
@@ -83,9 +101,12 @@ def score_representation(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Test-row scores (max/avg similarity, GLMix) of an (N_videos, E) representation.
     ``history_features``: GLMix also gets the Eq. 16-17 similarities to the history, as
-    the artifact's model does (``pipelines.fit_glmix.GLMixJobConfig``)."""
+    the artifact's model does (``pipelines.fit_glmix.GLMixJobConfig``); ``base`` with
+    ``video_effects`` gives it the per-video coordinate too."""
     base = base or GLMixConfig()
     x_train = VideoRows(vectors, rows.train_videos)
+    train_names = video_names(rows, rows.train_videos, base)
+    test_names = video_names(rows, rows.test_videos, base)
     v64 = vectors.astype(np.float64)
     info: dict[str, Any] = {}
     cfg = base
@@ -110,11 +131,14 @@ def score_representation(
             rows.validation_mask,
             base=base,
             global_feats=g_train,
+            videos=train_names,
         )
         cfg = replace(base, random_l2=best)
         info["random_l2"] = best
         info["validation_log_loss"] = losses[best]
-    model = fit_glmix(rows.train_users, x_train, rows.train_labels, cfg, g_train)
+    model = fit_glmix(
+        rows.train_users, x_train, rows.train_labels, cfg, g_train, videos=train_names
+    )
     max_s, avg_s = similarity_by_user(
         rows.test_user_index, rows.test_videos, rows.history_rows, v64
     )
@@ -122,7 +146,9 @@ def score_representation(
     scores = {
         "max_similarity": max_s,
         "avg_similarity": avg_s,
-        "glmix": model.predict_proba(rows.test_users, vectors[rows.test_videos], g_test),
+        "glmix": model.predict_proba(
+            rows.test_users, vectors[rows.test_videos], g_test, test_names
+        ),
     }
     return scores, info
 

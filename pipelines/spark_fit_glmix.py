@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from pipelines.glmix_coordinates import choose_coordinates, fit_four
 from pipelines.spark import ROWS_PER_TASK, parallelism
 from pipelines.spark_glmix import fit_glmix_frame, global_features_of
 from pipelines.spark_rows import glmix_rows_spark
 from recsys.errors import UserInputError
 from recsys.glmix import GLMix, GLMixConfig
-from recsys.glmix_tuning import RANDOM_L2_GRID
+from recsys.glmix_tuning import RANDOM_L2_GRID, video_candidates
 from recsys.logistic import mean_log_loss
 from recsys.scoring import HISTORY_FEATURES
 
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
 
 
 def frame_log_loss(rows: DataFrame, model: GLMix, dim: int, global_dim: int) -> float:
-    """Mean log-loss of ``model`` on (user_id, y, f, g) rows, summed partition by partition."""
+    """Mean log-loss of ``model`` on (user_id, video_id, y, f, g) rows, summed partition
+    by partition."""
 
     def part(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         total, count = 0.0, 0
@@ -46,32 +48,61 @@ def frame_log_loss(rows: DataFrame, model: GLMix, dim: int, global_dim: int) -> 
                 continue
             f = rb.column("f").flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
             users = rb.column("user_id").to_numpy(zero_copy_only=False)
+            videos = rb.column("video_id").to_numpy(zero_copy_only=False)
             y = rb.column("y").to_numpy().astype(np.float64)
-            p = model.predict_proba(users, f, global_features_of(rb.column("g"), global_dim))
+            g = global_features_of(rb.column("g"), global_dim)
+            p = model.predict_proba(users, f, g, videos if model.has_video_effects else None)
             total += mean_log_loss(y, p) * len(y)
             count += len(y)
         yield pa.RecordBatch.from_pydict({"loss": [total], "n": [count]})
 
-    got = rows.select("user_id", "y", "f", "g").mapInArrow(part, "loss double, n long").collect()
+    got = (
+        rows.select("user_id", "video_id", "y", "f", "g")
+        .mapInArrow(part, "loss double, n long")
+        .collect()
+    )
     n = sum(r["n"] for r in got)
     return math.fsum(r["loss"] for r in got) / n if n else math.nan
 
 
-def select_random_l2_frame(
-    spark: SparkSession, rows: DataFrame, cut: float, base: GLMixConfig, dim: int, g: int
-) -> tuple[float, dict[float, float]]:
-    """``recsys.glmix.select_random_l2`` on a DataFrame: fit on rows before ``cut`` (time
-    in microseconds), log-loss on the rest, the lowest wins."""
+def frame_losses(
+    spark: SparkSession,
+    rows: DataFrame,
+    cut: float,
+    candidates: dict[Any, GLMixConfig],
+    dim: int,
+    g: int,
+) -> dict[Any, float]:
+    """``recsys.glmix_tuning.validation_losses`` on a DataFrame: fit on rows before
+    ``cut`` (time in microseconds), log-loss on the rest."""
     from pyspark.sql import functions as F
 
     train, val = rows.where(F.col("t") < cut), rows.where(F.col("t") >= cut)
     if train.isEmpty() or val.isEmpty():
         raise UserInputError("regularisation selection needs both training and validation rows")
-    losses: dict[float, float] = {}
-    for lam in RANDOM_L2_GRID:
-        model = fit_glmix_frame(spark, train, dim, replace(base, random_l2=lam), global_dim=g)
-        losses[lam] = frame_log_loss(val, model, dim, g)
+    losses: dict[Any, float] = {}
+    for key, cfg in candidates.items():
+        model = fit_glmix_frame(spark, train, dim, cfg, global_dim=g)
+        losses[key] = frame_log_loss(val, model, dim, g)
+    return losses
+
+
+def select_random_l2_frame(
+    spark: SparkSession, rows: DataFrame, cut: float, base: GLMixConfig, dim: int, g: int
+) -> tuple[float, dict[float, float]]:
+    """``recsys.glmix_tuning.select_random_l2`` on a DataFrame."""
+    candidates = {lam: replace(base, random_l2=lam) for lam in RANDOM_L2_GRID}
+    losses = frame_losses(spark, rows, cut, candidates, dim, g)
     return min(losses, key=lambda k: losses[k]), losses
+
+
+def select_video_l2_frame(
+    spark: SparkSession, rows: DataFrame, cut: float, base: GLMixConfig, dim: int, g: int
+) -> tuple[GLMixConfig, dict[str, float]]:
+    """``recsys.glmix_tuning.select_video_l2`` on a DataFrame."""
+    candidates = video_candidates(base)
+    losses = frame_losses(spark, rows, cut, candidates, dim, g)
+    return candidates[min(losses, key=lambda k: losses[k])], losses
 
 
 def _histories_writer(rows: DataFrame) -> Callable[[Path], None]:
@@ -131,10 +162,10 @@ def fit_glmix_on_spark(
     data_dir: Path,
     artifact: Path,
     test_start: datetime,
-    cfg: Any,  # pipelines.fit_glmix.GLMixJobConfig (imported there; no circle)
+    cfg: Any,  # pipelines.fit_glmix.GLMixJobConfig
     say: Callable[[str], None],
-) -> tuple[GLMix, GLMix, Callable[[Path], None], dict[str, Any]]:
-    """(model with video features, model without, the histories writer, facts)."""
+) -> tuple[dict[str, GLMix], Callable[[Path], None], dict[str, Any]]:
+    """(models by artifact stem, the histories writer, facts)."""
     from pyspark.sql import functions as F
 
     parts = max(1, parallelism(spark))
@@ -155,41 +186,56 @@ def fit_glmix_on_spark(
     dim = len(_first(rows.select("f")))
     g = len(HISTORY_FEATURES) if cfg.history_features else 0
     glm_cfg, tuning = cfg.glmix, {}
+    # Spark's exact percentile interpolates as numpy's quantile does.
+    cut = float(_first(rows.agg(F.percentile("t", 0.9))))
     if cfg.tune:
         say("GLMix: choosing random_l2 on the last 10% of the training period ...")
-        # Spark's exact percentile interpolates as numpy's quantile does.
-        cut = float(_first(rows.agg(F.percentile("t", 0.9))))
         best, losses = select_random_l2_frame(spark, rows, cut, glm_cfg, dim, g)
         say(f"GLMix: random_l2 = {best}")
         glm_cfg = replace(glm_cfg, random_l2=best)
         tuning = {"random_l2": best, "validation_log_loss": {str(k): v for k, v in losses.items()}}
-    # Users in order of their first impression, as the local fit stores them (one row each).
-    first_seen = rows.groupBy("user_id").agg(F.min("okey").alias("k")).orderBy("k")
-    order = first_seen.select("user_id").toArrow().column("user_id").to_pylist()
+    shipped, variant, video_tuning = choose_coordinates(
+        glm_cfg,
+        cfg.video_effects,
+        cfg.tune,
+        say,
+        lambda base: select_video_l2_frame(spark, rows, cut, base, dim, g),
+    )
+    tuning.update(video_tuning)
+    # Users (and videos) in order of their first impression, as the local fit stores them.
+    order = _first_seen(rows, "user_id")
+    video_order = _first_seen(rows, "video_id")
     t0 = time.perf_counter()
     say(f"GLMix: fitting on Spark ({n} rows in {n_parts} partitions) ...")
-    fit_rows = rows.select("user_id", "y", "f", "g")
-    with_video = fit_glmix_frame(
-        spark,
-        fit_rows,
-        dim,
-        glm_cfg,
-        on_pass=lambda p, ll: say(f"GLMix pass {p}: log-likelihood per row {ll:.5f}"),
-        partitions=n_parts,
-        user_order=order,
-        global_dim=g,
-    )
-    if g:
-        with_video.global_names = list(HISTORY_FEATURES)
+    fit_rows = rows.select("user_id", "video_id", "y", "f", "g")
+
+    def fit(c: GLMixConfig, features: bool) -> GLMix:
+        model = fit_glmix_frame(
+            spark,
+            fit_rows if features else fit_rows.withColumn("g", F.array().cast("array<float>")),
+            dim,
+            c,
+            on_pass=(lambda p, ll: say(f"GLMix pass {p}: log-likelihood per row {ll:.5f}"))
+            if features
+            else None,
+            partitions=n_parts,
+            user_order=order,
+            global_dim=g if features else 0,
+            video_order=video_order if c.video_effects else None,
+        )
+        if g and features:
+            model.global_names = list(HISTORY_FEATURES)
+        return model
+
+    models = fit_four(shipped, variant, fit, say)
     fit_s = time.perf_counter() - t0
-    say("GLMix without video features ...")
-    no_video = fit_glmix_frame(
-        spark,
-        fit_rows.withColumn("g", F.array().cast("array<float>")),
-        dim,
-        replace(glm_cfg, use_video_features=False),
-        partitions=n_parts,
-        user_order=order,
-    )
-    facts = {"training_rows": n, "fit_seconds": fit_s, "tuning": tuning, "config": glm_cfg}
-    return with_video, no_video, _histories_writer(rows), facts
+    facts = {"training_rows": n, "fit_seconds": fit_s, "tuning": tuning, "config": shipped}
+    return models, _histories_writer(rows), facts
+
+
+def _first_seen(rows: DataFrame, key: str) -> list[str]:
+    """The ids of ``key`` in order of their first impression (one row each)."""
+    from pyspark.sql import functions as F
+
+    first = rows.groupBy(key).agg(F.min("okey").alias("k")).orderBy("k")
+    return [str(x) for x in first.select(key).toArrow().column(key).to_pylist()]

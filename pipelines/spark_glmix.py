@@ -125,7 +125,7 @@ class SparkBackend:
         self.use_video = cfg.use_video_features
         self.q = 1 + (feature_dim if self.use_video else 0)  # the random effect: [1, video]
         self.p = self.q + global_dim  # the fixed effect: [1, video, global]
-        self.coordinates = (USER, VIDEO) if cfg.video_effects else (USER,)
+        self.coordinates: tuple[str, ...] = (USER, VIDEO) if cfg.video_effects else (USER,)
         #: intercept shifts taken out by ``recenter`` and not yet written into the rows:
         #: every coefficient's intercept and every score of the coordinate minus this
         self.shift = {USER: 0.0, VIDEO: 0.0}

@@ -74,11 +74,21 @@ HISTORIES = "histories.parquet"
 #: GLMix models by stem: STEM.json (fixed effect) and STEM_users.parquet (user effects)
 GLMIX = "glmix"
 GLMIX_NO_VIDEO = "glmix_no_video"
+#: the shipped pair's counterparts with the per-video coordinate the other way (with it
+#: when the shipped models lack it, without it when they have it): the report's Table 7
+#: with and without per-video effects
+GLMIX_VARIANT = "glmix_variant"
+GLMIX_NO_VIDEO_VARIANT = "glmix_no_video_variant"
 
 
 def glmix_file_names(stem: str) -> tuple[str, str]:
     """(fixed-effect JSON, per-user Parquet) file names of the GLMix model ``stem``."""
     return f"{stem}.json", f"{stem}_users.parquet"
+
+
+def glmix_videos_file(stem: str) -> str:
+    """The per-video coefficients' Parquet file of the GLMix model ``stem`` (when it has them)."""
+    return f"{stem}_videos.parquet"
 
 
 def sha256_file(path: Path) -> str:
@@ -370,12 +380,14 @@ def load_glmix(artifact: str | os.PathLike[str], stem: str = GLMIX) -> GLMix | N
     jpath, upath = a / jname, a / uname
     if not jpath.exists():
         return None
+    vpath = a / glmix_videos_file(stem)
     try:
         fixed = json.loads(jpath.read_text())
         users = pq.read_table(upath)
+        videos = pq.read_table(vpath) if vpath.exists() else None
     except (OSError, json.JSONDecodeError, pa.ArrowException) as exc:
         raise UserInputError(f"{jpath}: cannot read GLMix model ({exc})") from None
-    return GLMix.from_tables(fixed, users)
+    return GLMix.from_tables(fixed, users, videos)
 
 
 @dataclass

@@ -208,7 +208,7 @@ class LocalBackend:
             self.coords[VIDEO] = self._coordinate(
                 video_of_row, n_videos, zv, None, video_prior(cfg, qv), 1, vb
             )
-        self.coordinates = tuple(self.coords)
+        self.coordinates: tuple[str, ...] = tuple(self.coords)
         self.y = torch.from_numpy(y)
         self.fixed_score = torch.zeros(n, dtype=torch.float64)
         self._fixed: np.ndarray | None = None

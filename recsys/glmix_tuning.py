@@ -108,12 +108,19 @@ def select_video_l2(
     among the candidates: a log where videos do not differ keeps the two-coordinate model.
     Returns the chosen config and each candidate's loss (keys: the L2 as text, or
     ``NO_VIDEO_EFFECTS``)."""
-    base = base or GLMixConfig()
-    candidates = {NO_VIDEO_EFFECTS: replace(base, video_effects=False)}
-    for lam in grid:
-        candidates[str(lam)] = replace(base, video_effects=True, video_intercept_l2=lam)
+    candidates = video_candidates(base or GLMixConfig(), grid)
     losses = validation_losses(
         candidates, user_ids, video, labels, is_validation, fit, global_feats, videos
     )
     best = min(losses, key=lambda k: losses[k])
     return candidates[best], losses
+
+
+def video_candidates(
+    base: GLMixConfig, grid: tuple[float, ...] = VIDEO_L2_GRID
+) -> dict[str, GLMixConfig]:
+    """``select_video_l2``'s candidates: none, then each L2 of ``grid`` (keys as text)."""
+    candidates = {NO_VIDEO_EFFECTS: replace(base, video_effects=False)}
+    for lam in grid:
+        candidates[str(lam)] = replace(base, video_effects=True, video_intercept_l2=lam)
+    return candidates

@@ -29,6 +29,7 @@ import numpy as np
 from recsys.design import VideoRows
 from recsys.glmix import GLMix
 from recsys.glmix_config import random_prior
+from recsys.online_videos import VideoEffects
 
 
 @dataclass(frozen=True)
@@ -118,13 +119,18 @@ class OnlineEffects:
 
     def __post_init__(self) -> None:
         self.prior_precision = random_prior(self.model.config, self.model.random_dim)
+        #: per-video effects learnt online (``recsys.online_videos``), when the model has them
+        self.videos = VideoEffects(self.model) if self.model.has_video_effects else None
 
     def forget(self, user: str) -> None:
         """Drop everything learned about ``user``, online and offline: from now on they
-        are a new user (zero prior effect) whatever the offline model holds."""
+        are a new user (zero prior effect) whatever the offline model holds; their share
+        of the per-video statistics goes too."""
         self.effects.pop(user, None)
         self._windows.pop(user, None)
         self.forgotten.add(user)
+        if self.videos is not None:
+            self.videos.forget(user)
 
     def precision(self, user: str) -> np.ndarray:
         """Prior precision around ``prior(user)``: the offline posterior precision (how
@@ -153,10 +159,15 @@ class OnlineEffects:
         return np.hstack([ones, v]) if self.model.config.use_video_features else ones
 
     def logit(
-        self, user: str, video: np.ndarray, global_feats: np.ndarray | None = None
+        self,
+        user: str,
+        video: np.ndarray,
+        global_feats: np.ndarray | None = None,
+        video_ids: list[str] | None = None,
     ) -> np.ndarray:
         """(n,) logits of ``user`` watching each row of ``video`` (n, E), with the model's
-        global features (n, G) when it has any.
+        global features (n, G) when it has any, and each video's effect (``video_ids``)
+        when it has per-video effects.
 
         Safe beside a concurrent ``observe``: it reads the user's effect once, and
         ``observe`` replaces that array whole (never mutates it)."""
@@ -165,12 +176,27 @@ class OnlineEffects:
         eta = self.model.fixed_logit(v, global_feats) + b[0]
         if self.model.config.use_video_features:
             eta = eta + v @ b[1:]
+        if self.videos is not None:
+            if video_ids is None or len(video_ids) != len(v):
+                raise ValueError("this model has per-video effects: name each row's video")
+            eta = eta + self.videos.logit(video_ids, global_feats)
         return eta
 
     def probability(
-        self, user: str, video: np.ndarray, global_feats: np.ndarray | None = None
+        self,
+        user: str,
+        video: np.ndarray,
+        global_feats: np.ndarray | None = None,
+        video_ids: list[str] | None = None,
     ) -> np.ndarray:
-        return sigmoid(self.logit(user, video, global_feats))
+        return sigmoid(self.logit(user, video, global_feats, video_ids))
+
+    def _offline_video_logit(
+        self, video_ids: list[str] | None, n: int, feats: np.ndarray | None
+    ) -> np.ndarray:
+        if not self.model.has_video_effects or video_ids is None:
+            return np.zeros(n)
+        return self.model.video_logit(self.model.video_rows(list(video_ids)), feats)
 
     def observe(
         self,
@@ -178,18 +204,33 @@ class OnlineEffects:
         video: np.ndarray,
         labels: np.ndarray,
         global_feats: np.ndarray | None = None,
+        video_ids: list[str] | None = None,
+        frozen_feats: np.ndarray | None = None,
     ) -> np.ndarray:
         """Add a user's impressions (video (n, E), labels (n,), the model's global features
-        (n, G) as they were at each impression) and refit their effect."""
+        (n, G) as they were at each impression) and refit their effect. A model with
+        per-video effects also needs each row's ``video_ids`` and ``frozen_feats`` (n, G),
+        the global features against the user's history as the offline fit left it: the
+        per-video statistics use only what does not depend on the order of events."""
         v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
         y = np.asarray(labels, dtype=np.float64).reshape(-1)
+        if self.videos is not None:
+            if video_ids is None or len(video_ids) != len(y):
+                raise ValueError("this model has per-video effects: name each row's video")
+            offline_video = self._offline_video_logit(video_ids, len(y), frozen_feats)
+            base = self.model.fixed_logit(v, frozen_feats) + offline_video
+            b0 = self.prior(user)
+            base += b0[0] + (v @ b0[1:] if self.model.config.use_video_features else 0.0)
+            self.videos.observe(user, list(video_ids), y, base, frozen_feats)
         w = self._windows.get(user)
         if w is None:
             n = self.config.window
             w = _UserWindow(deque(maxlen=n), deque(maxlen=n), deque(maxlen=n))
             self._windows[user] = w
         z = self._z(v)
+        # The user's offsets: the fixed effect and each video's offline effect (frozen).
         off = self.model.fixed_logit(v, global_feats)
+        off = off + self._offline_video_logit(video_ids, len(y), global_feats)
         for i in range(len(y)):
             w.z.append(z[i])
             w.y.append(float(y[i]))
@@ -215,6 +256,8 @@ def progressive_validation(
     model: GLMix,
     config: OnlineConfig | None = None,
     global_feats: np.ndarray | None = None,
+    videos: np.ndarray | None = None,
+    frozen_feats: np.ndarray | None = None,
 ) -> np.ndarray:
     """Replay impressions in time order through ``OnlineEffects``: each row is scored
     before the model learns from it. Returns the (N,) online watch probabilities, aligned
@@ -223,7 +266,9 @@ def progressive_validation(
     ``global_feats`` (N, G): the model's global features of each row as the service
     would compute them at that moment (for history similarities: against the history
     including the watches replayed before the row, ``recsys.scoring.
-    prior_history_similarity``)."""
+    prior_history_similarity``). A model with per-video effects also needs ``videos``
+    (N,) each row's video id and ``frozen_feats`` (N, G) the global features against the
+    histories as the offline fit left them (``OnlineEffects.observe``)."""
     online = OnlineEffects(model, config or OnlineConfig())
     order = np.argsort(np.asarray(times), kind="stable")
     out = np.empty(len(labels), dtype=np.float64)
@@ -233,10 +278,13 @@ def progressive_validation(
         table, video_of = np.asarray(video, dtype=np.float64), np.arange(len(labels))
     y = np.asarray(labels, dtype=np.float64)
     g = None if global_feats is None else np.asarray(global_feats, dtype=np.float64)
+    fg = None if frozen_feats is None else np.asarray(frozen_feats, dtype=np.float64)
     for i in order.tolist():
         u = str(users[i])
         gi = None if g is None else g[i : i + 1]
+        fi = None if fg is None else fg[i : i + 1]
+        vi = None if videos is None else [str(videos[i])]
         xi = table[video_of[i]]
-        out[i] = float(online.probability(u, xi, gi)[0])
-        online.observe(u, xi, y[i : i + 1], gi)
+        out[i] = float(online.probability(u, xi, gi, vi)[0])
+        online.observe(u, xi, y[i : i + 1], gi, vi, fi)
     return out

@@ -103,8 +103,13 @@ def _online(
             t.user_index, t.video_rows, t.times, t.labels > 0, t.embeddings, t.history_rows
         )
         online_g = _global_features(glm, live_max, live_avg)
-    online_p = progressive_validation(t.users, x, t.labels, t.times, glm, cfg, online_g)
-    history_only = None if online_g is None else glm.predict_proba(t.users, x, online_g)
+    videos = np.asarray(t.video_ids, dtype=object)[t.video_rows]
+    online_p = progressive_validation(
+        t.users, x, t.labels, t.times, glm, cfg, online_g, videos, frozen_g
+    )
+    history_only = None
+    if online_g is not None:
+        history_only = glm.predict_proba(t.users, x, online_g, videos)
     block = online_block(t.labels, online_p, frozen, t.users, glm, cfg, history_only)
     curves = {"online": online_p, "frozen": frozen}
     if history_only is not None:

@@ -43,7 +43,9 @@ if TYPE_CHECKING:
 
 SPARK_NOTE = (
     "Computed on Spark: DeLong intervals only (no user bootstrap), no baseline ladder, "
-    "no AUC by day or ROC plot (those need every test row in one process)."
+    "no AUC by day or ROC plot and no Table 7 with and without per-video effects (those "
+    "need every test row in one process). The online replay runs per user partition, so "
+    "online per-video effects learn from the impressions of that partition's users only."
 )
 
 
@@ -94,6 +96,7 @@ def _scorer(
         ids = t["user_id"].to_numpy(dtype=object)
         y = t["y"].to_numpy().astype(np.int64)
         x = emb[rows]
+        videos = t["video_id"].to_numpy(dtype=object)  # for per-video effects
         max_s, avg_s = similarity_by_user(codes, rows, hist, emb)
         frozen_g = glmix_global_features(glm.global_names, max_s, avg_s)
         out = {
@@ -104,8 +107,8 @@ def _scorer(
             "new_user": pa.array([u not in glm.user_index for u in ids.tolist()]),
             "max_similarity": pa.array(max_s),
             "avg_similarity": pa.array(avg_s),
-            "glmix": pa.array(glm.predict_proba(ids, x, frozen_g)),
-            "glmix_no_video": pa.array(glm0.predict_proba(ids, x)),
+            "glmix": pa.array(glm.predict_proba(ids, x, frozen_g, videos)),
+            "glmix_no_video": pa.array(glm0.predict_proba(ids, x, None, videos)),
         }
         if online is not None:
             times = t["t"].to_numpy().astype(np.int64)
@@ -113,9 +116,9 @@ def _scorer(
             if frozen_g is not None:
                 live = prior_history_similarity(codes, rows, times, y > 0, emb, hist)
                 online_g = glmix_global_features(glm.global_names, *live)
-                out["history_only"] = pa.array(glm.predict_proba(ids, x, online_g))
+                out["history_only"] = pa.array(glm.predict_proba(ids, x, online_g, videos))
             out["online"] = pa.array(
-                progressive_validation(ids, x, y, times, glm, online, online_g)
+                progressive_validation(ids, x, y, times, glm, online, online_g, videos, frozen_g)
             )
         return pa.table(out)
 

@@ -193,8 +193,9 @@ class SparkBackend:
         if self._by != key:  # every partition must hold whole users (or whole videos)
             src = src.repartition(self.n_parts, key)
         solve = _entity_pass(coordinate, self, fixed.copy(), steps, dict(self.shift))
-        new_state = src.mapInArrow(whole_partitions(solve), _STATE_SCHEMA).cache()
-        # One job computes the pass, caches it and sums the log-likelihood.
+        # Checkpointed, not cached: each pass would otherwise nest the previous one's plan
+        # (with a shuffle per coordinate), and Spark's plan strings grew past the heap.
+        new_state = src.mapInArrow(whole_partitions(solve), _STATE_SCHEMA).localCheckpoint()
         ll = float(new_state.agg(F.sum("ll")).collect()[0][0]) / self.n
         self.state.unpersist()
         self.state, self._by = new_state, key

@@ -74,11 +74,14 @@ class VideoEffects:
         return mean + np.linalg.solve(h / SCALE + np.diag(precision), g / SCALE)
 
     def logit(self, videos: list[str], global_feats: np.ndarray | None = None) -> np.ndarray:
-        """(n,) each row's per-video term: gamma_v0 + x^T gamma_v."""
-        out = np.empty(len(videos))
-        z = self.design(len(videos), global_feats)
-        for i, v in enumerate(videos):
-            out[i] = float(z[i] @ self.effect(v))
+        """(n,) each row's per-video term: gamma_v0 + x^T gamma_v. Vectorised over the
+        offline effects; only videos seen since the fit take a solve each."""
+        out = self.model.video_logit(self.model.video_rows(list(videos)), global_feats)
+        moved = [i for i, v in enumerate(videos) if v in self.stats]
+        if moved:
+            z = self.design(len(videos), global_feats)
+            for i in moved:
+                out[i] = float(z[i] @ self.effect(videos[i]))
         return out
 
     def design(self, n: int, global_feats: np.ndarray | None) -> np.ndarray:

@@ -23,7 +23,12 @@ structure the paper relies on:
 * **Impressions.** Sessions of up to 30 minutes over ``days`` days; candidates
   come from videos already uploaded (new uploads run through the whole period,
   so the last quarter has cold-start videos). ``P(watch)`` is a logistic function
-  of propensity + sensitivity * affinity + video quality and is returned as truth.
+  of propensity + sensitivity * affinity + video appeal and is returned as truth.
+* **Appeal.** Videos differ in how much they are watched whoever sees them, strongly
+  and with a long right tail (a log-normal shaped logit term, ``quality_*``), as real
+  watch rates do. Half of it shows in the frames (production quality: a direction of
+  frame space), half does not: only a video's own impressions reveal that part. The
+  true appeal is the last column of ``video_truth``'s features.
 
 Everything is vectorised numpy; the generator returns pyarrow tables and never
 touches the file system.
@@ -40,10 +45,12 @@ import numpy as np
 import pyarrow as pa
 
 from recsys.dataset import DEQUANT_BIAS, DEQUANT_SCALE, frames_to_arrow
+from recsys.synthetic_config import FRAME_DTYPES, SynthConfig
+
+__all__ = ["FRAME_DTYPES", "SynthConfig", "SyntheticWorld", "generate_world", "world_end"]
 
 WORLD_START = datetime(2026, 1, 5, tzinfo=UTC)
 SESSION_SECONDS = 30 * 60
-FRAME_DTYPES = ("float32", "uint8")
 #: frame values generated per step (a chunk's float64 temporaries stay ~32 MB each)
 _CHUNK_VALUES = 1 << 22
 
@@ -61,68 +68,6 @@ def quantize(frames: np.ndarray) -> np.ndarray:
     """uint8 codes whose ``dequantize`` is nearest to ``frames`` (clipped to [-2, 2])."""
     q = np.round((frames - DEQUANT_BIAS) / DEQUANT_SCALE)
     return np.clip(q, 0, 255).astype(np.uint8)
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    seed: int = 0
-    num_videos: int = 2000
-    num_users: int = 1000
-    days: int = 28
-    feature_dim: int = 32
-    num_topics: int = 16
-    components_per_topic: int = 4
-    shared_components: int = 3
-    #: mean fraction of a video's frames drawn from the shared components (Beta(2, .))
-    shared_fraction: float = 0.33
-    #: scale of the shared components' means relative to topical ones (large-norm frames)
-    shared_scale: float = 3.0
-    num_styles: int = 4
-    #: how far a style moves a component's frames (per dimension)
-    style_scale: float = 0.5
-    #: standard deviation of every frame's noise (per dimension)
-    frame_noise: float = 0.5
-    #: weights of content (which components a video holds: what a bag of words sees) and
-    #: of style (how its frames look within a component: what residuals see) in a user's
-    #: affinity to a video; each part is standardised first
-    content_weight: float = 1.0
-    style_weight: float = 1.0
-    #: median number of frames per video; counts are log-normal, clipped to [min, max]
-    median_frames: float = 16.0
-    min_frames: int = 2
-    max_frames: int = 300
-    #: mean sessions per user and day (each user's own rate is log-normal around it)
-    sessions_per_user_day: float = 0.5
-    #: mean impressions per session (1 + Poisson)
-    impressions_per_session: float = 7.0
-    #: fraction of videos that exist before the log starts
-    catalogue_at_start: float = 0.4
-    #: "float32", or "uint8": the frames halved and quantised with YouTube-8M's map
-    #: (``recsys.dataset.dequantize`` reads them back), as that release stores features
-    frame_dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        for name in ("num_videos", "num_users", "days", "feature_dim", "num_topics"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.components_per_topic < 1 or self.shared_components < 0:
-            raise ValueError("components_per_topic must be >= 1 and shared_components >= 0")
-        if not 0.0 <= self.shared_fraction < 1.0 or self.shared_scale <= 0:
-            raise ValueError("shared_fraction must be in [0, 1) and shared_scale > 0")
-        if not 1 <= self.min_frames <= self.max_frames:
-            raise ValueError("frame counts need 1 <= min_frames <= max_frames")
-        if self.frame_noise < 0 or self.style_scale < 0:
-            raise ValueError("frame_noise and style_scale must be >= 0")
-        if min(self.content_weight, self.style_weight) < 0 or not (
-            self.content_weight + self.style_weight > 0
-        ):
-            raise ValueError("content_weight and style_weight must be >= 0, not both 0")
-        if self.frame_dtype not in FRAME_DTYPES:
-            raise ValueError(f"frame_dtype must be one of {', '.join(FRAME_DTYPES)}")
-
-    @property
-    def num_labels(self) -> int:
-        return self.num_topics * (1 + self.components_per_topic)
 
 
 @dataclass(frozen=True)
@@ -216,8 +161,11 @@ def _catalogue(cfg: SynthConfig, rng: np.random.Generator, allocate: Allocate) -
         cfg.min_frames,
         cfg.max_frames,
     ).astype(np.int64)
-    quality = rng.normal(0.0, 0.3, v)
+    hidden = rng.normal(0.0, 1.0, v)  # the part of a video's appeal no frame shows
     look = rng.normal(0.0, 0.1, (v, d))  # per-video look (lighting, camera)
+    quality, visible, direction = _appeal(cfg, hidden)
+    if cfg.quality_visible > 0:  # production quality: every topical frame moves along it
+        look = look + cfg.quality_frame_shift * visible[:, None] * direction[None, :]
     ns = max(cfg.num_styles, 1)
     style_shift = rng.normal(0.0, cfg.style_scale, (ns, tc, d))  # style s moves component c
     video_style = rng.integers(0, ns, v)
@@ -260,6 +208,25 @@ def _catalogue(cfg: SynthConfig, rng: np.random.Generator, allocate: Allocate) -
     return _Catalogue(
         table, frames, lengths, video_ids, primary, comp_w, created, quality, video_style
     )
+
+
+def _appeal(cfg: SynthConfig, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(each video's appeal q (V,), the visible part's standard normal (V,), the frame
+    direction it moves (D,)): z = sqrt(1 - f) hidden + sqrt(f) visible, q a log-normal
+    shaped function of z (``SynthConfig.quality_skew``). The visible part and direction
+    come from their own stream, so a world without them draws everything else as before."""
+    extra = np.random.default_rng([cfg.seed, 7919])
+    visible = extra.normal(0.0, 1.0, len(hidden))
+    direction = extra.normal(0.0, 1.0, cfg.feature_dim)
+    direction /= np.linalg.norm(direction)
+    f = cfg.quality_visible
+    z = np.sqrt(1.0 - f) * hidden + np.sqrt(f) * visible if f > 0 else hidden
+    s = cfg.quality_skew
+    if s > 0:
+        quality = cfg.quality_scale * (np.exp(s * z) - np.exp(0.5 * s * s)) / s
+    else:
+        quality = cfg.quality_scale * z
+    return quality, visible, direction
 
 
 def _frames(
@@ -437,7 +404,10 @@ def generate_world(cfg: SynthConfig, allocate: Allocate = _in_memory) -> Synthet
         }
     )
     ns = max(cfg.num_styles, 1)
-    true_features = np.concatenate([cat.comp_w, np.eye(ns)[cat.video_style]], axis=1)
+    # What the watch probability depends on per video: its content, its style, its appeal.
+    true_features = np.concatenate(
+        [cat.comp_w, np.eye(ns)[cat.video_style], cat.quality[:, None]], axis=1
+    )
     video_truth = pa.table(
         {
             "video_id": pa.array(cat.video_ids, pa.string()),

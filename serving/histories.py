@@ -11,6 +11,18 @@ class Histories:
     def __init__(self) -> None:
         self._rows: dict[str, list[int]] = {}
         self._seen: dict[str, set[int]] = {}
+        #: the artifact's histories as loaded, takedowns included (``offline``)
+        self._offline: dict[str, tuple[int, ...]] = {}
+
+    def freeze(self) -> None:
+        """Mark every history as it is now as the offline one (call once, after loading
+        the artifact's): ``offline`` returns it from then on, whatever is added or taken
+        down later."""
+        self._offline = {u: tuple(rows) for u, rows in self._rows.items()}
+
+    def offline(self, user: str) -> tuple[int, ...]:
+        """The user's history as the offline fit left it (empty once forgotten)."""
+        return self._offline.get(user, ())
 
     def add(self, user: str, row: int) -> None:
         seen = self._seen.setdefault(user, set())
@@ -34,3 +46,4 @@ class Histories:
     def forget(self, user: str) -> None:
         self._rows.pop(user, None)
         self._seen.pop(user, None)
+        self._offline.pop(user, None)

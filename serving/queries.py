@@ -16,7 +16,7 @@ def score(state: ServingState, user_id: str, video_ids: list[str]) -> dict[str, 
     known = rows >= 0
     cand = state.catalogue.vectors(rows[known])
     mx, av = state.similarity(user_id, cand)
-    probs = state.watch_probability(user_id, cand, mx, av).tolist()
+    probs = state.watch_probability(user_id, cand, mx, av, rows[known]).tolist()
     hist = state.histories.get(user_id)
     max_s: list[float | None] = mx.tolist() if hist else [None] * len(cand)
     avg_s: list[float | None] = av.tolist() if hist else [None] * len(cand)
@@ -71,7 +71,7 @@ def recommend(state: ServingState, user_id: str, k: int, seeds: int) -> list[dic
         return []
     cand = state.catalogue.vectors(cand_rows)
     mx, av = state.similarity(user_id, cand)
-    p = state.watch_probability(user_id, cand, mx, av)
+    p = state.watch_probability(user_id, cand, mx, av, cand_rows)
     result = []
     for i in np.argsort(-p, kind="stable")[:k].tolist():
         item: dict[str, Any] = {

@@ -35,8 +35,9 @@ from serving.stores import Impression, Removal, StateStore, StoredVideo, Watch
 
 log = logging.getLogger(__name__)
 
-#: a user's impressions of one batch: store rows, labels, global features at each
-_Staged = tuple[list[int], list[float], list[np.ndarray | None]]
+#: a user's impressions of one batch: store rows, labels, global features at each, and
+#: the global features against the user's offline history (per-video effects only)
+_Staged = tuple[list[int], list[float], list[np.ndarray | None], list[np.ndarray | None]]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,11 @@ class ServingState:
             r = self.catalogue.row(v)
             if r is not None:
                 self.histories.add(u, r)
+        # Per-video statistics use features against the history as the offline fit left
+        # it: the same on every replica whatever order later events arrive in.
+        self._frozen_features = self.glmix.has_video_effects and bool(self.glmix.global_names)
+        if self._frozen_features:
+            self.histories.freeze()
         self.store = store
         self.ingested = self.watch_events = self.impression_events = 0
         self.payload_hashes: dict[str, str] = {}
@@ -238,13 +244,22 @@ class ServingState:
         return history_similarity(cand, self.catalogue.vectors(hist or []))
 
     def watch_probability(
-        self, user_id: str, cand: np.ndarray, max_s: np.ndarray, avg_s: np.ndarray
+        self,
+        user_id: str,
+        cand: np.ndarray,
+        max_s: np.ndarray,
+        avg_s: np.ndarray,
+        rows: list[int] | np.ndarray,
     ) -> np.ndarray:
         # Fixed effect plus the user's effect: refitted online when the service has seen
-        # their impressions, else the offline one (none for an unknown user). No lock:
-        # a refit swaps the user's effect array whole (scoring must not queue behind it).
+        # their impressions, else the offline one (none for an unknown user); plus each
+        # video's effect when the model has them. No lock: a refit swaps the user's
+        # effect array whole (scoring must not queue behind it).
         g = glmix_global_features(self.glmix.global_names, max_s, avg_s)
-        return self.online.probability(user_id, cand, g)
+        ids = None
+        if self.glmix.has_video_effects:
+            ids = [self.catalogue.ids[r] for r in np.asarray(rows, dtype=np.int64).tolist()]
+        return self.online.probability(user_id, cand, g, ids)
 
     # ------------------------------------------------------------------ writes
 
@@ -372,11 +387,17 @@ class ServingState:
         """Take one new impression in (under the state lock): its global features as they
         were when it was shown, before its own watch joins the history (as the offline
         fit computes them); then the history; the refit comes after the batch."""
-        rs, ys, gs = by_user.setdefault(user, ([], [], []))
+        rs, ys, gs, fs = by_user.setdefault(user, ([], [], [], []))
         names = self.glmix.global_names
         # An Eq. 18-only model has no global features: no similarity to compute.
-        sims = self.similarity(user, self.catalogue.vectors([row])) if names else None
+        vec = self.catalogue.vectors([row])
+        sims = self.similarity(user, vec) if names else None
         gs.append(glmix_global_features(names, *sims) if sims is not None else None)
+        frozen = None
+        if self._frozen_features:
+            offline = self.catalogue.vectors(list(self.histories.offline(user)))
+            frozen = glmix_global_features(names, *history_similarity(vec, offline))
+        fs.append(frozen)
         if watched:
             self.histories.add(user, row)
         rs.append(row)
@@ -385,11 +406,26 @@ class ServingState:
     def _observe_all(self, by_user: dict[str, _Staged]) -> None:
         """Refit each staged user's effect from their new impressions."""
         with self._online_lock:
-            for user, (rows, labels, feats) in by_user.items():
-                g = None
-                if feats[0] is not None:
-                    g = np.concatenate([f for f in feats if f is not None])
-                self.online.observe(user, self.catalogue.vectors(rows), np.asarray(labels), g)
+            for user, (rows, labels, feats, frozen) in by_user.items():
+                g = _stacked(feats)
+                ids = None
+                if self.glmix.has_video_effects:
+                    ids = [self.catalogue.ids[r] for r in rows]
+                self.online.observe(
+                    user,
+                    self.catalogue.vectors(rows),
+                    np.asarray(labels),
+                    g,
+                    ids,
+                    _stacked(frozen),
+                )
+
+
+def _stacked(feats: list[np.ndarray | None]) -> np.ndarray | None:
+    """The rows' global features as one (n, G) array (None without them)."""
+    if not feats or feats[0] is None:
+        return None
+    return np.concatenate([f for f in feats if f is not None])
 
 
 class StateHolder:

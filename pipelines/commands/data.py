@@ -51,6 +51,20 @@ def synth(
     frame_noise: Annotated[
         float, typer.Option(help="Standard deviation of every frame's noise.")
     ] = 0.5,
+    quality_scale: Annotated[
+        float,
+        typer.Option(help="Scale of each video's appeal on the watch logit (0: none)."),
+    ] = 0.8,
+    quality_skew: Annotated[
+        float,
+        typer.Option(
+            help="Right tail of the appeal (log-normal shape; 0: normal). "
+            "--quality-scale 0.3 --quality-skew 0 --quality-visible 0 is the world before."
+        ),
+    ] = 0.5,
+    quality_visible: Annotated[
+        float, typer.Option(help="Share of the appeal that shows in the frames, in [0, 1].")
+    ] = 0.5,
 ) -> None:
     """Generate a synthetic world: videos.parquet, impressions.parquet and truth.parquet.
     Frames are generated into a memory map beside the output and written a row group at
@@ -75,6 +89,9 @@ def synth(
             content_weight=content_weight,
             style_weight=style_weight,
             frame_noise=frame_noise,
+            quality_scale=quality_scale,
+            quality_skew=quality_skew,
+            quality_visible=quality_visible,
         )
     except ValueError as exc:
         fail(str(exc))

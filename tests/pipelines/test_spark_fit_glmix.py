@@ -33,16 +33,30 @@ def test_spark_fit_equals_local_and_keeps_rows_off_the_driver(
     local = fit_glmix_into_artifact(small_world_dir, local_a, cfg)
     watch = RowsToDriver(spark, monkeypatch)
     remote = fit_glmix_into_artifact(small_world_dir, spark_a, cfg, Engine("spark", _session=spark))
-    # No action returned anything near a row per impression (or per watch).
+    # No action returned anything near a row per impression (or per watch): at most a
+    # row per user or per video (their coefficients, their first-seen order).
     assert remote["training_rows"] == local["training_rows"] > 1000
-    assert watch.largest <= local["users"] + 10
+    n_videos = len(art.load_embeddings(local_a)[0])
+    assert watch.largest <= max(local["users"], n_videos) + 10 < remote["training_rows"] / 5
     assert remote["tuning"]["random_l2"] == local["tuning"]["random_l2"]
-    for stem in (art.GLMIX, art.GLMIX_NO_VIDEO):
+    # The per-video coordinate: the same choice from the same validation losses.
+    assert remote["tuning"]["video_effects"] == local["tuning"]["video_effects"]
+    for key, loss in local["tuning"]["video_validation_log_loss"].items():
+        assert remote["tuning"]["video_validation_log_loss"][key] == pytest.approx(loss, abs=1e-6)
+    stems = (art.GLMIX, art.GLMIX_NO_VIDEO, art.GLMIX_VARIANT, art.GLMIX_NO_VIDEO_VARIANT)
+    with_effects = 0
+    for stem in stems:
         want, got = art.load_glmix(local_a, stem), art.load_glmix(spark_a, stem)
         assert want is not None and got is not None
         np.testing.assert_allclose(got.fixed, want.fixed, atol=1e-6)
         assert got.global_names == want.global_names and got.user_ids == want.user_ids
         np.testing.assert_allclose(got.user_coef, want.user_coef, atol=1e-6)
+        assert got.has_video_effects == want.has_video_effects
+        if want.video_coef is not None:
+            with_effects += 1
+            assert got.video_ids == want.video_ids and got.video_coef is not None
+            np.testing.assert_allclose(got.video_coef, want.video_coef, atol=1e-6)
+    assert with_effects == 2  # the shipped pair or the variant pair has them
     h_local = pq.read_table(local_a / art.HISTORIES).to_pylist()
     h_spark = pq.read_table(spark_a / art.HISTORIES).to_pylist()
     assert h_spark == h_local and len(h_local) > 100

@@ -192,3 +192,59 @@ def test_where_the_signal_lives_is_a_setting() -> None:
     for bad in ({"content_weight": 0.0, "style_weight": 0.0}, {"frame_noise": -1.0}):
         with pytest.raises(ValueError):
             SynthConfig(**bad)
+
+
+def _per_video(world) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(true appeal, watch rate, count) per video in video_truth order."""
+    truth = world.video_truth
+    ids = truth.column("video_id").to_pylist()
+    appeal = np.stack(truth.column("features").to_numpy(zero_copy_only=False))[:, -1]
+    imp = world.impressions
+    where = {v: i for i, v in enumerate(ids)}
+    rows = np.array([where[v] for v in imp.column("video_id").to_pylist()])
+    watched = imp.column("watch_seconds").to_numpy() >= 10.0
+    count = np.bincount(rows, minlength=len(ids))
+    rate = np.bincount(rows, weights=watched, minlength=len(ids)) / np.maximum(count, 1)
+    return appeal.astype(np.float64), rate, count
+
+
+def test_videos_differ_in_appeal_strongly_with_a_long_right_tail() -> None:
+    world = generate_world(SynthConfig(seed=2, num_videos=800, num_users=400, days=14))
+    appeal, rate, count = _per_video(world)
+    z = (appeal - appeal.mean()) / appeal.std()
+    assert abs(appeal.mean()) < 0.1 and 0.6 < appeal.std() < 1.4
+    assert float((z**3).mean()) > 1.0  # right-skewed: a few videos far above the rest
+    seen = count >= 30
+    lo, hi = np.quantile(rate[seen], [0.1, 0.9])
+    assert hi / lo > 2.5  # watch rates differ several-fold between videos
+    # The truth's appeal column is what the log says of each video.
+    assert np.corrcoef(appeal[seen], rate[seen])[0, 1] > 0.6
+
+
+def test_part_of_the_appeal_shows_in_the_frames_and_old_worlds_stay_as_they_were() -> None:
+    from recsys.synthetic_config import OLD_QUALITY
+
+    small = {"seed": 4, "num_videos": 600, "num_users": 60, "days": 3, "feature_dim": 16}
+
+    def predictable(world) -> float:
+        """Held-out correlation of a ridge fit from each video's mean frame to its appeal."""
+        appeal = _per_video(world)[0]
+        offsets = np.concatenate([[0], np.cumsum(world.lengths)])
+        means = np.stack([world.frames[a:b].mean(0) for a, b in zip(offsets[:-1], offsets[1:])])
+        x = np.c_[np.ones(len(means)), means]
+        fit, test = slice(0, 400), slice(400, None)
+        w = np.linalg.solve(x[fit].T @ x[fit] + 1.0 * np.eye(x.shape[1]), x[fit].T @ appeal[fit])
+        return float(np.corrcoef(x[test] @ w, appeal[test])[0, 1])
+
+    shown = generate_world(SynthConfig(**small))
+    hidden = generate_world(SynthConfig(**small, quality_visible=0.0))
+    assert predictable(shown) > 0.3 and abs(predictable(hidden)) < 0.2
+    # quality_visible = 0 leaves the frames as drawn before; the old settings are normal.
+    old = generate_world(SynthConfig(**small, **OLD_QUALITY))
+    np.testing.assert_array_equal(old.frames, hidden.frames)
+    old_appeal = _per_video(old)[0]
+    assert abs(float(((old_appeal / old_appeal.std()) ** 3).mean())) < 0.5
+    assert 0.25 < old_appeal.std() < 0.35
+    for bad in ({"quality_visible": 1.5}, {"quality_skew": -1.0}, {"quality_scale": -0.1}):
+        with pytest.raises(ValueError):
+            SynthConfig(**bad)

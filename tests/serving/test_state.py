@@ -55,9 +55,9 @@ def test_an_eq18_only_model_is_served_without_history_features(
         )
         assert got.status_code == 201 and got.json()["users_updated"] == 1
         after = c.post("/v1/score", json={"user_id": "eq18-new", "video_ids": [ids[3]]}).json()
-    want = glm.predict_proba([user], emb[2][None].astype(np.float64))[0]
+    want = glm.predict_proba([user], emb[2][None].astype(np.float64), None, [ids[2]])[0]
     assert r["scores"][0]["watch_probability"] == pytest.approx(want, abs=1e-9)
-    fresh = glm.predict_proba(["eq18-new"], emb[3][None].astype(np.float64))[0]
+    fresh = glm.predict_proba(["eq18-new"], emb[3][None].astype(np.float64), None, [ids[3]])[0]
     assert after["scores"][0]["watch_probability"] > fresh  # learnt from the watch
     meta = json.loads((artifact / "glmix.json").read_text())
     meta["global_features"] = ["popularity"]

@@ -14,7 +14,11 @@ that differ in *where the co-watch signal lives*:
 * ``short`` / ``long``: 3-12 frames a video against 40-300 (smoothing vs plenty).
 * ``noisy``: frame noise three times the default: every statistic is blurred.
 * ``sparse``: a fifth of the sessions: few co-watch triplets to learn from.
-* ``mixture``: ``recsys synth``'s defaults (both kinds of signal).
+* ``mixture``: ``recsys synth``'s defaults (both kinds of signal; videos differ in
+  appeal strongly, half of it visible in the frames).
+* ``even_appeal``: the defaults as they were before: videos' appeal normal with
+  standard deviation 0.3, none of it in the frames (``recsys.synthetic_config.
+  OLD_QUALITY``).
 
 Each (world, seed) draws the world with that seed, runs ``recsys pipeline`` with the
 defaults (and that seed) in process, and keeps the report's paired DeLong comparison of
@@ -39,6 +43,7 @@ from pipelines.io import write_dataset
 from pipelines.pipeline import PipelineConfig, run_pipeline
 from pipelines.representation import REPRESENTATIONS
 from recsys.synthetic import SynthConfig, generate_world
+from recsys.synthetic_config import OLD_QUALITY
 
 #: SynthConfig changes of each world (on top of the suite's size)
 WORLDS: dict[str, dict[str, Any]] = {
@@ -49,6 +54,7 @@ WORLDS: dict[str, dict[str, Any]] = {
     "noisy": {"frame_noise": 1.5},
     "sparse": {"sessions_per_user_day": 0.1},
     "mixture": {},
+    "even_appeal": dict(OLD_QUALITY),
 }
 SCORES = ("glmix", "avg_similarity", "max_similarity")
 SUBSETS = ("all", "cold_start")

@@ -101,7 +101,10 @@ def add_baselines(
     shipped = store_order(test.video_ids, test.embeddings, store)
     vset = ValidationSet.of(rows, heldout)
     report["validation_choice"] = validation_choice(
-        report.get("pooling") or "learned", score_candidate(rows, shipped, vset), ladder, vset
+        report.get("pooling") or "learned",
+        score_candidate(rows, shipped, vset, glmix_base),
+        ladder,
+        vset,
     )
     ceiling = _ceiling(data, store, rows, test, emb_dim, cfg.seed, history_features, glmix_base)
     if ceiling is not None:

@@ -85,3 +85,19 @@ def table_lines(block: dict[str, Any]) -> list[str]:
     for subset in SUBSETS:
         lines.append(f"| {subset.replace('_', ' ')} | {cell(block['coordinate_gain'][subset])} |")
     return lines
+
+
+def per_video_section(block: dict[str, Any] | None) -> list[str]:
+    """report.md's section for ``coordinate_table``'s result (nothing without one)."""
+    if not block:
+        return []
+    return [
+        "",
+        "## Table 7 with and without per-video effects",
+        "",
+        "GLMix with video features against GLMix without them, on the same rows (DeLong's",
+        "paired interval). A warm video's own impressions tell its per-video effect its",
+        "appeal; a cold-start video has only its features.",
+        "",
+        *table_lines(block),
+    ]

@@ -31,7 +31,8 @@ from recsys.design import VideoRows
 from recsys.errors import UserInputError
 from recsys.glmix import GLMix, GLMixConfig
 from recsys.memory import release_free_memory
-from recsys.online import OnlineConfig, progressive_validation
+from recsys.online import OnlineConfig
+from recsys.online_replay import progressive_validation
 from recsys.scoring import glmix_global_features, prior_history_similarity, similarity_by_user
 
 SCORES = ("max_similarity", "avg_similarity", "glmix", "glmix_no_video")
@@ -199,7 +200,7 @@ def evaluate_artifact(
     if engine is not None and engine.is_spark:
         return _evaluate_on_spark(engine, d, a, start, cutoff, cfg, glm, glm0, head)
     t = load_test_set(d, a, start, cutoff, cfg.watch_threshold_s)
-    y, cold, users = t.labels, t.cold_start, t.users
+    users = t.users
     max_s, avg_s = similarity_by_user(t.user_index, t.video_rows, t.history_rows, t.embeddings)
     x = VideoRows(t.embeddings, t.video_rows)  # rows by reference: no (N, E) copy
     videos = np.asarray(t.video_ids, dtype=object)[t.video_rows]  # for per-video effects
@@ -218,25 +219,9 @@ def evaluate_artifact(
         release_free_memory()
     oracle = _oracle(d, t)
     report: dict[str, Any] = {**head, "rows": _row_counts(t, max_s), "notes": list(NOTES)}
-    log = print if cfg.progress else None
-    auc_all, auc_cold, ci_all, ci_cold = auc_table(
-        y, scores, cold, users, cfg.bootstrap, cfg.seed, log
-    )
-    report["auc"] = auc_all
-    report["auc_cold_start"] = auc_cold
-    report["ci95"] = {"all": ci_all, "cold_start": ci_cold}
+    _auc_sections(report, t, scores, oracle, cfg)
     if online_report is not None:
         report["online"] = online_report
-    if oracle is not None:
-        report["oracle_auc"] = {
-            "all": auc_block(y, oracle, users, 0, cfg.seed)["auc"],
-            "cold_start": auc_block(y[cold], oracle[cold], users[cold], 0, cfg.seed)["auc"]
-            if cold.any()
-            else math.nan,
-        }
-    report["relative_improvement"] = _relative(
-        auc_all, auc_cold, bool(cold.any()), cfg.baseline_report
-    )
     table7 = _coordinate_block(a, t, x, videos, frozen_g, glm, scores)
     if table7 is not None:
         report["per_video_effects"] = table7
@@ -264,6 +249,35 @@ def evaluate_artifact(
             ),
         )
     return Evaluation(report=report, test=t, scores=scores, oracle=oracle)
+
+
+def _auc_sections(
+    report: dict[str, Any],
+    t: TestSet,
+    scores: dict[str, np.ndarray],
+    oracle: np.ndarray | None,
+    cfg: EvalConfig,
+) -> None:
+    """The AUC tables (all rows, cold start, intervals), the oracle's and the relative
+    improvements, into ``report``."""
+    y, cold, users = t.labels, t.cold_start, t.users
+    log = print if cfg.progress else None
+    auc_all, auc_cold, ci_all, ci_cold = auc_table(
+        y, scores, cold, users, cfg.bootstrap, cfg.seed, log
+    )
+    report["auc"] = auc_all
+    report["auc_cold_start"] = auc_cold
+    report["ci95"] = {"all": ci_all, "cold_start": ci_cold}
+    if oracle is not None:
+        report["oracle_auc"] = {
+            "all": auc_block(y, oracle, users, 0, cfg.seed)["auc"],
+            "cold_start": auc_block(y[cold], oracle[cold], users[cold], 0, cfg.seed)["auc"]
+            if cold.any()
+            else math.nan,
+        }
+    report["relative_improvement"] = _relative(
+        auc_all, auc_cold, bool(cold.any()), cfg.baseline_report
+    )
 
 
 NOTES = (

@@ -20,6 +20,7 @@ import pyarrow as pa
 from pipelines.io import open_parquet
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S, IMPRESSIONS_FILE
 from recsys.errors import UserInputError
+from recsys.glmix_config import GLMixConfig
 
 
 def _sql_str(path: Path) -> str:
@@ -177,3 +178,11 @@ def load_rec_rows(
         history_rows=history,
         train_user_index=np.array([uindex[u] for u in tr_u.tolist()], dtype=np.int64),
     )
+
+
+def video_names(rows: RecRows, videos: np.ndarray, cfg: GLMixConfig) -> np.ndarray | None:
+    """Each row's video id for GLMix's per-video coordinate (None without one): references
+    to the catalogue's id strings, no copy per row."""
+    if not cfg.video_effects:
+        return None
+    return np.asarray(rows.video_ids, dtype=object)[videos]

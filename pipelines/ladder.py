@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.impressions import RecRows
+from pipelines.impressions import RecRows, video_names
 from pipelines.validation import CandidateScores, ValidationSet, score_candidate
 from recsys.baselines import (
     BASELINE_NAMES,
@@ -53,14 +53,6 @@ EXACT_PCA_VALUES = 1 << 23
 PCA_SAMPLE_VIDEOS = 1024
 #: sampled videos whose frames are copied together while the PCA's rows are computed
 _SAMPLE_BLOCK = 128
-
-
-def video_names(rows: RecRows, videos: np.ndarray, cfg: GLMixConfig) -> np.ndarray | None:
-    """Each row's video id for GLMix's per-video coordinate (None without one): references
-    to the catalogue's id strings, no copy per row."""
-    if not cfg.video_effects:
-        return None
-    return np.asarray(rows.video_ids, dtype=object)[videos]
 
 
 def validation_log_loss(rows: RecRows, vectors: np.ndarray, cfg: GLMixConfig) -> float:
@@ -277,7 +269,7 @@ def iter_rungs(
         if codebook is None and name != "avg_frames":
             codebook = kmeans_codebook(store.frames, num_words, seed=seed)
         vectors, info, emb = fit_rung(rows, store, name, max_dim, base, num_words, seed, codebook)
-        scores = score_candidate(rows, vectors, vset)
+        scores = score_candidate(rows, vectors, vset, base)
         info["validation"] = scores.summary(vset)
         yield name, vectors, info, emb, scores
 

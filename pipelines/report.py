@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipelines.coordinate_comparison import per_video_section
 from pipelines.evaluate import SCORES, Evaluation
 from pipelines.io import write_parquet_atomic
 from pipelines.plots import plot_online, plot_roc
@@ -68,6 +69,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     with the best baseline, then the notes."""
     lines = [
         *_md_scores(report),
+        *per_video_section(report.get("per_video_effects")),
         *_md_online(report.get("online")),
         *_md_versus_best(report),
         *_md_validation_choice(report),
@@ -99,6 +101,7 @@ def _md_scores(report: dict[str, Any]) -> list[str]:
         "",
     ]
     names = report.get("glmix_global_features") or []
+    coords = report.get("glmix_coordinates") or {}
     lines += [
         "GLMix: Eq. 18"
         + (
@@ -106,6 +109,12 @@ def _md_scores(report: dict[str, Any]) -> list[str]:
             "when each impression was shown; the baselines' GLMix rows get the same)."
             if names
             else " alone (no history features)."
+        ),
+        "Per-video effects (a third coordinate, chosen on the validation rows): "
+        + (
+            f"yes, intercept L2 {coords['video_intercept_l2']:g} (the baselines' GLMix too)."
+            if coords.get("per_video_effects")
+            else "none."
         ),
         "",
         "| score | AUC (all) | 95% DeLong | 95% bootstrap (users) | AUC (cold start) | 95% bootstrap (users) |",

@@ -35,7 +35,8 @@ from pipelines.spark_rows import (
 from pipelines.statistics import online_entry
 from recsys import artifact as art
 from recsys.glmix import GLMix
-from recsys.online import OnlineConfig, progressive_validation
+from recsys.online import OnlineConfig, sigmoid
+from recsys.online_replay import replay_users, replay_videos
 from recsys.scoring import glmix_global_features, prior_history_similarity, similarity_by_user
 
 if TYPE_CHECKING:
@@ -117,9 +118,15 @@ def _scorer(
                 live = prior_history_similarity(codes, rows, times, y > 0, emb, hist)
                 online_g = glmix_global_features(glm.global_names, *live)
                 out["history_only"] = pa.array(glm.predict_proba(ids, x, online_g, videos))
-            out["online"] = pa.array(
-                progressive_validation(ids, x, y, times, glm, online, online_g, videos, frozen_g)
+            user_logit, frozen = replay_users(
+                ids, x, y, times, glm, online, online_g, videos, frozen_g
             )
+            out["online"] = pa.array(sigmoid(user_logit))
+            if frozen is not None:  # the per-video half runs partitioned by video
+                out["user_logit"], out["frozen_logit"] = pa.array(user_logit), pa.array(frozen)
+                out["t"], out["okey"] = pa.array(times), pa.array(t["okey"].to_numpy(np.int64))
+                out["og"] = _feature_column(online_g, len(y))
+                out["fg"] = _feature_column(frozen_g, len(y))
         return pa.table(out)
 
     return run
@@ -146,8 +153,62 @@ def scored_test_rows(
     if online is not None:
         schema += ", history_only double" if glm.global_names else ""
         schema += ", online double"
+    per_video = online is not None and glm.has_video_effects
+    extra = _REPLAY_COLUMNS if per_video else ""
     scorer = whole_partitions(_scorer(glm, glm0, dim, online))
-    return rows.mapInArrow(scorer, schema).localCheckpoint()
+    scored = rows.mapInArrow(scorer, schema + extra).localCheckpoint()
+    if not per_video:
+        return scored
+    # The online replay's per-video half: whole videos per partition, in time order.
+    by_video = scored.repartition(max(1, parallelism(spark)), "video_id").sortWithinPartitions(
+        "video_id", "t", "okey"
+    )
+    done = by_video.mapInArrow(whole_partitions(_video_replay(glm)), schema + extra)
+    names = [c.split()[0] for c in schema.split(", ")]
+    return done.select(*names).localCheckpoint()
+
+
+#: the per-user half's columns the per-video half reads (``recsys.online_replay``)
+_REPLAY_COLUMNS = (
+    ", user_logit double, frozen_logit double, t long, okey long, "
+    "og array<double>, fg array<double>"
+)
+
+
+def _feature_column(g: np.ndarray | None, n: int) -> pa.Array:
+    if g is None:
+        return pa.nulls(n, pa.list_(pa.float64()))
+    return pa.array(list(np.asarray(g, dtype=np.float64)), pa.list_(pa.float64()))
+
+
+def _features(column: pa.ChunkedArray, n: int) -> np.ndarray | None:
+    if column.null_count == n or n == 0:
+        return None
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float64).reshape(n, -1)
+
+
+def _video_replay(glm: GLMix) -> Callable[[pa.Table], pa.Table]:
+    """The online replay's per-video half over one partition's whole videos."""
+
+    def run(table: pa.Table) -> pa.Table:
+        n = table.num_rows
+        users = table.column("user_id").to_numpy(zero_copy_only=False)
+        videos = table.column("video_id").to_numpy(zero_copy_only=False)
+        probs = replay_videos(
+            users,
+            videos,
+            table.column("label").to_numpy().astype(np.float64),
+            table.column("t").to_numpy(),
+            glm,
+            table.column("user_logit").to_numpy(),
+            table.column("frozen_logit").to_numpy(),
+            _features(table.column("og"), n),
+            _features(table.column("fg"), n),
+        )
+        return table.set_column(table.column_names.index("online"), "online", pa.array(probs))
+
+    return run
 
 
 def auc_block_spark(rows: DataFrame, score: str) -> dict[str, Any]:

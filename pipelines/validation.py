@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from pipelines.impressions import RecRows, group_histories
+from pipelines.impressions import RecRows, group_histories, video_names
 from recsys.auc import delong_ci, delong_paired_difference
 from recsys.design import VideoRows
 from recsys.glmix import GLMixConfig, fit_glmix
@@ -104,11 +104,19 @@ def score_candidate(
 ) -> CandidateScores:
     """GLMix fitted before the cut on ``vectors`` (V, E), scored after it; and Eq. 16."""
     val = rows.validation_mask
+    cfg = cfg or GLMixConfig()
     x = VideoRows(vectors, rows.train_videos)  # by reference: no (N, E) copy
+    names = video_names(rows, rows.train_videos, cfg)  # with per-video effects
     model = fit_glmix(
-        rows.train_users[~val], x[~val], rows.train_labels[~val], cfg or GLMixConfig()
+        rows.train_users[~val],
+        x[~val],
+        rows.train_labels[~val],
+        cfg,
+        videos=None if names is None else names[~val],
     )
-    p = model.predict_proba(rows.train_users[val], x[val])
+    p = model.predict_proba(
+        rows.train_users[val], x[val], None, None if names is None else names[val]
+    )
     _, avg = similarity_by_user(vset.users, vset.videos, vset.history, vectors.astype(np.float64))
     return CandidateScores(row_log_loss(vset.labels, p), avg)
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recsys.design import VideoRows
 from recsys.glmix import GLMix
 from recsys.glmix_config import random_prior
 from recsys.online_videos import VideoEffects
@@ -116,11 +115,15 @@ class OnlineEffects:
     _windows: dict[str, _UserWindow] = field(default_factory=dict)
     #: users whose data was erased: the offline fit's effect of them no longer applies
     forgotten: set[str] = field(default_factory=set)
+    #: learn per-video effects here (False: the caller does, ``recsys.online_replay``)
+    track_videos: bool = True
 
     def __post_init__(self) -> None:
         self.prior_precision = random_prior(self.model.config, self.model.random_dim)
         #: per-video effects learnt online (``recsys.online_videos``), when the model has them
-        self.videos = VideoEffects(self.model) if self.model.has_video_effects else None
+        self.videos = None
+        if self.model.has_video_effects and self.track_videos:
+            self.videos = VideoEffects(self.model)
 
     def forget(self, user: str) -> None:
         """Drop everything learned about ``user``, online and offline: from now on they
@@ -171,15 +174,22 @@ class OnlineEffects:
 
         Safe beside a concurrent ``observe``: it reads the user's effect once, and
         ``observe`` replaces that array whole (never mutates it)."""
+        eta = self.user_logit(user, video, global_feats)
+        if self.videos is not None:
+            if video_ids is None or len(video_ids) != len(eta):
+                raise ValueError("this model has per-video effects: name each row's video")
+            eta = eta + self.videos.logit(video_ids, global_feats)
+        return eta
+
+    def user_logit(
+        self, user: str, video: np.ndarray, global_feats: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(n,) the logit without any per-video term: fixed effect plus the user's."""
         v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
         b = self.effect(user)
         eta = self.model.fixed_logit(v, global_feats) + b[0]
         if self.model.config.use_video_features:
             eta = eta + v @ b[1:]
-        if self.videos is not None:
-            if video_ids is None or len(video_ids) != len(v):
-                raise ValueError("this model has per-video effects: name each row's video")
-            eta = eta + self.videos.logit(video_ids, global_feats)
         return eta
 
     def probability(
@@ -190,6 +200,20 @@ class OnlineEffects:
         video_ids: list[str] | None = None,
     ) -> np.ndarray:
         return sigmoid(self.logit(user, video, global_feats, video_ids))
+
+    def frozen_logit(
+        self, user: str, video: np.ndarray, video_ids: list[str], frozen_feats: np.ndarray | None
+    ) -> np.ndarray:
+        """(n,) the frozen offline model's logit of a user's rows (offline effects, global
+        features against the offline history): what the per-video statistics use."""
+        v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
+        base = self.model.fixed_logit(v, frozen_feats)
+        base = base + self._offline_video_logit(video_ids, len(v), frozen_feats)
+        b0 = self.prior(user)
+        base = base + b0[0]
+        if self.model.config.use_video_features:
+            base = base + v @ b0[1:]
+        return base
 
     def _offline_video_logit(
         self, video_ids: list[str] | None, n: int, feats: np.ndarray | None
@@ -214,13 +238,10 @@ class OnlineEffects:
         per-video statistics use only what does not depend on the order of events."""
         v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
         y = np.asarray(labels, dtype=np.float64).reshape(-1)
-        if self.videos is not None:
-            if video_ids is None or len(video_ids) != len(y):
-                raise ValueError("this model has per-video effects: name each row's video")
-            offline_video = self._offline_video_logit(video_ids, len(y), frozen_feats)
-            base = self.model.fixed_logit(v, frozen_feats) + offline_video
-            b0 = self.prior(user)
-            base += b0[0] + (v @ b0[1:] if self.model.config.use_video_features else 0.0)
+        if self.model.has_video_effects and (video_ids is None or len(video_ids) != len(y)):
+            raise ValueError("this model has per-video effects: name each row's video")
+        if self.videos is not None and video_ids is not None:
+            base = self.frozen_logit(user, v, list(video_ids), frozen_feats)
             self.videos.observe(user, list(video_ids), y, base, frozen_feats)
         w = self._windows.get(user)
         if w is None:
@@ -246,45 +267,3 @@ class OnlineEffects:
         )
         self.effects[user] = b
         return b
-
-
-def progressive_validation(
-    users: np.ndarray,
-    video: np.ndarray | VideoRows,
-    labels: np.ndarray,
-    times: np.ndarray,
-    model: GLMix,
-    config: OnlineConfig | None = None,
-    global_feats: np.ndarray | None = None,
-    videos: np.ndarray | None = None,
-    frozen_feats: np.ndarray | None = None,
-) -> np.ndarray:
-    """Replay impressions in time order through ``OnlineEffects``: each row is scored
-    before the model learns from it. Returns the (N,) online watch probabilities, aligned
-    with the input rows (the frozen model's are ``model.predict_proba``).
-
-    ``global_feats`` (N, G): the model's global features of each row as the service
-    would compute them at that moment (for history similarities: against the history
-    including the watches replayed before the row, ``recsys.scoring.
-    prior_history_similarity``). A model with per-video effects also needs ``videos``
-    (N,) each row's video id and ``frozen_feats`` (N, G) the global features against the
-    histories as the offline fit left them (``OnlineEffects.observe``)."""
-    online = OnlineEffects(model, config or OnlineConfig())
-    order = np.argsort(np.asarray(times), kind="stable")
-    out = np.empty(len(labels), dtype=np.float64)
-    if isinstance(video, VideoRows):  # a row's features are its video's table row
-        table, video_of = np.asarray(video.table, dtype=np.float64), video.rows
-    else:
-        table, video_of = np.asarray(video, dtype=np.float64), np.arange(len(labels))
-    y = np.asarray(labels, dtype=np.float64)
-    g = None if global_feats is None else np.asarray(global_feats, dtype=np.float64)
-    fg = None if frozen_feats is None else np.asarray(frozen_feats, dtype=np.float64)
-    for i in order.tolist():
-        u = str(users[i])
-        gi = None if g is None else g[i : i + 1]
-        fi = None if fg is None else fg[i : i + 1]
-        vi = None if videos is None else [str(videos[i])]
-        xi = table[video_of[i]]
-        out[i] = float(online.probability(u, xi, gi, vi)[0])
-        online.observe(u, xi, y[i : i + 1], gi, vi, fi)
-    return out

@@ -87,5 +87,3 @@ class SynthConfig:
     @property
     def num_labels(self) -> int:
         return self.num_topics * (1 + self.components_per_topic)
-
-

@@ -96,7 +96,8 @@ def test_report_has_the_online_replay(pipeline_out: Path) -> None:
     users = pq.read_table(pipeline_out / "artifact" / "glmix_users.parquet")
     assert "precision" in users.column_names
     fixed = json.loads((pipeline_out / "artifact" / "glmix.json").read_text())
-    model = GLMix.from_tables(fixed, users)
+    vpath = pipeline_out / "artifact" / "glmix_videos.parquet"
+    model = GLMix.from_tables(fixed, users, pq.read_table(vpath) if vpath.exists() else None)
     assert model.user_precision is not None
     # prior L2 plus a non-negative curvature, per coefficient
     assert (model.user_precision[:, 0] >= model.config.random_intercept_l2 - 1e-9).all()

@@ -21,15 +21,32 @@ from tests.pipelines.spark_helpers import RowsToDriver, spark_fixture  # noqa: F
 pytestmark = pytest.mark.xdist_group("spark")
 
 
+@pytest.mark.parametrize("per_video_effects", [True, False])
 def test_spark_evaluation_equals_local(
-    spark: Any, pipeline_out: Path, small_world_dir: Path, tmp_path: Path, monkeypatch
+    spark: Any,
+    pipeline_out: Path,
+    small_world_dir: Path,
+    tmp_path: Path,
+    monkeypatch,
+    per_video_effects: bool,
 ) -> None:
+    """With and without per-video effects (the online replay's per-video half runs
+    partitioned by video on Spark, in one pass here)."""
+    import shutil
+
+    from pipelines.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
+    from recsys.artifact import load_glmix
+
+    artifact = tmp_path / "artifact"
+    shutil.copytree(pipeline_out / "artifact", artifact)
+    job = GLMixJobConfig(tune=False, video_effects=per_video_effects)
+    fit_glmix_into_artifact(small_world_dir, artifact, job)
+    model = load_glmix(artifact)
+    assert model is not None and model.has_video_effects == per_video_effects
     cfg = EvalConfig(bootstrap=0, baselines=())
-    local = evaluate_artifact(small_world_dir, pipeline_out / "artifact", cfg)
+    local = evaluate_artifact(small_world_dir, artifact, cfg)
     watch = RowsToDriver(spark, monkeypatch)
-    remote = evaluate_artifact(
-        small_world_dir, pipeline_out / "artifact", cfg, Engine("spark", _session=spark)
-    )
+    remote = evaluate_artifact(small_world_dir, artifact, cfg, Engine("spark", _session=spark))
     assert local.test is not None and remote.test is None
     n_users = local.report["rows"]["test_users"]
     assert watch.largest <= n_users + 10 < local.report["rows"]["test"]

@@ -7,7 +7,8 @@ import pytest
 from scipy.optimize import minimize
 
 from recsys.glmix import GLMixConfig, fit_glmix
-from recsys.online import OnlineConfig, OnlineEffects, progressive_validation, refit_effect
+from recsys.online import OnlineConfig, OnlineEffects, refit_effect
+from recsys.online_replay import progressive_validation
 
 
 def _map_by_scipy(z, y, off, m, lam):

@@ -8,7 +8,8 @@ import pytest
 
 from recsys.glmix import GLMixConfig, fit_glmix
 from recsys.glmix_config import video_prior
-from recsys.online import OnlineEffects, progressive_validation
+from recsys.online import OnlineEffects
+from recsys.online_replay import progressive_validation
 from recsys.online_videos import SCALE
 from tests.recsys.test_glmix_videos import _world
 

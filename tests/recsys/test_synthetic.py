@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow.compute as pc
 import pytest
@@ -230,7 +232,7 @@ def test_part_of_the_appeal_shows_in_the_frames_and_old_worlds_stay_as_they_were
         """Held-out correlation of a ridge fit from each video's mean frame to its appeal."""
         appeal = _per_video(world)[0]
         offsets = np.concatenate([[0], np.cumsum(world.lengths)])
-        means = np.stack([world.frames[a:b].mean(0) for a, b in zip(offsets[:-1], offsets[1:])])
+        means = np.stack([world.frames[a:b].mean(0) for a, b in itertools.pairwise(offsets)])
         x = np.c_[np.ones(len(means)), means]
         fit, test = slice(0, 400), slice(400, None)
         w = np.linalg.solve(x[fit].T @ x[fit] + 1.0 * np.eye(x.shape[1]), x[fit].T @ appeal[fit])

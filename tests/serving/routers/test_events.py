@@ -122,7 +122,8 @@ def test_online_refit_uses_the_history_as_it_was_at_each_impression(
     b = refit_effect(
         z,
         np.array(watched, float),
-        glm.fixed_logit(x, g),
+        # offsets: the fixed effect and each video's offline effect (0 without them)
+        glm.fixed_logit(x, g) + glm.video_logit(glm.video_rows(vids), g),
         online.prior(user),
         online.precision(user),
         online.prior(user),
@@ -133,6 +134,7 @@ def test_online_refit_uses_the_history_as_it_was_at_each_impression(
     sims = e[hist] @ e[row[cand]]
     g_now = np.array([[sims.max(), sims.mean(), 1.0]])
     eta = glm.fixed_logit(e[row[cand]][None], g_now)[0] + b[0] + e[row[cand]] @ b[1:]
+    eta += glm.video_logit(glm.video_rows([cand]), g_now)[0]  # no event of it: offline
     assert got["scores"][0]["watch_probability"] == pytest.approx(1 / (1 + np.exp(-eta)), abs=1e-5)
 
 

@@ -30,7 +30,8 @@ def test_score_matches_eq16_17_and_glmix(client: TestClient, artifact) -> None:
         assert item["avg_similarity"] == pytest.approx(float(sims.mean()), abs=1e-5)
         # Eq. 18 plus the history similarities as global features.
         g = np.array([[sims.max(), sims.mean(), 1.0]])
-        p = glm.predict_proba([user], emb[row[v]][None].astype(np.float64), g)[0]
+        # ... plus the video's own effect when the model has the per-video coordinate.
+        p = glm.predict_proba([user], emb[row[v]][None].astype(np.float64), g, [v])[0]
         assert item["watch_probability"] == pytest.approx(p, abs=1e-6)
     assert body["scores"][2] == {"video_id": "does-not-exist", "error": "unknown video"}
 
@@ -44,6 +45,7 @@ def test_unknown_user_gets_fixed_effect_and_null_similarities(client: TestClient
     glm = load_glmix(artifact)
     no_history = np.zeros((1, len(glm.global_names)))  # similarities 0, has_history 0
     eta = glm.fixed_logit(emb[1][None].astype(np.float64), no_history)[0]
+    eta += glm.video_logit(glm.video_rows([ids[1]]), no_history)[0]  # 0 without the coordinate
     assert s["watch_probability"] == pytest.approx(1 / (1 + np.exp(-eta)))
 
 

@@ -114,6 +114,15 @@ AnchorNeighbours = Annotated[
 ]
 
 
+VideoEffects = Annotated[
+    bool,
+    typer.Option(
+        help="Give GLMix per-video random effects (a video's own appeal, from its impressions) "
+        "as a third coordinate; with tuning, their penalty (or none) is chosen on the last "
+        "10% of the training period."
+    ),
+]
+
 HistoryFeatures = Annotated[
     bool,
     typer.Option(

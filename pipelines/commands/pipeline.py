@@ -27,6 +27,7 @@ from pipelines.options import (
     Seed,
     SparkMaster,
     TestStart,
+    VideoEffects,
     WatchThreshold,
     engine_from,
     fail,
@@ -111,6 +112,7 @@ def pipeline(
         ),
     ] = True,
     history_features: HistoryFeatures = True,
+    video_effects: VideoEffects = True,
     anchor_neighbours: AnchorNeighbours = 0,
     test_start: TestStart = None,
     watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
@@ -158,7 +160,9 @@ def pipeline(
                 base=base,
                 search_budget_s=search_budget,
             ),
-            glmix=GLMixJobConfig(tune=tune_glmix, history_features=history_features),
+            glmix=GLMixJobConfig(
+                tune=tune_glmix, history_features=history_features, video_effects=video_effects
+            ),
             evaluation=EvalConfig(
                 bootstrap=bootstrap,
                 baselines=BASELINE_NAMES if baselines else (),
@@ -206,6 +210,7 @@ def demo(
         index="flat",
         tune_glmix=True,
         history_features=True,
+        video_effects=True,
         test_start=None,
         watch_threshold=DEFAULT_WATCH_THRESHOLD_S,
         bootstrap=200,

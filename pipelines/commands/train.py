@@ -27,6 +27,7 @@ from pipelines.options import (
     Seed,
     SparkMaster,
     TestStart,
+    VideoEffects,
     WatchThreshold,
     engine_from,
     fail,
@@ -228,10 +229,13 @@ def fit_glmix(
         bool, typer.Option(help="Choose --random-l2 on the last 10% of the training period.")
     ] = False,
     history_features: HistoryFeatures = True,
+    video_effects: VideoEffects = True,
     engine: EngineName = "local",
     spark_master: SparkMaster = "local[*]",
 ) -> None:
-    """Fit GLMix (Eq. 18, plus history similarities unless --no-history-features) with and without video features and add it and the watch histories to the artifact."""
+    """Fit GLMix (Eq. 18, plus history similarities unless --no-history-features, plus
+    per-video effects unless --no-video-effects) with and without video features and add
+    it and the watch histories to the artifact."""
     from pipelines.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
     from recsys.glmix import GLMixConfig
 
@@ -250,7 +254,12 @@ def fit_glmix(
         data,
         artifacts,
         GLMixJobConfig(
-            watch_threshold, glm, tune, progress=True, history_features=history_features
+            watch_threshold,
+            glm,
+            tune,
+            progress=True,
+            history_features=history_features,
+            video_effects=video_effects,
         ),
         eng,
     )

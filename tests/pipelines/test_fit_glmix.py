@@ -34,6 +34,10 @@ def test_fit_glmix_cli_extends_artifact(run_cli, small_world_dir: Path, tmp_path
     assert "GLMix:" in out
     m = read_manifest(art)
     assert "glmix.json" in m["files"] and m["glmix"]["config"]["random_l2"] == 5.0
+    # Per-video effects by default (untuned: no choice), the variant pair without them.
+    assert m["glmix"]["config"]["video_effects"] is True
+    assert "glmix_videos.parquet" in m["files"] and "glmix_variant.json" in m["files"]
+    assert "glmix_variant_videos.parquet" not in m["files"]
     assert m["config"]["embedder"]["pooling"] == "dsgmm"  # the rest of the manifest survives
     assert m["glmix"]["global_features"] == list(HISTORY_FEATURES)
     # Eq. 18 alone on request; evaluate follows whichever model the artifact holds.
@@ -42,6 +46,7 @@ def test_fit_glmix_cli_extends_artifact(run_cli, small_world_dir: Path, tmp_path
     )
     assert code == 0, err
     assert read_manifest(art)["glmix"]["global_features"] == []
+    assert read_manifest(art)["glmix"]["config"]["video_effects"] is True
     code, _, err = run_cli(
         "evaluate",
         "--data",
@@ -57,7 +62,17 @@ def test_fit_glmix_cli_extends_artifact(run_cli, small_world_dir: Path, tmp_path
     assert code == 0, err
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["glmix_global_features"] == [] and "online" in report
-    assert "Eq. 18 alone" in (tmp_path / "ev" / "report.md").read_text()
+    md = (tmp_path / "ev" / "report.md").read_text()
+    assert "Eq. 18 alone" in md and "## Table 7 with and without per-video effects" in md
+    assert report["per_video_effects"]["shipped"] == "with"
+    # --no-video-effects: the shipped pair without them, the variant with them.
+    code, _, err = run_cli(
+        "fit-glmix", "--data", small_world_dir, "--artifacts", art, "--no-video-effects"
+    )
+    assert code == 0, err
+    m = read_manifest(art)
+    assert m["glmix"]["config"]["video_effects"] is False
+    assert "glmix_variant_videos.parquet" in m["files"]
     code, _, err = run_cli(
         "fit-glmix", "--data", small_world_dir, "--artifacts", art, "--random-l2", "-1"
     )

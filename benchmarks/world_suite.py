@@ -122,6 +122,9 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "comparisons": comparison_rows(report),
         "shipped": report.get("pooling"),
         "selection": report.get("embedding_metrics", {}).get("selection"),
+        # Table 7 with and without per-video effects, and which GLMix was shipped
+        "per_video_effects": report.get("per_video_effects"),
+        "glmix_coordinates": report.get("glmix_coordinates"),
     }
 
 

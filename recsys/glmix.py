@@ -64,6 +64,7 @@ class GLMix:
     def __post_init__(self) -> None:
         self.user_index = {u: i for i, u in enumerate(self.user_ids)}
         self.video_index = {v: i for i, v in enumerate(self.video_ids)}
+        self._video_lookup: pd.Index | None = None
         if self.global_names and len(self.global_names) != self.global_dim:
             raise ValueError("global_names must name the global_dim features")
         if self.config.video_effects and self.video_coef is None:
@@ -87,7 +88,9 @@ class GLMix:
         got = np.asarray(videos)
         if got.dtype.kind in "iu":  # already rows
             return got.astype(np.int64)
-        return np.array([self.video_index.get(v, -1) for v in got.tolist()], dtype=np.int64)
+        if self._video_lookup is None:  # a hash index: one vectorised lookup per call
+            self._video_lookup = pd.Index(self.video_ids, dtype=object)
+        return self._video_lookup.get_indexer(got.astype(object)).astype(np.int64)
 
     def video_logit(
         self, video_rows: np.ndarray, global_feats: np.ndarray | None = None

@@ -101,3 +101,21 @@ def per_video_section(block: dict[str, Any] | None) -> list[str]:
         "",
         *table_lines(block),
     ]
+
+
+def per_video_summary(block: dict[str, Any] | None) -> list[str]:
+    """The terminal lines of ``coordinate_table``'s result (nothing without one)."""
+    if not block:
+        return []
+    out = []
+    for name in ("with", "without"):
+        gains = ", ".join(
+            f"{subset.replace('_', ' ')} {block[name][subset]['feature_gain']['difference']:+.4f}"
+            for subset in ("warm", "cold_start")
+        )
+        tag = " (shipped)" if block["shipped"] == name else ""
+        out.append(f"  video features' gain, {name} per-video effects{tag}: {gains}")
+    c = block["coordinate_gain"]["all"]
+    lo, hi = c["delong_paired_95"]
+    out.append(f"  per-video effects' gain (all): {c['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+    return out

@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.coordinate_comparison import per_video_section
+from pipelines.coordinate_comparison import per_video_section, per_video_summary
 from pipelines.evaluate import SCORES, Evaluation
 from pipelines.io import write_parquet_atomic
 from pipelines.plots import plot_online, plot_roc
@@ -418,6 +418,7 @@ def terminal_summary(report: dict[str, Any], out: Path) -> list[str]:
                     f"{b['difference_vs_history_only']:+.4f} [{lo:+.4f}, {hi:+.4f}]: "
                     f"{b['verdict_vs_history_only']}"
                 )
+    lines += per_video_summary(report.get("per_video_effects"))
     if "ceiling" in report:
         c = report["ceiling"]
         lines.append(

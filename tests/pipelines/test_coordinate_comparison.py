@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.coordinate_comparison import coordinate_table, per_video_section
+from pipelines.coordinate_comparison import (
+    coordinate_table,
+    per_video_section,
+    per_video_summary,
+)
 from recsys.auc import delong_ci, delong_paired_difference
 
 
@@ -35,7 +39,10 @@ def test_every_cell_is_the_auc_or_paired_difference_of_its_subset() -> None:
     assert got["with"]["all"]["feature_gain"]["delong_paired_95"][0] > 0
     text = "\n".join(per_video_section(got))
     assert "| with (shipped) | cold start |" in text and "| without | warm |" in text
-    assert per_video_section(None) == []
+    assert per_video_section(None) == [] and per_video_summary(None) == []
+    lines = per_video_summary(got)
+    assert lines[0].startswith("  video features' gain, with per-video effects (shipped): warm")
+    assert f"{got['coordinate_gain']['all']['difference']:+.4f}" in lines[-1]
 
 
 def test_a_subset_without_both_classes_is_reported_as_unknown() -> None:

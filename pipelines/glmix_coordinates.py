@@ -63,5 +63,7 @@ def fit_four(
     ):
         if stem != art.GLMIX:
             say(f"GLMix: {stem} ...")
-        out[stem] = fit(replace(cfg, use_video_features=features), features)
+        # The model without video features has no global features: no per-video slopes.
+        slopes = cfg.video_slopes and features
+        out[stem] = fit(replace(cfg, use_video_features=features, video_slopes=slopes), features)
     return out

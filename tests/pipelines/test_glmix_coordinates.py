@@ -35,3 +35,28 @@ def test_the_validation_choice_is_shipped_and_the_best_other_kept() -> None:
     )
     assert not shipped.video_effects and info["video_effects"] == NO_VIDEO_EFFECTS
     assert variant.video_effects and variant.video_intercept_l2 == 10.0
+
+
+def test_the_four_models_and_slopes_only_where_there_are_global_features() -> None:
+    from dataclasses import replace
+
+    from pipelines.glmix_coordinates import fit_four
+    from recsys import artifact as art
+
+    seen: dict[str, tuple[GLMixConfig, bool]] = {}
+
+    def fit(cfg: GLMixConfig, features: bool) -> str:
+        seen[f"{cfg.use_video_features}-{cfg.video_effects}"] = (cfg, features)
+        return f"model {len(seen)}"
+
+    shipped = GLMixConfig(video_effects=True, video_slopes=True)
+    out = fit_four(shipped, replace(shipped, video_effects=False), fit, print)  # type: ignore[arg-type]
+    assert list(out) == [
+        art.GLMIX,
+        art.GLMIX_NO_VIDEO,
+        art.GLMIX_VARIANT,
+        art.GLMIX_NO_VIDEO_VARIANT,
+    ]
+    assert seen["True-True"][0].video_slopes and seen["True-True"][1]
+    assert not seen["False-True"][0].video_slopes and not seen["False-True"][1]
+    assert not seen["False-False"][0].video_slopes

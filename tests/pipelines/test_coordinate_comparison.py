@@ -32,6 +32,13 @@ def test_every_cell_is_the_auc_or_paired_difference_of_its_subset() -> None:
             d, lo, hi = delong_paired_difference(y[sel], feats[sel], none[sel])
             assert cell["feature_gain"]["difference"] == pytest.approx(d)
             assert cell["feature_gain"]["delong_paired_95"] == pytest.approx([lo, hi])
+        # Cold minus warm: the difference of the two gains, their variances added.
+        c, w = got[name]["cold_start"]["feature_gain"], got[name]["warm"]["feature_gain"]
+        se = [(e["delong_paired_95"][1] - e["delong_paired_95"][0]) / (2 * 1.96) for e in (c, w)]
+        diff = got[name]["cold_minus_warm"]
+        assert diff["difference"] == pytest.approx(c["difference"] - w["difference"])
+        half = (diff["interval_95"][1] - diff["interval_95"][0]) / 2
+        assert half == pytest.approx(1.96 * np.hypot(*se), rel=1e-3)
     for subset, sel in subsets.items():
         d, _, _ = delong_paired_difference(y[sel], with_pair[0][sel], without_pair[0][sel])
         assert got["coordinate_gain"][subset]["difference"] == pytest.approx(d)
@@ -39,6 +46,7 @@ def test_every_cell_is_the_auc_or_paired_difference_of_its_subset() -> None:
     assert got["with"]["all"]["feature_gain"]["delong_paired_95"][0] > 0
     text = "\n".join(per_video_section(got))
     assert "| with (shipped) | cold start |" in text and "| without | warm |" in text
+    assert "cold start minus warm" in text
     assert per_video_section(None) == [] and per_video_summary(None) == []
     lines = per_video_summary(got)
     assert lines[0].startswith("  video features' gain, with per-video effects (shipped): warm")

@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 
 from pipelines.impressions import RecRows, video_names
-from pipelines.validation import CandidateScores, ValidationSet, score_candidate
+from pipelines.validation import (
+    CandidateScores,
+    ValidationSet,
+    score_candidate,
+    validation_predictions,
+)
 from recsys.baselines import (
     BASELINE_NAMES,
     PCA,
@@ -57,20 +62,8 @@ _SAMPLE_BLOCK = 128
 
 def validation_log_loss(rows: RecRows, vectors: np.ndarray, cfg: GLMixConfig) -> float:
     """GLMix fitted on the training rows before the validation cut, log-loss after it."""
-    val = rows.validation_mask
-    x = VideoRows(vectors, rows.train_videos)  # by reference: no (N, E) copy
-    names = video_names(rows, rows.train_videos, cfg)
-    model = fit_glmix(
-        rows.train_users[~val],
-        x[~val],
-        rows.train_labels[~val],
-        cfg,
-        videos=None if names is None else names[~val],
-    )
-    p = model.predict_proba(
-        rows.train_users[val], x[val], None, None if names is None else names[val]
-    )
-    return mean_log_loss(rows.train_labels[val], p)
+    p = validation_predictions(rows, vectors, cfg)
+    return mean_log_loss(rows.train_labels[rows.validation_mask], p)
 
 
 def validation_summary(

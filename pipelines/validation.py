@@ -99,14 +99,12 @@ class CandidateScores:
         }
 
 
-def score_candidate(
-    rows: RecRows, vectors: np.ndarray, vset: ValidationSet, cfg: GLMixConfig | None = None
-) -> CandidateScores:
-    """GLMix fitted before the cut on ``vectors`` (V, E), scored after it; and Eq. 16."""
+def validation_predictions(rows: RecRows, vectors: np.ndarray, cfg: GLMixConfig) -> np.ndarray:
+    """GLMix fitted on the training rows before the validation cut on ``vectors`` (V, E)
+    (per-video effects too when ``cfg`` has them): its probabilities after the cut."""
     val = rows.validation_mask
-    cfg = cfg or GLMixConfig()
     x = VideoRows(vectors, rows.train_videos)  # by reference: no (N, E) copy
-    names = video_names(rows, rows.train_videos, cfg)  # with per-video effects
+    names = video_names(rows, rows.train_videos, cfg)
     model = fit_glmix(
         rows.train_users[~val],
         x[~val],
@@ -114,9 +112,16 @@ def score_candidate(
         cfg,
         videos=None if names is None else names[~val],
     )
-    p = model.predict_proba(
+    return model.predict_proba(
         rows.train_users[val], x[val], None, None if names is None else names[val]
     )
+
+
+def score_candidate(
+    rows: RecRows, vectors: np.ndarray, vset: ValidationSet, cfg: GLMixConfig | None = None
+) -> CandidateScores:
+    """GLMix fitted before the cut on ``vectors`` (V, E), scored after it; and Eq. 16."""
+    p = validation_predictions(rows, vectors, cfg or GLMixConfig())
     _, avg = similarity_by_user(vset.users, vset.videos, vset.history, vectors.astype(np.float64))
     return CandidateScores(row_log_loss(vset.labels, p), avg)
 

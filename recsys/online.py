@@ -186,7 +186,11 @@ class OnlineEffects:
     ) -> np.ndarray:
         """(n,) the logit without any per-video term: fixed effect plus the user's."""
         v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
-        b = self.effect(user)
+        return self._fixed_and_user(v, self.effect(user), global_feats)
+
+    def _fixed_and_user(
+        self, v: np.ndarray, b: np.ndarray, global_feats: np.ndarray | None
+    ) -> np.ndarray:
         eta = self.model.fixed_logit(v, global_feats) + b[0]
         if self.model.config.use_video_features:
             eta = eta + v @ b[1:]
@@ -207,13 +211,8 @@ class OnlineEffects:
         """(n,) the frozen offline model's logit of a user's rows (offline effects, global
         features against the offline history): what the per-video statistics use."""
         v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
-        base = self.model.fixed_logit(v, frozen_feats)
-        base = base + self._offline_video_logit(video_ids, len(v), frozen_feats)
-        b0 = self.prior(user)
-        base = base + b0[0]
-        if self.model.config.use_video_features:
-            base = base + v @ b0[1:]
-        return base
+        base = self._fixed_and_user(v, self.prior(user), frozen_feats)
+        return base + self._offline_video_logit(video_ids, len(v), frozen_feats)
 
     def _offline_video_logit(
         self, video_ids: list[str] | None, n: int, feats: np.ndarray | None

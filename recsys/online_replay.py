@@ -24,6 +24,10 @@ from recsys.online import OnlineConfig, OnlineEffects, sigmoid
 from recsys.online_videos import VideoEffects
 
 
+def _f64(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else np.asarray(a, dtype=np.float64)
+
+
 def _rows(video: np.ndarray | VideoRows, n: int) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(video, VideoRows):  # a row's features are its video's table row
         return np.asarray(video.table, dtype=np.float64), video.rows
@@ -46,8 +50,7 @@ def replay_users(
     effects). Rows in time order, ties in input order."""
     online = OnlineEffects(model, config or OnlineConfig(), track_videos=False)
     table, video_of = _rows(video, len(labels))
-    y = np.asarray(labels, dtype=np.float64)
-    g = None if global_feats is None else np.asarray(global_feats, dtype=np.float64)
+    y, g = np.asarray(labels, dtype=np.float64), _f64(global_feats)
     out = np.empty(len(y), dtype=np.float64)
     for i in np.argsort(np.asarray(times), kind="stable").tolist():
         u = str(users[i])
@@ -61,7 +64,7 @@ def replay_users(
         if videos is None:
             raise ValueError("this model has per-video effects: name each row's video")
         x = table[video_of]
-        fg = None if frozen_feats is None else np.asarray(frozen_feats, dtype=np.float64)
+        fg = _f64(frozen_feats)
         frozen = model.fixed_logit(x, fg) + model.random_logit(model.user_rows(users), x)
         frozen += model.video_logit(model.video_rows(np.asarray(videos, dtype=object)), fg)
     return out, frozen
@@ -82,9 +85,7 @@ def replay_videos(
     it was before the row (then the row joins its video's statistics). Rows in time
     order, ties in input order."""
     effects = VideoEffects(model)
-    y = np.asarray(labels, dtype=np.float64)
-    g = None if global_feats is None else np.asarray(global_feats, dtype=np.float64)
-    fg = None if frozen_feats is None else np.asarray(frozen_feats, dtype=np.float64)
+    y, g, fg = np.asarray(labels, dtype=np.float64), _f64(global_feats), _f64(frozen_feats)
     out = np.empty(len(y), dtype=np.float64)
     for i in np.argsort(np.asarray(times), kind="stable").tolist():
         v = [str(videos[i])]

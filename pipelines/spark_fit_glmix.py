@@ -3,8 +3,8 @@
 The rows are built by a Spark join (``pipelines.spark_rows``), tuned and fitted by the
 shared coordinate descent over the Spark backend (``pipelines.spark_glmix``), the
 validation log-loss summed where the rows are, and the watch histories written by Spark.
-The driver holds per-user coefficients (one row per user) and sums, never a row per
-impression.
+The driver holds per-user and per-video coefficients (one row per user or video) and
+sums, never a row per impression.
 """
 
 from __future__ import annotations

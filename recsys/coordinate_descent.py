@@ -64,8 +64,8 @@ class GLMixBackend(Protocol):
     def recenter(self, coordinate: str) -> float:
         """Take the mean intercept m out of ``coordinate``'s effects (every one minus m,
         so every score minus m) and return it: the loop adds it to the fixed intercept,
-        which leaves every prediction as it was. Only when every row has an effect of
-        this coordinate (else return 0 and change nothing)."""
+        which leaves every prediction as it was. Only when every row has an unweighted
+        effect of this coordinate (else return 0 and change nothing)."""
         ...
 
 
@@ -259,7 +259,10 @@ class LocalBackend:
 
     def recenter(self, coordinate: str) -> float:
         c = self.coords[coordinate]
-        if c.min_rows > 1 or not len(c.coef):
+        # Exact only when every row has an unweighted effect: no user below the row
+        # minimum, none subsampled and reweighted.
+        capped = coordinate == USER and self.cfg.max_rows_per_user > 0
+        if c.min_rows > 1 or capped or not len(c.coef):
             return 0.0
         m = float(c.coef[:, 0].mean())
         c.coef[:, 0] -= m

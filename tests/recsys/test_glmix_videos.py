@@ -177,3 +177,37 @@ def test_the_penalty_is_chosen_on_validation_with_none_among_the_candidates() ->
     users, x, y, videos, _, _ = _world(seed=5, rows=4000, spread=0.0)
     _, flat = select_video_l2(users, x, y, is_val, videos, grid=(3.0,))
     assert abs(flat["3.0"] - flat[NO_VIDEO_EFFECTS]) < 0.01
+
+
+def test_recentering_is_skipped_where_it_would_not_be_exact() -> None:
+    """Users below the row minimum or subsampled and reweighted break the identity that
+    makes the move exact: their coordinate is left alone (and predictions unchanged)."""
+    from recsys.coordinate_descent import USER, VIDEO, LocalBackend, fixed_design
+
+    users, x, y, videos, _, _ = _world(seed=6, rows=600)
+    codes = np.unique(users, return_inverse=True)[1]
+    vcodes = np.unique(videos, return_inverse=True)[1]
+    design = fixed_design(x.dense(), None, True)
+    for cfg, moved in (
+        (GLMixConfig(video_effects=True), True),
+        (GLMixConfig(video_effects=True, max_rows_per_user=5), False),
+        (GLMixConfig(video_effects=True, min_rows_per_user=3), False),
+    ):
+        b = LocalBackend(
+            codes,
+            codes.max() + 1,
+            design,
+            y,
+            4,
+            cfg,
+            np.random.default_rng(0),
+            vcodes,
+            vcodes.max() + 1,
+        )
+        b.random_pass(USER, np.zeros(4), 2)
+        b.random_pass(VIDEO, np.zeros(4), 2)
+        before = (b.fixed_score + b._random_total()).clone()
+        m = b.recenter(USER)
+        assert (m != 0.0) == moved
+        np.testing.assert_allclose(b.fixed_score + b._random_total(), before, atol=1e-12)
+        assert b.recenter(VIDEO) != 0.0

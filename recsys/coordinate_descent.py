@@ -232,10 +232,13 @@ class LocalBackend:
         )
 
     def _random_total(self, leave_out: str | None = None) -> torch.Tensor:
+        """The random-effect scores summed over the coordinates (but ``leave_out``)."""
+        scores = [c.score for name, c in self.coords.items() if name != leave_out]
+        if len(scores) == 1:  # one coordinate (users alone): its scores, no (N,) copy
+            return scores[0]
         total = torch.zeros(len(self.y_np), dtype=torch.float64)
-        for name, c in self.coords.items():
-            if name != leave_out:
-                total += c.score
+        for score in scores:
+            total += score
         return total
 
     def fixed_sums(

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.special import expit
 
 from recsys.glmix import GLMix
 from recsys.glmix_config import video_prior
@@ -104,7 +105,7 @@ class VideoEffects:
         """Add impressions of ``user``: ``base_logit`` (n,) the frozen offline model's
         logit of each, ``frozen_feats`` (n, G) the global features it used."""
         y = np.asarray(labels, dtype=np.float64)
-        mu = 0.5 * (1.0 + np.tanh(0.5 * np.asarray(base_logit, dtype=np.float64)))
+        mu = expit(np.asarray(base_logit, dtype=np.float64))
         z = self.design(len(y), frozen_feats)
         mine = self.shares.setdefault(user, {})
         for i, v in enumerate(videos):

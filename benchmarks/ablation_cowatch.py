@@ -24,12 +24,12 @@ import torch
 from embeddings.cowatch import EmbedderConfig
 from embeddings.runtime import configure_cpu_allocator
 from embeddings.ubm_start import UBMStart
-from pipelines.cowatch_data import split_by_user, split_by_video, triplet_rows
-from pipelines.cowatch_embedding import embed_store
-from pipelines.cowatch_training import TrainConfig, train_embedder
-from pipelines.frame_cache import open_frame_store
-from pipelines.impressions import impressions_connection, load_rec_rows, log_span
-from pipelines.ladder import baseline_ladder, score_representation
+from pipelines.choice.ladder import baseline_ladder, score_representation
+from pipelines.data.frame_cache import open_frame_store
+from pipelines.data.impressions import impressions_connection, load_rec_rows, log_span
+from pipelines.training.cowatch_data import split_by_user, split_by_video, triplet_rows
+from pipelines.training.cowatch_embedding import embed_store
+from pipelines.training.cowatch_training import TrainConfig, train_embedder
 from recsys.metrics import auc
 from recsys.splits import default_test_start
 from recsys.triplets import TripletConfig, mine_triplets

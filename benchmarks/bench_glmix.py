@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from recsys.glmix import GLMixConfig, fit_glmix
+from recsys.glmix.model import GLMixConfig, fit_glmix
 
 
 def main() -> None:

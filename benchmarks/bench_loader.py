@@ -18,9 +18,9 @@ import torch
 
 from embeddings.cowatch import CowatchEmbedder, EmbedderConfig
 from embeddings.runtime import resolve_device
-from pipelines.cowatch_training import TrainConfig, _step, _triplet_loss, _triplet_plans
-from pipelines.frame_cache import open_frame_store
-from pipelines.frame_loader import LoaderConfig, load_batches
+from pipelines.data.frame_cache import open_frame_store
+from pipelines.data.frame_loader import LoaderConfig, load_batches
+from pipelines.training.cowatch_training import TrainConfig, _step, _triplet_loss, _triplet_plans
 
 
 def main() -> None:

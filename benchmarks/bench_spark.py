@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.glmix import GLMixConfig, fit_glmix
+from recsys.glmix.model import GLMixConfig, fit_glmix
 from recsys.triplets import TripletConfig
 
 
@@ -59,9 +59,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from pipelines.impressions import impressions_connection
-    from pipelines.spark import mine_triplets_spark, spark_session
-    from pipelines.spark_glmix import fit_glmix_frame
+    from pipelines.data.impressions import impressions_connection
+    from pipelines.spark.glmix import fit_glmix_frame
+    from pipelines.spark.session import mine_triplets_spark, spark_session
     from recsys.triplets import mine_triplets
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_spark_"))

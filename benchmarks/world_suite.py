@@ -17,7 +17,7 @@ that differ in *where the co-watch signal lives*:
 * ``mixture``: ``recsys synth``'s defaults (both kinds of signal; videos differ in
   appeal strongly, half of it visible in the frames).
 * ``even_appeal``: the defaults as they were before: videos' appeal normal with
-  standard deviation 0.3, none of it in the frames (``recsys.synthetic_config.
+  standard deviation 0.3, none of it in the frames (``recsys.synthetic.config.
   OLD_QUALITY``).
 
 Each (world, seed) draws the world with that seed, runs ``recsys pipeline`` with the
@@ -39,11 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.io import write_dataset
+from pipelines.choice.representation import REPRESENTATIONS
+from pipelines.data.io import write_dataset
 from pipelines.pipeline import PipelineConfig, run_pipeline
-from pipelines.representation import REPRESENTATIONS
-from recsys.synthetic import SynthConfig, generate_world
-from recsys.synthetic_config import OLD_QUALITY
+from recsys.synthetic.config import OLD_QUALITY
+from recsys.synthetic.world import SynthConfig, generate_world
 
 #: SynthConfig changes of each world (on top of the suite's size)
 WORLDS: dict[str, dict[str, Any]] = {

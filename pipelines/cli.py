@@ -2,7 +2,7 @@
 
 The commands live in ``pipelines/commands/`` (data sets, the recommender's steps, the
 whole job, classification, serving); their shared option types in
-``pipelines/options.py``. Every subcommand has ``--help``. Bad input (missing files,
+``pipelines/commands/options.py``. Every subcommand has ``--help``. Bad input (missing files,
 broken data sets, wrong flags) ends with a one-line message on stderr and exit code 2,
 never a traceback.
 """

@@ -1,7 +1,7 @@
 """Where a job's heavy steps run: ``local`` (DuckDB and in-process code) or ``spark``.
 
 Jobs take an ``Engine`` and call its steps; the local engine is today's code, the Spark
-engine (``pipelines/spark.py``) computes the same results on a cluster. The Spark session
+engine (``pipelines/spark/session.py``) computes the same results on a cluster. The Spark session
 starts on first use, so a job that needs no Spark step never starts a JVM.
 """
 
@@ -17,12 +17,12 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from pipelines.impressions import impressions_connection
+from pipelines.data.impressions import impressions_connection
 from recsys.auc import delong_ci
-from recsys.design import VideoRows, dense_video
 from recsys.errors import UserInputError
-from recsys.glmix import GLMix, GLMixConfig, fit_glmix
-from recsys.glmix_tuning import select_random_l2
+from recsys.glmix.design import VideoRows, dense_video
+from recsys.glmix.model import GLMix, GLMixConfig, fit_glmix
+from recsys.glmix.tuning import select_random_l2
 from recsys.triplets import TripletConfig, mine_triplets
 
 ENGINES = ("local", "spark")
@@ -49,7 +49,7 @@ class Engine:
     @property
     def spark(self) -> Any:
         if self._session is None:
-            from pipelines.spark import spark_session
+            from pipelines.spark.session import spark_session
 
             self._session = spark_session(self.spark_master)
         return self._session
@@ -66,7 +66,7 @@ class Engine:
     ) -> pa.Table:
         """(anchor, positive, negative, user_id) sorted by (anchor, positive, negative)."""
         if self.is_spark:
-            from pipelines.spark import mine_triplets_spark
+            from pipelines.spark.session import mine_triplets_spark
 
             df = mine_triplets_spark(self.spark, data_dir / "impressions.parquet", cfg, train_end)
             table: pa.Table = df.toArrow()
@@ -84,7 +84,7 @@ class Engine:
         videos: np.ndarray | None = None,
     ) -> GLMix:
         if self.is_spark:
-            from pipelines.spark_glmix import fit_glmix_spark
+            from pipelines.spark.glmix import fit_glmix_spark
 
             return fit_glmix_spark(
                 self.spark,
@@ -109,7 +109,7 @@ class Engine:
     ) -> tuple[float, dict[float, float]]:
         fit = None
         if self.is_spark:
-            from pipelines.spark_glmix import fit_glmix_spark
+            from pipelines.spark.glmix import fit_glmix_spark
 
             def fit(
                 u: np.ndarray,
@@ -132,7 +132,7 @@ class Engine:
         if self.is_spark:
             import pandas as pd
 
-            from pipelines.spark_auc import delong_spark
+            from pipelines.spark.auc import delong_spark
 
             df = self.spark.createDataFrame(
                 pd.DataFrame({"score": np.asarray(scores, np.float64), "label": labels})

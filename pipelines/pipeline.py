@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.engine import LOCAL, Engine
-from pipelines.evaluate import evaluate_artifact
-from pipelines.evaluation_inputs import EvalConfig
-from pipelines.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
-from pipelines.report import write_report
-from pipelines.train_embeddings import EmbeddingJobConfig, run_train_embeddings
+from pipelines.evaluation.evaluate import evaluate_artifact
+from pipelines.evaluation.inputs import EvalConfig
+from pipelines.evaluation.report import write_report
+from pipelines.glmix.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
+from pipelines.training.train_embeddings import EmbeddingJobConfig, run_train_embeddings
 from recsys import artifact as art
 
 

@@ -53,7 +53,7 @@ from recsys.embedders import (
     is_classical,
 )
 from recsys.errors import UserInputError
-from recsys.glmix import GLMix
+from recsys.glmix.model import GLMix
 from recsys.index import IndexConfig, VideoIndex
 from recsys.splits import parse_time
 

@@ -2,7 +2,7 @@
 
 Frames are kept ``(sum T, D)`` in their stored type (float32, or uint8 as YouTube-8M
 quantises them) with per-video offsets; the array may be a ``np.memmap`` of the on-disk
-frame cache (``pipelines.frame_cache``), so a catalogue larger than memory is read page
+frame cache (``pipelines.data.frame_cache``), so a catalogue larger than memory is read page
 by page and never widened as a whole. A batch is planned (which frames of which video:
 the random part, drawn in the caller's process) and then gathered (a copy of just those
 frames, which a loader worker can do); uint8 frames are dequantised per batch
@@ -26,7 +26,7 @@ from recsys.errors import UserInputError
 #: frame types a store keeps as they are
 STORED_DTYPES = (np.dtype(np.float32), np.dtype(np.uint8))
 
-# The on-disk layout of a frame store (written by ``pipelines.frame_cache``):
+# The on-disk layout of a frame store (written by ``pipelines.data.frame_cache``):
 FRAMES_BIN = "frames.bin"  # (sum T, D) raw values, C order
 OFFSETS_NPY = "offsets.npy"  # (N + 1,) int64
 VIDEO_IDS_JSON = "video_ids.json"  # [N] strings

@@ -3,7 +3,7 @@
 The query runs in DuckDB over a relation named ``impressions`` that the caller
 provides (a view over ``impressions.parquet``, or a registered Arrow table), so
 it is embedded and out-of-core here. The same query, rendered for Spark SQL, runs on a
-cluster when the log outgrows one machine (``pipelines/spark.py``, docs/scale.md) and
+cluster when the log outgrows one machine (``pipelines/spark/session.py``, docs/scale.md) and
 keeps the same triplets.
 
 Definitions (times in microseconds since the epoch, windows inclusive):

@@ -7,7 +7,7 @@ finish on it. Every write is durable in the store before it is applied here, and
 state follows the store's log (``sync``), so replicas converge.
 
 The math is ``recsys``'s: Eq. 16-17 (``recsys.scoring``) and GLMix with online user
-effects (``recsys.online``).
+effects (``recsys.online.users``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import numpy as np
 
 from recsys.artifact import load_recommender
 from recsys.errors import UserInputError
-from recsys.glmix import GLMix
-from recsys.online import OnlineConfig, OnlineEffects
+from recsys.glmix.model import GLMix
+from recsys.online.users import OnlineConfig, OnlineEffects
 from recsys.projection import fit_projection
 from recsys.scoring import glmix_global_features, history_similarity
 from serving.catalogue import Catalogue

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.io import write_dataset
-from recsys.synthetic import SynthConfig, generate_world
+from pipelines.data.io import write_dataset
+from recsys.synthetic.world import SynthConfig, generate_world
 
 # Two pytest workers share two cores: one thread each keeps them from fighting.
 torch.set_num_threads(1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.world_suite import WORLDS, comparison_rows, markdown, world_config
-from recsys.synthetic import SynthConfig
+from recsys.synthetic.world import SynthConfig
 
 
 def test_every_world_is_a_valid_config_that_moves_what_it_says() -> None:

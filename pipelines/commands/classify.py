@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipelines.options import (
+from pipelines.commands.options import (
     Assignment,
     Clusters,
     Device,
@@ -80,7 +80,7 @@ def classify(
     """Train pooling -> context gating -> MoE per label (section 4.1) and report GAP@20 / Hit@1."""
     from embeddings.classifier import ClassifierConfig
     from embeddings.ubm_start import UBMStart
-    from pipelines.classify import ClassifyConfig, run_classify
+    from pipelines.classify.classify import ClassifyConfig, run_classify
 
     try:
         # feature_dim and num_classes come from the data set (run_classify sets them).
@@ -130,7 +130,7 @@ def compare(
     ] = 1000,
 ) -> None:
     """McNemar's test on Hit@1 and a bootstrap 95% interval of the GAP difference."""
-    from pipelines.classify import compare_runs
+    from pipelines.classify.classify import compare_runs
 
     r = compare_runs(run_a, run_b, resamples)
     t = r["contingency"]
@@ -156,7 +156,7 @@ def experiment_paper(
     quiet: Quiet = False,
 ) -> None:
     """Tables 2, 4, 5 and Figures 2, 3 of the paper on this data set."""
-    from pipelines.experiment import BUDGETS, run_paper_experiment
+    from pipelines.classify.experiment import BUDGETS, run_paper_experiment
 
     if budget not in BUDGETS:
         fail(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from pipelines.options import Seed, WatchThreshold, fail
+from pipelines.commands.options import Seed, WatchThreshold, fail
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S
 
 
@@ -69,8 +69,8 @@ def synth(
     """Generate a synthetic world: videos.parquet, impressions.parquet and truth.parquet.
     Frames are generated into a memory map beside the output and written a row group at
     a time, so a catalogue larger than memory can be made."""
-    from pipelines.io import write_dataset
-    from recsys.synthetic import SynthConfig, generate_world
+    from pipelines.data.io import write_dataset
+    from recsys.synthetic.world import SynthConfig, generate_world
 
     try:
         cfg = SynthConfig(
@@ -121,8 +121,8 @@ def synth_digits(
     max_frames: Annotated[int, typer.Option(help="At most this many frames per video.")] = 40,
 ) -> None:
     """A classification set of real frames: scikit-learn's 8x8 digit scans, labels = digits shown."""
-    from pipelines.io import write_parquet_atomic
-    from recsys.digits import digits_videos
+    from pipelines.data.io import write_parquet_atomic
+    from recsys.synthetic.digits import digits_videos
 
     try:
         table = digits_videos(videos, max_frames, seed)
@@ -145,7 +145,7 @@ def validate(
     ] = "any",
 ) -> None:
     """Check a data set against the contract (docs/data.md); exit 2 listing every violation."""
-    from pipelines.io import validate_dataset
+    from pipelines.data.io import validate_dataset
 
     report = validate_dataset(data, watch_threshold_s=watch_threshold, purpose=purpose)
     if not report.ok:
@@ -168,7 +168,7 @@ def convert_yt8m(
     ] = False,
 ) -> None:
     """Convert YouTube-8M frame-level TFRecords into videos.parquet (no TensorFlow needed)."""
-    from pipelines.yt8m import convert_yt8m as convert
+    from pipelines.data.yt8m import convert_yt8m as convert
 
     counts = convert(list(files), out, with_audio=audio, dequantise=not keep_uint8)
     typer.echo(

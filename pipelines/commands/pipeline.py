@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from pipelines.commands.data import synth, validate
-from pipelines.options import (
+from pipelines.commands.options import (
     AnchorNeighbours,
     Baselines,
     BaseRung,
@@ -55,11 +55,11 @@ def evaluate(
     spark_master: SparkMaster = "local[*]",
 ) -> None:
     """Offline AUC evaluation: max/avg similarity (Eq. 16-17), GLMix with and without video features."""
-    from pipelines.evaluate import evaluate_artifact
-    from pipelines.evaluation_inputs import EvalConfig
-    from pipelines.report import write_report
+    from pipelines.evaluation.evaluate import evaluate_artifact
+    from pipelines.evaluation.inputs import EvalConfig
+    from pipelines.evaluation.report import write_report
     from recsys.baselines import BASELINE_NAMES
-    from recsys.online import OnlineConfig
+    from recsys.online.users import OnlineConfig
 
     eng = engine_from(engine, spark_master)
     cfg = EvalConfig(
@@ -80,7 +80,7 @@ def evaluate(
 
 
 def _print_summary(report: dict[str, Any], out: Path) -> None:
-    from pipelines.report import terminal_summary
+    from pipelines.evaluation.report import terminal_summary
 
     for line in terminal_summary(report, out):
         typer.echo(line)
@@ -132,14 +132,14 @@ def pipeline(
     """Mine triplets, train embeddings, index, fit GLMix and evaluate; OUT/artifact is servable.
     With --engine spark, mining and GLMix run on Spark (training stays on torch)."""
     from embeddings.cowatch import EmbedderConfig
-    from pipelines.cowatch_training import TrainConfig
-    from pipelines.evaluation_inputs import EvalConfig
-    from pipelines.fit_glmix import GLMixJobConfig
+    from pipelines.evaluation.inputs import EvalConfig
+    from pipelines.glmix.fit_glmix import GLMixJobConfig
     from pipelines.pipeline import PipelineConfig, run_pipeline
-    from pipelines.train_embeddings import EmbeddingJobConfig
+    from pipelines.training.cowatch_training import TrainConfig
+    from pipelines.training.train_embeddings import EmbeddingJobConfig
     from recsys.baselines import BASELINE_NAMES
     from recsys.index import IndexConfig
-    from recsys.online import OnlineConfig
+    from recsys.online.users import OnlineConfig
 
     try:
         cfg = PipelineConfig(

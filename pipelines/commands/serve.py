@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pipelines.options import fail
+from pipelines.commands.options import fail
 
 
 def serve(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipelines.options import (
+from pipelines.commands.options import (
     AnchorNeighbours,
     Assignment,
     BaseRung,
@@ -56,8 +56,8 @@ def mine_triplets(
 ) -> None:
     """Mine co-watch triplets from the training period (DuckDB, or Spark SQL with --engine spark:
     the same triplets; see docs/triplets.md)."""
-    from pipelines.impressions import impressions_connection, log_span
-    from pipelines.io import dataset_dir, write_parquet_atomic
+    from pipelines.data.impressions import impressions_connection, log_span
+    from pipelines.data.io import dataset_dir, write_parquet_atomic
     from recsys.splits import default_test_start
     from recsys.triplets import TripletConfig
 
@@ -121,9 +121,9 @@ def train_embeddings(
     """
     from embeddings.cowatch import EmbedderConfig
     from embeddings.ubm_start import UBMStart
-    from pipelines.cowatch_training import TrainConfig
-    from pipelines.distributed import init_distributed_from_env
-    from pipelines.train_embeddings import EmbeddingJobConfig, run_train_embeddings
+    from pipelines.training.cowatch_training import TrainConfig
+    from pipelines.training.distributed import init_distributed_from_env
+    from pipelines.training.train_embeddings import EmbeddingJobConfig, run_train_embeddings
     from recsys.index import IndexConfig
     from recsys.triplets import TripletConfig
 
@@ -198,7 +198,7 @@ def embed(
 ) -> None:
     """Embed every video of a data set with a trained model (streaming, batched; on Spark
     executors with --engine spark)."""
-    from pipelines.embed import embed_dataset, embed_dataset_spark
+    from pipelines.training.embed import embed_dataset, embed_dataset_spark
 
     eng = engine_from(engine, spark_master)
     if eng.is_spark:
@@ -236,8 +236,8 @@ def fit_glmix(
     """Fit GLMix (Eq. 18, plus history similarities unless --no-history-features, plus
     per-video effects unless --no-video-effects) with and without video features and add
     it and the watch histories to the artifact."""
-    from pipelines.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
-    from recsys.glmix import GLMixConfig
+    from pipelines.glmix.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
+    from recsys.glmix.model import GLMixConfig
 
     try:
         glm = GLMixConfig(

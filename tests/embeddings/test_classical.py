@@ -12,7 +12,7 @@ import torch
 
 from embeddings.classical import ClassicalBase, base_raw_dim
 from embeddings.cowatch import CowatchEmbedder, EmbedderConfig, triplet_loss
-from pipelines.starting_point import load_base, with_base
+from pipelines.training.starting_point import load_base, with_base
 from recsys.baselines import (
     PCA,
     idf_weights,

@@ -67,7 +67,7 @@ def test_report_has_the_online_replay(pipeline_out: Path) -> None:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from recsys.glmix import GLMix
+    from recsys.glmix.model import GLMix
 
     report = json.loads((pipeline_out / "report.json").read_text())
     on = report["online"]
@@ -112,7 +112,7 @@ def test_report_compares_the_shipped_embedding_with_each_rung_on_validation(
     """Every candidate's GLMix validation log-loss, the shipped one among them, and the one
     the gate prefers (a rung only when ahead beyond the paired interval): what
     ``--pooling auto`` would ship."""
-    from pipelines.report import validation_line
+    from pipelines.evaluation.report import validation_line
 
     report = json.loads((pipeline_out / "report.json").read_text())
     choice = report["validation_choice"]
@@ -163,7 +163,7 @@ def test_a_rung_is_never_shipped_under_a_glmix_fitted_on_other_embeddings(
 ) -> None:
     import shutil
 
-    from pipelines.representation import Selection, ship_rung
+    from pipelines.choice.representation import Selection, ship_rung
     from recsys.errors import UserInputError
 
     art = tmp_path / "artifact"

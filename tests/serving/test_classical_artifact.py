@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from pipelines.frame_cache import open_frame_store
+from pipelines.data.frame_cache import open_frame_store
 from serving.app import create_app
 from serving.settings import Settings
 from tests.serving.conftest import AUTH

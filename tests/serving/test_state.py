@@ -36,7 +36,7 @@ def test_an_eq18_only_model_is_served_without_history_features(
 ) -> None:
     """Artifacts fitted with --no-history-features (or before them) score by Eq. 18 alone;
     a model naming global features this version cannot build is refused at load."""
-    from pipelines.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
+    from pipelines.glmix.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
     from recsys.artifact import extend_artifact, write_json_bytes
 
     fit_glmix_into_artifact(small_world_dir, artifact, GLMixJobConfig(history_features=False))

@@ -19,7 +19,7 @@ from tests.serving.helpers import a_user_with_history, catalogue
 @pytest.fixture
 def video_artifact(artifact: Path, small_world_dir: Path) -> Path:
     """The artifact refitted with the per-video coordinate (whatever validation picked)."""
-    from pipelines.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
+    from pipelines.glmix.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
 
     fit_glmix_into_artifact(small_world_dir, artifact, GLMixJobConfig(tune=False))
     model = load_glmix(artifact)

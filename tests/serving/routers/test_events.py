@@ -89,7 +89,7 @@ def test_online_refit_uses_the_history_as_it_was_at_each_impression(
 ) -> None:
     """Each impression's offset has the history features of the moment it was shown (its
     own watch not yet in the history): the served probability equals a direct MAP refit."""
-    from recsys.online import OnlineEffects, refit_effect
+    from recsys.online.users import OnlineEffects, refit_effect
 
     ids, emb = catalogue(artifact)
     e = emb.astype(np.float64)

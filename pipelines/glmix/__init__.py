@@ -1,0 +1,1 @@
+"""The fit-glmix job: GLMix fitted on a co-watch log into an artifact, and which coordinates it ships."""

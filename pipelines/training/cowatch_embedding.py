@@ -1,0 +1,146 @@
+"""The co-watch embedding without gradients: a validation loss over triplets and the
+embedding of a whole catalogue, each video embedded once, a chunk of frames at a time."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from embeddings.cowatch import CowatchEmbedder, triplet_loss
+from embeddings.runtime import resolve_device
+from pipelines.data.frame_loader import LoaderConfig, load_batches
+from pipelines.training.cowatch_data import CowatchPartners, triplet_batches
+from pipelines.training.distributed import all_reduce_mean, dist_info
+from recsys.frames import FrameStore, frames_tensor
+
+
+def loss_of_embeddings(emb: torch.Tensor, b: int, margin: float) -> torch.Tensor:
+    """Eq. 15 over ``emb`` = (anchors, positives, negatives, then k partners per anchor);
+    with partners plus Eq. 15 from the normalised sum of the anchor and its partners."""
+    a, p, n = emb[: 3 * b].chunk(3)
+    loss = triplet_loss(a, p, n, margin)
+    if len(emb) > 3 * b:
+        centroid = F.normalize(a + emb[3 * b :].reshape(b, -1, emb.shape[1]).sum(1), dim=-1)
+        loss = loss + triplet_loss(centroid, p, n, margin)
+    return loss
+
+
+#: frame values one forward pass without gradients takes at once (validation, embedding
+#: the catalogue): long videos of wide frames are embedded a few at a time
+EVAL_CHUNK_VALUES = 1 << 24
+
+
+def embed_frames(
+    model: torch.nn.Module, frames: torch.Tensor, mask: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """model(frames, mask) -> (B, E); without gradients (eval mode: every video on its
+    own) in chunks of at most ``EVAL_CHUNK_VALUES`` frame values, so memory does not
+    grow with the frames per video."""
+    b, t, d = frames.shape
+    step = b if model.training else max(1, EVAL_CHUNK_VALUES // max(t * d, 1))
+    parts = [
+        model(
+            frames_tensor(frames[i : i + step], device, mask[i : i + step]),
+            mask[i : i + step].to(device),
+        )
+        for i in range(0, b, step)
+    ]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+@torch.no_grad()
+def evaluate_loss(
+    net: torch.nn.Module,
+    store: FrameStore,
+    rows: np.ndarray,
+    device: torch.device,
+    *,
+    batch_size: int,
+    max_frames: int,
+    margin: float,
+    loader: LoaderConfig | None = None,
+    partners: CowatchPartners | None = None,
+    anchor_neighbours: int = 0,
+) -> float:
+    """Eq. 15 (and the partner term) over validation triplet ``rows`` in eval mode: every
+    video a triplet names is embedded once (all frames up to ``max_frames``, evenly
+    spaced), the losses then come from that table; partners are drawn as in training
+    batches, the same way every epoch."""
+    rank, world = dist_info()
+    net.eval()
+    shard = rows[rank::world]
+    k = anchor_neighbours if partners is not None else 0
+    batches = []
+    for batch in triplet_batches(shard, batch_size, None):
+        videos = batch.T.reshape(-1)
+        if k:
+            extra = partners.sample(  # type: ignore[union-attr]
+                batch[:, 0], batch[:, 1], k, np.random.default_rng(0)
+            )
+            videos = np.concatenate([videos, extra.reshape(-1)])
+        batches.append((len(batch), videos))
+    needed = np.unique(np.concatenate([v for _, v in batches])) if batches else shard[:0, 0]
+    table = _embed_rows(net, store, needed, max_frames, device, loader)
+    total, count = 0.0, 0
+    for b, videos in batches:
+        emb = table[torch.from_numpy(np.searchsorted(needed, videos)).to(device)]
+        total += float(loss_of_embeddings(emb, b, margin)) * b
+        count += b
+    return all_reduce_mean(total, count, device)
+
+
+@torch.no_grad()
+def _embed_rows(
+    net: torch.nn.Module,
+    store: FrameStore,
+    rows: np.ndarray,
+    max_frames: int,
+    device: torch.device,
+    loader: LoaderConfig | None,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> torch.Tensor:
+    """(len(rows), E) embeddings on ``device`` of store ``rows`` (eval mode, at most
+    ``max_frames`` evenly spaced frames each), batched by length (less padding)."""
+    order = rows[np.argsort(store.lengths[rows], kind="stable")]
+    where = np.empty(len(rows), dtype=np.int64)
+    where[np.argsort(store.lengths[rows], kind="stable")] = np.arange(len(rows))
+    plans = (
+        (
+            np.arange(s, min(s + batch_size, len(order))),
+            store.plan(order[s : s + batch_size], max_frames, None),
+        )
+        for s in range(0, len(order), batch_size)
+    )
+    parts: list[torch.Tensor] = []
+    total = math.ceil(len(order) / batch_size)
+    batches = load_batches(store, plans, device, loader)
+    for _, frames, mask in tqdm(batches, total=total, desc="embedding", disable=not progress):
+        parts.append(embed_frames(net, frames, mask, device))
+    if not parts:
+        return torch.zeros((0, 1), device=device)
+    return torch.cat(parts)[torch.from_numpy(where).to(device)]
+
+
+@torch.no_grad()
+def embed_store(
+    model: CowatchEmbedder,
+    store: FrameStore,
+    batch_size: int = 256,
+    max_frames: int = 300,
+    device: str = "auto",
+    progress: bool = False,
+    loader: LoaderConfig | None = None,
+) -> np.ndarray:
+    """(N, E) L2-normalised embeddings of every video in the store, in store order (at
+    most ``max_frames`` evenly spaced frames per video)."""
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    rows = np.arange(len(store))
+    out = _embed_rows(model, store, rows, max_frames, dev, loader, batch_size, progress)
+    model.cpu()
+    return out.float().cpu().numpy()

@@ -1,0 +1,152 @@
+"""``recsys embed``: stream a data set's videos through a trained embedder."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from embeddings.runtime import resolve_device
+from pipelines.data.io import iter_video_batches
+from pipelines.engine import Engine
+from recsys.artifact import embeddings_table, load_embedder, read_manifest
+from recsys.embedders import ClassicalEmbedder, is_classical
+from recsys.errors import UserInputError
+
+
+def embed_dataset(
+    artifacts: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    batch_size: int = 256,
+    max_frames: int = 300,
+    device: str = "auto",
+    progress: bool = True,
+) -> int:
+    """Write ``out`` (video_id, embedding) for every video; returns the count.
+
+    Streams record batches, so the data set never has to fit in memory; the output
+    is written batch by batch to a temporary file that is renamed at the end.
+    """
+    a = Path(artifacts)
+    read_manifest(a)
+    if is_classical(a):
+        return _write_embeddings(a, data, out, batch_size, progress)
+    model = load_embedder(a)
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    dest = Path(out)
+    tmp = dest.with_name(f".{dest.name}.partial")
+    writer: pq.ParquetWriter | None = None
+    n = 0
+    try:
+        for vb in tqdm(
+            iter_video_batches(data, batch_size=batch_size), desc="embedding", disable=not progress
+        ):
+            frames, mask = vb.padded(max_frames)
+            if frames.shape[-1] != model.config.feature_dim:
+                raise UserInputError(
+                    f"data has D = {frames.shape[-1]}, model expects D = {model.config.feature_dim}"
+                )
+            with torch.no_grad():
+                emb = (
+                    model(torch.from_numpy(frames).to(dev), torch.from_numpy(mask).to(dev))
+                    .cpu()
+                    .numpy()
+                )
+            table = embeddings_table(vb.video_ids, emb.astype(np.float32))
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+            n += len(vb)
+        if writer is not None:
+            writer.close()
+            writer = None
+            os.replace(tmp, dest)
+    finally:
+        if writer is not None:
+            writer.close()
+        if tmp.exists():
+            tmp.unlink()
+    return n
+
+
+def _write_embeddings(
+    a: Path, data: str | os.PathLike[str], out: str | os.PathLike[str], batch: int, progress: bool
+) -> int:
+    """``embed_dataset`` for an artifact that ships a classical rung: every frame of each
+    video, as the catalogue's own embeddings were made."""
+    rung = ClassicalEmbedder.load(a)
+    dest = Path(out)
+    tmp = dest.with_name(f".{dest.name}.partial")
+    n = 0
+    try:
+        with contextlib.ExitStack() as stack:
+            writer: pq.ParquetWriter | None = None
+            for vb in tqdm(iter_video_batches(data, batch_size=batch), disable=not progress):
+                if vb.frames.shape[-1] != rung.feature_dim:
+                    raise UserInputError(
+                        f"data has D = {vb.frames.shape[-1]}, the {rung.name} embedder "
+                        f"expects D = {rung.feature_dim}"
+                    )
+                table = embeddings_table(vb.video_ids, rung.embed_videos(vb.frames, vb.offsets))
+                if writer is None:
+                    writer = stack.enter_context(pq.ParquetWriter(tmp, table.schema))
+                writer.write_table(table)
+                n += len(vb)
+        if n:
+            os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n
+
+
+def embed_dataset_spark(
+    engine: Engine,
+    artifacts: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    batch_size: int = 256,
+    max_frames: int = 300,
+) -> int:
+    """``embed_dataset`` with the model run on Spark executors (``mapInArrow``); the
+    same output file, rows in the data set's order."""
+    import io
+    from dataclasses import asdict
+
+    from pipelines.data.io import dataset_dir, open_parquet, write_parquet_atomic
+    from pipelines.spark.session import embed_videos_spark
+    from recsys.dataset import VIDEOS_FILE
+
+    a = Path(artifacts)
+    read_manifest(a)
+    if is_classical(a):
+        raise UserInputError(
+            f"{a} ships the classical {ClassicalEmbedder.load(a).name} embedder; embed with "
+            "--engine local (it runs in one pass over the frames, no model to distribute)"
+        )
+    model = load_embedder(a)
+    path = dataset_dir(data) / VIDEOS_FILE
+    open_parquet(path)  # a clear error for an unreadable file, before Spark sees it
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    df = embed_videos_spark(
+        engine.spark, path, asdict(model.config), buf.getvalue(), batch_size, max_frames
+    )
+    got = df.toArrow()
+    ids = got.column("video_id").to_pylist()
+    position = {
+        v: i for i, v in enumerate(pq.read_table(path, columns=["video_id"]).column(0).to_pylist())
+    }
+    rows = sorted(range(len(ids)), key=lambda i: position[ids[i]])
+    vectors = got.column("embedding").to_pylist()
+    emb = np.zeros((len(rows), model.config.output_dim), np.float32)
+    for j, i in enumerate(rows):
+        emb[j] = vectors[i]
+    write_parquet_atomic(embeddings_table([ids[i] for i in rows], emb), Path(out))
+    return len(rows)

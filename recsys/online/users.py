@@ -1,0 +1,268 @@
+"""Online GLMix: a user's random effect refitted from the impressions the service sees.
+
+After the offline fit (``recsys.glmix.model``) a user's effect is frozen until the next fit, and
+a user who joined after it has none. Here each user's effect is refitted from their most
+recent impressions (a bounded window), with the fixed effect as offset and the offline
+coefficients (zero for a new user) as the prior mean:
+
+    maximise  sum_i [y_i eta_i - log(1 + e^eta_i)]  -  1/2 (b - m)^T diag(P_u) (b - m)
+    eta_i = fixed_i + b_0 + f(v_i)^T b,     m = offline b_u (or 0)
+
+P_u is the offline fit's posterior precision of the user's coefficients (diagonal Laplace
+approximation: prior L2 + the training rows' curvature), or the prior L2 for a new user.
+That is a Bayesian update: what the offline fit learnt from a user's history is kept
+with the confidence it had, and new impressions move the effect as much as they warrant.
+Measured on the default world: using the prior L2 alone for known users (forgetting
+their history) lost 0.002 AUC to the frozen model; with P_u the replay gains 0.008. The refit is a deterministic function of the
+window, so every replica that has seen the same impressions holds the same effect.
+
+Array functions only: the service and the replay evaluation own the data.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recsys.glmix.config import random_prior
+from recsys.glmix.model import GLMix
+from recsys.online.videos import VideoEffects
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    #: most recent impressions per user used in a refit
+    window: int = 200
+    #: at most this many Newton steps per refit (warm started; stops when converged, so
+    #: the effect is the window's MAP whatever the batching: replicas and restarts agree)
+    newton_steps: int = 20
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.newton_steps < 1:
+            raise ValueError("window and newton_steps must be >= 1")
+
+
+def sigmoid(eta: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-eta) through tanh: exact at large |eta|, no overflow warning."""
+    return 0.5 * (1.0 + np.tanh(0.5 * eta))
+
+
+def refit_effect(
+    z: np.ndarray,
+    y: np.ndarray,
+    offset: np.ndarray,
+    prior_mean: np.ndarray,
+    prior_precision: np.ndarray,
+    init: np.ndarray,
+    steps: int,
+) -> np.ndarray:
+    """MAP random effect b for one user: z (n, q) = [1, f(v)], y (n,), offset (n,) the
+    fixed-effect logits, Gaussian prior N(prior_mean, diag(1 / prior_precision)).
+
+    Newton's method with step halving (the objective never decreases); n = 0 returns
+    the prior mean.
+    """
+    b = np.array(init, dtype=np.float64)
+    if len(y) == 0:
+        return np.array(prior_mean, dtype=np.float64)
+    lam = np.asarray(prior_precision, dtype=np.float64)
+    m = np.asarray(prior_mean, dtype=np.float64)
+
+    def objective(beta: np.ndarray) -> float:
+        eta = offset + z @ beta
+        d = beta - m
+        return float((y * eta - np.logaddexp(0.0, eta)).sum() - 0.5 * (lam * d * d).sum())
+
+    obj = objective(b)
+    for _ in range(steps):
+        eta = offset + z @ b
+        mu = sigmoid(eta)
+        grad = z.T @ (y - mu) - lam * (b - m)
+        hess = (z * (mu * (1.0 - mu))[:, None]).T @ z + np.diag(lam) + 1e-9 * np.eye(len(b))
+        step = np.linalg.solve(hess, grad)
+        t = 1.0
+        for _ in range(20):
+            new = objective(b + t * step)
+            if new >= obj - 1e-12:
+                b, obj = b + t * step, new
+                break
+            t *= 0.5
+        else:
+            break
+        if float(np.abs(t * step).max()) < 1e-10:  # converged: the MAP of this window
+            break
+    return b
+
+
+@dataclass
+class _UserWindow:
+    z: deque[np.ndarray]
+    y: deque[float]
+    #: the fixed-effect logit of each row, global features included as they were when the
+    #: impression happened (the similarity to the history *then*)
+    offset: deque[float]
+
+
+@dataclass
+class OnlineEffects:
+    """Per-user online effects on top of an offline GLMix (video features given per row)."""
+
+    model: GLMix
+    config: OnlineConfig = field(default_factory=OnlineConfig)
+    effects: dict[str, np.ndarray] = field(default_factory=dict)
+    _windows: dict[str, _UserWindow] = field(default_factory=dict)
+    #: users whose data was erased: the offline fit's effect of them no longer applies
+    forgotten: set[str] = field(default_factory=set)
+    #: learn per-video effects here (False: the caller does, ``recsys.online.replay``)
+    track_videos: bool = True
+
+    def __post_init__(self) -> None:
+        self.prior_precision = random_prior(self.model.config, self.model.random_dim)
+        #: per-video effects learnt online (``recsys.online.videos``), when the model has them
+        self.videos = None
+        if self.model.has_video_effects and self.track_videos:
+            self.videos = VideoEffects(self.model)
+
+    def forget(self, user: str) -> None:
+        """Drop everything learned about ``user``, online and offline: from now on they
+        are a new user (zero prior effect) whatever the offline model holds; their share
+        of the per-video statistics goes too."""
+        self.effects.pop(user, None)
+        self._windows.pop(user, None)
+        self.forgotten.add(user)
+        if self.videos is not None:
+            self.videos.forget(user)
+
+    def precision(self, user: str) -> np.ndarray:
+        """Prior precision around ``prior(user)``: the offline posterior precision (how
+        much the offline fit already knows about this user), else the prior L2."""
+        u = None if user in self.forgotten else self.model.user_index.get(user)
+        if u is None or self.model.user_precision is None:
+            return self.prior_precision
+        return np.asarray(self.model.user_precision[u], dtype=np.float64)
+
+    def prior(self, user: str) -> np.ndarray:
+        """The offline effect (zero for a user the offline fit did not see, or forgot)."""
+        u = None if user in self.forgotten else self.model.user_index.get(user)
+        if u is None:
+            return np.zeros(self.model.random_dim)
+        return np.asarray(self.model.user_coef[u], dtype=np.float64)
+
+    def effect(self, user: str) -> np.ndarray:
+        got = self.effects.get(user)
+        return got if got is not None else self.prior(user)
+
+    def _z(self, video: np.ndarray) -> np.ndarray:
+        v = np.asarray(video, dtype=np.float64)
+        if v.ndim == 1:
+            v = v[None, :]
+        ones = np.ones((len(v), 1))
+        return np.hstack([ones, v]) if self.model.config.use_video_features else ones
+
+    def logit(
+        self,
+        user: str,
+        video: np.ndarray,
+        global_feats: np.ndarray | None = None,
+        video_ids: list[str] | None = None,
+    ) -> np.ndarray:
+        """(n,) logits of ``user`` watching each row of ``video`` (n, E), with the model's
+        global features (n, G) when it has any, and each video's effect (``video_ids``)
+        when it has per-video effects.
+
+        Safe beside a concurrent ``observe``: it reads the user's effect once, and
+        ``observe`` replaces that array whole (never mutates it)."""
+        eta = self.user_logit(user, video, global_feats)
+        if self.videos is not None:
+            if video_ids is None or len(video_ids) != len(eta):
+                raise ValueError("this model has per-video effects: name each row's video")
+            eta = eta + self.videos.logit(video_ids, global_feats)
+        return eta
+
+    def user_logit(
+        self, user: str, video: np.ndarray, global_feats: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(n,) the logit without any per-video term: fixed effect plus the user's."""
+        v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
+        return self._fixed_and_user(v, self.effect(user), global_feats)
+
+    def _fixed_and_user(
+        self, v: np.ndarray, b: np.ndarray, global_feats: np.ndarray | None
+    ) -> np.ndarray:
+        eta = self.model.fixed_logit(v, global_feats) + b[0]
+        if self.model.config.use_video_features:
+            eta = eta + v @ b[1:]
+        return eta
+
+    def probability(
+        self,
+        user: str,
+        video: np.ndarray,
+        global_feats: np.ndarray | None = None,
+        video_ids: list[str] | None = None,
+    ) -> np.ndarray:
+        return sigmoid(self.logit(user, video, global_feats, video_ids))
+
+    def frozen_logit(
+        self, user: str, video: np.ndarray, video_ids: list[str], frozen_feats: np.ndarray | None
+    ) -> np.ndarray:
+        """(n,) the frozen offline model's logit of a user's rows (offline effects, global
+        features against the offline history): what the per-video statistics use."""
+        v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
+        base = self._fixed_and_user(v, self.prior(user), frozen_feats)
+        return base + self._offline_video_logit(video_ids, len(v), frozen_feats)
+
+    def _offline_video_logit(
+        self, video_ids: list[str] | None, n: int, feats: np.ndarray | None
+    ) -> np.ndarray:
+        if not self.model.has_video_effects or video_ids is None:
+            return np.zeros(n)
+        return self.model.video_logit(self.model.video_rows(list(video_ids)), feats)
+
+    def observe(
+        self,
+        user: str,
+        video: np.ndarray,
+        labels: np.ndarray,
+        global_feats: np.ndarray | None = None,
+        video_ids: list[str] | None = None,
+        frozen_feats: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Add a user's impressions (video (n, E), labels (n,), the model's global features
+        (n, G) as they were at each impression) and refit their effect. A model with
+        per-video effects also needs each row's ``video_ids`` and ``frozen_feats`` (n, G),
+        the global features against the user's history as the offline fit left it: the
+        per-video statistics use only what does not depend on the order of events."""
+        v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
+        y = np.asarray(labels, dtype=np.float64).reshape(-1)
+        if self.model.has_video_effects and (video_ids is None or len(video_ids) != len(y)):
+            raise ValueError("this model has per-video effects: name each row's video")
+        if self.videos is not None and video_ids is not None:
+            base = self.frozen_logit(user, v, list(video_ids), frozen_feats)
+            self.videos.observe(user, list(video_ids), y, base, frozen_feats)
+        w = self._windows.get(user)
+        if w is None:
+            n = self.config.window
+            w = _UserWindow(deque(maxlen=n), deque(maxlen=n), deque(maxlen=n))
+            self._windows[user] = w
+        z = self._z(v)
+        # The user's offsets: the fixed effect and each video's offline effect (frozen).
+        off = self.model.fixed_logit(v, global_feats)
+        off = off + self._offline_video_logit(video_ids, len(y), global_feats)
+        for i in range(len(y)):
+            w.z.append(z[i])
+            w.y.append(float(y[i]))
+            w.offset.append(float(off[i]))
+        b = refit_effect(
+            np.stack(w.z),
+            np.fromiter(w.y, np.float64),
+            np.fromiter(w.offset, np.float64),
+            self.prior(user),
+            self.precision(user),
+            self.effect(user),
+            self.config.newton_steps,
+        )
+        self.effects[user] = b
+        return b

@@ -1,0 +1,1 @@
+"""Worlds with known ground truth: the synthetic co-watch world, its configuration, and the bundled digits classification set."""

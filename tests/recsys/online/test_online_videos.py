@@ -1,0 +1,146 @@
+"""Online per-video effects: one Laplace step from the offline effect, from sums that do
+not depend on the order events arrive in."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recsys.glmix.config import video_prior
+from recsys.glmix.model import GLMixConfig, fit_glmix
+from recsys.online.replay import progressive_validation
+from recsys.online.users import OnlineEffects
+from recsys.online.videos import SCALE
+from tests.recsys.glmix.test_glmix_videos import _world
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    users, x, y, videos, g, _ = _world(seed=11, rows=2000)
+    model = fit_glmix(
+        users, x, y, GLMixConfig(video_effects=True, video_intercept_l2=1.0), g, videos=videos
+    )
+    return model, users, x, y, videos, g
+
+
+def _events(seed: int, n: int = 60):
+    """New impressions: known and new users, known videos and a new upload."""
+    rng = np.random.default_rng(seed)
+    users = [f"u{i}" for i in rng.integers(0, 45, n)]  # u40.. are new users
+    vids = [f"v{i}" for i in rng.integers(0, 32, n)]  # v30, v31 are new uploads
+    x = rng.normal(size=(n, 3))
+    y = (rng.random(n) < 0.4).astype(float)
+    g = rng.normal(size=(n, 1))
+    return users, vids, x, y, g
+
+
+def _feed(online: OnlineEffects, events, order) -> None:
+    users, vids, x, y, g = events
+    for i in order:
+        online.observe(users[i], x[i : i + 1], y[i : i + 1], g[i : i + 1], [vids[i]], g[i : i + 1])
+
+
+def test_the_effect_is_one_laplace_step_from_the_offline_one(fitted) -> None:
+    model, *_ = fitted
+    online = OnlineEffects(model)
+    assert online.videos is not None
+    events = _events(0, n=150)
+    users, vids, x, y, g = events
+    known = max((v for v in set(vids) if v in model.video_index), key=vids.count)
+    new = max({"v30", "v31"} & set(vids), key=vids.count)
+    r = model.video_index[known]
+    np.testing.assert_array_equal(online.videos.effect(known), model.video_coef[r])
+    np.testing.assert_array_equal(online.videos.effect(new), [0.0])
+    _feed(online, events, range(150))
+    # Direct re-computation: mu from the frozen offline model, one Newton step.
+    rows = [i for i in range(150) if vids[i] == known]
+    assert len(rows) >= 3
+    eta = np.array(
+        [
+            model.fixed_logit(x[i : i + 1], g[i : i + 1])[0]
+            + model.random_logit(model.user_rows([users[i]]), x[i : i + 1])[0]
+            + model.video_coef[r, 0]
+            for i in rows
+        ]
+    )
+    mu = 1 / (1 + np.exp(-eta))
+    grad = float((y[rows] - mu).sum())
+    curv = float((mu * (1 - mu)).sum())
+    prec = model.video_precision[r, 0]
+    want = model.video_coef[r, 0] + grad / (prec + curv)
+    assert online.videos.effect(known)[0] == pytest.approx(want, abs=1e-8)
+    assert online.videos.effect(known)[0] != model.video_coef[r, 0]
+    # A new upload starts from zero with the prior's precision.
+    up = [i for i in range(150) if vids[i] == new]
+    base = np.array(
+        [
+            model.fixed_logit(x[i : i + 1], g[i : i + 1])[0]
+            + model.random_logit(model.user_rows([users[i]]), x[i : i + 1])[0]
+            for i in up
+        ]
+    )
+    m = 1 / (1 + np.exp(-base))
+    lam = video_prior(model.config, 1)[0]
+    want_new = float((y[up] - m).sum()) / (lam + float((m * (1 - m)).sum()))
+    assert online.videos.effect(new)[0] == pytest.approx(want_new, abs=1e-8)
+
+
+def test_every_order_of_the_same_events_gives_the_same_statistics_exactly(fitted) -> None:
+    model, *_ = fitted
+    events = _events(1, n=200)
+    a, b = OnlineEffects(model), OnlineEffects(model)
+    _feed(a, events, range(200))
+    _feed(b, events, np.random.default_rng(9).permutation(200))
+    assert a.videos is not None and b.videos is not None
+    assert set(a.videos.stats) == set(b.videos.stats)
+    for v, (g, h) in a.videos.stats.items():
+        np.testing.assert_array_equal(g, b.videos.stats[v][0])  # integers: bit for bit
+        np.testing.assert_array_equal(h, b.videos.stats[v][1])
+        assert np.array_equal(a.videos.effect(v), b.videos.effect(v))
+    # Scores use them: the same video scores the same on both.
+    x = np.zeros((1, 3))
+    assert a.logit("u1", x, np.zeros((1, 1)), ["v5"]) is not None
+    assert a.videos.logit(["v5"], np.zeros((1, 1))) == b.videos.logit(["v5"], np.zeros((1, 1)))
+
+
+def test_forgetting_a_user_takes_exactly_their_share_out(fitted) -> None:
+    model, *_ = fitted
+    users, vids, x, y, g = _events(2, n=150)
+    erased = users[0]
+    full = OnlineEffects(model)
+    _feed(full, (users, vids, x, y, g), range(150))
+    full.forget(erased)
+    without = OnlineEffects(model)
+    _feed(without, (users, vids, x, y, g), [i for i in range(150) if users[i] != erased])
+    assert full.videos is not None and without.videos is not None
+    for v, (gs, hs) in without.videos.stats.items():
+        np.testing.assert_array_equal(full.videos.stats[v][0], gs)
+        np.testing.assert_array_equal(full.videos.stats[v][1], hs)
+    for v in set(full.videos.stats) - set(without.videos.stats):
+        assert not full.videos.stats[v][0].any()  # only the erased user had seen it
+
+
+def test_a_new_upload_that_everyone_watches_gains_appeal(fitted) -> None:
+    model, *_ = fitted
+    online = OnlineEffects(model)
+    x = np.zeros((1, 3))
+    for i in range(40):
+        online.observe(f"u{i % 10}", x, np.ones(1), np.zeros((1, 1)), ["hit"], np.zeros((1, 1)))
+    assert online.videos is not None
+    assert online.videos.effect("hit")[0] > 1.0
+    g, _ = online.videos.stats["hit"]
+    assert g.dtype == np.int64 and g[0] > 0 and g[0] < 40 * SCALE
+    with pytest.raises(ValueError, match="name each row's video"):
+        online.logit("u1", x, np.zeros((1, 1)))
+
+
+def test_the_replay_scores_each_row_before_learning_from_it(fitted) -> None:
+    model, users, x, y, videos, g = fitted
+    times = np.arange(len(y))
+    got = progressive_validation(
+        users[:50], x[:50], y[:50], times[:50], model, None, g[:50], videos[:50], g[:50]
+    )
+    frozen = model.predict_proba(users[:50], x[:50], g[:50], videos[:50])
+    # The first row is scored before anything is learnt: the frozen model's score.
+    assert got[0] == pytest.approx(frozen[0], abs=1e-12)
+    assert not np.allclose(got, frozen)

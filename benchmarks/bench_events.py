@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys.artifact import load_embeddings
-from tests.serving.live import PostgresServer, free_port, start_server
+from serving.live import PostgresServer, free_port, start_server
 
 
 def _latencies(port: int, method: str, path: str, bodies: list[bytes | None]) -> np.ndarray:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from recsys.artifact import load_embeddings
-from tests.serving.live import PostgresServer, free_port, start_server
+from serving.live import PostgresServer, free_port, start_server
 
 
 def _cpu_seconds(pid: int) -> float:

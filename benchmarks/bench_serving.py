@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys.artifact import embedder_feature_dim, load_embeddings
-from tests.serving.live import free_port
+from serving.live import free_port
 
 
 def _rss_mb(pid: int) -> float:

@@ -1,76 +1,59 @@
-"""Where a job's heavy steps run: ``local`` (DuckDB and in-process code) or ``spark``.
+"""Where a job's heavy steps run: one convention for every job.
 
-Jobs take an ``Engine`` and call its steps; the local engine is today's code, the Spark
-engine (``pipelines/spark/session.py``) computes the same results on a cluster. The Spark session
-starts on first use, so a job that needs no Spark step never starts a JVM.
+A job takes an ``Engine`` and calls its steps; no job imports Spark. ``Engine`` runs every
+step in this process (DuckDB, numpy, torch); ``pipelines.spark.engine.SparkEngine``
+overrides each step to run it on a cluster with the same result. The steps are of two
+kinds:
+
+* computations (``mine_triplets``, ``fit_glmix``, ``select_random_l2``, ``delong``): the
+  same inputs and outputs on every engine;
+* phases whose rows should never come to this process on a cluster (``glmix_models``,
+  ``evaluation``, ``embed_dataset``): the job hands over its in-process plan (``here``),
+  which this engine runs; a cluster engine runs its own plan over the same files and
+  returns the same kind of result.
+
+``pipelines.commands.options.engine_from`` makes an engine from ``--engine``; another
+backend subclasses ``Engine`` and overrides the steps it can run elsewhere.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from pipelines.data.impressions import impressions_connection
 from recsys.auc import delong_ci
-from recsys.errors import UserInputError
-from recsys.glmix.design import VideoRows, dense_video
+from recsys.glmix.design import VideoRows
 from recsys.glmix.model import GLMix, GLMixConfig, fit_glmix
 from recsys.glmix.tuning import select_random_l2
 from recsys.triplets import TripletConfig, mine_triplets
 
 ENGINES = ("local", "spark")
-EngineName = Literal["local", "spark"]
+T = TypeVar("T")
 
 
-@dataclass
 class Engine:
-    name: EngineName = "local"
-    #: Spark master URL (ignored when SPARK_REMOTE names a Spark Connect server)
-    spark_master: str | None = None
-    _session: Any = field(default=None, repr=False)
+    """The local engine: every step in this process."""
 
-    def __post_init__(self) -> None:
-        if self.name not in ENGINES:
-            raise UserInputError(
-                f"unknown engine {self.name!r}; choose one of {', '.join(ENGINES)}"
-            )
-
-    @property
-    def is_spark(self) -> bool:
-        return self.name == "spark"
-
-    @property
-    def spark(self) -> Any:
-        if self._session is None:
-            from pipelines.spark.session import spark_session
-
-            self._session = spark_session(self.spark_master)
-        return self._session
+    name: ClassVar[str] = "local"
 
     def describe(self) -> str:
-        if not self.is_spark:
-            return "local"
-        return f"spark ({os.environ.get('SPARK_REMOTE') or self.spark_master or 'local[*]'})"
+        return self.name
 
-    # ------------------------------------------------------------------ steps
+    def stop(self) -> None:
+        """Release what the engine holds (a cluster session); nothing here."""
+
+    # ------------------------------------------------------------ computations
 
     def mine_triplets(
         self, data_dir: Path, cfg: TripletConfig, train_end: datetime | None
     ) -> pa.Table:
         """(anchor, positive, negative, user_id) sorted by (anchor, positive, negative)."""
-        if self.is_spark:
-            from pipelines.spark.session import mine_triplets_spark
-
-            df = mine_triplets_spark(self.spark, data_dir / "impressions.parquet", cfg, train_end)
-            table: pa.Table = df.toArrow()
-            return table
         return mine_triplets(impressions_connection(data_dir), cfg, train_end)
 
     def fit_glmix(
@@ -83,19 +66,6 @@ class Engine:
         global_feats: np.ndarray | None = None,
         videos: np.ndarray | None = None,
     ) -> GLMix:
-        if self.is_spark:
-            from pipelines.spark.glmix import fit_glmix_spark
-
-            return fit_glmix_spark(
-                self.spark,
-                users,
-                dense_video(video),
-                labels,
-                cfg,
-                on_pass,
-                global_feats=global_feats,
-                videos=videos,
-            )
         return fit_glmix(users, video, labels, cfg, global_feats, on_pass=on_pass, videos=videos)
 
     def select_random_l2(
@@ -107,43 +77,51 @@ class Engine:
         base: GLMixConfig,
         global_feats: np.ndarray | None = None,
     ) -> tuple[float, dict[float, float]]:
-        fit = None
-        if self.is_spark:
-            from pipelines.spark.glmix import fit_glmix_spark
-
-            def fit(
-                u: np.ndarray,
-                x: np.ndarray,
-                y: np.ndarray,
-                cfg: GLMixConfig,
-                g: np.ndarray | None,
-                v: np.ndarray | None = None,
-            ) -> GLMix:
-                return fit_glmix_spark(self.spark, u, x, y, cfg, global_feats=g, videos=v)
-
-        if self.is_spark:
-            video = dense_video(video)
+        """GLMix's per-user penalty with the lowest validation log-loss, and every loss."""
         return select_random_l2(
-            users, video, labels, is_validation, base=base, fit=fit, global_feats=global_feats
+            users, video, labels, is_validation, base=base, global_feats=global_feats
         )
 
     def delong(self, labels: np.ndarray, scores: np.ndarray) -> tuple[float, float, float]:
         """(AUC, low, high) with DeLong's 95% interval."""
-        if self.is_spark:
-            import pandas as pd
-
-            from pipelines.spark.auc import delong_spark
-
-            df = self.spark.createDataFrame(
-                pd.DataFrame({"score": np.asarray(scores, np.float64), "label": labels})
-            )
-            return delong_spark(df)
         return delong_ci(labels, scores)
 
-    def stop(self) -> None:
-        if self._session is not None:
-            self._session.stop()
-            self._session = None
+    # ------------------------------------------------------------ whole phases
+
+    def glmix_models(
+        self,
+        data_dir: Path,
+        artifact: Path,
+        test_start: datetime,
+        cfg: Any,
+        say: Callable[[str], None],
+        here: Callable[[], T],
+    ) -> T:
+        """The fit-glmix job's models, histories writer and facts
+        (``pipelines.glmix.fit_glmix``; ``cfg`` is its ``GLMixJobConfig``)."""
+        return here()
+
+    def evaluation(
+        self,
+        data_dir: Path,
+        artifact: Path,
+        window: tuple[datetime, datetime],
+        cfg: Any,
+        models: tuple[GLMix, GLMix],
+        head: dict[str, Any],
+        here: Callable[[], T],
+    ) -> T:
+        """The evaluation of ``models`` (with and without video features) on the test
+        rows from ``window`` = (test start, training cut-off) (``pipelines.evaluation``;
+        ``cfg`` is its ``EvalConfig``, ``head`` the report's first entries)."""
+        return here()
+
+    def embed_dataset(
+        self, artifact: Path, data: Path, out: Path, batch_size: int, here: Callable[[], int]
+    ) -> int:
+        """Every video of ``data`` embedded by the artifact's model into ``out``; the
+        number of videos."""
+        return here()
 
 
-LOCAL = Engine("local")
+LOCAL = Engine()

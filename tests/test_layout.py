@@ -22,7 +22,41 @@ MAY_IMPORT = {
 }
 #: the one CLI starts the service: its command modules may import ``serving``
 CLI_MAY_IMPORT = {"serving"}
+#: inside ``pipelines``: what each stage (a sub-package or a top-level module) may
+#: import besides itself; a stage above another never sits below it
+STAGES_MAY_IMPORT = {
+    "data": set(),
+    "plots": set(),
+    "engine": {"data"},
+    "choice": {"data"},
+    "training": {"data", "engine", "choice", "plots"},
+    "glmix": {"data", "engine"},
+    "evaluation": {"data", "engine", "choice", "plots"},
+    "classify": {"data", "plots"},
+    "spark": {"data", "engine", "glmix", "evaluation"},
+    "pipeline": {"data", "engine", "training", "glmix", "evaluation"},
+    "commands": {
+        "data",
+        "engine",
+        "choice",
+        "training",
+        "glmix",
+        "evaluation",
+        "classify",
+        "spark",
+        "pipeline",
+    },
+    "cli": {"commands"},
+}
+#: likewise inside ``recsys``: its sub-packages and who may import them
+RECSYS_SUBPACKAGES_IMPORTED_BY = {
+    "glmix": {"online", "artifact", "scoring", "embedders"},
+    "online": set(),
+    "synthetic": set(),
+}
 MAX_LINES = 480
+#: modules directly inside one package folder
+MAX_MODULES_PER_FOLDER = 20
 
 
 def _modules() -> dict[str, Path]:
@@ -65,6 +99,7 @@ def test_the_import_graph_is_read() -> None:
     g = _graph()
     # known edges: the reader sees them, or the checks below check nothing
     assert "recsys.glmix.model" in g["pipelines.glmix.fit_glmix"]
+    assert "pipelines.engine" in g["pipelines.spark.engine"]
     assert "serving.stores.contract" in g["serving.stores.sqlite"]
     assert "pipelines.commands.train" in g["pipelines.cli"]
 
@@ -148,3 +183,80 @@ def test_functions_fit_on_a_screen() -> None:
         and (n := _body_lines(node)) > 80
     }
     assert not long, f"function bodies over 80 lines: {long}"
+
+
+def _stage(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else "(package)"
+
+
+def test_every_pipelines_stage_is_declared() -> None:
+    stages = {_stage(m) for m in _graph() if m.startswith("pipelines.")}
+    assert stages == set(STAGES_MAY_IMPORT), "declare each stage in STAGES_MAY_IMPORT"
+
+
+def test_pipelines_stages_import_only_those_below() -> None:
+    bad = [
+        f"{m} -> {d}"
+        for m, deps in _graph().items()
+        if m.startswith("pipelines.")
+        for d in deps
+        if d.startswith("pipelines.")
+        and _stage(d) != _stage(m)
+        and _stage(d) not in STAGES_MAY_IMPORT[_stage(m)]
+    ]
+    assert not bad, "pipelines stages against their order: " + ", ".join(sorted(bad))
+
+
+def test_only_the_engine_factory_reaches_spark() -> None:
+    """One Spark convention: a job calls its ``Engine``'s steps; only the Spark package
+    and the command line (which makes the engine) import ``pipelines.spark``."""
+    bad = [
+        f"{m} -> {d}"
+        for m, deps in _graph().items()
+        if _stage(m) not in ("spark", "commands")
+        for d in deps
+        if d.startswith("pipelines.spark")
+    ]
+    assert not bad, "Spark imported outside the engine: " + ", ".join(sorted(bad))
+
+
+def test_recsys_subpackages_are_imported_only_from_above() -> None:
+    allowed = RECSYS_SUBPACKAGES_IMPORTED_BY
+    bad = [
+        f"{m} -> {d}"
+        for m, deps in _graph().items()
+        if m.startswith("recsys.")
+        for d in deps
+        if d.startswith("recsys.")
+        and _stage(d) in allowed
+        and _stage(m) != _stage(d)
+        and _stage(m) not in allowed[_stage(d)]
+    ]
+    assert not bad, "recsys sub-packages imported from below: " + ", ".join(sorted(bad))
+
+
+def test_no_folder_is_crowded() -> None:
+    crowded = {
+        str(folder.relative_to(ROOT)): n
+        for pkg in PACKAGES
+        for folder in [ROOT / pkg, *(ROOT / pkg).rglob("*")]
+        if folder.is_dir()
+        and (n := len([p for p in folder.glob("*.py") if p.name != "__init__.py"]))
+        > MAX_MODULES_PER_FOLDER
+    }
+    assert not crowded, f"folders with more than {MAX_MODULES_PER_FOLDER} modules: {crowded}"
+
+
+def test_benchmarks_do_not_import_tests() -> None:
+    bad = []
+    for path in (ROOT / "benchmarks").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            bad += [f"{path.name} -> {n}" for n in names if n.split(".")[0] == "tests"]
+    assert not bad, "benchmarks importing test helpers: " + ", ".join(bad)

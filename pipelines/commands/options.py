@@ -179,11 +179,16 @@ def fail(message: str) -> NoReturn:
 
 
 def engine_from(name: str, master: str) -> Engine:
-    from pipelines.engine import Engine
+    """The engine ``--engine`` names: every job's steps run on it."""
+    from pipelines.engine import ENGINES, LOCAL
 
-    if name not in ("local", "spark"):
-        fail(f"--engine must be local or spark, not {name!r}")
-    return Engine(name, master)  # type: ignore[arg-type]
+    if name not in ENGINES:
+        fail(f"--engine must be {' or '.join(ENGINES)}, not {name!r}")
+    if name == "local":
+        return LOCAL
+    from pipelines.spark.engine import SparkEngine
+
+    return SparkEngine(master)
 
 
 def test_start_from(value: str | None) -> datetime | None:

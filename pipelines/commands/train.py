@@ -198,13 +198,16 @@ def embed(
 ) -> None:
     """Embed every video of a data set with a trained model (streaming, batched; on Spark
     executors with --engine spark)."""
-    from pipelines.training.embed import embed_dataset, embed_dataset_spark
+    from pipelines.training.embed import embed_dataset
 
     eng = engine_from(engine, spark_master)
-    if eng.is_spark:
-        n = embed_dataset_spark(eng, artifacts, data, out, batch_size=batch_size)
-    else:
-        n = embed_dataset(artifacts, data, out, batch_size=batch_size, device=device)
+    n = eng.embed_dataset(
+        artifacts,
+        data,
+        out,
+        batch_size,
+        here=lambda: embed_dataset(artifacts, data, out, batch_size=batch_size, device=device),
+    )
     typer.echo(f"wrote {out}: {n} embeddings")
 
 

@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines.data.io import dataset_dir
-from pipelines.engine import Engine
+from pipelines.engine import LOCAL, Engine
 from pipelines.evaluation.baseline_comparison import add_baselines
 from pipelines.evaluation.coordinate_comparison import coordinate_table
 from pipelines.evaluation.inputs import EvalConfig, TestSet, load_test_set
@@ -142,7 +143,7 @@ def _row_counts(t: TestSet, max_s: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _relative(
+def relative_improvement(
     auc_all: dict[str, float], auc_cold: dict[str, float], has_cold: bool, base: Path | None
 ) -> dict[str, Any]:
     rel: dict[str, Any] = {
@@ -177,7 +178,7 @@ def evaluate_artifact(
 ) -> Evaluation:
     """Offline AUCs of the artifact's scores on the test period, beside the classical
     baselines (``pipelines.choice.ladder``) scored on the same rows. On Spark the test rows are
-    scored and their AUCs computed there (``pipelines.spark.evaluate``)."""
+    scored and their AUCs computed there (the engine's ``evaluation``)."""
     cfg = cfg or EvalConfig()
     d, a = dataset_dir(data), Path(artifact)
     manifest = art.read_manifest(a)
@@ -197,8 +198,29 @@ def evaluate_artifact(
         "watch_threshold_s": cfg.watch_threshold_s,
         "glmix_global_features": list(glm.global_names),
     }
-    if engine is not None and engine.is_spark:
-        return _evaluate_on_spark(engine, d, a, start, cutoff, cfg, glm, glm0, head)
+    return (engine or LOCAL).evaluation(
+        d,
+        a,
+        (start, cutoff),
+        cfg,
+        (glm, glm0),
+        head,
+        here=lambda: _evaluate_here(d, a, start, cutoff, cfg, glm, glm0, head, manifest),
+    )
+
+
+def _evaluate_here(
+    d: Path,
+    a: Path,
+    start: datetime,
+    cutoff: datetime,
+    cfg: EvalConfig,
+    glm: GLMix,
+    glm0: GLMix,
+    head: dict[str, Any],
+    manifest: dict[str, Any],
+) -> Evaluation:
+    """The evaluation with every test row in this process."""
     t = load_test_set(d, a, start, cutoff, cfg.watch_threshold_s)
     users = t.users
     max_s, avg_s = similarity_by_user(t.user_index, t.video_rows, t.history_rows, t.embeddings)
@@ -275,7 +297,7 @@ def _auc_sections(
             if cold.any()
             else math.nan,
         }
-    report["relative_improvement"] = _relative(
+    report["relative_improvement"] = relative_improvement(
         auc_all, auc_cold, bool(cold.any()), cfg.baseline_report
     )
 
@@ -286,45 +308,6 @@ NOTES = (
     "get the fixed effect alone.",
     "Cold-start videos have no impression before the test start.",
 )
-
-
-def _evaluate_on_spark(
-    engine: Engine,
-    d: Path,
-    a: Path,
-    start: Any,
-    cutoff: Any,
-    cfg: EvalConfig,
-    glm: GLMix,
-    glm0: GLMix,
-    head: dict[str, Any],
-) -> Evaluation:
-    from pipelines.spark.evaluate import (
-        SPARK_NOTE,
-        online_block_spark,
-        scored_test_rows,
-        scores_writer,
-        spark_statistics,
-    )
-
-    _say(cfg, f"evaluating on {engine.describe()} ...")
-    rows = scored_test_rows(
-        engine.spark, d, a, start, cutoff, cfg.watch_threshold_s, glm, glm0, cfg.online
-    )
-    if rows.isEmpty():
-        raise UserInputError(f"no impressions at or after the test start {start.isoformat()}")
-    stats = spark_statistics(rows, SCORES)
-    report: dict[str, Any] = {**head, "evaluated_on": "spark", "rows": stats["rows"]}
-    report["notes"] = [*NOTES, SPARK_NOTE]
-    report["auc"], report["auc_cold_start"] = stats["auc"], stats["auc_cold"]
-    report["ci95"] = {"all": stats["ci_all"], "cold_start": stats["ci_cold"]}
-    if cfg.online is not None:
-        _say(cfg, "online GLMix: replayed per user partition on Spark ...")
-        report["online"] = online_block_spark(rows, cfg.online, bool(glm.global_names))
-    report["relative_improvement"] = _relative(
-        stats["auc"], stats["auc_cold"], stats["has_cold"], cfg.baseline_report
-    )
-    return Evaluation(report, None, {}, None, write_scores=scores_writer(rows))
 
 
 def _say(cfg: EvalConfig, message: str) -> None:

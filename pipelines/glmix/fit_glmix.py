@@ -92,19 +92,14 @@ def fit_glmix_into_artifact(
 ) -> dict[str, Any]:
     """Fit GLMix (with and without video features) on training-period impressions and add
     them, with the users' training-period watch histories, to the artifact. On Spark the
-    rows never come to this process (``pipelines.spark.fit_glmix``)."""
+    rows never come to this process (the engine's ``glmix_models``)."""
     cfg = cfg or GLMixJobConfig()
     engine = engine or LOCAL
     d, a = dataset_dir(data), Path(artifact)
     test_start = art.training_cutoff(art.read_manifest(a))
-    if engine.is_spark:
-        from pipelines.spark.fit_glmix import fit_glmix_on_spark
-
-        models, write_histories, facts = fit_glmix_on_spark(
-            engine.spark, d, a, test_start, cfg, lambda m: _say(cfg, m)
-        )
-    else:
-        models, write_histories, facts = _fit_local(d, a, test_start, cfg)
+    models, write_histories, facts = engine.glmix_models(
+        d, a, test_start, cfg, lambda m: _say(cfg, m), here=lambda: _fit_here(d, a, test_start, cfg)
+    )
     with_video = models[art.GLMIX]
     info = {
         "training_rows": facts["training_rows"],
@@ -126,7 +121,7 @@ def fit_glmix_into_artifact(
     return info
 
 
-def _fit_local(
+def _fit_here(
     d: Path, a: Path, test_start: datetime, cfg: GLMixJobConfig
 ) -> tuple[dict[str, GLMix], Callable[[Path], None], dict[str, Any]]:
     """(models by artifact stem, the histories writer, facts), the rows in this process."""

@@ -23,6 +23,8 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.data.impressions import group_histories
+from pipelines.evaluation.evaluate import NOTES, SCORES, Evaluation, relative_improvement
+from pipelines.evaluation.inputs import EvalConfig
 from pipelines.evaluation.statistics import online_entry
 from pipelines.spark.auc import delong_paired_spark, delong_spark
 from pipelines.spark.rows import (
@@ -34,6 +36,7 @@ from pipelines.spark.rows import (
 )
 from pipelines.spark.session import parallelism
 from recsys import artifact as art
+from recsys.errors import UserInputError
 from recsys.glmix.model import GLMix
 from recsys.online.replay import replay_users, replay_videos
 from recsys.online.users import OnlineConfig, sigmoid
@@ -302,3 +305,38 @@ def scores_writer(rows: DataFrame) -> Callable[[Path], None]:
             shutil.rmtree(tmp, ignore_errors=True)
 
     return write
+
+
+def evaluate_on_spark(
+    spark: SparkSession,
+    where: str,
+    d: Path,
+    a: Path,
+    window: tuple[datetime, datetime],
+    cfg: EvalConfig,
+    models: tuple[GLMix, GLMix],
+    head: dict[str, Any],
+) -> Evaluation:
+    """``pipelines.evaluation.evaluate``'s report from the test rows scored on Spark:
+    DeLong intervals, the online replay per user partition, no ladder (``SPARK_NOTE``)."""
+    (start, cutoff), (glm, glm0) = window, models
+    if cfg.progress:
+        print(f"evaluating on {where} ...", flush=True)
+    rows = scored_test_rows(
+        spark, d, a, start, cutoff, cfg.watch_threshold_s, glm, glm0, cfg.online
+    )
+    if rows.isEmpty():
+        raise UserInputError(f"no impressions at or after the test start {start.isoformat()}")
+    stats = spark_statistics(rows, SCORES)
+    report: dict[str, Any] = {**head, "evaluated_on": "spark", "rows": stats["rows"]}
+    report["notes"] = [*NOTES, SPARK_NOTE]
+    report["auc"], report["auc_cold_start"] = stats["auc"], stats["auc_cold"]
+    report["ci95"] = {"all": stats["ci_all"], "cold_start": stats["ci_cold"]}
+    if cfg.online is not None:
+        if cfg.progress:
+            print("online GLMix: replayed per user partition on Spark ...", flush=True)
+        report["online"] = online_block_spark(rows, cfg.online, bool(glm.global_names))
+    report["relative_improvement"] = relative_improvement(
+        stats["auc"], stats["auc_cold"], stats["has_cold"], cfg.baseline_report
+    )
+    return Evaluation(report, None, {}, None, write_scores=scores_writer(rows))

@@ -1,14 +1,16 @@
-"""The Spark engine: the same jobs as the local engine, run on a Spark cluster.
+"""The Spark session, and triplet mining on Spark.
 
-``--engine spark`` on mine-triplets, embed, fit-glmix, evaluate and pipeline sends the
-heavy parts here. Each part reuses the local engine's logic functions per partition, so
-both engines compute the same thing:
+``--engine spark`` (``pipelines.spark.engine.SparkEngine``) runs each job's heavy steps
+on a cluster. Each step reuses the local engine's logic functions per partition, so both
+engines compute the same thing:
 
-* triplet mining: ``recsys.triplets.TRIPLETS_SQL_TEMPLATE`` rendered for Spark SQL;
-* embedding: ``mapInArrow`` over the videos, with the embedder's weights broadcast;
-* GLMix: the same coordinate-descent loop over a Spark backend (``pipelines/spark/glmix.py``);
-* AUC with DeLong's interval from per-score class counts, range-partitioned by score
-  (nothing proportional to the test set comes back to the driver).
+* triplet mining: ``recsys.triplets.TRIPLETS_SQL_TEMPLATE`` rendered for Spark SQL (here);
+* embedding: ``mapInArrow`` over the videos, with the embedder's weights broadcast
+  (``pipelines.spark.embed``);
+* GLMix: the same coordinate-descent loop over a Spark backend (``pipelines.spark.glmix``,
+  the job in ``pipelines.spark.fit_glmix``);
+* the evaluation and AUC with DeLong's interval from per-score class counts,
+  range-partitioned by score (``pipelines.spark.evaluate``, ``pipelines.spark.auc``).
 
 The session: ``SPARK_REMOTE`` (a Spark Connect URL) when set, else ``--spark-master``
 (default ``local[*]``). Executors need this package and its dependencies installed (see
@@ -17,19 +19,14 @@ docs/scale.md).
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from recsys.errors import UserInputError
 from recsys.triplets import TRIPLETS_SQL_TEMPLATE, TripletConfig, render_sql, triplet_params
@@ -149,53 +146,7 @@ def mine_triplets_spark(
     return spark.sql(sql, args=triplet_params(cfg, train_end))
 
 
-# --------------------------------------------------------------------------- embedding
-
-
-def embed_videos_spark(
-    spark: SparkSession,
-    videos: str | os.PathLike[str],
-    embedder_config: dict[str, Any],
-    state_dict_bytes: bytes,
-    batch_size: int = 256,
-    max_frames: int = 300,
-) -> DataFrame:
-    """(video_id, embedding) for every video of ``videos`` (a Parquet path), computed
-    by ``mapInArrow`` with the embedder's weights broadcast to the executors."""
-    weights = spark.sparkContext.broadcast(state_dict_bytes) if _has_context(spark) else None
-    local_bytes = None if weights is not None else state_dict_bytes
-    dim = int(embedder_config["feature_dim"])
-
-    def embed(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import torch
-
-        from embeddings.cowatch import CowatchEmbedder, EmbedderConfig
-        from recsys.dataset import decode_video_batch
-
-        blob = weights.value if weights is not None else local_bytes
-        assert blob is not None
-        model = CowatchEmbedder(EmbedderConfig.from_dict(embedder_config))
-        model.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))
-        model.eval()
-        for big in batches:
-            for start in range(0, big.num_rows, batch_size):
-                vb = decode_video_batch(big.slice(start, batch_size), dim)
-                frames, mask = vb.padded(max_frames)
-                with torch.no_grad():
-                    emb = model(torch.from_numpy(frames), torch.from_numpy(mask)).numpy()
-                yield pa.RecordBatch.from_arrays(
-                    [
-                        pa.array(vb.video_ids, pa.string()),
-                        pa.array(list(emb.astype(np.float32)), pa.list_(pa.float32())),
-                    ],
-                    names=["video_id", "embedding"],
-                )
-
-    df = spark.read.parquet(str(videos)).select("video_id", "frames")
-    return df.mapInArrow(embed, "video_id string, embedding array<float>")
-
-
-def _has_context(spark: SparkSession) -> bool:
+def has_context(spark: SparkSession) -> bool:
     try:
         spark.sparkContext  # noqa: B018
     except Exception:

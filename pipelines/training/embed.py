@@ -13,7 +13,6 @@ from tqdm.auto import tqdm
 
 from embeddings.runtime import resolve_device
 from pipelines.data.io import iter_video_batches
-from pipelines.engine import Engine
 from recsys.artifact import embeddings_table, load_embedder, read_manifest
 from recsys.embedders import ClassicalEmbedder, is_classical
 from recsys.errors import UserInputError
@@ -104,49 +103,3 @@ def _write_embeddings(
     finally:
         tmp.unlink(missing_ok=True)
     return n
-
-
-def embed_dataset_spark(
-    engine: Engine,
-    artifacts: str | os.PathLike[str],
-    data: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    batch_size: int = 256,
-    max_frames: int = 300,
-) -> int:
-    """``embed_dataset`` with the model run on Spark executors (``mapInArrow``); the
-    same output file, rows in the data set's order."""
-    import io
-    from dataclasses import asdict
-
-    from pipelines.data.io import dataset_dir, open_parquet, write_parquet_atomic
-    from pipelines.spark.session import embed_videos_spark
-    from recsys.dataset import VIDEOS_FILE
-
-    a = Path(artifacts)
-    read_manifest(a)
-    if is_classical(a):
-        raise UserInputError(
-            f"{a} ships the classical {ClassicalEmbedder.load(a).name} embedder; embed with "
-            "--engine local (it runs in one pass over the frames, no model to distribute)"
-        )
-    model = load_embedder(a)
-    path = dataset_dir(data) / VIDEOS_FILE
-    open_parquet(path)  # a clear error for an unreadable file, before Spark sees it
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    df = embed_videos_spark(
-        engine.spark, path, asdict(model.config), buf.getvalue(), batch_size, max_frames
-    )
-    got = df.toArrow()
-    ids = got.column("video_id").to_pylist()
-    position = {
-        v: i for i, v in enumerate(pq.read_table(path, columns=["video_id"]).column(0).to_pylist())
-    }
-    rows = sorted(range(len(ids)), key=lambda i: position[ids[i]])
-    vectors = got.column("embedding").to_pylist()
-    emb = np.zeros((len(rows), model.config.output_dim), np.float32)
-    for j, i in enumerate(rows):
-        emb[j] = vectors[i]
-    write_parquet_atomic(embeddings_table([ids[i] for i in rows], emb), Path(out))
-    return len(rows)

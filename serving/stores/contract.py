@@ -170,7 +170,7 @@ CREATE TABLE IF NOT EXISTS videos (
     payload_sha256 TEXT NOT NULL,
     embedding {blob} NOT NULL,
     num_frames INTEGER NOT NULL,
-    ingested_at {now}{order_column}
+    ingested_at {now}
 );
 CREATE TABLE IF NOT EXISTS impressions (
     seq {serial},
@@ -178,13 +178,13 @@ CREATE TABLE IF NOT EXISTS impressions (
     user_id TEXT NOT NULL,
     video_id TEXT NOT NULL,
     shown_at TEXT NOT NULL,
-    watch_seconds {real} NOT NULL{order_column}
+    watch_seconds {real} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS removals (
     seq {serial},
     kind TEXT NOT NULL,
     target TEXT NOT NULL,
-    at {now}{order_column}
+    at {now}
 );
 CREATE TABLE IF NOT EXISTS write_probe (
     payload {blob} NOT NULL
@@ -194,7 +194,7 @@ CREATE TABLE IF NOT EXISTS watches (
     user_id TEXT NOT NULL,
     video_id TEXT NOT NULL,
     watch_seconds {real} NOT NULL,
-    at TEXT NOT NULL{order_column}
+    at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS watches_user ON watches (user_id);
 CREATE INDEX IF NOT EXISTS impressions_user ON impressions (user_id);
@@ -214,21 +214,20 @@ class Dialect:
     blob: str
     real: str
     now: str
-    #: the commit-order key: its column definition (none: the sequence number is the key)
-    #: and how each table's key is read
-    order_column: str
+    #: how each table's commit-order key is read (``migrations``: PostgreSQL's ``xid``
+    #: column; SQLite's sequence number)
     video_order: str
     order: str
 
     @property
-    def schema(self) -> str:
+    def tables(self) -> str:
+        """The tables as the first migration creates them (``serving.stores.migrations``)."""
         return _SCHEMA.format(
             video_key=self.video_key,
             serial=self.serial,
             blob=self.blob,
             real=self.real,
             now=self.now,
-            order_column=self.order_column,
         )
 
     @property
@@ -297,7 +296,6 @@ SQLITE = Dialect(
     blob="BLOB",
     real="REAL",
     now="TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
-    order_column="",
     video_order="rowid",
     order="seq",
 )
@@ -309,7 +307,6 @@ POSTGRES = Dialect(
     blob="BYTEA",
     real="DOUBLE PRECISION",
     now="TIMESTAMPTZ NOT NULL DEFAULT now()",
-    order_column=",\n    xid BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint)",
     video_order="xid",
     order="xid",
 )

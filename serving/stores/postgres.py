@@ -31,10 +31,11 @@ from serving.stores.contract import (
     changes_from_rows,
     stored_video,
 )
+from serving.stores.migrations import migrate
 
 T = TypeVar("T")
 
-#: advisory lock id serialising schema creation between replicas starting together
+#: advisory lock id serialising migrations between replicas starting together
 _SCHEMA_LOCK = 0x7EC5
 
 
@@ -88,14 +89,10 @@ class PostgresStore:
 
     @staticmethod
     def _create_schema(conn: Any) -> None:
+        """The schema's missing migrations (``serving.stores.migrations``), one replica at a
+        time; a store made before the commit-order key gets it (old rows: one key)."""
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-        conn.execute(POSTGRES.schema)
-        for table in TABLES:  # stores made before the commit-order key get it (old rows: one key)
-            conn.execute(
-                f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS xid BIGINT NOT NULL "
-                "DEFAULT (pg_current_xact_id()::text::bigint)"
-            )
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_xid ON {table} (xid)")
+        migrate(conn.execute, POSTGRES)
 
     def close(self) -> None:
         with self._lock:

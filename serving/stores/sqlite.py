@@ -29,6 +29,7 @@ from serving.stores.contract import (
     next_horizon,
     stored_video,
 )
+from serving.stores.migrations import migrate
 
 
 class SqliteStore:
@@ -43,7 +44,14 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SQLITE.schema)
+        self._db.execute("BEGIN IMMEDIATE")  # one opener migrates at a time
+        try:
+            migrate(self._db.execute, SQLITE)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self._db.close()
+            raise
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:

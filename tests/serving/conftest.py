@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
+from serving.live import PostgresServer
 from serving.settings import Settings
-from tests.serving.live import PostgresServer
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from serving.connections import raise_open_file_limit
-from tests.serving.live import free_port, start_server
+from serving.live import free_port, start_server
 
 IDLE = 1000
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.serving.live import free_port, start_server
+from serving.live import free_port, start_server
 
 
 def test_acknowledged_ingestions_survive_sigkill(artifact: Path, tmp_path: Path) -> None:

@@ -18,13 +18,13 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.serving.live import free_port, start_server
+from serving.live import free_port, start_server
 
 pytestmark = pytest.mark.xdist_group("browser")
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-results"
 
-#: the live servers' key (tests.serving.live): user lists and histories need it
+#: the live servers' key (serving.live): user lists and histories need it
 KEY = {"X-API-Key": "k"}
 
 

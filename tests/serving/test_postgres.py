@@ -16,10 +16,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
+from serving.live import PostgresServer, free_port, start_server
 from serving.settings import Settings
 from serving.stores import Impression, SqliteStore, StoreUnavailable, Watch, open_store
 from tests.serving.conftest import AUTH
-from tests.serving.live import PostgresServer, free_port, start_server
 
 pytestmark = pytest.mark.xdist_group("postgres")
 

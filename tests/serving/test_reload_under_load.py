@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 
-from tests.serving.live import free_port, start_server
+from serving.live import free_port, start_server
 
 
 def test_reload_during_traffic_fails_no_request(artifact: Path, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.serving.live import free_port, start_server
+from serving.live import free_port, start_server
 
 
 def test_schemathesis_finds_no_failures_against_the_live_service(

@@ -14,12 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.spark.auc import delong_spark
+from pipelines.spark.embed import embed_videos_spark
 from pipelines.spark.glmix import fit_glmix_spark
-from pipelines.spark.session import (
-    embed_videos_spark,
-    mine_triplets_spark,
-    spark_session,
-)
+from pipelines.spark.session import mine_triplets_spark, spark_session
 from recsys.auc import delong_ci
 from recsys.errors import UserInputError
 from recsys.glmix.model import GLMixConfig, fit_glmix
@@ -208,17 +205,17 @@ def test_fit_glmix_job_on_spark_matches_local(
     import json
     import shutil
 
-    from pipelines.engine import Engine
+    from pipelines.engine import LOCAL
     from pipelines.glmix.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
+    from pipelines.spark.engine import SparkEngine
     from recsys.artifact import load_glmix
 
     fits = {}
     for name in ("local", "spark"):
         art = tmp_path / name
         shutil.copytree(pipeline_out / "artifact", art)
-        engine = Engine(name)  # type: ignore[arg-type]
-        if name == "spark":
-            engine._session = spark  # the module's shared session
+        # the Spark engine uses the module's shared session
+        engine = LOCAL if name == "local" else SparkEngine(session=spark)
         info = fit_glmix_into_artifact(small_world_dir, art, GLMixJobConfig(), engine)
         assert info["engine"].startswith(name)
         fits[name] = load_glmix(art, "glmix")

@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.engine import Engine
 from pipelines.evaluation.evaluate import evaluate_artifact
 from pipelines.evaluation.inputs import EvalConfig
 from pipelines.evaluation.report import write_report
+from pipelines.spark.engine import SparkEngine
 from recsys.auc import delong_paired_difference
 from tests.pipelines.spark.helpers import RowsToDriver, spark_fixture  # noqa: F401  (fixture "spark")
 
@@ -46,7 +46,7 @@ def test_spark_evaluation_equals_local(
     cfg = EvalConfig(bootstrap=0, baselines=())
     local = evaluate_artifact(small_world_dir, artifact, cfg)
     watch = RowsToDriver(spark, monkeypatch)
-    remote = evaluate_artifact(small_world_dir, artifact, cfg, Engine("spark", _session=spark))
+    remote = evaluate_artifact(small_world_dir, artifact, cfg, SparkEngine(session=spark))
     assert local.test is not None and remote.test is None
     n_users = local.report["rows"]["test_users"]
     assert watch.largest <= n_users + 10 < local.report["rows"]["test"]

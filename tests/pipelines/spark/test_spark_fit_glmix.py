@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.engine import Engine
 from pipelines.glmix.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
+from pipelines.spark.engine import SparkEngine
 from recsys import artifact as art
 from tests.pipelines.spark.helpers import RowsToDriver, spark_fixture  # noqa: F401  (fixture "spark")
 
@@ -32,7 +32,7 @@ def test_spark_fit_equals_local_and_keeps_rows_off_the_driver(
     spark_a = _copy(pipeline_out / "artifact", tmp_path / "spark")
     local = fit_glmix_into_artifact(small_world_dir, local_a, cfg)
     watch = RowsToDriver(spark, monkeypatch)
-    remote = fit_glmix_into_artifact(small_world_dir, spark_a, cfg, Engine("spark", _session=spark))
+    remote = fit_glmix_into_artifact(small_world_dir, spark_a, cfg, SparkEngine(session=spark))
     # No action returned anything near a row per impression (or per watch): at most a
     # row per user or per video (their coefficients, their first-seen order).
     assert remote["training_rows"] == local["training_rows"] > 1000

@@ -1,4 +1,6 @@
-"""A real ``recsys serve`` process for tests that drive the service from outside."""
+"""A real ``recsys serve`` process, and a throwaway PostgreSQL server, for whoever drives
+the service from outside: the tests and the benchmarks. Nothing in the service imports
+it; it needs ``httpx`` (a development dependency)."""
 
 from __future__ import annotations
 
@@ -53,10 +55,10 @@ def start_server(
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
-            raise AssertionError(proc.stderr.read().decode() if proc.stderr else "server died")
+            raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "server died")
         time.sleep(0.2)
     proc.kill()
-    raise AssertionError("server did not become ready")
+    raise RuntimeError("server did not become ready")
 
 
 class PostgresServer:
@@ -77,7 +79,7 @@ class PostgresServer:
         if bindir is None and shutil.which("pg_ctl"):
             bindir = Path(shutil.which("pg_ctl") or "").parent
         if bindir is None:
-            raise AssertionError(
+            raise RuntimeError(
                 "these tests need a PostgreSQL server: apt-get install -y postgresql "
                 "(initdb and pg_ctl are looked up in /usr/lib/postgresql/*/bin and PATH)"
             )

@@ -21,7 +21,7 @@ _OLD_VIDEO = ("old-v", "sha", np.arange(4, dtype=np.float32).tobytes(), 3)
 
 def test_migrations_are_numbered_from_one_without_gaps() -> None:
     assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
-    assert LATEST == len(MIGRATIONS)
+    assert len(MIGRATIONS) == LATEST
 
 
 def _old_sqlite_store(path: Path, recorded: int | None) -> None:
@@ -132,7 +132,9 @@ def test_a_postgres_store_from_before_the_commit_order_key_is_migrated(pg_url: s
             "VALUES (%s, %s, %s, %s)",
             _OLD_VIDEO,
         )
-        c.execute("INSERT INTO watches (user_id, video_id, watch_seconds, at) VALUES ('u','v',5,'t')")
+        c.execute(
+            "INSERT INTO watches (user_id, video_id, watch_seconds, at) VALUES ('u','v',5,'t')"
+        )
     store = PostgresStore(pg_url)
     try:
         got = store.changes({})

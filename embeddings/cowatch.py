@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embeddings.classical import BASE_NAMES, ClassicalBase
+from embeddings.classical import ClassicalBase
 from embeddings.gmm import GMM
 from embeddings.pooling import ClusterPooling, Pooling, PoolingOptions, build_pooling_from
+from embeddings.registry import POOLINGS, RUNGS
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class EmbedderConfig(PoolingOptions):
     #: video a cluster holds, which is what a bag of words captures
     occupancy: bool = False
     #: a classical rung the model starts from and learns on top of ("" = none; one of
-    #: ``embeddings.classical.BASE_NAMES``): the output is [sqrt(w) base(v), sqrt(1 - w)
+    #: ``embeddings.registry.RUNGS``): the output is [sqrt(w) base(v), sqrt(1 - w)
     #: f(g(v))], so a cosine is w times the rung's plus (1 - w) times the learned one's
     base: str = ""
     base_words: int = 64  # the base's k-means words (bow_tfidf, vlad_kmeans)
@@ -46,8 +47,8 @@ class EmbedderConfig(PoolingOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.base and self.base not in BASE_NAMES:
-            raise ValueError(f"unknown base {self.base!r}; one of {', '.join(BASE_NAMES)}")
+        if self.base:
+            RUNGS.check(self.base)
         if self.base and (self.base_dim < 1 or self.base_words < 1):
             raise ValueError("a base needs base_dim >= 1 and base_words >= 1")
         if not 0.0 <= self.base_weight <= 1.0:
@@ -60,8 +61,9 @@ class EmbedderConfig(PoolingOptions):
             raise ValueError("hidden_dim and embedding_dim must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
-        if self.occupancy and self.pooling not in ("netvlad", "dsgmm"):
-            raise ValueError("occupancy needs a cluster pooling (netvlad or dsgmm)")
+        if self.occupancy and not POOLINGS[self.pooling].offers_occupancy:
+            layers = POOLINGS.names(lambda cls: cls.offers_occupancy)
+            raise ValueError(f"occupancy needs a cluster pooling ({' or '.join(layers)})")
 
     @property
     def full_dim(self) -> int:
@@ -136,7 +138,7 @@ class CowatchEmbedder(nn.Module):
     @property
     def needs_ubm(self) -> bool:
         """vlad/sgmm cannot run without a UBM; the trainable layers only start from one."""
-        return self.config.pooling in ("vlad", "sgmm")
+        return POOLINGS[self.config.pooling].needs_ubm
 
     def from_ubm(self, ubm: GMM) -> CowatchEmbedder:
         self.pooling.from_ubm(ubm)

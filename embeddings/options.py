@@ -1,21 +1,14 @@
-"""The pooling layers' names and options, stated once (``PoolingOptions`` is what a
-model config extends; ``PoolingConfig`` is one layer's view, with its frame dimension)."""
+"""The pooling layers' options, stated once (``PoolingOptions`` is what a model config
+extends; ``PoolingConfig`` is one layer's view, with its frame dimension). The layers'
+names are their registry's (``embeddings.registry.POOLINGS``)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-POOLING_NAMES: tuple[str, ...] = (
-    "avg",
-    "vlad",
-    "sgmm",
-    "netvlad",
-    "dsgmm",
-    "netrvlad",
-    "netfv",
-    "netbow",
-)
+from embeddings.registry import POOLINGS
+
 ASSIGNMENTS: tuple[str, ...] = (
     "decoupled",
     "uniform_priors",
@@ -69,12 +62,9 @@ class PoolingOptions(ClusterOptions):
     """A model's pooling: the layer by name plus its options. ``EmbedderConfig`` and
     ``ClassifierConfig`` extend it, so the option set is stated here only."""
 
-    #: one of ``POOLING_NAMES``
+    #: a layer of ``embeddings.registry.POOLINGS``
     pooling: str = "dsgmm"
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLING_NAMES:
-            raise ValueError(
-                f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING_NAMES)}"
-            )
+        POOLINGS.check(self.pooling)
         super().__post_init__()

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,17 +43,17 @@ from embeddings.gmm import GMM
 from embeddings.options import (
     ASSIGNMENTS,
     NORM_EPS,
-    POOLING_NAMES,
     ClusterOptions,
     PoolingConfig,
     PoolingOptions,
 )
+from embeddings.registry import POOLINGS
 from embeddings.stats import MASS_EPS
 
 __all__ = [
     "ASSIGNMENTS",
     "NORM_EPS",
-    "POOLING_NAMES",
+    "POOLINGS",
     "ClusterOptions",
     "DecoupledAssignment",
     "GMMAssignment",
@@ -143,9 +143,19 @@ def aggregate(
 
 
 class Pooling(nn.Module):
-    """Base class: ``forward(frames (B, T, D), mask (B, T) | None) -> (B, out_dim)``."""
+    """Base class: ``forward(frames (B, T, D), mask (B, T) | None) -> (B, out_dim)``.
+
+    A layer is declared once: a subclass with its ``name`` and what it needs, decorated
+    with ``@POOLINGS.register``; ``build_pooling`` and every trainer find it by name.
+    """
 
     name: str = ""
+    #: cannot run without a UBM (``from_ubm`` first)
+    needs_ubm: ClassVar[bool] = False
+    #: has clusters a UBM can start (``embeddings.ubm_start``)
+    has_clusters: ClassVar[bool] = True
+    #: can also give each cluster's share of the frames (``pool_with_occupancy``)
+    offers_occupancy: ClassVar[bool] = False
     out_dim: int
 
     def __init__(self, cfg: PoolingConfig) -> None:
@@ -157,10 +167,12 @@ class Pooling(nn.Module):
         return self
 
 
+@POOLINGS.register
 class AveragePooling(Pooling):
     """Mean of the (unmasked) frames; a video with no frames pools to zeros."""
 
     name = "avg"
+    has_clusters = False
 
     def __init__(self, cfg: PoolingConfig) -> None:
         super().__init__(cfg)
@@ -177,6 +189,8 @@ class AveragePooling(Pooling):
 
 class UBMPooling(Pooling):
     """VLAD (Eq. 13) or SGMM (Eq. 10) with posteriors (Eq. 2) from a fixed, EM-trained UBM."""
+
+    needs_ubm = True
 
     means: torch.Tensor
     proj: torch.Tensor
@@ -241,6 +255,26 @@ class UBMPooling(Pooling):
         )
 
 
+@POOLINGS.register
+class VLADPooling(UBMPooling):
+    """VLAD (Eq. 13) over a fixed UBM."""
+
+    name = "vlad"
+
+    def __init__(self, cfg: PoolingConfig) -> None:
+        super().__init__(replace(cfg, assignment="decoupled"), "residual")
+
+
+@POOLINGS.register
+class SGMMPooling(UBMPooling):
+    """SGMM (Eq. 10) over a fixed UBM."""
+
+    name = "sgmm"
+
+    def __init__(self, cfg: PoolingConfig) -> None:
+        super().__init__(replace(cfg, assignment="decoupled"), "smoothed_mean")
+
+
 class SoftAssignmentPooling(Pooling):
     """Base of the layers with a trainable soft assignment P(k|x) (and optionally centres).
 
@@ -294,6 +328,7 @@ class ClusterPooling(SoftAssignmentPooling):
     """Trainable assignment and centres: NetVLAD (residual) and DSGMM (smoothed mean)."""
 
     mode = "residual"
+    offers_occupancy = True
     centres: nn.Parameter
 
     def __init__(self, cfg: PoolingConfig) -> None:
@@ -323,94 +358,16 @@ class ClusterPooling(SoftAssignmentPooling):
         return pooled, occupancy
 
 
+@POOLINGS.register
 class NetVLAD(ClusterPooling):
     name = "netvlad"
     mode = "residual"
 
 
+@POOLINGS.register
 class DSGMM(ClusterPooling):
     name = "dsgmm"
     mode = "smoothed_mean"
-
-
-class NetRVLAD(SoftAssignmentPooling):
-    """Residual-less VLAD: S_x(k) with a decoupled soft assignment (Miech et al. 2017)."""
-
-    name = "netrvlad"
-
-    def __init__(self, cfg: PoolingConfig) -> None:
-        super().__init__(cfg)
-        self.out_dim = cfg.num_clusters * cfg.feature_dim
-        self.assignment = DecoupledAssignment(cfg)
-
-    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        frames, p = self.masked_posteriors(frames, mask)
-        cfg = self.config
-        return aggregate(p, frames, None, "sum", 0.0, cfg.intra_norm, cfg.final_norm)
-
-
-class NetFV(SoftAssignmentPooling):
-    """Fisher-vector-like pooling (Miech et al. 2017): first and second order parts.
-
-    fv1_k = (S_x - n c_k) / sigma_k,  fv2_k = sum_t p_tk (x_t - c_k)^2 / sigma_k^2 - n_k;
-    each part intra-normalised per cluster when ``intra_norm``; output [fv1, fv2].
-    """
-
-    name = "netfv"
-    centres: nn.Parameter
-
-    def __init__(self, cfg: PoolingConfig) -> None:
-        super().__init__(cfg)
-        k, d = cfg.num_clusters, cfg.feature_dim
-        self.out_dim = 2 * k * d
-        self.assignment = DecoupledAssignment(cfg)
-        self.centres = nn.Parameter(torch.randn(k, d) / math.sqrt(d))
-        self.log_sigma = nn.Parameter(torch.zeros(k, d))
-
-    @torch.no_grad()
-    def from_ubm(self, ubm: GMM) -> NetFV:
-        super().from_ubm(ubm)  # assignment and centres
-        var = ubm.to(dtype=torch.float64).diagonal_variances()
-        self.log_sigma.copy_(0.5 * torch.log(var).to(self.log_sigma.dtype))
-        return self
-
-    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        frames, p = self.masked_posteriors(frames, mask)
-        cfg = self.config
-        b = frames.shape[0]
-        pt = p.transpose(1, 2)
-        n = p.sum(1).unsqueeze(-1)  # (B, K, 1)
-        sx = torch.bmm(pt, frames)
-        sxx = torch.bmm(pt, frames * frames)
-        c = self.centres
-        inv_sigma = torch.exp(-self.log_sigma)
-        fv1 = (sx - n * c) * inv_sigma
-        # sum_t p (x - c)^2 = S_xx - 2 c S_x + n c^2
-        fv2 = (sxx - 2.0 * c * sx + n * c * c) * inv_sigma * inv_sigma - n
-        if cfg.intra_norm:
-            fv1, fv2 = (
-                F.normalize(fv1, dim=-1, eps=NORM_EPS),
-                F.normalize(fv2, dim=-1, eps=NORM_EPS),
-            )
-        out = torch.cat([fv1.reshape(b, -1), fv2.reshape(b, -1)], dim=1)
-        return F.normalize(out, dim=-1, eps=NORM_EPS) if cfg.final_norm else out
-
-
-class NetBOW(SoftAssignmentPooling):
-    """Soft bag of visual words: n(k) / T (a histogram that sums to 1 over clusters)."""
-
-    name = "netbow"
-
-    def __init__(self, cfg: PoolingConfig) -> None:
-        super().__init__(cfg)
-        self.out_dim = cfg.num_clusters
-        self.assignment = DecoupledAssignment(cfg)
-
-    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        _, p = self.masked_posteriors(frames, mask)
-        n = p.sum(1)
-        out = n / n.sum(1, keepdim=True).clamp_min(1.0)
-        return F.normalize(out, dim=-1, eps=NORM_EPS) if self.config.final_norm else out
 
 
 def build_pooling(
@@ -425,7 +382,7 @@ def build_pooling(
     ubm: GMM | None = None,
     **unknown: Any,
 ) -> Pooling:
-    """Build a pooling layer by name (see ``POOLING_NAMES``).
+    """Build a pooling layer by name (``POOLINGS``: the registered layers).
 
     Options that a layer does not use (``gamma`` for netvlad, ``assignment`` for avg, ...)
     are accepted and ignored, so callers can pass one option set to every method.
@@ -433,8 +390,7 @@ def build_pooling(
     """
     if unknown:
         raise TypeError(f"unknown pooling option(s): {', '.join(sorted(unknown))}")
-    if name not in POOLING_NAMES:
-        raise ValueError(f"unknown pooling {name!r}; choose one of {', '.join(POOLING_NAMES)}")
+    cls = pooling_class(name)
     cfg = PoolingConfig(
         feature_dim=feature_dim,
         num_clusters=num_clusters,
@@ -443,26 +399,16 @@ def build_pooling(
         final_norm=final_norm,
         assignment=assignment,
     )
-    layer: Pooling
-    if name == "avg":
-        layer = AveragePooling(cfg)
-    elif name in ("vlad", "sgmm"):
-        layer = UBMPooling(
-            replace(cfg, assignment="decoupled"), "residual" if name == "vlad" else "smoothed_mean"
-        )
-    elif name == "netvlad":
-        layer = NetVLAD(cfg)
-    elif name == "dsgmm":
-        layer = DSGMM(cfg)
-    elif name == "netrvlad":
-        layer = NetRVLAD(cfg)
-    elif name == "netfv":
-        layer = NetFV(cfg)
-    else:
-        layer = NetBOW(cfg)
+    layer = cls(cfg)
     if ubm is not None:
         layer.from_ubm(ubm)
     return layer
+
+
+def pooling_class(name: str) -> type[Pooling]:
+    """The layer registered under ``name`` (ValueError naming the choices)."""
+    cls: type[Pooling] = POOLINGS[name]
+    return cls
 
 
 def build_pooling_from(options: PoolingOptions, feature_dim: int) -> Pooling:

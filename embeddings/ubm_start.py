@@ -1,7 +1,8 @@
 """Starting a pooling layer from an EM-trained UBM (Eq. 20-21), for every trainer.
 
-vlad and sgmm cannot run without a UBM; the trainable cluster layers (netvlad, dsgmm,
-netrvlad, netfv, netbow) only start from one. As Eq. 20-21 give them, the assignments
+Layers that need a UBM (vlad, sgmm: ``Pooling.needs_ubm``) cannot run without one; the
+trainable cluster layers (netvlad, dsgmm, netrvlad, netfv, netbow: ``has_clusters``)
+only start from one. As Eq. 20-21 give them, the assignments
 start nearly hard and barely train; dividing the logits by a temperature > 1 keeps them
 soft (measured in docs/results.md).
 """
@@ -15,10 +16,7 @@ import numpy as np
 import torch
 
 from embeddings.gmm import GMM, fit_gmm
-from embeddings.pooling import Pooling, PoolingOptions, SoftAssignmentPooling
-
-#: layers that cannot run without a UBM
-UBM_POOLINGS = ("vlad", "sgmm")
+from embeddings.pooling import Pooling, PoolingOptions, SoftAssignmentPooling, pooling_class
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,8 @@ class UBMStart:
 
     def applies_to(self, pooling: str) -> bool:
         """Whether a layer of this kind starts from a UBM."""
-        return pooling in UBM_POOLINGS or (self.enabled and pooling != "avg")
+        layer = pooling_class(pooling)
+        return layer.needs_ubm or (self.enabled and layer.has_clusters)
 
     def start(
         self,

@@ -1,18 +1,10 @@
-"""Classical video representations that every learned embedding is measured against.
+"""What the classical rungs need beyond their statistics (``embeddings.rungs``): a
+k-means codebook fitted on a sample of frames, the PCA that brings a rung to an
+embedding's size, and a rung's raw rows over a ``recsys.frames.FrameStore`` a chunk of
+videos at a time. Nothing here reads or writes files.
 
-All functions take the flat frame layout of :class:`recsys.frames.FrameStore`
-(``frames (sum T, D)``, ``offsets (N + 1,)``) and return one row per video; none
-of them reads or writes files.
-
-* ``mean_frames``: average pooling of the frames (D values).
-* ``bow_tfidf``: a k-means codebook, hard assignment, term frequency times inverse
-  document frequency, L2-normalised (K values). Frames that occur in nearly every
-  video (intros, credits) get an idf near zero, which is why this simple baseline
-  is hard to beat.
-* ``vlad_kmeans``: VLAD over the same codebook (Eq. 13 with hard assignment),
-  intra-normalised (K * D values).
-* ``PCA``: centre, project on the leading principal directions, L2-normalise, so
-  a baseline lands in a space of the embedding's size where cosine means something.
+``PCA``: centre, project on the leading principal directions, L2-normalise, so a rung
+lands in a space of the embedding's size where cosine means something.
 """
 
 from __future__ import annotations
@@ -24,34 +16,8 @@ import numpy as np
 import torch
 
 from embeddings.gmm import kmeans
+from embeddings.rungs import catalogue_raw, rung
 from recsys.frames import FrameStore, as_float
-
-BASELINE_NAMES: tuple[str, ...] = ("avg_frames", "bow_tfidf", "vlad_kmeans")
-
-
-def _check(frames: np.ndarray, offsets: np.ndarray) -> None:
-    if frames.ndim != 2:
-        raise ValueError(f"frames must be (sum T, D), got shape {frames.shape}")
-    if offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(frames):
-        raise ValueError("offsets must run from 0 to the number of frames")
-    if (np.diff(offsets) < 0).any():
-        raise ValueError("offsets must be non-decreasing")
-
-
-def _owner(offsets: np.ndarray) -> np.ndarray:
-    return np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-
-
-def mean_frames(frames: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """(N, D) mean frame of each video; a video without frames is all zeros."""
-    _check(frames, offsets)
-    counts = np.diff(offsets)
-    sums = np.zeros((len(counts), frames.shape[1]), dtype=np.float64)
-    has = counts > 0
-    if has.any():
-        # Each non-empty video's frames run from its offset to the next non-empty one's.
-        sums[has] = np.add.reduceat(frames, offsets[:-1][has], axis=0, dtype=np.float64)
-    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
 
 
 def kmeans_codebook(
@@ -68,67 +34,6 @@ def kmeans_codebook(
     x = torch.from_numpy(np.asarray(as_float(frames[np.sort(pick)]), dtype=np.float32))
     k = min(num_words, len(x))
     return kmeans(x, k, iters=iters, seed=seed).double().numpy()
-
-
-def nearest_word(frames: np.ndarray, codebook: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """(sum T,) index of the nearest centroid of every frame (squared Euclidean), in
-    float64 a chunk of frames at a time (8,192 frames of D = 1024: 64 MB)."""
-    c = np.asarray(codebook, dtype=np.float64)
-    c2 = (c * c).sum(1)
-    out = np.empty(len(frames), dtype=np.int64)
-    for s in range(0, len(frames), chunk):
-        x = np.asarray(frames[s : s + chunk], dtype=np.float64)
-        out[s : s + chunk] = (c2 - 2.0 * x @ c.T).argmin(1)  # |x|^2 is the same for every k
-    return out
-
-
-def word_counts(frames: np.ndarray, offsets: np.ndarray, codebook: np.ndarray) -> np.ndarray:
-    """(N, K) number of frames of each video nearest to each centroid."""
-    _check(frames, offsets)
-    n, k = len(offsets) - 1, len(codebook)
-    words = nearest_word(frames, codebook)
-    return np.bincount(_owner(offsets) * k + words, minlength=n * k).reshape(n, k).astype(float)
-
-
-def idf_weights(counts: np.ndarray) -> np.ndarray:
-    """(K,) smoothed inverse document frequency: log((1 + N) / (1 + df)) + 1."""
-    n = len(counts)
-    df = (counts > 0).sum(0)
-    return np.log((1.0 + n) / (1.0 + df)) + 1.0
-
-
-def tfidf(counts: np.ndarray, idf: np.ndarray) -> np.ndarray:
-    """(N, K) L2-normalised term frequency (count / frames) times idf; empty videos stay zero."""
-    tf = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
-    x = tf * idf
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def bow_tfidf(
-    frames: np.ndarray, offsets: np.ndarray, codebook: np.ndarray, idf: np.ndarray | None = None
-) -> np.ndarray:
-    """Bag of words over ``codebook`` with tf-idf; ``idf`` defaults to these videos' own."""
-    counts = word_counts(frames, offsets, codebook)
-    return tfidf(counts, idf_weights(counts) if idf is None else idf)
-
-
-def vlad_kmeans(frames: np.ndarray, offsets: np.ndarray, codebook: np.ndarray) -> np.ndarray:
-    """(N, K * D) hard-assignment VLAD, sum_t [w(t) = k] (x_t - c_k), intra-normalised."""
-    _check(frames, offsets)
-    n, (k, d) = len(offsets) - 1, codebook.shape
-    words = nearest_word(frames, codebook)
-    # Sorted by (video, word), each cell's frames are one run: sum_t x_t - n c_k per run.
-    cell = _owner(offsets) * k + words
-    order = np.argsort(cell, kind="stable")
-    cells, starts, counts = np.unique(cell[order], return_index=True, return_counts=True)
-    out = np.zeros((n * k, d))
-    if len(cells):
-        sums = np.add.reduceat(frames[order], starts, axis=0, dtype=np.float64)
-        out[cells] = sums - counts[:, None] * codebook[cells % k].astype(np.float64)
-    out = out.reshape(n, k, d)
-    norms = np.linalg.norm(out, axis=2, keepdims=True)
-    return (out / np.maximum(norms, 1e-12)).reshape(n, k * d).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -218,21 +123,6 @@ def l2_rows(z: np.ndarray) -> np.ndarray:
     return (z / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def check_name(name: str) -> None:
-    if name not in BASELINE_NAMES:
-        raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINE_NAMES)}")
-
-
-def raw_dim(name: str, feature_dim: int, num_words: int) -> int:
-    """How many values a video's raw (pre-PCA) representation has."""
-    check_name(name)
-    return {
-        "avg_frames": feature_dim,
-        "bow_tfidf": num_words,
-        "vlad_kmeans": num_words * feature_dim,
-    }[name]
-
-
 def store_chunks(
     store: FrameStore, max_values: int
 ) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
@@ -246,36 +136,18 @@ def raw_features(
     codebook: np.ndarray | None = None,
     max_values: int = 1 << 24,
 ) -> Iterator[tuple[slice, np.ndarray]]:
-    """A baseline's raw rows, one run of videos at a time (each chunk holds about
-    ``max_values`` frame values): bounded memory for any catalogue. bow_tfidf and
-    vlad_kmeans need the ``codebook`` (``kmeans_codebook``); the bag of words needs its
-    document frequencies over all videos first, so it yields one chunk."""
-    check_name(name)
-    if name == "avg_frames":
-        for sl, frames, offsets in store_chunks(store, max_values):
-            yield sl, mean_frames(frames, offsets)
-        return
-    if codebook is None:
-        raise ValueError(f"{name} needs a codebook")
-    if name == "vlad_kmeans":
-        for sl, frames, offsets in store_chunks(store, max_values):
-            yield sl, vlad_kmeans(frames, offsets, codebook)
-        return
-    counts = np.concatenate(
-        [word_counts(f, o, codebook) for _, f, o in store_chunks(store, max_values)]
-    )
-    yield slice(0, len(store)), tfidf(counts, idf_weights(counts))
+    """A rung's raw rows, one run of videos at a time (each chunk holds about
+    ``max_values`` frame values): bounded memory for any catalogue. Rungs with words need
+    the ``codebook`` (``kmeans_codebook``); the bag of words needs its document
+    frequencies over all videos first, so it yields one chunk."""
+    return catalogue_raw(name, store_chunks(store, max_values), codebook)
 
 
 def baseline_features(
     name: str, frames: np.ndarray, offsets: np.ndarray, num_words: int = 64, seed: int = 0
 ) -> np.ndarray:
-    """The raw (pre-PCA) representation of every video for a baseline in ``BASELINE_NAMES``."""
-    if name == "avg_frames":
-        return mean_frames(frames, offsets)
-    if name not in BASELINE_NAMES:
-        raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINE_NAMES)}")
-    codebook = kmeans_codebook(frames, num_words, seed=seed)
-    if name == "bow_tfidf":
-        return bow_tfidf(frames, offsets, codebook)
-    return vlad_kmeans(frames, offsets, codebook)
+    """The raw (pre-PCA) representation of every video for a rung in ``RUNGS``, its
+    codebook (when it has words) fitted on these frames."""
+    codebook = kmeans_codebook(frames, num_words, seed=seed) if rung(name).uses_words else None
+    _, rows = next(catalogue_raw(name, [(slice(0, len(offsets) - 1), frames, offsets)], codebook))
+    return rows

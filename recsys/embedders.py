@@ -1,5 +1,5 @@
 """What turns a video's frames into its embedding: the learned model, or a rung of the
-classical ladder (``recsys.baselines``) when that is what the artifact ships.
+classical ladder (``embeddings.rungs``) when that is what the artifact ships.
 
 The service embeds a cold-start upload with whichever the artifact holds, through one
 interface (``FrameEmbedder``); the offline embeddings of the catalogue come from the
@@ -21,16 +21,8 @@ import numpy as np
 import torch
 
 from embeddings.cowatch import CowatchEmbedder
-from recsys.baselines import (
-    BASELINE_NAMES,
-    PCA,
-    mean_frames,
-    raw_dim,
-    store_chunks,
-    tfidf,
-    vlad_kmeans,
-    word_counts,
-)
+from embeddings.rungs import rung
+from recsys.baselines import PCA, store_chunks
 from recsys.errors import UserInputError
 from recsys.frames import FrameStore
 
@@ -82,8 +74,9 @@ class ClassicalEmbedder:
     """A ladder rung as an embedder: raw statistic -> PCA (fitted on the catalogue, size
     chosen on validation) -> L2 normalisation.
 
-    name: one of ``BASELINE_NAMES``; codebook (K, D): the k-means words of bow_tfidf and
-    vlad_kmeans; idf (K,): the catalogue's inverse document frequencies (bow_tfidf).
+    name: a rung of ``embeddings.registry.RUNGS``; codebook (K, D): its k-means words
+    (rungs with words); idf (K,): the catalogue's inverse document frequencies (rungs that
+    use them).
     """
 
     name: str
@@ -92,17 +85,15 @@ class ClassicalEmbedder:
     idf: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if self.name not in BASELINE_NAMES:
-            raise ValueError(f"unknown rung {self.name!r}; one of {', '.join(BASELINE_NAMES)}")
-        needs_words = self.name != "avg_frames"
-        if needs_words and self.codebook is None:
+        r = rung(self.name)  # ValueError for an unknown rung
+        if r.uses_words and self.codebook is None:
             raise ValueError(f"{self.name} needs a codebook")
-        if self.name == "bow_tfidf" and (
+        if r.uses_idf and (
             self.idf is None or self.codebook is None or len(self.idf) != len(self.codebook)
         ):
-            raise ValueError("bow_tfidf needs one idf weight per word")
+            raise ValueError(f"{self.name} needs one idf weight per word")
         k = 0 if self.codebook is None else len(self.codebook)
-        if len(self.pca.mean) != raw_dim(self.name, self.feature_dim, k):
+        if len(self.pca.mean) != r.raw_dim(self.feature_dim, k):
             raise ValueError("the PCA does not match the rung's raw size")
 
     @property
@@ -121,13 +112,7 @@ class ClassicalEmbedder:
 
     def raw(self, frames: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """(N, F) the rung's raw rows of videos in the flat layout (frames, offsets)."""
-        if self.name == "avg_frames":
-            return mean_frames(frames, offsets)
-        assert self.codebook is not None
-        if self.name == "bow_tfidf":
-            assert self.idf is not None
-            return tfidf(word_counts(frames, offsets, self.codebook), self.idf)
-        return vlad_kmeans(frames, offsets, self.codebook)
+        return rung(self.name).rows(frames, offsets, self.codebook, self.idf)
 
     def embed_videos(self, frames: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """(N, E) float32 unit rows."""

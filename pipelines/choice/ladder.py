@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from embeddings.registry import RUNGS
+from embeddings.rungs import rung
 from pipelines.choice.validation import (
     CandidateScores,
     ValidationSet,
@@ -25,16 +27,11 @@ from pipelines.choice.validation import (
 )
 from pipelines.data.impressions import RecRows, video_names
 from recsys.baselines import (
-    BASELINE_NAMES,
     PCA,
-    idf_weights,
     kmeans_codebook,
     l2_rows,
-    raw_dim,
     raw_features,
     store_chunks,
-    tfidf,
-    word_counts,
 )
 from recsys.embedders import ClassicalEmbedder
 from recsys.frames import FrameStore
@@ -185,17 +182,12 @@ def fit_rung(
     Raw rows are computed a chunk of videos at a time; above ``EXACT_PCA_VALUES`` the PCA
     is fitted on ``PCA_SAMPLE_VIDEOS`` videos. ``codebook``: the k-means words of
     bow_tfidf / vlad_kmeans (fitted here when None)."""
-    n, f = len(store), raw_dim(name, store.feature_dim, num_words)
-    if codebook is None and name != "avg_frames":
+    r = rung(name)
+    n, f = len(store), r.raw_dim(store.feature_dim, num_words)
+    if codebook is None and r.uses_words:
         codebook = kmeans_codebook(store.frames, num_words, seed=seed)
-    idf, raw_all = None, None
-    if name == "bow_tfidf":  # (N, K): the idf needs every video's words first
-        assert codebook is not None
-        counts = np.concatenate(
-            [word_counts(fr, off, codebook) for _, fr, off in store_chunks(store, 1 << 24)]
-        )
-        idf = idf_weights(counts)
-        raw_all = tfidf(counts, idf)
+    # rows that depend on the whole catalogue (the idf needs every video's words first)
+    raw_all, idf = r.catalogue_rows(store_chunks(store, 1 << 24), codebook)
     if n * f <= EXACT_PCA_VALUES:
         if raw_all is None:
             raw_all = np.empty((n, f), dtype=np.float32)
@@ -230,8 +222,8 @@ def _sample_rows(
     """(len(sample), f) float32 raw rows of the sampled videos (sorted rows of ``store``),
     filled in place. A video's average or VLAD depends on its frames alone, so only the
     sampled videos are read, a block at a time."""
-    if name == "bow_tfidf":
-        raise ValueError("the bag of words' rows depend on the catalogue's idf")
+    if rung(name).uses_idf:
+        raise ValueError(f"{name}'s rows depend on the catalogue's idf")
     out = np.empty((len(sample), f), dtype=np.float32)
     for b in range(0, len(sample), _SAMPLE_BLOCK):
         block = store.subset(sample[b : b + _SAMPLE_BLOCK])
@@ -244,13 +236,14 @@ def iter_rungs(
     rows: RecRows,
     store: FrameStore,
     max_dim: int,
-    names: tuple[str, ...] = BASELINE_NAMES,
+    names: tuple[str, ...] | None = None,
     base: GLMixConfig | None = None,
     num_words: int = 64,
     seed: int = 0,
     heldout: np.ndarray | None = None,
 ) -> Iterator[tuple[str, np.ndarray, dict[str, Any], ClassicalEmbedder, CandidateScores]]:
-    """(name, vectors, choice, embedder, validation scores) of each rung in turn
+    """(name, vectors, choice, embedder, validation scores) of each rung in turn (``names``,
+    default every rung of ``embeddings.registry.RUNGS``)
     (``fit_rung``; ``pipelines.choice.validation.score_candidate`` with ``heldout``, the videos
     the learned model held out), its summary under ``choice["validation"]``; one k-means
     serves every rung that needs words."""
@@ -258,8 +251,8 @@ def iter_rungs(
         raise ValueError("the frame store and the rows must list the same videos in one order")
     vset = ValidationSet.of(rows, heldout)
     codebook = None
-    for name in names:
-        if codebook is None and name != "avg_frames":
+    for name in RUNGS.names() if names is None else names:
+        if codebook is None and rung(name).uses_words:
             codebook = kmeans_codebook(store.frames, num_words, seed=seed)
         vectors, info, emb = fit_rung(rows, store, name, max_dim, base, num_words, seed, codebook)
         scores = score_candidate(rows, vectors, vset, base)
@@ -271,7 +264,7 @@ def baseline_ladder(
     rows: RecRows,
     store: FrameStore,
     max_dim: int,
-    names: tuple[str, ...] = BASELINE_NAMES,
+    names: tuple[str, ...] | None = None,
     base: GLMixConfig | None = None,
     num_words: int = 64,
     seed: int = 0,

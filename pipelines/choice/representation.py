@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from embeddings.registry import RUNGS
 from pipelines.choice.ladder import iter_rungs
 from pipelines.choice.validation import (
     CandidateScores,
@@ -36,7 +37,6 @@ from pipelines.choice.validation import (
 from pipelines.data.frame_cache import open_frame_store
 from pipelines.data.impressions import RecRows, embedding_rows, load_rec_rows
 from recsys import artifact as art
-from recsys.baselines import BASELINE_NAMES
 from recsys.embedders import ClassicalEmbedder
 from recsys.errors import UserInputError
 from recsys.frames import FrameStore
@@ -45,7 +45,7 @@ from recsys.projection import fit_map
 
 #: what ``--pooling`` may name besides a learned pooling layer
 AUTO = "auto"
-REPRESENTATIONS: tuple[str, ...] = ("learned", AUTO, *BASELINE_NAMES)
+REPRESENTATIONS: tuple[str, ...] = ("learned", AUTO, *RUNGS.names())
 
 
 @dataclass
@@ -129,7 +129,7 @@ def fit_rungs(
     rows: RecRows,
     store: FrameStore,
     max_dim: int,
-    names: tuple[str, ...] = BASELINE_NAMES,
+    names: tuple[str, ...] = RUNGS.names(),
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     heldout: np.ndarray | None = None,
@@ -153,7 +153,7 @@ def choose_representation(
     test_start: datetime,
     watch_threshold_s: float,
     max_dim: int,
-    names: tuple[str, ...] = BASELINE_NAMES,
+    names: tuple[str, ...] = RUNGS.names(),
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> Selection:

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from recsys.baselines import idf_weights, kmeans_codebook, mean_frames, tfidf, word_counts
+from embeddings.rungs import idf_weights, mean_frames, tfidf, word_counts
+from recsys.baselines import kmeans_codebook
 from recsys.classification import gap_at_k, hit_at_1
 from recsys.dataset import decode_video_batch
 

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from embeddings.registry import POOLINGS, RUNGS
+
 if TYPE_CHECKING:
     from pipelines.engine import Engine
 
@@ -37,8 +39,8 @@ Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
 PoolingName = Annotated[
     str,
     typer.Option(
-        help="The learned pooling (avg, vlad, sgmm, netvlad, dsgmm, netrvlad, netfv, netbow); "
-        "a classical rung to ship instead, no training (avg_frames, bow_tfidf, vlad_kmeans); "
+        help=f"The learned pooling ({', '.join(POOLINGS)}); "
+        f"a classical rung to ship instead, no training ({', '.join(RUNGS)}); "
         "or auto: train dsgmm, then ship a rung instead only when validation prefers it "
         "beyond the paired interval."
     ),
@@ -47,8 +49,7 @@ BaseRung = Annotated[
     str,
     typer.Option(
         help="The classical rung the learned model starts from and learns on top of: auto "
-        "(the one validation prefers), none (the model alone), avg_frames, bow_tfidf or "
-        "vlad_kmeans. Its share of the final cosine is then chosen on validation."
+        f"(the one validation prefers), none (the model alone), {' or '.join(RUNGS)}. Its share of the final cosine is then chosen on validation."
     ),
 ]
 SearchBudget = Annotated[
@@ -145,15 +146,12 @@ Overwrite = Annotated[bool, typer.Option(help="Replace an existing artifact.")]
 def representation_of(pooling: str) -> tuple[str, str]:
     """(the learned model's pooling, what the artifact ships) from ``--pooling``: a rung
     name or ``auto`` picks what is shipped; the learned candidate is then DSGMM."""
-    from embeddings.pooling import POOLING_NAMES
-    from recsys.baselines import BASELINE_NAMES
-
-    if pooling in BASELINE_NAMES or pooling == "auto":
+    if pooling in RUNGS or pooling == "auto":
         return "dsgmm", pooling
-    if pooling not in POOLING_NAMES:
+    if pooling not in POOLINGS:
         raise ValueError(
-            f"unknown pooling {pooling!r}; choose a learned one ({', '.join(POOLING_NAMES)}), "
-            f"a classical rung ({', '.join(BASELINE_NAMES)}) or auto"
+            f"unknown pooling {pooling!r}; choose a learned one ({', '.join(POOLINGS)}), "
+            f"a classical rung ({', '.join(RUNGS)}) or auto"
         )
     return pooling, "learned"
 

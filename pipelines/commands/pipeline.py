@@ -55,10 +55,10 @@ def evaluate(
     spark_master: SparkMaster = "local[*]",
 ) -> None:
     """Offline AUC evaluation: max/avg similarity (Eq. 16-17), GLMix with and without video features."""
+    from embeddings.registry import RUNGS
     from pipelines.evaluation.evaluate import evaluate_artifact
     from pipelines.evaluation.inputs import EvalConfig
     from pipelines.evaluation.report import write_report
-    from recsys.baselines import BASELINE_NAMES
     from recsys.online.users import OnlineConfig
 
     eng = engine_from(engine, spark_master)
@@ -66,7 +66,7 @@ def evaluate(
         watch_threshold_s=watch_threshold,
         test_start=test_start_from(test_start),
         bootstrap=bootstrap,
-        baselines=BASELINE_NAMES if baselines else (),
+        baselines=RUNGS.names() if baselines else (),
         online=OnlineConfig() if online else None,
         baseline_report=baseline,
         progress=True,
@@ -132,12 +132,12 @@ def pipeline(
     """Mine triplets, train embeddings, index, fit GLMix and evaluate; OUT/artifact is servable.
     With --engine spark, mining and GLMix run on Spark (training stays on torch)."""
     from embeddings.cowatch import EmbedderConfig
+    from embeddings.registry import RUNGS
     from pipelines.evaluation.inputs import EvalConfig
     from pipelines.glmix.fit_glmix import GLMixJobConfig
     from pipelines.pipeline import PipelineConfig, run_pipeline
     from pipelines.training.cowatch_training import TrainConfig
     from pipelines.training.train_embeddings import EmbeddingJobConfig
-    from recsys.baselines import BASELINE_NAMES
     from recsys.index import IndexConfig
     from recsys.online.users import OnlineConfig
 
@@ -165,7 +165,7 @@ def pipeline(
             ),
             evaluation=EvalConfig(
                 bootstrap=bootstrap,
-                baselines=BASELINE_NAMES if baselines else (),
+                baselines=RUNGS.names() if baselines else (),
                 online=OnlineConfig() if online else None,
                 baseline_report=baseline,
             ),

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from embeddings.registry import RUNGS
 from pipelines.data.impressions import (
     embedding_rows,
     evaluation_rows,
@@ -21,7 +22,6 @@ from pipelines.data.impressions import (
     videos_shown_before,
 )
 from recsys import artifact as art
-from recsys.baselines import BASELINE_NAMES
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S
 from recsys.errors import UserInputError
 from recsys.online.users import OnlineConfig
@@ -36,7 +36,7 @@ class EvalConfig:
     bootstrap: int = 200
     seed: int = 0
     #: classical baselines scored on the same rows (``recsys.baselines``; () = none)
-    baselines: tuple[str, ...] = BASELINE_NAMES
+    baselines: tuple[str, ...] = RUNGS.names()
     #: replay the test period through online GLMix (None = skip)
     online: OnlineConfig | None = field(default_factory=OnlineConfig)
     #: report.json of an earlier run (e.g. avg pooling) to state relative improvements against

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from embeddings.cowatch import CowatchEmbedder, EmbedderConfig
+from embeddings.registry import RUNGS
 from pipelines.choice.representation import REPRESENTATIONS
 from pipelines.choice.validation import ValidationSet, score_candidate
 from pipelines.data.frame_cache import open_frame_store
@@ -32,7 +33,6 @@ from pipelines.training.starting_point import (
     choose_weight,
     start_on_base,
 )
-from recsys.baselines import BASELINE_NAMES
 from recsys.errors import UserInputError
 from recsys.frames import FrameStore
 from recsys.index import IndexConfig
@@ -144,7 +144,7 @@ def prepare(
         )
     if starts:
         assert split.rec_rows is not None
-        names = BASELINE_NAMES if cfg.base == "auto" else (cfg.base,)
+        names = RUNGS.names() if cfg.base == "auto" else (cfg.base,)
         say(show, f"choosing the starting point among {', '.join(names)} on validation ...")
         model_cfg, split.prepare, split.starting_point = start_on_base(
             split.rec_rows, store, held, model_cfg, names, cfg.train.seed, logger(show)

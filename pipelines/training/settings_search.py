@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from embeddings.cowatch import EmbedderConfig
+from embeddings.registry import POOLINGS
 from pipelines.choice.validation import CandidateScores, ValidationSet, gated_choice
 
 DEFAULT = "default"
@@ -29,7 +30,7 @@ def variants(cfg: EmbedderConfig, lr: float) -> list[tuple[str, EmbedderConfig, 
     change to (``cfg``, ``lr``)."""
     k, e = cfg.num_clusters, cfg.embedding_dim
     out = [(f"clusters={k * 2}", replace(cfg, num_clusters=k * 2), lr)]
-    if cfg.pooling in ("netvlad", "dsgmm") and not cfg.occupancy:
+    if POOLINGS[cfg.pooling].offers_occupancy and not cfg.occupancy:
         out.append(("occupancy", replace(cfg, occupancy=True), lr))
     out += [(f"lr={lr * 3:g}", cfg, lr * 3), (f"lr={lr / 3:g}", cfg, lr / 3)]
     if k >= 4:

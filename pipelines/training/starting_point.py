@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 from embeddings.cowatch import CowatchEmbedder, EmbedderConfig
+from embeddings.registry import RUNGS
 from pipelines.choice.representation import criteria, fit_rungs, gated
 from pipelines.choice.validation import CandidateScores, ValidationSet, score_candidate
 from pipelines.data.impressions import RecRows
-from recsys.baselines import BASELINE_NAMES, PCA, l2_rows
+from recsys.baselines import PCA, l2_rows
 from recsys.embedders import ClassicalEmbedder
 from recsys.frames import FrameStore
 
@@ -44,7 +45,7 @@ WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: the lowest number picked a rung the test period then ranked far behind.
 PRIOR = "bow_tfidf"
 #: ``base`` values: "auto", "none" or a rung's name
-BASE_CHOICES: tuple[str, ...] = ("auto", "none", *BASELINE_NAMES)
+BASE_CHOICES: tuple[str, ...] = ("auto", "none", *RUNGS.names())
 
 
 def choose_base(
@@ -52,7 +53,7 @@ def choose_base(
     store: FrameStore,
     heldout: np.ndarray,
     max_dim: int,
-    names: tuple[str, ...] = BASELINE_NAMES,
+    names: tuple[str, ...] = RUNGS.names(),
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> tuple[ClassicalEmbedder, dict[str, Any]]:
@@ -90,7 +91,7 @@ def start_on_base(
     store: FrameStore,
     heldout: np.ndarray,
     cfg: EmbedderConfig,
-    names: tuple[str, ...] = BASELINE_NAMES,
+    names: tuple[str, ...] = RUNGS.names(),
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> tuple[EmbedderConfig, Callable[[CowatchEmbedder], None], dict[str, Any]]:

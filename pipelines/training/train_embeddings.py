@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embeddings.cowatch import EmbedderConfig
+from embeddings.registry import RUNGS
 from pipelines.choice.representation import (
     AUTO,
     choose_representation,
@@ -49,7 +50,6 @@ from pipelines.training.embedding_steps import (
 )
 from pipelines.training.settings_search import Candidate
 from recsys import artifact as art
-from recsys.baselines import BASELINE_NAMES
 from recsys.errors import UserInputError
 from recsys.frames import FrameStore
 from recsys.index import IndexConfig, VideoIndex
@@ -87,7 +87,7 @@ def run_train_embeddings(
     con = impressions_connection(data_dir)
     first, last = log_span(con)
     test_start = test_start or default_test_start(first, last)
-    if cfg.representation in BASELINE_NAMES:
+    if cfg.representation in RUNGS.names():
         return _run_rung(data_dir, Path(out), cfg, (first, last, test_start), overwrite, progress)
     if cfg.search_budget_s > 0 and dist_info()[1] > 1:
         raise UserInputError("the settings search runs in one process (not under torchrun)")

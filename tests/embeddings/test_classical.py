@@ -12,16 +12,9 @@ import torch
 
 from embeddings.classical import ClassicalBase, base_raw_dim
 from embeddings.cowatch import CowatchEmbedder, EmbedderConfig, triplet_loss
+from embeddings.rungs import idf_weights, mean_frames, tfidf, vlad_kmeans, word_counts
 from pipelines.training.starting_point import load_base, with_base
-from recsys.baselines import (
-    PCA,
-    idf_weights,
-    kmeans_codebook,
-    mean_frames,
-    tfidf,
-    vlad_kmeans,
-    word_counts,
-)
+from recsys.baselines import PCA, kmeans_codebook
 from recsys.embedders import ClassicalEmbedder
 
 D, K = 6, 5
@@ -98,7 +91,7 @@ def test_a_video_without_frames_is_a_zero_row_and_no_mask_means_all_frames() -> 
 
 def test_raw_sizes_and_bad_shapes() -> None:
     assert base_raw_dim("vlad_kmeans", D, K) == K * D
-    with pytest.raises(ValueError, match="unknown base"):
+    with pytest.raises(ValueError, match="unknown rung"):
         base_raw_dim("tfidf", D, K)
     layer = ClassicalBase("avg_frames", D, 1, 3)
     with pytest.raises(ValueError, match="shape"):
@@ -159,7 +152,7 @@ def test_training_moves_the_learned_part_and_never_the_base() -> None:
 
 
 def test_config_checks() -> None:
-    with pytest.raises(ValueError, match="unknown base"):
+    with pytest.raises(ValueError, match="unknown rung"):
         EmbedderConfig(feature_dim=D, base="tfidf", base_dim=4)
     with pytest.raises(ValueError, match="base_dim"):
         EmbedderConfig(feature_dim=D, base="bow_tfidf")

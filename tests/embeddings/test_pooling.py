@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from embeddings import ASSIGNMENTS, GMM, POOLING_NAMES, build_pooling
+from embeddings import ASSIGNMENTS, GMM, POOLINGS, build_pooling
 from embeddings.pooling import DSGMM, GMMAssignment, NetVLAD, PoolingConfig
 from tests.embeddings import reference as ref
 
@@ -261,7 +261,7 @@ def test_inplace_inference_equals_autograd_path() -> None:
 # --------------------------------------------------------------------------- invariances
 
 
-@pytest.mark.parametrize("name", POOLING_NAMES)
+@pytest.mark.parametrize("name", POOLINGS.names())
 def test_out_dim_and_single_frame(name: str) -> None:
     layer = _layer(name)
     x = _frames(12, t=1)
@@ -272,7 +272,7 @@ def test_out_dim_and_single_frame(name: str) -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(
-    name=st.sampled_from(POOLING_NAMES),
+    name=st.sampled_from(POOLINGS.names()),
     seed=st.integers(0, 10_000),
     t=st.integers(1, 7),
     pad=st.integers(0, 4),

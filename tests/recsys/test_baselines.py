@@ -5,18 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys.baselines import (
-    PCA,
-    baseline_features,
+from embeddings.rungs import (
     bow_tfidf,
     idf_weights,
-    kmeans_codebook,
     mean_frames,
     nearest_word,
     tfidf,
     vlad_kmeans,
     word_counts,
 )
+from recsys.baselines import PCA, baseline_features, kmeans_codebook
 
 
 def _videos(
@@ -108,7 +106,7 @@ def test_codebook_and_features_shapes_and_errors() -> None:
     assert baseline_features("avg_frames", frames, offsets).shape == (3, 4)
     assert baseline_features("bow_tfidf", frames, offsets, num_words=4).shape == (3, 4)
     assert baseline_features("vlad_kmeans", frames, offsets, num_words=4).shape == (3, 16)
-    with pytest.raises(ValueError, match="unknown baseline"):
+    with pytest.raises(ValueError, match="unknown rung"):
         baseline_features("nope", frames, offsets)
     with pytest.raises(ValueError, match="offsets"):
         mean_frames(frames, np.array([0, 3]))

@@ -39,7 +39,8 @@ def test_the_pca_sample_rows_are_the_catalogue_rows_of_those_videos(
 ) -> None:
     """The sampled videos' rows, read a few videos at a time, equal the rows the whole
     catalogue gives those videos."""
-    from recsys.baselines import baseline_features, kmeans_codebook, raw_dim
+    from embeddings.rungs import rung
+    from recsys.baselines import baseline_features, kmeans_codebook
     from recsys.frames import FrameStore
 
     rng = np.random.default_rng(7)
@@ -50,7 +51,7 @@ def test_the_pca_sample_rows_are_the_catalogue_rows_of_those_videos(
     codebook = None if name == "avg_frames" else kmeans_codebook(frames, 5, seed=0)
     sample = np.array([0, 3, 4, 11, 12, 13, 20, 29])
     monkeypatch.setattr(ladder, "_SAMPLE_BLOCK", 3)
-    got = ladder._sample_rows(name, store, codebook, sample, raw_dim(name, 4, 5))
+    got = ladder._sample_rows(name, store, codebook, sample, rung(name).raw_dim(4, 5))
     whole = baseline_features(name, frames, offsets, num_words=5, seed=0)
     np.testing.assert_allclose(got, whole[sample], atol=1e-6)
 

@@ -140,17 +140,17 @@ def test_the_model_starts_from_the_rung_validation_prefers(
     """By default the model learns on top of a rung (chosen on validation) and keeps the
     rung's share of the cosine validation prefers; every catalogue row is what the saved
     model gives for that video's frames. ``--base none`` trains the model alone."""
+    from embeddings.registry import RUNGS
     from pipelines.data.frame_cache import open_frame_store
     from pipelines.training.starting_point import WEIGHTS
     from recsys.artifact import load_frame_embedder
-    from recsys.baselines import BASELINE_NAMES
 
     art = tmp_path / "art"
     code, _, err = run_cli("train-embeddings", "--data", small_world_dir, "--out", art, *FAST)
     assert code == 0, err
     m = read_manifest(art)
     emb_cfg, start = m["config"]["embedder"], m["metrics"]["starting_point"]
-    assert emb_cfg["base"] == start["chosen"] and emb_cfg["base"] in BASELINE_NAMES
+    assert emb_cfg["base"] == start["chosen"] and emb_cfg["base"] in RUNGS.names()
     assert start["reference"] == "bow_tfidf"
     ahead = [
         n
@@ -158,7 +158,7 @@ def test_the_model_starts_from_the_rung_validation_prefers(
         if (c["loss_high"] < 0 or c["auc_low"] > 0) and not (c["loss_low"] > 0 or c["auc_high"] < 0)
     ]
     assert (start["chosen"] in ahead) if ahead else (start["chosen"] == "bow_tfidf")
-    assert set(start["candidates"]) == set(BASELINE_NAMES)
+    assert set(start["candidates"]) == set(RUNGS.names())
     assert emb_cfg["base_weight"] == start["weight"]["weight"] and emb_cfg["base_weight"] in WEIGHTS
     assert start["weight"]["trained_weight"] == 0.5
     assert len(start["weight"]["candidates"]) == len(WEIGHTS)

@@ -1,0 +1,284 @@
+"""The classical rungs of the ladder, each declared once: a video's raw statistic from
+its frames, in the flat layout of a catalogue (numpy, float64 sums) and on padded
+batches (torch, inside a model), with the size of that statistic.
+
+=============  ======================================================  ===========
+name           raw statistic of a video                                raw size F
+=============  ======================================================  ===========
+avg_frames     mean of its frames                                      D
+bow_tfidf      (n(k) / T) idf(k) over hard k-means words, L2-norm      K
+vlad_kmeans    sum_{t: w(t)=k} (x_t - c_k), each word L2-normalised   K * D
+=============  ======================================================  ===========
+
+A rung is a ``Rung`` subclass registered in ``embeddings.registry.RUNGS``; the ladder
+(``pipelines.choice.ladder``), the starting point, ``recsys.embedders.ClassicalEmbedder``
+and ``embeddings.classical.ClassicalBase`` find it by name. The flat functions take
+``frames (sum T, D)`` and ``offsets (N + 1,)`` and return one row per video; none of them
+reads or writes files. Frames that occur in nearly every video (intros, credits) get an
+idf near zero, which is why the bag of words is hard to beat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import ClassVar, cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from embeddings.registry import RUNGS
+
+#: a run of videos in the flat layout: (their rows, frames (sum T, D), offsets (n + 1,))
+Chunk = tuple[slice, np.ndarray, np.ndarray]
+
+
+def _check(frames: np.ndarray, offsets: np.ndarray) -> None:
+    if frames.ndim != 2:
+        raise ValueError(f"frames must be (sum T, D), got shape {frames.shape}")
+    if offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(frames):
+        raise ValueError("offsets must run from 0 to the number of frames")
+    if (np.diff(offsets) < 0).any():
+        raise ValueError("offsets must be non-decreasing")
+
+
+def _owner(offsets: np.ndarray) -> np.ndarray:
+    return np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+
+
+def mean_frames(frames: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(N, D) mean frame of each video; a video without frames is all zeros."""
+    _check(frames, offsets)
+    counts = np.diff(offsets)
+    sums = np.zeros((len(counts), frames.shape[1]), dtype=np.float64)
+    has = counts > 0
+    if has.any():
+        # Each non-empty video's frames run from its offset to the next non-empty one's.
+        sums[has] = np.add.reduceat(frames, offsets[:-1][has], axis=0, dtype=np.float64)
+    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+
+
+def nearest_word(frames: np.ndarray, codebook: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """(sum T,) index of the nearest centroid of every frame (squared Euclidean), in
+    float64 a chunk of frames at a time (8,192 frames of D = 1024: 64 MB)."""
+    c = np.asarray(codebook, dtype=np.float64)
+    c2 = (c * c).sum(1)
+    out = np.empty(len(frames), dtype=np.int64)
+    for s in range(0, len(frames), chunk):
+        x = np.asarray(frames[s : s + chunk], dtype=np.float64)
+        out[s : s + chunk] = (c2 - 2.0 * x @ c.T).argmin(1)  # |x|^2 is the same for every k
+    return out
+
+
+def word_counts(frames: np.ndarray, offsets: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """(N, K) number of frames of each video nearest to each centroid."""
+    _check(frames, offsets)
+    n, k = len(offsets) - 1, len(codebook)
+    words = nearest_word(frames, codebook)
+    return np.bincount(_owner(offsets) * k + words, minlength=n * k).reshape(n, k).astype(float)
+
+
+def idf_weights(counts: np.ndarray) -> np.ndarray:
+    """(K,) smoothed inverse document frequency: log((1 + N) / (1 + df)) + 1."""
+    n = len(counts)
+    df = (counts > 0).sum(0)
+    return np.log((1.0 + n) / (1.0 + df)) + 1.0
+
+
+def tfidf(counts: np.ndarray, idf: np.ndarray) -> np.ndarray:
+    """(N, K) L2-normalised term frequency (count / frames) times idf; empty videos stay zero."""
+    tf = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
+    x = tf * idf
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def bow_tfidf(
+    frames: np.ndarray, offsets: np.ndarray, codebook: np.ndarray, idf: np.ndarray | None = None
+) -> np.ndarray:
+    """Bag of words over ``codebook`` with tf-idf; ``idf`` defaults to these videos' own."""
+    counts = word_counts(frames, offsets, codebook)
+    return tfidf(counts, idf_weights(counts) if idf is None else idf)
+
+
+def vlad_kmeans(frames: np.ndarray, offsets: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """(N, K * D) hard-assignment VLAD, sum_t [w(t) = k] (x_t - c_k), intra-normalised."""
+    _check(frames, offsets)
+    n, (k, d) = len(offsets) - 1, codebook.shape
+    words = nearest_word(frames, codebook)
+    # Sorted by (video, word), each cell's frames are one run: sum_t x_t - n c_k per run.
+    cell = _owner(offsets) * k + words
+    order = np.argsort(cell, kind="stable")
+    cells, starts, counts = np.unique(cell[order], return_index=True, return_counts=True)
+    out = np.zeros((n * k, d))
+    if len(cells):
+        sums = np.add.reduceat(frames[order], starts, axis=0, dtype=np.float64)
+        out[cells] = sums - counts[:, None] * codebook[cells % k].astype(np.float64)
+    out = out.reshape(n, k, d)
+    norms = np.linalg.norm(out, axis=2, keepdims=True)
+    return (out / np.maximum(norms, 1e-12)).reshape(n, k * d).astype(np.float32)
+
+
+def words_one_hot(frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(B, T, K) one-hot of each real frame's nearest word (zero rows for padding)."""
+    c = codebook.to(frames.dtype)
+    # |x|^2 is the same for every word: argmin |c|^2 - 2 x.c
+    score = (c * c).sum(1) - 2.0 * frames @ c.T
+    hot = F.one_hot(score.argmin(-1), c.shape[0]).to(frames.dtype)
+    return hot * mask.unsqueeze(-1)
+
+
+# --------------------------------------------------------------------------- rungs
+
+
+class Rung:
+    """One classical representation. ``codebook`` (K, D): the k-means words of the rungs
+    that use them; ``idf`` (K,): the catalogue's inverse document frequencies."""
+
+    name: ClassVar[str] = ""
+    #: needs a k-means codebook
+    uses_words: ClassVar[bool] = False
+    #: needs the catalogue's document frequencies: a video's row depends on every video
+    uses_idf: ClassVar[bool] = False
+
+    def raw_dim(self, feature_dim: int, num_words: int) -> int:
+        """F, the size of a video's statistic before any PCA."""
+        raise NotImplementedError
+
+    def rows(
+        self,
+        frames: np.ndarray,
+        offsets: np.ndarray,
+        codebook: np.ndarray | None = None,
+        idf: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(N, F) float32 statistics of the videos in the flat layout."""
+        raise NotImplementedError
+
+    def batch(
+        self,
+        frames: torch.Tensor,
+        mask: torch.Tensor,
+        codebook: torch.Tensor,
+        idf: torch.Tensor,
+    ) -> torch.Tensor:
+        """(B, F) statistics of padded videos ``frames (B, T, D)``, ``mask (B, T)`` (float,
+        1 = real frame), as ``rows`` computes them."""
+        raise NotImplementedError
+
+    def catalogue_rows(
+        self, chunks: Iterable[Chunk], codebook: np.ndarray | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(every video's rows, idf) when a video's row depends on the whole catalogue;
+        (None, None) when rows are per video (then ``rows`` a chunk at a time)."""
+        return None, None
+
+
+@RUNGS.register
+class AverageFrames(Rung):
+    name = "avg_frames"
+
+    def raw_dim(self, feature_dim: int, num_words: int) -> int:
+        return feature_dim
+
+    def rows(
+        self,
+        frames: np.ndarray,
+        offsets: np.ndarray,
+        codebook: np.ndarray | None = None,
+        idf: np.ndarray | None = None,
+    ) -> np.ndarray:
+        return mean_frames(frames, offsets)
+
+    def batch(
+        self, frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor, idf: torch.Tensor
+    ) -> torch.Tensor:
+        total = (frames * mask.unsqueeze(-1)).sum(1)
+        return total / mask.sum(1, keepdim=True).clamp_min(1.0)
+
+
+@RUNGS.register
+class BagOfWordsTfidf(Rung):
+    name = "bow_tfidf"
+    uses_words = True
+    uses_idf = True
+
+    def raw_dim(self, feature_dim: int, num_words: int) -> int:
+        return num_words
+
+    def rows(
+        self,
+        frames: np.ndarray,
+        offsets: np.ndarray,
+        codebook: np.ndarray | None = None,
+        idf: np.ndarray | None = None,
+    ) -> np.ndarray:
+        if codebook is None or idf is None:
+            raise ValueError("bow_tfidf needs a codebook and the catalogue's idf")
+        return tfidf(word_counts(frames, offsets, codebook), idf)
+
+    def batch(
+        self, frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor, idf: torch.Tensor
+    ) -> torch.Tensor:
+        counts = words_one_hot(frames, mask, codebook).sum(1)  # (B, K)
+        tf = counts / counts.sum(1, keepdim=True).clamp_min(1.0)
+        return F.normalize(tf * idf.to(frames.dtype), dim=-1, eps=1e-12)
+
+    def catalogue_rows(
+        self, chunks: Iterable[Chunk], codebook: np.ndarray | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if codebook is None:
+            raise ValueError("bow_tfidf needs a codebook")
+        counts = np.concatenate([word_counts(f, o, codebook) for _, f, o in chunks])
+        idf = idf_weights(counts)
+        return tfidf(counts, idf), idf
+
+
+@RUNGS.register
+class VladKmeans(Rung):
+    name = "vlad_kmeans"
+    uses_words = True
+
+    def raw_dim(self, feature_dim: int, num_words: int) -> int:
+        return num_words * feature_dim
+
+    def rows(
+        self,
+        frames: np.ndarray,
+        offsets: np.ndarray,
+        codebook: np.ndarray | None = None,
+        idf: np.ndarray | None = None,
+    ) -> np.ndarray:
+        if codebook is None:
+            raise ValueError("vlad_kmeans needs a codebook")
+        return vlad_kmeans(frames, offsets, codebook)
+
+    def batch(
+        self, frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor, idf: torch.Tensor
+    ) -> torch.Tensor:
+        # per-word sums minus count x centre, each word's row normalised
+        hot = words_one_hot(frames, mask, codebook)
+        sums = torch.bmm(hot.transpose(1, 2), frames)  # (B, K, D)
+        resid = sums - hot.sum(1).unsqueeze(-1) * codebook.to(frames.dtype)
+        return F.normalize(resid, dim=-1, eps=1e-12).flatten(1)
+
+
+def rung(name: str) -> Rung:
+    """The rung registered under ``name`` (ValueError naming the choices)."""
+    return cast(Rung, RUNGS[name]())
+
+
+def catalogue_raw(
+    name: str, chunks: Iterable[Chunk], codebook: np.ndarray | None
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """A rung's raw rows of a catalogue given as chunks, in order: one chunk of every
+    video when rows depend on the catalogue (bow_tfidf), else chunk by chunk."""
+    r = rung(name)
+    if r.uses_words and codebook is None:
+        raise ValueError(f"{name} needs a codebook")
+    rows, _ = r.catalogue_rows(chunks, codebook)  # consumes the chunks when it needs them
+    if rows is not None:
+        yield slice(0, len(rows)), rows
+        return
+    for sl, frames, offsets in chunks:
+        yield sl, r.rows(frames, offsets, codebook, None)

@@ -11,6 +11,7 @@ from embeddings.registry import POOLINGS, RUNGS
 
 if TYPE_CHECKING:
     from pipelines.engine import Engine
+    from pipelines.training.train_embeddings import EmbeddingJobConfig
 
 WatchThreshold = Annotated[
     float,
@@ -154,6 +155,39 @@ def representation_of(pooling: str) -> tuple[str, str]:
             f"a classical rung ({', '.join(RUNGS)}) or auto"
         )
     return pooling, "learned"
+
+
+def embedding_job_config(
+    pooling: str,
+    *,
+    embedder: dict[str, Any],
+    train: dict[str, Any],
+    index: str,
+    base: str,
+    search_budget: float,
+    triplets: dict[str, Any] | None = None,
+) -> EmbeddingJobConfig:
+    """The train-embeddings stage's config from its flags, for ``train-embeddings`` and
+    ``pipeline`` alike: ``--pooling`` names the learned layer or what is shipped
+    (``representation_of``); ``embedder``, ``train`` and ``triplets`` are the fields of
+    ``EmbedderConfig``, ``TrainConfig`` and ``TripletConfig`` a command sets (the rest keep
+    their defaults). ValueError for a bad value."""
+    from embeddings.cowatch import EmbedderConfig
+    from pipelines.training.cowatch_training import TrainConfig
+    from pipelines.training.train_embeddings import EmbeddingJobConfig
+    from recsys.index import IndexConfig
+    from recsys.triplets import TripletConfig
+
+    learned, shipped = representation_of(pooling)
+    return EmbeddingJobConfig(
+        embedder=EmbedderConfig(**{**embedder, "pooling": learned}),
+        train=TrainConfig(**train),
+        triplets=TripletConfig(**(triplets or {})),
+        index=IndexConfig(kind=index),
+        representation=shipped,
+        base=base,
+        search_budget_s=search_budget,
+    )
 
 
 def pooling_options(

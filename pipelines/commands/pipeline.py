@@ -29,9 +29,9 @@ from pipelines.commands.options import (
     TestStart,
     VideoEffects,
     WatchThreshold,
+    embedding_job_config,
     engine_from,
     fail,
-    representation_of,
     test_start_from,
 )
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S, VIDEOS_FILE
@@ -131,34 +131,28 @@ def pipeline(
 ) -> None:
     """Mine triplets, train embeddings, index, fit GLMix and evaluate; OUT/artifact is servable.
     With --engine spark, mining and GLMix run on Spark (training stays on torch)."""
-    from embeddings.cowatch import EmbedderConfig
     from embeddings.registry import RUNGS
     from pipelines.evaluation.inputs import EvalConfig
     from pipelines.glmix.fit_glmix import GLMixJobConfig
     from pipelines.pipeline import PipelineConfig, run_pipeline
-    from pipelines.training.cowatch_training import TrainConfig
-    from pipelines.training.train_embeddings import EmbeddingJobConfig
-    from recsys.index import IndexConfig
     from recsys.online.users import OnlineConfig
 
     try:
         cfg = PipelineConfig(
-            embedding=EmbeddingJobConfig(
-                embedder=EmbedderConfig(
-                    pooling=representation_of(pooling)[0], num_clusters=clusters, gamma=gamma
-                ),
-                train=TrainConfig(
-                    epochs=epochs,
-                    device=device,
-                    max_triplets=max_triplets,
-                    epoch_triplets=epoch_triplets,
-                    precision=precision,
-                    anchor_neighbours=anchor_neighbours,
-                ),
-                index=IndexConfig(kind=index),
-                representation=representation_of(pooling)[1],
+            embedding=embedding_job_config(
+                pooling,
+                embedder={"num_clusters": clusters, "gamma": gamma},
+                train={
+                    "epochs": epochs,
+                    "device": device,
+                    "max_triplets": max_triplets,
+                    "epoch_triplets": epoch_triplets,
+                    "precision": precision,
+                    "anchor_neighbours": anchor_neighbours,
+                },
+                index=index,
                 base=base,
-                search_budget_s=search_budget,
+                search_budget=search_budget,
             ),
             glmix=GLMixJobConfig(
                 tune=tune_glmix, history_features=history_features, video_effects=video_effects

@@ -29,10 +29,10 @@ from pipelines.commands.options import (
     TestStart,
     VideoEffects,
     WatchThreshold,
+    embedding_job_config,
     engine_from,
     fail,
     pooling_options,
-    representation_of,
     test_start_from,
 )
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S
@@ -119,47 +119,32 @@ def train_embeddings(
 
     Runs under torchrun (DistributedDataParallel) too: torchrun --nproc_per_node N -m pipelines.cli train-embeddings ...
     """
-    from embeddings.cowatch import EmbedderConfig
     from embeddings.ubm_start import UBMStart
-    from pipelines.training.cowatch_training import TrainConfig
     from pipelines.training.distributed import init_distributed_from_env
-    from pipelines.training.train_embeddings import EmbeddingJobConfig, run_train_embeddings
-    from recsys.index import IndexConfig
-    from recsys.triplets import TripletConfig
+    from pipelines.training.train_embeddings import run_train_embeddings
 
     try:
-        cfg = EmbeddingJobConfig(
-            embedder=EmbedderConfig(
-                **pooling_options(
-                    representation_of(pooling)[0],
-                    clusters,
-                    gamma,
-                    intra_norm,
-                    final_norm,
-                    assignment,
-                ),
-                hidden_dim=hidden_dim,
-                embedding_dim=embedding_dim,
-                dropout=dropout,
-            ),
-            train=TrainConfig(
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=lr,
-                margin=margin,
-                seed=seed,
-                device=device,
-                max_triplets=max_triplets,
-                epoch_triplets=epoch_triplets,
-                precision=precision,
-                ubm=UBMStart(enabled=ubm_init),
-                anchor_neighbours=anchor_neighbours,
-            ),
-            triplets=TripletConfig(watch_threshold_s=watch_threshold, seed=seed),
-            index=IndexConfig(kind=index),
-            representation=representation_of(pooling)[1],
+        cfg = embedding_job_config(
+            pooling,
+            embedder=pooling_options(pooling, clusters, gamma, intra_norm, final_norm, assignment)
+            | {"hidden_dim": hidden_dim, "embedding_dim": embedding_dim, "dropout": dropout},
+            train={
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "margin": margin,
+                "seed": seed,
+                "device": device,
+                "max_triplets": max_triplets,
+                "epoch_triplets": epoch_triplets,
+                "precision": precision,
+                "ubm": UBMStart(enabled=ubm_init),
+                "anchor_neighbours": anchor_neighbours,
+            },
+            triplets={"watch_threshold_s": watch_threshold, "seed": seed},
+            index=index,
             base=base,
-            search_budget_s=search_budget,
+            search_budget=search_budget,
         )
     except ValueError as exc:
         fail(str(exc))

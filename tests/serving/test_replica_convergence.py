@@ -18,7 +18,7 @@ from recsys.artifact import read_embeddings
 from serving.app import create_app
 from serving.live import free_port, start_server
 from tests.serving.conftest import AUTH
-from tests.serving.test_postgres import _settings, _wait
+from tests.serving.stores.test_postgres import _settings, _wait
 
 pytestmark = pytest.mark.xdist_group("postgres")
 

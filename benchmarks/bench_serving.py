@@ -13,9 +13,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys.artifact import embedder_feature_dim, load_embeddings
-from serving.live import free_port
+from serving.live import free_port, start_server
 
 
 def _rss_mb(pid: int) -> float:
@@ -97,33 +94,15 @@ def main() -> None:
     args = ap.parse_args()
     port = free_port()
     state = Path(tempfile.mkdtemp()) / "bench-state.sqlite3"
-    env = {**os.environ, "RECSYS_STATE_DB": str(state)}
-    env.pop("RECSYS_API_KEY", None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.cli",
-            "serve",
-            "--artifacts",
-            str(args.artifacts),
-            "--port",
-            str(port),
-            *(["--max-in-flight", str(args.max_in_flight)] if args.max_in_flight else []),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    proc = start_server(
+        args.artifacts,
+        state,
+        port,
+        api_key=None,
+        args=["--max-in-flight", str(args.max_in_flight)] if args.max_in_flight else [],
+        single_thread=False,
     )
     try:
-        for _ in range(300):
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                c.request("GET", "/readyz")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
         ids, _ = load_embeddings(args.artifacts)
         d = embedder_feature_dim(args.artifacts)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -27,8 +28,21 @@ def start_server(
     port: int,
     state_url: str | None = None,
     extra_env: dict[str, str] | None = None,
+    *,
+    api_key: str | None = "k",
+    args: Sequence[str] = (),
+    single_thread: bool = True,
 ) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "RECSYS_STATE_DB": str(db), "RECSYS_API_KEY": "k", "OMP_NUM_THREADS": "1"}
+    """``recsys serve`` on ``port`` with its state in ``db`` (or at ``state_url``), once
+    ``/readyz`` answers 200; ``api_key`` None: no write key; ``args``: more flags;
+    ``single_thread``: one OpenMP thread (tests beside each other on a small machine).
+    RuntimeError with the server's stderr when it dies or is not ready in 60 s."""
+    env = {**os.environ, "RECSYS_STATE_DB": str(db)}
+    env.pop("RECSYS_API_KEY", None)
+    if api_key is not None:
+        env["RECSYS_API_KEY"] = api_key
+    if single_thread:
+        env["OMP_NUM_THREADS"] = "1"
     env.update(extra_env or {})
     if state_url:
         env["RECSYS_STATE_URL"] = state_url
@@ -42,6 +56,7 @@ def start_server(
             str(artifact),
             "--port",
             str(port),
+            *args,
         ],
         env=env,
         stdout=subprocess.DEVNULL,

@@ -43,6 +43,18 @@ class Histories:
                 seen.discard(row)
                 self._rows[user] = [r for r in self._rows[user] if r != row]
 
+    def rows(self) -> dict[str, list[int]]:
+        """Every history (copies of the lists: a snapshot's picture)."""
+        return {u: list(r) for u, r in self._rows.items()}
+
+    def restore(self, rows: dict[str, list[int]], forgotten: set[str]) -> None:
+        """Take the histories of a snapshot in (after the artifact's were loaded and
+        frozen); the offline histories of users forgotten since go as ``forget`` does."""
+        self._rows = rows
+        self._seen = {u: set(r) for u, r in rows.items()}
+        for user in forgotten:
+            self._offline.pop(user, None)
+
     def forget(self, user: str) -> None:
         self._rows.pop(user, None)
         self._seen.pop(user, None)

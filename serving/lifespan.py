@@ -9,6 +9,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -52,6 +53,26 @@ def _follow(app: FastAPI, stop: threading.Event) -> None:
             app.state.store_ok = False
         except Exception:  # keep following; the next poll retries
             log.exception("state store: sync failed")
+
+
+def _snapshots(app: FastAPI, stop: threading.Event) -> None:
+    """Write a snapshot of the derived state every ``snapshot_interval_s`` when rows were
+    applied since the last one; the capture holds the state's lock for shallow copies
+    only, and encoding and storing happen outside it."""
+    settings: Settings = app.state.settings
+    while not stop.wait(settings.snapshot_interval_s):
+        state = app.state.holder.current
+        if state is None or state.unsnapshotted < max(settings.snapshot_min_rows, 1):
+            continue
+        try:
+            t0 = time.perf_counter()
+            if state.write_snapshot():
+                app.state.metrics.inc("snapshots_written")
+                log.info("state snapshot written in %.2f s", time.perf_counter() - t0)
+        except StoreUnavailable as exc:
+            log.warning("state snapshot not written: %s", exc)
+        except Exception:  # keep serving; the next interval retries
+            log.exception("state snapshot failed")
 
 
 def _open_and_load(app: FastAPI, load_state: LoadState) -> tuple[StateStore, ServingState]:
@@ -117,6 +138,10 @@ def make_lifespan(load_state: LoadState) -> Callable[[FastAPI], Any]:
             target=_follow, args=(app, stop), name="state-follower", daemon=True
         )
         follower.start()
+        if app.state.settings.snapshot_interval_s > 0:
+            threading.Thread(
+                target=_snapshots, args=(app, stop), name="state-snapshots", daemon=True
+            ).start()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(

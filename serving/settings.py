@@ -19,6 +19,11 @@ class Settings(BaseSettings):
     state_url: str | None = None
     #: seconds between polls of the store for other replicas' writes
     sync_interval_s: float = 0.2
+    #: seconds between snapshots of the state derived from the log (0 = none): a replica
+    #: starts from the newest plus the log after it (``serving.snapshot``)
+    snapshot_interval_s: float = 300.0
+    #: a snapshot is written only when at least this many rows were applied since the last
+    snapshot_min_rows: int = 1
     #: required in the X-API-Key header of write endpoints when set
     api_key: str | None = None
     #: user lists and watch histories (and /metrics) need X-API-Key equal to this key or

@@ -35,8 +35,8 @@ from recsys.online.videos import VideoEffects
 class OnlineConfig:
     #: most recent impressions per user used in a refit
     window: int = 200
-    #: at most this many Newton steps per refit (warm started; stops when converged, so
-    #: the effect is the window's MAP whatever the batching: replicas and restarts agree)
+    #: at most this many Newton steps per refit (from the prior mean; stops when
+    #: converged): the effect is a function of the window alone, whatever the batching
     newton_steps: int = 20
 
     def __post_init__(self) -> None:
@@ -124,6 +124,23 @@ class OnlineEffects:
         self.videos = None
         if self.model.has_video_effects and self.track_videos:
             self.videos = VideoEffects(self.model)
+
+    def window_rows(self) -> dict[str, tuple[tuple[np.ndarray, ...], tuple[float, ...], tuple[float, ...]]]:
+        """Every user's window (design rows, labels, offsets; oldest first) as shallow
+        copies: the rows are arrays ``observe`` never changes after appending them."""
+        return {u: (tuple(w.z), tuple(w.y), tuple(w.offset)) for u, w in self._windows.items()}
+
+    def restore(
+        self,
+        effects: dict[str, np.ndarray],
+        windows: dict[str, tuple[deque[np.ndarray], deque[float], deque[float]]],
+        forgotten: set[str],
+    ) -> None:
+        """Take a snapshot's effects, windows (deques of ``config.window`` at most) and
+        forgotten users in: afterwards this object is the one that learnt them."""
+        self.effects = effects
+        self._windows = {u: _UserWindow(*w) for u, w in windows.items()}
+        self.forgotten = forgotten
 
     def forget(self, user: str) -> None:
         """Drop everything learned about ``user``, online and offline: from now on they
@@ -255,13 +272,18 @@ class OnlineEffects:
             w.z.append(z[i])
             w.y.append(float(y[i]))
             w.offset.append(float(off[i]))
+        # Newton from the prior mean, not from the last effect: the effect is then a
+        # function of the window alone, bit for bit, however its rows were batched (a
+        # replica that replayed the log, one that started from a snapshot and one that
+        # saw the events live hold the same bits).
+        prior = self.prior(user)
         b = refit_effect(
             np.stack(w.z),
             np.fromiter(w.y, np.float64),
             np.fromiter(w.offset, np.float64),
-            self.prior(user),
+            prior,
             self.precision(user),
-            self.effect(user),
+            prior,
             self.config.newton_steps,
         )
         self.effects[user] = b

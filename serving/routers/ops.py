@@ -44,6 +44,9 @@ def gauges(holder: StateHolder) -> dict[str, float]:
         "impression_events_stored": s.impression_events,
         "online_users": len(s.online.effects),
         "state_rows_skipped": s.skipped_rows,
+        "state_load_seconds": s.load_seconds,
+        "state_started_from_snapshot": int(s.started_from == "snapshot"),
+        "state_rows_since_snapshot": s.unsnapshotted,
     }
 
 

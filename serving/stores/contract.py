@@ -112,6 +112,18 @@ class StateStore(Protocol):
 
     def counts(self) -> tuple[int, int]: ...
 
+    def save_snapshot(
+        self, artifact_version: str, body: bytes, removals_from: int, applied: list[int]
+    ) -> bool:
+        """Store a snapshot of the state derived from the log (``serving.snapshot``) and
+        drop the older ones of the artifact version. False, nothing written, when a user
+        erasure it has not applied is stored (one at or above ``removals_from``, the
+        snapshot's commit-order horizon, and not among ``applied``): it predates the
+        erasure and must not outlive it. Erasures delete every snapshot."""
+
+    def latest_snapshot(self, artifact_version: str) -> bytes | None:
+        """The newest snapshot of the artifact version, or None."""
+
 
 def vector(blob: object) -> np.ndarray:
     """A stored embedding; a damaged blob decodes to an empty vector, which the replay
@@ -277,6 +289,31 @@ class Dialect:
         )
 
     @property
+    def unapplied_erasures(self) -> str:
+        """Sequence numbers of user erasures at or above a commit-order key."""
+        return f"SELECT seq FROM removals WHERE kind = 'user' AND {self.order} >= {self.param}"
+
+    @property
+    def insert_snapshot(self) -> str:
+        p = self.param
+        return f"INSERT INTO snapshots (artifact_version, body) VALUES ({p}, {p})"
+
+    @property
+    def prune_snapshots(self) -> str:
+        """Older snapshots of an artifact version than a sequence number."""
+        p = self.param
+        return f"DELETE FROM snapshots WHERE artifact_version = {p} AND seq < {p}"
+
+    @property
+    def latest_snapshot(self) -> str:
+        return (
+            "SELECT body FROM snapshots WHERE artifact_version = "
+            f"{self.param} ORDER BY seq DESC LIMIT 1"
+        )
+
+    DROP_SNAPSHOTS = "DELETE FROM snapshots"
+
+    @property
     def insert_removal(self) -> str:
         p = self.param
         return f"INSERT INTO removals (kind, target) VALUES ({p}, {p})"
@@ -296,8 +333,8 @@ SQLITE = Dialect(
     blob="BLOB",
     real="REAL",
     now="TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
-    video_order="rowid",
-    order="seq",
+    video_order="pos",
+    order="pos",
 )
 POSTGRES = Dialect(
     param="%s",

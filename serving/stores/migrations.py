@@ -63,6 +63,43 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
 )
+MIGRATIONS += (
+    Migration(
+        3,
+        "snapshots of the state derived from the log (serving.snapshot), per artifact version",
+        (
+            "CREATE TABLE snapshots (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "artifact_version TEXT NOT NULL, body BLOB NOT NULL, created_at TEXT NOT NULL "
+            "DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+            "CREATE INDEX snapshots_version ON snapshots (artifact_version, seq)",
+        ),
+        (
+            "CREATE TABLE snapshots (seq BIGSERIAL PRIMARY KEY, artifact_version TEXT NOT NULL, "
+            "body BYTEA NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+            "CREATE INDEX snapshots_version ON snapshots (artifact_version, seq)",
+        ),
+    ),
+)
+MIGRATIONS += (
+    Migration(
+        4,
+        "SQLite: one log position across the four tables (the order rows were written in), "
+        "so a replay applies videos, events and removals in the order the writer did",
+        (
+            "CREATE TABLE log_clock (pos INTEGER NOT NULL)",
+            "INSERT INTO log_clock (pos) VALUES (0)",
+            *(
+                s
+                for table in TABLES
+                for s in (
+                    f"ALTER TABLE {table} ADD COLUMN pos INTEGER NOT NULL DEFAULT 0",
+                    f"CREATE INDEX {table}_pos ON {table} (pos)",
+                )
+            ),
+        ),
+        (),
+    ),
+)
 LATEST = MIGRATIONS[-1].version
 
 _VERSION_TABLE = {

@@ -37,6 +37,8 @@ T = TypeVar("T")
 
 #: advisory lock id serialising migrations between replicas starting together
 _SCHEMA_LOCK = 0x7EC5
+#: advisory lock id serialising snapshot saves against erasures
+_SNAPSHOT_LOCK = 0x7EC6
 
 
 class PostgresStore:
@@ -175,7 +177,36 @@ class PostgresStore:
         return self._run(lambda c: _removal(c, (), "video", video_id))
 
     def erase_user(self, user_id: str) -> Stamp:
-        return self._run(lambda c: _removal(c, POSTGRES.erase, "user", user_id))
+        def erase(c: Any) -> Stamp:
+            # After any snapshot being saved, before any later one (the same lock): every
+            # snapshot that may hold the user goes, and none is saved without the erasure.
+            c.execute("SELECT pg_advisory_xact_lock(%s)", (_SNAPSHOT_LOCK,))
+            c.execute(POSTGRES.DROP_SNAPSHOTS)
+            return _removal(c, POSTGRES.erase, "user", user_id)
+
+        return self._run(erase)
+
+    def save_snapshot(
+        self, artifact_version: str, body: bytes, removals_from: int, applied: list[int]
+    ) -> bool:
+        def save(c: Any) -> bool:
+            c.execute("SELECT pg_advisory_xact_lock(%s)", (_SNAPSHOT_LOCK,))
+            erasures = {r[0] for r in c.execute(POSTGRES.unapplied_erasures, (removals_from,))}
+            if erasures - set(applied):
+                return False
+            (seq,) = c.execute(
+                POSTGRES.insert_snapshot + " RETURNING seq", (artifact_version, body)
+            ).fetchone()
+            c.execute(POSTGRES.prune_snapshots, (artifact_version, seq))
+            return True
+
+        return self._run(save)
+
+    def latest_snapshot(self, artifact_version: str) -> bytes | None:
+        row = self._run(
+            lambda c: c.execute(POSTGRES.latest_snapshot, (artifact_version,)).fetchone()
+        )
+        return None if row is None else bytes(row[0])
 
     def user_rows(self, user_id: str) -> Changes:
         def read(c: Any) -> Changes:

@@ -33,8 +33,10 @@ from serving.stores.migrations import migrate
 
 
 class SqliteStore:
-    """One writer at a time (BEGIN IMMEDIATE): rows commit in sequence order, so a row's
-    sequence number is its commit-order key."""
+    """One writer at a time (BEGIN IMMEDIATE). Every row written takes the next log
+    position (one counter across the four tables, in the writing transaction): rows
+    commit in position order, so the position is the commit-order key, and a replay
+    applies videos, events and removals in the order they were written."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -84,47 +86,62 @@ class SqliteStore:
             row = self._db.execute(SQLITE.get_video, (video_id,)).fetchone()
         return stored_video(row)
 
+    def _positions(self, db: sqlite3.Connection, n: int) -> int:
+        """The first of ``n`` new log positions (inside the caller's transaction)."""
+        (end,) = db.execute("UPDATE log_clock SET pos = pos + ? RETURNING pos", (n,)).fetchone()
+        return int(end) - n + 1
+
     def insert_video(
         self, video_id: str, payload_sha256: str, embedding: np.ndarray, num_frames: int
     ) -> Stamp | None:
         """Durably insert; None when the id already exists (nothing written)."""
-        with self._locked():
+        with self._locked() as db:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                cur = self._db.execute(
-                    "INSERT INTO videos (video_id, payload_sha256, embedding, num_frames) VALUES (?, ?, ?, ?)",
-                    (video_id, payload_sha256, blob(embedding), num_frames),
+                db.execute("BEGIN IMMEDIATE")
+                pos = self._positions(db, 1)
+                cur = db.execute(
+                    "INSERT INTO videos (video_id, payload_sha256, embedding, num_frames, pos) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (video_id, payload_sha256, blob(embedding), num_frames, pos),
                 )
-                self._db.execute("COMMIT")
-                return _stamp(cur.lastrowid)
+                db.execute("COMMIT")
+                return Stamp(int(cur.lastrowid or 0), pos)
             except sqlite3.IntegrityError:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 return None
 
     def insert_watch(self, w: Watch) -> Stamp:
-        with self._locked():
-            cur = self._db.execute(
-                SQLITE.insert_watch, (w.user_id, w.video_id, w.watch_seconds, w.at)
+        with self._locked() as db:
+            db.execute("BEGIN IMMEDIATE")
+            pos = self._positions(db, 1)
+            cur = db.execute(
+                "INSERT INTO watches (user_id, video_id, watch_seconds, at, pos) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (w.user_id, w.video_id, w.watch_seconds, w.at, pos),
             )
-            return _stamp(cur.lastrowid)
+            db.execute("COMMIT")
+            return Stamp(int(cur.lastrowid or 0), pos)
 
     def insert_impressions(self, rows: list[Impression]) -> list[Stamp | None]:
-        """Durably insert a batch in one transaction; per row its sequence number, or None
-        when its ``event_id`` was stored before (a retry: nothing written for it)."""
+        """Durably insert a batch in one transaction; per row its stamp, or None when its
+        ``event_id`` was stored before (a retry: nothing written for it)."""
         seqs: list[Stamp | None] = []
-        with self._locked():
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._locked() as db:
+            db.execute("BEGIN IMMEDIATE")
             try:
-                for r in rows:
-                    cur = self._db.execute(
+                first = self._positions(db, len(rows)) if rows else 0
+                for i, r in enumerate(rows):
+                    cur = db.execute(
                         "INSERT OR IGNORE INTO impressions "
-                        "(event_id, user_id, video_id, shown_at, watch_seconds) VALUES (?, ?, ?, ?, ?)",
-                        (r.event_id, r.user_id, r.video_id, r.shown_at, r.watch_seconds),
+                        "(event_id, user_id, video_id, shown_at, watch_seconds, pos) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (r.event_id, r.user_id, r.video_id, r.shown_at, r.watch_seconds, first + i),
                     )
-                    seqs.append(_stamp(cur.lastrowid) if cur.rowcount == 1 else None)
-                self._db.execute("COMMIT")
+                    new = cur.rowcount == 1
+                    seqs.append(Stamp(int(cur.lastrowid or 0), first + i) if new else None)
+                db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
         return seqs
 
@@ -139,32 +156,60 @@ class SqliteStore:
         return changes
 
     def remove_video(self, video_id: str) -> Stamp:
-        # An ingested video's row stays (the record hides it on every replay): deleting
-        # the newest row would let SQLite give its rowid, the follower's key, to the next.
+        # An ingested video's row stays (the record hides it on every replay).
         with self._locked() as db:
-            cur = db.execute(SQLITE.insert_removal, ("video", video_id))
-            return _stamp(cur.lastrowid)
+            db.execute("BEGIN IMMEDIATE")
+            stamp = self._removal(db, "video", video_id)
+            db.execute("COMMIT")
+            return stamp
 
     def erase_user(self, user_id: str) -> Stamp:
         with self._locked() as db:
             db.execute("BEGIN IMMEDIATE")
             for sql in SQLITE.erase:
                 db.execute(sql, (user_id,))
-            cur = db.execute(SQLITE.insert_removal, ("user", user_id))
+            db.execute(SQLITE.DROP_SNAPSHOTS)  # they may hold the user
+            stamp = self._removal(db, "user", user_id)
             db.execute("COMMIT")
-            return _stamp(cur.lastrowid)
+            return stamp
+
+    def _removal(self, db: sqlite3.Connection, kind: str, target: str) -> Stamp:
+        pos = self._positions(db, 1)
+        cur = db.execute(
+            "INSERT INTO removals (kind, target, pos) VALUES (?, ?, ?)", (kind, target, pos)
+        )
+        return Stamp(int(cur.lastrowid or 0), pos)
 
     def user_rows(self, user_id: str) -> Changes:
         with self._locked() as db:
             w, i = (db.execute(sql, (user_id,)).fetchall() for sql in SQLITE.user_rows)
         return changes_from_rows([[], w, i, []], horizon={})
 
+    def save_snapshot(
+        self, artifact_version: str, body: bytes, removals_from: int, applied: list[int]
+    ) -> bool:
+        with self._locked() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                erasures = {r[0] for r in db.execute(SQLITE.unapplied_erasures, (removals_from,))}
+                if erasures - set(applied):
+                    db.execute("ROLLBACK")
+                    return False
+                seq = db.execute(SQLITE.insert_snapshot, (artifact_version, body)).lastrowid
+                db.execute(SQLITE.prune_snapshots, (artifact_version, seq))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        return True
+
+    def latest_snapshot(self, artifact_version: str) -> bytes | None:
+        with self._locked() as db:
+            row = db.execute(SQLITE.latest_snapshot, (artifact_version,)).fetchone()
+        return None if row is None else bytes(row[0])
+
     def counts(self) -> tuple[int, int]:
         with self._locked():
             v, w = (int(self._db.execute(sql).fetchone()[0]) for sql in SQLITE.COUNTS)
         return v, w
-
-
-def _stamp(rowid: int | None) -> Stamp:
-    seq = int(rowid or 0)
-    return Stamp(seq, seq)

@@ -1,0 +1,364 @@
+"""What a replica derives from the artifact and the store's log: the catalogue with its
+uploads, watch histories, online user and video effects, takedowns and erasures.
+
+A ``DerivedState`` loads the artifact, starts from the newest snapshot of this state
+when the store has a usable one (``serving.snapshot``), and follows the log (``sync``):
+rows apply in the order they were written across tables, so a replica that replayed the
+log, one that started from a snapshot and the replica that wrote the rows hold the same
+bits. ``serving.state.ServingState`` adds the service's reads and writes on top.
+
+The math is ``recsys``'s: Eq. 16-17 (``recsys.scoring``) and GLMix with online user
+and video effects (``recsys.online``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys.artifact import load_recommender
+from recsys.errors import UserInputError
+from recsys.glmix.model import GLMix
+from recsys.online.users import OnlineConfig, OnlineEffects
+from recsys.projection import fit_projection
+from recsys.scoring import glmix_global_features, history_similarity
+from serving.catalogue import Catalogue
+from serving.histories import Histories
+from serving.replication import Follower
+from serving.snapshot import Captured, SnapshotError, decode, encode, restore_plan
+from serving.stores import Changes, Impression, Removal, StateStore, StoredVideo, Watch
+from serving.stores.contract import TABLES, Stamp
+
+log = logging.getLogger(__name__)
+
+#: a user's impressions of one batch: store rows, labels, global features at each, and
+#: the global features against the user's offline history (per-video effects only)
+Staged = tuple[list[int], list[float], list[np.ndarray | None], list[np.ndarray | None]]
+
+
+class DerivedState:
+    """The artifact plus the log, as one replica holds it (see the module's docstring)."""
+
+    def __init__(
+        self,
+        artifact: Path,
+        store: StateStore,
+        watch_threshold_s: float,
+        online_config: OnlineConfig | None = None,
+        from_snapshot: bool = True,
+    ) -> None:
+        t0 = time.perf_counter()
+        loaded = load_recommender(artifact)
+        self.artifact = artifact
+        self.manifest = loaded.manifest
+        self.version = loaded.version
+        self.embedder = loaded.embedder
+        self.feature_dim = self.embedder.feature_dim
+        self.glmix: GLMix = loaded.glmix
+        try:  # a model whose global features this version cannot build is refused at load
+            glmix_global_features(self.glmix.global_names, np.zeros(1), np.zeros(1))
+        except ValueError as exc:
+            raise UserInputError(str(exc)) from None
+        self.catalogue = Catalogue(loaded.video_ids, loaded.embeddings, loaded.index)
+        self.dim = self.catalogue.dim
+        self.threshold = watch_threshold_s
+        self._lock = threading.Lock()
+        self._online_lock = threading.Lock()
+        self.histories = Histories()
+        hist = loaded.histories
+        for u, v in zip(
+            hist.column("user_id").to_pylist(), hist.column("video_id").to_pylist(), strict=True
+        ):
+            r = self.catalogue.row(v)
+            if r is not None:
+                self.histories.add(u, r)
+        # Per-video statistics use features against the history as the offline fit left
+        # it: the same on every replica whatever order later events arrive in.
+        self._frozen_features = self.glmix.has_video_effects and bool(self.glmix.global_names)
+        if self._frozen_features:
+            self.histories.freeze()
+        self.store = store
+        self.ingested = self.watch_events = self.impression_events = 0
+        self.payload_hashes: dict[str, str] = {}
+        #: stored rows that could not be replayed (skipped and logged, never fatal)
+        self.skipped_rows = 0
+        self.online = OnlineEffects(self.glmix, online_config or OnlineConfig())
+        #: ids taken down (never answered again) and users erased (offline data ignored)
+        self.removed_videos: set[str] = set()
+        self.erased_users: set[str] = set()
+        self._log = Follower()
+        #: batches staged but not yet learnt from (a snapshot waits for none)
+        self._pending = 0
+        self._settled = threading.Condition()
+        #: rows applied since the last snapshot (or since start)
+        self.unsnapshotted = 0
+        #: where the state came from: "snapshot" (plus the log after it) or "log"
+        self.started_from = "log"
+        if from_snapshot:
+            self._restore_snapshot()
+        self.sync()  # replay every durable write (after the snapshot's, when there is one)
+        # The 2-D map: the artifact's projection (fitted at pipeline time), or one fitted
+        # now on the catalogue for artifacts written before it existed.
+        self.projection = loaded.projection or fit_projection(
+            self.catalogue.emb[: self.catalogue.size_at_load]
+        )
+        #: users known at load (offline fit, histories), sorted for prefix search
+        self.offline_users = sorted(set(self.glmix.user_ids) | self.histories.users())
+        self.load_seconds = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ the log
+
+    def sync(self) -> int:
+        """Apply the rows other writers (replicas) added since the last call; returns how
+        many. Cheap when nothing changed: the horizon and four indexed range queries
+        that return no row."""
+        changes = self.store.changes(dict(self._log.horizon))
+        with self._lock:
+            applied = self._apply_in_order(changes)
+            self._log.advance(changes.horizon)
+            self.unsnapshotted += applied
+        return applied
+
+    def _apply_in_order(self, changes: Changes) -> int:
+        """Apply new rows in the order they were written across the four tables (their
+        commit-order key; within one key, table then sequence order), as the replica that
+        wrote them did: an impression's features see the watches and takedowns before it
+        and none after. Impressions are staged in runs and learnt from before anything
+        that could change what they teach (an erasure). Caller holds the lock."""
+        tables: tuple[list[tuple[Stamp, Any]], ...] = (
+            changes.videos,
+            changes.watches,
+            changes.impressions,
+            changes.removals,
+        )
+        rows = [
+            (st.order, rank, st.seq, item)
+            for rank, (name, table) in enumerate(zip(TABLES, tables, strict=True))
+            for st, item in table
+            if self._log.mark(name, st)
+        ]
+        rows.sort(key=lambda r: r[:3])
+        this_pass = frozenset((TABLES[rank], seq) for _, rank, seq, _ in rows)
+        by_user: dict[str, Staged] = {}
+        for _, rank, _, item in rows:
+            if rank == 0:
+                self._apply_video(item)
+            elif rank == 1:
+                self._apply_watch(item)
+            elif rank == 2:
+                self._stage_impression(by_user, item)
+            else:
+                self._observe_all(by_user)
+                by_user = {}
+                self._apply_removal(item, this_pass)
+        self._observe_all(by_user)
+        return len(rows)
+
+    def _apply_watch(self, w: Watch) -> None:
+        self.watch_events += 1
+        r = self.catalogue.row(w.video_id)
+        if r is not None and w.watch_seconds >= self.threshold:
+            self.histories.add(w.user_id, r)
+
+    def _stage_impression(self, by_user: dict[str, Staged], imp: Impression) -> None:
+        r = self.catalogue.row(imp.video_id)
+        if r is None:  # a video this artifact does not have, or one taken down
+            self.skipped_rows += 1
+            return
+        self.impression_events += 1
+        self._stage(by_user, imp.user_id, r, imp.watch_seconds >= self.threshold)
+
+    def _apply_events(self, watches: list[Watch], impressions: list[Impression]) -> None:
+        """Take one user's stored watches and impressions in (caller holds the lock)."""
+        for w in watches:
+            self._apply_watch(w)
+        by_user: dict[str, Staged] = {}
+        for imp in impressions:
+            self._stage_impression(by_user, imp)
+        self._observe_all(by_user)
+
+    def _apply_removal(
+        self, removal: Removal, this_pass: frozenset[tuple[str, int]] = frozenset()
+    ) -> None:
+        """A takedown or an erasure, from this replica or another (caller holds the lock);
+        ``this_pass``: the (table, seq) of rows a sync is applying in order right now."""
+        if removal.kind == "video":
+            self.removed_videos.add(removal.target)
+            row = self.catalogue.row(removal.target)
+            if self.catalogue.remove(removal.target) and row is not None:
+                self.histories.drop_row(row)
+                self.payload_hashes.pop(removal.target, None)
+            return
+        user = removal.target
+        self.erased_users.add(user)
+        self.histories.forget(user)
+        with self._online_lock:
+            self.online.forget(user)
+        # What the store still holds of the user was written after the erasure (a
+        # concurrent write it did not delete): take it in again, whether this replica
+        # had applied it already or not, so every replica ends where a restart would.
+        # Rows the running sync has yet to reach come in their own place, after this.
+        again = self.store.user_rows(user)
+        watches = [(st, w) for st, w in again.watches if ("watches", st.seq) not in this_pass]
+        imps = [(st, i) for st, i in again.impressions if ("impressions", st.seq) not in this_pass]
+        for st, _ in watches:
+            self._log.mark("watches", st)
+        for st, _ in imps:
+            self._log.mark("impressions", st)
+        self._apply_events([w for _, w in watches], [i for _, i in imps])
+
+    def _apply_video(self, sv: StoredVideo) -> None:
+        if sv.video_id in self.removed_videos:  # ingested elsewhere as it was taken down
+            return
+        if self.payload_hashes.get(sv.video_id) == sv.payload_sha256:
+            return  # this replica lost an ingest race for it and took the winner's row in
+        emb_ok = sv.embedding.shape == (self.dim,) and bool(np.isfinite(sv.embedding).all())
+        if not emb_ok or sv.video_id in self.catalogue:
+            self.skipped_rows += 1
+            log.warning(
+                "state store: skipped video %r (%s)",
+                sv.video_id,
+                "embedding not a finite vector of the artifact's size"
+                if not emb_ok
+                else "already in the catalogue",
+            )
+            return
+        self.catalogue.append(sv.video_id, sv.embedding)
+        self.payload_hashes[sv.video_id] = sv.payload_sha256
+        self.ingested += 1
+
+    # ------------------------------------------------------------------ snapshots
+
+    def capture_snapshot(self) -> Captured:
+        """What a snapshot holds, as shallow copies taken under the locks once no batch is
+        half applied (its impressions staged, their refits not yet done); ``encode``
+        builds the arrays outside the locks."""
+        with self._lock:
+            with self._settled:
+                self._settled.wait_for(lambda: self._pending == 0)
+            with self._online_lock:
+                videos = self.online.videos
+                n = len(self.catalogue)
+                meta = {
+                    "artifact_version": self.version,
+                    "horizon": dict(self._log.horizon),
+                    "applied": {t: sorted(a.items()) for t, a in self._log.applied.items()},
+                    "counters": [
+                        self.ingested,
+                        self.watch_events,
+                        self.impression_events,
+                        self.skipped_rows,
+                    ],
+                    "payload_hashes": dict(self.payload_hashes),
+                    "removed_videos": sorted(self.removed_videos),
+                    "erased_users": sorted(self.erased_users),
+                    "forgotten": sorted(self.online.forgotten),
+                }
+                captured = Captured(
+                    meta,
+                    self.catalogue.ids[self.catalogue.size_at_load : n],
+                    self.catalogue.emb[self.catalogue.size_at_load : n].copy(),
+                    self.histories.rows(),
+                    dict(self.online.effects),
+                    self.online.window_rows(),
+                    {} if videos is None else dict(videos.stats),
+                    {} if videos is None else {u: dict(d) for u, d in videos.shares.items()},
+                )
+                self.unsnapshotted = 0
+        return captured
+
+    def write_snapshot(self) -> bool:
+        """Capture, encode and store a snapshot; False when the store refused it (an
+        erasure it has not applied came first: the next one will have it)."""
+        c = self.capture_snapshot()
+        body = encode(c, self.glmix.random_dim, self.glmix.video_dim)
+        applied = [seq for seq, _ in c.meta["applied"]["removals"]]
+        return self.store.save_snapshot(
+            self.version, body, int(c.meta["horizon"]["removals"]), applied
+        )
+
+    def _restore_snapshot(self) -> None:
+        """Start from the newest snapshot of this artifact when there is a usable one;
+        else (none, damaged, foreign) from the artifact alone, with a log line."""
+        body = self.store.latest_snapshot(self.version)
+        if body is None:
+            return
+        try:
+            d = decode(body, self.version)
+            plan = restore_plan(d, len(self.catalogue), self.dim, self.online.config.window)
+        except SnapshotError as exc:
+            log.warning("state store: snapshot not used (%s); replaying the whole log", exc)
+            return
+        for video_id, vector in zip(plan.uploads, plan.upload_emb, strict=True):
+            self.catalogue.append(video_id, vector)
+        h = d.header
+        self.removed_videos = set(h["removed_videos"])
+        for video_id in h["removed_videos"]:
+            self.catalogue.remove(video_id)
+        self.payload_hashes = dict(h["payload_hashes"])
+        self.erased_users = set(h["erased_users"])
+        self.histories.restore(plan.histories, self.erased_users)
+        self.online.restore(plan.effects, plan.windows, set(h["forgotten"]))
+        if self.online.videos is not None:
+            self.online.videos.stats, self.online.videos.shares = plan.stats, plan.shares
+        self.ingested, self.watch_events, self.impression_events, self.skipped_rows = h["counters"]
+        self._log.horizon = {t: int(k) for t, k in h["horizon"].items()}
+        self._log.applied = {t: {int(q): int(o) for q, o in a} for t, a in h["applied"].items()}
+        self.started_from = "snapshot"
+
+    # ------------------------------------------------------------------ online GLMix
+
+    def similarity(self, user_id: str, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Eq. 17 / Eq. 16 of candidates (M, E) against the user's current history
+        (NaN without one)."""
+        hist = self.histories.get(user_id)
+        return history_similarity(cand, self.catalogue.vectors(hist or []))
+
+    def _stage(self, by_user: dict[str, Staged], user: str, row: int, watched: bool) -> None:
+        """Take one new impression in (under the state lock): its global features as they
+        were when it was shown, before its own watch joins the history (as the offline
+        fit computes them); then the history; the refit comes after the batch."""
+        rs, ys, gs, fs = by_user.setdefault(user, ([], [], [], []))
+        names = self.glmix.global_names
+        # An Eq. 18-only model has no global features: no similarity to compute.
+        vec = self.catalogue.vectors([row])
+        sims = self.similarity(user, vec) if names else None
+        gs.append(glmix_global_features(names, *sims) if sims is not None else None)
+        frozen = None
+        if self._frozen_features:
+            offline = self.catalogue.vectors(list(self.histories.offline(user)))
+            frozen = glmix_global_features(names, *history_similarity(vec, offline))
+        fs.append(frozen)
+        if watched:
+            self.histories.add(user, row)
+        rs.append(row)
+        ys.append(1.0 if watched else 0.0)
+
+    def _observe_all(self, by_user: dict[str, Staged]) -> None:
+        """Refit each staged user's effect from their new impressions."""
+        with self._online_lock:
+            for user, (rows, labels, feats, frozen) in by_user.items():
+                g = _stacked(feats)
+                ids = None
+                if self.glmix.has_video_effects:
+                    ids = [self.catalogue.ids[r] for r in rows]
+                self.online.observe(
+                    user,
+                    self.catalogue.vectors(rows),
+                    np.asarray(labels),
+                    g,
+                    ids,
+                    _stacked(frozen),
+                )
+
+
+def _stacked(feats: list[np.ndarray | None]) -> np.ndarray | None:
+    """The rows' global features as one (n, G) array (None without them)."""
+    if not feats or feats[0] is None:
+        return None
+    return np.concatenate([f for f in feats if f is not None])

@@ -1,0 +1,219 @@
+"""Snapshots of what a replica derives from the store's log, so a replica starts from the
+newest snapshot plus the log after it instead of replaying the whole log.
+
+A snapshot holds, at one point of the log (the follower's horizon and the rows applied
+above it): ingested videos and their payload digests, takedowns and erasures, every
+watch history, the online user effects and their windows, the online per-video
+statistics with each user's share, and the counters. Restoring it over the same
+artifact gives a state equal bit for bit to the one that replayed the log to that point;
+the tail of the log then applies as it would have.
+
+The body is a NumPy ``.npz`` (arrays and one JSON header; read with
+``allow_pickle=False``: nothing executable) behind a magic string and the SHA-256 of the
+rest. ``decode`` refuses anything else, another format version or another artifact's
+snapshot with ``SnapshotError``; the caller then replays the whole log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"RECSYS-SNAPSHOT\n"
+FORMAT = 1
+
+
+class SnapshotError(ValueError):
+    """A snapshot that cannot be used (damaged, foreign or of another format)."""
+
+
+@dataclass
+class Captured:
+    """References taken under the state's locks (cheap: shallow copies); ``encode`` turns
+    them into arrays outside the locks. Every array referenced is never mutated by the
+    state (it replaces arrays whole), so the copies stay a consistent picture."""
+
+    meta: dict[str, Any]
+    uploads: list[str]
+    upload_emb: np.ndarray
+    histories: dict[str, list[int]]
+    effects: dict[str, np.ndarray]
+    windows: dict[str, tuple[tuple[np.ndarray, ...], tuple[float, ...], tuple[float, ...]]]
+    video_stats: dict[str, tuple[np.ndarray, np.ndarray]]
+    shares: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+
+
+def _ragged(values: list[list[Any]]) -> tuple[np.ndarray, list[Any]]:
+    """(offsets (n + 1,), flat) of a list of lists."""
+    offsets = np.zeros(len(values) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(v) for v in values])
+    return offsets, [x for v in values for x in v]
+
+
+def _stack(rows: list[np.ndarray], shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    return np.stack(rows).astype(dtype, copy=False) if rows else np.zeros((0, *shape), dtype)
+
+
+def encode(c: Captured, random_dim: int, video_dim: int) -> bytes:
+    """The snapshot's body (``MAGIC``, SHA-256, npz)."""
+    arrays: dict[str, np.ndarray] = {"upload_emb": np.asarray(c.upload_emb, np.float32)}
+    hist_users = list(c.histories)
+    arrays["hist_offsets"], flat = _ragged([c.histories[u] for u in hist_users])
+    arrays["hist_rows"] = np.asarray(flat, np.int64)
+    eff_users = list(c.effects)
+    arrays["effects"] = _stack([c.effects[u] for u in eff_users], (random_dim,), np.float64)
+    win_users = list(c.windows)
+    arrays["win_offsets"], z = _ragged([list(c.windows[u][0]) for u in win_users])
+    arrays["win_z"] = _stack(z, (random_dim,), np.float64)
+    arrays["win_y"] = np.asarray([y for u in win_users for y in c.windows[u][1]], np.float64)
+    arrays["win_offset"] = np.asarray([o for u in win_users for o in c.windows[u][2]], np.float64)
+    stat_ids = list(c.video_stats)
+    arrays["stat_g"] = _stack([c.video_stats[v][0] for v in stat_ids], (video_dim,), np.int64)
+    arrays["stat_h"] = _stack(
+        [c.video_stats[v][1] for v in stat_ids], (video_dim, video_dim), np.int64
+    )
+    share_users = list(c.shares)
+    arrays["share_offsets"], share_videos = _ragged([list(c.shares[u]) for u in share_users])
+    pairs = [c.shares[u][v] for u in share_users for v in c.shares[u]]
+    arrays["share_g"] = _stack([g for g, _ in pairs], (video_dim,), np.int64)
+    arrays["share_h"] = _stack([h for _, h in pairs], (video_dim, video_dim), np.int64)
+    header = {
+        **c.meta,
+        "format": FORMAT,
+        "uploads": c.uploads,
+        "hist_users": hist_users,
+        "effect_users": eff_users,
+        "window_users": win_users,
+        "stat_videos": stat_ids,
+        "share_users": share_users,
+        "share_videos": share_videos,
+    }
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    npz = buf.getvalue()
+    return MAGIC + hashlib.sha256(npz).digest() + npz
+
+
+@dataclass
+class Decoded:
+    header: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    def histories(self) -> dict[str, list[int]]:
+        return _unragged(
+            self.header["hist_users"], self.arrays["hist_offsets"], self.arrays["hist_rows"]
+        )
+
+    def effects(self) -> dict[str, np.ndarray]:
+        eff = self.arrays["effects"]
+        return {u: eff[i].copy() for i, u in enumerate(self.header["effect_users"])}
+
+    def windows(self, maxlen: int) -> dict[str, tuple[deque[Any], deque[float], deque[float]]]:
+        a, users = self.arrays, self.header["window_users"]
+        off = a["win_offsets"]
+        out = {}
+        for i, u in enumerate(users):
+            s, e = int(off[i]), int(off[i + 1])
+            out[u] = (
+                deque(list(a["win_z"][s:e].copy()), maxlen=maxlen),
+                deque(a["win_y"][s:e].tolist(), maxlen=maxlen),
+                deque(a["win_offset"][s:e].tolist(), maxlen=maxlen),
+            )
+        return out
+
+    def video_stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        g, h = self.arrays["stat_g"], self.arrays["stat_h"]
+        return {v: (g[i].copy(), h[i].copy()) for i, v in enumerate(self.header["stat_videos"])}
+
+    def shares(self) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        a, hd = self.arrays, self.header
+        off, videos = a["share_offsets"], hd["share_videos"]
+        out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        for i, u in enumerate(hd["share_users"]):
+            s, e = int(off[i]), int(off[i + 1])
+            out[u] = {
+                videos[j]: (a["share_g"][j].copy(), a["share_h"][j].copy()) for j in range(s, e)
+            }
+        return out
+
+
+def _unragged(users: list[str], offsets: np.ndarray, flat: np.ndarray) -> dict[str, list[int]]:
+    values = flat.tolist()
+    return {u: values[int(offsets[i]) : int(offsets[i + 1])] for i, u in enumerate(users)}
+
+
+def decode(body: bytes, artifact_version: str) -> Decoded:
+    """The snapshot in ``body``; SnapshotError when it is damaged, of another format or
+    of another artifact than ``artifact_version``."""
+    head = len(MAGIC) + 32
+    if len(body) < head or not body.startswith(MAGIC):
+        raise SnapshotError("not a snapshot")
+    npz = body[head:]
+    if hashlib.sha256(npz).digest() != body[len(MAGIC) : head]:
+        raise SnapshotError("checksum mismatch (a damaged snapshot)")
+    try:
+        with np.load(io.BytesIO(npz), allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+        header = json.loads(arrays.pop("header").tobytes().decode())
+    except (OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise SnapshotError(f"unreadable ({exc})") from None
+    if header.get("format") != FORMAT:
+        raise SnapshotError(f"format {header.get('format')!r}, this service reads {FORMAT}")
+    if header.get("artifact_version") != artifact_version:
+        raise SnapshotError("taken over another artifact")
+    return Decoded(header, arrays)
+
+
+@dataclass
+class RestorePlan:
+    """A decoded snapshot checked against the state it will go into, nothing applied yet
+    (so a bad snapshot leaves the state as it was)."""
+
+    header: dict[str, Any]
+    uploads: list[str]
+    upload_emb: np.ndarray
+    histories: dict[str, list[int]]
+    effects: dict[str, np.ndarray]
+    windows: dict[str, tuple[deque[Any], deque[float], deque[float]]]
+    stats: dict[str, tuple[np.ndarray, np.ndarray]]
+    shares: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+
+
+def restore_plan(d: Decoded, catalogue_size: int, dim: int, window: int) -> RestorePlan:
+    """``d`` checked for a state whose artifact has ``catalogue_size`` videos of ``dim``
+    values and whose online windows hold ``window`` rows; SnapshotError when it does not
+    fit."""
+    try:
+        h = d.header
+        uploads = [str(v) for v in h["uploads"]]
+        emb = d.arrays["upload_emb"]
+        if emb.shape != (len(uploads), dim) or not np.isfinite(emb).all():
+            raise SnapshotError("its uploads do not fit the artifact's embedding size")
+        histories = d.histories()
+        rows = catalogue_size + len(uploads)
+        if any(r < 0 or r >= rows for hist in histories.values() for r in hist):
+            raise SnapshotError("a history names a row the catalogue does not have")
+        if len(h["counters"]) != 4 or set(h["horizon"]) != set(h["applied"]):
+            raise SnapshotError("a damaged header")
+        plan = RestorePlan(
+            h,
+            uploads,
+            emb,
+            histories,
+            d.effects(),
+            d.windows(window),
+            d.video_stats(),
+            d.shares(),
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        if isinstance(exc, SnapshotError):
+            raise
+        raise SnapshotError(f"a damaged snapshot ({type(exc).__name__}: {exc})") from None
+    return plan

@@ -1,0 +1,246 @@
+"""Snapshots: a replica started from the newest snapshot plus the log after it holds the
+state bit for bit that replaying the whole log gives (uploads, takedowns, erasures,
+histories, online user and video effects), and scores the same; a damaged or foreign
+snapshot is ignored with a log line; an erasure leaves no snapshot that holds the user."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from recsys.artifact import load_glmix
+from serving.app import create_app
+from serving.settings import Settings
+from serving.snapshot import MAGIC
+from serving.state import ServingState
+from serving.stores import SqliteStore
+from tests.serving.conftest import AUTH
+from tests.serving.helpers import a_user_with_history, catalogue, frames
+
+
+@pytest.fixture
+def video_artifact(artifact: Path, small_world_dir: Path) -> Path:
+    """The artifact refitted with per-video effects, so their statistics are covered."""
+    from pipelines.glmix.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
+
+    fit_glmix_into_artifact(small_world_dir, artifact, GLMixJobConfig(tune=False))
+    model = load_glmix(artifact)
+    assert model is not None and model.has_video_effects
+    return artifact
+
+
+def _impressions(ids: list[str], users: list[str], prefix: str, n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "impressions": [
+            {
+                "user_id": users[int(rng.integers(len(users)))],
+                "video_id": ids[int(rng.integers(12))],
+                "shown_at": "2030-01-01T00:00:00Z",
+                "watch_seconds": float(rng.choice([0.0, 60.0])),
+                "event_id": f"{prefix}-{i}",
+            }
+            for i in range(n)
+        ]
+    }
+
+
+_AT = "2030-01-02T00:00:00Z"
+
+
+def _post(c: TestClient, path: str, body: dict) -> None:
+    r = c.post(path, json=body, headers=AUTH)
+    assert r.status_code in (200, 201), r.text
+
+
+def _history(
+    settings: Settings, video_artifact: Path, snapshot_midway: bool, with_watch: bool = True
+) -> tuple[list[str], dict[str, Any], tuple[int, ...], list[bytes]]:
+    """A log with every kind of row, written through one live replica; with
+    ``snapshot_midway`` a snapshot is written after its first half (the second half is
+    then the tail). Returns the users, and the live replica's picture, counters and
+    scores at the end."""
+    ids, _ = catalogue(video_artifact)
+    old = a_user_with_history(video_artifact)
+    users = [old, "snap-u1", "snap-u2", "gone-u3"]
+    with TestClient(create_app(settings)) as c:
+        dim = c.app.state.holder.current.feature_dim  # type: ignore[attr-defined]
+        _post(c, "/v1/videos", {"video_id": "up-1", "frames": frames(dim, 5, 1)})
+        _post(c, "/v1/videos", {"video_id": "up-2", "frames": frames(dim, 3, 2)})
+        _post(c, "/v1/events/impressions", _impressions(["up-1", *ids], users, "a", 60, 0))
+        if with_watch:  # a watch between impressions: replays take watches first
+            _post(
+                c,
+                "/v1/events/watch",
+                {"user_id": "snap-u1", "video_id": "up-2", "watch_seconds": 90, "at": _AT},
+            )
+        assert c.delete(f"/v1/videos/{ids[0]}", headers=AUTH).status_code == 200
+        assert c.delete("/v1/users/gone-u3", headers=AUTH).status_code in (200, 204)
+        if snapshot_midway:
+            assert c.app.state.holder.current.write_snapshot()  # type: ignore[attr-defined]
+        _post(c, "/v1/events/impressions", _impressions(["up-2", *ids[1:]], users, "b", 50, 1))
+        assert c.delete("/v1/videos/up-2", headers=AUTH).status_code == 200
+        _post(c, "/v1/videos", {"video_id": "up-3", "frames": frames(dim, 4, 3)})
+        _post(c, "/v1/events/impressions", _impressions(["up-3", *ids[1:]], users, "c", 30, 2))
+        live = c.app.state.holder.current  # type: ignore[attr-defined]
+        live.sync()
+        return users, _picture(live), _counters(live), _scores(live, users)
+
+
+def _picture(s: ServingState) -> dict[str, Any]:
+    """Everything the state derived from the log, in comparable form (arrays as bytes)."""
+    videos = s.online.videos
+    n = len(s.catalogue)
+    return {
+        "ids": list(s.catalogue.ids),
+        "rows": dict(s.catalogue.rows),
+        "removed_rows": set(s.catalogue.removed_rows),
+        "emb": s.catalogue.emb[:n].tobytes(),
+        "index_size": s.catalogue.index.size if hasattr(s.catalogue.index, "size") else None,
+        "histories": s.histories.rows(),
+        "offline": dict(s.histories._offline),
+        "effects": {u: e.tobytes() for u, e in s.online.effects.items()},
+        "windows": {
+            u: (np.stack(z).tobytes(), y, o) for u, (z, y, o) in s.online.window_rows().items()
+        },
+        "forgotten": set(s.online.forgotten),
+        "stats": {
+            v: (g.tobytes(), h.tobytes()) for v, (g, h) in (videos.stats.items() if videos else [])
+        },
+        "shares": {
+            u: {v: (g.tobytes(), h.tobytes()) for v, (g, h) in d.items()}
+            for u, d in (videos.shares.items() if videos else [])
+        },
+        "hashes": dict(s.payload_hashes),
+        "removed": set(s.removed_videos),
+        "erased": set(s.erased_users),
+        "horizon": dict(s._log.horizon),
+        "applied": {t: dict(a) for t, a in s._log.applied.items()},
+    }
+
+
+def _counters(s: ServingState) -> tuple[int, ...]:
+    """What this replica applied (events of users erased since included): not derived
+    from the log alone, so a full replay counts fewer; a snapshot keeps them."""
+    return (s.ingested, s.watch_events, s.impression_events, s.skipped_rows)
+
+
+def _scores(s: ServingState, users: list[str]) -> list[bytes]:
+    rows = [r for r in range(len(s.catalogue)) if r not in s.catalogue.removed_rows]
+    cand = s.catalogue.vectors(rows)
+    out = []
+    for u in [*users, "never-seen"]:
+        mx, avg = s.similarity(u, cand)
+        out.append(s.watch_probability(u, cand, mx, avg, rows).tobytes())
+    return out
+
+
+def test_a_snapshot_plus_the_tail_equals_replaying_the_whole_log(
+    video_artifact: Path, settings: Settings
+) -> None:
+    """The live replica that wrote the log, one started from its snapshot plus the tail,
+    and one that replayed the whole log hold the same bits and score alike (uploads, a
+    watch between impressions, takedowns of a catalogue video and of an upload, an
+    erasure with the user's later events)."""
+    users, live, live_counters, live_scores = _history(settings, video_artifact, True)
+    store = SqliteStore(settings.state_db)
+    try:
+        replayed = ServingState(video_artifact, store, settings.watch_threshold_s, None, False)
+        restored = ServingState(video_artifact, store, settings.watch_threshold_s)
+        assert replayed.started_from == "log" and restored.started_from == "snapshot"
+        for name, state in (("replayed", replayed), ("restored", restored)):
+            got = _picture(state)
+            for key in live:
+                assert got[key] == live[key], f"{name}: {key}"
+            assert _scores(state, users) == live_scores, name
+        assert _counters(restored) == live_counters
+        assert live["removed"] >= {"up-2"} and live["erased"] == {"gone-u3"}
+        assert live["windows"]["gone-u3"] and live["effects"]["gone-u3"]  # events after it
+    finally:
+        store.close()
+
+
+def _imp(user: str, video: str, seconds: float, event: str) -> Any:
+    from serving.stores import Impression
+
+    return Impression(user, video, "2030-02-01T00:00:00Z", seconds, event)
+
+
+def test_a_snapshot_and_a_replay_keep_learning_alike(
+    video_artifact: Path, settings: Settings
+) -> None:
+    users, *_ = _history(settings, video_artifact, snapshot_midway=True)
+    a_store, b_store = SqliteStore(settings.state_db), SqliteStore(settings.state_db)
+    try:
+        replayed = ServingState(video_artifact, a_store, settings.watch_threshold_s, None, False)
+        restored = ServingState(video_artifact, b_store, settings.watch_threshold_s)
+        ids = replayed.catalogue.ids
+        replayed.record_impressions(
+            [_imp(users[1], ids[5], 60.0, "z1"), _imp("z-new", ids[6], 0.0, "z2")]
+        )
+        restored.sync()
+        assert _picture(restored)["effects"] == _picture(replayed)["effects"]
+        assert _scores(restored, users) == _scores(replayed, users)
+    finally:
+        a_store.close()
+        b_store.close()
+
+
+def test_a_damaged_or_foreign_snapshot_is_ignored_and_the_log_replayed(
+    artifact: Path, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids, _ = catalogue(artifact)
+    with TestClient(create_app(settings)) as c:
+        _post(c, "/v1/events/impressions", _impressions(ids, ["d-1", "d-2"], "d", 20, 3))
+        state = c.app.state.holder.current  # type: ignore[attr-defined]
+        assert state.write_snapshot()
+        version = state.version
+    store = SqliteStore(settings.state_db)
+    try:
+        want = _picture(ServingState(artifact, store, settings.watch_threshold_s, None, False))
+        good = store.latest_snapshot(version)
+        assert good is not None and good.startswith(MAGIC)
+        damaged = bytearray(good)
+        damaged[len(good) // 2] ^= 0xFF
+        for body, why in ((bytes(damaged), "checksum"), (b"junk", "not a snapshot")):
+            assert store.save_snapshot(version, body, 0, [])
+            with caplog.at_level(logging.WARNING, logger="serving.derived"):
+                caplog.clear()
+                s = ServingState(artifact, store, settings.watch_threshold_s)
+            assert s.started_from == "log" and why in caplog.text
+            assert _picture(s) == want
+        assert store.save_snapshot("another-artifact", good, 0, [])
+        assert store.latest_snapshot(version) == b"junk"  # the other version's is apart
+    finally:
+        store.close()
+
+
+def test_an_erasure_deletes_snapshots_and_an_older_picture_is_refused(
+    artifact: Path, settings: Settings
+) -> None:
+    """A snapshot taken before an erasure but saved after it would bring the user back on
+    the next start: the store refuses it; the erasure itself deletes every snapshot."""
+    ids, _ = catalogue(artifact)
+    with TestClient(create_app(settings)) as c:
+        _post(c, "/v1/events/impressions", _impressions(ids, ["e-1", "e-2"], "e", 20, 4))
+        state = c.app.state.holder.current  # type: ignore[attr-defined]
+        assert state.write_snapshot()
+        assert state.store.latest_snapshot(state.version) is not None
+        captured = state.capture_snapshot()  # holds e-1
+        assert c.delete("/v1/users/e-1", headers=AUTH).status_code in (200, 204)
+        assert state.store.latest_snapshot(state.version) is None
+        from serving.snapshot import encode
+
+        body = encode(captured, state.glmix.random_dim, state.glmix.video_dim)
+        horizon = int(captured.meta["horizon"]["removals"])
+        assert not state.store.save_snapshot(state.version, body, horizon, [])
+        assert state.write_snapshot()  # a picture after the erasure is taken
+        restored = ServingState(artifact, state.store, settings.watch_threshold_s)
+        assert restored.started_from == "snapshot"
+        assert "e-1" in restored.erased_users and restored.histories.get("e-1") is None
+        assert "e-1" not in restored.online.effects

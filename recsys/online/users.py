@@ -125,7 +125,9 @@ class OnlineEffects:
         if self.model.has_video_effects and self.track_videos:
             self.videos = VideoEffects(self.model)
 
-    def window_rows(self) -> dict[str, tuple[tuple[np.ndarray, ...], tuple[float, ...], tuple[float, ...]]]:
+    def window_rows(
+        self,
+    ) -> dict[str, tuple[tuple[np.ndarray, ...], tuple[float, ...], tuple[float, ...]]]:
         """Every user's window (design rows, labels, offsets; oldest first) as shallow
         copies: the rows are arrays ``observe`` never changes after appending them."""
         return {u: (tuple(w.z), tuple(w.y), tuple(w.offset)) for u, w in self._windows.items()}

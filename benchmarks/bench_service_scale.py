@@ -1,0 +1,132 @@
+"""How a replica's start-up grows with the stored log, with and without a snapshot.
+
+For each size, impressions are written straight into a SQLite state store (the bulk
+path: ``SqliteStore.insert_impressions`` in batches of 10,000, as the event route would
+store them; a quarter are watches; users drawn from the artifact's plus new ones), then a
+real server (``serving.live.start_server``) is started three ways and timed to
+``/readyz``: replaying the whole log; after it has written a snapshot
+(``RECSYS_SNAPSHOT_INTERVAL_S``), from that snapshot plus the log after it. Printed per
+size: ready seconds, RSS when ready, the snapshot's size and the time to write it, and
+ratios against the empty store measured in the same run.
+
+    python -m benchmarks.bench_service_scale --artifacts RUN/artifact --sizes 0,100000,1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from recsys.artifact import load_glmix, read_embeddings
+from serving.live import free_port, start_server
+from serving.stores import Impression, SqliteStore
+
+
+def _rss_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def fill(db: Path, artifact: Path, n: int, seed: int = 0, users: int = 20_000) -> float:
+    """Write ``n`` impressions into the store at ``db``; returns seconds."""
+    ids, _ = read_embeddings(artifact / "embeddings.parquet")
+    glm = load_glmix(artifact)
+    known = list(glm.user_ids) if glm is not None else []
+    names = known + [f"bench-{i}" for i in range(max(users - len(known), 0))]
+    rng = np.random.default_rng(seed)
+    store = SqliteStore(db)
+    t0 = time.perf_counter()
+    for start in range(0, n, 10_000):
+        m = min(10_000, n - start)
+        u = rng.integers(len(names), size=m)
+        v = rng.integers(len(ids), size=m)
+        w = np.where(rng.random(m) < 0.25, 60.0, 0.0)
+        store.insert_impressions(
+            [
+                Impression(names[u[i]], ids[v[i]], "2030-01-01T00:00:00Z", float(w[i]), None)
+                for i in range(m)
+            ]
+        )
+    store.close()
+    return time.perf_counter() - t0
+
+
+def _metric(port: int, name: str) -> float:
+    text = httpx.get(
+        f"http://127.0.0.1:{port}/metrics", headers={"X-API-Key": "k"}, timeout=10
+    ).text
+    m = re.search(rf"^\S*{name}\S* (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def _start(artifact: Path, db: Path, env: dict[str, str]) -> tuple[float, float, int, object]:
+    port = free_port()
+    t0 = time.perf_counter()
+    proc = start_server(artifact, db, port, extra_env=env, single_thread=False)
+    return time.perf_counter() - t0, _rss_mb(proc.pid), port, proc
+
+
+def measure(artifact: Path, db: Path, stored: int) -> dict[str, float]:
+    """Ready time and RSS replaying the log, then from a snapshot written by that server."""
+    out: dict[str, float] = {}
+    off = {"RECSYS_SNAPSHOT_INTERVAL_S": "0"}
+    ready, rss, _, proc = _start(artifact, db, off)
+    out["replay_ready_s"], out["replay_rss_mb"] = ready, rss
+    proc.terminate()  # type: ignore[attr-defined]
+    proc.wait(timeout=30)  # type: ignore[attr-defined]
+    ready, rss, port, proc = _start(artifact, db, {"RECSYS_SNAPSHOT_INTERVAL_S": "1"})
+    t0 = time.perf_counter()
+    while stored and _metric(port, "snapshots_written") < 1 and time.perf_counter() - t0 < 600:
+        time.sleep(0.5)
+    out["snapshot_written_after_s"] = time.perf_counter() - t0
+    proc.terminate()  # type: ignore[attr-defined]
+    proc.wait(timeout=30)  # type: ignore[attr-defined]
+    with sqlite3.connect(db) as c:
+        row = c.execute("SELECT length(body) FROM snapshots ORDER BY seq DESC LIMIT 1").fetchone()
+    out["snapshot_mb"] = (row[0] if row else 0) / 2**20
+    ready, rss, port, proc = _start(artifact, db, off)
+    out["snapshot_ready_s"], out["snapshot_rss_mb"] = ready, rss
+    out["from_snapshot"] = _metric(port, "state_started_from_snapshot")
+    proc.terminate()  # type: ignore[attr-defined]
+    proc.wait(timeout=30)  # type: ignore[attr-defined]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--artifacts", type=Path, required=True)
+    ap.add_argument("--sizes", default="0,100000,1000000")
+    ap.add_argument("--json", type=Path, help="also write the rows here")
+    args = ap.parse_args()
+    rows = []
+    for n in [int(x) for x in args.sizes.split(",")]:
+        with tempfile.TemporaryDirectory() as tmp:
+            db = Path(tmp) / "state.sqlite3"
+            fill_s = fill(db, args.artifacts, n)
+            row = {"stored_impressions": n, "fill_s": fill_s, **measure(args.artifacts, db, n)}
+        rows.append(row)
+        base = rows[0]
+        print(
+            f"{n:>9,} stored: replay ready {row['replay_ready_s']:.1f} s "
+            f"({row['replay_ready_s'] / base['replay_ready_s']:.2f}x empty), RSS "
+            f"{row['replay_rss_mb']:.0f} MB | snapshot {row['snapshot_mb']:.1f} MB, ready "
+            f"{row['snapshot_ready_s']:.1f} s ({row['snapshot_ready_s'] / base['replay_ready_s']:.2f}x "
+            f"empty), RSS {row['snapshot_rss_mb']:.0f} MB, from snapshot {bool(row['from_snapshot'])}",
+            flush=True,
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Snapshots in both stores: the newest per artifact version is kept, an erasure deletes
+every snapshot, and a snapshot that has not applied a stored erasure is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.stores import Impression, StateStore, open_store
+
+pytestmark = pytest.mark.xdist_group("postgres")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> StateStore:
+    url = (
+        f"sqlite:///{tmp_path / 's.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    s = open_store(url)
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def test_the_newest_snapshot_of_each_version_is_kept(store: StateStore) -> None:
+    assert store.latest_snapshot("v1") is None
+    assert store.save_snapshot("v1", b"one", 0, [])
+    assert store.save_snapshot("v1", b"two", 0, [])
+    assert store.save_snapshot("v2", b"other", 0, [])
+    assert store.latest_snapshot("v1") == b"two"
+    assert store.latest_snapshot("v2") == b"other"
+
+
+def test_an_erasure_deletes_every_snapshot_and_refuses_older_ones(store: StateStore) -> None:
+    store.insert_impressions([Impression("u", "v", "2030-01-01T00:00:00Z", 5.0, "e1")])
+    before = store.changes({})
+    horizon = before.horizon.get("removals", 0)
+    assert store.save_snapshot("v1", b"with-u", horizon, [])
+    stamp = store.erase_user("u")
+    assert store.latest_snapshot("v1") is None
+    # Taken before the erasure (its horizon is below it, and it did not apply it): refused.
+    assert not store.save_snapshot("v1", b"with-u-again", horizon, [])
+    assert store.latest_snapshot("v1") is None
+    # One that applied it (above the horizon, among the applied) is taken.
+    assert store.save_snapshot("v1", b"without-u", horizon, [stamp.seq])
+    after = store.changes(before.horizon)
+    assert store.save_snapshot("v1", b"later", after.horizon.get("removals", 0), [])
+    assert store.latest_snapshot("v1") == b"later"

@@ -19,11 +19,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from recsys.online.users import Window
 
 MAGIC = b"RECSYS-SNAPSHOT\n"
 FORMAT = 1
@@ -44,7 +45,7 @@ class Captured:
     upload_emb: np.ndarray
     histories: dict[str, list[int]]
     effects: dict[str, np.ndarray]
-    windows: dict[str, tuple[tuple[np.ndarray, ...], tuple[float, ...], tuple[float, ...]]]
+    windows: dict[str, Window]
     video_stats: dict[str, tuple[np.ndarray, np.ndarray]]
     shares: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
 
@@ -60,6 +61,12 @@ def _stack(rows: list[np.ndarray], shape: tuple[int, ...], dtype: type) -> np.nd
     return np.stack(rows).astype(dtype, copy=False) if rows else np.zeros((0, *shape), dtype)
 
 
+def _concat(parts: list[np.ndarray], shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    return (
+        np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros((0, *shape), dtype)
+    )
+
+
 def encode(c: Captured, random_dim: int, video_dim: int) -> bytes:
     """The snapshot's body (``MAGIC``, SHA-256, npz)."""
     arrays: dict[str, np.ndarray] = {"upload_emb": np.asarray(c.upload_emb, np.float32)}
@@ -69,10 +76,16 @@ def encode(c: Captured, random_dim: int, video_dim: int) -> bytes:
     eff_users = list(c.effects)
     arrays["effects"] = _stack([c.effects[u] for u in eff_users], (random_dim,), np.float64)
     win_users = list(c.windows)
-    arrays["win_offsets"], z = _ragged([list(c.windows[u][0]) for u in win_users])
-    arrays["win_z"] = _stack(z, (random_dim,), np.float64)
-    arrays["win_y"] = np.asarray([y for u in win_users for y in c.windows[u][1]], np.float64)
-    arrays["win_offset"] = np.asarray([o for u in win_users for o in c.windows[u][2]], np.float64)
+    wins = [c.windows[u] for u in win_users]
+    arrays["win_offsets"] = np.concatenate([[0], np.cumsum([len(w.y) for w in wins])]).astype(
+        np.int64
+    )
+    # A window's keys are catalogue rows (the service) or design vectors (width q).
+    width: tuple[int, ...] = () if not wins or wins[0].keys.ndim == 1 else (random_dim,)
+    key_type: type = np.int64 if width == () else np.float64
+    arrays["win_keys"] = _concat([w.keys for w in wins], width, key_type)
+    arrays["win_y"] = _concat([w.y for w in wins], (), np.float64)
+    arrays["win_offset"] = _concat([w.offset for w in wins], (), np.float64)
     stat_ids = list(c.video_stats)
     arrays["stat_g"] = _stack([c.video_stats[v][0] for v in stat_ids], (video_dim,), np.int64)
     arrays["stat_h"] = _stack(
@@ -115,16 +128,16 @@ class Decoded:
         eff = self.arrays["effects"]
         return {u: eff[i].copy() for i, u in enumerate(self.header["effect_users"])}
 
-    def windows(self, maxlen: int) -> dict[str, tuple[deque[Any], deque[float], deque[float]]]:
+    def windows(self, maxlen: int) -> dict[str, Window]:
         a, users = self.arrays, self.header["window_users"]
         off = a["win_offsets"]
         out = {}
         for i, u in enumerate(users):
             s, e = int(off[i]), int(off[i + 1])
-            out[u] = (
-                deque(list(a["win_z"][s:e].copy()), maxlen=maxlen),
-                deque(a["win_y"][s:e].tolist(), maxlen=maxlen),
-                deque(a["win_offset"][s:e].tolist(), maxlen=maxlen),
+            if e - s > maxlen:
+                raise SnapshotError("a window longer than this service keeps")
+            out[u] = Window(
+                a["win_keys"][s:e].copy(), a["win_y"][s:e].copy(), a["win_offset"][s:e].copy()
             )
         return out
 
@@ -181,7 +194,7 @@ class RestorePlan:
     upload_emb: np.ndarray
     histories: dict[str, list[int]]
     effects: dict[str, np.ndarray]
-    windows: dict[str, tuple[deque[Any], deque[float], deque[float]]]
+    windows: dict[str, Window]
     stats: dict[str, tuple[np.ndarray, np.ndarray]]
     shares: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
 
@@ -200,6 +213,9 @@ def restore_plan(d: Decoded, catalogue_size: int, dim: int, window: int) -> Rest
         rows = catalogue_size + len(uploads)
         if any(r < 0 or r >= rows for hist in histories.values() for r in hist):
             raise SnapshotError("a history names a row the catalogue does not have")
+        keys = d.arrays["win_keys"]
+        if keys.ndim == 1 and len(keys) and (keys.min() < 0 or keys.max() >= rows):
+            raise SnapshotError("a window names a row the catalogue does not have")
         if len(h["counters"]) != 4 or set(h["horizon"]) != set(h["applied"]):
             raise SnapshotError("a damaged header")
         plan = RestorePlan(

@@ -94,6 +94,9 @@ class GLMix:
         got = np.asarray(videos)
         if got.dtype.kind in "iu":  # already rows
             return got.astype(np.int64)
+        if len(got) <= 64:  # a few ids (the service's batches): dict lookups, no pandas
+            index = self.video_index
+            return np.fromiter((index.get(v, -1) for v in got.tolist()), np.int64, len(got))
         if self._video_lookup is None:  # a hash index: one vectorised lookup per call
             self._video_lookup = pd.Index(self.video_ids, dtype=object)
         return self._video_lookup.get_indexer(got.astype(object)).astype(np.int64)

@@ -21,7 +21,7 @@ Array functions only: the service and the replay evaluation own the data.
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,13 +96,27 @@ def refit_effect(
     return b
 
 
-@dataclass
-class _UserWindow:
-    z: deque[np.ndarray]
-    y: deque[float]
-    #: the fixed-effect logit of each row, global features included as they were when the
-    #: impression happened (the similarity to the history *then*)
-    offset: deque[float]
+@dataclass(frozen=True)
+class Window:
+    """A user's most recent impressions (at most ``OnlineConfig.window``), oldest first, as
+    arrays that are replaced whole and never changed (a reader keeps a consistent one).
+
+    keys: each row's design vector z = [1, f(v)] (n, q) float64, or, when the effects
+    look video vectors up (``OnlineEffects.vectors_of``), each row's video as a catalogue
+    row (n,) int64: 8 bytes a row instead of 8 q. y (n,): the labels. offset (n,): the
+    fixed-effect logit of each row, global features included as they were when the
+    impression happened (the similarity to the history *then*)."""
+
+    keys: np.ndarray
+    y: np.ndarray
+    offset: np.ndarray
+
+    def extended(self, keys: np.ndarray, y: np.ndarray, offset: np.ndarray, size: int) -> Window:
+        return Window(
+            np.concatenate([self.keys, keys])[-size:],
+            np.concatenate([self.y, y])[-size:],
+            np.concatenate([self.offset, offset])[-size:],
+        )
 
 
 @dataclass
@@ -112,11 +126,14 @@ class OnlineEffects:
     model: GLMix
     config: OnlineConfig = field(default_factory=OnlineConfig)
     effects: dict[str, np.ndarray] = field(default_factory=dict)
-    _windows: dict[str, _UserWindow] = field(default_factory=dict)
+    windows: dict[str, Window] = field(default_factory=dict)
     #: users whose data was erased: the offline fit's effect of them no longer applies
     forgotten: set[str] = field(default_factory=set)
     #: learn per-video effects here (False: the caller does, ``recsys.online.replay``)
     track_videos: bool = True
+    #: catalogue rows (n,) -> their video vectors (n, E), the same for a row whenever asked
+    #: (the service's catalogue): windows then keep rows, not vectors; None: vectors
+    vectors_of: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.prior_precision = random_prior(self.model.config, self.model.random_dim)
@@ -125,23 +142,13 @@ class OnlineEffects:
         if self.model.has_video_effects and self.track_videos:
             self.videos = VideoEffects(self.model)
 
-    def window_rows(
-        self,
-    ) -> dict[str, tuple[tuple[np.ndarray, ...], tuple[float, ...], tuple[float, ...]]]:
-        """Every user's window (design rows, labels, offsets; oldest first) as shallow
-        copies: the rows are arrays ``observe`` never changes after appending them."""
-        return {u: (tuple(w.z), tuple(w.y), tuple(w.offset)) for u, w in self._windows.items()}
-
     def restore(
-        self,
-        effects: dict[str, np.ndarray],
-        windows: dict[str, tuple[deque[np.ndarray], deque[float], deque[float]]],
-        forgotten: set[str],
+        self, effects: dict[str, np.ndarray], windows: dict[str, Window], forgotten: set[str]
     ) -> None:
-        """Take a snapshot's effects, windows (deques of ``config.window`` at most) and
-        forgotten users in: afterwards this object is the one that learnt them."""
+        """Take a snapshot's effects, windows and forgotten users in: afterwards this
+        object is the one that learnt them."""
         self.effects = effects
-        self._windows = {u: _UserWindow(*w) for u, w in windows.items()}
+        self.windows = windows
         self.forgotten = forgotten
 
     def forget(self, user: str) -> None:
@@ -149,7 +156,7 @@ class OnlineEffects:
         are a new user (zero prior effect) whatever the offline model holds; their share
         of the per-video statistics goes too."""
         self.effects.pop(user, None)
-        self._windows.pop(user, None)
+        self.windows.pop(user, None)
         self.forgotten.add(user)
         if self.videos is not None:
             self.videos.forget(user)
@@ -248,12 +255,14 @@ class OnlineEffects:
         global_feats: np.ndarray | None = None,
         video_ids: list[str] | None = None,
         frozen_feats: np.ndarray | None = None,
+        video_rows: np.ndarray | None = None,
     ) -> np.ndarray:
         """Add a user's impressions (video (n, E), labels (n,), the model's global features
         (n, G) as they were at each impression) and refit their effect. A model with
         per-video effects also needs each row's ``video_ids`` and ``frozen_feats`` (n, G),
         the global features against the user's history as the offline fit left it: the
-        per-video statistics use only what does not depend on the order of events."""
+        per-video statistics use only what does not depend on the order of events.
+        ``video_rows`` (n,): each row's catalogue row, when ``vectors_of`` is set."""
         v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
         y = np.asarray(labels, dtype=np.float64).reshape(-1)
         if self.model.has_video_effects and (video_ids is None or len(video_ids) != len(y)):
@@ -261,32 +270,29 @@ class OnlineEffects:
         if self.videos is not None and video_ids is not None:
             base = self.frozen_logit(user, v, list(video_ids), frozen_feats)
             self.videos.observe(user, list(video_ids), y, base, frozen_feats)
-        w = self._windows.get(user)
-        if w is None:
-            n = self.config.window
-            w = _UserWindow(deque(maxlen=n), deque(maxlen=n), deque(maxlen=n))
-            self._windows[user] = w
         z = self._z(v)
+        if self.vectors_of is not None:
+            if video_rows is None or len(video_rows) != len(y):
+                raise ValueError("these effects look vectors up: name each row's catalogue row")
+            keys = np.asarray(video_rows, dtype=np.int64)
+        else:
+            keys = z
         # The user's offsets: the fixed effect and each video's offline effect (frozen).
         off = self.model.fixed_logit(v, global_feats)
         off = off + self._offline_video_logit(video_ids, len(y), global_feats)
-        for i in range(len(y)):
-            w.z.append(z[i])
-            w.y.append(float(y[i]))
-            w.offset.append(float(off[i]))
+        w = self.windows.get(user)
+        if w is None:
+            w = Window(keys[:0], y[:0], off[:0])
+        w = w.extended(keys, y, np.asarray(off, np.float64), self.config.window)
+        self.windows[user] = w
+        design = self._z(self.vectors_of(w.keys)) if self.vectors_of is not None else w.keys
         # Newton from the prior mean, not from the last effect: the effect is then a
         # function of the window alone, bit for bit, however its rows were batched (a
         # replica that replayed the log, one that started from a snapshot and one that
         # saw the events live hold the same bits).
         prior = self.prior(user)
         b = refit_effect(
-            np.stack(w.z),
-            np.fromiter(w.y, np.float64),
-            np.fromiter(w.offset, np.float64),
-            prior,
-            self.precision(user),
-            prior,
-            self.config.newton_steps,
+            design, w.y, w.offset, prior, self.precision(user), prior, self.config.newton_steps
         )
         self.effects[user] = b
         return b

@@ -106,7 +106,8 @@ def _picture(s: ServingState) -> dict[str, Any]:
         "offline": dict(s.histories._offline),
         "effects": {u: e.tobytes() for u, e in s.online.effects.items()},
         "windows": {
-            u: (np.stack(z).tobytes(), y, o) for u, (z, y, o) in s.online.window_rows().items()
+            u: (w.keys.tobytes(), w.y.tobytes(), w.offset.tobytes())
+            for u, w in s.online.windows.items()
         },
         "forgotten": set(s.online.forgotten),
         "stats": {

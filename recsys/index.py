@@ -13,7 +13,7 @@ A GPU is used for flat/IVF search when FAISS has GPU support and a GPU is presen
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import faiss
@@ -22,6 +22,9 @@ import numpy as np
 from recsys.errors import UserInputError
 
 INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf")
+#: ``auto`` picks exact search (flat) up to this many videos and HNSW above: a flat
+#: search reads every vector (1M x 64: 256 MB a query), HNSW a few thousand
+AUTO_EXACT_MAX = 100_000
 
 
 def gpu_available() -> bool:
@@ -30,6 +33,7 @@ def gpu_available() -> bool:
 
 @dataclass(frozen=True)
 class IndexConfig:
+    #: one of ``INDEX_KINDS``, or "auto" (resolved by catalogue size at build)
     kind: str = "flat"
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
@@ -37,9 +41,18 @@ class IndexConfig:
     ivf_nlist: int = 0  # 0: about 4 * sqrt(N)
     ivf_nprobe: int = 16
 
+    #: with ``auto``: flat up to this many videos, HNSW above
+    auto_exact_max: int = AUTO_EXACT_MAX
+
     def __post_init__(self) -> None:
-        if self.kind not in INDEX_KINDS:
-            raise ValueError(f"index kind must be one of {INDEX_KINDS}, got {self.kind!r}")
+        if self.kind not in (*INDEX_KINDS, "auto"):
+            raise ValueError(f"index kind must be auto or one of {INDEX_KINDS}, got {self.kind!r}")
+
+    def resolved(self, n: int) -> IndexConfig:
+        """This config with ``auto`` replaced by the kind for ``n`` videos."""
+        if self.kind != "auto":
+            return self
+        return replace(self, kind="flat" if n <= self.auto_exact_max else "hnsw")
 
 
 def check_embeddings(vectors: np.ndarray, dim: int | None = None, atol: float = 1e-3) -> np.ndarray:
@@ -97,7 +110,7 @@ class VideoIndex:
         cls, video_ids: Sequence[str], vectors: np.ndarray, cfg: IndexConfig | None = None
     ) -> VideoIndex:
         x = check_embeddings(vectors)
-        idx = cls(x.shape[1], cfg)
+        idx = cls(x.shape[1], (cfg or IndexConfig()).resolved(len(x)))
         if idx.config.kind == "ivf":
             idx.index = idx._new_index(len(x))
             ivf = faiss.extract_index_ivf(idx.index)
@@ -154,6 +167,32 @@ class VideoIndex:
         scores, rows = self._searcher().search(q, k)
         ids = [[self.video_ids[r] for r in row if r >= 0] for row in rows]
         return ids, scores
+
+    def recall(
+        self, vectors: np.ndarray, k: int = 20, queries: int = 1000, seed: int = 0
+    ) -> dict[str, Any]:
+        """recall@k of this index against exact search over the same ``vectors`` (the
+        catalogue's rows, in the index's order), on up to ``queries`` of them drawn at
+        random as queries: the mean share of each query's exact k nearest (inner product)
+        that the index returns among its k."""
+        x = check_embeddings(vectors, self.dim)
+        if len(x) != len(self):
+            raise ValueError("recall needs the index's own vectors, in its order")
+        k = min(k, len(x))
+        if k == 0:
+            return {"k": k, "queries": 0, "recall": 1.0}
+        rng = np.random.default_rng(seed)
+        q = np.sort(rng.choice(len(x), size=min(queries, len(x)), replace=False))
+        _, got = self.index.search(x[q], k)
+        hits = 0
+        for s in range(0, len(q), 256):  # exact: (256, N) scores at a time
+            scores = x[q[s : s + 256]] @ x.T
+            exact = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            hits += sum(
+                len(set(e.tolist()) & set(g.tolist()))
+                for e, g in zip(exact, got[s : s + 256], strict=True)
+            )
+        return {"k": k, "queries": len(q), "recall": hits / (k * len(q))}
 
     def to_bytes(self) -> bytes:
         return faiss.serialize_index(self.index).tobytes()

@@ -191,17 +191,25 @@ def _summary_text(s: dict[str, float | None]) -> str:
     return text if auc is None else f"{text}, average similarity AUC {auc:.4f}"
 
 
+def index_with_recall(
+    video_ids: list[str], vectors: np.ndarray, cfg: IndexConfig
+) -> tuple[VideoIndex, dict[str, Any]]:
+    """The catalogue's index (``auto``: chosen by its size) and what the manifest says of
+    it: its kind and its recall@20 against exact search on the catalogue's own rows."""
+    index = VideoIndex.build(video_ids, vectors, cfg)
+    return index, {"kind": index.config.kind, **index.recall(vectors, k=20)}
+
+
 def rung_files(
-    store: FrameStore, vectors: np.ndarray, emb: ClassicalEmbedder, index_cfg: IndexConfig
+    store: FrameStore, vectors: np.ndarray, emb: ClassicalEmbedder, index: VideoIndex
 ) -> dict[str, Any]:
     """The artifact files of a shipped rung: its embedder, every video's row, the index
     over them and the explorer's map."""
-    index = VideoIndex.build(store.video_ids, vectors, index_cfg)
     return {
         **emb.to_files(),
         art.EMBEDDINGS: lambda p: pq.write_table(art.embeddings_table(store.video_ids, vectors), p),
         art.INDEX: index.to_bytes(),
-        art.INDEX_CONFIG: json.dumps(asdict(index_cfg)).encode(),
+        art.INDEX_CONFIG: json.dumps(asdict(index.config)).encode(),
         art.PROJECTION: json.dumps(fit_map(vectors)).encode(),
     }
 
@@ -235,12 +243,13 @@ def ship_rung(
     manifest = art.read_manifest(artifact)
     index_cfg = IndexConfig(**manifest["config"].get("index", {}))
     store = open_frame_store(data)
+    index, index_facts = index_with_recall(store.video_ids, vectors, index_cfg)
     art.extend_artifact(
         artifact,
-        rung_files(store, vectors, emb, index_cfg),
+        rung_files(store, vectors, emb, index),
         {
-            "config": {"embedder": rung_config(emb, max_dim)},
-            "metrics": {**(metrics or {}), "selection": selection.to_json()},
+            "config": {"embedder": rung_config(emb, max_dim), "index": asdict(index.config)},
+            "metrics": {**(metrics or {}), "selection": selection.to_json(), "index": index_facts},
         },
         drop=(art.EMBEDDER_CONFIG, art.EMBEDDER_WEIGHTS),
     )

@@ -142,6 +142,14 @@ TestStart = Annotated[
 
 
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing artifact.")]
+IndexKind = Annotated[
+    str,
+    typer.Option(
+        help="FAISS index: auto (exact search up to 100,000 videos, HNSW above; its "
+        "recall@20 against exact search is measured on the catalogue and written to the "
+        "manifest), flat, hnsw or ivf."
+    ),
+]
 
 
 def representation_of(pooling: str) -> tuple[str, str]:

@@ -18,6 +18,7 @@ from pipelines.commands.options import (
     EpochTriplets,
     Gamma,
     HistoryFeatures,
+    IndexKind,
     Online,
     Overwrite,
     PoolingName,
@@ -104,7 +105,7 @@ def pipeline(
     ] = 0,
     epoch_triplets: EpochTriplets = 125_000,
     precision: Precision = "auto",
-    index: Annotated[str, typer.Option(help="FAISS index kind: flat, hnsw or ivf.")] = "flat",
+    index: IndexKind = "auto",
     tune_glmix: Annotated[
         bool,
         typer.Option(

@@ -48,7 +48,8 @@ class EmbeddingJobConfig:
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     triplets: TripletConfig = field(default_factory=TripletConfig)
-    index: IndexConfig = field(default_factory=IndexConfig)
+    #: the catalogue's index (``auto``: chosen by its size, its recall measured)
+    index: IndexConfig = field(default_factory=lambda: IndexConfig(kind="auto"))
     #: what the artifact ships: "learned" (the model above), a ladder rung by name (no
     #: training), or "auto" (train, then ship whichever validation prefers)
     representation: str = "learned"

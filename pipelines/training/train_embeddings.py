@@ -28,6 +28,7 @@ from embeddings.registry import RUNGS
 from pipelines.choice.representation import (
     AUTO,
     choose_representation,
+    index_with_recall,
     rung_config,
     rung_files,
     ship_rung,
@@ -123,8 +124,9 @@ def _write_trained(
     result, choices, embed_s = chosen.outcome
     starting_point = {**split.starting_point, **choices} if split.starting_point else {}
     model_cfg = result.model.config
-    index = VideoIndex.build(store.video_ids, vectors, cfg.index)
+    index, index_facts = index_with_recall(store.video_ids, vectors, cfg.index)
     metrics = {
+        "index": index_facts,
         "triplets": {
             "train": int((~split.val_mask).sum()),
             "validation": int(split.val_mask.sum()),
@@ -138,7 +140,8 @@ def _write_trained(
         **({"starting_point": starting_point} if starting_point else {}),
         **({"settings_search": search_report} if search_report else {}),
     }
-    cfg = replace(cfg, train=replace(cfg.train, lr=chosen.lr))  # what the kept model had
+    # what the kept model had, and the index kind the catalogue's size chose
+    cfg = replace(cfg, train=replace(cfg.train, lr=chosen.lr), index=index.config)
     manifest = _manifest(data_dir, *span, len(store), model_cfg, cfg, metrics)
     with tempfile.TemporaryDirectory() as tmp:
         files = _artifact_files(result, model_cfg, store, vectors, index, cfg.index, Path(tmp))
@@ -204,16 +207,19 @@ def _run_rung(
     )
     vectors, emb, info = sel.rungs[name]
     store = open_frame_store(data_dir)
+    index, index_facts = index_with_recall(store.video_ids, vectors, cfg.index)
+    cfg = replace(cfg, index=index.config)
     metrics = {
         "selection": sel.to_json(),
         "pca_dim": info["pca_dim"],
+        "index": index_facts,
         **_heldout_pairs(impressions_connection(data_dir), store, vectors, cfg, test_start),
     }
     manifest = _manifest(data_dir, first, last, test_start, len(store), cfg.embedder, cfg, metrics)
     manifest["config"]["embedder"] = rung_config(emb, cfg.embedder.embedding_dim)
     manifest["config"].pop("train")
     path = art.write_artifact(
-        out, rung_files(store, vectors, emb, cfg.index), manifest, overwrite=overwrite
+        out, rung_files(store, vectors, emb, index), manifest, overwrite=overwrite
     )
     return EmbeddingJobResult(artifact=path, metrics=metrics, history=[])
 

@@ -70,7 +70,9 @@ def _metric(port: int, name: str) -> float:
 def _start(artifact: Path, db: Path, env: dict[str, str]) -> tuple[float, float, int, object]:
     port = free_port()
     t0 = time.perf_counter()
-    proc = start_server(artifact, db, port, extra_env=env, single_thread=False)
+    proc = start_server(
+        artifact, db, port, extra_env=env, single_thread=False, ready_timeout_s=3600
+    )
     return time.perf_counter() - t0, _rss_mb(proc.pid), port, proc
 
 

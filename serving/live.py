@@ -32,11 +32,13 @@ def start_server(
     api_key: str | None = "k",
     args: Sequence[str] = (),
     single_thread: bool = True,
+    ready_timeout_s: float = 60.0,
 ) -> subprocess.Popen[bytes]:
     """``recsys serve`` on ``port`` with its state in ``db`` (or at ``state_url``), once
     ``/readyz`` answers 200; ``api_key`` None: no write key; ``args``: more flags;
     ``single_thread``: one OpenMP thread (tests beside each other on a small machine).
-    RuntimeError with the server's stderr when it dies or is not ready in 60 s."""
+    RuntimeError with the server's stderr when it dies or is not ready in
+    ``ready_timeout_s``."""
     env = {**os.environ, "RECSYS_STATE_DB": str(db)}
     env.pop("RECSYS_API_KEY", None)
     if api_key is not None:
@@ -62,7 +64,7 @@ def start_server(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.time() + 60
+    deadline = time.time() + ready_timeout_s
     while time.time() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:

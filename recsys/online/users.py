@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.linalg.lapack import dposv
 
 from recsys.glmix.config import random_prior
 from recsys.glmix.model import GLMix
@@ -69,24 +70,25 @@ def refit_effect(
         return np.array(prior_mean, dtype=np.float64)
     lam = np.asarray(prior_precision, dtype=np.float64)
     m = np.asarray(prior_mean, dtype=np.float64)
+    reg = np.diag(lam + 1e-9)  # the prior's curvature (and a ridge for a singular window)
 
-    def objective(beta: np.ndarray) -> float:
+    def objective(beta: np.ndarray) -> tuple[float, np.ndarray]:
         eta = offset + z @ beta
         d = beta - m
-        return float((y * eta - np.logaddexp(0.0, eta)).sum() - 0.5 * (lam * d * d).sum())
+        value = (y * eta - np.logaddexp(0.0, eta)).sum() - 0.5 * (lam * d * d).sum()
+        return float(value), eta
 
-    obj = objective(b)
+    obj, eta = objective(b)
     for _ in range(steps):
-        eta = offset + z @ b
         mu = sigmoid(eta)
         grad = z.T @ (y - mu) - lam * (b - m)
-        hess = (z * (mu * (1.0 - mu))[:, None]).T @ z + np.diag(lam) + 1e-9 * np.eye(len(b))
-        step = np.linalg.solve(hess, grad)
+        hess = (z.T * (mu * (1.0 - mu))) @ z + reg
+        step = _spd_solve(hess, grad)
         t = 1.0
         for _ in range(20):
-            new = objective(b + t * step)
+            new, new_eta = objective(b + t * step)
             if new >= obj - 1e-12:
-                b, obj = b + t * step, new
+                b, obj, eta = b + t * step, new, new_eta
                 break
             t *= 0.5
         else:
@@ -94,6 +96,13 @@ def refit_effect(
         if float(np.abs(t * step).max()) < 1e-10:  # converged: the MAP of this window
             break
     return b
+
+
+def _spd_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a^-1 b for a symmetric positive definite ``a`` by Cholesky (LAPACK ``dposv``: a
+    third of ``np.linalg.solve``'s time at this size); LU when ``a`` is not."""
+    _, x, info = dposv(a, b)
+    return x if info == 0 else np.linalg.solve(a, b)
 
 
 @dataclass(frozen=True)

@@ -265,13 +265,14 @@ class DerivedState:
                 }
                 captured = Captured(
                     meta,
+                    self.catalogue.ids[:n],
                     self.catalogue.ids[self.catalogue.size_at_load : n],
                     self.catalogue.emb[self.catalogue.size_at_load : n].copy(),
                     self.histories.rows(),
                     dict(self.online.effects),
                     dict(self.online.windows),
                     {} if videos is None else dict(videos.stats),
-                    {} if videos is None else {u: dict(d) for u, d in videos.shares.items()},
+                    {} if videos is None else dict(videos.shares),
                 )
                 self.unsnapshotted = 0
         return captured
@@ -294,7 +295,7 @@ class DerivedState:
             return
         try:
             d = decode(body, self.version)
-            plan = restore_plan(d, len(self.catalogue), self.dim, self.online.config.window)
+            plan = restore_plan(d, list(self.catalogue.ids), self.dim, self.online.config.window)
         except SnapshotError as exc:
             log.warning("state store: snapshot not used (%s); replaying the whole log", exc)
             return

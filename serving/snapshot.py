@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from recsys.online.users import Window
+from recsys.online.videos import UserShares
 
 MAGIC = b"RECSYS-SNAPSHOT\n"
-FORMAT = 1
+FORMAT = 2
 
 
 class SnapshotError(ValueError):
@@ -41,13 +42,15 @@ class Captured:
     state (it replaces arrays whole), so the copies stay a consistent picture."""
 
     meta: dict[str, Any]
+    #: every catalogue id by row (the artifact's, then the uploads'): shares name rows
+    catalogue_ids: list[str]
     uploads: list[str]
     upload_emb: np.ndarray
     histories: dict[str, list[int]]
     effects: dict[str, np.ndarray]
     windows: dict[str, Window]
     video_stats: dict[str, tuple[np.ndarray, np.ndarray]]
-    shares: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+    shares: dict[str, UserShares]
 
 
 def _ragged(values: list[list[Any]]) -> tuple[np.ndarray, list[Any]]:
@@ -92,10 +95,14 @@ def encode(c: Captured, random_dim: int, video_dim: int) -> bytes:
         [c.video_stats[v][1] for v in stat_ids], (video_dim, video_dim), np.int64
     )
     share_users = list(c.shares)
-    arrays["share_offsets"], share_videos = _ragged([list(c.shares[u]) for u in share_users])
-    pairs = [c.shares[u][v] for u in share_users for v in c.shares[u]]
-    arrays["share_g"] = _stack([g for g, _ in pairs], (video_dim,), np.int64)
-    arrays["share_h"] = _stack([h for _, h in pairs], (video_dim, video_dim), np.int64)
+    mine = [c.shares[u] for u in share_users]
+    arrays["share_offsets"], share_videos = _ragged([list(m.videos) for m in mine])
+    row_of = {v: i for i, v in enumerate(c.catalogue_ids)}
+    arrays["share_rows"] = np.fromiter(
+        (row_of[v] for v in share_videos), np.int64, len(share_videos)
+    )
+    arrays["share_g"] = _concat([m.g for m in mine], (video_dim,), np.int64)
+    arrays["share_h"] = _concat([m.h for m in mine], (video_dim, video_dim), np.int64)
     header = {
         **c.meta,
         "format": FORMAT,
@@ -105,7 +112,6 @@ def encode(c: Captured, random_dim: int, video_dim: int) -> bytes:
         "window_users": win_users,
         "stat_videos": stat_ids,
         "share_users": share_users,
-        "share_videos": share_videos,
     }
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     buf = io.BytesIO()
@@ -145,15 +151,18 @@ class Decoded:
         g, h = self.arrays["stat_g"], self.arrays["stat_h"]
         return {v: (g[i].copy(), h[i].copy()) for i, v in enumerate(self.header["stat_videos"])}
 
-    def shares(self) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-        a, hd = self.arrays, self.header
-        off, videos = a["share_offsets"], hd["share_videos"]
-        out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-        for i, u in enumerate(hd["share_users"]):
+    def shares(self, catalogue_ids: list[str]) -> dict[str, UserShares]:
+        """Each user's shares, their videos named by the catalogue's own id strings."""
+        a = self.arrays
+        off, rows = a["share_offsets"], a["share_rows"].tolist()
+        out = {}
+        for i, u in enumerate(self.header["share_users"]):
             s, e = int(off[i]), int(off[i + 1])
-            out[u] = {
-                videos[j]: (a["share_g"][j].copy(), a["share_h"][j].copy()) for j in range(s, e)
-            }
+            out[u] = UserShares(
+                tuple(catalogue_ids[r] for r in rows[s:e]),
+                a["share_g"][s:e].copy(),
+                a["share_h"][s:e].copy(),
+            )
         return out
 
 
@@ -177,6 +186,11 @@ def decode(body: bytes, artifact_version: str) -> Decoded:
         header = json.loads(arrays.pop("header").tobytes().decode())
     except (OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
         raise SnapshotError(f"unreadable ({exc})") from None
+    # One string object per user across the lists (json gives each list its own).
+    canon: dict[str, str] = {}
+    for key in ("hist_users", "effect_users", "window_users", "share_users"):
+        if isinstance(header.get(key), list):
+            header[key] = [canon.setdefault(u, u) for u in header[key]]
     if header.get("format") != FORMAT:
         raise SnapshotError(f"format {header.get('format')!r}, this service reads {FORMAT}")
     if header.get("artifact_version") != artifact_version:
@@ -196,13 +210,14 @@ class RestorePlan:
     effects: dict[str, np.ndarray]
     windows: dict[str, Window]
     stats: dict[str, tuple[np.ndarray, np.ndarray]]
-    shares: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+    shares: dict[str, UserShares]
 
 
-def restore_plan(d: Decoded, catalogue_size: int, dim: int, window: int) -> RestorePlan:
-    """``d`` checked for a state whose artifact has ``catalogue_size`` videos of ``dim``
+def restore_plan(d: Decoded, catalogue_ids: list[str], dim: int, window: int) -> RestorePlan:
+    """``d`` checked for a state whose artifact has the videos ``catalogue_ids`` of ``dim``
     values and whose online windows hold ``window`` rows; SnapshotError when it does not
     fit."""
+    catalogue_size = len(catalogue_ids)
     try:
         h = d.header
         uploads = [str(v) for v in h["uploads"]]
@@ -213,6 +228,9 @@ def restore_plan(d: Decoded, catalogue_size: int, dim: int, window: int) -> Rest
         rows = catalogue_size + len(uploads)
         if any(r < 0 or r >= rows for hist in histories.values() for r in hist):
             raise SnapshotError("a history names a row the catalogue does not have")
+        share_rows = d.arrays["share_rows"]
+        if len(share_rows) and (share_rows.min() < 0 or share_rows.max() >= rows):
+            raise SnapshotError("a share names a row the catalogue does not have")
         keys = d.arrays["win_keys"]
         if keys.ndim == 1 and len(keys) and (keys.min() < 0 or keys.max() >= rows):
             raise SnapshotError("a window names a row the catalogue does not have")
@@ -226,7 +244,7 @@ def restore_plan(d: Decoded, catalogue_size: int, dim: int, window: int) -> Rest
             d.effects(),
             d.windows(window),
             d.video_stats(),
-            d.shares(),
+            d.shares([*catalogue_ids, *uploads]),
         )
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         if isinstance(exc, SnapshotError):

@@ -40,6 +40,35 @@ def to_units(values: np.ndarray) -> np.ndarray:
     return np.rint(np.asarray(values, dtype=np.float64) * SCALE).astype(np.int64)
 
 
+@dataclass(frozen=True)
+class UserShares:
+    """One user's share of the per-video sums, replaced whole on every change (a reader
+    keeps a consistent one): the videos they were shown, first shown first, and per
+    video the summed gradient (k, qv) and curvature (k, qv, qv) terms in fixed-point
+    units. About 8 (1 + qv + qv^2) bytes a (user, video) pair."""
+
+    videos: tuple[str, ...]
+    g: np.ndarray
+    h: np.ndarray
+
+    def added(self, videos: list[str], g: np.ndarray, h: np.ndarray) -> UserShares:
+        """These shares plus one term per row (``videos`` may repeat and may be new)."""
+        where = {v: i for i, v in enumerate(self.videos)}
+        order = list(self.videos)
+        for v in videos:
+            if v not in where:
+                where[v] = len(order)
+                order.append(v)
+        new_g = np.zeros((len(order), *g.shape[1:]), np.int64)
+        new_h = np.zeros((len(order), *h.shape[1:]), np.int64)
+        new_g[: len(self.videos)] = self.g
+        new_h[: len(self.videos)] = self.h
+        rows = np.fromiter((where[v] for v in videos), np.int64, len(videos))
+        np.add.at(new_g, rows, g)  # integer sums: exact in any order
+        np.add.at(new_h, rows, h)
+        return UserShares(tuple(order), new_g, new_h)
+
+
 @dataclass
 class VideoEffects:
     """Per-video online effects on top of an offline GLMix with per-video effects."""
@@ -48,8 +77,8 @@ class VideoEffects:
     #: per video: the (qv,) and (qv, qv) int64 sums of the gradient and curvature terms,
     #: replaced as one pair (a reader never sees one updated without the other)
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    #: per user, per video: that user's share of the sums (what an erasure takes out)
-    shares: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    #: per user: that user's share of the sums (what an erasure takes out)
+    shares: dict[str, UserShares] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.q = self.model.video_dim
@@ -107,18 +136,20 @@ class VideoEffects:
         y = np.asarray(labels, dtype=np.float64)
         mu = expit(np.asarray(base_logit, dtype=np.float64))
         z = self.design(len(y), frozen_feats)
-        mine = self.shares.setdefault(user, {})
+        # Per row, the same products as term by term: z (y - mu), (z z^T) mu (1 - mu).
+        g = to_units(z * (y - mu)[:, None])
+        h = to_units(z[:, :, None] * z[:, None, :] * (mu * (1.0 - mu))[:, None, None])
         for i, v in enumerate(videos):
-            g = to_units(z[i] * (y[i] - mu[i]))
-            h = to_units(np.outer(z[i], z[i]) * (mu[i] * (1.0 - mu[i])))
-            self._add(v, g, h)
-            old = mine.get(v)
-            mine[v] = (g, h) if old is None else (old[0] + g, old[1] + h)
+            self._add(v, g[i].copy(), h[i].copy())
+        mine = self.shares.get(user) or UserShares((), g[:0], h[:0])
+        self.shares[user] = mine.added(list(videos), g, h)
 
     def forget(self, user: str) -> None:
         """Take every contribution of ``user`` back out (an erasure)."""
-        for v, (g, h) in self.shares.pop(user, {}).items():
-            self._add(v, -g, -h)
+        mine = self.shares.pop(user, None)
+        if mine is not None:
+            for v, g, h in zip(mine.videos, mine.g, mine.h, strict=True):
+                self._add(v, -g, -h)
 
     def _add(self, video: str, g: np.ndarray, h: np.ndarray) -> None:
         old = self.stats.get(video)

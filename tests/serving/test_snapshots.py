@@ -114,8 +114,8 @@ def _picture(s: ServingState) -> dict[str, Any]:
             v: (g.tobytes(), h.tobytes()) for v, (g, h) in (videos.stats.items() if videos else [])
         },
         "shares": {
-            u: {v: (g.tobytes(), h.tobytes()) for v, (g, h) in d.items()}
-            for u, d in (videos.shares.items() if videos else [])
+            u: (m.videos, m.g.tobytes(), m.h.tobytes())
+            for u, m in (videos.shares.items() if videos else [])
         },
         "hashes": dict(s.payload_hashes),
         "removed": set(s.removed_videos),

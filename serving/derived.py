@@ -30,7 +30,7 @@ from recsys.scoring import glmix_global_features, history_similarity
 from serving.catalogue import Catalogue
 from serving.histories import Histories
 from serving.replication import Follower
-from serving.snapshot import Captured, SnapshotError, decode, encode, restore_plan
+from serving.snapshot import Picture, SnapshotError, decode, encode, restore_plan
 from serving.stores import Changes, Impression, Removal, StateStore, StoredVideo, Watch
 from serving.stores.contract import TABLES, Stamp
 
@@ -238,7 +238,7 @@ class DerivedState:
 
     # ------------------------------------------------------------------ snapshots
 
-    def capture_snapshot(self) -> Captured:
+    def capture_snapshot(self) -> Picture:
         """What a snapshot holds, as shallow copies taken under the locks once no batch is
         half applied (its impressions staged, their refits not yet done); ``encode``
         builds the arrays outside the locks."""
@@ -263,7 +263,7 @@ class DerivedState:
                     "erased_users": sorted(self.erased_users),
                     "forgotten": sorted(self.online.forgotten),
                 }
-                captured = Captured(
+                captured = Picture(
                     meta,
                     self.catalogue.ids[:n],
                     self.catalogue.ids[self.catalogue.size_at_load : n],
@@ -310,7 +310,7 @@ class DerivedState:
         self.histories.restore(plan.histories, self.erased_users)
         self.online.restore(plan.effects, plan.windows, set(h["forgotten"]))
         if self.online.videos is not None:
-            self.online.videos.stats, self.online.videos.shares = plan.stats, plan.shares
+            self.online.videos.stats, self.online.videos.shares = plan.video_stats, plan.shares
         self.ingested, self.watch_events, self.impression_events, self.skipped_rows = h["counters"]
         self._log.horizon = {t: int(k) for t, k in h["horizon"].items()}
         self._log.applied = {t: {int(q): int(o) for q, o in a} for t, a in h["applied"].items()}

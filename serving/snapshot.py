@@ -36,10 +36,12 @@ class SnapshotError(ValueError):
 
 
 @dataclass
-class Captured:
-    """References taken under the state's locks (cheap: shallow copies); ``encode`` turns
-    them into arrays outside the locks. Every array referenced is never mutated by the
-    state (it replaces arrays whole), so the copies stay a consistent picture."""
+class Picture:
+    """What a snapshot holds. Taken: references under the state's locks (cheap, shallow
+    copies; ``encode`` turns them into arrays outside the locks; every array referenced
+    is never mutated by the state, which replaces arrays whole). Restored: a decoded
+    snapshot checked against the state it will go into (``restore_plan``), nothing
+    applied yet, so a bad snapshot leaves the state as it was."""
 
     meta: dict[str, Any]
     #: every catalogue id by row (the artifact's, then the uploads'): shares name rows
@@ -70,7 +72,7 @@ def _concat(parts: list[np.ndarray], shape: tuple[int, ...], dtype: type) -> np.
     )
 
 
-def encode(c: Captured, random_dim: int, video_dim: int) -> bytes:
+def encode(c: Picture, random_dim: int, video_dim: int) -> bytes:
     """The snapshot's body (``MAGIC``, SHA-256, npz)."""
     arrays: dict[str, np.ndarray] = {"upload_emb": np.asarray(c.upload_emb, np.float32)}
     hist_users = list(c.histories)
@@ -198,22 +200,7 @@ def decode(body: bytes, artifact_version: str) -> Decoded:
     return Decoded(header, arrays)
 
 
-@dataclass
-class RestorePlan:
-    """A decoded snapshot checked against the state it will go into, nothing applied yet
-    (so a bad snapshot leaves the state as it was)."""
-
-    header: dict[str, Any]
-    uploads: list[str]
-    upload_emb: np.ndarray
-    histories: dict[str, list[int]]
-    effects: dict[str, np.ndarray]
-    windows: dict[str, Window]
-    stats: dict[str, tuple[np.ndarray, np.ndarray]]
-    shares: dict[str, UserShares]
-
-
-def restore_plan(d: Decoded, catalogue_ids: list[str], dim: int, window: int) -> RestorePlan:
+def restore_plan(d: Decoded, catalogue_ids: list[str], dim: int, window: int) -> Picture:
     """``d`` checked for a state whose artifact has the videos ``catalogue_ids`` of ``dim``
     values and whose online windows hold ``window`` rows; SnapshotError when it does not
     fit."""
@@ -236,8 +223,9 @@ def restore_plan(d: Decoded, catalogue_ids: list[str], dim: int, window: int) ->
             raise SnapshotError("a window names a row the catalogue does not have")
         if len(h["counters"]) != 4 or set(h["horizon"]) != set(h["applied"]):
             raise SnapshotError("a damaged header")
-        plan = RestorePlan(
+        plan = Picture(
             h,
+            [*catalogue_ids, *uploads],
             uploads,
             emb,
             histories,

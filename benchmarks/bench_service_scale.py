@@ -26,8 +26,8 @@ import httpx
 import numpy as np
 
 from recsys.artifact import load_glmix, read_embeddings
-from serving.live import free_port, start_server
-from serving.stores import Impression, SqliteStore
+from serving.live import PostgresServer, free_port, start_server
+from serving.stores import Impression, SqliteStore, open_store
 
 
 def _rss_mb(pid: int) -> float:
@@ -35,14 +35,15 @@ def _rss_mb(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024  # type: ignore[union-attr]
 
 
-def fill(db: Path, artifact: Path, n: int, seed: int = 0, users: int = 20_000) -> float:
-    """Write ``n`` impressions into the store at ``db``; returns seconds."""
+def fill(db: Path | str, artifact: Path, n: int, seed: int = 0, users: int = 20_000) -> float:
+    """Write ``n`` impressions into the store at ``db`` (a SQLite path or a store URL);
+    returns seconds."""
     ids, _ = read_embeddings(artifact / "embeddings.parquet")
     glm = load_glmix(artifact)
     known = list(glm.user_ids) if glm is not None else []
     names = known + [f"bench-{i}" for i in range(max(users - len(known), 0))]
     rng = np.random.default_rng(seed)
-    store = SqliteStore(db)
+    store = SqliteStore(db) if isinstance(db, Path) else open_store(db)
     t0 = time.perf_counter()
     for start in range(0, n, 10_000):
         m = min(10_000, n - start)
@@ -59,6 +60,10 @@ def fill(db: Path, artifact: Path, n: int, seed: int = 0, users: int = 20_000) -
     return time.perf_counter() - t0
 
 
+#: the PostgreSQL store's URL when measuring one (``--store postgresql``)
+_URL: list[str] = []
+
+
 def _metric(port: int, name: str) -> float:
     text = httpx.get(
         f"http://127.0.0.1:{port}/metrics", headers={"X-API-Key": "k"}, timeout=10
@@ -69,11 +74,25 @@ def _metric(port: int, name: str) -> float:
 
 def _start(artifact: Path, db: Path, env: dict[str, str]) -> tuple[float, float, int, object]:
     port = free_port()
+    env = {**env, **({"RECSYS_STATE_URL": _URL[0]} if _URL else {})}
     t0 = time.perf_counter()
     proc = start_server(
         artifact, db, port, extra_env=env, single_thread=False, ready_timeout_s=3600
     )
     return time.perf_counter() - t0, _rss_mb(proc.pid), port, proc
+
+
+def _snapshot_bytes(db: Path) -> int:
+    sql = "SELECT length(body) FROM snapshots ORDER BY seq DESC LIMIT 1"
+    if _URL:
+        import psycopg
+
+        with psycopg.connect(_URL[0]) as c:
+            row = c.execute(sql).fetchone()
+    else:
+        with sqlite3.connect(db) as c:
+            row = c.execute(sql).fetchone()
+    return int(row[0]) if row else 0
 
 
 def measure(artifact: Path, db: Path, stored: int) -> dict[str, float]:
@@ -91,9 +110,7 @@ def measure(artifact: Path, db: Path, stored: int) -> dict[str, float]:
     out["snapshot_written_after_s"] = time.perf_counter() - t0
     proc.terminate()  # type: ignore[attr-defined]
     proc.wait(timeout=30)  # type: ignore[attr-defined]
-    with sqlite3.connect(db) as c:
-        row = c.execute("SELECT length(body) FROM snapshots ORDER BY seq DESC LIMIT 1").fetchone()
-    out["snapshot_mb"] = (row[0] if row else 0) / 2**20
+    out["snapshot_mb"] = _snapshot_bytes(db) / 2**20
     ready, rss, port, proc = _start(artifact, db, off)
     out["snapshot_ready_s"], out["snapshot_rss_mb"] = ready, rss
     out["from_snapshot"] = _metric(port, "state_started_from_snapshot")
@@ -109,14 +126,40 @@ def main() -> None:
     ap.add_argument("--artifacts", type=Path, required=True)
     ap.add_argument("--sizes", default="0,100000,1000000")
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     args = ap.parse_args()
     rows = []
-    for n in [int(x) for x in args.sizes.split(",")]:
-        with tempfile.TemporaryDirectory() as tmp:
-            db = Path(tmp) / "state.sqlite3"
-            fill_s = fill(db, args.artifacts, n)
-            row = {"stored_impressions": n, "fill_s": fill_s, **measure(args.artifacts, db, n)}
-        rows.append(row)
+    pg = PostgresServer() if args.store == "postgresql" else None
+    try:
+        for i, n in enumerate(int(x) for x in args.sizes.split(",")):
+            with tempfile.TemporaryDirectory() as tmp:
+                db = Path(tmp) / "state.sqlite3"
+                _URL.clear()
+                if pg is not None:
+                    import psycopg
+
+                    with psycopg.connect(pg.url, autocommit=True) as c:
+                        c.execute(f"CREATE DATABASE bench{i}")
+                    _URL.append(pg.url.rsplit("/", 1)[0] + f"/bench{i}")
+                fill_s = fill(_URL[0] if _URL else db, args.artifacts, n)
+                row = {
+                    "store": args.store,
+                    "stored_impressions": n,
+                    "fill_s": fill_s,
+                    **measure(args.artifacts, db, n),
+                }
+            rows.append(row)
+            _report(rows)
+    finally:
+        if pg is not None:
+            pg.destroy()
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+def _report(rows: list[dict[str, float]]) -> None:
+    if rows:
+        row, n = rows[-1], int(rows[-1]["stored_impressions"])
         base = rows[0]
         print(
             f"{n:>9,} stored: replay ready {row['replay_ready_s']:.1f} s "
@@ -126,8 +169,6 @@ def main() -> None:
             f"empty), RSS {row['snapshot_rss_mb']:.0f} MB, from snapshot {bool(row['from_snapshot'])}",
             flush=True,
         )
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

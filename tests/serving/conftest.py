@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from recsys.artifact import load_glmix
 from serving.app import create_app
 from serving.live import PostgresServer
 from serving.settings import Settings
@@ -57,3 +58,14 @@ def pg_url(pg: PostgresServer) -> str:
     with psycopg.connect(pg.url, autocommit=True) as c:
         c.execute(f"CREATE DATABASE {name}")
     return pg.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def video_artifact(artifact: Path, small_world_dir: Path) -> Path:
+    """The artifact refitted with the per-video coordinate (whatever validation picked)."""
+    from pipelines.glmix.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
+
+    fit_glmix_into_artifact(small_world_dir, artifact, GLMixJobConfig(tune=False))
+    model = load_glmix(artifact)
+    assert model is not None and model.has_video_effects and model.global_names
+    return artifact

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from recsys.artifact import load_glmix
 from serving.app import create_app
 from serving.settings import Settings
 from serving.snapshot import MAGIC
@@ -21,17 +20,6 @@ from serving.state import ServingState
 from serving.stores import SqliteStore
 from tests.serving.conftest import AUTH
 from tests.serving.helpers import a_user_with_history, catalogue, frames
-
-
-@pytest.fixture
-def video_artifact(artifact: Path, small_world_dir: Path) -> Path:
-    """The artifact refitted with per-video effects, so their statistics are covered."""
-    from pipelines.glmix.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
-
-    fit_glmix_into_artifact(small_world_dir, artifact, GLMixJobConfig(tune=False))
-    model = load_glmix(artifact)
-    assert model is not None and model.has_video_effects
-    return artifact
 
 
 def _impressions(ids: list[str], users: list[str], prefix: str, n: int, seed: int) -> dict:

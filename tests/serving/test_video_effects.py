@@ -4,27 +4,12 @@ user's share out everywhere."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pytest
 from fastapi.testclient import TestClient
 
-from recsys.artifact import load_glmix
 from serving.app import create_app
 from tests.serving.conftest import AUTH
 from tests.serving.helpers import a_user_with_history, catalogue
-
-
-@pytest.fixture
-def video_artifact(artifact: Path, small_world_dir: Path) -> Path:
-    """The artifact refitted with the per-video coordinate (whatever validation picked)."""
-    from pipelines.glmix.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
-
-    fit_glmix_into_artifact(small_world_dir, artifact, GLMixJobConfig(tune=False))
-    model = load_glmix(artifact)
-    assert model is not None and model.has_video_effects and model.global_names
-    return artifact
 
 
 def _impressions(ids: list[str], users: list[str], prefix: str, n: int, seed: int) -> list[dict]:

@@ -211,3 +211,16 @@ def test_recentering_is_skipped_where_it_would_not_be_exact() -> None:
         assert (m != 0.0) == moved
         np.testing.assert_allclose(b.fixed_score + b._random_total(), before, atol=1e-12)
         assert b.recenter(VIDEO) != 0.0
+
+
+@pytest.mark.parametrize("n", [0, 5, 100, 5000])
+def test_video_rows_by_dict_and_by_index_agree(n: int) -> None:
+    """A few thousand ids go through the model's dict, more through a pandas index: the
+    same rows either way, -1 for an id the fit never saw."""
+    users, x, y, videos, _, _ = _world(seed=3)
+    model = fit_glmix(users, x, y, GLMixConfig(video_effects=True), videos=videos)
+    rng = np.random.default_rng(n)
+    ids = [f"v{i}" for i in rng.integers(0, 40, size=n)]  # v30..v39: never seen
+    want = np.array([model.video_index.get(v, -1) for v in ids], dtype=np.int64)
+    np.testing.assert_array_equal(model.video_rows(ids), want)
+    np.testing.assert_array_equal(model.video_rows(np.asarray(ids, dtype=object)), want)

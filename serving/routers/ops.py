@@ -1,11 +1,15 @@
-"""Operations: liveness, readiness, Prometheus metrics and reloading the artifact."""
+"""Operations: liveness, readiness, Prometheus metrics, reloading the artifact and writing
+a snapshot of the state."""
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, Response
 
-from serving.deps import WRITE, AppMetrics, Holder
+from serving.deps import WRITE, AppMetrics, Holder, State
 from serving.errors import error_responses, json_response
 from serving.lifespan import reload_now
 from serving.state import StateHolder
@@ -61,3 +65,17 @@ def prometheus(holder: Holder, metrics: AppMetrics) -> PlainTextResponse:
 async def reload(request: Request) -> Response:
     """Load the artifact again (e.g. a new version put in place) and swap it in atomically."""
     return json_response(await reload_now(request.app, request.app.state.load_state))
+
+
+@router.post(
+    "/v1/admin/snapshot", responses=error_responses(400, 401, 422, 503), dependencies=WRITE
+)
+async def snapshot(state: State, metrics: AppMetrics) -> Response:
+    """Write a snapshot of the state derived from the log now (before a planned restart,
+    say), as the background writer does every ``RECSYS_SNAPSHOT_INTERVAL_S``; ``written``
+    is false when an erasure it had not applied came first (the next one will have it)."""
+    t0 = time.perf_counter()
+    written = await run_in_threadpool(state.write_snapshot)
+    if written:
+        metrics.inc("snapshots_written")
+    return json_response({"written": written, "seconds": round(time.perf_counter() - t0, 3)})

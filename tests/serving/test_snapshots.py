@@ -233,3 +233,19 @@ def test_an_erasure_deletes_snapshots_and_an_older_picture_is_refused(
         assert restored.started_from == "snapshot"
         assert "e-1" in restored.erased_users and restored.histories.get("e-1") is None
         assert "e-1" not in restored.online.effects
+
+
+def test_an_operator_can_write_a_snapshot_now(artifact: Path, settings: Settings) -> None:
+    ids, _ = catalogue(artifact)
+    with TestClient(create_app(settings)) as c:
+        _post(c, "/v1/events/impressions", _impressions(ids, ["o-1"], "o", 10, 5))
+        assert c.post("/v1/admin/snapshot").status_code == 401  # a write: needs the key
+        got = c.post("/v1/admin/snapshot", headers=AUTH)
+        assert got.status_code == 200 and got.json()["written"] is True
+        assert "recsys_snapshots_written_total 1" in c.get("/metrics", headers=AUTH).text
+    store = SqliteStore(settings.state_db)
+    try:
+        restarted = ServingState(artifact, store, settings.watch_threshold_s)
+        assert restarted.started_from == "snapshot" and "o-1" in restarted.online.effects
+    finally:
+        store.close()

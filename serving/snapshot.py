@@ -223,16 +223,17 @@ def restore_plan(d: Decoded, catalogue_ids: list[str], dim: int, window: int) ->
             raise SnapshotError("a window names a row the catalogue does not have")
         if len(h["counters"]) != 4 or set(h["horizon"]) != set(h["applied"]):
             raise SnapshotError("a damaged header")
+        all_ids = [*catalogue_ids, *uploads]
         plan = Picture(
             h,
-            [*catalogue_ids, *uploads],
+            all_ids,
             uploads,
             emb,
             histories,
             d.effects(),
             d.windows(window),
             d.video_stats(),
-            d.shares([*catalogue_ids, *uploads]),
+            d.shares(all_ids),
         )
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         if isinstance(exc, SnapshotError):

@@ -279,13 +279,12 @@ class OnlineEffects:
         if self.videos is not None and video_ids is not None:
             base = self.frozen_logit(user, v, list(video_ids), frozen_feats)
             self.videos.observe(user, list(video_ids), y, base, frozen_feats)
-        z = self._z(v)
-        if self.vectors_of is not None:
+        if self.vectors_of is not None:  # the design is built from the window's rows below
             if video_rows is None or len(video_rows) != len(y):
                 raise ValueError("these effects look vectors up: name each row's catalogue row")
             keys = np.asarray(video_rows, dtype=np.int64)
         else:
-            keys = z
+            keys = self._z(v)
         # The user's offsets: the fixed effect and each video's offline effect (frozen).
         off = self.model.fixed_logit(v, global_feats)
         off = off + self._offline_video_logit(video_ids, len(y), global_feats)

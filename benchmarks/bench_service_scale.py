@@ -5,9 +5,13 @@ path: ``SqliteStore.insert_impressions`` in batches of 10,000, as the event rout
 store them; a quarter are watches; users drawn from the artifact's plus new ones), then a
 real server (``serving.live.start_server``) is started three ways and timed to
 ``/readyz``: replaying the whole log; after it has written a snapshot
-(``RECSYS_SNAPSHOT_INTERVAL_S``), from that snapshot plus the log after it. Printed per
-size: ready seconds, RSS when ready, the snapshot's size and the time to write it, and
-ratios against the empty store measured in the same run.
+(``RECSYS_SNAPSHOT_INTERVAL_S``), from that snapshot plus the log after it. Then 8
+clients post 30 batches of 1,000 impressions through ``POST /v1/events/impressions``,
+once with each batch waiting for its users' refits (the default) and once on a server
+that acknowledges when staged (``RECSYS_REFIT_WAIT_MS=0``). Printed per size: ready
+seconds, RSS when ready, the snapshot's size; ingest rate, server CPU an impression,
+batch latency and when every effect was refitted; ratios against the empty store
+measured in the same run.
 
     python -m benchmarks.bench_service_scale --artifacts RUN/artifact --sizes 0,100000,1000000
 """
@@ -15,10 +19,13 @@ ratios against the empty store measured in the same run.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import os
 import re
 import sqlite3
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -95,7 +102,88 @@ def _snapshot_bytes(db: Path) -> int:
     return int(row[0]) if row else 0
 
 
-def measure(artifact: Path, db: Path, stored: int) -> dict[str, float]:
+def _bodies(artifact: Path, batches: int, seed: int, users: int = 20_000) -> list[bytes]:
+    """Impression batches of 1,000 as the event route takes them (the ``fill`` mix)."""
+    ids, _ = read_embeddings(artifact / "embeddings.parquet")
+    glm = load_glmix(artifact)
+    known = list(glm.user_ids) if glm is not None else []
+    names = known + [f"bench-{i}" for i in range(max(users - len(known), 0))]
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in range(batches):
+        u, v = rng.integers(len(names), size=1000), rng.integers(len(ids), size=1000)
+        w = np.where(rng.random(1000) < 0.25, 60.0, 0.0)
+        imps = [
+            {
+                "user_id": names[u[i]],
+                "video_id": ids[v[i]],
+                "shown_at": "2030-01-02T00:00:00Z",
+                "watch_seconds": float(w[i]),
+                "event_id": f"ingest-{seed}-{b}-{i}",
+            }
+            for i in range(1000)
+        ]
+        out.append(json.dumps({"impressions": imps}).encode())
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ingest(port: int, pid: int, bodies: list[bytes], clients: int = 8) -> dict[str, float]:
+    """Post the batches from ``clients`` keep-alive connections; then wait until every
+    effect is refitted. Returns impressions/s acknowledged, server CPU ms an impression,
+    batch latency p50/p99 and the seconds until the refit backlog was empty."""
+    todo = list(enumerate(bodies))
+    lock = threading.Lock()
+    lat: list[float] = []
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        while True:
+            with lock:
+                if not todo:
+                    break
+                _, body = todo.pop()
+            t = time.perf_counter()
+            conn.request(
+                "POST",
+                "/v1/events/impressions",
+                body=body,
+                headers={"X-API-Key": "k", "Content-Type": "application/json"},
+            )
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 201:
+                raise SystemExit(f"impressions: HTTP {resp.status}")
+            with lock:
+                lat.append(time.perf_counter() - t)
+        conn.close()
+
+    cpu0, t0 = _cpu_s(pid), time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    acked = time.perf_counter() - t0
+    while _metric(port, "online_refit_backlog_users") > 0:
+        time.sleep(0.05)
+    settled = time.perf_counter() - t0
+    n = 1000 * len(bodies)
+    p50, p99 = np.percentile(np.array(lat) * 1e3, [50, 99])
+    return {
+        "ingest_per_s": n / acked,
+        "ingest_cpu_ms": (_cpu_s(pid) - cpu0) * 1e3 / n,
+        "batch_p50_ms": float(p50),
+        "batch_p99_ms": float(p99),
+        "refitted_after_s": settled,
+    }
+
+
+def measure(artifact: Path, db: Path, stored: int, batches: int = 30) -> dict[str, float]:
     """Ready time and RSS replaying the log, then from a snapshot written by that server."""
     out: dict[str, float] = {}
     off = {"RECSYS_SNAPSHOT_INTERVAL_S": "0"}
@@ -114,8 +202,15 @@ def measure(artifact: Path, db: Path, stored: int) -> dict[str, float]:
     ready, rss, port, proc = _start(artifact, db, off)
     out["snapshot_ready_s"], out["snapshot_rss_mb"] = ready, rss
     out["from_snapshot"] = _metric(port, "state_started_from_snapshot")
-    proc.terminate()  # type: ignore[attr-defined]
-    proc.wait(timeout=30)  # type: ignore[attr-defined]
+    # Ingest on top of what is stored: each batch waits for its refits (the default),
+    # then on a restarted server that acknowledges once staged (RECSYS_REFIT_WAIT_MS=0).
+    for mode, env in (("wait", off), ("nowait", {**off, "RECSYS_REFIT_WAIT_MS": "0"})):
+        if mode == "nowait":
+            _, _, port, proc = _start(artifact, db, env)
+        got = ingest(port, proc.pid, _bodies(artifact, batches, seed=len(mode)))  # type: ignore[attr-defined]
+        out.update({f"{mode}_{k}": v for k, v in got.items()})
+        proc.terminate()  # type: ignore[attr-defined]
+        proc.wait(timeout=30)  # type: ignore[attr-defined]
     return out
 
 
@@ -169,6 +264,15 @@ def _report(rows: list[dict[str, float]]) -> None:
             f"empty), RSS {row['snapshot_rss_mb']:.0f} MB, from snapshot {bool(row['from_snapshot'])}",
             flush=True,
         )
+        for mode in ("wait", "nowait"):
+            print(
+                f"{'':>9}  ingest ({mode} for refits): {row[f'{mode}_ingest_per_s']:,.0f} "
+                f"impressions/s ({row[f'{mode}_ingest_per_s'] / base[f'{mode}_ingest_per_s']:.2f}x "
+                f"empty), server CPU {row[f'{mode}_ingest_cpu_ms']:.3f} ms an impression, batch "
+                f"p50 {row[f'{mode}_batch_p50_ms']:.0f} ms p99 {row[f'{mode}_batch_p99_ms']:.0f} "
+                f"ms, every effect refitted after {row[f'{mode}_refitted_after_s']:.1f} s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -18,6 +20,44 @@ def history_similarity(
         return nan, nan.copy()
     sims = candidates @ history.T  # (M, H)
     return sims.max(axis=1), sims.mean(axis=1)
+
+
+def segment_similarity(
+    vectors_of: Callable[[np.ndarray], np.ndarray],
+    rows: np.ndarray,
+    history_rows: np.ndarray,
+    counts: np.ndarray,
+    chunk_pairs: int = 1 << 16,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(max, avg) of Eq. 17 / Eq. 16 for N rows each against its own history: row i
+    (``rows[i]``) against the next ``counts[i]`` entries of ``history_rows`` (catalogue
+    rows; ``vectors_of`` looks vectors up). NaN where a count is 0.
+
+    Each similarity is one row-wise float64 product and each average a sum over the row's
+    own segment, so a row's numbers do not depend on the other rows computed with it (a
+    batch of impressions gives the bits one impression at a time would). Memory: at most
+    ``chunk_pairs`` (row, history) pairs at a time."""
+    counts = np.asarray(counts, dtype=np.int64)
+    n = len(counts)
+    max_s, avg_s = np.full(n, np.nan), np.full(n, np.nan)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    i = 0
+    while i < n:
+        # rows i..j-1: at most chunk_pairs pairs (always at least one row)
+        j = max(int(np.searchsorted(ends, starts[i] + chunk_pairs, side="right")), i + 1)
+        part = np.flatnonzero(counts[i:j]) + i
+        if len(part):
+            lo, hi = int(starts[i]), int(ends[j - 1])
+            cand = np.repeat(np.asarray(rows, dtype=np.int64)[part], counts[part])
+            a = np.asarray(vectors_of(cand), dtype=np.float64)
+            b = np.asarray(vectors_of(history_rows[lo:hi]), dtype=np.float64)
+            sims = np.einsum("ij,ij->i", a, b)
+            seg = np.concatenate([[0], np.cumsum(counts[part])[:-1]])
+            max_s[part] = np.maximum.reduceat(sims, seg)
+            avg_s[part] = np.add.reduceat(sims, seg) / counts[part]
+        i = j
+    return max_s, avg_s
 
 
 def similarity_by_user(

@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def load_state(store: StateStore) -> ServingState:
         state = ServingState(settings.artifacts, store, settings.watch_threshold_s)
+        state.refit_wait_s = settings.refit_wait_seconds()
         if schema_dim is not None and state.feature_dim != schema_dim:
             raise UserInputError(
                 f"{settings.artifacts}: feature_dim changed from {schema_dim} to "

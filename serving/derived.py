@@ -26,7 +26,7 @@ from recsys.errors import UserInputError
 from recsys.glmix.model import GLMix
 from recsys.online.users import OnlineConfig, OnlineEffects
 from recsys.projection import fit_projection
-from recsys.scoring import glmix_global_features, history_similarity
+from recsys.scoring import glmix_global_features, history_similarity, segment_similarity
 from serving.catalogue import Catalogue
 from serving.histories import Histories
 from serving.replication import Follower
@@ -36,9 +36,8 @@ from serving.stores.contract import TABLES, Stamp
 
 log = logging.getLogger(__name__)
 
-#: a user's impressions of one batch: store rows, labels, global features at each, and
-#: the global features against the user's offline history (per-video effects only)
-Staged = tuple[list[int], list[float], list[np.ndarray | None], list[np.ndarray | None]]
+#: an impression on its way in: (user, catalogue row, watched)
+Shown = tuple[str, int, bool]
 
 
 class DerivedState:
@@ -96,9 +95,16 @@ class DerivedState:
         self.removed_videos: set[str] = set()
         self.erased_users: set[str] = set()
         self._log = Follower()
-        #: batches staged but not yet learnt from (a snapshot waits for none)
-        self._pending = 0
-        self._settled = threading.Condition()
+        # Refits run behind the log (``_refit_loop``): staging bumps a ticket, a pass of
+        # the refitter takes every pending user and, once installed, covers the tickets
+        # up to its start. Waiters (``refit_wait_s``; None = until refitted) sleep on it.
+        self._refit_cv = threading.Condition(self._online_lock)
+        self._staged_ticket = self._refitted_ticket = 0
+        self._refitting = False
+        self._background = False  # refits inline until the state is loaded
+        self.refit_wait_s: float | None = None
+        #: effects installed by refits since start
+        self.refits = 0
         #: rows applied since the last snapshot (or since start)
         self.unsnapshotted = 0
         #: where the state came from: "snapshot" (plus the log after it) or "log"
@@ -106,6 +112,9 @@ class DerivedState:
         if from_snapshot:
             self._restore_snapshot()
         self.sync()  # replay every durable write (after the snapshot's, when there is one)
+        self.refits += self.online.refit(self.online.take_pending())
+        self._refitted_ticket = self._staged_ticket
+        self._background = True
         # The 2-D map: the artifact's projection (fitted at pipeline time), or one fitted
         # now on the catalogue for artifacts written before it existed.
         self.projection = loaded.projection or fit_projection(
@@ -148,19 +157,20 @@ class DerivedState:
         ]
         rows.sort(key=lambda r: r[:3])
         this_pass = frozenset((TABLES[rank], seq) for _, rank, seq, _ in rows)
-        by_user: dict[str, Staged] = {}
+        run: list[Shown] = []
         for _, rank, _, item in rows:
+            if rank == 2:
+                self._queue_impression(run, item)
+                continue
+            self._stage_run(run)  # its features see nothing written after it
+            run = []
             if rank == 0:
                 self._apply_video(item)
             elif rank == 1:
                 self._apply_watch(item)
-            elif rank == 2:
-                self._stage_impression(by_user, item)
             else:
-                self._observe_all(by_user)
-                by_user = {}
                 self._apply_removal(item, this_pass)
-        self._observe_all(by_user)
+        self._stage_run(run)
         return len(rows)
 
     def _apply_watch(self, w: Watch) -> None:
@@ -169,22 +179,22 @@ class DerivedState:
         if r is not None and w.watch_seconds >= self.threshold:
             self.histories.add(w.user_id, r)
 
-    def _stage_impression(self, by_user: dict[str, Staged], imp: Impression) -> None:
+    def _queue_impression(self, run: list[Shown], imp: Impression) -> None:
         r = self.catalogue.row(imp.video_id)
         if r is None:  # a video this artifact does not have, or one taken down
             self.skipped_rows += 1
             return
         self.impression_events += 1
-        self._stage(by_user, imp.user_id, r, imp.watch_seconds >= self.threshold)
+        run.append((imp.user_id, r, imp.watch_seconds >= self.threshold))
 
     def _apply_events(self, watches: list[Watch], impressions: list[Impression]) -> None:
         """Take one user's stored watches and impressions in (caller holds the lock)."""
         for w in watches:
             self._apply_watch(w)
-        by_user: dict[str, Staged] = {}
+        run: list[Shown] = []
         for imp in impressions:
-            self._stage_impression(by_user, imp)
-        self._observe_all(by_user)
+            self._queue_impression(run, imp)
+        self._stage_run(run)
 
     def _apply_removal(
         self, removal: Removal, this_pass: frozenset[tuple[str, int]] = frozenset()
@@ -242,39 +252,38 @@ class DerivedState:
         """What a snapshot holds, as shallow copies taken under the locks once no batch is
         half applied (its impressions staged, their refits not yet done); ``encode``
         builds the arrays outside the locks."""
-        with self._lock:
-            with self._settled:
-                self._settled.wait_for(lambda: self._pending == 0)
-            with self._online_lock:
-                videos = self.online.videos
-                n = len(self.catalogue)
-                meta = {
-                    "artifact_version": self.version,
-                    "horizon": dict(self._log.horizon),
-                    "applied": {t: sorted(a.items()) for t, a in self._log.applied.items()},
-                    "counters": [
-                        self.ingested,
-                        self.watch_events,
-                        self.impression_events,
-                        self.skipped_rows,
-                    ],
-                    "payload_hashes": dict(self.payload_hashes),
-                    "removed_videos": sorted(self.removed_videos),
-                    "erased_users": sorted(self.erased_users),
-                    "forgotten": sorted(self.online.forgotten),
-                }
-                captured = Picture(
-                    meta,
-                    self.catalogue.ids[:n],
-                    self.catalogue.ids[self.catalogue.size_at_load : n],
-                    self.catalogue.emb[self.catalogue.size_at_load : n].copy(),
-                    self.histories.rows(),
-                    dict(self.online.effects),
-                    dict(self.online.windows),
-                    {} if videos is None else dict(videos.stats),
-                    {} if videos is None else dict(videos.shares),
-                )
-                self.unsnapshotted = 0
+        with self._lock, self._online_lock:
+            videos = self.online.videos
+            n = len(self.catalogue)
+            meta = {
+                "artifact_version": self.version,
+                "horizon": dict(self._log.horizon),
+                "applied": {t: sorted(a.items()) for t, a in self._log.applied.items()},
+                "counters": [
+                    self.ingested,
+                    self.watch_events,
+                    self.impression_events,
+                    self.skipped_rows,
+                ],
+                "payload_hashes": dict(self.payload_hashes),
+                "removed_videos": sorted(self.removed_videos),
+                "erased_users": sorted(self.erased_users),
+                "forgotten": sorted(self.online.forgotten),
+                # effects not yet refitted to their windows: the restore refits them
+                "pending": list(self.online.pending),
+            }
+            captured = Picture(
+                meta,
+                self.catalogue.ids[:n],
+                self.catalogue.ids[self.catalogue.size_at_load : n],
+                self.catalogue.emb[self.catalogue.size_at_load : n].copy(),
+                self.histories.rows(),
+                dict(self.online.effects),
+                dict(self.online.windows),
+                {} if videos is None else dict(videos.stats),
+                {} if videos is None else dict(videos.shares),
+            )
+            self.unsnapshotted = 0
         return captured
 
     def write_snapshot(self) -> bool:
@@ -309,6 +318,7 @@ class DerivedState:
         self.erased_users = set(h["erased_users"])
         self.histories.restore(plan.histories, self.erased_users)
         self.online.restore(plan.effects, plan.windows, set(h["forgotten"]))
+        self.online.pending = dict.fromkeys(h.get("pending", []))
         if self.online.videos is not None:
             self.online.videos.stats, self.online.videos.shares = plan.video_stats, plan.shares
         self.ingested, self.watch_events, self.impression_events, self.skipped_rows = h["counters"]
@@ -324,47 +334,95 @@ class DerivedState:
         hist = self.histories.get(user_id)
         return history_similarity(cand, self.catalogue.vectors(hist or []))
 
-    def _stage(self, by_user: dict[str, Staged], user: str, row: int, watched: bool) -> None:
-        """Take one new impression in (under the state lock): its global features as they
-        were when it was shown, before its own watch joins the history (as the offline
-        fit computes them); then the history; the refit comes after the batch."""
-        rs, ys, gs, fs = by_user.setdefault(user, ([], [], [], []))
+    def _stage_run(self, run: list[Shown]) -> int:
+        """Take new impressions in, in the order shown (under the state lock): each one's
+        global features as they were when it was shown, before its own watch joins the
+        history (as the offline fit computes them); the histories; then the rows join
+        their users' windows and the per-video statistics, and the users' effects are
+        queued for a refit (``_refit_loop``). Returns the run's ticket (``wait_refitted``)."""
+        if not run:
+            return 0
+        users = [u for u, _, _ in run]
+        rows = np.fromiter((r for _, r, _ in run), np.int64, len(run))
         names = self.glmix.global_names
-        # An Eq. 18-only model has no global features: no similarity to compute.
-        vec = self.catalogue.vectors([row])
-        sims = self.similarity(user, vec) if names else None
-        gs.append(glmix_global_features(names, *sims) if sims is not None else None)
-        frozen = None
-        if self._frozen_features:
-            offline = self.catalogue.vectors(list(self.histories.offline(user)))
-            frozen = glmix_global_features(names, *history_similarity(vec, offline))
-        fs.append(frozen)
-        if watched:
-            self.histories.add(user, row)
-        rs.append(row)
-        ys.append(1.0 if watched else 0.0)
+        g = frozen = None
+        if names:  # an Eq. 18-only model has no global features: no similarity
+            counts: list[int] = []
+            flat: list[int] = []
+            for user, row, watched in run:
+                hist = self.histories.get(user) or ()
+                counts.append(len(hist))
+                flat.extend(hist)
+                if watched:
+                    self.histories.add(user, row)
+            g = glmix_global_features(names, *self._similarity(rows, flat, counts))
+            if self._frozen_features:
+                counts, flat = [], []
+                for user in users:
+                    offline = self.histories.offline(user)
+                    counts.append(len(offline))
+                    flat.extend(offline)
+                frozen = glmix_global_features(names, *self._similarity(rows, flat, counts))
+        else:
+            for user, row, watched in run:
+                if watched:
+                    self.histories.add(user, row)
+        labels = np.fromiter((1.0 if w else 0.0 for _, _, w in run), np.float64, len(run))
+        ids = (
+            [self.catalogue.ids[r] for r in rows.tolist()] if self.glmix.has_video_effects else None
+        )
+        with self._refit_cv:
+            self.online.stage(users, self.catalogue.vectors(rows), labels, g, ids, frozen, rows)
+            self._staged_ticket += 1
+            if self._background and not self._refitting:
+                self._refitting = True
+                threading.Thread(target=self._refit_loop, name="online-refit", daemon=True).start()
+            return self._staged_ticket
 
-    def _observe_all(self, by_user: dict[str, Staged]) -> None:
-        """Refit each staged user's effect from their new impressions."""
-        with self._online_lock:
-            for user, (rows, labels, feats, frozen) in by_user.items():
-                g = _stacked(feats)
-                ids = None
-                if self.glmix.has_video_effects:
-                    ids = [self.catalogue.ids[r] for r in rows]
-                self.online.observe(
-                    user,
-                    self.catalogue.vectors(rows),
-                    np.asarray(labels),
-                    g,
-                    ids,
-                    _stacked(frozen),
-                    np.asarray(rows, np.int64),
-                )
+    def _similarity(
+        self, rows: np.ndarray, flat: list[int], counts: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return segment_similarity(
+            self.catalogue.vectors, rows, np.asarray(flat, dtype=np.int64), np.asarray(counts)
+        )
 
+    def _refit_loop(self) -> None:
+        """Refit pending users until none is left: a pass takes them all, solves outside
+        the lock (staging goes on meanwhile) and installs; a user staged again during a
+        pass gets the pass's effect now and an exact one in the next pass."""
+        while True:
+            with self._refit_cv:
+                jobs = self.online.take_pending()
+                upto = self._staged_ticket
+                if not jobs:
+                    self._refitting = False
+                    self._refitted_ticket = upto
+                    self._refit_cv.notify_all()
+                    return
+            try:
+                effects = self.online.solve(jobs)
+            except Exception:  # never lose the users: they stay pending for the next pass
+                log.exception("online refit failed; will retry")
+                with self._refit_cv:
+                    for user, _ in jobs:
+                        self.online.pending.setdefault(user, None)
+                    self._refitting = False
+                    self._refitted_ticket = upto  # release waiters: the next batch retries
+                    self._refit_cv.notify_all()
+                return
+            with self._refit_cv:
+                self.refits += self.online.install(jobs, effects)
+                self._refitted_ticket = upto
+                self._refit_cv.notify_all()
 
-def _stacked(feats: list[np.ndarray | None]) -> np.ndarray | None:
-    """The rows' global features as one (n, G) array (None without them)."""
-    if not feats or feats[0] is None:
-        return None
-    return np.concatenate([f for f in feats if f is not None])
+    def wait_refitted(self, timeout_s: float | None = None, ticket: int | None = None) -> bool:
+        """Wait until every impression staged so far (or up to ``ticket``) moved its
+        user's effect (False on timeout)."""
+        with self._refit_cv:
+            ticket = self._staged_ticket if ticket is None else ticket
+            return self._refit_cv.wait_for(lambda: self._refitted_ticket >= ticket, timeout_s)
+
+    @property
+    def refit_backlog(self) -> int:
+        """Users whose effect waits for a refit."""
+        return len(self.online.pending)

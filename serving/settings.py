@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     snapshot_interval_s: float = 300.0
     #: a snapshot is written only when at least this many rows were applied since the last
     snapshot_min_rows: int = 1
+    #: how long an impression batch waits for its users' effects to be refitted before the
+    #: 201 (milliseconds; unset = until they are, so the next score reflects the batch).
+    #: Refits run behind ingestion either way; 0 acknowledges once durable and staged
+    #: (highest ingest rate; effects follow within ``online_refit_backlog_users``).
+    refit_wait_ms: float | None = None
     #: required in the X-API-Key header of write endpoints when set
     api_key: str | None = None
     #: user lists and watch histories (and /metrics) need X-API-Key equal to this key or
@@ -48,6 +53,9 @@ class Settings(BaseSettings):
     watch_threshold_s: float = 10.0
     #: at most this many history videos seed the neighbour search for recommendations
     recommend_seed_videos: int = 20
+
+    def refit_wait_seconds(self) -> float | None:
+        return None if self.refit_wait_ms is None else max(self.refit_wait_ms, 0.0) / 1e3
 
     def host_list(self) -> list[str]:
         return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]

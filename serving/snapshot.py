@@ -28,7 +28,10 @@ from recsys.online.users import Window
 from recsys.online.videos import UserShares
 
 MAGIC = b"RECSYS-SNAPSHOT\n"
-FORMAT = 2
+FORMAT = 3
+#: formats this version restores: 2 had no pending refits and per-video shares summed by
+#: video (a sum is a term too)
+READS = (2, 3)
 
 
 class SnapshotError(ValueError):
@@ -193,8 +196,8 @@ def decode(body: bytes, artifact_version: str) -> Decoded:
     for key in ("hist_users", "effect_users", "window_users", "share_users"):
         if isinstance(header.get(key), list):
             header[key] = [canon.setdefault(u, u) for u in header[key]]
-    if header.get("format") != FORMAT:
-        raise SnapshotError(f"format {header.get('format')!r}, this service reads {FORMAT}")
+    if header.get("format") not in READS:
+        raise SnapshotError(f"format {header.get('format')!r}, this service reads {READS}")
     if header.get("artifact_version") != artifact_version:
         raise SnapshotError("taken over another artifact")
     return Decoded(header, arrays)

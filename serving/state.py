@@ -18,7 +18,7 @@ import numpy as np
 
 from recsys.errors import UserInputError
 from recsys.scoring import glmix_global_features
-from serving.derived import DerivedState, Staged
+from serving.derived import DerivedState
 from serving.errors import ConflictError, NotFoundError
 from serving.stores import Impression, Removal, Watch
 
@@ -188,7 +188,8 @@ class ServingState(DerivedState):
 
     def record_impressions(self, impressions: list[Impression]) -> ImpressionsResult:
         """Durably append a batch, then learn from it: valid watches extend histories and
-        each user's effect is refitted. Retried ``event_id``s are acknowledged, not re-applied."""
+        each user's effect is refitted (waiting ``refit_wait_s`` for it; None: until it
+        is). Retried ``event_id``s are acknowledged, not re-applied."""
         rows = []
         for imp in impressions:
             r = self.catalogue.row(imp.video_id)
@@ -198,29 +199,22 @@ class ServingState(DerivedState):
         with self._lock:
             seqs = self.store.insert_impressions(impressions)
             fresh = [q is not None and self._log.mark("impressions", q) for q in seqs]
-            by_user: dict[str, Staged] = {}
-            valid = 0
-            for imp, r, new in zip(impressions, rows, fresh, strict=True):
-                if not new:
-                    continue
-                watched = imp.watch_seconds >= self.threshold
-                valid += watched
-                self._stage(by_user, imp.user_id, r, watched)
-            self.impression_events += sum(fresh)
-            self.unsnapshotted += sum(fresh)
-            with self._settled:
-                self._pending += 1
-        try:
-            self._observe_all(by_user)
-        finally:
-            with self._settled:
-                self._pending -= 1
-                self._settled.notify_all()
+            run = [
+                (imp.user_id, r, imp.watch_seconds >= self.threshold)
+                for imp, r, new in zip(impressions, rows, fresh, strict=True)
+                if new
+            ]
+            ticket = self._stage_run(run)
+            accepted = len(run)
+            self.impression_events += accepted
+            self.unsnapshotted += accepted
+        if self.refit_wait_s is None or self.refit_wait_s > 0:
+            self.wait_refitted(self.refit_wait_s, ticket)
         return ImpressionsResult(
-            accepted=sum(fresh),
-            duplicates=len(fresh) - sum(fresh),
-            valid_watches=valid,
-            users_updated=len(by_user),
+            accepted=accepted,
+            duplicates=len(fresh) - accepted,
+            valid_watches=sum(w for _, _, w in run),
+            users_updated=len({u for u, _, _ in run}),
         )
 
 

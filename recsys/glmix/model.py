@@ -124,12 +124,14 @@ class GLMix:
         """beta_0 + x^T beta for rows of video features (N, E) (and global features (N, G))."""
         f = self.fixed
         out = np.full(len(video), f[0], dtype=np.float64)
+        # Row-wise products (einsum), not a matrix-vector product: BLAS gives a row other
+        # bits in a matrix of other rows, and the service's replicas batch rows differently.
         if self.config.use_video_features and self.embedding_dim:
-            out += video @ f[1 : 1 + self.embedding_dim]
+            out += np.einsum("ij,j->i", video, f[1 : 1 + self.embedding_dim])
         if self.global_dim:
             if global_feats is None:
                 raise ValueError("this model needs global features")
-            out += global_feats @ f[1 + self.embedding_dim :]
+            out += np.einsum("ij,j->i", global_feats, f[1 + self.embedding_dim :])
         return out
 
     def random_logit(self, user_rows: np.ndarray, video: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ Array functions only: the service and the replay evaluation own the data.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,7 +30,10 @@ from scipy.linalg.lapack import dposv
 
 from recsys.glmix.config import random_prior
 from recsys.glmix.model import GLMix
-from recsys.online.videos import VideoEffects
+from recsys.online.refit import refit_effects, sigmoid
+from recsys.online.videos import VideoEffects, rows_by_user
+
+__all__ = ["OnlineConfig", "OnlineEffects", "Window", "refit_effect", "sigmoid"]
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,6 @@ class OnlineConfig:
             raise ValueError("window and newton_steps must be >= 1")
 
 
-def sigmoid(eta: np.ndarray) -> np.ndarray:
-    """1 / (1 + e^-eta) through tanh: exact at large |eta|, no overflow warning."""
-    return 0.5 * (1.0 + np.tanh(0.5 * eta))
-
-
 def refit_effect(
     z: np.ndarray,
     y: np.ndarray,
@@ -63,7 +62,9 @@ def refit_effect(
     fixed-effect logits, Gaussian prior N(prior_mean, diag(1 / prior_precision)).
 
     Newton's method with step halving (the objective never decreases); n = 0 returns
-    the prior mean.
+    the prior mean. The plain one-user statement of the solve, from any ``init``: the
+    reference the batched solver (``recsys.online.refit``, which the effects use) is
+    tested against.
     """
     b = np.array(init, dtype=np.float64)
     if len(y) == 0:
@@ -119,12 +120,16 @@ class Window:
     keys: np.ndarray
     y: np.ndarray
     offset: np.ndarray
+    #: the same for a window and every window extended from it; a new one for a user
+    #: seen first or again after an erasure (``OnlineEffects.install``)
+    lineage: int = 0
 
     def extended(self, keys: np.ndarray, y: np.ndarray, offset: np.ndarray, size: int) -> Window:
         return Window(
             np.concatenate([self.keys, keys])[-size:],
             np.concatenate([self.y, y])[-size:],
             np.concatenate([self.offset, offset])[-size:],
+            self.lineage,
         )
 
 
@@ -150,6 +155,8 @@ class OnlineEffects:
         self.videos = None
         if self.model.has_video_effects and self.track_videos:
             self.videos = VideoEffects(self.model)
+        #: users whose window changed since their effect was fitted (in staging order)
+        self.pending: dict[str, None] = {}
 
     def restore(
         self, effects: dict[str, np.ndarray], windows: dict[str, Window], forgotten: set[str]
@@ -166,6 +173,7 @@ class OnlineEffects:
         of the per-video statistics goes too."""
         self.effects.pop(user, None)
         self.windows.pop(user, None)
+        self.pending.pop(user, None)
         self.forgotten.add(user)
         if self.videos is not None:
             self.videos.forget(user)
@@ -240,15 +248,6 @@ class OnlineEffects:
     ) -> np.ndarray:
         return sigmoid(self.logit(user, video, global_feats, video_ids))
 
-    def frozen_logit(
-        self, user: str, video: np.ndarray, video_ids: list[str], frozen_feats: np.ndarray | None
-    ) -> np.ndarray:
-        """(n,) the frozen offline model's logit of a user's rows (offline effects, global
-        features against the offline history): what the per-video statistics use."""
-        v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
-        base = self._fixed_and_user(v, self.prior(user), frozen_feats)
-        return base + self._offline_video_logit(video_ids, len(v), frozen_feats)
-
     def _offline_video_logit(
         self, video_ids: list[str] | None, n: int, feats: np.ndarray | None
     ) -> np.ndarray:
@@ -266,41 +265,124 @@ class OnlineEffects:
         frozen_feats: np.ndarray | None = None,
         video_rows: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Add a user's impressions (video (n, E), labels (n,), the model's global features
-        (n, G) as they were at each impression) and refit their effect. A model with
-        per-video effects also needs each row's ``video_ids`` and ``frozen_feats`` (n, G),
-        the global features against the user's history as the offline fit left it: the
-        per-video statistics use only what does not depend on the order of events.
-        ``video_rows`` (n,): each row's catalogue row, when ``vectors_of`` is set."""
+        """Add one user's impressions and refit their effect now (``stage`` then
+        ``refit``); returns the effect."""
+        self.stage(
+            [user] * len(labels), video, labels, global_feats, video_ids, frozen_feats, video_rows
+        )
+        self.refit(self.take_pending([user]))
+        return self.effects[user]
+
+    def stage(
+        self,
+        users: list[str],
+        video: np.ndarray,
+        labels: np.ndarray,
+        global_feats: np.ndarray | None = None,
+        video_ids: list[str] | None = None,
+        frozen_feats: np.ndarray | None = None,
+        video_rows: np.ndarray | None = None,
+    ) -> None:
+        """Add impressions of any users, in the order they happened: ``users`` (n,) each
+        row's user, video (n, E), labels (n,), the model's global features (n, G) as they
+        were at each impression. The rows join their users' windows (and the per-video
+        statistics) and the users become ``pending``; their effects move at ``refit``.
+
+        A model with per-video effects also needs each row's ``video_ids`` and
+        ``frozen_feats`` (n, G), the global features against the user's history as the
+        offline fit left it: the per-video statistics use only what does not depend on
+        the order of events. ``video_rows`` (n,): each row's catalogue row, when
+        ``vectors_of`` is set. Every row's numbers are its own (row-wise products), so
+        staging rows together or one call at a time gives the same bits."""
         v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
         y = np.asarray(labels, dtype=np.float64).reshape(-1)
         if self.model.has_video_effects and (video_ids is None or len(video_ids) != len(y)):
             raise ValueError("this model has per-video effects: name each row's video")
-        if self.videos is not None and video_ids is not None:
-            base = self.frozen_logit(user, v, list(video_ids), frozen_feats)
-            self.videos.observe(user, list(video_ids), y, base, frozen_feats)
-        if self.vectors_of is not None:  # the design is built from the window's rows below
+        if self.vectors_of is not None:  # windows keep rows; the design is built at refit
             if video_rows is None or len(video_rows) != len(y):
                 raise ValueError("these effects look vectors up: name each row's catalogue row")
             keys = np.asarray(video_rows, dtype=np.int64)
         else:
             keys = self._z(v)
+        offline_video = self._offline_video_logit(video_ids, len(y), global_feats)
+        if self.videos is not None and video_ids is not None:
+            frozen = self._offline_video_logit(video_ids, len(y), frozen_feats)
+            base = self._fixed_and_users(v, users, frozen_feats) + frozen
+            self.videos.stage(users, list(video_ids), y, base, frozen_feats)
         # The user's offsets: the fixed effect and each video's offline effect (frozen).
-        off = self.model.fixed_logit(v, global_feats)
-        off = off + self._offline_video_logit(video_ids, len(y), global_feats)
-        w = self.windows.get(user)
-        if w is None:
-            w = Window(keys[:0], y[:0], off[:0])
-        w = w.extended(keys, y, np.asarray(off, np.float64), self.config.window)
-        self.windows[user] = w
-        design = self._z(self.vectors_of(w.keys)) if self.vectors_of is not None else w.keys
-        # Newton from the prior mean, not from the last effect: the effect is then a
-        # function of the window alone, bit for bit, however its rows were batched (a
-        # replica that replayed the log, one that started from a snapshot and one that
-        # saw the events live hold the same bits).
-        prior = self.prior(user)
-        b = refit_effect(
-            design, w.y, w.offset, prior, self.precision(user), prior, self.config.newton_steps
-        )
-        self.effects[user] = b
-        return b
+        off = self.model.fixed_logit(v, global_feats) + offline_video
+        order, bounds = rows_by_user(users)
+        keys, y, off = keys[order], y[order], off[order]
+        for user, s, e in bounds:
+            w = self.windows.get(user)
+            if w is None:
+                w = Window(keys[:0], y[:0], off[:0], next(_LINEAGES))
+            self.windows[user] = w.extended(keys[s:e], y[s:e], off[s:e], self.config.window)
+            self.pending[user] = None
+
+    def _fixed_and_users(
+        self, v: np.ndarray, users: list[str], feats: np.ndarray | None
+    ) -> np.ndarray:
+        """(n,) the frozen logit of rows of several users: fixed effect plus each row's
+        user's offline effect, as row-wise products."""
+        order, bounds = rows_by_user(users)
+        coef = np.empty((len(users), self.model.random_dim))
+        for user, s, e in bounds:
+            coef[order[s:e]] = self.prior(user)
+        eta = self.model.fixed_logit(v, feats) + coef[:, 0]
+        if self.model.config.use_video_features:
+            eta = eta + np.einsum("ij,ij->i", v, coef[:, 1:])
+        return eta
+
+    def take_pending(self, users: list[str] | None = None) -> list[tuple[str, Window]]:
+        """The pending users (these, or all) with their windows now; no longer pending."""
+        names = list(self.pending) if users is None else [u for u in users if u in self.pending]
+        for u in names:
+            del self.pending[u]
+        return [(u, self.windows[u]) for u in names]
+
+    def solve(self, jobs: list[tuple[str, Window]], chunk: int = 1024) -> np.ndarray:
+        """(U, q) the MAP effect of each (user, window): a function of the window alone,
+        bit for bit, however users were batched (``recsys.online.refit``). Reads only the
+        immutable windows and the offline model: safe outside any lock."""
+        q = self.model.random_dim
+        out = np.empty((len(jobs), q))
+        for s in range(0, len(jobs), chunk):
+            part = jobs[s : s + chunk]
+            z = [
+                self._z(self.vectors_of(w.keys)) if self.vectors_of is not None else w.keys
+                for _, w in part
+            ]
+            # Newton from the prior mean, not from the last effect: the effect is then a
+            # function of the window alone (a replica that replayed the log, one that
+            # started from a snapshot and one that saw the events live hold the same bits).
+            means = np.array([self.prior(u) for u, _ in part]).reshape(-1, q)
+            precisions = np.array([self.precision(u) for u, _ in part]).reshape(-1, q)
+            out[s : s + len(part)] = refit_effects(
+                z,
+                [w.y for _, w in part],
+                [w.offset for _, w in part],
+                means,
+                precisions,
+                self.config.newton_steps,
+            )
+        return out
+
+    def install(self, jobs: list[tuple[str, Window]], effects: np.ndarray) -> int:
+        """Take solved effects in where the user's window is the one solved or extended
+        from it (a user staged again since is pending again, and gets the exact effect
+        at the next refit); a user erased since keeps nothing of it."""
+        done = 0
+        for (user, w), b in zip(jobs, effects, strict=True):
+            now = self.windows.get(user)
+            if now is not None and now.lineage == w.lineage:
+                self.effects[user] = b.copy()
+                done += 1
+        return done
+
+    def refit(self, jobs: list[tuple[str, Window]]) -> int:
+        """Solve and install now (the caller holds whatever lock guards this object)."""
+        return self.install(jobs, self.solve(jobs))
+
+
+_LINEAGES = itertools.count(1)

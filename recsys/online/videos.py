@@ -22,6 +22,7 @@ Array functions only: the service and the replay evaluation own the data.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,30 +44,19 @@ def to_units(values: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class UserShares:
     """One user's share of the per-video sums, replaced whole on every change (a reader
-    keeps a consistent one): the videos they were shown, first shown first, and per
-    video the summed gradient (k, qv) and curvature (k, qv, qv) terms in fixed-point
-    units. About 8 (1 + qv + qv^2) bytes a (user, video) pair."""
+    keeps a consistent one): per impression, first first, its video and its gradient
+    (qv,) and curvature (qv, qv) terms in fixed-point units (a video may repeat). About
+    8 (1 + qv + qv^2) bytes an impression; appending a batch costs the batch."""
 
     videos: tuple[str, ...]
     g: np.ndarray
     h: np.ndarray
 
     def added(self, videos: list[str], g: np.ndarray, h: np.ndarray) -> UserShares:
-        """These shares plus one term per row (``videos`` may repeat and may be new)."""
-        where = {v: i for i, v in enumerate(self.videos)}
-        order = list(self.videos)
-        for v in videos:
-            if v not in where:
-                where[v] = len(order)
-                order.append(v)
-        new_g = np.zeros((len(order), *g.shape[1:]), np.int64)
-        new_h = np.zeros((len(order), *h.shape[1:]), np.int64)
-        new_g[: len(self.videos)] = self.g
-        new_h[: len(self.videos)] = self.h
-        rows = np.fromiter((where[v] for v in videos), np.int64, len(videos))
-        np.add.at(new_g, rows, g)  # integer sums: exact in any order
-        np.add.at(new_h, rows, h)
-        return UserShares(tuple(order), new_g, new_h)
+        """These shares plus one term per row."""
+        return UserShares(
+            self.videos + tuple(videos), np.concatenate([self.g, g]), np.concatenate([self.h, h])
+        )
 
 
 @dataclass
@@ -131,18 +121,34 @@ class VideoEffects:
         base_logit: np.ndarray,
         frozen_feats: np.ndarray | None = None,
     ) -> None:
-        """Add impressions of ``user``: ``base_logit`` (n,) the frozen offline model's
-        logit of each, ``frozen_feats`` (n, G) the global features it used."""
+        """Add impressions of one ``user`` (``stage`` with one user)."""
+        self.stage([user] * len(videos), videos, labels, base_logit, frozen_feats)
+
+    def stage(
+        self,
+        users: list[str],
+        videos: list[str],
+        labels: np.ndarray,
+        base_logit: np.ndarray,
+        frozen_feats: np.ndarray | None = None,
+    ) -> None:
+        """Add impressions of any users: ``users`` and ``videos`` (n,) each row's, labels,
+        ``base_logit`` (n,) the frozen offline model's logit of each, ``frozen_feats``
+        (n, G) the global features it used."""
         y = np.asarray(labels, dtype=np.float64)
         mu = expit(np.asarray(base_logit, dtype=np.float64))
         z = self.design(len(y), frozen_feats)
         # Per row, the same products as term by term: z (y - mu), (z z^T) mu (1 - mu).
         g = to_units(z * (y - mu)[:, None])
         h = to_units(z[:, :, None] * z[:, None, :] * (mu * (1.0 - mu))[:, None, None])
-        for i, v in enumerate(videos):
-            self._add(v, g[i].copy(), h[i].copy())
-        mine = self.shares.get(user) or UserShares((), g[:0], h[:0])
-        self.shares[user] = mine.added(list(videos), g, h)
+        for v, gi, hi in zip(videos, g, h, strict=True):
+            self._add(v, gi, hi)
+        order, bounds = rows_by_user(users)
+        g, h = g[order], h[order]
+        named = [videos[i] for i in order.tolist()]
+        for user, s, e in bounds:
+            mine = self.shares.get(user) or UserShares((), g[:0], h[:0])
+            self.shares[user] = mine.added(named[s:e], g[s:e], h[s:e])
 
     def forget(self, user: str) -> None:
         """Take every contribution of ``user`` back out (an erasure)."""
@@ -154,4 +160,19 @@ class VideoEffects:
     def _add(self, video: str, g: np.ndarray, h: np.ndarray) -> None:
         old = self.stats.get(video)
         # A new pair, not in-place: a reader holding the old one sees a consistent pair.
-        self.stats[video] = (g, h) if old is None else (old[0] + g, old[1] + h)
+        self.stats[video] = (g.copy(), h.copy()) if old is None else (old[0] + g, old[1] + h)
+
+
+def rows_by_user(users: list[str]) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
+    """Rows grouped by user, in order within each: (order (n,), [(user, start, end)]),
+    with ``order[start:end]`` the user's rows; users in the order first seen. Indexing an
+    array by ``order`` once makes every user's rows one slice (no copy per user)."""
+    groups: dict[str, list[int]] = {}
+    for i, u in enumerate(users):
+        groups.setdefault(u, []).append(i)
+    order = np.fromiter(itertools.chain.from_iterable(groups.values()), np.int64, len(users))
+    bounds, at = [], 0
+    for u, rows in groups.items():
+        bounds.append((u, at, at + len(rows)))
+        at += len(rows)
+    return order, bounds

@@ -47,6 +47,8 @@ def gauges(holder: StateHolder) -> dict[str, float]:
         "watch_events": s.watch_events,
         "impression_events_stored": s.impression_events,
         "online_users": len(s.online.effects),
+        "online_refit_backlog_users": s.refit_backlog,
+        "online_refits": s.refits,
         "state_rows_skipped": s.skipped_rows,
         "state_load_seconds": s.load_seconds,
         "state_started_from_snapshot": int(s.started_from == "snapshot"),

@@ -31,6 +31,9 @@ from serving.stores.contract import (
 )
 from serving.stores.migrations import migrate
 
+#: rows in one INSERT (6 parameters a row, under SQLite's 32,766)
+_ROWS_A_STATEMENT = 1000
+
 
 class SqliteStore:
     """One writer at a time (BEGIN IMMEDIATE). Every row written takes the next log
@@ -130,15 +133,28 @@ class SqliteStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 first = self._positions(db, len(rows)) if rows else 0
-                for i, r in enumerate(rows):
+                got: dict[int, int] = {}  # log position -> seq of the rows inserted
+                for lo in range(0, len(rows), _ROWS_A_STATEMENT):
+                    part = rows[lo : lo + _ROWS_A_STATEMENT]
+                    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(part))
+                    params = [
+                        x
+                        for i, r in enumerate(part, start=first + lo)
+                        for x in (r.event_id, r.user_id, r.video_id, r.shown_at, r.watch_seconds, i)
+                    ]
+                    # One statement a chunk (a retried event_id is ignored and returns no
+                    # row): a statement a row cost most of a batch's time here.
                     cur = db.execute(
                         "INSERT OR IGNORE INTO impressions "
                         "(event_id, user_id, video_id, shown_at, watch_seconds, pos) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (r.event_id, r.user_id, r.video_id, r.shown_at, r.watch_seconds, first + i),
+                        f"VALUES {values} RETURNING pos, seq",
+                        params,
                     )
-                    new = cur.rowcount == 1
-                    seqs.append(Stamp(int(cur.lastrowid or 0), first + i) if new else None)
+                    got.update(cur.fetchall())
+                seqs = [
+                    Stamp(got[first + i], first + i) if first + i in got else None
+                    for i in range(len(rows))
+                ]
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

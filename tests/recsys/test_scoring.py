@@ -11,6 +11,7 @@ from recsys.scoring import (
     history_features,
     history_similarity,
     prior_history_similarity,
+    segment_similarity,
     similarity_by_user,
 )
 
@@ -130,3 +131,23 @@ def test_history_features_and_names() -> None:
     )
     with pytest.raises(ValueError, match="not known"):
         glmix_global_features(["popularity"], np.zeros(1), np.zeros(1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), chunk=st.sampled_from([1, 3, 50, 1 << 16]))
+def test_segment_similarity_is_each_rows_own_history_similarity(seed: int, chunk: int) -> None:
+    """Each row against its own segment, as history_similarity would give it one at a
+    time; the same bits in any chunking and alone."""
+    rng = np.random.default_rng(seed)
+    emb = _unit(30, 6, seed).astype(np.float32)
+    counts = rng.integers(0, 9, size=12)
+    rows = rng.integers(0, 30, size=12)
+    flat = rng.integers(0, 30, size=int(counts.sum()))
+    mx, av = segment_similarity(lambda r: emb[r], rows, flat, counts, chunk)
+    ends = np.cumsum(counts)
+    for i in range(12):
+        seg = flat[ends[i] - counts[i] : ends[i]]
+        want = history_similarity(emb[rows[i]][None].astype(float), emb[seg].astype(float))
+        np.testing.assert_allclose([mx[i], av[i]], [want[0][0], want[1][0]], atol=1e-12)
+        one = segment_similarity(lambda r: emb[r], rows[i : i + 1], seg, counts[i : i + 1])
+        assert np.array_equal(np.r_[one[0], one[1]], [mx[i], av[i]], equal_nan=True)

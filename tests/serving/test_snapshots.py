@@ -81,7 +81,9 @@ def _history(
 
 
 def _picture(s: ServingState) -> dict[str, Any]:
-    """Everything the state derived from the log, in comparable form (arrays as bytes)."""
+    """Everything the state derived from the log, in comparable form (arrays as bytes),
+    once every effect is refitted to its window."""
+    assert s.wait_refitted(60)
     videos = s.online.videos
     n = len(s.catalogue)
     return {
@@ -120,6 +122,7 @@ def _counters(s: ServingState) -> tuple[int, ...]:
 
 
 def _scores(s: ServingState, users: list[str]) -> list[bytes]:
+    assert s.wait_refitted(60)
     rows = [r for r in range(len(s.catalogue)) if r not in s.catalogue.removed_rows]
     cand = s.catalogue.vectors(rows)
     out = []

@@ -154,3 +154,43 @@ def test_global_features_enter_the_offset_as_they_were() -> None:
     )
     frozen = model.predict_proba(np.array(["u3"] * 6, dtype=object), xn, gn)
     assert p[0] == pytest.approx(frozen[0]) and not np.allclose(p[1:], frozen[1:])
+
+
+def test_staging_many_users_at_once_is_staging_each_alone() -> None:
+    """One stage call over rows of many users gives the windows, statistics and (after
+    refit) effects, bit for bit, of staging them a row at a time."""
+    rng = np.random.default_rng(7)
+    model, _ = _model(rng)
+    n = 40
+    users = [f"u{i}" for i in rng.integers(0, 6, n)] + ["brand-new"] * 3
+    x = rng.normal(size=(len(users), 3))
+    y = (rng.random(len(users)) < 0.4).astype(float)
+    together, apart = OnlineEffects(model), OnlineEffects(model)
+    together.stage(users, x, y)
+    together.refit(together.take_pending())
+    for i, u in enumerate(users):
+        apart.observe(u, x[i : i + 1], y[i : i + 1])
+    assert set(together.effects) == set(apart.effects) and not together.pending
+    for u in together.effects:
+        w1, w2 = together.windows[u], apart.windows[u]
+        assert w1.keys.tobytes() == w2.keys.tobytes() and w1.offset.tobytes() == w2.offset.tobytes()
+        assert together.effects[u].tobytes() == apart.effects[u].tobytes()
+
+
+def test_an_effect_solved_before_an_erasure_is_not_installed_after_it() -> None:
+    rng = np.random.default_rng(8)
+    model, _ = _model(rng)
+    online = OnlineEffects(model)
+    x = rng.normal(size=(5, 3))
+    online.stage(["u1"] * 5, x, np.ones(5))
+    jobs = online.take_pending()
+    solved = online.solve(jobs)
+    online.forget("u1")
+    online.stage(["u1"], x[:1], np.zeros(1))  # back after the erasure: a new window
+    assert online.install(jobs, solved) == 0 and "u1" not in online.effects
+    assert online.refit(online.take_pending()) == 1
+    # staged again while solving: the older solve is installed, the user stays pending
+    online.stage(["u2"] * 2, x[:2], np.ones(2))
+    jobs = online.take_pending()
+    online.stage(["u2"], x[2:3], np.ones(1))
+    assert online.install(jobs, online.solve(jobs)) == 1 and "u2" in online.pending

@@ -214,6 +214,32 @@ def measure(artifact: Path, db: Path, stored: int, batches: int = 30) -> dict[st
     return out
 
 
+def measure_archive(artifact: Path, db: Path, keep: int) -> dict[str, float]:
+    """Archive all but ``keep`` impressions through ``POST /v1/admin/snapshot``; then the
+    ready time and RSS from the snapshot, and replaying archive plus store without one."""
+    env = {"RECSYS_SNAPSHOT_INTERVAL_S": "0", "RECSYS_ARCHIVE_KEEP_IMPRESSIONS": str(keep)}
+    out: dict[str, float] = {}
+    _, rss0, port, proc = _start(artifact, db, env)
+    r = httpx.post(
+        f"http://127.0.0.1:{port}/v1/admin/snapshot", headers={"X-API-Key": "k"}, timeout=3600
+    ).json()
+    out["archived"], out["archive_s"] = r["archived"], r["seconds"]
+    out["archive_rss_growth_mb"] = _rss_mb(proc.pid) - rss0  # type: ignore[attr-defined]
+    proc.terminate()  # type: ignore[attr-defined]
+    proc.wait(timeout=30)  # type: ignore[attr-defined]
+    files = list(db.with_suffix(".archive").rglob("*.parquet"))
+    out["archive_mb"] = sum(f.stat().st_size for f in files) / 2**20
+    for name, drop in (("archived_snapshot", False), ("archive_replay", True)):
+        if drop:  # no usable snapshot: the replica reads the archive and the store
+            with sqlite3.connect(db) as c:
+                c.execute("DELETE FROM snapshots")
+        ready, rss, port, proc = _start(artifact, db, env)
+        out[f"{name}_ready_s"], out[f"{name}_rss_mb"] = ready, rss
+        proc.terminate()  # type: ignore[attr-defined]
+        proc.wait(timeout=30)  # type: ignore[attr-defined]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -222,6 +248,12 @@ def main() -> None:
     ap.add_argument("--sizes", default="0,100000,1000000")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument(
+        "--archive-keep",
+        type=int,
+        help="then archive all but this many impressions of each size (SQLite) and time "
+        "the move, a start from the snapshot and a replay of archive plus store",
+    )
     args = ap.parse_args()
     rows = []
     pg = PostgresServer() if args.store == "postgresql" else None
@@ -243,6 +275,8 @@ def main() -> None:
                     "fill_s": fill_s,
                     **measure(args.artifacts, db, n),
                 }
+                if args.archive_keep is not None and not _URL:
+                    row.update(measure_archive(args.artifacts, db, args.archive_keep))
             rows.append(row)
             _report(rows)
     finally:
@@ -264,6 +298,17 @@ def _report(rows: list[dict[str, float]]) -> None:
             f"empty), RSS {row['snapshot_rss_mb']:.0f} MB, from snapshot {bool(row['from_snapshot'])}",
             flush=True,
         )
+        if "archived" in row:
+            print(
+                f"{'':>9}  archive: {row['archived']:,.0f} impressions moved in "
+                f"{row['archive_s']:.1f} s ({row['archive_mb']:.1f} MB of Parquet, RSS "
+                f"+{row['archive_rss_growth_mb']:.0f} MB); then ready from the snapshot "
+                f"{row['archived_snapshot_ready_s']:.1f} s (RSS "
+                f"{row['archived_snapshot_rss_mb']:.0f} MB), "
+                f"replaying archive and store {row['archive_replay_ready_s']:.1f} s "
+                f"(RSS {row['archive_replay_rss_mb']:.0f} MB)",
+                flush=True,
+            )
         for mode in ("wait", "nowait"):
             print(
                 f"{'':>9}  ingest ({mode} for refits): {row[f'{mode}_ingest_per_s']:,.0f} "

@@ -21,6 +21,7 @@ from recsys.artifact import embedder_feature_dim
 from recsys.errors import UserInputError
 from serving.errors import add_exception_handlers
 from serving.lifespan import make_lifespan
+from serving.log.archive import LogArchive
 from serving.metrics import Metrics
 from serving.middleware import LimitsAndMetricsMiddleware
 from serving.routers import events, explorer, ingestion, ops, removals, scoring
@@ -54,7 +55,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     schema_dim = embedder_feature_dim(settings.artifacts)
 
     def load_state(store: StateStore) -> ServingState:
-        state = ServingState(settings.artifacts, store, settings.watch_threshold_s)
+        state = ServingState(
+            settings.artifacts,
+            store,
+            settings.watch_threshold_s,
+            archive=LogArchive(settings.archive_path()),
+        )
         state.refit_wait_s = settings.refit_wait_seconds()
         if schema_dim is not None and state.feature_dim != schema_dim:
             raise UserInputError(

@@ -2,7 +2,7 @@
 uploads, watch histories, online user and video effects, takedowns and erasures.
 
 A ``DerivedState`` loads the artifact, starts from the newest snapshot of this state
-when the store has a usable one (``serving.snapshot``), and follows the log (``sync``):
+when the store has a usable one (``serving.log.snapshot``), and follows the log (``sync``):
 rows apply in the order they were written across tables, so a replica that replayed the
 log, one that started from a snapshot and the replica that wrote the rows hold the same
 bits. ``serving.state.ServingState`` adds the service's reads and writes on top.
@@ -29,8 +29,9 @@ from recsys.projection import fit_projection
 from recsys.scoring import glmix_global_features, history_similarity, segment_similarity
 from serving.catalogue import Catalogue
 from serving.histories import Histories
-from serving.replication import Follower
-from serving.snapshot import Picture, SnapshotError, decode, encode, restore_plan
+from serving.log.archive import LogArchive, archive_log
+from serving.log.follower import Follower
+from serving.log.snapshot import Picture, SnapshotError, decode, encode, restore_plan
 from serving.stores import Changes, Impression, Removal, StateStore, StoredVideo, Watch
 from serving.stores.contract import TABLES, Stamp
 
@@ -50,6 +51,7 @@ class DerivedState:
         watch_threshold_s: float,
         online_config: OnlineConfig | None = None,
         from_snapshot: bool = True,
+        archive: LogArchive | None = None,
     ) -> None:
         t0 = time.perf_counter()
         loaded = load_recommender(artifact)
@@ -82,6 +84,10 @@ class DerivedState:
         if self._frozen_features:
             self.histories.freeze()
         self.store = store
+        #: where impressions moved out of the store are (``serving.log.archive``)
+        self.archive = archive
+        #: the impressions horizon of the last snapshot this replica wrote (0: none)
+        self.snapshot_covers = 0
         self.ingested = self.watch_events = self.impression_events = 0
         self.payload_hashes: dict[str, str] = {}
         #: stored rows that could not be replayed (skipped and logged, never fatal)
@@ -131,11 +137,35 @@ class DerivedState:
         many. Cheap when nothing changed: the horizon and four indexed range queries
         that return no row."""
         changes = self.store.changes(dict(self._log.horizon))
+        self._add_archived(changes)
         with self._lock:
             applied = self._apply_in_order(changes)
             self._log.advance(changes.horizon)
             self.unsnapshotted += applied
         return applied
+
+    def _add_archived(self, changes: Changes) -> None:
+        """Add the archived impressions this replica has not read to ``changes`` (read
+        after them: rows archived since are in the archive, and a row in both is applied
+        once)."""
+        mark = self.store.archive_mark()
+        since = self._log.horizon["impressions"]
+        if mark <= since:
+            return
+        if self.archive is None:
+            raise UserInputError(
+                f"the state store's impressions below log key {mark} were archived and this "
+                "replica has no archive: set RECSYS_ARCHIVE_DIR to the archive's directory"
+            )
+        changes.impressions = self.archive.read(since, mark) + changes.impressions
+        changes.horizon["impressions"] = max(changes.horizon.get("impressions", 0), mark)
+
+    def archive_old(self, keep: int) -> int:
+        """Move the impressions the last snapshot written here covers, all but the
+        ``keep`` newest, to the archive (``serving.log.archive``); returns how many moved."""
+        if self.archive is None or not self.snapshot_covers:
+            return 0
+        return archive_log(self.store, self.archive, self.snapshot_covers, keep)
 
     def _apply_in_order(self, changes: Changes) -> int:
         """Apply new rows in the order they were written across the four tables (their
@@ -292,9 +322,12 @@ class DerivedState:
         c = self.capture_snapshot()
         body = encode(c, self.glmix.random_dim, self.glmix.video_dim)
         applied = [seq for seq, _ in c.meta["applied"]["removals"]]
-        return self.store.save_snapshot(
+        saved = self.store.save_snapshot(
             self.version, body, int(c.meta["horizon"]["removals"]), applied
         )
+        if saved:
+            self.snapshot_covers = int(c.meta["horizon"]["impressions"])
+        return saved
 
     def _restore_snapshot(self) -> None:
         """Start from the newest snapshot of this artifact when there is a usable one;

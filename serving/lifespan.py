@@ -69,10 +69,25 @@ def _snapshots(app: FastAPI, stop: threading.Event) -> None:
             if state.write_snapshot():
                 app.state.metrics.inc("snapshots_written")
                 log.info("state snapshot written in %.2f s", time.perf_counter() - t0)
+                archive_after_snapshot(app, state)
         except StoreUnavailable as exc:
             log.warning("state snapshot not written: %s", exc)
         except Exception:  # keep serving; the next interval retries
             log.exception("state snapshot failed")
+
+
+def archive_after_snapshot(app: FastAPI, state: ServingState) -> int:
+    """With ``archive_keep_impressions`` set, move the impressions the snapshot just
+    written covers, all but that many newest, to the archive (``serving.log.archive``)."""
+    keep = app.state.settings.archive_keep_impressions
+    if keep is None:
+        return 0
+    t0 = time.perf_counter()
+    moved = state.archive_old(keep)
+    if moved:
+        app.state.metrics.inc("impressions_archived", moved)
+        log.info("archived %d impressions in %.2f s", moved, time.perf_counter() - t0)
+    return moved
 
 
 def _open_and_load(app: FastAPI, load_state: LoadState) -> tuple[StateStore, ServingState]:

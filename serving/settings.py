@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     #: seconds between polls of the store for other replicas' writes
     sync_interval_s: float = 0.2
     #: seconds between snapshots of the state derived from the log (0 = none): a replica
-    #: starts from the newest plus the log after it (``serving.snapshot``)
+    #: starts from the newest plus the log after it (``serving.log.snapshot``)
     snapshot_interval_s: float = 300.0
     #: a snapshot is written only when at least this many rows were applied since the last
     snapshot_min_rows: int = 1
@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     #: Refits run behind ingestion either way; 0 acknowledges once durable and staged
     #: (highest ingest rate; effects follow within ``online_refit_backlog_users``).
     refit_wait_ms: float | None = None
+    #: where impressions moved out of the store live (``serving.log.archive``; replicas share
+    #: it); default: next to the SQLite state file
+    archive_dir: Path | None = None
+    #: after each snapshot it writes, a replica moves the impressions the snapshot covers
+    #: to the archive, all but this many newest (unset: never archive)
+    archive_keep_impressions: int | None = None
     #: required in the X-API-Key header of write endpoints when set
     api_key: str | None = None
     #: user lists and watch histories (and /metrics) need X-API-Key equal to this key or
@@ -56,6 +62,11 @@ class Settings(BaseSettings):
 
     def refit_wait_seconds(self) -> float | None:
         return None if self.refit_wait_ms is None else max(self.refit_wait_ms, 0.0) / 1e3
+
+    def archive_path(self) -> Path:
+        if self.archive_dir is not None:
+            return self.archive_dir
+        return self.state_db_path().with_suffix(".archive")
 
     def host_list(self) -> list[str]:
         return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]

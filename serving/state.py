@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,7 +170,12 @@ class ServingState(DerivedState):
         """Durably delete everything stored about a user and forget them on every
         replica (idempotent: erasing an unknown or erased user erases nothing more)."""
         with self._lock:
-            stamp = self.store.erase_user(user_id)
+            # The archive's rows first, under its lock (no archiving run moves the user's
+            # rows out of the store meanwhile): acknowledged only once both are gone.
+            with self.archive.locked() if self.archive is not None else nullcontext():
+                if self.archive is not None:
+                    self.archive.erase_user(user_id)
+                stamp = self.store.erase_user(user_id)
             self._log.mark("removals", stamp)
             self._apply_removal(Removal("user", user_id))
 

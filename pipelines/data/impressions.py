@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from pipelines.data.io import open_parquet
+from pipelines.data.io import impression_batches, open_parquet
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S, IMPRESSIONS_FILE
 from recsys.errors import UserInputError
 from recsys.glmix.config import GLMixConfig
@@ -28,16 +28,27 @@ def _sql_str(path: Path) -> str:
 
 
 def impressions_connection(data: Path) -> duckdb.DuckDBPyConnection:
-    """DuckDB with two views over the data set's Parquet file: ``impressions`` and
-    ``impressions_rows`` (the same with each row's position in the file, ``file_row_number``)."""
+    """DuckDB with two views over the data set's Parquet file (or directory of Parquet
+    files): ``impressions`` and ``impressions_rows`` (the same with each row's position in
+    the file, or in the files in name order, ``file_row_number``)."""
     path = data / IMPRESSIONS_FILE
     if not path.exists():
         raise UserInputError(
             f"{path}: missing; this job needs impressions (a videos-only data set serves "
             "classification and embedding only, see docs/data.md)"
         )
-    open_parquet(path)  # clear error for an unreadable file
     con = duckdb.connect()
+    if path.is_dir():  # Parquet files (the service's archive): rows in file-name order
+        impression_batches(path)  # clear error for a directory without readable files
+        files = f"read_parquet('{_sql_str(path)}/*.parquet', union_by_name = true"
+        con.execute(f"CREATE VIEW impressions AS SELECT * FROM {files})")
+        con.execute(
+            "CREATE VIEW impressions_rows AS SELECT * EXCLUDE (filename, file_row_number), "
+            "row_number() OVER (ORDER BY filename, file_row_number) - 1 AS file_row_number "
+            f"FROM {files}, filename = true, file_row_number = true)"
+        )
+        return con
+    open_parquet(path)  # clear error for an unreadable file
     con.execute(f"CREATE VIEW impressions AS SELECT * FROM read_parquet('{_sql_str(path)}')")
     con.execute(
         "CREATE VIEW impressions_rows AS SELECT * FROM "

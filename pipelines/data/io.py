@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from recsys.dataset import (
@@ -45,6 +46,23 @@ def open_parquet(path: str | os.PathLike[str]) -> pq.ParquetFile:
     except (pa.ArrowException, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserInputError(f"{p.name}: not a readable Parquet file ({first})") from None
+
+
+def impression_batches(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The impressions' schema and record batches, streamed: one Parquet file, or a
+    directory of them (the service's archive, ``serving.log.archive``, or a Spark output)."""
+    if path.is_dir():
+        files = sorted(path.glob("*.parquet"))
+        if not files:
+            raise UserInputError(f"{path.name}: a directory without Parquet files")
+        try:
+            data = ds.dataset([str(f) for f in files], format="parquet")
+        except (pa.ArrowException, OSError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserInputError(f"{path.name}: not readable Parquet files ({first})") from None
+        return data.schema, data.to_batches(batch_size=65536)
+    pf = open_parquet(path)
+    return pf.schema_arrow, pf.iter_batches(batch_size=65536)
 
 
 def dataset_dir(path: str | os.PathLike[str]) -> Path:
@@ -164,11 +182,9 @@ def validate_dataset(
             problems.append(f"{IMPRESSIONS_FILE}: missing (recommendation needs impressions)")
     else:
         try:
-            pf = open_parquet(ipath)
+            schema, batches = impression_batches(ipath)
             known = videos.video_ids if videos.num_videos else None
-            impressions, ip = validate_impressions(
-                pf.schema_arrow, pf.iter_batches(batch_size=65536), known, watch_threshold_s
-            )
+            impressions, ip = validate_impressions(schema, batches, known, watch_threshold_s)
             problems += [f"{IMPRESSIONS_FILE}: {p}" for p in ip]
         except UserInputError as exc:
             problems.append(str(exc))

@@ -11,7 +11,7 @@ from fastapi.responses import PlainTextResponse, Response
 
 from serving.deps import WRITE, AppMetrics, Holder, State
 from serving.errors import error_responses, json_response
-from serving.lifespan import reload_now
+from serving.lifespan import archive_after_snapshot, reload_now
 from serving.state import StateHolder
 
 router = APIRouter(tags=["ops"])
@@ -72,12 +72,18 @@ async def reload(request: Request) -> Response:
 @router.post(
     "/v1/admin/snapshot", responses=error_responses(400, 401, 422, 503), dependencies=WRITE
 )
-async def snapshot(state: State, metrics: AppMetrics) -> Response:
+async def snapshot(request: Request, state: State, metrics: AppMetrics) -> Response:
     """Write a snapshot of the state derived from the log now (before a planned restart,
     say), as the background writer does every ``RECSYS_SNAPSHOT_INTERVAL_S``; ``written``
-    is false when an erasure it had not applied came first (the next one will have it)."""
+    is false when an erasure it had not applied came first (the next one will have it).
+    With ``RECSYS_ARCHIVE_KEEP_IMPRESSIONS`` set, the impressions it covers but that many
+    newest then move to the archive (``archived``)."""
     t0 = time.perf_counter()
     written = await run_in_threadpool(state.write_snapshot)
+    archived = 0
     if written:
         metrics.inc("snapshots_written")
-    return json_response({"written": written, "seconds": round(time.perf_counter() - t0, 3)})
+        archived = await run_in_threadpool(archive_after_snapshot, request.app, state)
+    return json_response(
+        {"written": written, "archived": archived, "seconds": round(time.perf_counter() - t0, 3)}
+    )

@@ -5,7 +5,7 @@ PostgreSQL the id of the transaction that wrote it, on SQLite, whose writers tak
 the sequence number itself. A replica applies its own writes at once and follows the
 others' through ``changes`` (polled): rows whose key is at or above a per-table horizon,
 with the new horizon, below which every row was visible to that read
-(``serving.replication``). So every committed row reaches every replica once, whatever
+(``serving.log.follower``). So every committed row reaches every replica once, whatever
 the order transactions commit in, and all replicas converge on the same state: the
 in-memory index, histories and online user effects are derived from the artifact plus
 this log, and rebuilt from it on start-up.
@@ -112,10 +112,27 @@ class StateStore(Protocol):
 
     def counts(self) -> tuple[int, int]: ...
 
+    def archive_mark(self) -> int:
+        """Impressions with a commit-order key below this were archived (0: none)."""
+
+    def archive_chunk(
+        self, below: int, after_seq: int, limit: int
+    ) -> list[tuple[Stamp, Impression]]:
+        """Up to ``limit`` impressions with a key below ``below`` and a sequence number
+        above ``after_seq``, in sequence order."""
+
+    def order_keeping(self, newest: int) -> int | None:
+        """A key such that the ``newest`` most recent impressions are at or above it (None:
+        there are not more than that many)."""
+
+    def drop_archived(self, mark: int, below: int) -> bool:
+        """Delete the impressions below ``below`` and record it as the watermark, if the
+        watermark is still ``mark`` (False, nothing done: another archiver moved it)."""
+
     def save_snapshot(
         self, artifact_version: str, body: bytes, removals_from: int, applied: list[int]
     ) -> bool:
-        """Store a snapshot of the state derived from the log (``serving.snapshot``) and
+        """Store a snapshot of the state derived from the log (``serving.log.snapshot``) and
         drop the older ones of the artifact version. False, nothing written, when a user
         erasure it has not applied is stored (one at or above ``removals_from``, the
         snapshot's commit-order horizon, and not among ``applied``): it predates the
@@ -312,6 +329,33 @@ class Dialect:
         )
 
     DROP_SNAPSHOTS = "DELETE FROM snapshots"
+
+    ARCHIVE_MARK = "SELECT below FROM log_archive"
+
+    @property
+    def archive_rows(self) -> str:
+        """A chunk of impressions below a commit-order key, after a sequence number, in
+        sequence order (what ``archive_chunk`` reads)."""
+        p, o = self.param, self.order
+        return (
+            f"SELECT seq, {o}, event_id, user_id, video_id, shown_at, watch_seconds "
+            f"FROM impressions WHERE {o} < {p} AND seq > {p} ORDER BY seq LIMIT {p}"
+        )
+
+    @property
+    def newest_order(self) -> str:
+        """The commit-order key of the impression ``OFFSET`` rows from the newest."""
+        o = self.order
+        return f"SELECT {o} FROM impressions ORDER BY {o} DESC LIMIT 1 OFFSET {self.param}"
+
+    @property
+    def drop_archived(self) -> tuple[str, str]:
+        """Move the watermark (only from where the archiver found it), then delete."""
+        p, o = self.param, self.order
+        return (
+            f"UPDATE log_archive SET below = {p} WHERE below = {p}",
+            f"DELETE FROM impressions WHERE {o} < {p}",
+        )
 
     @property
     def insert_removal(self) -> str:

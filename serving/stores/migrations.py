@@ -66,7 +66,7 @@ MIGRATIONS: tuple[Migration, ...] = (
 MIGRATIONS += (
     Migration(
         3,
-        "snapshots of the state derived from the log (serving.snapshot), per artifact version",
+        "snapshots of the state derived from the log (serving.log.snapshot), per artifact version",
         (
             "CREATE TABLE snapshots (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
             "artifact_version TEXT NOT NULL, body BLOB NOT NULL, created_at TEXT NOT NULL "
@@ -98,6 +98,21 @@ MIGRATIONS += (
             ),
         ),
         (),
+    ),
+)
+MIGRATIONS += (
+    Migration(
+        5,
+        "the archive watermark: impressions with a commit-order key below it were moved to "
+        "the Parquet archive (serving.log.archive) and deleted here",
+        (
+            "CREATE TABLE log_archive (below INTEGER NOT NULL)",
+            "INSERT INTO log_archive (below) VALUES (0)",
+        ),
+        (
+            "CREATE TABLE log_archive (below BIGINT NOT NULL)",
+            "INSERT INTO log_archive (below) VALUES (0)",
+        ),
     ),
 )
 LATEST = MIGRATIONS[-1].version

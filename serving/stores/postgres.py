@@ -215,6 +215,32 @@ class PostgresStore:
 
         return self._run(read)
 
+    def archive_mark(self) -> int:
+        return int(self._run(lambda c: c.execute(POSTGRES.ARCHIVE_MARK).fetchone()[0]))
+
+    def archive_chunk(
+        self, below: int, after_seq: int, limit: int
+    ) -> list[tuple[Stamp, Impression]]:
+        got = self._run(
+            lambda c: c.execute(POSTGRES.archive_rows, (below, after_seq, limit)).fetchall()
+        )
+        return changes_from_rows([[], [], got, []], horizon={}).impressions
+
+    def order_keeping(self, newest: int) -> int | None:
+        row = self._run(lambda c: c.execute(POSTGRES.newest_order, (newest,)).fetchone())
+        return None if row is None else int(row[0]) + 1
+
+    def drop_archived(self, mark: int, below: int) -> bool:
+        move, delete = POSTGRES.drop_archived
+
+        def drop(c: Any) -> bool:
+            if c.execute(move, (below, mark)).rowcount != 1:
+                return False
+            c.execute(delete, (below,))
+            return True
+
+        return self._run(drop)
+
     def counts(self) -> tuple[int, int]:
         def count(c: Any) -> tuple[int, int]:
             v, w = (int(c.execute(sql).fetchone()[0]) for sql in POSTGRES.COUNTS)

@@ -225,6 +225,33 @@ class SqliteStore:
             row = db.execute(SQLITE.latest_snapshot, (artifact_version,)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def archive_mark(self) -> int:
+        with self._locked() as db:
+            return int(db.execute(SQLITE.ARCHIVE_MARK).fetchone()[0])
+
+    def archive_chunk(
+        self, below: int, after_seq: int, limit: int
+    ) -> list[tuple[Stamp, Impression]]:
+        with self._locked() as db:
+            got = db.execute(SQLITE.archive_rows, (below, after_seq, limit)).fetchall()
+        return changes_from_rows([[], [], got, []], horizon={}).impressions
+
+    def order_keeping(self, newest: int) -> int | None:
+        with self._locked() as db:
+            row = db.execute(SQLITE.newest_order, (newest,)).fetchone()
+        return None if row is None else int(row[0]) + 1
+
+    def drop_archived(self, mark: int, below: int) -> bool:
+        move, delete = SQLITE.drop_archived
+        with self._locked() as db:
+            db.execute("BEGIN IMMEDIATE")
+            if db.execute(move, (below, mark)).rowcount != 1:
+                db.execute("ROLLBACK")
+                return False
+            db.execute(delete, (below,))
+            db.execute("COMMIT")
+        return True
+
     def counts(self) -> tuple[int, int]:
         with self._locked():
             v, w = (int(self._db.execute(sql).fetchone()[0]) for sql in SQLITE.COUNTS)

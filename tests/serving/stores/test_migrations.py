@@ -28,13 +28,10 @@ def _old_sqlite_store(path: Path, recorded: int | None) -> None:
     """A store as the code before recorded versions made it (``recorded`` None), or one
     at version ``recorded`` of the numbered scheme; with a row in each table."""
     db = sqlite3.connect(path)
-    db.executescript(SQLITE.tables)
-    if recorded is not None:
-        db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, what TEXT, at TEXT)")
-        db.executemany(
-            "INSERT INTO schema_version (version, what) VALUES (?, 'x')",
-            [(v,) for v in range(1, recorded + 1)],
-        )
+    if recorded is None:
+        db.executescript(SQLITE.tables)
+    else:  # the real migrations up to that version
+        migrate(db.execute, SQLITE, MIGRATIONS[:recorded])
     db.execute(
         "INSERT INTO videos (video_id, payload_sha256, embedding, num_frames) VALUES (?,?,?,?)",
         _OLD_VIDEO,

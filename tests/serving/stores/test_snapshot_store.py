@@ -3,25 +3,11 @@ every snapshot, and a snapshot that has not applied a stored erasure is refused.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from serving.stores import Impression, StateStore, open_store
+from serving.stores import Impression, StateStore
 
 pytestmark = pytest.mark.xdist_group("postgres")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> StateStore:
-    url = (
-        f"sqlite:///{tmp_path / 's.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("pg_url")
-    )
-    s = open_store(url)
-    yield s  # type: ignore[misc]
-    s.close()
 
 
 def test_the_newest_snapshot_of_each_version_is_kept(store: StateStore) -> None:

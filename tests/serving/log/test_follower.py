@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.replication import Follower
+from serving.log.follower import Follower
 from serving.stores.contract import Stamp
 
 

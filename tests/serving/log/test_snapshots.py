@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
+from serving.log.snapshot import MAGIC
 from serving.settings import Settings
-from serving.snapshot import MAGIC
 from serving.state import ServingState
 from serving.stores import SqliteStore
 from tests.serving.conftest import AUTH
@@ -226,7 +226,7 @@ def test_an_erasure_deletes_snapshots_and_an_older_picture_is_refused(
         captured = state.capture_snapshot()  # holds e-1
         assert c.delete("/v1/users/e-1", headers=AUTH).status_code in (200, 204)
         assert state.store.latest_snapshot(state.version) is None
-        from serving.snapshot import encode
+        from serving.log.snapshot import encode
 
         body = encode(captured, state.glmix.random_dim, state.glmix.video_dim)
         horizon = int(captured.meta["horizon"]["removals"])

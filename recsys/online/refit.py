@@ -56,41 +56,50 @@ def refit_effects(
     """(U, q) MAP effects of U users: z[u] (n_u, q) design rows, y[u] (n_u,) labels,
     offset[u] (n_u,) fixed logits; prior_mean, prior_precision (U, q). A user with no
     rows gets the prior mean."""
+    q = np.asarray(prior_mean).shape[1]
+    lengths = np.array([len(r) for r in y], dtype=np.int64)
+    if not lengths.sum():
+        return np.array(prior_mean, dtype=np.float64)
+    return refit_rows(
+        np.concatenate([np.reshape(a, (-1, q)) for a in z]),
+        np.concatenate(y),
+        np.concatenate(offset),
+        lengths,
+        prior_mean,
+        prior_precision,
+        steps,
+    )
+
+
+def refit_rows(
+    z: np.ndarray,
+    y: np.ndarray,
+    offset: np.ndarray,
+    lengths: np.ndarray,
+    prior_mean: np.ndarray,
+    prior_precision: np.ndarray,
+    steps: int,
+) -> np.ndarray:
+    """``refit_effects`` over users' rows laid end to end: z (N, q), y, offset (N,), and
+    ``lengths`` (U,) each user's row count, in order."""
     means = np.asarray(prior_mean, dtype=np.float64)
     lams = np.asarray(prior_precision, dtype=np.float64)
     out = means.copy()
-    by_bucket: dict[int, list[int]] = {}
-    for u, rows in enumerate(y):
-        if len(rows):
-            by_bucket.setdefault(bucket(len(rows)), []).append(u)
-    for length, users in by_bucket.items():
-        zb, yb, ob, mask = _padded(
-            [z[u] for u in users],
-            [y[u] for u in users],
-            [offset[u] for u in users],
-            length,
-            means.shape[1],
-        )
+    lengths = np.asarray(lengths, dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    buckets = np.array([bucket(int(n)) for n in lengths.tolist()], dtype=np.int64)
+    for length in np.unique(buckets[lengths > 0]).tolist():
+        users = np.flatnonzero((buckets == length) & (lengths > 0))
+        n = lengths[users]
+        # Row j of the k-th user goes to (k, j) of the padded arrays.
+        k = np.repeat(np.arange(len(users)), n)
+        j = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        src = np.repeat(starts[users], n) + j
+        zb = np.zeros((len(users), length, z.shape[1]))
+        yb, ob, mask = (np.zeros((len(users), length)) for _ in range(3))
+        zb[k, j], yb[k, j], ob[k, j], mask[k, j] = z[src], y[src], offset[src], 1.0
         out[users] = _newton(zb, yb, ob, mask, means[users], lams[users], steps)
     return out
-
-
-def _padded(
-    z: list[np.ndarray], y: list[np.ndarray], offset: list[np.ndarray], length: int, q: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Stack B users' rows into (B, L, q), (B, L), (B, L) and the (B, L) real-row mask."""
-    b = len(y)
-    zb = np.zeros((b, length, q))
-    yb = np.zeros((b, length))
-    ob = np.zeros((b, length))
-    mask = np.zeros((b, length))
-    for i in range(b):
-        n = len(y[i])
-        zb[i, :n] = z[i]
-        yb[i, :n] = y[i]
-        ob[i, :n] = offset[i]
-        mask[i, :n] = 1.0
-    return zb, yb, ob, mask
 
 
 def _objective(

@@ -30,8 +30,8 @@ from scipy.linalg.lapack import dposv
 
 from recsys.glmix.config import random_prior
 from recsys.glmix.model import GLMix
-from recsys.online.refit import refit_effects, sigmoid
-from recsys.online.videos import VideoEffects, rows_by_user
+from recsys.online.refit import refit_rows, sigmoid
+from recsys.online.videos import Grouped, VideoEffects, rows_by_user
 
 __all__ = ["OnlineConfig", "OnlineEffects", "Window", "refit_effect", "sigmoid"]
 
@@ -305,13 +305,14 @@ class OnlineEffects:
         else:
             keys = self._z(v)
         offline_video = self._offline_video_logit(video_ids, len(y), global_feats)
+        grouped = rows_by_user(users)
         if self.videos is not None and video_ids is not None:
             frozen = self._offline_video_logit(video_ids, len(y), frozen_feats)
-            base = self._fixed_and_users(v, users, frozen_feats) + frozen
-            self.videos.stage(users, list(video_ids), y, base, frozen_feats)
+            base = self._fixed_and_users(v, grouped, frozen_feats) + frozen
+            self.videos.stage(list(video_ids), y, base, frozen_feats, grouped)
         # The user's offsets: the fixed effect and each video's offline effect (frozen).
         off = self.model.fixed_logit(v, global_feats) + offline_video
-        order, bounds = rows_by_user(users)
+        order, bounds = grouped
         keys, y, off = keys[order], y[order], off[order]
         for user, s, e in bounds:
             w = self.windows.get(user)
@@ -321,18 +322,42 @@ class OnlineEffects:
             self.pending[user] = None
 
     def _fixed_and_users(
-        self, v: np.ndarray, users: list[str], feats: np.ndarray | None
+        self, v: np.ndarray, grouped: Grouped, feats: np.ndarray | None
     ) -> np.ndarray:
         """(n,) the frozen logit of rows of several users: fixed effect plus each row's
         user's offline effect, as row-wise products."""
-        order, bounds = rows_by_user(users)
-        coef = np.empty((len(users), self.model.random_dim))
-        for user, s, e in bounds:
-            coef[order[s:e]] = self.prior(user)
+        order, bounds = grouped
+        coef = np.empty((len(v), self.model.random_dim))
+        counts = [e - s for _, s, e in bounds]
+        coef[order] = np.repeat(self.priors([u for u, _, _ in bounds]), counts, axis=0)
         eta = self.model.fixed_logit(v, feats) + coef[:, 0]
         if self.model.config.use_video_features:
             eta = eta + np.einsum("ij,ij->i", v, coef[:, 1:])
         return eta
+
+    def _offline_rows(self, users: list[str]) -> np.ndarray:
+        """Each user's row in the offline fit (-1: not in it, or forgotten)."""
+        index, gone = self.model.user_index, self.forgotten
+        return np.fromiter(
+            (-1 if u in gone else index.get(u, -1) for u in users), np.int64, len(users)
+        )
+
+    def priors(self, users: list[str]) -> np.ndarray:
+        """(U, q) ``prior`` of each user."""
+        rows = self._offline_rows(users)
+        out = np.zeros((len(users), self.model.random_dim))
+        known = rows >= 0
+        out[known] = self.model.user_coef[rows[known]]
+        return out
+
+    def precisions(self, users: list[str]) -> np.ndarray:
+        """(U, q) ``precision`` of each user."""
+        out = np.tile(np.asarray(self.prior_precision, np.float64), (len(users), 1))
+        if self.model.user_precision is not None:
+            rows = self._offline_rows(users)
+            known = rows >= 0
+            out[known] = self.model.user_precision[rows[known]]
+        return out
 
     def take_pending(self, users: list[str] | None = None) -> list[tuple[str, Window]]:
         """The pending users (these, or all) with their windows now; no longer pending."""
@@ -349,21 +374,19 @@ class OnlineEffects:
         out = np.empty((len(jobs), q))
         for s in range(0, len(jobs), chunk):
             part = jobs[s : s + chunk]
-            z = [
-                self._z(self.vectors_of(w.keys)) if self.vectors_of is not None else w.keys
-                for _, w in part
-            ]
+            users = [u for u, _ in part]
+            keys = np.concatenate([w.keys for _, w in part])
+            z = self._z(self.vectors_of(keys)) if self.vectors_of is not None else keys
             # Newton from the prior mean, not from the last effect: the effect is then a
             # function of the window alone (a replica that replayed the log, one that
             # started from a snapshot and one that saw the events live hold the same bits).
-            means = np.array([self.prior(u) for u, _ in part]).reshape(-1, q)
-            precisions = np.array([self.precision(u) for u, _ in part]).reshape(-1, q)
-            out[s : s + len(part)] = refit_effects(
-                z,
-                [w.y for _, w in part],
-                [w.offset for _, w in part],
-                means,
-                precisions,
+            out[s : s + len(part)] = refit_rows(
+                z.reshape(-1, q),
+                np.concatenate([w.y for _, w in part]),
+                np.concatenate([w.offset for _, w in part]),
+                np.array([len(w.y) for _, w in part], dtype=np.int64),
+                self.priors(users),
+                self.precisions(users),
                 self.config.newton_steps,
             )
         return out

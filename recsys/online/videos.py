@@ -122,19 +122,21 @@ class VideoEffects:
         frozen_feats: np.ndarray | None = None,
     ) -> None:
         """Add impressions of one ``user`` (``stage`` with one user)."""
-        self.stage([user] * len(videos), videos, labels, base_logit, frozen_feats)
+        n = len(videos)
+        self.stage(videos, labels, base_logit, frozen_feats, rows_by_user([user] * n))
 
     def stage(
         self,
-        users: list[str],
         videos: list[str],
         labels: np.ndarray,
         base_logit: np.ndarray,
-        frozen_feats: np.ndarray | None = None,
+        frozen_feats: np.ndarray | None,
+        grouped: Grouped,
     ) -> None:
-        """Add impressions of any users: ``users`` and ``videos`` (n,) each row's, labels,
+        """Add impressions of any users: ``videos`` (n,) each row's, labels,
         ``base_logit`` (n,) the frozen offline model's logit of each, ``frozen_feats``
-        (n, G) the global features it used."""
+        (n, G) the global features it used; ``grouped``: the rows by user
+        (``rows_by_user``)."""
         y = np.asarray(labels, dtype=np.float64)
         mu = expit(np.asarray(base_logit, dtype=np.float64))
         z = self.design(len(y), frozen_feats)
@@ -143,7 +145,7 @@ class VideoEffects:
         h = to_units(z[:, :, None] * z[:, None, :] * (mu * (1.0 - mu))[:, None, None])
         for v, gi, hi in zip(videos, g, h, strict=True):
             self._add(v, gi, hi)
-        order, bounds = rows_by_user(users)
+        order, bounds = grouped
         g, h = g[order], h[order]
         named = [videos[i] for i in order.tolist()]
         for user, s, e in bounds:
@@ -163,7 +165,11 @@ class VideoEffects:
         self.stats[video] = (g.copy(), h.copy()) if old is None else (old[0] + g, old[1] + h)
 
 
-def rows_by_user(users: list[str]) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
+#: rows grouped by user: (order (n,), [(user, start, end)]) (``rows_by_user``)
+Grouped = tuple[np.ndarray, list[tuple[str, int, int]]]
+
+
+def rows_by_user(users: list[str]) -> Grouped:
     """Rows grouped by user, in order within each: (order (n,), [(user, start, end)]),
     with ``order[start:end]`` the user's rows; users in the order first seen. Indexing an
     array by ``order`` once makes every user's rows one slice (no copy per user)."""

@@ -240,6 +240,17 @@ def measure_archive(artifact: Path, db: Path, keep: int) -> dict[str, float]:
     return out
 
 
+def matmul_gflops() -> float:
+    """This machine's float32 matmul rate now (numpy, 2048^3): the reference that says how
+    fast the machine was during the run (shared machines vary by 2x)."""
+    a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    return 5 * 2 * 2048**3 / (time.perf_counter() - t0) / 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -255,6 +266,9 @@ def main() -> None:
         "the move, a start from the snapshot and a replay of archive plus store",
     )
     args = ap.parse_args()
+    print(
+        f"reference: float32 matmul {matmul_gflops():.0f} GFLOP/s on this machine now", flush=True
+    )
     rows = []
     pg = PostgresServer() if args.store == "postgresql" else None
     try:
@@ -282,6 +296,7 @@ def main() -> None:
     finally:
         if pg is not None:
             pg.destroy()
+    print(f"reference: float32 matmul {matmul_gflops():.0f} GFLOP/s at the end", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -143,15 +143,33 @@ class PostgresStore:
 
     def insert_impressions(self, rows: list[Impression]) -> list[Stamp | None]:
         def insert(c: Any) -> list[Stamp | None]:
+            if not rows:
+                return []
+            # One statement for the batch (a round trip a row cost most of its time). The
+            # rows go in input order, so the k-th row inserted got the k-th sequence
+            # number; a retried event_id (stored before, or twice in the batch) inserts
+            # nothing and returns no row.
+            got = c.execute(
+                "INSERT INTO impressions (event_id, user_id, video_id, shown_at, watch_seconds) "
+                "SELECT e, u, v, s, w FROM unnest(%s::text[], %s::text[], %s::text[], "
+                "%s::text[], %s::float8[]) WITH ORDINALITY AS t(e, u, v, s, w, i) ORDER BY i "
+                "ON CONFLICT (event_id) DO NOTHING RETURNING seq, xid, event_id",
+                (
+                    [r.event_id for r in rows],
+                    [r.user_id for r in rows],
+                    [r.video_id for r in rows],
+                    [r.shown_at for r in rows],
+                    [r.watch_seconds for r in rows],
+                ),
+            ).fetchall()
+            new_events = {e for _, _, e in got if e is not None}
+            stamps = iter(sorted((int(q), int(x)) for q, x, _ in got))
             out: list[Stamp | None] = []
             for r in rows:
-                got = c.execute(
-                    "INSERT INTO impressions (event_id, user_id, video_id, shown_at, watch_seconds) "
-                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING "
-                    "RETURNING seq, xid",
-                    (r.event_id, r.user_id, r.video_id, r.shown_at, r.watch_seconds),
-                ).fetchone()
-                out.append(None if got is None else Stamp(int(got[0]), int(got[1])))
+                fresh = r.event_id is None or r.event_id in new_events
+                if r.event_id is not None:
+                    new_events.discard(r.event_id)  # a second copy in the batch: a retry
+                out.append(Stamp(*next(stamps)) if fresh else None)
             return out
 
         return self._run(insert)

@@ -252,3 +252,21 @@ def test_an_operator_can_write_a_snapshot_now(artifact: Path, settings: Settings
         assert restarted.started_from == "snapshot" and "o-1" in restarted.online.effects
     finally:
         store.close()
+
+
+def test_a_replay_in_short_runs_holds_the_same_bits(
+    video_artifact: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay stages impressions in runs of ``RUN_ROWS`` (bounded memory): where the
+    runs are cut changes nothing."""
+    import serving.derived
+
+    _history(settings, video_artifact, snapshot_midway=False)
+    store = SqliteStore(settings.state_db)
+    try:
+        whole = _picture(ServingState(video_artifact, store, settings.watch_threshold_s))
+        monkeypatch.setattr(serving.derived, "RUN_ROWS", 7)
+        cut = _picture(ServingState(video_artifact, store, settings.watch_threshold_s))
+        assert cut == whole
+    finally:
+        store.close()

@@ -169,15 +169,17 @@ class ServingState(DerivedState):
     def erase(self, user_id: str) -> None:
         """Durably delete everything stored about a user and forget them on every
         replica (idempotent: erasing an unknown or erased user erases nothing more)."""
-        with self._lock:
-            # The archive's rows first, under its lock (no archiving run moves the user's
-            # rows out of the store meanwhile): acknowledged only once both are gone.
-            with self.archive.locked() if self.archive is not None else nullcontext():
-                if self.archive is not None:
-                    self.archive.erase_user(user_id)
+        # The archive's rows first, under its lock (no archiving run moves the user's rows
+        # out of the store meanwhile): acknowledged only once both are gone. Its lock is
+        # taken before the state's, so writes never queue behind an archiving run (an
+        # archiving run takes no state lock: no deadlock).
+        with self.archive.locked() if self.archive is not None else nullcontext():
+            if self.archive is not None:
+                self.archive.erase_user(user_id)
+            with self._lock:
                 stamp = self.store.erase_user(user_id)
-            self._log.mark("removals", stamp)
-            self._apply_removal(Removal("user", user_id))
+                self._log.mark("removals", stamp)
+                self._apply_removal(Removal("user", user_id))
 
     def record_watch(self, user_id: str, video_id: str, watch_seconds: float, at: str) -> bool:
         row = self.catalogue.row(video_id)

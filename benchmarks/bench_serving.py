@@ -32,8 +32,16 @@ def _rss_mb(pid: int) -> float:
 
 
 def _load(
-    port: int, method: str, path: str, body: bytes | None, clients: int, seconds: float
+    port: int,
+    method: str,
+    path: str | list[str],
+    body: bytes | None,
+    clients: int,
+    seconds: float,
 ) -> dict[str, float]:
+    """``clients`` keep-alive clients for ``seconds``; a list of paths is taken in turn
+    (client i starts at path i)."""
+    paths = [path] if isinstance(path, str) else path
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
     overload = [0] * clients  # 503 with Retry-After: the documented answer to overload
@@ -43,10 +51,12 @@ def _load(
     def run(i: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         headers = {"Content-Type": "application/json"} if body else {}
+        turn = i
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
+            turn += 1
             try:
-                conn.request(method, path, body=body, headers=headers)
+                conn.request(method, paths[turn % len(paths)], body=body, headers=headers)
                 resp = conn.getresponse()
                 resp.read()
             except (OSError, http.client.HTTPException):

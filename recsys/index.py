@@ -43,10 +43,17 @@ class IndexConfig:
 
     #: with ``auto``: flat up to this many videos, HNSW above
     auto_exact_max: int = AUTO_EXACT_MAX
+    #: an approximate index built for a catalogue (``tune``) searches wider, efSearch
+    #: (HNSW) or nprobe (IVF) doubled up to ``max_search_width``, until its recall@20
+    #: against exact search on the catalogue's own rows reaches this (0: never widen)
+    target_recall: float = 0.95
+    max_search_width: int = 2048
 
     def __post_init__(self) -> None:
         if self.kind not in (*INDEX_KINDS, "auto"):
             raise ValueError(f"index kind must be auto or one of {INDEX_KINDS}, got {self.kind!r}")
+        if not 0.0 <= self.target_recall <= 1.0:
+            raise ValueError(f"target_recall must be in [0, 1], got {self.target_recall}")
 
     def resolved(self, n: int) -> IndexConfig:
         """This config with ``auto`` replaced by the kind for ``n`` videos."""
@@ -151,6 +158,39 @@ class VideoIndex:
             return np.zeros((0, self.dim), np.float32)
         return np.stack([self.vector(v) for v in video_ids])
 
+    def _apply_search_width(self) -> None:
+        """The configured efSearch (HNSW) or nprobe (IVF) on the FAISS index."""
+        c = self.config
+        if c.kind == "hnsw":
+            inner: Any = faiss.downcast_index(self.index.index)  # type: ignore[attr-defined]
+            inner.hnsw.efSearch = c.hnsw_ef_search
+        elif c.kind == "ivf":
+            faiss.extract_index_ivf(self.index).nprobe = c.ivf_nprobe
+        self._gpu_index = None
+
+    def tune(self, vectors: np.ndarray, k: int = 20) -> dict[str, Any]:
+        """Widen the search until recall@``k`` on the catalogue's own rows (``vectors``,
+        in the index's order) reaches ``target_recall``: efSearch (HNSW) or nprobe (IVF)
+        doubled up to ``max_search_width``; the width chosen goes into ``config`` (and so
+        into the artifact's index.json). Returns the last measurement with the width and
+        every width tried. Exact search is returned as measured."""
+        c = self.config
+        facts = self.recall(vectors, k=k)
+        if c.kind not in ("hnsw", "ivf"):
+            return facts
+        field = "hnsw_ef_search" if c.kind == "hnsw" else "ivf_nprobe"
+        cap = c.max_search_width
+        if c.kind == "ivf":  # probing more lists than there are changes nothing
+            cap = min(cap, faiss.extract_index_ivf(self.index).nlist)
+        tried = [{"width": getattr(c, field), "recall": facts["recall"]}]
+        while facts["recall"] < c.target_recall and getattr(self.config, field) < cap:
+            wider = min(2 * getattr(self.config, field), cap)
+            self.config = replace(self.config, **{field: wider})
+            self._apply_search_width()
+            facts = self.recall(vectors, k=k)
+            tried.append({"width": wider, "recall": facts["recall"]})
+        return {**facts, "search_width": getattr(self.config, field), "widths_tried": tried}
+
     def _searcher(self) -> faiss.Index:
         if self.config.kind == "hnsw" or not gpu_available():
             return self.index
@@ -160,13 +200,20 @@ class VideoIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
         """Top-``k`` neighbours of each query (Q, E): video ids and cosine scores (Q, k')."""
+        scores, rows = self.search_rows(queries, k)
+        ids = [[self.video_ids[r] for r in row if r >= 0] for row in rows.tolist()]
+        return ids, scores
+
+    def search_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` neighbours of each query (Q, E) as (scores, rows), both (Q, k') with
+        k' = min(k, len(self)); row -1 (score -inf or NaN) where fewer were found. Rows
+        are the order videos were added in (``video_ids``)."""
         q = check_embeddings(queries, self.dim)
         k = min(k, len(self))
         if k <= 0:
-            return [[] for _ in range(len(q))], np.zeros((len(q), 0), np.float32)
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         scores, rows = self._searcher().search(q, k)
-        ids = [[self.video_ids[r] for r in row if r >= 0] for row in rows]
-        return ids, scores
+        return scores, rows
 
     def recall(
         self, vectors: np.ndarray, k: int = 20, queries: int = 1000, seed: int = 0
@@ -211,6 +258,7 @@ class VideoIndex:
             )
         obj = cls(index.d, cfg)
         obj.index = index
+        obj._apply_search_width()
         obj.video_ids = list(video_ids)
         obj.rows = {v: i for i, v in enumerate(obj.video_ids)}
         return obj

@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store,
             settings.watch_threshold_s,
             archive=LogArchive(settings.archive_path()),
+            neighbour_cache_bytes=settings.neighbour_cache_mb << 20,
         )
         state.refit_wait_s = settings.refit_wait_seconds()
         if schema_dim is not None and state.feature_dim != schema_dim:

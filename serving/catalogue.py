@@ -3,19 +3,83 @@ their embeddings (one growable array) and the FAISS index over them.
 
 Appends happen under the state's lock; readers never take it. The embedding array grows
 by doubling and a reader keeps the array it read, which stays valid for the rows it saw.
+Searches share the index (FAISS searches may run concurrently; an add may not run beside
+them): a shared lock, many searches or one add.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
+import faiss
 import numpy as np
 
 from recsys.index import VideoIndex
+from serving.neighbours import Entry, NeighbourCache, enough, merge_tail
+
+
+class SharedLock:
+    """Many readers or one writer; a writer waiting holds new readers back (uploads are
+    not starved by a steady stream of searches)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+_omp = threading.local()
+
+
+def _one_omp_thread() -> None:
+    """One OpenMP thread for FAISS in the calling thread (the setting is per thread):
+    requests run side by side already, and an OpenMP team per query stalls on busy
+    cores (see ``serving.lifespan``)."""
+    if not getattr(_omp, "set", False):
+        faiss.omp_set_num_threads(1)
+        _omp.set = True
 
 
 class Catalogue:
-    def __init__(self, video_ids: list[str], embeddings: np.ndarray, index: VideoIndex) -> None:
+    def __init__(
+        self,
+        video_ids: list[str],
+        embeddings: np.ndarray,
+        index: VideoIndex,
+        neighbour_cache_bytes: int = 0,
+    ) -> None:
         self.dim = embeddings.shape[1]
         self.ids: list[str] = list(video_ids)
         self.rows: dict[str, int] = {v: i for i, v in enumerate(video_ids)}
@@ -24,9 +88,17 @@ class Catalogue:
         #: videos from the artifact; rows from here on were ingested
         self.size_at_load = len(video_ids)
         self.index = index
-        self._index_lock = threading.Lock()
+        self._index_lock = SharedLock()
         #: rows of videos taken down: still in the arrays and the index, never answered
         self.removed_rows: set[int] = set()
+        self._removed_sorted = np.zeros(0, np.int64)
+        #: an approximate index's answers remembered (``serving.neighbours``); exact
+        #: search is cheap enough and stays as it is
+        self.neighbour_cache = (
+            NeighbourCache(neighbour_cache_bytes)
+            if neighbour_cache_bytes > 0 and index.config.kind in ("hnsw", "ivf")
+            else None
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -49,7 +121,7 @@ class Catalogue:
             grown[:n] = self.emb[:n]
             self.emb = grown
         self.emb[n] = vector
-        with self._index_lock:
+        with self._index_lock.exclusive():
             self.index.add([video_id], vector[None, :])
         self.rows[video_id] = n
         self.ids.append(video_id)
@@ -61,26 +133,132 @@ class Catalogue:
         if row is None:
             return False
         self.removed_rows.add(row)
+        self._removed_sorted = np.array(sorted(self.removed_rows), np.int64)
         return True
 
     def live_rows(self, rows: list[int] | np.ndarray) -> list[int]:
         return [r for r in np.asarray(rows, dtype=np.int64).tolist() if r not in self.removed_rows]
 
-    def _search(self, queries: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
+    def search_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest rows of each query (Q, E): (scores, rows), both (Q, k), row -1
+        where there is none (taken-down videos left out, the rest moved up)."""
         # Taken-down videos are still indexed: ask for enough more to make up for them.
-        wanted = min(len(self.ids), k + len(self.removed_rows))
-        with self._index_lock:
-            ids, scores = self.index.search(queries, wanted)
-        return ids, np.asarray(scores)
+        wanted = min(len(self.ids), k + len(self._removed_sorted))
+        _one_omp_thread()
+        with self._index_lock.shared():
+            scores, rows = self.index.search_rows(queries, wanted)
+        return self._drop_removed(scores, rows, k)
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[str]]:
-        """The ``k`` nearest video ids of each query row (taken-down videos left out)."""
-        ids, _ = self._search(queries, k)
-        return [[v for v in row if v in self.rows][:k] for row in ids]
+    def neighbours(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``search_rows`` of catalogue rows' own vectors (each row finds itself), from the
+        neighbour cache where it holds them."""
+        rows = np.asarray(rows, dtype=np.int64)
+        cache = self.neighbour_cache
+        if cache is None:
+            return self.search_rows(self.emb[rows], k)
+        n, emb = len(self.ids), self.emb
+        wanted = min(n, k + len(self._removed_sorted))
+        scores = np.full((len(rows), wanted), -np.inf, np.float32)
+        found = np.full((len(rows), wanted), -1, np.int64)
+        missed: dict[int, list[int]] = {}  # row -> where it was asked (once searched)
+        removed = self._removed_sorted
+        for i, r in enumerate(rows.tolist()):
+            entry = None if r in missed else cache.get(r, n)
+            if entry is None or not enough(entry, k, removed):
+                cache.record(hit=False)
+                missed.setdefault(r, []).append(i)
+                continue
+            cache.record(hit=True)
+            s, f = merge_tail(entry, emb[r], emb[entry.indexed : n], entry.indexed, wanted)
+            scores[i, : len(s)], found[i, : len(f)] = s, f
+        if missed:
+            _one_omp_thread()
+            asked = np.fromiter(missed, np.int64, len(missed))
+            with self._index_lock.shared():
+                indexed = len(self.index)
+                s, f = self.index.search_rows(emb[asked], wanted)
+            for j, (r, at) in enumerate(missed.items()):
+                cache.put(r, Entry(indexed, s[j].copy(), f[j].astype(np.int64)))
+                scores[at, : s.shape[1]], found[at, : f.shape[1]] = s[j], f[j]
+        return self._drop_removed(scores, found, k)
+
+    def _drop_removed(
+        self, scores: np.ndarray, rows: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Taken-down rows out, what is left moved up in order, -1 padding; ``k`` columns."""
+        removed = self._removed_sorted
+        gone = rows < 0
+        if len(removed):
+            gone |= np.isin(rows, removed)
+        if gone.any():  # stable: keep the order of what is left, pad with -1
+            order = np.argsort(gone, axis=1, kind="stable")
+            kept = np.take_along_axis(rows, order, 1)
+            rows = np.where(np.take_along_axis(gone, order, 1), -1, kept)
+            scores = np.take_along_axis(scores, order, 1)
+        return scores[:, :k], rows[:, :k]
 
     def similar(self, row: int, k: int) -> list[tuple[str, float]]:
         """The ``k`` nearest other videos of a row, with their cosine similarity."""
-        ids, scores = self._search(self.emb[row][None, :], k + 1)
-        me = self.ids[row]
-        pairs = zip(ids[0], scores[0].tolist(), strict=False)
-        return [(v, float(s)) for v, s in pairs if v != me and v in self.rows][:k]
+        scores, rows = self.neighbours(np.array([row]), k + 1)
+        ids = self.ids
+        pairs = zip(rows[0].tolist(), scores[0].tolist(), strict=True)
+        return [(ids[r], float(s)) for r, s in pairs if r >= 0 and r != row][:k]
+
+
+class VideoEffectRows:
+    """Per catalogue row, what scoring a candidate looks up for its per-video effect: its
+    row in the offline fit's per-video effects (-1: the fit never saw it) and whether the
+    service holds online statistics for it. Arrays, so a candidate costs no string
+    lookups (2,000 candidates: 1-2 ms of id and dict lookups before, most of it cache
+    misses on 2,000 string objects). ``mark`` and ``reset`` run under the state's lock;
+    a reader sees arrays that are only ever replaced whole or set True."""
+
+    def __init__(self, catalogue: Catalogue, model_rows_of: Callable[[list[str]], np.ndarray]):
+        self._catalogue = catalogue
+        self._model_rows_of = model_rows_of
+        n = len(catalogue)
+        #: the artifact's videos; rows added later (uploads) are looked up by id
+        self.model_rows = np.asarray(model_rows_of(catalogue.ids[:n]), np.int64)
+        self.moved = np.zeros(max(n, 1024), bool)
+
+    def mark(self, rows: np.ndarray) -> None:
+        """Rows that now have online statistics."""
+        rows = np.asarray(rows, np.int64)
+        if not len(rows):
+            return
+        top = int(rows.max()) + 1
+        if top > len(self.moved):  # grown, filled, then published
+            grown = np.zeros(max(top, 2 * len(self.moved)), bool)
+            grown[: len(self.moved)] = self.moved
+            grown[rows] = True
+            self.moved = grown
+        else:
+            self.moved[rows] = True
+
+    def reset(self, video_ids: Iterable[str]) -> None:
+        """The statistics were replaced whole (a snapshot restored): ``video_ids`` have
+        them now (ids no longer in the catalogue are left out: never a candidate)."""
+        where = self._catalogue.rows
+        rows = np.fromiter((where.get(v, -1) for v in video_ids), np.int64)
+        rows = rows[rows >= 0]
+        self.moved = np.zeros(max(len(self._catalogue), 1024), bool)
+        self.mark(rows)
+
+    def lookup(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(model rows (n,), the indices of ``rows`` with online statistics)."""
+        rows = np.asarray(rows, np.int64)
+        known = self.model_rows
+        inside = rows < len(known)
+        if inside.all():
+            model_rows = known[rows]
+        else:
+            model_rows = np.empty(len(rows), np.int64)
+            model_rows[inside] = known[rows[inside]]
+            ids = self._catalogue.ids
+            later = [ids[r] for r in rows[~inside].tolist()]
+            model_rows[~inside] = self._model_rows_of(later)
+        moved = self.moved
+        flags = np.zeros(len(rows), bool)
+        ok = rows < len(moved)
+        flags[ok] = moved[rows[ok]]
+        return model_rows, np.flatnonzero(flags)

@@ -13,8 +13,6 @@ and video effects (``recsys.online``).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import threading
 import time
@@ -28,12 +26,19 @@ from recsys.errors import UserInputError
 from recsys.glmix.model import GLMix
 from recsys.online.users import OnlineConfig, OnlineEffects
 from recsys.projection import fit_projection
-from recsys.scoring import glmix_global_features, history_similarity, segment_similarity
-from serving.catalogue import Catalogue
+from recsys.scoring import glmix_global_features, segment_similarity
+from serving.catalogue import Catalogue, VideoEffectRows
 from serving.histories import Histories
 from serving.log.archive import LogArchive, archive_log
 from serving.log.follower import Follower
-from serving.log.snapshot import Picture, SnapshotError, decode, encode, restore_plan
+from serving.log.snapshot import (
+    Picture,
+    SnapshotError,
+    decode,
+    encode,
+    restore_plan,
+    return_free_memory,
+)
 from serving.stores import Changes, Impression, Removal, StateStore, StoredVideo, Watch
 from serving.stores.contract import TABLES, Stamp
 
@@ -57,6 +62,7 @@ class DerivedState:
         online_config: OnlineConfig | None = None,
         from_snapshot: bool = True,
         archive: LogArchive | None = None,
+        neighbour_cache_bytes: int = 64 << 20,
     ) -> None:
         t0 = time.perf_counter()
         loaded = load_recommender(artifact)
@@ -70,7 +76,10 @@ class DerivedState:
             glmix_global_features(self.glmix.global_names, np.zeros(1), np.zeros(1))
         except ValueError as exc:
             raise UserInputError(str(exc)) from None
-        self.catalogue = Catalogue(loaded.video_ids, loaded.embeddings, loaded.index)
+        self.catalogue = Catalogue(
+            loaded.video_ids, loaded.embeddings, loaded.index, neighbour_cache_bytes
+        )
+        self.effect_rows = VideoEffectRows(self.catalogue, self.glmix.video_rows)
         self.dim = self.catalogue.dim
         self.threshold = watch_threshold_s
         self._lock = threading.Lock()
@@ -134,7 +143,7 @@ class DerivedState:
         #: users known at load (offline fit, histories), sorted for prefix search
         self.offline_users = sorted(set(self.glmix.user_ids) | self.histories.users())
         self.load_seconds = time.perf_counter() - t0
-        _return_free_memory()
+        return_free_memory()
 
     # ------------------------------------------------------------------ the log
 
@@ -363,18 +372,13 @@ class DerivedState:
         self.online.pending = dict.fromkeys(h.get("pending", []))
         if self.online.videos is not None:
             self.online.videos.stats, self.online.videos.shares = plan.video_stats, plan.shares
+            self.effect_rows.reset(plan.video_stats)
         self.ingested, self.watch_events, self.impression_events, self.skipped_rows = h["counters"]
         self._log.horizon = {t: int(k) for t, k in h["horizon"].items()}
         self._log.applied = {t: {int(q): int(o) for q, o in a} for t, a in h["applied"].items()}
         self.started_from = "snapshot"
 
     # ------------------------------------------------------------------ online GLMix
-
-    def similarity(self, user_id: str, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Eq. 17 / Eq. 16 of candidates (M, E) against the user's current history
-        (NaN without one)."""
-        hist = self.histories.get(user_id)
-        return history_similarity(cand, self.catalogue.vectors(hist or []))
 
     def _stage_run(self, run: list[Shown]) -> int:
         """Take new impressions in, in the order shown (under the state lock): each one's
@@ -415,6 +419,8 @@ class DerivedState:
         )
         with self._refit_cv:
             self.online.stage(users, self.catalogue.vectors(rows), labels, g, ids, frozen, rows)
+            if ids is not None:
+                self.effect_rows.mark(rows)
             self._staged_ticket += 1
             if self._background and not self._refitting:
                 self._refitting = True
@@ -468,11 +474,3 @@ class DerivedState:
     def refit_backlog(self) -> int:
         """Users whose effect waits for a refit."""
         return len(self.online.pending)
-
-
-def _return_free_memory() -> None:
-    """Hand the heap's free pages back to the system after a load: restoring a snapshot
-    and replaying the log free far more than the state keeps, and glibc keeps freed
-    arenas otherwise (RSS stays at the load's peak). A no-op where glibc is absent."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -59,27 +59,28 @@ def recommend(state: ServingState, user_id: str, k: int, seeds: int) -> list[dic
     hist = state.histories.get(user_id) or []
     n = state.num_videos
     if hist:
-        ids = state.catalogue.search(
-            state.catalogue.vectors(hist[-seeds:]), min(n, 4 * k + len(hist))
+        _, found = state.catalogue.neighbours(
+            np.asarray(hist[-seeds:], np.int64), min(n, 4 * k + len(hist))
         )
-        rows = state.catalogue.rows
-        found = {rows.get(v, -1) for row in ids for v in row} - {-1}  # -1: just taken down
-        cand_rows = sorted(found - set(hist))
+        found = np.unique(found)  # sorted rows, as before; -1 (none found) first
+        cand_rows = found[(found >= 0) & ~np.isin(found, np.asarray(hist, np.int64))]
     else:
-        cand_rows = state.catalogue.live_rows(np.arange(max(0, n - 20_000), n))
-    if not cand_rows:
+        cand_rows = np.asarray(
+            state.catalogue.live_rows(np.arange(max(0, n - 20_000), n)), dtype=np.int64
+        )
+    if not len(cand_rows):
         return []
     cand = state.catalogue.vectors(cand_rows)
     mx, av = state.similarity(user_id, cand)
     p = state.watch_probability(user_id, cand, mx, av, cand_rows)
-    result = []
-    for i in np.argsort(-p, kind="stable")[:k].tolist():
-        item: dict[str, Any] = {
-            "video_id": state.catalogue.ids[cand_rows[i]],
-            "watch_probability": float(p[i]),
-        }
-        if hist:
-            item["max_similarity"] = float(mx[i])
-            item["avg_similarity"] = float(av[i])
-        result.append(item)
-    return result
+    top = np.argsort(-p, kind="stable")[:k]
+    ids = state.catalogue.ids
+    rows, probs = cand_rows[top].tolist(), p[top].tolist()
+    if not hist:
+        return [
+            {"video_id": ids[r], "watch_probability": q} for r, q in zip(rows, probs, strict=True)
+        ]
+    return [
+        {"video_id": ids[r], "watch_probability": q, "max_similarity": m, "avg_similarity": a}
+        for r, q, m, a in zip(rows, probs, mx[top].tolist(), av[top].tolist(), strict=True)
+    ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -59,6 +61,9 @@ class Settings(BaseSettings):
     watch_threshold_s: float = 10.0
     #: at most this many history videos seed the neighbour search for recommendations
     recommend_seed_videos: int = 20
+    #: memory for remembered neighbour lists of an approximate index (HNSW/IVF): a
+    #: related-videos table filled on demand (serving/neighbours.py); 0: search every time
+    neighbour_cache_mb: Annotated[int, Field(ge=0)] = 64
 
     def refit_wait_seconds(self) -> float | None:
         return None if self.refit_wait_ms is None else max(self.refit_wait_ms, 0.0) / 1e3

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsys.errors import UserInputError
-from recsys.scoring import glmix_global_features
+from recsys.online.refit import sigmoid
+from recsys.scoring import glmix_global_features, history_similarity
 from serving.derived import DerivedState
 from serving.errors import ConflictError, NotFoundError
 from serving.stores import Impression, Removal, Watch
@@ -78,6 +79,12 @@ class ServingState(DerivedState):
 
     # ------------------------------------------------------------------ scoring
 
+    def similarity(self, user_id: str, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Eq. 17 / Eq. 16 of candidates (M, E) against the user's current history
+        (NaN without one)."""
+        hist = self.histories.get(user_id)
+        return history_similarity(cand, self.catalogue.vectors(hist or []))
+
     def watch_probability(
         self,
         user_id: str,
@@ -91,10 +98,15 @@ class ServingState(DerivedState):
         # video's effect when the model has them. No lock: a refit swaps the user's
         # effect array whole (scoring must not queue behind it).
         g = glmix_global_features(self.glmix.global_names, max_s, avg_s)
-        ids = None
-        if self.glmix.has_video_effects:
-            ids = [self.catalogue.ids[r] for r in np.asarray(rows, dtype=np.int64).tolist()]
-        return self.online.probability(user_id, cand, g, ids)
+        eta = self.online.user_logit(user_id, cand, g)
+        videos = self.online.videos
+        if videos is not None:  # the same sum as OnlineEffects.logit, looked up by row
+            rows = np.asarray(rows, dtype=np.int64)
+            model_rows, moved = self.effect_rows.lookup(rows)
+            names = self.catalogue.ids
+            moved_ids = [names[r] for r in rows[moved].tolist()]
+            eta = eta + videos.logit_at(model_rows, moved, moved_ids, g)
+        return sigmoid(eta)
 
     # ------------------------------------------------------------------ writes
 

@@ -53,7 +53,7 @@ from pipelines.training.settings_search import Candidate
 from recsys import artifact as art
 from recsys.errors import UserInputError
 from recsys.frames import FrameStore
-from recsys.index import IndexConfig, VideoIndex
+from recsys.index import VideoIndex
 from recsys.metrics import pair_auc
 from recsys.projection import fit_map
 from recsys.splits import default_test_start
@@ -144,7 +144,7 @@ def _write_trained(
     cfg = replace(cfg, train=replace(cfg.train, lr=chosen.lr), index=index.config)
     manifest = _manifest(data_dir, *span, len(store), model_cfg, cfg, metrics)
     with tempfile.TemporaryDirectory() as tmp:
-        files = _artifact_files(result, model_cfg, store, vectors, index, cfg.index, Path(tmp))
+        files = _artifact_files(result, model_cfg, store, vectors, index, Path(tmp))
         if split.held.any():
             ids = pa.table({"video_id": [store.video_ids[i] for i in np.flatnonzero(split.held)]})
             files[art.HELDOUT_VIDEOS] = lambda p: pq.write_table(ids, p)
@@ -285,7 +285,6 @@ def _artifact_files(
     store: FrameStore,
     vectors: np.ndarray,
     index: VideoIndex,
-    index_cfg: IndexConfig,
     tmp: Path,
 ) -> dict[str, Any]:
     png = tmp / art.LOSS_CURVE
@@ -295,7 +294,8 @@ def _artifact_files(
         art.EMBEDDER_WEIGHTS: art.state_dict_bytes(result.model),
         art.EMBEDDINGS: lambda p: pq.write_table(art.embeddings_table(store.video_ids, vectors), p),
         art.INDEX: index.to_bytes(),
-        art.INDEX_CONFIG: json.dumps(asdict(index_cfg)).encode(),
+        # The index as built: its kind resolved and its search width as tuned.
+        art.INDEX_CONFIG: json.dumps(asdict(index.config)).encode(),
         art.TRAIN_HISTORY: json.dumps(result.history, indent=2).encode(),
         art.LOSS_CURVE: png.read_bytes(),
         # the explorer's 2-D map (PCA), fitted once so every replica draws the same map

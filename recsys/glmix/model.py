@@ -91,11 +91,19 @@ class GLMix:
 
     def video_rows(self, videos: list[str] | np.ndarray) -> np.ndarray:
         """Rows into ``video_coef`` of each id (-1: a video the fit never saw)."""
+        # Up to a few thousand ids (the service's candidates and batches): dict lookups,
+        # 50 ns an id; pandas' index costs about 200 us a call before it pays off. A list
+        # is looked up as it is (a numpy array of 100 strings alone costs ~10 us).
+        if (
+            isinstance(videos, list)
+            and len(videos) <= 4096
+            and (not videos or isinstance(videos[0], str))
+        ):
+            index = self.video_index
+            return np.fromiter((index.get(v, -1) for v in videos), np.int64, len(videos))
         got = np.asarray(videos)
         if got.dtype.kind in "iu":  # already rows
             return got.astype(np.int64)
-        # Up to a few thousand ids (the service's candidates and batches): dict lookups,
-        # 50 ns an id; pandas' index costs about 200 us a call before it pays off.
         if len(got) <= 4096:
             index = self.video_index
             return np.fromiter((index.get(v, -1) for v in got.tolist()), np.int64, len(got))

@@ -69,6 +69,11 @@ class VideoEffects:
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     #: per user: that user's share of the sums (what an erasure takes out)
     shares: dict[str, UserShares] = field(default_factory=dict)
+    #: per video: (the stats pair it was solved from, the effect); a hit only while that
+    #: very pair is current, so a reader racing a writer never keeps a stale effect
+    _solved: dict[str, tuple[tuple[np.ndarray, np.ndarray], np.ndarray]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self.q = self.model.video_dim
@@ -90,18 +95,40 @@ class VideoEffects:
         got = self.stats.get(video)
         if got is None:
             return mean
+        cached = self._solved.get(video)
+        if cached is not None and cached[0] is got:
+            return cached[1]
         g, h = got
-        return mean + np.linalg.solve(h / SCALE + np.diag(precision), g / SCALE)
+        solved = mean + np.linalg.solve(h / SCALE + np.diag(precision), g / SCALE)
+        self._solved[video] = (got, solved)
+        return solved
 
     def logit(self, videos: list[str], global_feats: np.ndarray | None = None) -> np.ndarray:
         """(n,) each row's per-video term: gamma_v0 + x^T gamma_v. Vectorised over the
         offline effects; only videos seen since the fit take a solve each."""
-        out = self.model.video_logit(self.model.video_rows(list(videos)), global_feats)
-        moved = [i for i, v in enumerate(videos) if v in self.stats]
-        if moved:
-            z = self.design(len(videos), global_feats)
-            for i in moved:
-                out[i] = float(z[i] @ self.effect(videos[i]))
+        stats = self.stats
+        moved = [i for i, v in enumerate(videos) if v in stats]
+        model_rows = self.model.video_rows(list(videos))
+        return self.logit_at(
+            model_rows, np.asarray(moved, np.int64), [videos[i] for i in moved], global_feats
+        )
+
+    def logit_at(
+        self,
+        model_rows: np.ndarray,
+        moved: np.ndarray,
+        moved_ids: list[str],
+        global_feats: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``logit`` with the lookups done by the caller: ``model_rows`` (n,) each row's
+        offline effect (``model.video_rows``), ``moved`` the indices of rows whose video
+        has statistics and ``moved_ids`` those videos."""
+        out = self.model.video_logit(model_rows, global_feats)
+        if len(moved):
+            # Each moved video's effect solved once and kept until its sums change.
+            z = self.design(len(model_rows), global_feats)[moved]
+            effects = np.stack([self.effect(v) for v in moved_ids])
+            out[moved] = np.einsum("ij,ij->i", z, effects)
         return out
 
     def design(self, n: int, global_feats: np.ndarray | None) -> np.ndarray:
@@ -163,6 +190,7 @@ class VideoEffects:
         old = self.stats.get(video)
         # A new pair, not in-place: a reader holding the old one sees a consistent pair.
         self.stats[video] = (g.copy(), h.copy()) if old is None else (old[0] + g, old[1] + h)
+        self._solved.pop(video, None)
 
 
 #: rows grouped by user: (order (n,), [(user, start, end)]) (``rows_by_user``)

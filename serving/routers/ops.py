@@ -12,18 +12,20 @@ from fastapi.responses import PlainTextResponse, Response
 from serving.deps import WRITE, AppMetrics, Holder, State
 from serving.errors import error_responses, json_response
 from serving.lifespan import archive_after_snapshot, reload_now
-from serving.state import StateHolder
+from serving.state import ServingState, StateHolder
 
 router = APIRouter(tags=["ops"])
 
 
+# Liveness and readiness run on the event loop: they answer even while every worker
+# thread is busy, and cost no thread hand-off.
 @router.get("/healthz")
-def healthz() -> Response:
+async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
 @router.get("/readyz")
-def readyz(request: Request, holder: Holder) -> Response:
+async def readyz(request: Request, holder: Holder) -> Response:
     state = holder.current
     if state is None:
         return json_response({"status": "loading"}, 503)
@@ -53,6 +55,18 @@ def gauges(holder: StateHolder) -> dict[str, float]:
         "state_load_seconds": s.load_seconds,
         "state_started_from_snapshot": int(s.started_from == "snapshot"),
         "state_rows_since_snapshot": s.unsnapshotted,
+        **_neighbour_gauges(s),
+    }
+
+
+def _neighbour_gauges(s: ServingState) -> dict[str, float]:
+    cache = s.catalogue.neighbour_cache
+    if cache is None:
+        return {}
+    return {
+        "neighbour_cache_hits": cache.hits,
+        "neighbour_cache_misses": cache.misses,
+        "neighbour_cache_bytes": cache.nbytes,
     }
 
 

@@ -45,7 +45,11 @@ def router(settings: Settings) -> APIRouter:
     r = APIRouter(tags=["scoring"])
     seeds = settings.recommend_seed_videos
 
-    def score_route(req: Any, state: State) -> Response:
+    # The reads run on the event loop, not in the thread pool: each is a few vectorised
+    # passes under a millisecond (bounded by max_candidates and max_k) that take no
+    # lock a write holds for long, and a thread hand-off cost more than the work
+    # (score: 460 -> 700 req/s at 8 clients, server CPU a request 2.2 -> 1.4 ms).
+    async def score_route(req: Any, state: State) -> Response:
         return score(req, state)
 
     score_route.__annotations__["req"] = score_request_type(settings.max_candidates)
@@ -56,12 +60,12 @@ def router(settings: Settings) -> APIRouter:
     )(score_route)
 
     # Defaults, not Annotated: the bounds come from the settings at app creation.
-    def recommendations_route(
+    async def recommendations_route(
         state: State, user_id: PATH_ID, k: int = Query(10, ge=1, le=settings.max_k)
     ) -> Response:
         return recommendations(state, user_id, k, seeds)
 
-    def similar_route(
+    async def similar_route(
         state: State, video_id: PATH_ID, k: int = Query(10, ge=1, le=settings.max_k)
     ) -> Response:
         return similar(state, video_id, k)

@@ -65,3 +65,41 @@ def test_the_job_writes_the_chosen_index_and_its_recall(pipeline_out) -> None:
     assert m["config"]["index"]["kind"] == "flat"  # a small catalogue: exact search
     facts = m["metrics"]["index"]
     assert facts["kind"] == "flat" and facts["recall"] == 1.0 and facts["k"] == 20
+
+
+def test_tuning_widens_the_search_until_the_target_and_the_width_travels() -> None:
+    x = _unit(3000, seed=2)
+    ids = [f"v{i}" for i in range(len(x))]
+    cfg = IndexConfig("hnsw", hnsw_m=8, hnsw_ef_search=4, target_recall=0.97)
+    idx = VideoIndex.build(ids, x, cfg)
+    narrow = idx.recall(x, k=20)["recall"]
+    facts = idx.tune(x, k=20)
+    widths = [t["width"] for t in facts["widths_tried"]]
+    assert widths[0] == 4 and all(b == 2 * a for a, b in zip(widths, widths[1:], strict=False))
+    assert facts["widths_tried"][0]["recall"] == narrow < 0.97
+    assert facts["recall"] >= 0.97 and facts["widths_tried"][-2]["recall"] < 0.97
+    assert idx.config.hnsw_ef_search == facts["search_width"] == widths[-1]
+    # The width is part of the config: an index read back with it searches the same.
+    back = VideoIndex.from_bytes(idx.to_bytes(), ids, idx.config)
+    assert back.recall(x, k=20) == idx.recall(x, k=20)
+    reread_narrow = VideoIndex.from_bytes(idx.to_bytes(), ids, cfg)
+    assert reread_narrow.recall(x, k=20)["recall"] == narrow
+
+
+def test_tuning_stops_at_the_cap_and_leaves_exact_search_alone() -> None:
+    x = _unit(2000, seed=3)
+    ids = [f"v{i}" for i in range(len(x))]
+    capped = VideoIndex.build(
+        ids, x, IndexConfig("hnsw", hnsw_m=4, hnsw_ef_search=2, max_search_width=8)
+    )
+    facts = capped.tune(x)
+    assert [t["width"] for t in facts["widths_tried"]] == [2, 4, 8]
+    off = VideoIndex.build(ids, x, IndexConfig("hnsw", hnsw_ef_search=2, target_recall=0.0))
+    assert [t["width"] for t in off.tune(x)["widths_tried"]] == [2]
+    ivf = VideoIndex.build(ids, x, IndexConfig("ivf", ivf_nlist=8, ivf_nprobe=1))
+    got = ivf.tune(x)
+    assert got["search_width"] <= 8 and (got["recall"] >= 0.95 or got["search_width"] == 8)
+    flat = VideoIndex.build(ids, x, IndexConfig("flat"))
+    assert "search_width" not in flat.tune(x) and flat.tune(x)["recall"] == 1.0
+    with pytest.raises(ValueError, match="target_recall"):
+        IndexConfig(target_recall=1.5)

@@ -94,3 +94,45 @@ def test_an_erasure_takes_the_users_share_out_on_every_replica(video_artifact, s
     assert {v: s for v, s in sa.items() if any(s[0]) or any(map(any, s[1]))} == {
         v: s for v, s in want.items() if any(s[0]) or any(map(any, s[1]))
     }
+
+
+def _by_ids(state, user: str, rows: list[int]) -> np.ndarray:
+    """The id-keyed reference: OnlineEffects.probability with every candidate's id."""
+    cand = state.catalogue.vectors(rows)
+    mx, av = state.similarity(user, cand)
+    from recsys.scoring import glmix_global_features
+
+    g = glmix_global_features(state.glmix.global_names, mx, av)
+    return state.online.probability(user, cand, g, [state.catalogue.ids[r] for r in rows])
+
+
+def test_scores_looked_up_by_row_equal_the_id_keyed_model(video_artifact, settings) -> None:
+    ids, _ = catalogue(video_artifact)
+    users = [a_user_with_history(video_artifact), "new-user-1"]
+    with TestClient(create_app(settings)) as a:
+        state = a.app.state.holder.current  # type: ignore[attr-defined]
+        rows = list(range(min(len(ids), 12)))
+
+        def check() -> None:
+            for user in users:
+                cand = state.catalogue.vectors(rows)
+                mx, av = state.similarity(user, cand)
+                got = state.watch_probability(user, cand, mx, av, rows)
+                assert np.array_equal(got, _by_ids(state, user, rows))
+
+        check()  # nothing seen online yet: every video on its offline effect
+        imps = _impressions(ids, users, "r", 40, 3)
+        assert (
+            a.post("/v1/events/impressions", json={"impressions": imps}, headers=AUTH).status_code
+            == 201
+        )
+        state.sync()
+        moved = set(state.online.videos.stats)
+        assert moved and {ids[r] for r in state.effect_rows.lookup(np.array(rows))[1]} == moved
+        check()
+        assert a.post("/v1/admin/snapshot", headers=AUTH).json()["written"]
+    with TestClient(create_app(settings)) as b:  # restored from the snapshot
+        state = b.app.state.holder.current  # type: ignore[attr-defined]
+        assert state.started_from == "snapshot"
+        assert {ids[r] for r in state.effect_rows.lookup(np.array(rows))[1]} == moved
+        check()

@@ -144,3 +144,36 @@ def test_the_replay_scores_each_row_before_learning_from_it(fitted) -> None:
     # The first row is scored before anything is learnt: the frozen model's score.
     assert got[0] == pytest.approx(frozen[0], abs=1e-12)
     assert not np.allclose(got, frozen)
+
+
+def test_a_solved_effect_is_kept_only_while_its_sums_are_current(fitted) -> None:
+    model, *_ = fitted
+    events = _events(4, n=120)
+    online = OnlineEffects(model)
+    assert online.videos is not None
+    _feed(online, events, range(60))
+    vids = sorted(online.videos.stats)
+    g = np.random.default_rng(3).normal(size=(len(vids), 1))
+    first = online.videos.logit(vids, g)
+    # Row by row against a fresh solve of each video's effect.
+    fresh = OnlineEffects(model)
+    assert fresh.videos is not None
+    fresh.videos.stats = dict(online.videos.stats)
+    direct = [
+        float(fresh.videos.design(1, g[i : i + 1])[0] @ fresh.videos.effect(v))
+        for i, v in enumerate(vids)
+    ]
+    np.testing.assert_allclose(first, direct, rtol=0, atol=1e-12)
+    before = {v: online.videos.effect(v) for v in vids}
+    _feed(online, events, range(60, 120))  # moves some of those videos again
+    after = online.videos.logit(vids, g)
+    rebuilt = OnlineEffects(model)
+    assert rebuilt.videos is not None
+    rebuilt.videos.stats = dict(online.videos.stats)
+    for i, v in enumerate(vids):
+        want = rebuilt.videos.effect(v)
+        assert np.array_equal(online.videos.effect(v), want)  # never the stale solve
+        assert after[i] == pytest.approx(
+            float(rebuilt.videos.design(1, g[i : i + 1])[0] @ want), abs=1e-12
+        )
+    assert any(not np.array_equal(before[v], online.videos.effect(v)) for v in vids)

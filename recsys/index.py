@@ -189,7 +189,14 @@ class VideoIndex:
             self._apply_search_width()
             facts = self.recall(vectors, k=k)
             tried.append({"width": wider, "recall": facts["recall"]})
-        return {**facts, "search_width": getattr(self.config, field), "widths_tried": tried}
+        return {
+            **facts,
+            "search_width": getattr(self.config, field),
+            "widths_tried": tried,
+            # False: the widest search still misses; the graph (HNSW: hnsw_m,
+            # hnsw_ef_construction) or the lists (IVF) need a finer build
+            "target_reached": facts["recall"] >= c.target_recall,
+        }
 
     def _searcher(self) -> faiss.Index:
         if self.config.kind == "hnsw" or not gpu_available():

@@ -17,6 +17,7 @@ from typing import Any
 import faiss
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from threadpoolctl import threadpool_limits
 
 from serving.metrics import Metrics
 from serving.settings import Settings
@@ -136,6 +137,10 @@ def make_lifespan(load_state: LoadState) -> Callable[[FastAPI], Any]:
         # OpenMP team per single query stalls when cores are busy (HNSW p50 0.14 ms with
         # one thread vs ~8 ms with two under load, measured here).
         faiss.omp_set_num_threads(1)
+        # One BLAS thread too, for the same reason: a request's products are small, and
+        # OpenBLAS's second thread spins on the core another request needs (server CPU
+        # a recommendation over 1M videos: 10.5 -> see docs/scale.md).
+        blas = threadpool_limits(1, user_api="blas")
         stop = threading.Event()
         app.state.store_ok = True
         try:
@@ -170,5 +175,6 @@ def make_lifespan(load_state: LoadState) -> Callable[[FastAPI], Any]:
             app.state.holder.current = None
             if app.state.store is not None:
                 app.state.store.close()
+            blas.restore_original_limits()
 
     return lifespan

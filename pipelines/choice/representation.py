@@ -17,6 +17,7 @@ the rung's (``ship_rung``); the service then embeds uploads with it.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -198,7 +199,16 @@ def index_with_recall(
     it: its kind and its recall@20 against exact search on the catalogue's own rows (an
     approximate index widened until that reaches ``cfg.target_recall``)."""
     index = VideoIndex.build(video_ids, vectors, cfg)
-    return index, {"kind": index.config.kind, **index.tune(vectors, k=20)}
+    facts = {"kind": index.config.kind, **index.tune(vectors, k=20)}
+    if not facts.get("target_reached", True):
+        print(
+            f"warning: the {facts['kind']} index reaches recall@20 {facts['recall']:.3f} at its "
+            f"widest search ({facts['search_width']}), below the target "
+            f"{index.config.target_recall}; build it finer (hnsw_m, hnsw_ef_construction) or "
+            "use --index flat",
+            file=sys.stderr,
+        )
+    return index, facts
 
 
 def rung_files(

@@ -78,6 +78,7 @@ def test_tuning_widens_the_search_until_the_target_and_the_width_travels() -> No
     assert widths[0] == 4 and all(b == 2 * a for a, b in zip(widths, widths[1:], strict=False))
     assert facts["widths_tried"][0]["recall"] == narrow < 0.97
     assert facts["recall"] >= 0.97 and facts["widths_tried"][-2]["recall"] < 0.97
+    assert facts["target_reached"]
     assert idx.config.hnsw_ef_search == facts["search_width"] == widths[-1]
     # The width is part of the config: an index read back with it searches the same.
     back = VideoIndex.from_bytes(idx.to_bytes(), ids, idx.config)
@@ -94,6 +95,7 @@ def test_tuning_stops_at_the_cap_and_leaves_exact_search_alone() -> None:
     )
     facts = capped.tune(x)
     assert [t["width"] for t in facts["widths_tried"]] == [2, 4, 8]
+    assert facts["target_reached"] == (facts["recall"] >= 0.95)
     off = VideoIndex.build(ids, x, IndexConfig("hnsw", hnsw_ef_search=2, target_recall=0.0))
     assert [t["width"] for t in off.tune(x)["widths_tried"]] == [2]
     ivf = VideoIndex.build(ids, x, IndexConfig("ivf", ivf_nlist=8, ivf_nprobe=1))
@@ -103,3 +105,16 @@ def test_tuning_stops_at_the_cap_and_leaves_exact_search_alone() -> None:
     assert "search_width" not in flat.tune(x) and flat.tune(x)["recall"] == 1.0
     with pytest.raises(ValueError, match="target_recall"):
         IndexConfig(target_recall=1.5)
+
+
+def test_the_job_warns_when_the_widest_search_misses_the_target(capsys) -> None:
+    from pipelines.choice.representation import index_with_recall
+
+    x = _unit(2000, seed=4)
+    ids = [f"v{i}" for i in range(len(x))]
+    cfg = IndexConfig("hnsw", hnsw_m=4, hnsw_ef_search=2, max_search_width=2, target_recall=1.0)
+    _, facts = index_with_recall(ids, x, cfg)
+    assert facts["target_reached"] is False and facts["recall"] < 1.0
+    assert "below the target" in capsys.readouterr().err
+    _, fine = index_with_recall(ids, x, IndexConfig("flat"))
+    assert fine["recall"] == 1.0 and "below the target" not in capsys.readouterr().err

@@ -58,6 +58,16 @@ def test_idle_and_slow_connections_starve_nothing(artifact: Path, tmp_path: Path
         while time.time() - t_resp < 8 and not _closed_by_server(keep):
             time.sleep(0.1)
         assert _closed_by_server(keep)
+        # Pipelined requests in one write are all answered; then the deadline holds.
+        piped = socket.create_connection(("127.0.0.1", port))
+        piped.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+        got, t_piped = b"", time.time()
+        while got.count(b"200 OK") < 3 and time.time() - t_piped < 5:
+            got += piped.recv(65536)
+        assert got.count(b"200 OK") == 3
+        while time.time() - t_piped < 8 and not _closed_by_server(piped):
+            time.sleep(0.1)
+        assert _closed_by_server(piped)
     finally:
         for s in idle:
             s.close()

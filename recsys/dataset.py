@@ -224,6 +224,18 @@ def _is_string(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
+def _id_type_problem(name: str, t: pa.DataType) -> str:
+    """The line for an id column that is not a string (integer ids are common in real
+    logs: the files are refused, never read with their ids turned into positions)."""
+    hint = (
+        " (integer ids: cast the column to string, e.g. pyarrow.compute.cast(col, "
+        "pyarrow.string()), the same in every file)"
+        if pa.types.is_integer(t)
+        else ""
+    )
+    return f"{name}: expected string, found {t}{hint}"
+
+
 def _check_timestamp(schema: pa.Schema, name: str, problems: _Problems, required: bool) -> None:
     if name not in schema.names:
         if required:
@@ -241,7 +253,7 @@ def check_videos_schema(schema: pa.Schema) -> list[str]:
     if "video_id" not in schema.names:
         problems.add("schema", "video_id: missing column (string)")
     elif not _is_string(schema.field("video_id").type):
-        problems.add("schema", f"video_id: expected string, found {schema.field('video_id').type}")
+        problems.add("schema", _id_type_problem("video_id", schema.field("video_id").type))
     if "frames" not in schema.names:
         problems.add("schema", "frames: missing column (list<list<float32>>)")
     else:
@@ -389,7 +401,7 @@ def check_impressions_schema(schema: pa.Schema) -> list[str]:
         if name not in schema.names:
             problems.add("schema", f"{name}: missing column (string)")
         elif not _is_string(schema.field(name).type):
-            problems.add("schema", f"{name}: expected string, found {schema.field(name).type}")
+            problems.add("schema", _id_type_problem(name, schema.field(name).type))
     _check_timestamp(schema, "shown_at", problems, required=True)
     if "watch_seconds" not in schema.names:
         problems.add("schema", "watch_seconds: missing column (float64)")

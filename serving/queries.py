@@ -59,11 +59,14 @@ def recommend(state: ServingState, user_id: str, k: int, seeds: int) -> list[dic
     hist = state.histories.get(user_id) or []
     n = state.num_videos
     if hist:
-        _, found = state.catalogue.neighbours(
-            np.asarray(hist[-seeds:], np.int64), min(n, 4 * k + len(hist))
-        )
-        found = np.unique(found)  # sorted rows, as before; -1 (none found) first
-        cand_rows = found[(found >= 0) & ~np.isin(found, np.asarray(hist, np.int64))]
+        # Each seed's 2k + (number of seeds) nearest: 2k unwatched ones even when every
+        # other seed is among them, whatever the history's length. A history crowding
+        # its own neighbourhoods (fewer than k left) is searched again with room for all
+        # of it.
+        seed_rows, watched = np.asarray(hist[-seeds:], np.int64), np.asarray(hist, np.int64)
+        cand_rows = _unwatched_neighbours(state, seed_rows, watched, 2 * k + len(seed_rows))
+        if len(cand_rows) < k:
+            cand_rows = _unwatched_neighbours(state, seed_rows, watched, 4 * k + len(hist))
     else:
         cand_rows = np.asarray(
             state.catalogue.live_rows(np.arange(max(0, n - 20_000), n)), dtype=np.int64
@@ -84,3 +87,13 @@ def recommend(state: ServingState, user_id: str, k: int, seeds: int) -> list[dic
         {"video_id": ids[r], "watch_probability": q, "max_similarity": m, "avg_similarity": a}
         for r, q, m, a in zip(rows, probs, mx[top].tolist(), av[top].tolist(), strict=True)
     ]
+
+
+def _unwatched_neighbours(
+    state: ServingState, seeds: np.ndarray, watched: np.ndarray, per_seed: int
+) -> np.ndarray:
+    """The union of each seed's ``per_seed`` nearest live videos, minus ``watched``: sorted
+    catalogue rows."""
+    _, found = state.catalogue.neighbours(seeds, min(state.num_videos, per_seed))
+    found = np.unique(found)  # sorted; -1 (none found) first
+    return found[(found >= 0) & ~np.isin(found, watched)]

@@ -71,7 +71,7 @@ def online_block(
     ``history_only_p``: a model with history features, its effects frozen but the
     histories followed (what the service did before online effects); the online model is
     compared with it too, which isolates what learning the effects online adds."""
-    new_user = np.array([u not in model.user_index for u in users.tolist()])
+    new_user = model.user_rows(users) < 0
     out: dict[str, Any] = {"config": asdict(cfg)}
     for name, rows in (("all", np.ones(len(y), bool)), ("new_users", new_user)):
         if rows.sum() < 2 or len(set(y[rows].tolist())) < 2:

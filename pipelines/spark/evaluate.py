@@ -108,7 +108,7 @@ def _scorer(
             "video_id": pa.array(t["video_id"].tolist(), pa.string()),
             "label": pa.array(y),
             "cold_start": pa.array(t["cold"].to_numpy(dtype=bool)),
-            "new_user": pa.array([u not in glm.user_index for u in ids.tolist()]),
+            "new_user": pa.array(glm.user_rows(ids) < 0),
             "max_similarity": pa.array(max_s),
             "avg_similarity": pa.array(avg_s),
             "glmix": pa.array(glm.predict_proba(ids, x, frozen_g, videos)),

@@ -18,7 +18,7 @@ Everything here works on arrays; reading and writing is the caller's business
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -89,27 +89,27 @@ class GLMix:
         """qv: the per-video effect's size (intercept, plus a slope per global feature)."""
         return 1 + (self.global_dim if self.config.video_slopes else 0)
 
-    def video_rows(self, videos: list[str] | np.ndarray) -> np.ndarray:
-        """Rows into ``video_coef`` of each id (-1: a video the fit never saw)."""
+    def video_rows(self, videos: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """Rows into ``video_coef`` of each id (-1: a video the fit never saw). Ids of any
+        type: the fit keys videos by ``str(id)``, so 7, np.int64(7) and "7" are one video
+        (an integer is an id here, never a row)."""
+        keys = id_keys(videos)
         # Up to a few thousand ids (the service's candidates and batches): dict lookups,
-        # 50 ns an id; pandas' index costs about 200 us a call before it pays off. A list
-        # is looked up as it is (a numpy array of 100 strings alone costs ~10 us).
-        if (
-            isinstance(videos, list)
-            and len(videos) <= 4096
-            and (not videos or isinstance(videos[0], str))
-        ):
+        # 50 ns an id; pandas' index costs about 200 us a call before it pays off.
+        if len(keys) <= 4096:
             index = self.video_index
-            return np.fromiter((index.get(v, -1) for v in videos), np.int64, len(videos))
-        got = np.asarray(videos)
-        if got.dtype.kind in "iu":  # already rows
-            return got.astype(np.int64)
-        if len(got) <= 4096:
-            index = self.video_index
-            return np.fromiter((index.get(v, -1) for v in got.tolist()), np.int64, len(got))
+            return np.fromiter((index.get(v, -1) for v in keys), np.int64, len(keys))
         if self._video_lookup is None:  # a hash index: one vectorised lookup per call
             self._video_lookup = pd.Index(self.video_ids, dtype=object)
-        return self._video_lookup.get_indexer(got.astype(object)).astype(np.int64)
+        return self._video_lookup.get_indexer(np.asarray(keys, dtype=object)).astype(np.int64)
+
+    def user_row(self, user: Any) -> int | None:
+        """The row of one user's offline effect (None: not in the fit); any id type."""
+        return self.user_index.get(user if type(user) is str else str(user))
+
+    def video_row(self, video: Any) -> int | None:
+        """The row of one video's offline effect (None: not in the fit); any id type."""
+        return self.video_index.get(video if type(video) is str else str(video))
 
     def video_logit(
         self, video_rows: np.ndarray, global_feats: np.ndarray | None = None
@@ -153,26 +153,35 @@ class GLMix:
                 out[known] += np.einsum("ij,ij->i", c[:, 1:], video[known])
         return out
 
-    def user_rows(self, users: list[str] | np.ndarray) -> np.ndarray:
-        return np.array([self.user_index.get(u, -1) for u in users], dtype=np.int64)
+    def user_rows(self, users: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """Rows into ``user_coef`` of each id (-1: a user the fit never saw); any id type,
+        as ``video_rows``."""
+        index, keys = self.user_index, id_keys(users)
+        return np.fromiter((index.get(u, -1) for u in keys), np.int64, len(keys))
 
     def predict_proba(
         self,
         users: list[str] | np.ndarray,
         video: np.ndarray | VideoRows,
         global_feats: np.ndarray | None = None,
-        videos: list[str] | np.ndarray | None = None,
+        videos: Sequence[Any] | np.ndarray | None = None,
+        *,
+        video_rows: np.ndarray | None = None,
     ) -> np.ndarray:
         """Watch probabilities of rows (user, video features, global features), a chunk of
         rows at a time: ``video`` may be ``VideoRows`` and is materialised per chunk.
-        ``videos`` names each row's video (ids, or rows from ``video_rows``); a model
-        with per-video effects needs it."""
+        ``videos`` names each row's video by id (any type, as at the fit), or
+        ``video_rows`` gives their rows from ``video_rows`` instead; a model with
+        per-video effects needs one of them."""
         rows = self.user_rows(users)
         vrows = None
         if self.has_video_effects:
-            if videos is None:
+            if video_rows is not None:
+                vrows = np.asarray(video_rows, dtype=np.int64)
+            elif videos is None:
                 raise ValueError("this model has per-video effects: name each row's video")
-            vrows = self.video_rows(videos)
+            else:
+                vrows = self.video_rows(videos)
             if len(vrows) != len(rows):
                 raise ValueError("videos must name one video per row")
         out = np.empty(len(rows), dtype=np.float64)
@@ -304,12 +313,18 @@ def validate_glmix_inputs(
     if global_feats is not None and (global_feats.ndim != 2 or len(global_feats) != n):
         raise UserInputError("GLMix: global features must be (N, G)")
     # pandas' hash-based factorize: ~5x faster than sorting 5M id strings with np.unique.
-    codes, uniq = pd.factorize(np.asarray(user_ids, dtype=object))
+    codes, uniq = pd.factorize(np.asarray(id_keys(user_ids), dtype=object))  # 7 and "7": one user
     return y_np, video, codes.astype(np.int64), uniq
 
 
 #: rows above 4x this start the fixed effect from a fit on this many (uniform sample)
 _SUBSAMPLE_ROWS = 250_000
+
+
+def id_keys(ids: Sequence[Any] | np.ndarray) -> list[str]:
+    """Ids as a model keys them: ``str(id)``, strings as they are."""
+    items = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+    return [x if type(x) is str else str(x) for x in items]
 
 
 def fit_glmix(
@@ -393,7 +408,7 @@ def video_coordinate(
         return None, [], None
     if videos is None or len(videos) != n:
         raise UserInputError("GLMix per-video effects need each row's video")
-    codes, uniq = pd.factorize(np.asarray(videos, dtype=object))
+    codes, uniq = pd.factorize(np.asarray(id_keys(videos), dtype=object))
     z = None
     if cfg.video_slopes:
         if global_feats is None:

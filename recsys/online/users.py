@@ -181,14 +181,14 @@ class OnlineEffects:
     def precision(self, user: str) -> np.ndarray:
         """Prior precision around ``prior(user)``: the offline posterior precision (how
         much the offline fit already knows about this user), else the prior L2."""
-        u = None if user in self.forgotten else self.model.user_index.get(user)
+        u = None if user in self.forgotten else self.model.user_row(user)
         if u is None or self.model.user_precision is None:
             return self.prior_precision
         return np.asarray(self.model.user_precision[u], dtype=np.float64)
 
     def prior(self, user: str) -> np.ndarray:
         """The offline effect (zero for a user the offline fit did not see, or forgot)."""
-        u = None if user in self.forgotten else self.model.user_index.get(user)
+        u = None if user in self.forgotten else self.model.user_row(user)
         if u is None:
             return np.zeros(self.model.random_dim)
         return np.asarray(self.model.user_coef[u], dtype=np.float64)
@@ -337,10 +337,11 @@ class OnlineEffects:
 
     def _offline_rows(self, users: list[str]) -> np.ndarray:
         """Each user's row in the offline fit (-1: not in it, or forgotten)."""
-        index, gone = self.model.user_index, self.forgotten
-        return np.fromiter(
-            (-1 if u in gone else index.get(u, -1) for u in users), np.int64, len(users)
-        )
+        rows = self.model.user_rows(users)
+        gone = self.forgotten
+        if gone:
+            rows[[i for i, u in enumerate(users) if u in gone]] = -1
+        return rows
 
     def priors(self, users: list[str]) -> np.ndarray:
         """(U, q) ``prior`` of each user."""

@@ -83,7 +83,7 @@ class VideoEffects:
         """(offline effect, its precision): zero and the prior L2 for a video the offline
         fit did not see."""
         m = self.model
-        r = m.video_index.get(video)
+        r = m.video_row(video)
         if r is None or m.video_coef is None:
             return np.zeros(self.q), self.prior_precision
         precision = self.prior_precision if m.video_precision is None else m.video_precision[r]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -75,7 +77,7 @@ def test_tuning_widens_the_search_until_the_target_and_the_width_travels() -> No
     narrow = idx.recall(x, k=20)["recall"]
     facts = idx.tune(x, k=20)
     widths = [t["width"] for t in facts["widths_tried"]]
-    assert widths[0] == 4 and all(b == 2 * a for a, b in zip(widths, widths[1:], strict=False))
+    assert widths[0] == 4 and all(b == 2 * a for a, b in itertools.pairwise(widths))
     assert facts["widths_tried"][0]["recall"] == narrow < 0.97
     assert facts["recall"] >= 0.97 and facts["widths_tried"][-2]["recall"] < 0.97
     assert facts["target_reached"]

@@ -67,7 +67,7 @@ def test_uploads_since_are_merged_and_takedowns_left_out() -> None:
     new /= np.linalg.norm(new, axis=1, keepdims=True)
     for i, v in enumerate(new):
         cat.append(f"up{i}", v)
-    for r in rows[10:14].tolist() + [int(rows[0]) + 1]:
+    for r in [*rows[10:14].tolist(), int(rows[0]) + 1]:
         cat.remove(f"v{r}")
     cache = cat.neighbour_cache
     assert cache is not None
@@ -131,7 +131,7 @@ def test_merging_a_tail_is_the_best_k_of_both(m: int, t: int, k: int, pad: int, 
     rows = np.concatenate([rows, np.full(pad, -1, np.int64)])
     tail = rng.normal(size=(t, 4)).astype(np.float32)
     q = rng.normal(size=4).astype(np.float32)
-    got_s, got_r = merge_tail(Entry(2000, scores, rows), q, tail, 2000, k)
+    _, got_r = merge_tail(Entry(2000, scores, rows), q, tail, 2000, k)
     pairs = [(float(s), int(r)) for s, r in zip(scores, rows, strict=True) if r >= 0]
     pairs += [(float(s), 2000 + i) for i, s in enumerate((tail @ q).tolist())]
     want = sorted(pairs, key=lambda p: -p[0])[:k]

@@ -185,3 +185,15 @@ def test_videos_only_data_set_is_valid_except_for_recommendation(
     # A job that needs impressions says so when it starts.
     code, _, err = run_cli("mine-triplets", "--data", good_dir, "--out", tmp_path / "t.parquet")
     assert code == 2 and "this job needs impressions" in err and "Traceback" not in err
+
+
+def test_integer_ids_are_refused_with_the_cast_to_make(run_cli, good_dir: Path) -> None:
+    imp = _impressions([("u1", "v0", 12.0)])
+    imp = imp.set_column(0, "user_id", pa.array([17], pa.int64()))
+    pq.write_table(imp, good_dir / "impressions.parquet")
+    err = _assert_rejected(run_cli, good_dir, "user_id: expected string, found int64")
+    assert "cast the column to string" in err
+    # Cast as the message says, the same file passes.
+    imp = imp.set_column(0, "user_id", imp.column("user_id").cast(pa.string()))
+    pq.write_table(imp, good_dir / "impressions.parquet")
+    assert run_cli("validate", good_dir)[0] == 0

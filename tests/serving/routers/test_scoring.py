@@ -64,3 +64,42 @@ def test_recommendations_exclude_watched_and_similar(client: TestClient, artifac
     sim = client.get(f"/v1/videos/{ids[0]}/similar", params={"k": 4}).json()["similar"]
     assert len(sim) == 4 and ids[0] not in [s["video_id"] for s in sim]
     assert client.get("/v1/videos/zzz/similar").status_code == 404
+
+
+def test_a_history_crowding_its_own_neighbourhood_still_gets_k(
+    client: TestClient, artifact, monkeypatch
+) -> None:
+    from serving import queries
+    from tests.serving.conftest import AUTH
+
+    ids, emb = catalogue(artifact)
+    near = np.argsort(-(emb @ emb[0]))[:40]  # video 0's 40 nearest, itself first
+    for r in near[::-1].tolist():  # the nearest watched last: they are the seeds
+        ev = {
+            "user_id": "crowd",
+            "video_id": ids[r],
+            "watch_seconds": 60,
+            "at": "2026-02-01T00:00:00Z",
+        }
+        assert client.post("/v1/events/watch", json=ev, headers=AUTH).status_code == 201
+    asked: list[int] = []
+    real = queries._unwatched_neighbours
+
+    def spy(state, seeds, watched, per_seed):
+        asked.append(per_seed)
+        return real(state, seeds, watched, per_seed)
+
+    monkeypatch.setattr(queries, "_unwatched_neighbours", spy)
+    k = 10
+    recs = client.get("/v1/users/crowd/recommendations", params={"k": k}).json()["recommendations"]
+    assert len(recs) == k and not {r["video_id"] for r in recs} & {ids[r] for r in near.tolist()}
+    assert asked == [2 * k + 20]  # 20 seeds, each with room for the others: enough here
+
+    def crowded(state, seeds, watched, per_seed):  # as if the first pass left 3
+        asked.append(per_seed)
+        got = real(state, seeds, watched, per_seed)
+        return got[:3] if len(asked) == 2 else got
+
+    monkeypatch.setattr(queries, "_unwatched_neighbours", crowded)
+    recs = client.get("/v1/users/crowd/recommendations", params={"k": k}).json()["recommendations"]
+    assert asked[1:] == [2 * k + 20, 4 * k + 40] and len(recs) == k  # room for the history

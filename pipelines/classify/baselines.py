@@ -91,6 +91,15 @@ def _fit_predict(
     return outs
 
 
+def inapplicable(splits: dict[str, SplitFrames]) -> dict[str, str]:
+    """Baselines that do not apply to these splits, with why: with one frame a video
+    (video-level features) a bag of words holds one word, so ``bow_tfidf`` is left out."""
+    offsets = splits["train"].offsets
+    if len(offsets) > 1 and bool((np.diff(offsets) == 1).all()):
+        return {"bow_tfidf": "one frame a video (video-level features): a bag of one word"}
+    return {}
+
+
 def classification_baselines(
     splits: dict[str, SplitFrames], seed: int = 0, log: Callable[[str], None] | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -126,7 +135,10 @@ def classification_baselines(
     mu, sd = avg[0].mean(0), avg[0].std(0) + 1e-6
     run("avg_frames", [({}, (avg[0] - mu) / sd, (avg[1] - mu) / sd, (avg[2] - mu) / sd)])
     bows: list[tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray]] = []
-    for k in CODEBOOK_SIZES:
+    skipped = inapplicable(splits)
+    if "bow_tfidf" in skipped and log is not None:
+        log(f"baseline bow_tfidf: not applicable ({skipped['bow_tfidf']})")
+    for k in CODEBOOK_SIZES if "bow_tfidf" not in skipped else ():
         if len(tr.frames) < k:
             continue
         codebook = kmeans_codebook(tr.frames, k, seed=seed)

@@ -367,6 +367,7 @@ def _baseline_ladder(
     """Baselines on the same splits, and the learned model against the best of them."""
     from pipelines.classify.baselines import (
         classification_baselines,
+        inapplicable,
         load_splits,
         paired_gap_bootstrap,
     )
@@ -378,7 +379,8 @@ def _baseline_ladder(
     out: dict[str, Any] = {
         "baselines": {
             n: {k: v for k, v in b.items() if k != "test_predictions"} for n, b in base.items()
-        }
+        },
+        "baselines_not_applicable": inapplicable(splits),
     }
     if not base:
         return out

@@ -81,6 +81,9 @@ def classify(
     from embeddings.classifier import ClassifierConfig
     from embeddings.ubm_start import UBMStart
     from pipelines.classify.classify import ClassifyConfig, run_classify
+    from pipelines.data.io import check_job_input
+
+    check_job_input(data, impressions=False)
 
     try:
         # feature_dim and num_classes come from the data set (run_classify sets them).
@@ -113,6 +116,8 @@ def classify(
     )
     for name, b in r.get("baselines", {}).items():
         typer.echo(f"baseline {name}: test GAP@20 {b['gap']:.4f}, Hit@1 {b['hit_at_1']:.4f}")
+    for name, why in r.get("baselines_not_applicable", {}).items():
+        typer.echo(f"baseline {name}: not applicable ({why})")
     if "vs_best_baseline" in r:
         v = r["vs_best_baseline"]
         lo, hi = v["gap_difference_bootstrap_95"]

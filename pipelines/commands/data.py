@@ -160,18 +160,32 @@ def validate(
 
 
 def convert_yt8m(
-    files: Annotated[list[Path], typer.Argument(help="Frame-level YouTube-8M TFRecord files.")],
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="YouTube-8M TFRecord files, frame-level or video-level (one kind)."),
+    ],
     out: Annotated[Path, typer.Option(help="Output data set directory.")],
-    audio: Annotated[bool, typer.Option(help="Append the 128-d audio to the 1024-d rgb.")] = False,
+    audio: Annotated[
+        bool,
+        typer.Option(help="Append the 128-d audio (mean_audio) to the 1024-d rgb (mean_rgb)."),
+    ] = False,
     keep_uint8: Annotated[
-        bool, typer.Option(help="Store quantised uint8 frames (readers dequantise them).")
+        bool,
+        typer.Option(
+            help="Store frame-level frames quantised as uint8 (readers dequantise them); "
+            "video-level means are floats and stay so."
+        ),
     ] = False,
 ) -> None:
-    """Convert YouTube-8M frame-level TFRecords into videos.parquet (no TensorFlow needed)."""
+    """Convert YouTube-8M TFRecords into videos.parquet (no TensorFlow needed): frame-level
+    records as videos of frames, video-level records (mean_rgb, mean_audio) as one-frame
+    videos."""
     from pipelines.data.yt8m import convert_yt8m as convert
 
     counts = convert(list(files), out, with_audio=audio, dequantise=not keep_uint8)
+    kind = "video-level: one frame a video" if counts["kind"] == "video" else "frame-level"
     typer.echo(
-        f"wrote {out / 'videos.parquet'}: {counts['videos']} videos, {counts['frames']} frames"
+        f"wrote {out / 'videos.parquet'}: {counts['videos']} videos, {counts['frames']} frames "
+        f"({kind})"
         + (f", skipped {counts['skipped_empty']} without frames" if counts["skipped_empty"] else "")
     )

@@ -57,10 +57,13 @@ def evaluate(
 ) -> None:
     """Offline AUC evaluation: max/avg similarity (Eq. 16-17), GLMix with and without video features."""
     from embeddings.registry import RUNGS
+    from pipelines.data.io import check_job_input
     from pipelines.evaluation.evaluate import evaluate_artifact
     from pipelines.evaluation.inputs import EvalConfig
     from pipelines.evaluation.report import write_report
     from recsys.online.users import OnlineConfig
+
+    check_job_input(data)
 
     eng = engine_from(engine, spark_master)
     cfg = EvalConfig(
@@ -133,10 +136,13 @@ def pipeline(
     """Mine triplets, train embeddings, index, fit GLMix and evaluate; OUT/artifact is servable.
     With --engine spark, mining and GLMix run on Spark (training stays on torch)."""
     from embeddings.registry import RUNGS
+    from pipelines.data.io import check_job_input
     from pipelines.evaluation.inputs import EvalConfig
     from pipelines.glmix.fit_glmix import GLMixJobConfig
     from pipelines.pipeline import PipelineConfig, run_pipeline
     from recsys.online.users import OnlineConfig
+
+    check_job_input(data)
 
     try:
         cfg = PipelineConfig(

@@ -58,9 +58,11 @@ def mine_triplets(
     """Mine co-watch triplets from the training period (DuckDB, or Spark SQL with --engine spark:
     the same triplets; see docs/triplets.md)."""
     from pipelines.data.impressions import impressions_connection, log_span
-    from pipelines.data.io import dataset_dir, write_parquet_atomic
+    from pipelines.data.io import check_job_input, dataset_dir, write_parquet_atomic
     from recsys.splits import default_test_start
     from recsys.triplets import TripletConfig
+
+    check_job_input(data, videos=False)
 
     try:
         cfg = TripletConfig(
@@ -121,8 +123,11 @@ def train_embeddings(
     Runs under torchrun (DistributedDataParallel) too: torchrun --nproc_per_node N -m pipelines.cli train-embeddings ...
     """
     from embeddings.ubm_start import UBMStart
+    from pipelines.data.io import check_job_input
     from pipelines.training.distributed import init_distributed_from_env
     from pipelines.training.train_embeddings import run_train_embeddings
+
+    check_job_input(data)
 
     try:
         cfg = embedding_job_config(
@@ -184,7 +189,10 @@ def embed(
 ) -> None:
     """Embed every video of a data set with a trained model (streaming, batched; on Spark
     executors with --engine spark)."""
+    from pipelines.data.io import check_job_input
     from pipelines.training.embed import embed_dataset
+
+    check_job_input(data, impressions=False)
 
     eng = engine_from(engine, spark_master)
     n = eng.embed_dataset(
@@ -225,8 +233,11 @@ def fit_glmix(
     """Fit GLMix (Eq. 18, plus history similarities unless --no-history-features, plus
     per-video effects unless --no-video-effects) with and without video features and add
     it and the watch histories to the artifact."""
+    from pipelines.data.io import check_job_input
     from pipelines.glmix.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
     from recsys.glmix.model import GLMixConfig
+
+    check_job_input(data, videos=False)
 
     try:
         glm = GLMixConfig(

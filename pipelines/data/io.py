@@ -26,12 +26,14 @@ from recsys.dataset import (
     ImpressionsSummary,
     VideoBatch,
     VideosSummary,
+    check_impressions_schema,
+    check_videos_schema,
     decode_video_batch,
     validate_impressions,
     validate_videos,
 )
 from recsys.durable import fsync_dir
-from recsys.errors import UserInputError
+from recsys.errors import DatasetError, UserInputError
 
 
 def open_parquet(path: str | os.PathLike[str]) -> pq.ParquetFile:
@@ -63,6 +65,48 @@ def impression_batches(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]
         return data.schema, data.to_batches(batch_size=65536)
     pf = open_parquet(path)
     return pf.schema_arrow, pf.iter_batches(batch_size=65536)
+
+
+def check_job_input(
+    data: str | os.PathLike[str], videos: bool = True, impressions: bool = True
+) -> None:
+    """The contract's cheap checks before a job does any work: the directory, the files
+    the job reads, and their schemas (footers only; rows are checked as they are read).
+    DatasetError with one line per problem (the CLI: exit 2, no traceback). A URI
+    (``s3://...``: Spark reads it) is left to the engine."""
+    if "://" in str(data):
+        return
+    d = Path(data)
+    if not d.is_dir():
+        raise UserInputError(f"{d}: not a data set directory")
+    problems: list[str] = []
+    wanted = [(VIDEOS_FILE, videos), (IMPRESSIONS_FILE, impressions)]
+    for name, needed in wanted:
+        path = d / name
+        if not needed:
+            continue
+        if not path.exists():
+            why = (
+                "; this job needs impressions (a videos-only data set serves classification "
+                "and embedding only, see docs/data.md)"
+                if name == IMPRESSIONS_FILE
+                else ""
+            )
+            problems.append(f"{name}: missing{why}")
+            continue
+        try:
+            if name == VIDEOS_FILE:
+                schema = open_parquet(path).schema_arrow
+                found = check_videos_schema(schema)
+            else:
+                schema, _ = impression_batches(path)
+                found = check_impressions_schema(schema)
+        except UserInputError as exc:
+            problems.append(str(exc))
+            continue
+        problems += [f"{name}: {p}" for p in found]
+    if problems:
+        raise DatasetError(problems)
 
 
 def dataset_dir(path: str | os.PathLike[str]) -> Path:

@@ -1,4 +1,5 @@
-"""YouTube-8M frame-level TFRecords -> ``videos.parquet``, without TensorFlow.
+"""YouTube-8M TFRecords (frame-level or video-level) -> ``videos.parquet``, without
+TensorFlow.
 
 A TFRecord file is a sequence of records::
 
@@ -6,9 +7,13 @@ A TFRecord file is a sequence of records::
 
 Each record of the frame-level data set is a ``tf.train.SequenceExample`` with
 context features ``id`` (bytes) and ``labels`` (int64 list), and feature lists
-``rgb`` (1024 uint8 per frame) and ``audio`` (128 uint8 per frame). We decode the
-few protobuf messages involved by hand (wire types 0 and 2 only) and check both
-CRCs of every record.
+``rgb`` (1024 uint8 per frame) and ``audio`` (128 uint8 per frame). Each record of the
+video-level data set is a ``tf.train.Example`` with features ``id``, ``labels``,
+``mean_rgb`` (1024 floats) and ``mean_audio`` (128 floats): one vector a video,
+already dequantised. A video-level record becomes a video of one frame (the contract's
+shape; pooling one frame gives that frame), so every job reads either kind. We decode
+the few protobuf messages involved by hand (wire types 0, 2 and 5) and check both CRCs
+of every record.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import google_crc32c
 import numpy as np
@@ -145,6 +150,24 @@ def _feature_bytes(feature: bytes) -> list[bytes]:
     return out
 
 
+def _feature_floats(feature: bytes) -> np.ndarray:
+    """A FloatList feature's values (packed, or one fixed32 field per value)."""
+    parts: list[np.ndarray] = []
+    for f, _, v in _fields(feature):
+        if f != 2 or not isinstance(v, bytes):  # FloatList
+            continue
+        for lf, wire, lv in _fields(v):
+            if lf != 1:
+                continue
+            if wire == 2 and isinstance(lv, bytes):  # packed little-endian float32
+                if len(lv) % 4:
+                    raise ValueError("a packed float list whose length is not a multiple of 4")
+                parts.append(np.frombuffer(lv, dtype="<f4"))
+            elif wire == 5 and isinstance(lv, bytes):  # one unpacked fixed32
+                parts.append(np.frombuffer(lv, dtype="<f4"))
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
 def _feature_int64(feature: bytes) -> list[int]:
     out: list[int] = []
     for f, _, v in _fields(feature):
@@ -167,8 +190,17 @@ def _feature_int64(feature: bytes) -> list[int]:
 class YT8MVideo:
     video_id: str
     labels: list[int]
-    rgb: np.ndarray  # (T, 1024) uint8
-    audio: np.ndarray  # (T, 128) uint8
+    rgb: np.ndarray  # (T, 1024) uint8; video-level: (1, 1024) float32
+    audio: np.ndarray  # (T, 128) uint8; video-level: (1, 128) float32
+    #: "frame" (a SequenceExample of quantised frames) or "video" (an Example of means)
+    kind: str = "frame"
+
+
+#: what each kind of record is, for messages
+KIND_TEXT = {
+    "frame": "frame-level records (SequenceExample with rgb/audio frames)",
+    "video": "video-level records (Example with mean_rgb/mean_audio)",
+}
 
 
 def parse_sequence_example(payload: bytes) -> YT8MVideo:
@@ -192,6 +224,14 @@ def parse_sequence_example(payload: bytes) -> YT8MVideo:
     if not ids:
         raise ValueError("record has an empty 'id'")
     labels = _feature_int64(context["labels"]) if "labels" in context else []
+    if "mean_rgb" in context and not lists:  # a video-level tf.train.Example
+        return YT8MVideo(
+            ids[0].decode("utf-8"),
+            labels,
+            _mean(context, "mean_rgb", 1024),
+            _mean(context, "mean_audio", 128),
+            kind="video",
+        )
 
     def stack(name: str, dim: int) -> np.ndarray:
         frames = lists.get(name, [])
@@ -202,6 +242,40 @@ def parse_sequence_example(payload: bytes) -> YT8MVideo:
         return np.frombuffer(b"".join(frames), dtype=np.uint8).reshape(len(frames), dim)
 
     return YT8MVideo(ids[0].decode("utf-8"), labels, stack("rgb", 1024), stack("audio", 128))
+
+
+def _mean(context: dict[str, bytes], name: str, dim: int) -> np.ndarray:
+    """A video-level feature as one frame (1, dim) float32; (0, dim) when absent."""
+    if name not in context:
+        return np.zeros((0, dim), np.float32)
+    values = _feature_floats(context[name])
+    if len(values) != dim:
+        raise ValueError(f"feature {name!r} has {len(values)} values, expected {dim}")
+    if not np.isfinite(values).all():
+        raise ValueError(f"feature {name!r} has NaN or inf values")
+    return values.astype(np.float32).reshape(1, dim)
+
+
+def encode_example(
+    video_id: str, labels: list[int], mean_rgb: np.ndarray, mean_audio: np.ndarray
+) -> bytes:
+    """A video-level ``tf.train.Example`` (fixtures and tools; ``parse_sequence_example``
+    reads it back as a one-frame video)."""
+
+    def entry(key: str, value: bytes) -> bytes:
+        return _enc_field(1, _enc_field(1, key.encode()) + _enc_field(2, value))
+
+    def floats(values: np.ndarray) -> bytes:
+        return _enc_field(2, _enc_field(1, np.asarray(values, "<f4").tobytes()))
+
+    packed = b"".join(_enc_varint(v & 0xFFFFFFFFFFFFFFFF) for v in labels)
+    features = (
+        entry("id", _enc_field(1, _enc_field(1, video_id.encode())))
+        + entry("labels", _enc_field(3, _enc_field(1, packed)))
+        + entry("mean_rgb", floats(mean_rgb))
+        + entry("mean_audio", floats(mean_audio))
+    )
+    return _enc_field(1, features)
 
 
 def _enc_varint(x: int) -> bytes:
@@ -281,69 +355,115 @@ def convert_yt8m(
     with_audio: bool = False,
     dequantise: bool = True,
     batch_size: int = 256,
-) -> dict[str, int]:
-    """Convert TFRecords into ``OUT/videos.parquet``; returns counts.
+) -> dict[str, Any]:
+    """Convert TFRecords into ``OUT/videos.parquet``; returns counts and the records'
+    kind ("frame" or "video").
 
     Written to a temporary file and renamed, so a failure leaves no partial output.
-    Videos with no frames are skipped and counted (the contract needs T >= 1).
+    Frame-level videos with no frames are skipped and counted (the contract needs
+    T >= 1). Video-level records become one-frame videos of float32 means (already
+    dequantised: ``dequantise`` does not apply). Files mixing the two kinds, and a run
+    that would write no video, are refused (UserInputError naming why).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    schema = _videos_schema(dequantise)
     tmp = out / ".videos.parquet.partial"
-    counts = {"videos": 0, "skipped_empty": 0, "frames": 0}
-    ids: list[str] = []
-    frame_arrays: list[np.ndarray] = []
-    label_lists: list[list[int]] = []
+    counts: dict[str, Any] = {"videos": 0, "skipped_empty": 0, "frames": 0, "kind": None}
+    batch = _Batch()
     seen: set[str] = set()
-
-    def flush(writer: pq.ParquetWriter) -> None:
-        if ids:
-            flat = np.concatenate(frame_arrays)
-            lengths = np.array([len(a) for a in frame_arrays])
-            table = pa.table(
-                {
-                    "video_id": pa.array(ids, pa.string()),
-                    "frames": frames_to_arrow(flat, lengths),
-                    "labels": pa.array(label_lists, pa.list_(pa.int32())),
-                },
-                schema=schema,
-            )
-            writer.write_table(table)
-            ids.clear()
-            frame_arrays.clear()
-            label_lists.clear()
-
+    writer: pq.ParquetWriter | None = None
     try:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for f in files:
-                for video in iter_yt8m_videos(f):
-                    if video.video_id in seen:
-                        raise UserInputError(
-                            f"{Path(f).name}: duplicate video id {video.video_id!r}"
-                        )
-                    seen.add(video.video_id)
-                    feats = video.rgb
-                    if with_audio:
-                        if len(video.audio) != len(video.rgb):
-                            raise UserInputError(
-                                f"{Path(f).name}: video {video.video_id!r} has {len(video.rgb)} rgb "
-                                f"but {len(video.audio)} audio frames"
-                            )
-                        feats = np.concatenate([video.rgb, video.audio], axis=1)
-                    if len(feats) == 0:
-                        counts["skipped_empty"] += 1
-                        continue
-                    ids.append(video.video_id)
-                    frame_arrays.append(dequantize(feats) if dequantise else feats)
-                    label_lists.append(video.labels)
-                    counts["videos"] += 1
-                    counts["frames"] += len(feats)
-                    if len(ids) >= batch_size:
-                        flush(writer)
-            flush(writer)
+        for f in files:
+            for video in iter_yt8m_videos(f):
+                _check_kind(counts, video, Path(f).name)
+                if video.video_id in seen:
+                    raise UserInputError(f"{Path(f).name}: duplicate video id {video.video_id!r}")
+                seen.add(video.video_id)
+                feats = _features(video, with_audio, Path(f).name)
+                if len(feats) == 0:
+                    counts["skipped_empty"] += 1
+                    continue
+                if video.kind == "frame" and dequantise:
+                    feats = dequantize(feats)
+                if writer is None:
+                    quantised = video.kind == "frame" and not dequantise
+                    writer = pq.ParquetWriter(tmp, _videos_schema(not quantised))
+                batch.add(video.video_id, feats, video.labels)
+                counts["videos"] += 1
+                counts["frames"] += len(feats)
+                if len(batch.ids) >= batch_size:
+                    batch.flush(writer)
+        if writer is None:
+            raise UserInputError(_nothing_written(counts))
+        batch.flush(writer)
+        writer.close()
+        writer = None
         os.replace(tmp, out / "videos.parquet")
     finally:
+        if writer is not None:
+            writer.close()
         if tmp.exists():
             tmp.unlink()
     return counts
+
+
+def _check_kind(counts: dict[str, Any], video: YT8MVideo, name: str) -> None:
+    kind = counts["kind"]
+    if kind is None:
+        counts["kind"] = video.kind
+    elif kind != video.kind:
+        raise UserInputError(
+            f"{name}: {KIND_TEXT[video.kind]} after {KIND_TEXT[kind]}: convert each kind "
+            "into its own data set"
+        )
+
+
+def _features(video: YT8MVideo, with_audio: bool, name: str) -> np.ndarray:
+    if not with_audio:
+        return video.rgb
+    if len(video.audio) != len(video.rgb):
+        raise UserInputError(
+            f"{name}: video {video.video_id!r} has {len(video.rgb)} rgb "
+            f"but {len(video.audio)} audio {'frames' if video.kind == 'frame' else 'vectors'}"
+        )
+    return np.concatenate([video.rgb, video.audio], axis=1)
+
+
+def _nothing_written(counts: dict[str, Any]) -> str:
+    if counts["kind"] is None:
+        return "no records in the input files: nothing to convert"
+    return (
+        f"no videos to write: all {counts['skipped_empty']} records had no frames "
+        "(frame-level records without rgb frames)"
+    )
+
+
+class _Batch:
+    """Videos gathered for one row group."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.frames: list[np.ndarray] = []
+        self.labels: list[list[int]] = []
+
+    def add(self, video_id: str, frames: np.ndarray, labels: list[int]) -> None:
+        self.ids.append(video_id)
+        self.frames.append(frames)
+        self.labels.append(labels)
+
+    def flush(self, writer: pq.ParquetWriter) -> None:
+        if not self.ids:
+            return
+        lengths = np.array([len(a) for a in self.frames])
+        table = pa.table(
+            {
+                "video_id": pa.array(self.ids, pa.string()),
+                "frames": frames_to_arrow(np.concatenate(self.frames), lengths),
+                "labels": pa.array(self.labels, pa.list_(pa.int32())),
+            },
+            schema=writer.schema,
+        )
+        writer.write_table(table)
+        self.ids.clear()
+        self.frames.clear()
+        self.labels.clear()

@@ -148,3 +148,33 @@ def test_baseline_gap_bootstrap_is_paired() -> None:
     assert d == pytest.approx(gap_at_k(good, y) - gap_at_k(bad, y))
     assert 0 < lo <= d <= hi
     assert paired_gap_bootstrap(good, good, y, resamples=50) == (0.0, 0.0, 0.0)
+
+
+def test_video_level_splits_leave_bag_of_words_out_and_say_why() -> None:
+    from pipelines.classify.baselines import SplitFrames, classification_baselines, inapplicable
+
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> SplitFrames:
+        labels = np.zeros((n, 3))
+        labels[np.arange(n), rng.integers(0, 3, n)] = 1
+        frames = (labels @ rng.normal(size=(3, 8)) + rng.normal(0, 0.3, (n, 8))).astype(np.float32)
+        return SplitFrames([f"v{i}" for i in range(n)], frames, np.arange(n + 1), labels)
+
+    one = {"train": split(120), "validation": split(40), "test": split(40)}
+    why = inapplicable(one)
+    assert set(why) == {"bow_tfidf"} and "one frame" in why["bow_tfidf"]
+    said: list[str] = []
+    got = classification_baselines(one, log=said.append)
+    assert set(got) == {"avg_frames"} and 0.0 < got["avg_frames"]["gap"] <= 1.0
+    assert any("bow_tfidf: not applicable" in s for s in said)
+    two = dict(
+        one,
+        train=SplitFrames(
+            one["train"].video_ids,
+            np.repeat(one["train"].frames, 2, 0),
+            np.arange(0, 242, 2),
+            one["train"].labels,
+        ),
+    )
+    assert inapplicable(two) == {}

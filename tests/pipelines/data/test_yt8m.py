@@ -10,6 +10,7 @@ import pytest
 
 from pipelines.data.yt8m import (
     CorruptRecordError,
+    encode_example,
     encode_sequence_example,
     iter_tfrecords,
     masked_crc32c,
@@ -120,3 +121,87 @@ def test_non_sequence_example_payload(run_cli, tmp_path: Path) -> None:
         write_tfrecord(fh, b"\x0a\x02\xff")  # field 1, length 2, but only 1 byte
     code, _, err = run_cli("convert-yt8m", path, "--out", tmp_path / "ds")
     assert code == 2 and "record 0 is not a YouTube-8M SequenceExample" in err
+
+
+def _video_level(
+    path: Path, n: int = 4, seed: int = 0
+) -> list[tuple[str, list[int], np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    videos = []
+    with open(path, "wb") as fh:
+        for i in range(n):
+            rgb = rng.normal(0, 0.5, 1024).astype(np.float32)
+            audio = rng.normal(0, 0.5, 128).astype(np.float32)
+            labels = sorted(rng.choice(3862, size=2, replace=False).tolist())
+            vid = f"vl{seed}{i:03d}"
+            write_tfrecord(fh, encode_example(vid, labels, rgb, audio))
+            videos.append((vid, labels, rgb, audio))
+    return videos
+
+
+def test_a_video_level_example_reads_as_a_one_frame_video() -> None:
+    rgb = np.linspace(-2, 2, 1024, dtype=np.float32)
+    audio = np.linspace(1, -1, 128, dtype=np.float32)
+    v = parse_sequence_example(encode_example("xyz", [7, 1], rgb, audio))
+    assert v.kind == "video" and v.video_id == "xyz" and v.labels == [7, 1]
+    assert v.rgb.shape == (1, 1024) and v.rgb.dtype == np.float32
+    np.testing.assert_array_equal(v.rgb[0], rgb)
+    np.testing.assert_array_equal(v.audio[0], audio)
+    # Floats written one fixed32 field each (unpacked) read the same.
+    from pipelines.data.yt8m import _enc_field, _enc_varint
+
+    def entry(key: str, value: bytes) -> bytes:
+        return _enc_field(1, _enc_field(1, key.encode()) + _enc_field(2, value))
+
+    unpacked = b"".join(_enc_varint((1 << 3) | 5) + struct.pack("<f", x) for x in rgb)
+    payload = _enc_field(
+        1,
+        entry("id", _enc_field(1, _enc_field(1, b"u")))
+        + entry("mean_rgb", _enc_field(2, unpacked)),
+    )
+    u = parse_sequence_example(payload)
+    assert u.kind == "video" and u.labels == [] and u.audio.shape == (0, 128)
+    np.testing.assert_array_equal(u.rgb[0], rgb)
+    short = encode_example("bad", [], rgb[:1000], audio)
+    with pytest.raises(ValueError, match="1000 values, expected 1024"):
+        parse_sequence_example(short)
+
+
+def test_convert_video_level_records_validates_and_keeps_the_means(run_cli, tmp_path: Path) -> None:
+    src = tmp_path / "vl.tfrecord"
+    videos = _video_level(src, 5, seed=3)
+    code, out, err = run_cli("convert-yt8m", src, "--out", tmp_path / "ds", "--audio")
+    assert code == 0, err
+    assert "5 videos, 5 frames (video-level: one frame a video)" in out
+    vb = decode_video_batch(pq.read_table(tmp_path / "ds" / "videos.parquet").to_batches()[0])
+    assert vb.video_ids == [v[0] for v in videos]
+    assert (vb.lengths == 1).all() and vb.frames.shape == (5, 1152)
+    for i, (_, _, rgb, audio) in enumerate(videos):
+        np.testing.assert_array_equal(
+            vb.frames[i], np.concatenate([rgb, audio])
+        )  # not dequantised again
+    code, out, err = run_cli("validate", tmp_path / "ds", "--purpose", "classification")
+    assert code == 0, err
+
+
+def test_mixed_kinds_and_empty_outputs_are_refused(run_cli, tmp_path: Path) -> None:
+    frames, means = tmp_path / "f.tfrecord", tmp_path / "m.tfrecord"
+    _fixture(frames, 2, seed=4)
+    _video_level(means, 2, seed=5)
+    code, _, err = run_cli("convert-yt8m", frames, means, "--out", tmp_path / "mixed")
+    assert code == 2 and "Traceback" not in err
+    assert "video-level records" in err and "frame-level records" in err
+    assert not (tmp_path / "mixed" / "videos.parquet").exists()
+    hollow = tmp_path / "hollow.tfrecord"
+    with open(hollow, "wb") as fh:
+        for i in range(3):
+            empty = np.zeros((0, 1024), np.uint8)
+            write_tfrecord(
+                fh, encode_sequence_example(f"h{i}", [1], empty, np.zeros((0, 128), np.uint8))
+            )
+    code, _, err = run_cli("convert-yt8m", hollow, "--out", tmp_path / "hollow")
+    assert code == 2 and "no videos to write: all 3 records had no frames" in err
+    nothing = tmp_path / "nothing.tfrecord"
+    nothing.write_bytes(b"")
+    code, _, err = run_cli("convert-yt8m", nothing, "--out", tmp_path / "nothing")
+    assert code == 2 and "no records in the input files" in err

@@ -1,0 +1,84 @@
+"""Every job checks its input against the contract before any work: a data set of the
+wrong shape stops it with exit 2 and one line per problem, never a traceback."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.data.io import check_job_input
+from recsys.errors import DatasetError
+
+
+def _frameless(d: Path, int_users: bool = False) -> Path:
+    """videos.parquet without ``frames`` (a vector per video, say) and impressions whose
+    user ids are integers."""
+    d.mkdir()
+    pq.write_table(
+        pa.table({"video_id": ["v0", "v1"], "embedding": [[0.1, 0.2], [0.3, 0.4]]}),
+        d / "videos.parquet",
+    )
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    users = pa.array([1, 2], pa.int64()) if int_users else pa.array(["u1", "u2"])
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": users,
+                "video_id": ["v0", "v1"],
+                "shown_at": pa.array([t, t], pa.timestamp("us", tz="UTC")),
+                "watch_seconds": np.array([30.0, 0.0]),
+            }
+        ),
+        d / "impressions.parquet",
+    )
+    return d
+
+
+JOBS = [
+    ("pipeline", ["--out", "OUT"], "frames: missing column"),
+    ("train-embeddings", ["--out", "OUT"], "frames: missing column"),
+    ("evaluate", ["--artifacts", "OUT", "--out", "OUT"], "frames: missing column"),
+    ("classify", ["--out", "OUT", "--pooling", "avg"], "frames: missing column"),
+    ("mine-triplets", ["--out", "OUT/t.parquet"], "user_id: expected string, found int64"),
+    ("fit-glmix", ["--artifacts", "OUT"], "user_id: expected string, found int64"),
+    ("embed", ["--artifacts", "OUT", "--out", "OUT/e.parquet"], "frames: missing column"),
+]
+
+
+@pytest.mark.parametrize(("job", "extra", "needle"), JOBS)
+def test_each_job_refuses_a_set_of_the_wrong_shape_before_any_work(
+    run_cli, tmp_path: Path, job: str, extra: list[str], needle: str
+) -> None:
+    d = _frameless(tmp_path / "ds", int_users=True)
+    out = tmp_path / "out"
+    args = [a.replace("OUT", str(out)) for a in extra]
+    code, _, err = run_cli(job, "--data", d, *args)
+    assert code == 2, err
+    assert "Traceback" not in err and needle in err
+    assert all(line.startswith("error: ") for line in err.strip().splitlines())
+    assert not out.exists()  # nothing was written
+
+
+def test_the_check_names_every_problem_and_passes_a_good_set(
+    tmp_path: Path, small_world_dir
+) -> None:
+    with pytest.raises(DatasetError) as got:
+        check_job_input(_frameless(tmp_path / "ds", int_users=True))
+    problems = got.value.problems
+    assert any("frames: missing column" in p for p in problems)
+    assert any("user_id: expected string" in p for p in problems)
+    check_job_input(small_world_dir)  # a world of the contract's shape passes
+    check_job_input("s3://bucket/world")  # left to the engine
+    with pytest.raises(DatasetError, match=r"impressions\.parquet: missing"):
+        empty = tmp_path / "videos-only"
+        empty.mkdir()
+        pq.write_table(
+            pq.read_table(Path(small_world_dir) / "videos.parquet"), empty / "videos.parquet"
+        )
+        check_job_input(empty)
+    check_job_input(empty, impressions=False)

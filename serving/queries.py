@@ -53,6 +53,16 @@ def similar(state: ServingState, video_id: str, k: int) -> list[dict[str, Any]]:
     return [{"video_id": v, "similarity": s} for v, s in state.catalogue.similar(row, k)]
 
 
+def recommend_candidates(state: ServingState, user_id: str, k: int, seeds: int) -> int:
+    """At most how many candidates ``recommend`` scores for this user now (before a
+    crowded history's second search)."""
+    hist = state.histories.get(user_id)
+    if not hist:
+        return min(state.num_videos, 20_000)
+    n_seeds = min(len(hist), seeds)
+    return n_seeds * min(state.num_videos, 2 * k + n_seeds)
+
+
 def recommend(state: ServingState, user_id: str, k: int, seeds: int) -> list[dict[str, Any]]:
     """Neighbours of the user's last ``seeds`` watches, minus watched videos, ranked by
     GLMix (no history: the newest 20k videos of the catalogue)."""

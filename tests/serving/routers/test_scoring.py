@@ -103,3 +103,30 @@ def test_a_history_crowding_its_own_neighbourhood_still_gets_k(
     monkeypatch.setattr(queries, "_unwatched_neighbours", crowded)
     recs = client.get("/v1/users/crowd/recommendations", params={"k": k}).json()["recommendations"]
     assert asked[1:] == [2 * k + 20, 4 * k + 40] and len(recs) == k  # room for the history
+
+
+def test_large_recommendations_leave_the_event_loop(
+    client: TestClient, artifact, monkeypatch
+) -> None:
+    import threading
+
+    from serving import queries
+    from serving.routers import scoring
+
+    where: list[str] = []
+    real = queries.recommend
+
+    def spy(state, user_id, k, seeds):
+        where.append(threading.current_thread().name)
+        return real(state, user_id, k, seeds)
+
+    monkeypatch.setattr(queries, "recommend", spy)
+    user = a_user_with_history(artifact)
+    assert client.get(f"/v1/users/{user}/recommendations", params={"k": 5}).status_code == 200
+    monkeypatch.setattr(scoring, "INLINE_CANDIDATES", 0)  # every one counts as large
+    assert client.get(f"/v1/users/{user}/recommendations", params={"k": 5}).status_code == 200
+    assert "AnyIO worker" not in where[0] and "AnyIO worker" in where[1]
+    state = client.app.state.holder.current  # type: ignore[attr-defined]
+    assert queries.recommend_candidates(state, "nobody", 5, 20) == min(state.num_videos, 20_000)
+    n = min(len(state.histories.get(user)), 20)
+    assert queries.recommend_candidates(state, user, 5, 20) == n * min(state.num_videos, 10 + n)

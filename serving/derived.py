@@ -29,7 +29,7 @@ from recsys.projection import fit_projection
 from recsys.scoring import glmix_global_features, segment_similarity
 from serving.catalogue import Catalogue, VideoEffectRows
 from serving.histories import Histories
-from serving.log.archive import LogArchive, archive_log
+from serving.log.archive import LogArchive, add_archived, archive_log
 from serving.log.follower import Follower
 from serving.log.snapshot import (
     Picture,
@@ -44,6 +44,7 @@ from serving.stores.contract import TABLES, Stamp
 
 log = logging.getLogger(__name__)
 
+READ_ROWS = 65_536  # impressions a read (SQLite; PostgreSQL reads whole)
 #: an impression on its way in: (user, catalogue row, watched)
 Shown = tuple[str, int, bool]
 #: impressions staged at a time when a sync applies many (staging is row by row in its
@@ -148,32 +149,19 @@ class DerivedState:
     # ------------------------------------------------------------------ the log
 
     def sync(self) -> int:
-        """Apply the rows other writers (replicas) added since the last call; returns how
-        many. Cheap when nothing changed: the horizon and four indexed range queries
-        that return no row."""
-        changes = self.store.changes(dict(self._log.horizon))
-        self._add_archived(changes)
-        with self._lock:
-            applied = self._apply_in_order(changes)
-            self._log.advance(changes.horizon)
-            self.unsnapshotted += applied
+        """Apply the rows other writers (replicas) added since the last call, at most
+        ``READ_ROWS`` impressions a read; returns how many. Cheap when nothing changed:
+        the horizon and four indexed range queries that return no row."""
+        applied, more = 0, True
+        while more:
+            changes = self.store.changes(dict(self._log.horizon), READ_ROWS)
+            add_archived(changes, self.store, self.archive, self._log.horizon["impressions"])
+            with self._lock:
+                n = self._apply_in_order(changes)
+                self._log.advance(changes.horizon)
+                self.unsnapshotted += n
+            applied, more = applied + n, changes.more
         return applied
-
-    def _add_archived(self, changes: Changes) -> None:
-        """Add the archived impressions this replica has not read to ``changes`` (read
-        after them: rows archived since are in the archive, and a row in both is applied
-        once)."""
-        mark = self.store.archive_mark()
-        since = self._log.horizon["impressions"]
-        if mark <= since:
-            return
-        if self.archive is None:
-            raise UserInputError(
-                f"the state store's impressions below log key {mark} were archived and this "
-                "replica has no archive: set RECSYS_ARCHIVE_DIR to the archive's directory"
-            )
-        changes.impressions = self.archive.read(since, mark) + changes.impressions
-        changes.horizon["impressions"] = max(changes.horizon.get("impressions", 0), mark)
 
     def archive_old(self, keep: int) -> int:
         """Move the impressions the last snapshot written here covers, all but the
@@ -217,7 +205,7 @@ class DerivedState:
             elif rank == 1:
                 self._apply_watch(item)
             else:
-                self._apply_removal(item, this_pass)
+                self._apply_removal(item, this_pass, changes.horizon if changes.more else None)
         self._stage_run(run)
         return len(rows)
 
@@ -245,10 +233,14 @@ class DerivedState:
         self._stage_run(run)
 
     def _apply_removal(
-        self, removal: Removal, this_pass: frozenset[tuple[str, int]] = frozenset()
+        self,
+        removal: Removal,
+        this_pass: frozenset[tuple[str, int]] = frozenset(),
+        upto: dict[str, int] | None = None,
     ) -> None:
         """A takedown or an erasure, from this replica or another (caller holds the lock);
-        ``this_pass``: the (table, seq) of rows a sync is applying in order right now."""
+        ``this_pass``: the (table, seq) of rows a sync is applying in order right now;
+        ``upto``: a cut read's horizon (rows at or above it come in later reads)."""
         if removal.kind == "video":
             self.removed_videos.add(removal.target)
             row = self.catalogue.row(removal.target)
@@ -261,13 +253,18 @@ class DerivedState:
         self.histories.forget(user)
         with self._online_lock:
             self.online.forget(user)
+
         # What the store still holds of the user was written after the erasure (a
         # concurrent write it did not delete): take it in again, whether this replica
         # had applied it already or not, so every replica ends where a restart would.
-        # Rows the running sync has yet to reach come in their own place, after this.
+        # Rows the running sync (or a later read of it) has yet to reach come in their
+        # own place, after this.
+        def now(table: str, st: Stamp) -> bool:
+            return (table, st.seq) not in this_pass and (upto is None or st.order < upto[table])
+
         again = self.store.user_rows(user)
-        watches = [(st, w) for st, w in again.watches if ("watches", st.seq) not in this_pass]
-        imps = [(st, i) for st, i in again.impressions if ("impressions", st.seq) not in this_pass]
+        watches = [(st, w) for st, w in again.watches if now("watches", st)]
+        imps = [(st, i) for st, i in again.impressions if now("impressions", st)]
         for st, _ in watches:
             self._log.mark("watches", st)
         for st, _ in imps:

@@ -35,7 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.durable import fsync_dir, fsync_file
-from serving.stores import Impression, StateStore
+from recsys.errors import UserInputError
+from serving.stores import Changes, Impression, StateStore
 from serving.stores.contract import Stamp
 
 log = logging.getLogger(__name__)
@@ -181,3 +182,21 @@ def _rows(t: pa.Table) -> list[tuple[Stamp, Impression]]:
         (Stamp(seq, order), Impression(u, v, shown.isoformat(), float(w), e))
         for u, v, shown, w, e, seq, order in zip(*(cols[n] for n in SCHEMA.names), strict=True)
     ]
+
+
+def add_archived(
+    changes: Changes, store: StateStore, archive: LogArchive | None, since: int
+) -> None:
+    """Add the archived impressions at or above ``since`` (the reader's impressions
+    horizon) to ``changes``, read from the store just before (rows archived since are in
+    the archive, and a row in both is applied once)."""
+    mark = store.archive_mark()
+    if mark <= since:
+        return
+    if archive is None:
+        raise UserInputError(
+            f"the state store's impressions below log key {mark} were archived and this "
+            "replica has no archive: set RECSYS_ARCHIVE_DIR to the archive's directory"
+        )
+    changes.impressions = archive.read(since, mark) + changes.impressions
+    changes.horizon["impressions"] = max(changes.horizon.get("impressions", 0), mark)

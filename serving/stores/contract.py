@@ -80,6 +80,8 @@ class Changes:
     impressions: list[tuple[Stamp, Impression]] = field(default_factory=list)
     removals: list[tuple[Stamp, Removal]] = field(default_factory=list)
     horizon: dict[str, int] = field(default_factory=dict)
+    #: a read cut at its ``limit``: more rows wait above the horizon
+    more: bool = False
 
     def __len__(self) -> int:
         return len(self.videos) + len(self.watches) + len(self.impressions) + len(self.removals)
@@ -95,7 +97,12 @@ class StateStore(Protocol):
     ) -> Stamp | None: ...
     def insert_watch(self, w: Watch) -> Stamp: ...
     def insert_impressions(self, rows: list[Impression]) -> list[Stamp | None]: ...
-    def changes(self, since: dict[str, int]) -> Changes: ...
+    def changes(self, since: dict[str, int], limit: int | None = None) -> Changes:
+        """Rows at or above ``since`` per table; with ``limit``, a store may stop after
+        that many impressions (every row of every table below the cut is in the read,
+        ``more`` says rows remain)."""
+        ...
+
     def remove_video(self, video_id: str) -> Stamp:
         """Record a takedown (an ingested video's row stays; the record hides it)."""
 

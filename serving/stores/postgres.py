@@ -174,7 +174,9 @@ class PostgresStore:
 
         return self._run(insert)
 
-    def changes(self, since: dict[str, int]) -> Changes:
+    def changes(self, since: dict[str, int], limit: int | None = None) -> Changes:
+        # Read whole: transaction ids commit out of order, so a cut by key would need
+        # the in-flight transactions' rows too (``limit`` is a hint this store ignores).
         def read(c: Any) -> Changes:
             # The horizon first: every transaction below it ended before the reads below
             # began (each statement sees what committed before it started).

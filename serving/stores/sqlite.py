@@ -161,14 +161,26 @@ class SqliteStore:
                 raise
         return seqs
 
-    def changes(self, since: dict[str, int]) -> Changes:
+    def changes(self, since: dict[str, int], limit: int | None = None) -> Changes:
+        # One log position across the tables, committed in order: a read cut after
+        # ``limit`` impressions keeps every row of every table up to the cut's position,
+        # and the next read starts past it.
         with self._locked():
-            got = [
-                self._db.execute(sql, (since.get(t, 0),)).fetchall()
-                for sql, t in zip(SQLITE.changes, TABLES, strict=True)
-            ]
+            got = []
+            for sql, t in zip(SQLITE.changes, TABLES, strict=True):
+                if t == "impressions" and limit is not None:
+                    got.append(
+                        self._db.execute(sql + " LIMIT ?", (since.get(t, 0), limit)).fetchall()
+                    )
+                else:
+                    got.append(self._db.execute(sql, (since.get(t, 0),)).fetchall())
+        more = limit is not None and len(got[TABLES.index("impressions")]) >= limit
+        if more:
+            cut = max(int(r[1]) for r in got[TABLES.index("impressions")])
+            got = [[r for r in rows if int(r[1]) <= cut] for rows in got]
         changes = changes_from_rows(got, horizon={})
         changes.horizon = next_horizon(changes, since)
+        changes.more = more
         return changes
 
     def remove_video(self, video_id: str) -> Stamp:

@@ -268,5 +268,20 @@ def test_a_replay_in_short_runs_holds_the_same_bits(
         monkeypatch.setattr(serving.derived, "RUN_ROWS", 7)
         cut = _picture(ServingState(video_artifact, store, settings.watch_threshold_s))
         assert cut == whole
+        # Read from the store 5 impressions at a time (with the watches, uploads and
+        # removals between them): the same bits again, and the reads were cut.
+        reads: list[bool] = []
+        real = store.changes
+
+        def counted(since, limit=None):
+            got = real(since, limit)
+            reads.append(got.more)
+            return got
+
+        monkeypatch.setattr(serving.derived, "READ_ROWS", 5)
+        monkeypatch.setattr(store, "changes", counted)
+        small = ServingState(video_artifact, store, settings.watch_threshold_s)
+        assert _picture(small) == whole
+        assert reads.count(True) >= 3 and reads[-1] is False
     finally:
         store.close()

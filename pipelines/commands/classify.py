@@ -83,8 +83,6 @@ def classify(
     from pipelines.classify.classify import ClassifyConfig, run_classify
     from pipelines.data.io import check_job_input
 
-    check_job_input(data, impressions=False)
-
     try:
         # feature_dim and num_classes come from the data set (run_classify sets them).
         model = ClassifierConfig(
@@ -109,6 +107,7 @@ def classify(
         )
     except ValueError as exc:
         fail(str(exc))
+    check_job_input(data, impressions=False)  # after the flags: their errors come first
     r = run_classify(data, out, model, cfg, progress=not quiet)
     typer.echo(
         f"{pooling}: test GAP@20 {r['gap']:.4f}, Hit@1 {r['hit_at_1']:.4f} ({r['test_videos']} videos, "

@@ -63,8 +63,6 @@ def evaluate(
     from pipelines.evaluation.report import write_report
     from recsys.online.users import OnlineConfig
 
-    check_job_input(data)
-
     eng = engine_from(engine, spark_master)
     cfg = EvalConfig(
         watch_threshold_s=watch_threshold,
@@ -75,6 +73,7 @@ def evaluate(
         baseline_report=baseline,
         progress=True,
     )
+    check_job_input(data)  # after the flags: their errors come first
     try:
         evaluation = evaluate_artifact(data, artifacts, cfg, eng)
         write_report(out, evaluation)
@@ -142,8 +141,6 @@ def pipeline(
     from pipelines.pipeline import PipelineConfig, run_pipeline
     from recsys.online.users import OnlineConfig
 
-    check_job_input(data)
-
     try:
         cfg = PipelineConfig(
             embedding=embedding_job_config(
@@ -175,6 +172,7 @@ def pipeline(
     except ValueError as exc:
         fail(str(exc))
     eng = engine_from(engine, spark_master)
+    check_job_input(data)  # after the flags: their errors come first
     report = run_pipeline(data, out, cfg, test_start_from(test_start), overwrite, not quiet, eng)
     if report:
         _print_summary(report, out)

@@ -62,8 +62,6 @@ def mine_triplets(
     from recsys.splits import default_test_start
     from recsys.triplets import TripletConfig
 
-    check_job_input(data, videos=False)
-
     try:
         cfg = TripletConfig(
             watch_threshold, window_minutes * 60, max_per_anchor, max_per_user, seed
@@ -71,6 +69,7 @@ def mine_triplets(
     except ValueError as exc:
         fail(str(exc))
     eng = engine_from(engine, spark_master)
+    check_job_input(data, videos=False)  # after the flags: their errors come first
     d = dataset_dir(data)
     con = impressions_connection(d)  # validates the file on either engine
     start = test_start_from(test_start) or default_test_start(*log_span(con))
@@ -127,8 +126,6 @@ def train_embeddings(
     from pipelines.training.distributed import init_distributed_from_env
     from pipelines.training.train_embeddings import run_train_embeddings
 
-    check_job_input(data)
-
     try:
         cfg = embedding_job_config(
             pooling,
@@ -154,6 +151,7 @@ def train_embeddings(
         )
     except ValueError as exc:
         fail(str(exc))
+    check_job_input(data)  # after the flags: their errors come first
     init_distributed_from_env()
     result = run_train_embeddings(
         data, out, cfg, test_start_from(test_start), overwrite=overwrite, progress=not quiet
@@ -192,9 +190,8 @@ def embed(
     from pipelines.data.io import check_job_input
     from pipelines.training.embed import embed_dataset
 
-    check_job_input(data, impressions=False)
-
     eng = engine_from(engine, spark_master)
+    check_job_input(data, impressions=False)  # after the flags: their errors come first
     n = eng.embed_dataset(
         artifacts,
         data,
@@ -237,8 +234,6 @@ def fit_glmix(
     from pipelines.glmix.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
     from recsys.glmix.model import GLMixConfig
 
-    check_job_input(data, videos=False)
-
     try:
         glm = GLMixConfig(
             fixed_l2=fixed_l2,
@@ -250,6 +245,7 @@ def fit_glmix(
     except ValueError as exc:
         fail(str(exc))
     eng = engine_from(engine, spark_master)
+    check_job_input(data, videos=False)  # after the flags: their errors come first
     info = fit_glmix_into_artifact(
         data,
         artifacts,

@@ -150,39 +150,39 @@ def _feature_bytes(feature: bytes) -> list[bytes]:
     return out
 
 
+def _list_values(feature: bytes, kind: int) -> Iterator[tuple[int, int | bytes]]:
+    """(wire type, value) of each value field in a Feature's list of this kind (the
+    Feature's field number: 2 FloatList, 3 Int64List)."""
+    for f, _, v in _fields(feature):
+        if f == kind and isinstance(v, bytes):
+            for lf, wire, lv in _fields(v):
+                if lf == 1:
+                    yield wire, lv
+
+
 def _feature_floats(feature: bytes) -> np.ndarray:
     """A FloatList feature's values (packed, or one fixed32 field per value)."""
     parts: list[np.ndarray] = []
-    for f, _, v in _fields(feature):
-        if f != 2 or not isinstance(v, bytes):  # FloatList
-            continue
-        for lf, wire, lv in _fields(v):
-            if lf != 1:
-                continue
-            if wire == 2 and isinstance(lv, bytes):  # packed little-endian float32
-                if len(lv) % 4:
-                    raise ValueError("a packed float list whose length is not a multiple of 4")
-                parts.append(np.frombuffer(lv, dtype="<f4"))
-            elif wire == 5 and isinstance(lv, bytes):  # one unpacked fixed32
-                parts.append(np.frombuffer(lv, dtype="<f4"))
+    for wire, lv in _list_values(feature, 2):
+        if wire == 2 and isinstance(lv, bytes):  # packed little-endian float32
+            if len(lv) % 4:
+                raise ValueError("a packed float list whose length is not a multiple of 4")
+            parts.append(np.frombuffer(lv, dtype="<f4"))
+        elif wire == 5 and isinstance(lv, bytes):  # one unpacked fixed32
+            parts.append(np.frombuffer(lv, dtype="<f4"))
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 def _feature_int64(feature: bytes) -> list[int]:
     out: list[int] = []
-    for f, _, v in _fields(feature):
-        if f != 3 or not isinstance(v, bytes):  # Int64List
-            continue
-        for lf, wire, lv in _fields(v):
-            if lf != 1:
-                continue
-            if wire == 2 and isinstance(lv, bytes):  # packed
-                pos = 0
-                while pos < len(lv):
-                    x, pos = _varint(lv, pos)
-                    out.append(x - (1 << 64) if x >= 1 << 63 else x)
-            elif isinstance(lv, int):
-                out.append(lv - (1 << 64) if lv >= 1 << 63 else lv)
+    for wire, lv in _list_values(feature, 3):
+        if wire == 2 and isinstance(lv, bytes):  # packed
+            pos = 0
+            while pos < len(lv):
+                x, pos = _varint(lv, pos)
+                out.append(x - (1 << 64) if x >= 1 << 63 else x)
+        elif isinstance(lv, int):
+            out.append(lv - (1 << 64) if lv >= 1 << 63 else lv)
     return out
 
 

@@ -140,6 +140,9 @@ class Rung:
     uses_words: ClassVar[bool] = False
     #: needs the catalogue's document frequencies: a video's row depends on every video
     uses_idf: ClassVar[bool] = False
+    #: why the rung says nothing when every video is one frame (a vector given per video,
+    #: video-level features); "" = it applies
+    not_for_one_frame: ClassVar[str] = ""
 
     def raw_dim(self, feature_dim: int, num_words: int) -> int:
         """F, the size of a video's statistic before any PCA."""
@@ -202,6 +205,7 @@ class BagOfWordsTfidf(Rung):
     name = "bow_tfidf"
     uses_words = True
     uses_idf = True
+    not_for_one_frame = "one frame a video (a vector per video): a bag of one word"
 
     def raw_dim(self, feature_dim: int, num_words: int) -> int:
         return num_words
@@ -266,6 +270,14 @@ class VladKmeans(Rung):
 def rung(name: str) -> Rung:
     """The rung registered under ``name`` (ValueError naming the choices)."""
     return cast(Rung, RUNGS[name]())
+
+
+def inapplicable(names: Iterable[str], one_frame: bool) -> dict[str, str]:
+    """The rungs of ``names`` that do not apply to the data, with why (``one_frame``:
+    every video is one frame)."""
+    if not one_frame:
+        return {}
+    return {n: rung(n).not_for_one_frame for n in names if rung(n).not_for_one_frame}
 
 
 def catalogue_raw(

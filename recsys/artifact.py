@@ -7,6 +7,7 @@ Layout (every name is a constant below; no other module spells one)::
     embedder.pt          model weights (a tensor state dict; loaded with weights_only=True)
     classical.json/.npz  instead of the two above when a classical rung is shipped
                          (``recsys.embedders.ClassicalEmbedder``: arrays, no pickle)
+    given.json           instead, when the data gave a vector per video (``GivenEmbedder``)
     embeddings.parquet   video_id, embedding (list<float32>), in index row order
     index.faiss          FAISS index; row i is embeddings.parquet row i
     index.json           IndexConfig
@@ -49,8 +50,10 @@ from recsys.embedders import (
     CLASSICAL_ARRAYS,
     ClassicalEmbedder,
     FrameEmbedder,
+    GivenEmbedder,
     LearnedEmbedder,
     is_classical,
+    is_given,
 )
 from recsys.errors import UserInputError
 from recsys.glmix.model import GLMix
@@ -234,7 +237,7 @@ def embedder_config(path: Path) -> EmbedderConfig:
 def embedder_feature_dim(path: Path) -> int | None:
     """The frame dimension the artifact's embedder expects, or None when unreadable."""
     try:
-        if is_classical(path):
+        if is_classical(path) or is_given(path):
             return load_frame_embedder(path).feature_dim
         return embedder_config(path).feature_dim
     except UserInputError:
@@ -257,8 +260,10 @@ def load_embedder(path: Path) -> CowatchEmbedder:
 
 
 def load_frame_embedder(path: Path) -> FrameEmbedder:
-    """What embeds an upload's frames: the classical rung the artifact ships, else its
-    trained model."""
+    """What embeds an upload: the data's own vectors or the classical rung the artifact
+    ships, else its trained model."""
+    if is_given(path):
+        return GivenEmbedder.load(path)
     if is_classical(path):
         return ClassicalEmbedder.load(path)
     return LearnedEmbedder(load_embedder(path))
@@ -408,7 +413,9 @@ class RecommenderArtifact:
     def version(self) -> str:
         """Creation time plus the weights' hash: changes whenever the model does."""
         files = self.manifest.get("files", {})
-        weights = files.get(EMBEDDER_WEIGHTS) or files.get(CLASSICAL_ARRAYS, "")
+        weights = (
+            files.get(EMBEDDER_WEIGHTS) or files.get(CLASSICAL_ARRAYS) or files.get(EMBEDDINGS, "")
+        )
         return f"{self.manifest.get('created_at', '')}:{str(weights)[:12]}"
 
 

@@ -1,17 +1,19 @@
 """The data set contract and its checks.
 
 A data set is a directory with ``videos.parquet`` and ``impressions.parquet``
-(see docs/data.md). This module holds the contract and the logic that checks
-and decodes it; it works on pyarrow schemas and record batches handed to it,
-so the caller decides how files are opened and streamed.
+(see docs/data.md). This module holds the contract and the logic that decodes it (the
+checks are ``recsys.validation``); it works on pyarrow schemas and record batches handed
+to it, so the caller decides how files are opened and streamed.
+
+A video is either frames (``frames``: T x D, the embedding is learned from them) or one
+vector given by the platform (``embedding``: D values, used as the embedding itself). A
+vector decodes as a video of one frame, so every reader of frames reads vectors too.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +26,9 @@ IMPRESSIONS_FILE = "impressions.parquet"
 TRUTH_FILE = "truth.parquet"
 #: synthetic worlds only: each video's true features (component mixture, style), a ceiling row
 VIDEO_TRUTH_FILE = "video_truth.parquet"
+#: the two ways a video is given: its frames, or one vector (``video_column``)
+FRAMES_COLUMN = "frames"
+VECTOR_COLUMN = "embedding"
 
 #: An impression is a valid watch when ``watch_seconds >= DEFAULT_WATCH_THRESHOLD_S``.
 DEFAULT_WATCH_THRESHOLD_S = 10.0
@@ -117,6 +122,19 @@ def _frame_values_type(frames_type: pa.DataType) -> pa.DataType | None:
     return inner.value_type
 
 
+def video_column(names: list[str] | tuple[str, ...]) -> str:
+    """Which column holds the videos: ``embedding`` when the file gives a vector per video
+    (and no frames), else ``frames``."""
+    return VECTOR_COLUMN if VECTOR_COLUMN in names and FRAMES_COLUMN not in names else FRAMES_COLUMN
+
+
+def vector_values_type(t: pa.DataType) -> pa.DataType | None:
+    """The scalar type inside list<scalar> (or fixed-size list), or None for another shape."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return t.value_type
+    return None
+
+
 def _list_lengths(arr: pa.Array) -> np.ndarray:
     """Per-row list lengths as int64 (null rows count as 0); respects array slicing."""
     return np.asarray(pc.list_value_length(arr).fill_null(0), dtype=np.int64)
@@ -136,10 +154,13 @@ def decode_video_batch(
     """Decode ``video_id`` / ``frames`` (and ``labels`` if present) of a batch; frames
     become float32 (uint8 dequantised) unless ``keep_uint8`` keeps uint8 frames as stored.
 
-    Raises DatasetError when a video's frames are not a (T >= 1, D) matrix.
+    Raises DatasetError when a video's frames are not a (T >= 1, D) matrix. A file with
+    an ``embedding`` column decodes each vector as one frame.
     """
     batch = _as_batch(data)
     ids = [str(v) for v in batch.column("video_id").to_pylist()]
+    if video_column(batch.schema.names) == VECTOR_COLUMN:
+        return _decode_vectors(batch, ids, feature_dim)
     outer = batch.column("frames")
     lengths = _list_lengths(outer)
     inner = outer.flatten()
@@ -168,308 +189,33 @@ def decode_video_batch(
     else:
         arr = values.astype(np.float32, copy=False)
     frames = arr.reshape(-1, d) if d else np.zeros((0, 0), dtype=np.float32)
-    labels = None
-    if "labels" in batch.schema.names:
-        labels = [list(x) if x is not None else [] for x in batch.column("labels").to_pylist()]
-    return VideoBatch(video_ids=ids, frames=frames, offsets=offsets, labels=labels)
+    return VideoBatch(ids, frames, offsets, _labels(batch))
 
 
-# --------------------------------------------------------------------------- validation
+def _labels(batch: pa.RecordBatch) -> list[list[int]] | None:
+    if "labels" not in batch.schema.names:
+        return None
+    return [list(x) if x is not None else [] for x in batch.column("labels").to_pylist()]
 
 
-@dataclass
-class _Problems:
-    """Collects violations, capping the lines printed per kind but counting all."""
-
-    lines: list[str] = field(default_factory=list)
-    counts: Counter[str] = field(default_factory=Counter)
-
-    def add(self, kind: str, message: str) -> None:
-        self.counts[kind] += 1
-        if self.counts[kind] <= MAX_REPORTED_PER_KIND:
-            self.lines.append(message)
-
-    def finish(self) -> list[str]:
-        out = list(self.lines)
-        for kind, n in self.counts.items():
-            if n > MAX_REPORTED_PER_KIND:
-                out.append(
-                    f"{kind}: {n - MAX_REPORTED_PER_KIND} more violations of this kind not shown"
-                )
-        return out
-
-
-@dataclass
-class VideosSummary:
-    num_videos: int = 0
-    feature_dim: int | None = None
-    frame_dtype: str = ""
-    frames_per_video: list[int] = field(default_factory=list)
-    num_labelled: int = 0
-    video_ids: set[str] = field(default_factory=set)
-    created_min: object = None
-    created_max: object = None
-
-
-@dataclass
-class ImpressionsSummary:
-    num_impressions: int = 0
-    num_users: int = 0
-    num_valid_watches: int = 0
-    shown_min: object = None
-    shown_max: object = None
-
-
-def _is_string(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
-
-
-def _id_type_problem(name: str, t: pa.DataType) -> str:
-    """The line for an id column that is not a string (integer ids are common in real
-    logs: the files are refused, never read with their ids turned into positions)."""
-    hint = (
-        " (integer ids: cast the column to string, e.g. pyarrow.compute.cast(col, "
-        "pyarrow.string()), the same in every file)"
-        if pa.types.is_integer(t)
-        else ""
-    )
-    return f"{name}: expected string, found {t}{hint}"
-
-
-def _check_timestamp(schema: pa.Schema, name: str, problems: _Problems, required: bool) -> None:
-    if name not in schema.names:
-        if required:
-            problems.add("schema", f"{name}: missing column (timestamp, UTC)")
-        return
-    t = schema.field(name).type
-    if not pa.types.is_timestamp(t):
-        problems.add("schema", f"{name}: expected timestamp (UTC), found {t}")
-    elif t.tz is None or t.tz.upper() not in ("UTC", "+00:00", "ETC/UTC", "Z"):
-        problems.add("schema", f"{name}: timestamp must be in UTC, found tz={t.tz!r}")
-
-
-def check_videos_schema(schema: pa.Schema) -> list[str]:
-    problems = _Problems()
-    if "video_id" not in schema.names:
-        problems.add("schema", "video_id: missing column (string)")
-    elif not _is_string(schema.field("video_id").type):
-        problems.add("schema", _id_type_problem("video_id", schema.field("video_id").type))
-    if "frames" not in schema.names:
-        problems.add("schema", "frames: missing column (list<list<float32>>)")
-    else:
-        vt = _frame_values_type(schema.field("frames").type)
-        if vt is None or not (pa.types.is_floating(vt) or vt == pa.uint8()):
-            problems.add(
-                "schema",
-                f"frames: expected list<list<float32>> (or uint8), found {schema.field('frames').type}",
-            )
-    if "labels" in schema.names:
-        t = schema.field("labels").type
-        if not (pa.types.is_list(t) and pa.types.is_integer(t.value_type)):
-            problems.add("schema", f"labels: expected list<int32>, found {t}")
-    if "split" in schema.names and not _is_string(schema.field("split").type):
-        problems.add("schema", f"split: expected string, found {schema.field('split').type}")
-    _check_timestamp(schema, "created_at", problems, required=False)
-    return problems.finish()
-
-
-def _videos_with_nonfinite(
-    values: np.ndarray, d_per_frame: np.ndarray, frame_offsets: np.ndarray
-) -> np.ndarray:
-    """(videos,) whether each video holds a NaN or inf value, through cumulative counts:
-    no Python loop over values, so a batch of long videos stays fast. ``frame_offsets``:
-    (videos + 1,) each video's first frame."""
-    finite = np.isfinite(values) if values.dtype.kind == "f" else np.ones(len(values), bool)
-    rel = np.concatenate([[0], np.cumsum(d_per_frame)])
-    bad_cum = np.concatenate([[0], np.cumsum(~finite)])
-    frame_bad = (bad_cum[rel[1:]] - bad_cum[rel[:-1]]) > 0
-    frame_bad_cum = np.concatenate([[0], np.cumsum(frame_bad)])
-    return (frame_bad_cum[frame_offsets[1:]] - frame_bad_cum[frame_offsets[:-1]]) > 0
-
-
-def _check_optional_columns(
-    batch: pa.RecordBatch, ids: list[Any], summary: VideosSummary, problems: _Problems
-) -> None:
-    """labels (none negative), split (a known name), created_at (its span)."""
-    if "labels" in batch.schema.names:
-        labels = batch.column("labels")
-        summary.num_labelled += len(labels) - labels.null_count
-        flat = labels.flatten()
-        if len(flat) and pc.min(flat).as_py() is not None and pc.min(flat).as_py() < 0:
-            for i, labs in enumerate(labels.to_pylist()):
-                if labs and min(labs) < 0:
-                    problems.add("labels", f"labels: video {ids[i]!r} has a negative label")
-    if "split" in batch.schema.names:
-        for i, s in enumerate(batch.column("split").to_pylist()):
-            if s is not None and s not in SPLITS:
-                problems.add(
-                    "split",
-                    f"split: video {ids[i]!r} has split {s!r}, expected one of {SPLITS}",
-                )
-    if "created_at" in batch.schema.names:
-        col = batch.column("created_at")
-        if len(col) - col.null_count:
-            lo, hi = pc.min(col).as_py(), pc.max(col).as_py()
-            summary.created_min = (
-                lo if summary.created_min is None else min(summary.created_min, lo)
-            )
-            summary.created_max = (
-                hi if summary.created_max is None else max(summary.created_max, hi)
-            )
-
-
-def validate_videos(
-    schema: pa.Schema, batches: Iterable[pa.RecordBatch]
-) -> tuple[VideosSummary, list[str]]:
-    """Check every row of ``videos.parquet``; returns a summary and all violations."""
-    problems = _Problems()
-    schema_problems = check_videos_schema(schema)
-    summary = VideosSummary()
-    if schema_problems:
-        return summary, schema_problems
-    vt = _frame_values_type(schema.field("frames").type)
-    summary.frame_dtype = str(vt)
-    seen: set[str] = summary.video_ids
-    for batch in batches:
-        ids = batch.column("video_id").to_pylist()
-        frames = batch.column("frames")
-        t_per_video = _list_lengths(frames)
-        outer_valid = np.asarray(frames.is_valid())
-        inner = frames.flatten()
-        d_per_frame = _list_lengths(inner)
-        inner_valid = np.asarray(inner.is_valid())
-        values = inner.flatten()
-        values_null = values.null_count > 0
-        val_np = values.to_numpy(zero_copy_only=False) if len(values) else np.zeros(0)
-        orel = np.concatenate([[0], np.cumsum(t_per_video)])
-        video_nonfinite = _videos_with_nonfinite(val_np, d_per_frame, orel)
-
-        for i, vid in enumerate(ids):
-            label = repr(vid)
-            if vid is None or vid == "":
-                problems.add(
-                    "video_id", f"video_id: empty or null id at row {summary.num_videos + i}"
-                )
-            elif vid in seen:
-                problems.add("video_id", f"video_id: duplicate id {label}")
-            else:
-                seen.add(vid)
-            if not outer_valid[i]:
-                problems.add("frames", f"frames: video {label} has null frames")
-                continue
-            t = int(t_per_video[i])
-            if t == 0:
-                problems.add("frames", f"frames: video {label} has no frames (T = 0)")
-                continue
-            ds = d_per_frame[orel[i] : orel[i + 1]]
-            if summary.feature_dim is None:
-                summary.feature_dim = int(ds[0])
-            bad_d = ds != summary.feature_dim
-            if bad_d.any() or not inner_valid[orel[i] : orel[i + 1]].all():
-                j = int(np.flatnonzero(bad_d)[0]) if bad_d.any() else 0
-                problems.add(
-                    "frames",
-                    f"frames: video {label} frame {j} has dimension {int(ds[j])}, expected D = {summary.feature_dim}"
-                    " (ragged D)",
-                )
-                continue
-            if video_nonfinite[i]:
-                problems.add("frames", f"frames: video {label} contains NaN or inf values")
-            summary.frames_per_video.append(t)
-        if values_null:
-            problems.add("frames", "frames: null values inside frames")
-        if summary.feature_dim == 0:
-            problems.add("frames", "frames: feature dimension D is 0")
-        _check_optional_columns(batch, ids, summary, problems)
-        summary.num_videos += batch.num_rows
-    if summary.num_videos == 0:
-        problems.add("videos", "videos.parquet: no videos")
-    return summary, problems.finish()
-
-
-IMPRESSION_COLUMNS = {
-    "user_id": "string",
-    "video_id": "string",
-    "shown_at": "timestamp (UTC)",
-    "watch_seconds": "float64",
-}
-
-
-def check_impressions_schema(schema: pa.Schema) -> list[str]:
-    problems = _Problems()
-    for name in ("user_id", "video_id"):
-        if name not in schema.names:
-            problems.add("schema", f"{name}: missing column (string)")
-        elif not _is_string(schema.field(name).type):
-            problems.add("schema", _id_type_problem(name, schema.field(name).type))
-    _check_timestamp(schema, "shown_at", problems, required=True)
-    if "watch_seconds" not in schema.names:
-        problems.add("schema", "watch_seconds: missing column (float64)")
-    elif not (
-        pa.types.is_floating(schema.field("watch_seconds").type)
-        or pa.types.is_integer(schema.field("watch_seconds").type)
-    ):
-        problems.add(
-            "schema", f"watch_seconds: expected float64, found {schema.field('watch_seconds').type}"
+def _decode_vectors(batch: pa.RecordBatch, ids: list[str], feature_dim: int | None) -> VideoBatch:
+    """The ``embedding`` column of a batch as one-frame videos (offsets 0, 1, .., N)."""
+    col = batch.column(VECTOR_COLUMN)
+    lengths = _list_lengths(col)
+    d = feature_dim if feature_dim is not None else (int(lengths[0]) if len(lengths) else 0)
+    problems = [
+        f"embedding: video {ids[i]!r} has no vector"
+        for i in np.flatnonzero(~np.asarray(col.is_valid()))
+    ]
+    for i in np.flatnonzero(np.asarray(col.is_valid()) & (lengths != d))[:MAX_REPORTED_PER_KIND]:
+        problems.append(
+            f"embedding: video {ids[i]!r} has {int(lengths[i])} values, expected D = {d}"
         )
-    return problems.finish()
-
-
-def validate_impressions(
-    schema: pa.Schema,
-    batches: Iterable[pa.RecordBatch],
-    known_video_ids: set[str] | None,
-    watch_threshold_s: float = DEFAULT_WATCH_THRESHOLD_S,
-) -> tuple[ImpressionsSummary, list[str]]:
-    """Check every impression; ``known_video_ids`` (from videos.parquet) finds dangling ids."""
-    problems = _Problems()
-    schema_problems = check_impressions_schema(schema)
-    summary = ImpressionsSummary()
-    if schema_problems:
-        return summary, schema_problems
-    users: set[str] = set()
-    row = 0
-    for batch in batches:
-        uids = batch.column("user_id")
-        vids = batch.column("video_id")
-        secs = batch.column("watch_seconds").cast(pa.float64())
-        shown = batch.column("shown_at")
-        for name, col in (("user_id", uids), ("video_id", vids)):
-            bad = pc.or_(pc.is_null(col), pc.equal(pc.utf8_length(col), 0))
-            for i in np.flatnonzero(np.asarray(bad.fill_null(True))):
-                problems.add(name, f"{name}: empty or null id at row {row + int(i)}")
-        if shown.null_count:
-            for i in np.flatnonzero(np.asarray(pc.is_null(shown))):
-                problems.add(
-                    "shown_at",
-                    f"shown_at: null timestamp at row {row + int(i)} (user {uids[int(i)].as_py()!r})",
-                )
-        s = secs.to_numpy(zero_copy_only=False)
-        bad_s = ~np.isfinite(s) | (s < 0)
-        for i in np.flatnonzero(bad_s):
-            problems.add(
-                "watch_seconds",
-                f"watch_seconds: {s[i]} at row {row + int(i)} (user {uids[int(i)].as_py()!r}, "
-                f"video {vids[int(i)].as_py()!r}) must be finite and >= 0",
-            )
-        if known_video_ids is not None:
-            vlist = vids.to_pylist()
-            for k, v in enumerate(vlist):
-                if v and v not in known_video_ids:
-                    problems.add(
-                        "video_id",
-                        f"video_id: impression at row {row + k} names unknown video {v!r}",
-                    )
-        users.update(u for u in uids.to_pylist() if u)
-        summary.num_valid_watches += int(np.sum(np.nan_to_num(s, nan=-1.0) >= watch_threshold_s))
-        if len(shown) - shown.null_count:
-            lo, hi = pc.min(shown).as_py(), pc.max(shown).as_py()
-            summary.shown_min = lo if summary.shown_min is None else min(summary.shown_min, lo)
-            summary.shown_max = hi if summary.shown_max is None else max(summary.shown_max, hi)
-        row += batch.num_rows
-    summary.num_impressions = row
-    summary.num_users = len(users)
-    return summary, problems.finish()
+    if problems:
+        raise DatasetError(problems[:MAX_REPORTED_PER_KIND])
+    values = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    frames = values.reshape(-1, d) if d else np.zeros((0, 0), dtype=np.float32)
+    return VideoBatch(ids, frames, np.arange(len(ids) + 1, dtype=np.int64), _labels(batch))
 
 
 def iter_chunks(table: pa.Table, rows: int) -> Iterator[pa.RecordBatch]:

@@ -1,5 +1,6 @@
-"""What turns a video's frames into its embedding: the learned model, or a rung of the
-classical ladder (``embeddings.rungs``) when that is what the artifact ships.
+"""What turns a video's frames into its embedding: the learned model, a rung of the
+classical ladder (``embeddings.rungs``) when that is what the artifact ships, or the
+platform's own vector per video used as given (``GivenEmbedder``).
 
 The service embeds a cold-start upload with whichever the artifact holds, through one
 interface (``FrameEmbedder``); the offline embeddings of the catalogue come from the
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from recsys.frames import FrameStore
 
 CLASSICAL_CONFIG = "classical.json"
 CLASSICAL_ARRAYS = "classical.npz"
+GIVEN_CONFIG = "given.json"
 
 
 class FrameEmbedder(Protocol):
@@ -162,3 +164,91 @@ class ClassicalEmbedder:
 
 def is_classical(directory: Path) -> bool:
     return (directory / CLASSICAL_CONFIG).exists()
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """(N, D) -> (N, D) float32 rows of unit length (computed in float64, so the catalogue
+    and an upload of the same vector get the same bits). UserInputError for a row that is
+    all zeros or not finite: it has no direction."""
+    x = np.asarray(vectors, dtype=np.float64)
+    # scaled by the largest value first: squares of tiny (or huge) values would underflow
+    # (overflow) and a real direction would pass for none
+    peak = np.abs(x).max(axis=1, keepdims=True) if x.size else np.ones((len(x), 1))
+    bad = ~np.isfinite(peak[:, 0]) | (peak[:, 0] == 0)
+    if bad.any():
+        raise UserInputError(
+            f"embedding: vector {int(np.flatnonzero(bad)[0])} is all zeros or not finite "
+            "(it has no direction)"
+        )
+    x = x / peak
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class GivenEmbedder:
+    """The platform's own vector per video as the embedding: scaled to unit length (the
+    index and GLMix compare directions), nothing learned. A video is one frame, its vector.
+
+    dim: D; source: where the catalogue's vectors came from (file, column, the column's
+    Parquet metadata), recorded in the manifest.
+    """
+
+    dim: int
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.dim
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.dim
+
+    @property
+    def kind(self) -> str:
+        return "given"
+
+    def embed(self, frames: np.ndarray) -> np.ndarray:
+        """frames (1, D): the vector -> (D,) its unit vector."""
+        x = np.asarray(frames)
+        if x.shape != (1, self.dim):
+            raise UserInputError(f"embedding: expected one vector of {self.dim} values")
+        return unit_rows(x)[0]
+
+    def embed_videos(self, frames: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """(N, D) unit rows of videos in the flat layout, each one vector (one frame)."""
+        if not np.array_equal(np.diff(offsets), np.ones(len(offsets) - 1, dtype=np.int64)):
+            raise UserInputError(
+                "the artifact takes a vector per video (an embedding column); these videos "
+                "have frames"
+            )
+        return unit_rows(frames)
+
+    def config(self) -> dict[str, Any]:
+        """The manifest's ``config.embedder``."""
+        return {
+            "pooling": "given",
+            "given": True,
+            "feature_dim": self.dim,
+            "embedding_dim": self.dim,
+            "normalisation": "l2",
+            "source": self.source,
+        }
+
+    def to_files(self) -> dict[str, bytes]:
+        return {GIVEN_CONFIG: json.dumps(self.config(), indent=2).encode()}
+
+    @classmethod
+    def load(cls, directory: Path) -> GivenEmbedder:
+        try:
+            config = json.loads((directory / GIVEN_CONFIG).read_text())
+            return cls(int(config["feature_dim"]), dict(config.get("source", {})))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserInputError(
+                f"{directory}: cannot load the given-vector embedder ({exc})"
+            ) from None
+
+
+def is_given(directory: Path) -> bool:
+    """Whether the artifact ships the data's own vectors (``GivenEmbedder``)."""
+    return (directory / GIVEN_CONFIG).exists()

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from recsys.artifact import embedder_feature_dim
+from recsys.embedders import is_given
 from recsys.errors import UserInputError
 from serving.errors import add_exception_handlers
 from serving.lifespan import make_lifespan
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     # The ingest schema states the frame length; a reload may not change it.
     schema_dim = embedder_feature_dim(settings.artifacts)
+    takes_vectors = is_given(settings.artifacts)  # uploads send a vector, not frames
 
     def load_state(store: StateStore) -> ServingState:
         state = ServingState(
@@ -63,10 +65,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             neighbour_cache_bytes=settings.neighbour_cache_mb << 20,
         )
         state.refit_wait_s = settings.refit_wait_seconds()
-        if schema_dim is not None and state.feature_dim != schema_dim:
+        if (schema_dim is not None and state.feature_dim != schema_dim) or (
+            state.takes_vectors != takes_vectors
+        ):
             raise UserInputError(
-                f"{settings.artifacts}: feature_dim changed from {schema_dim} to "
-                f"{state.feature_dim}; restart the service to serve the new artifact"
+                f"{settings.artifacts}: the upload's shape changed (feature_dim {schema_dim} "
+                f"to {state.feature_dim}, or frames and vectors); restart the service to "
+                "serve the new artifact"
             )
         return state
 
@@ -103,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(scoring.router(settings))
     app.include_router(ops.router)
     app.include_router(explorer.router)
-    app.include_router(ingestion.router(settings, schema_dim))
+    app.include_router(ingestion.router(settings, schema_dim, takes_vectors))
     app.include_router(events.router)
     app.include_router(removals.router)
     return app

@@ -72,6 +72,8 @@ class DerivedState:
         self.version = loaded.version
         self.embedder = loaded.embedder
         self.feature_dim = self.embedder.feature_dim
+        #: uploads give the video's vector (an artifact of the data's own vectors)
+        self.takes_vectors = self.embedder.kind == "given"
         self.glmix: GLMix = loaded.glmix
         try:  # a model whose global features this version cannot build is refused at load
             glmix_global_features(self.glmix.global_names, np.zeros(1), np.zeros(1))

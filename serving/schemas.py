@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Path
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -75,6 +76,39 @@ class ScoreResponse(BaseModel):
 FRAME_VALUE_LIMIT = VALUE_LIMIT
 
 
+def _not_all_zeros(values: list[float]) -> list[float]:
+    if not any(values):
+        raise ValueError("all zeros: a vector without a direction")
+    return values
+
+
+def vector_body_type(dim: int | None) -> Any:
+    """The request body of ``POST /v1/videos`` for an artifact that takes a vector per
+    video (``recsys.embedders.GivenEmbedder``): the video's ``embedding`` of ``dim``
+    values, finite, bounded and not all zeros (each stated in the schema)."""
+    value = Annotated[float, Field(gt=-FRAME_VALUE_LIMIT, lt=FRAME_VALUE_LIMIT)]
+    vector = Annotated[
+        list[value],  # type: ignore[valid-type]
+        Field(
+            min_length=dim or 1,
+            max_length=dim,
+            description=f"the video's vector from the same model as the catalogue's"
+            f"{f' ({dim} values)' if dim else ''}; not all zeros",
+            json_schema_extra={"not": {"items": {"const": 0}}},
+        ),
+        AfterValidator(_not_all_zeros),
+    ]
+
+    class VectorIngest(BaseModel):
+        """A new video given as one vector (the artifact serves the data's own vectors)."""
+
+        model_config = REQUEST_MODEL
+        video_id: NEW_ID
+        embedding: vector
+
+    return VectorIngest
+
+
 def ingest_body_type(dim: int | None, max_frames: int) -> Any:
     """The request body of ``POST /v1/videos`` for feature dimension ``dim``.
 
@@ -128,7 +162,8 @@ def ingest_body_type(dim: int | None, max_frames: int) -> Any:
         if not isinstance(body, dict):
             return "(json)"
         if ("frames" in body) == ("frames_b64" in body):
-            return None
+            # "embedding" alone: validated as frames, so the error names both fields
+            return "(json)" if "embedding" in body else None
         if "frames" in body:
             return "(json)"
         return "(uint8)" if body.get("dtype") == "uint8" else "(float32)"

@@ -120,7 +120,9 @@ class ServingState(DerivedState):
         if known == digest:
             return True
         if known is not None:
-            raise ConflictError(f"video {video_id!r} was already ingested with different frames")
+            raise ConflictError(
+                f"video {video_id!r} was already ingested with different frames (or vector)"
+            )
         if video_id in self.catalogue:
             raise ConflictError(f"video {video_id!r} is already in the catalogue")
         if video_id in self.removed_videos:
@@ -145,7 +147,7 @@ class ServingState(DerivedState):
                 if self.payload_hashes.get(video_id) == digest:
                     return repeat
                 raise ConflictError(
-                    f"video {video_id!r} was already ingested with different frames"
+                    f"video {video_id!r} was already ingested with different frames (or vector)"
                 )
             seq = self.store.insert_video(video_id, digest, vector, len(frames))
             if seq is None:  # another replica stored it first
@@ -156,7 +158,7 @@ class ServingState(DerivedState):
                     self.ingested += 1  # counted here; the follower will find it applied
                     return repeat
                 raise ConflictError(
-                    f"video {video_id!r} was already ingested with different frames"
+                    f"video {video_id!r} was already ingested with different frames (or vector)"
                 )
             # Durable from here on; now make it visible.
             self._log.mark("videos", seq)

@@ -71,3 +71,37 @@ def pipeline_out(small_world_dir: Path, tmp_path_factory: pytest.TempPathFactory
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     return out
+
+
+@pytest.fixture(scope="session")
+def given_world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small world's videos given as one vector each (their mean frames, an
+    ``embedding`` column whose Parquet metadata names the model), as a platform with its
+    own content model has them."""
+    import pyarrow as pa
+
+    from pipelines.data.io import as_given_vectors
+
+    cfg = SynthConfig(seed=5, num_videos=200, num_users=60, days=14, feature_dim=8, num_topics=4)
+    world = generate_world(cfg)
+    tables = list(as_given_vectors(world.video_batches()))
+    videos = pa.concat_tables(tables)
+    field = videos.schema.field("embedding").with_metadata({"model": "mean-frame-v1"})
+    videos = videos.cast(videos.schema.set(videos.schema.get_field_index("embedding"), field))
+    out = tmp_path_factory.mktemp("given_world")
+    write_dataset(out, videos, world.impressions, world.truth, world.video_truth)
+    return out
+
+
+@pytest.fixture(scope="session")
+def given_pipeline_out(given_world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``recsys pipeline`` on the given-vector world (nothing trained; OUT/artifact serves)."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    out = tmp_path_factory.mktemp("given_pipe") / "run"
+    args = ["pipeline", "--data", str(given_world_dir), "--out", str(out)]
+    res = CliRunner().invoke(app, [*args, "--bootstrap", "20", "--quiet"])
+    assert res.exit_code == 0, res.output
+    return out

@@ -38,7 +38,7 @@ from pipelines.choice.validation import (
 from pipelines.data.frame_cache import open_frame_store
 from pipelines.data.impressions import RecRows, embedding_rows, load_rec_rows
 from recsys import artifact as art
-from recsys.embedders import ClassicalEmbedder
+from recsys.embedders import ClassicalEmbedder, GivenEmbedder
 from recsys.errors import UserInputError
 from recsys.frames import FrameStore
 from recsys.index import IndexConfig, VideoIndex
@@ -212,10 +212,13 @@ def index_with_recall(
 
 
 def rung_files(
-    store: FrameStore, vectors: np.ndarray, emb: ClassicalEmbedder, index: VideoIndex
+    store: FrameStore,
+    vectors: np.ndarray,
+    emb: ClassicalEmbedder | GivenEmbedder,
+    index: VideoIndex,
 ) -> dict[str, Any]:
-    """The artifact files of a shipped rung: its embedder, every video's row, the index
-    over them and the explorer's map."""
+    """The artifact files of a shipped rung (or of the data's own vectors): its embedder,
+    every video's row, the index over them and the explorer's map."""
     return {
         **emb.to_files(),
         art.EMBEDDINGS: lambda p: pq.write_table(art.embeddings_table(store.video_ids, vectors), p),

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from embeddings import rungs
 from embeddings.rungs import idf_weights, mean_frames, tfidf, word_counts
 from recsys.baselines import kmeans_codebook
 from recsys.classification import gap_at_k, hit_at_1
@@ -95,9 +96,8 @@ def inapplicable(splits: dict[str, SplitFrames]) -> dict[str, str]:
     """Baselines that do not apply to these splits, with why: with one frame a video
     (video-level features) a bag of words holds one word, so ``bow_tfidf`` is left out."""
     offsets = splits["train"].offsets
-    if len(offsets) > 1 and bool((np.diff(offsets) == 1).all()):
-        return {"bow_tfidf": "one frame a video (video-level features): a bag of one word"}
-    return {}
+    one_frame = len(offsets) > 1 and bool((np.diff(offsets) == 1).all())
+    return rungs.inapplicable(["bow_tfidf"], one_frame)
 
 
 def classification_baselines(

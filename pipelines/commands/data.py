@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
 
 from pipelines.commands.options import Seed, WatchThreshold, fail
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def synth(
@@ -65,11 +69,18 @@ def synth(
     quality_visible: Annotated[
         float, typer.Option(help="Share of the appeal that shows in the frames, in [0, 1].")
     ] = 0.5,
+    given_vectors: Annotated[
+        bool,
+        typer.Option(
+            help="Give each video as one vector (an embedding column: its mean frame) in "
+            "place of frames, as a platform with its own content model would."
+        ),
+    ] = False,
 ) -> None:
     """Generate a synthetic world: videos.parquet, impressions.parquet and truth.parquet.
     Frames are generated into a memory map beside the output and written a row group at
     a time, so a catalogue larger than memory can be made."""
-    from pipelines.data.io import write_dataset
+    from pipelines.data.io import as_given_vectors, write_dataset
     from recsys.synthetic.world import SynthConfig, generate_world
 
     try:
@@ -106,7 +117,10 @@ def synth(
 
         world = generate_world(cfg, on_disk)
         impressions = world.impressions.num_rows
-        write_dataset(out, world.video_batches(), world.impressions, world.truth, world.video_truth)
+        tables: Iterator[pa.Table] = world.video_batches()
+        if given_vectors:
+            tables = as_given_vectors(tables)
+        write_dataset(out, tables, world.impressions, world.truth, world.video_truth)
         del world  # the memory map closes before its directory goes
     typer.echo(
         f"wrote {out}: {cfg.num_videos} videos, {impressions} impressions "

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,21 +20,26 @@ import pyarrow.parquet as pq
 
 from recsys.dataset import (
     DEFAULT_WATCH_THRESHOLD_S,
+    FRAMES_COLUMN,
     IMPRESSIONS_FILE,
     TRUTH_FILE,
+    VECTOR_COLUMN,
     VIDEO_TRUTH_FILE,
     VIDEOS_FILE,
-    ImpressionsSummary,
     VideoBatch,
-    VideosSummary,
-    check_impressions_schema,
-    check_videos_schema,
     decode_video_batch,
-    validate_impressions,
-    validate_videos,
+    video_column,
 )
 from recsys.durable import fsync_dir
 from recsys.errors import DatasetError, UserInputError
+from recsys.validation import (
+    ImpressionsSummary,
+    VideosSummary,
+    check_impressions_schema,
+    check_videos_schema,
+    validate_impressions,
+    validate_videos,
+)
 
 
 def open_parquet(path: str | os.PathLike[str]) -> pq.ParquetFile:
@@ -140,15 +146,42 @@ def iter_video_batches(
     keep_uint8: bool = False,
 ) -> Iterator[VideoBatch]:
     """Stream decoded videos of ``DATA/videos.parquet`` in batches (frames float32, or
-    uint8 as stored with ``keep_uint8``)."""
+    uint8 as stored with ``keep_uint8``; a given vector per video as one frame)."""
     path = dataset_dir(data) / VIDEOS_FILE
-    cols = ["video_id", "frames"]
+    cols = ["video_id", video_column(open_parquet(path).schema_arrow.names)]
     if with_labels:
         if "labels" not in open_parquet(path).schema_arrow.names:
             raise UserInputError(f"{path.name}: no labels column")
         cols.append("labels")
     for batch in iter_record_batches(path, batch_size, cols):
         yield decode_video_batch(batch, feature_dim, keep_uint8)
+
+
+def vectors_given(data: str | os.PathLike[str]) -> bool:
+    """Whether the data set gives a vector per video (an ``embedding`` column) rather than
+    frames."""
+    path = dataset_dir(data) / VIDEOS_FILE
+    return video_column(open_parquet(path).schema_arrow.names) == VECTOR_COLUMN
+
+
+def vector_source(data: str | os.PathLike[str]) -> dict[str, Any]:
+    """Where a data set's given vectors come from, for the manifest: the file, the column,
+    the column's Parquet metadata (a platform can name its model there, e.g.
+    ``{"model": "clip-vit-b32"}``) and the file's size and modification time."""
+    path = dataset_dir(data) / VIDEOS_FILE
+    f = open_parquet(path).schema_arrow.field(VECTOR_COLUMN)
+    meta = {
+        k.decode(errors="replace"): v.decode(errors="replace")
+        for k, v in (f.metadata or {}).items()
+    }
+    st = path.stat()
+    return {
+        "file": str(path.resolve()),
+        "column": VECTOR_COLUMN,
+        "metadata": meta,
+        "size": st.st_size,
+        "modified_ns": st.st_mtime_ns,
+    }
 
 
 def video_feature_dim(data: str | os.PathLike[str]) -> int:
@@ -170,8 +203,13 @@ class ValidationReport:
 
     def summary_lines(self) -> list[str]:
         v = self.videos
-        lines = [f"videos: {v.num_videos} (D = {v.feature_dim}, frames {v.frame_dtype})"]
-        if v.frames_per_video:
+        if v.kind == VECTOR_COLUMN:
+            lines = [
+                f"videos: {v.num_videos} (a given vector each, D = {v.feature_dim}, {v.frame_dtype})"
+            ]
+        else:
+            lines = [f"videos: {v.num_videos} (D = {v.feature_dim}, frames {v.frame_dtype})"]
+        if v.frames_per_video and v.kind != VECTOR_COLUMN:
             q = np.percentile(v.frames_per_video, [0, 10, 50, 90, 100]).astype(int)
             lines.append("frames per video: min {} / p10 {} / p50 {} / p90 {} / max {}".format(*q))
         if v.num_labelled:
@@ -290,6 +328,20 @@ def _write_tables(tables: Iterable[pa.Table], path: str, row_group_size: int | N
                 writer.close()
     if writer is None:
         raise ValueError("no tables to write")
+
+
+def as_given_vectors(batches: Iterable[pa.Table | pa.RecordBatch]) -> Iterator[pa.Table]:
+    """Videos with frames -> the same videos given as one vector each (an ``embedding``
+    column, the mean frame, in place of ``frames``; every other column kept): the shape a
+    platform with a content model per video has (``recsys synth --given-vectors``)."""
+    from embeddings.rungs import mean_frames
+
+    for b in batches:
+        vb = decode_video_batch(b)
+        means = mean_frames(vb.frames, vb.offsets).astype(np.float32)
+        t = b if isinstance(b, pa.Table) else pa.Table.from_batches([b])
+        col = pa.array(list(means), pa.list_(pa.float32()))
+        yield t.drop_columns([FRAMES_COLUMN]).append_column(VECTOR_COLUMN, col)
 
 
 def write_dataset(

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from embeddings.rungs import inapplicable
 from pipelines.choice.ladder import (
     baseline_ladder,
     reduce_on_validation,
@@ -57,11 +58,14 @@ def add_baselines(
     history similarities as the learned model's does (same model family); ``glmix_base``:
     the shipped model's coordinates (its per-video effects), given to every rung's GLMix."""
     y, cold, users = test.labels, test.cold_start, test.users
-    if cfg.progress:
-        print(
-            f"baselines: {', '.join(cfg.baselines)} (PCA size and GLMix penalty chosen on validation)"
-        )
     store = open_frame_store(data)
+    # With one frame a video (given vectors, video-level features) some rungs say nothing.
+    skipped = inapplicable(cfg.baselines, bool((np.diff(store.offsets) == 1).all()))
+    if skipped:
+        report["baselines_not_applicable"] = skipped
+    names = tuple(n for n in cfg.baselines if n not in skipped)
+    if cfg.progress:
+        print(f"baselines: {', '.join(names)} (PCA size and GLMix penalty chosen on validation)")
     rows = load_rec_rows(data, store.video_ids, start, cfg.watch_threshold_s)
     if not np.array_equal(rows.test_labels, y):
         raise RuntimeError("baseline rows differ from the evaluation rows")  # a bug, not input
@@ -74,7 +78,7 @@ def add_baselines(
         rows,
         store,
         emb_dim,
-        cfg.baselines,
+        names,
         seed=cfg.seed,
         base=glmix_base,
         log=print if cfg.progress else None,

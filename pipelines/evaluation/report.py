@@ -131,6 +131,8 @@ def _md_scores(report: dict[str, Any]) -> list[str]:
                 f"| baseline {name} (PCA {ch.get('pca_dim')}): {k} | "
                 + _interval_cells(b["ci95"]["all"][k], c)
             )
+    for name, why in report.get("baselines_not_applicable", {}).items():
+        lines.append(f"| baseline {name}: not applicable ({why}) | | | | | |")
     if "ceiling" in report:
         c = report["ceiling"]
         lines += [
@@ -404,6 +406,8 @@ def terminal_summary(report: dict[str, Any], out: Path) -> list[str]:
         for k, v in b["auc"].items():
             cold = b["auc_cold_start"][k]
             lines.append(f"  baseline {name:11s} {k:15s} all {v:.4f}   cold start {cold:.4f}")
+    for name, why in report.get("baselines_not_applicable", {}).items():
+        lines.append(f"  baseline {name:11s} not applicable ({why})")
     for name, b in report.get("online", {}).items():
         if isinstance(b, dict) and "online_auc" in b:
             lo, hi = b["difference_ci95"]

@@ -19,7 +19,7 @@ from pipelines.data.io import dataset_dir, open_parquet, write_parquet_atomic
 from pipelines.spark.session import has_context
 from recsys.artifact import embeddings_table, load_embedder, read_manifest
 from recsys.dataset import VIDEOS_FILE
-from recsys.embedders import ClassicalEmbedder, is_classical
+from recsys.embedders import ClassicalEmbedder, is_classical, is_given
 from recsys.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -81,10 +81,15 @@ def embed_dataset_spark(
     same output file, rows in the data set's order."""
     a = Path(artifacts)
     read_manifest(a)
-    if is_classical(a):
+    if is_classical(a) or is_given(a):
+        what = (
+            "the data's own vectors"
+            if is_given(a)
+            else (f"the classical {ClassicalEmbedder.load(a).name} embedder")
+        )
         raise UserInputError(
-            f"{a} ships the classical {ClassicalEmbedder.load(a).name} embedder; embed with "
-            "--engine local (it runs in one pass over the frames, no model to distribute)"
+            f"{a} ships {what}; embed with --engine local (it runs in one pass over the "
+            "videos, no model to distribute)"
         )
     model = load_embedder(a)
     path = dataset_dir(data) / VIDEOS_FILE

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from embeddings.runtime import resolve_device
 from pipelines.data.io import iter_video_batches
 from recsys.artifact import embeddings_table, load_embedder, read_manifest
-from recsys.embedders import ClassicalEmbedder, is_classical
+from recsys.embedders import ClassicalEmbedder, GivenEmbedder, is_classical, is_given
 from recsys.errors import UserInputError
 
 
@@ -34,7 +34,7 @@ def embed_dataset(
     """
     a = Path(artifacts)
     read_manifest(a)
-    if is_classical(a):
+    if is_classical(a) or is_given(a):
         return _write_embeddings(a, data, out, batch_size, progress)
     model = load_embedder(a)
     dev = resolve_device(device)
@@ -78,9 +78,11 @@ def embed_dataset(
 def _write_embeddings(
     a: Path, data: str | os.PathLike[str], out: str | os.PathLike[str], batch: int, progress: bool
 ) -> int:
-    """``embed_dataset`` for an artifact that ships a classical rung: every frame of each
-    video, as the catalogue's own embeddings were made."""
-    rung = ClassicalEmbedder.load(a)
+    """``embed_dataset`` for an artifact that ships a classical rung (every frame of each
+    video) or the data's own vectors, as the catalogue's own embeddings were made."""
+    rung: ClassicalEmbedder | GivenEmbedder = (
+        GivenEmbedder.load(a) if is_given(a) else ClassicalEmbedder.load(a)
+    )
     dest = Path(out)
     tmp = dest.with_name(f".{dest.name}.partial")
     n = 0
@@ -90,7 +92,7 @@ def _write_embeddings(
             for vb in tqdm(iter_video_batches(data, batch_size=batch), disable=not progress):
                 if vb.frames.shape[-1] != rung.feature_dim:
                     raise UserInputError(
-                        f"data has D = {vb.frames.shape[-1]}, the {rung.name} embedder "
+                        f"data has D = {vb.frames.shape[-1]}, the {rung.kind} embedder "
                         f"expects D = {rung.feature_dim}"
                     )
                 table = embeddings_table(vb.video_ids, rung.embed_videos(vb.frames, vb.offsets))

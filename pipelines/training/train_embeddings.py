@@ -35,7 +35,7 @@ from pipelines.choice.representation import (
 )
 from pipelines.data.frame_cache import open_frame_store
 from pipelines.data.impressions import impressions_connection, log_span
-from pipelines.data.io import dataset_dir
+from pipelines.data.io import dataset_dir, vector_source, vectors_given
 from pipelines.engine import LOCAL, Engine
 from pipelines.plots import plot_loss_curve
 from pipelines.training.cowatch_training import TrainResult
@@ -51,6 +51,7 @@ from pipelines.training.embedding_steps import (
 )
 from pipelines.training.settings_search import Candidate
 from recsys import artifact as art
+from recsys.embedders import GivenEmbedder, unit_rows
 from recsys.errors import UserInputError
 from recsys.frames import FrameStore
 from recsys.index import VideoIndex
@@ -90,6 +91,8 @@ def run_train_embeddings(
     test_start = test_start or default_test_start(first, last)
     if cfg.representation in RUNGS.names():
         return _run_rung(data_dir, Path(out), cfg, (first, last, test_start), overwrite, progress)
+    if vectors_given(data_dir):  # the vectors are the embedding (a rung may still reduce them)
+        return _run_given(data_dir, Path(out), cfg, (first, last, test_start), overwrite, progress)
     if cfg.search_budget_s > 0 and dist_info()[1] > 1:
         raise UserInputError("the settings search runs in one process (not under torchrun)")
     split, model_cfg = prepare(data_dir, cfg, engine, test_start, progress and rank == 0)
@@ -217,6 +220,44 @@ def _run_rung(
     }
     manifest = _manifest(data_dir, first, last, test_start, len(store), cfg.embedder, cfg, metrics)
     manifest["config"]["embedder"] = rung_config(emb, cfg.embedder.embedding_dim)
+    manifest["config"].pop("train")
+    path = art.write_artifact(
+        out, rung_files(store, vectors, emb, index), manifest, overwrite=overwrite
+    )
+    return EmbeddingJobResult(artifact=path, metrics=metrics, history=[])
+
+
+def _run_given(
+    data_dir: Path,
+    out: Path,
+    cfg: EmbeddingJobConfig,
+    span: tuple[datetime, datetime, datetime],
+    overwrite: bool,
+    progress: bool,
+) -> EmbeddingJobResult:
+    """An artifact that ships the data set's own vector per video (its ``embedding``
+    column), each scaled to unit length: nothing is trained; indexed and mapped as a
+    learned embedding is."""
+    first, last, test_start = span
+    store = open_frame_store(data_dir, progress)
+    say(
+        progress,
+        f"the data set gives a vector per video (D = {store.feature_dim}): shipping the "
+        "vectors as given, at unit length; nothing is trained",
+    )
+    emb = GivenEmbedder(store.feature_dim, vector_source(data_dir))
+    vectors = np.empty((len(store), store.feature_dim), dtype=np.float32)
+    step = 1 << 16  # rows at a time: the float64 scaling never copies the whole catalogue
+    for a in range(0, len(store), step):
+        vectors[a : a + step] = unit_rows(store.frames[a : a + step])
+    index, index_facts = index_with_recall(store.video_ids, vectors, cfg.index)
+    cfg = replace(cfg, index=index.config)
+    metrics = {
+        "index": index_facts,
+        **_heldout_pairs(impressions_connection(data_dir), store, vectors, cfg, test_start),
+    }
+    manifest = _manifest(data_dir, first, last, test_start, len(store), cfg.embedder, cfg, metrics)
+    manifest["config"]["embedder"] = emb.config()
     manifest["config"].pop("train")
     path = art.write_artifact(
         out, rung_files(store, vectors, emb, index), manifest, overwrite=overwrite

@@ -14,13 +14,19 @@ from serving.deps import WRITE, AppMetrics, Holder, State, current_state
 from serving.errors import error_responses, json_response
 from serving.frame_encoding import FrameDecodeError, decode_frames_b64
 from serving.metrics import Metrics
-from serving.schemas import IngestResponse, ingest_body_type
+from serving.schemas import IngestResponse, ingest_body_type, vector_body_type
 from serving.settings import Settings
 from serving.state import StateHolder
 
 
 def decode_frames(req: Any, dim: int) -> np.ndarray:
-    """The validated body's frames as a (T, dim) float32 array."""
+    """The validated body's frames as a (T, dim) float32 array; a given vector as one
+    frame, (1, dim) float64 (scaled to unit length before it is stored as float32)."""
+    vector = getattr(req, "embedding", None)
+    if vector is not None:
+        if len(vector) != dim:
+            raise UserInputError(f"embedding: {len(vector)} values, the artifact expects {dim}")
+        return np.asarray([vector], dtype=np.float64)
     frames = getattr(req, "frames", None)
     if frames is not None:
         # Row lengths and value bounds were checked against the schema already, unless the
@@ -40,7 +46,7 @@ def decode_frames(req: Any, dim: int) -> np.ndarray:
 
 def ingest(req: Any, holder: StateHolder, metrics: Metrics, feature_dim: int) -> Response:
     """Embed a new (cold-start) video and make it scoreable at once. Durable before 201;
-    re-sending the same frames is a 200, different frames under the same id a 409."""
+    re-sending the same frames (or vector) is a 200, different ones under the same id a 409."""
     frames = decode_frames(req, feature_dim)
     with holder.reload_lock:
         result = current_state(holder).ingest(req.video_id, frames)
@@ -49,14 +55,19 @@ def ingest(req: Any, holder: StateHolder, metrics: Metrics, feature_dim: int) ->
     return json_response(body, 201 if result.created else 200)
 
 
-def router(settings: Settings, feature_dim: int | None) -> APIRouter:
-    """``POST /v1/videos``; the body's schema states the artifact's frame length."""
+def router(settings: Settings, feature_dim: int | None, vectors: bool = False) -> APIRouter:
+    """``POST /v1/videos``; the body's schema states the artifact's frame length, or, for
+    an artifact of the data's own vectors (``vectors``), takes one vector a video."""
     r = APIRouter(tags=["ingestion"])
 
     def ingest_route(req: Any, state: State, holder: Holder, metrics: AppMetrics) -> Response:
         return ingest(req, holder, metrics, state.feature_dim)
 
-    ingest_route.__annotations__["req"] = ingest_body_type(feature_dim, settings.max_frames)
+    ingest_route.__annotations__["req"] = (
+        vector_body_type(feature_dim)
+        if vectors
+        else ingest_body_type(feature_dim, settings.max_frames)
+    )
     ingest_route.__name__, ingest_route.__doc__ = "ingest", ingest.__doc__
     r.post(
         "/v1/videos",

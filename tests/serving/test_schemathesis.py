@@ -21,6 +21,17 @@ from serving.live import free_port, start_server
 def test_schemathesis_finds_no_failures_against_the_live_service(
     artifact: Path, tmp_path: Path
 ) -> None:
+    _fuzz(artifact, tmp_path)
+
+
+def test_schemathesis_finds_no_failures_with_an_artifact_of_given_vectors(
+    given_pipeline_out: Path, tmp_path: Path
+) -> None:
+    """Uploads are ``{video_id, embedding}`` there: the fuzzer follows that schema."""
+    _fuzz(given_pipeline_out / "artifact", tmp_path)
+
+
+def _fuzz(artifact: Path, tmp_path: Path) -> None:
     port = free_port()
     proc = start_server(artifact, tmp_path / "state.sqlite3", port)
     cli = Path(sys.executable).parent / "schemathesis"

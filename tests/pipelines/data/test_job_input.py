@@ -16,11 +16,11 @@ from recsys.errors import DatasetError
 
 
 def _frameless(d: Path, int_users: bool = False) -> Path:
-    """videos.parquet without ``frames`` (a vector per video, say) and impressions whose
-    user ids are integers."""
+    """videos.parquet with neither ``frames`` nor ``embedding`` (a vector under another
+    name) and impressions whose user ids are integers."""
     d.mkdir()
     pq.write_table(
-        pa.table({"video_id": ["v0", "v1"], "embedding": [[0.1, 0.2], [0.3, 0.4]]}),
+        pa.table({"video_id": ["v0", "v1"], "vector": [[0.1, 0.2], [0.3, 0.4]]}),
         d / "videos.parquet",
     )
     t = datetime(2026, 1, 1, tzinfo=UTC)
@@ -82,3 +82,22 @@ def test_the_check_names_every_problem_and_passes_a_good_set(
         )
         check_job_input(empty)
     check_job_input(empty, impressions=False)
+
+
+def test_a_set_of_given_vectors_passes_and_one_with_both_shapes_does_not(
+    tmp_path: Path, given_world_dir: Path, run_cli
+) -> None:
+    check_job_input(given_world_dir)
+    code, out, _ = run_cli("validate", given_world_dir)
+    assert code == 0 and "a given vector each, D = 8" in out
+    both = tmp_path / "both"
+    both.mkdir()
+    t = pq.read_table(given_world_dir / "videos.parquet")
+    frames = pa.array([[v] for v in t.column("embedding").to_pylist()])
+    pq.write_table(t.append_column("frames", frames), both / "videos.parquet")
+    pq.write_table(
+        pq.read_table(given_world_dir / "impressions.parquet"), both / "impressions.parquet"
+    )
+    code, _, err = run_cli("pipeline", "--data", both, "--out", tmp_path / "o")
+    assert code == 2 and "frames and embedding: a file gives videos one way" in err
+    assert not (tmp_path / "o").exists()

@@ -6,8 +6,9 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from recsys.dataset import decode_video_batch, validate_impressions, validate_videos
+from recsys.dataset import decode_video_batch
 from recsys.synthetic.world import SynthConfig, generate_world
+from recsys.validation import validate_impressions, validate_videos
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from pipelines.data.impressions import impressions_connection
 from pipelines.data.io import impression_batches
-from recsys.dataset import validate_impressions
 from recsys.errors import UserInputError
+from recsys.validation import validate_impressions
 from serving.app import create_app
 from serving.log.archive import LogArchive, archive_log
 from serving.settings import Settings

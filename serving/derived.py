@@ -72,8 +72,6 @@ class DerivedState:
         self.version = loaded.version
         self.embedder = loaded.embedder
         self.feature_dim = self.embedder.feature_dim
-        #: uploads give the video's vector (an artifact of the data's own vectors)
-        self.takes_vectors = self.embedder.kind == "given"
         self.glmix: GLMix = loaded.glmix
         try:  # a model whose global features this version cannot build is refused at load
             glmix_global_features(self.glmix.global_names, np.zeros(1), np.zeros(1))
@@ -468,6 +466,11 @@ class DerivedState:
         with self._refit_cv:
             ticket = self._staged_ticket if ticket is None else ticket
             return self._refit_cv.wait_for(lambda: self._refitted_ticket >= ticket, timeout_s)
+
+    @property
+    def takes_vectors(self) -> bool:
+        """Uploads give the video's vector (an artifact of the data's own vectors)."""
+        return self.embedder.kind == "given"
 
     @property
     def refit_backlog(self) -> int:

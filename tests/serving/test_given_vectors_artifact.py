@@ -86,3 +86,20 @@ def test_the_schema_states_the_vector(vector_client: TestClient) -> None:
     assert body["not"] == {"items": {"const": 0}}
     assert "frames" not in schemas["VectorIngest"]["properties"]
     assert np.isfinite(body["items"]["exclusiveMaximum"])
+
+
+def test_the_explorer_serves_the_vectors_map(vector_client: TestClient) -> None:
+    c = vector_client
+    assert c.get("/explorer").status_code == 200
+    assert c.get("/v1/explorer/info").json()["videos"] == 200
+    pts = c.get("/v1/map").json()
+    assert len(pts["points"]) == 200
+    user = c.get("/v1/users", headers=AUTH).json()["users"][0]
+    history = c.get(f"/v1/users/{user}/history", headers=AUTH).json()["history"]
+    assert (
+        history
+        and c.post(
+            "/v1/map/positions", json={"video_ids": [h["video_id"] for h in history]}
+        ).status_code
+        == 200
+    )

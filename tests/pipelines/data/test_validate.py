@@ -197,3 +197,21 @@ def test_integer_ids_are_refused_with_the_cast_to_make(run_cli, good_dir: Path) 
     imp = imp.set_column(0, "user_id", imp.column("user_id").cast(pa.string()))
     pq.write_table(imp, good_dir / "impressions.parquet")
     assert run_cli("validate", good_dir)[0] == 0
+
+
+def test_integer_video_ids_are_refused_in_either_file(run_cli, good_dir: Path) -> None:
+    videos = _good_videos()
+    ints = pa.array(range(videos.num_rows), pa.int32())
+    _write_videos(good_dir, videos.set_column(0, "video_id", ints))
+    err = _assert_rejected(
+        run_cli, good_dir, "videos.parquet: video_id: expected string, found int32"
+    )
+    assert "cast the column to string" in err
+    _write_videos(good_dir, videos)
+    imp = _impressions([("u1", "v0", 12.0)])
+    pq.write_table(
+        imp.set_column(1, "video_id", pa.array([0], pa.int64())), good_dir / "impressions.parquet"
+    )
+    _assert_rejected(
+        run_cli, good_dir, "impressions.parquet: video_id: expected string, found int64"
+    )

@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from pipelines.commands import classify, data, pipeline, serve, train
+from pipelines.commands import classify, data, glmix, pipeline, serve, train
 from recsys.errors import DatasetError, UserInputError
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ app.command("mine-triplets")(train.mine_triplets)
 app.command("train-embeddings")(train.train_embeddings)
 app.command()(train.embed)
 app.command("fit-glmix")(train.fit_glmix)
+app.add_typer(glmix.app, name="glmix")
 app.command()(pipeline.evaluate)
 app.command()(pipeline.pipeline)
 app.command()(serve.serve)

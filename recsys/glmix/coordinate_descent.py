@@ -35,7 +35,6 @@ from recsys.glmix.random_effects import (
     entity_buckets,
     posterior_precision,
     solve_random_effects,
-    user_buckets,
 )
 
 #: the random-effect coordinates, in the order each pass fits them
@@ -45,8 +44,10 @@ USER, VIDEO = "user", "video"
 class GLMixBackend(Protocol):
     """Where the rows are: what the coordinate-descent loop asks of them."""
 
-    #: the random-effect coordinates this model has (``USER``, then ``VIDEO`` if any)
+    #: the random-effect coordinates this model has, in the order a pass fits them
     coordinates: tuple[str, ...]
+    #: the number of rows
+    n: int
 
     def fixed_sums(
         self, beta: np.ndarray, derivatives: bool
@@ -131,6 +132,8 @@ def coordinate_descent(
                 fixed = fixed.copy()
                 fixed[0] += backend.recenter(coordinate)
         clock["random_s"] += time.perf_counter() - t0
+        if not backend.coordinates:  # the fixed effect alone: Newton solved it
+            ll = backend.fixed_sums(fixed, False)[0] / max(backend.n, 1)
         history.append({"pass": k + 1, "log_likelihood_per_row": ll})
         if on_pass is not None:
             on_pass(k + 1, ll)
@@ -138,6 +141,28 @@ def coordinate_descent(
             break
         prev = ll
     return fixed, history
+
+
+@dataclass(frozen=True)
+class CoordinateRows:
+    """One random-effect coordinate as ``LocalBackend`` takes it: every row's entity and
+    design, the prior and the row limits. A model is a fixed effect plus a list of these
+    (the co-watch model: users on [1, video], then optionally videos on [1, global]).
+
+    of_row: (N,) entity code 0..n-1 of each row; z: (N, q) float32 design ([1, features]),
+    or (V, q) gathered per row through ``row_map`` (N,); prior: (q,) L2 strengths
+    [intercept, slopes]; entities with fewer than ``min_rows`` rows get no effect; above
+    ``max_rows`` (0: no cap) they are subsampled and reweighted.
+    """
+
+    name: str
+    of_row: np.ndarray
+    n: int
+    z: torch.Tensor
+    prior: np.ndarray
+    min_rows: int = 1
+    max_rows: int = 0
+    row_map: torch.Tensor | None = None
 
 
 @dataclass
@@ -149,6 +174,7 @@ class _Coordinate:
     row_map: torch.Tensor | None
     lam: torch.Tensor  # (q,) prior precision
     min_rows: int
+    max_rows: int
     buckets: list[Bucket]
     coef: torch.Tensor  # (K, q) float64
     score: torch.Tensor  # (N,) float64: this coordinate's logit of each row
@@ -157,15 +183,48 @@ class _Coordinate:
 class LocalBackend:
     """The rows as arrays in this process.
 
-    user_of_row: (N,) codes 0..U-1; x_fixed: (N, p) float32 design [1, video, global],
-    or a ``VideoDesign`` (rows by reference); y: (N,) float64 labels. The users'
-    random-effect design [1, video] is the first q columns (or the design's per-video
-    table). ``video_of_row`` (N,) codes 0..V-1 add the per-video coordinate, its design
-    ``video_z`` (N, qv) ([1, global features]; None: the intercept alone).
+    x_fixed: (N, p) float32 design [1, features] of the fixed effect, or a ``VideoDesign``
+    (rows by reference); y: (N,) float64 labels; coordinates: the random effects in the
+    order each pass fits them (``CoordinateRows``); ``batch``: entities per batched solve.
+    ``LocalBackend.cowatch`` builds the co-watch model's (Eq. 18) from its arrays.
     """
 
     def __init__(
         self,
+        x_fixed: np.ndarray | VideoDesign,
+        y: np.ndarray,
+        coordinates: list[CoordinateRows],
+        batch: int,
+        rng: np.random.Generator,
+    ) -> None:
+        self.x_fixed, self.y_np = x_fixed, y
+        self.n = n = len(y)
+        self.coords: dict[str, _Coordinate] = {}
+        for c in coordinates:  # in order: the buckets' draws from ``rng`` are the same
+            q = c.z.shape[1]
+            buckets, _ = entity_buckets(c.of_row, c.n, c.min_rows, c.max_rows, batch, rng, q)
+            self.coords[c.name] = _Coordinate(
+                c.of_row,
+                c.z,
+                c.row_map,
+                torch.from_numpy(np.asarray(c.prior, dtype=np.float64)),
+                c.min_rows,
+                c.max_rows,
+                buckets,
+                torch.zeros(c.n, q, dtype=torch.float64),
+                torch.zeros(n, dtype=torch.float64),
+            )
+        if len(self.coords) != len(coordinates):
+            raise ValueError("coordinate names must differ")
+        self.coordinates: tuple[str, ...] = tuple(self.coords)
+        self.y = torch.from_numpy(y)
+        self.fixed_score = torch.zeros(n, dtype=torch.float64)
+        self._fixed: np.ndarray | None = None
+        self._ones = np.ones(n)
+
+    @classmethod
+    def cowatch(
+        cls,
         user_of_row: np.ndarray,
         n_users: int,
         x_fixed: np.ndarray | VideoDesign,
@@ -176,60 +235,37 @@ class LocalBackend:
         video_of_row: np.ndarray | None = None,
         n_videos: int = 0,
         video_z: np.ndarray | None = None,
-    ) -> None:
-        self.cfg = cfg
-        self.x_fixed, self.y_np = x_fixed, y
-        n = len(y)
-        row_map = None
+    ) -> LocalBackend:
+        """The co-watch model's coordinates (Eq. 18): per user on [1, video], the first
+        ``q`` columns of the fixed design (or the design's per-video table); with
+        ``video_of_row`` (N,) codes 0..V-1 per video on ``video_z`` (N, qv) ([1, global
+        features]; None: the intercept alone)."""
         if isinstance(x_fixed, VideoDesign):  # [1, video] per video, gathered per row
             z_user = torch.from_numpy(x_fixed.random_table)
             row_map = torch.from_numpy(x_fixed.rows)
         else:  # [1, video] is the first q columns of the fixed design: a view, no copy
-            z_user = torch.from_numpy(x_fixed[:, :q])
-        buckets, _ = user_buckets(user_of_row, n_users, cfg, rng, q)
-        self.coords = {
-            USER: self._coordinate(
+            z_user, row_map = torch.from_numpy(x_fixed[:, :q]), None
+        coords = [
+            CoordinateRows(
+                USER,
                 user_of_row,
                 n_users,
                 z_user,
-                row_map,
                 random_prior(cfg, q),
                 cfg.min_rows_per_user,
-                buckets,
+                cfg.max_rows_per_user,
+                row_map,
             )
-        }
+        ]
         if video_of_row is not None:
             # The intercept's design is a column of ones: a broadcast view, no (N,) copy.
-            zv = torch.ones(1, 1, dtype=torch.float32).expand(n, 1)
+            zv = torch.ones(1, 1, dtype=torch.float32).expand(len(y), 1)
             if video_z is not None:
                 zv = torch.from_numpy(np.ascontiguousarray(video_z, dtype=np.float32))
-            qv = zv.shape[1]
-            vb, _ = entity_buckets(video_of_row, n_videos, 1, 0, cfg.user_chunk, rng, qv)
-            self.coords[VIDEO] = self._coordinate(
-                video_of_row, n_videos, zv, None, video_prior(cfg, qv), 1, vb
+            coords.append(
+                CoordinateRows(VIDEO, video_of_row, n_videos, zv, video_prior(cfg, zv.shape[1]))
             )
-        self.coordinates: tuple[str, ...] = tuple(self.coords)
-        self.y = torch.from_numpy(y)
-        self.fixed_score = torch.zeros(n, dtype=torch.float64)
-        self._fixed: np.ndarray | None = None
-        self._ones = np.ones(n)
-
-    def _coordinate(
-        self,
-        of_row: np.ndarray,
-        k: int,
-        z: torch.Tensor,
-        row_map: torch.Tensor | None,
-        prior: np.ndarray,
-        min_rows: int,
-        buckets: list[Bucket],
-    ) -> _Coordinate:
-        q = z.shape[1]
-        zeros = torch.zeros(len(of_row), dtype=torch.float64)
-        coef = torch.zeros(k, q, dtype=torch.float64)
-        return _Coordinate(
-            of_row, z, row_map, torch.from_numpy(prior), min_rows, buckets, coef, zeros
-        )
+        return cls(x_fixed, y, coords, cfg.user_chunk, rng)
 
     def _random_total(self, leave_out: str | None = None) -> torch.Tensor:
         """The random-effect scores summed over the coordinates (but ``leave_out``)."""
@@ -262,10 +298,9 @@ class LocalBackend:
 
     def recenter(self, coordinate: str) -> float:
         c = self.coords[coordinate]
-        # Exact only when every row has an unweighted effect: no user below the row
+        # Exact only when every row has an unweighted effect: no entity below the row
         # minimum, none subsampled and reweighted.
-        capped = coordinate == USER and self.cfg.max_rows_per_user > 0
-        if c.min_rows > 1 or capped or not len(c.coef):
+        if c.min_rows > 1 or c.max_rows > 0 or not len(c.coef):
             return 0.0
         m = float(c.coef[:, 0].mean())
         c.coef[:, 0] -= m

@@ -355,7 +355,7 @@ def fit_glmix(
     fixed_l2 = fixed_prior(cfg, x_fixed.shape[1])
     q = 1 + (e if use_video else 0)
     rng = np.random.default_rng(cfg.seed)
-    backend = LocalBackend(
+    backend = LocalBackend.cowatch(
         codes, len(uniq), x_fixed, y_np, q, cfg, rng, video_codes, len(video_uniq), video_z
     )
     init = None

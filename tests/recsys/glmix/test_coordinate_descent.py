@@ -82,7 +82,9 @@ def test_local_backend_through_the_loop_is_fit_glmix() -> None:
     model = fit_glmix(users, video, y, cfg)
     codes = np.array([model.user_index[u] for u in users])  # first-appearance order
     x = fixed_design(video, None, True)
-    backend = LocalBackend(codes, len(model.user_ids), x, y, 4, cfg, np.random.default_rng(0))
+    backend = LocalBackend.cowatch(
+        codes, len(model.user_ids), x, y, 4, cfg, np.random.default_rng(0)
+    )
     fixed, history = coordinate_descent(backend, cfg, fixed_prior(cfg, 4))
     coef, precision = backend.effects()
     np.testing.assert_array_equal(fixed, model.fixed)

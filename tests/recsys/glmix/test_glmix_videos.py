@@ -193,7 +193,7 @@ def test_recentering_is_skipped_where_it_would_not_be_exact() -> None:
         (GLMixConfig(video_effects=True, max_rows_per_user=5), False),
         (GLMixConfig(video_effects=True, min_rows_per_user=3), False),
     ):
-        b = LocalBackend(
+        b = LocalBackend.cowatch(
             codes,
             codes.max() + 1,
             design,

@@ -4,11 +4,11 @@ coordinates, each with its entity column and features; ``recsys.glmix.table``)."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from pipelines.commands.options import Overwrite, Quiet
+from pipelines.commands.options import EngineName, Overwrite, Quiet, SparkMaster, engine_from
 
 app = typer.Typer(
     help="GLMix on any table: a fixed effect plus random-effect coordinates from a TOML "
@@ -31,13 +31,23 @@ def fit(
     ] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
+    engine: EngineName = "local",
+    spark_master: SparkMaster = "",
 ) -> None:
     """Fit stage by stage (the fixed effect, then each coordinate added in order); print
     and write MODEL_DIR/report.json with each stage's validation AUC."""
     from pipelines.glmix.table_data import load_config
     from pipelines.glmix.table_job import fit_job
+    from recsys.glmix.coordinate_descent import LocalBackend
 
-    report = fit_job(train, load_config(config), out, validation, overwrite, not quiet)
+    eng = engine_from(engine, spark_master)
+    cfg = load_config(config)
+    backend: Any = LocalBackend
+    if eng.name == "spark":
+        from pipelines.spark.table_glmix import spark_backend
+
+        backend = spark_backend(eng.spark)  # type: ignore[attr-defined]
+    report = fit_job(train, cfg, out, validation, overwrite, not quiet, backend)
     last = report["stages"][-1]
     auc = f", validation AUC {last['validation_auc']:.4f}" if "validation_auc" in last else ""
     typer.echo(f"wrote {out}: {len(report['stages'])} stages{auc}")

@@ -33,8 +33,10 @@ from pipelines.glmix.table_data import Rows, read_rows, rows_of, table_batches
 from recsys.auc import delong_ci
 from recsys.durable import fsync_dir
 from recsys.errors import UserInputError
+from recsys.glmix.coordinate_descent import LocalBackend
 from recsys.glmix.table import (
     L2_GRID,
+    BackendFactory,
     Effects,
     Standardizer,
     TableGLMix,
@@ -47,9 +49,9 @@ REPORT_FILE = "report.json"
 FORMAT = "recsys-table-glmix/1"
 
 
-def _fit(cfg: TableGLMixConfig, rows: Rows) -> TableGLMix:
+def _fit(cfg: TableGLMixConfig, rows: Rows, backend: BackendFactory) -> TableGLMix:
     assert rows.y is not None
-    return fit_table_glmix(cfg, rows.x, rows.y, rows.keys, rows.z)
+    return fit_table_glmix(cfg, rows.x, rows.y, rows.keys, rows.z, backend)
 
 
 def _log_loss(model: TableGLMix, rows: Rows) -> float:
@@ -65,6 +67,7 @@ def _choose(
     train: Rows,
     val: Rows | None,
     say: Callable[[str], None],
+    backend: BackendFactory,
 ) -> tuple[TableGLMixConfig, dict[str, float]]:
     """The stage's configuration with the penalty it adds chosen (or defaulted)."""
     if stage == 0:
@@ -92,7 +95,7 @@ def _choose(
         return candidates[L2_GRID.index(1.0)], {}
     losses = {}
     for v, c in zip(L2_GRID, candidates, strict=True):
-        losses[str(v)] = _log_loss(_fit(c.prefix(stage).resolved(), train), val)
+        losses[str(v)] = _log_loss(_fit(c.prefix(stage).resolved(), train, backend), val)
     best = min(losses, key=lambda k: losses[k])
     say(f"  {what} chosen on validation: {best} (log-loss {losses[best]:.5f})")
     return candidates[list(losses).index(best)], losses
@@ -105,8 +108,10 @@ def fit_job(
     validation: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    backend: BackendFactory = LocalBackend,
 ) -> dict[str, Any]:
-    """Fit stage by stage, write MODEL_DIR; return the report."""
+    """Fit stage by stage, write MODEL_DIR; return the report. ``backend``: where the
+    rows live (this process, or ``pipelines.spark.table_glmix.spark_backend``)."""
     o = Path(out)
     if o.exists() and not overwrite:
         raise UserInputError(f"{o}: already exists (pass --overwrite to replace it)")
@@ -122,9 +127,9 @@ def fit_job(
     for stage in range(len(config.random) + 1):
         name = "fixed effect" if stage == 0 else f"+ {config.random[stage - 1].name}"
         say(f"stage {stage}: {name} ...")
-        cfg, losses = _choose(cfg, stage, rows, val, say)
+        cfg, losses = _choose(cfg, stage, rows, val, say, backend)
         t0 = time.perf_counter()
-        model = _fit(cfg.prefix(stage).resolved(), rows)
+        model = _fit(cfg.prefix(stage).resolved(), rows, backend)
         seconds = time.perf_counter() - t0
         stages.append(_stage_report(name, model, rows, val, seconds, losses))
         say("  " + _stage_line(stages[-1]))

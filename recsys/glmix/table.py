@@ -20,7 +20,7 @@ applies it when it scores. Arrays in, arrays out: reading tables is the caller's
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -213,16 +213,26 @@ class TableGLMix:
         return 1.0 / (1.0 + np.exp(-self.logit(x, keys, z)))
 
 
+#: makes the backend that holds the rows: (fixed design (N, 1 + p) float32, labels,
+#: the coordinates, entities per batched solve, rng) -> a ``GLMixBackend`` with
+#: ``effects(name) -> ((K, q) coefficients by entity code, precision)``
+BackendFactory = Callable[
+    [np.ndarray, np.ndarray, list[CoordinateRows], int, np.random.Generator], Any
+]
+
+
 def fit_table_glmix(
     cfg: TableGLMixConfig,
     x: np.ndarray,
     y: np.ndarray,
     keys: Mapping[str, np.ndarray | list[Any]],
     z: Mapping[str, np.ndarray],
+    backend: BackendFactory = LocalBackend,
 ) -> TableGLMix:
     """Fit on rows: ``x`` (N, p) fixed features, ``y`` (N,) 0/1 labels, per coordinate
     name its entity keys (N,) and features (N, q) (q may be 0). Omitted penalties take
-    ``DEFAULT_L2``."""
+    ``DEFAULT_L2``. ``backend``: where the rows live (this process, or Spark's
+    ``pipelines.spark.table_glmix.SparkTableBackend``): the same loop either way."""
     cfg = cfg.resolved()
     y64 = np.asarray(y, dtype=np.float64)
     fixed_std = Standardizer.fit(np.asarray(x, np.float64), cfg.standardize)
@@ -242,13 +252,13 @@ def fit_table_glmix(
         counts = np.bincount(codes, minlength=len(uniq))
         kept[r.name] = (uniq, counts >= r.min_rows, std)
     gcfg = GLMixConfig(max_passes=cfg.max_passes, tol=cfg.tol, seed=cfg.seed)
-    backend = LocalBackend(x_fixed, y64, coords, gcfg.user_chunk, rng)
+    rows = backend(x_fixed, y64, coords, gcfg.user_chunk, rng)
     fixed_l2 = np.full(x_fixed.shape[1], float(cfg.l2))  # type: ignore[arg-type]
     fixed_l2[0] = 0.0  # the global intercept is not shrunk
-    fixed, history = coordinate_descent(backend, gcfg, fixed_l2)
+    fixed, history = coordinate_descent(rows, gcfg, fixed_l2)
     effects = {}
     for r in cfg.random:
         uniq, has, std = kept[r.name]
-        coef, _ = backend.effects(r.name)
+        coef, _ = rows.effects(r.name)
         effects[r.name] = Effects([str(u) for u in uniq[has]], np.array(coef[has]), std)
     return TableGLMix(cfg, fixed, fixed_std, effects, history)

@@ -14,7 +14,7 @@ from pipelines.commands.options import (
     FinalNorm,
     Gamma,
     IntraNorm,
-    PoolingName,
+    LearnedPoolingName,
     Quiet,
     Seed,
     fail,
@@ -24,7 +24,7 @@ from pipelines.commands.options import (
 
 def classify(
     data: Annotated[Path, typer.Option(help="Data set directory (videos.parquet with labels).")],
-    pooling: PoolingName,
+    pooling: LearnedPoolingName,
     out: Annotated[
         Path, typer.Option(help="Run directory for report.json, predictions, weights, curve.")
     ],

@@ -46,6 +46,15 @@ PoolingName = Annotated[
         "beyond the paired interval."
     ),
 ]
+#: ``recsys classify``'s pooling: a learned layer only (its baselines are reported beside it)
+LearnedPoolingName = Annotated[
+    str,
+    typer.Option(
+        "--pooling",
+        help=f"The learned pooling ({', '.join(POOLINGS)}); the classical baselines are "
+        "reported beside it (--baselines).",
+    ),
+]
 BaseRung = Annotated[
     str,
     typer.Option(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -164,26 +164,10 @@ class SparkBackend:
                 off = off + (rb.column("vrand").to_numpy().astype(np.float64) - sv)
                 a, b, c = logistic_sums(x, y, off, np.ones(len(y)), beta)
                 ll, g, h = ll + a, g + b, h + c
-            yield pa.RecordBatch.from_pydict(
-                {"ll": [ll], "g": [g.tolist()], "h": [h.ravel().tolist()]},
-                schema=pa.schema(
-                    [
-                        ("ll", pa.float64()),
-                        ("g", pa.list_(pa.float64())),
-                        ("h", pa.list_(pa.float64())),
-                    ]
-                ),
-            )
+            yield sums_batch(ll, g, h)
 
-        out = (
-            self.state.select("f", "g", "y", "rand", "vrand")
-            .mapInArrow(part, "ll double, g array<double>, h array<double>")
-            .collect()
-        )
-        ll = math.fsum(r["ll"] for r in out)
-        g = np.sum([np.asarray(r["g"]) for r in out], axis=0) if out else np.zeros(p)
-        h = np.sum([np.asarray(r["h"]) for r in out], axis=0) if out else np.zeros(p * p)
-        return ll, g, h.reshape(p, p)
+        parts = self.state.select("f", "g", "y", "rand", "vrand").mapInArrow(part, SUMS_SCHEMA)
+        return add_sums(parts.collect(), p)
 
     def random_pass(self, coordinate: str, fixed: np.ndarray, steps: int) -> float:
         from pyspark.sql import functions as F
@@ -285,6 +269,28 @@ def fit_glmix_frame(
         vcoef,
         vprec,
     )
+
+
+#: one partition's log-likelihood, gradient and (flattened) curvature sums
+SUMS_SCHEMA = "ll double, g array<double>, h array<double>"
+
+
+def sums_batch(ll: float, g: np.ndarray, h: np.ndarray) -> pa.RecordBatch:
+    """A partition's ``logistic_sums`` as one Arrow row of ``SUMS_SCHEMA``."""
+    schema = pa.schema(
+        [("ll", pa.float64()), ("g", pa.list_(pa.float64())), ("h", pa.list_(pa.float64()))]
+    )
+    return pa.RecordBatch.from_pydict(
+        {"ll": [ll], "g": [g.tolist()], "h": [h.ravel().tolist()]}, schema=schema
+    )
+
+
+def add_sums(rows: list[Any], p: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """The partitions' sums (collected ``SUMS_SCHEMA`` rows) added up: (ll, (p,), (p, p))."""
+    ll = math.fsum(r["ll"] for r in rows)
+    g = np.sum([np.asarray(r["g"]) for r in rows], axis=0) if rows else np.zeros(p)
+    h = np.sum([np.asarray(r["h"]) for r in rows], axis=0) if rows else np.zeros(p * p)
+    return ll, g, h.reshape(p, p)
 
 
 def global_features_of(column: pa.Array | pa.ChunkedArray, g: int) -> np.ndarray | None:

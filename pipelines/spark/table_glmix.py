@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipelines.spark.glmix import SUMS_SCHEMA, add_sums, sums_batch
 from pipelines.spark.rows import whole_partitions
 from pipelines.spark.session import ROWS_PER_TASK, parallelism
 from recsys.errors import UserInputError
@@ -102,22 +103,9 @@ class SparkTableBackend:
                 off = _scores(t, shifted)
                 a, b, c = logistic_sums(x, y, off, np.ones(len(y)), beta, derivatives)
                 ll, g, h = ll + a, g + b, h + c
-            yield pa.RecordBatch.from_pydict(
-                {"ll": [ll], "g": [g.tolist()], "h": [h.ravel().tolist()]},
-                schema=pa.schema(
-                    [
-                        ("ll", pa.float64()),
-                        ("g", pa.list_(pa.float64())),
-                        ("h", pa.list_(pa.float64())),
-                    ]
-                ),
-            )
+            yield sums_batch(ll, g, h)
 
-        out = self.state.mapInArrow(part, "ll double, g array<double>, h array<double>").collect()
-        ll = math.fsum(r["ll"] for r in out)
-        g = np.sum([np.asarray(r["g"]) for r in out], axis=0) if out else np.zeros(p)
-        h = np.sum([np.asarray(r["h"]) for r in out], axis=0) if out else np.zeros(p * p)
-        return ll, g, h.reshape(p, p)
+        return add_sums(self.state.mapInArrow(part, SUMS_SCHEMA).collect(), p)
 
     def random_pass(self, coordinate: str, fixed: np.ndarray, steps: int) -> float:
         from pyspark.sql import functions as F

@@ -89,7 +89,7 @@ class Rows:
 
     x: np.ndarray
     y: np.ndarray | None
-    keys: dict[str, np.ndarray]
+    keys: dict[str, pa.Array]
     z: dict[str, np.ndarray]
     widths: dict[str, int]
 
@@ -123,7 +123,7 @@ def read_rows(
     return Rows(
         np.concatenate([r.x for r in parts]),
         np.concatenate([r.y for r in parts]) if with_label else None,  # type: ignore[misc]
-        {k: np.concatenate([r.keys[k] for r in parts]) for k in parts[0].keys},
+        {k: pa.concat_arrays([r.keys[k] for r in parts]) for k in parts[0].keys},
         {k: np.concatenate([r.z[k] for r in parts]) for k in parts[0].z},
         parts[0].widths,
     )
@@ -143,9 +143,18 @@ def rows_of(
     keys, z = {}, {}
     for r in cfg.random:
         col = batch.column(r.entity)
+        if not (
+            pa.types.is_integer(col.type)
+            or pa.types.is_string(col.type)
+            or pa.types.is_large_string(col.type)
+        ):
+            raise UserInputError(
+                f"{r.entity}: entity ids must be integers or strings, found {col.type}"
+            )
         if col.null_count:
             raise UserInputError(f"{r.entity}: null entity ids (coordinate {r.name!r})")
-        keys[r.name] = np.asarray(col.to_pylist(), dtype=object)
+        # as text, as the model keys entities: 7 and "7" are one entity
+        keys[r.name] = col.cast(pa.string())
         z[r.name] = _features(batch, r.features, widths)
     return Rows(x, y, keys, z, widths)
 

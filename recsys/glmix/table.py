@@ -22,15 +22,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from recsys.glmix.config import GLMixConfig
 from recsys.glmix.coordinate_descent import CoordinateRows, LocalBackend, coordinate_descent
 from recsys.glmix.model import id_keys
+
+#: a coordinate's entity ids, row by row: any ids (``id_keys``), or an Arrow array of
+#: integers or strings (factorised in Arrow, without a Python object per row)
+Keys: TypeAlias = np.ndarray | list[Any] | pa.Array | pa.ChunkedArray
 
 #: penalties used when the configuration gives none and no validation rows choose one
 DEFAULT_L2 = 1.0
@@ -168,13 +173,15 @@ class Effects:
     standardizer: Standardizer
     _index: pd.Index | None = field(default=None, repr=False)
 
-    def rows(self, keys: np.ndarray | list[Any]) -> np.ndarray:
+    def rows(self, keys: Keys) -> np.ndarray:
         """(N,) row of each key's effect, -1 for an entity without one."""
         if self._index is None:
             self._index = pd.Index(self.ids, dtype=object)
+        if isinstance(keys, pa.Array | pa.ChunkedArray):
+            keys = keys.cast(pa.string()).to_numpy(zero_copy_only=False)
         return self._index.get_indexer(np.asarray(id_keys(keys), dtype=object)).astype(np.int64)
 
-    def logit(self, keys: np.ndarray | list[Any], z: np.ndarray) -> np.ndarray:
+    def logit(self, keys: Keys, z: np.ndarray) -> np.ndarray:
         """(N,) b_e0 + z^T b_e of rows (0 where the entity has no effect)."""
         rows = self.rows(keys)
         known = rows >= 0
@@ -197,7 +204,7 @@ class TableGLMix:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def logit(
-        self, x: np.ndarray, keys: Mapping[str, np.ndarray | list[Any]], z: Mapping[str, np.ndarray]
+        self, x: np.ndarray, keys: Mapping[str, Keys], z: Mapping[str, np.ndarray]
     ) -> np.ndarray:
         """(N,) the logit of rows: ``x`` (N, p) the fixed features, and per coordinate
         name its entity keys (N,) and features (N, q)."""
@@ -208,7 +215,7 @@ class TableGLMix:
         return eta
 
     def predict_proba(
-        self, x: np.ndarray, keys: Mapping[str, np.ndarray | list[Any]], z: Mapping[str, np.ndarray]
+        self, x: np.ndarray, keys: Mapping[str, Keys], z: Mapping[str, np.ndarray]
     ) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.logit(x, keys, z)))
 
@@ -221,11 +228,22 @@ BackendFactory = Callable[
 ]
 
 
+def factorize(keys: Keys) -> tuple[np.ndarray, np.ndarray]:
+    """(codes (N,) int64 in order of first appearance, the distinct keys as ``str``)."""
+    if isinstance(keys, pa.Array | pa.ChunkedArray):
+        arr = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+        enc = arr.cast(pa.string()).dictionary_encode()
+        codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        return codes, np.asarray(enc.dictionary.to_pylist(), dtype=object)
+    codes, uniq = pd.factorize(np.asarray(id_keys(keys), dtype=object))
+    return codes.astype(np.int64), np.asarray(uniq, dtype=object)
+
+
 def fit_table_glmix(
     cfg: TableGLMixConfig,
     x: np.ndarray,
     y: np.ndarray,
-    keys: Mapping[str, np.ndarray | list[Any]],
+    keys: Mapping[str, Keys],
     z: Mapping[str, np.ndarray],
     backend: BackendFactory = LocalBackend,
 ) -> TableGLMix:
@@ -240,7 +258,7 @@ def fit_table_glmix(
     rng = np.random.default_rng(cfg.seed)
     coords, kept = [], {}
     for r in cfg.random:
-        codes, uniq = pd.factorize(np.asarray(id_keys(keys[r.name]), dtype=object))
+        codes, uniq = factorize(keys[r.name])
         zr = np.asarray(z[r.name], np.float64).reshape(len(y64), -1)
         std = Standardizer.fit(zr, cfg.standardize)
         prior = np.full(1 + zr.shape[1], float(r.l2))  # type: ignore[arg-type]

@@ -136,3 +136,16 @@ def test_bad_configurations_are_refused() -> None:
         TableGLMixConfig(label="y", random=(RandomEffect("a", "u"), RandomEffect("a", "v")))
     with pytest.raises(ValueError, match="finite and >= 0"):
         RandomEffect("a", "u", l2=-1.0)
+
+
+def test_arrow_ids_factorise_as_python_ids_do() -> None:
+    import pyarrow as pa
+
+    from recsys.glmix.table import factorize
+
+    ints = [7, 3, 7, 12, 3]
+    for arrow in (pa.array(ints, pa.int64()), pa.chunked_array([ints[:2], ints[2:]])):
+        codes, uniq = factorize(arrow)
+        want_codes, want_uniq = factorize(np.array([str(i) for i in ints], dtype=object))
+        np.testing.assert_array_equal(codes, want_codes)
+        assert list(uniq) == list(want_uniq) == ["7", "3", "12"]

@@ -60,6 +60,36 @@ def segment_similarity(
     return max_s, avg_s
 
 
+def prefix_similarity(
+    vectors_of: Callable[[np.ndarray], np.ndarray],
+    rows: np.ndarray,
+    history: np.ndarray,
+    prefix: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(max, avg) of Eq. 17 / Eq. 16 for M rows of one user: row j (``rows[j]``) against
+    the first ``prefix[j]`` entries of ``history`` (catalogue rows). NaN where a prefix
+    is 0.
+
+    The bits ``segment_similarity`` gives for the same segments (the same row-wise float64
+    products, the same segment sums), with the history's vectors gathered once for all
+    M rows instead of once per row: a user with a long history and many impressions in a
+    batch costs one gather of it."""
+    prefix = np.asarray(prefix, dtype=np.int64)
+    m = len(prefix)
+    max_s, avg_s = np.full(m, np.nan), np.full(m, np.nan)
+    if m == 0 or not prefix.max():
+        return max_s, avg_s
+    hv = np.asarray(vectors_of(np.asarray(history[: prefix.max()], dtype=np.int64)), np.float64)
+    cand = np.asarray(vectors_of(np.asarray(rows, dtype=np.int64)), dtype=np.float64)
+    first = np.zeros(1, dtype=np.int64)
+    for j in np.flatnonzero(prefix).tolist():
+        n = int(prefix[j])
+        sims = np.einsum("ij,ij->i", np.repeat(cand[j : j + 1], n, axis=0), hv[:n])
+        max_s[j] = sims.max()
+        avg_s[j] = np.add.reduceat(sims, first)[0] / n
+    return max_s, avg_s
+
+
 def similarity_by_user(
     user_of_row: np.ndarray,
     video_of_row: np.ndarray,

@@ -26,9 +26,9 @@ from recsys.errors import UserInputError
 from recsys.glmix.model import GLMix
 from recsys.online.users import OnlineConfig, OnlineEffects
 from recsys.projection import fit_projection
-from recsys.scoring import glmix_global_features, segment_similarity
+from recsys.scoring import glmix_global_features
 from serving.catalogue import Catalogue, VideoEffectRows
-from serving.histories import Histories
+from serving.histories import Histories, Shown, run_similarity
 from serving.log.archive import LogArchive, add_archived, archive_log
 from serving.log.follower import Follower
 from serving.log.snapshot import (
@@ -45,8 +45,6 @@ from serving.stores.contract import TABLES, Stamp
 log = logging.getLogger(__name__)
 
 READ_ROWS = 65_536  # impressions a read (SQLite; PostgreSQL reads whole)
-#: an impression on its way in: (user, catalogue row, watched)
-Shown = tuple[str, int, bool]
 #: impressions staged at a time when a sync applies many (staging is row by row in its
 #: numbers, so where a run is cut changes no bit)
 RUN_ROWS = 8192
@@ -390,22 +388,11 @@ class DerivedState:
         names = self.glmix.global_names
         g = frozen = None
         if names:  # an Eq. 18-only model has no global features: no similarity
-            counts: list[int] = []
-            flat: list[int] = []
-            for user, row, watched in run:
-                hist = self.histories.get(user) or ()
-                counts.append(len(hist))
-                flat.extend(hist)
-                if watched:
-                    self.histories.add(user, row)
-            g = glmix_global_features(names, *self._similarity(rows, flat, counts))
+            vectors = self.catalogue.vectors
+            g = glmix_global_features(names, *run_similarity(self.histories, run, vectors))
             if self._frozen_features:
-                counts, flat = [], []
-                for user in users:
-                    offline = self.histories.offline(user)
-                    counts.append(len(offline))
-                    flat.extend(offline)
-                frozen = glmix_global_features(names, *self._similarity(rows, flat, counts))
+                sims = run_similarity(self.histories, run, vectors, frozen=True)
+                frozen = glmix_global_features(names, *sims)
         else:
             for user, row, watched in run:
                 if watched:
@@ -423,13 +410,6 @@ class DerivedState:
                 self._refitting = True
                 threading.Thread(target=self._refit_loop, name="online-refit", daemon=True).start()
             return self._staged_ticket
-
-    def _similarity(
-        self, rows: np.ndarray, flat: list[int], counts: list[int]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        return segment_similarity(
-            self.catalogue.vectors, rows, np.asarray(flat, dtype=np.int64), np.asarray(counts)
-        )
 
     def _refit_loop(self) -> None:
         """Refit pending users until none is left: a pass takes them all, solves outside

@@ -6,6 +6,15 @@ appended to, or replaced whole when a video is taken down).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
+
+from recsys.scoring import prefix_similarity
+
+#: an impression in staging order: (user, catalogue row, valid watch)
+Shown = tuple[str, int, bool]
+
 
 class Histories:
     def __init__(self) -> None:
@@ -59,3 +68,34 @@ class Histories:
         self._rows.pop(user, None)
         self._seen.pop(user, None)
         self._offline.pop(user, None)
+
+
+def run_similarity(
+    histories: Histories,
+    run: list[Shown],
+    vectors_of: Callable[[np.ndarray], np.ndarray],
+    frozen: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(max, avg) Eq. 17 / Eq. 16 of each impression of ``run`` against its user's
+    history as it was when shown: the watches before it (in the run too) count, its own
+    not; each valid watch then joins the history. ``frozen``: against the history the
+    offline fit left instead (nothing joins). The same bits as one impression at a time,
+    each user's history gathered once for the run (``recsys.scoring.prefix_similarity``)."""
+    mine: dict[str, list[tuple[int, int]]] = {}  # user -> (index in run, prefix length)
+    for i, (user, row, watched) in enumerate(run):
+        if frozen:
+            mine.setdefault(user, []).append((i, len(histories.offline(user))))
+            continue
+        hist = histories.get(user)
+        mine.setdefault(user, []).append((i, len(hist) if hist else 0))
+        if watched:
+            histories.add(user, row)
+    max_s, avg_s = np.full(len(run), np.nan), np.full(len(run), np.nan)
+    for user, shown in mine.items():
+        index = np.array([i for i, _ in shown], dtype=np.int64)
+        prefix = np.array([n for _, n in shown], dtype=np.int64)
+        history = histories.offline(user) if frozen else (histories.get(user) or [])
+        rows = np.array([run[i][1] for i in index.tolist()], dtype=np.int64)
+        mx, av = prefix_similarity(vectors_of, rows, np.asarray(history, np.int64), prefix)
+        max_s[index], avg_s[index] = mx, av
+    return max_s, avg_s

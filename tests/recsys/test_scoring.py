@@ -10,6 +10,7 @@ from recsys.scoring import (
     glmix_global_features,
     history_features,
     history_similarity,
+    prefix_similarity,
     prior_history_similarity,
     segment_similarity,
     similarity_by_user,
@@ -151,3 +152,32 @@ def test_segment_similarity_is_each_rows_own_history_similarity(seed: int, chunk
         np.testing.assert_allclose([mx[i], av[i]], [want[0][0], want[1][0]], atol=1e-12)
         one = segment_similarity(lambda r: emb[r], rows[i : i + 1], seg, counts[i : i + 1])
         assert np.array_equal(np.r_[one[0], one[1]], [mx[i], av[i]], equal_nan=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), dim=st.sampled_from([3, 6, 32, 33]))
+def test_prefix_similarity_gives_segment_similaritys_bits(seed: int, dim: int) -> None:
+    """One user's rows against prefixes of one history: bit for bit what the same
+    segments give through segment_similarity (the history copied out per row)."""
+    rng = np.random.default_rng(seed)
+    emb = _unit(40, dim, seed).astype(np.float32)
+    history = rng.integers(0, 40, size=int(rng.integers(0, 300)))
+    m = int(rng.integers(1, 9))
+    prefix = rng.integers(0, len(history) + 1, size=m)
+    rows = rng.integers(0, 40, size=m)
+    got = prefix_similarity(lambda r: emb[r], rows, history, prefix)
+    flat = np.concatenate([history[:n] for n in prefix]).astype(np.int64)
+    want = segment_similarity(lambda r: emb[r], rows, flat, prefix)
+    assert np.array_equal(got[0], want[0], equal_nan=True)
+    assert np.array_equal(got[1], want[1], equal_nan=True)
+
+
+def test_prefix_similarity_bits_hold_for_long_histories() -> None:
+    rng = np.random.default_rng(7)
+    emb = _unit(500, 32, 7).astype(np.float32)
+    history = rng.integers(0, 500, size=20_000)
+    prefix, rows = np.array([20_000, 9_000, 1, 0]), np.array([3, 4, 5, 6])
+    got = prefix_similarity(lambda r: emb[r], rows, history, prefix)
+    flat = np.concatenate([history[:n] for n in prefix]).astype(np.int64)
+    want = segment_similarity(lambda r: emb[r], rows, flat, prefix)
+    assert np.array_equal(np.r_[got[0], got[1]], np.r_[want[0], want[1]], equal_nan=True)

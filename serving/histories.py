@@ -10,7 +10,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from recsys.scoring import prefix_similarity
+from recsys.scoring import prefix_similarity, segment_similarity
+
+#: (impression, history) pairs of one user in a run above which its history is gathered
+#: once for all its impressions (``run_similarity``)
+GROUPED_PAIRS = 4096
 
 #: an impression in staging order: (user, catalogue row, valid watch)
 Shown = tuple[str, int, bool]
@@ -91,11 +95,29 @@ def run_similarity(
         if watched:
             histories.add(user, row)
     max_s, avg_s = np.full(len(run), np.nan), np.full(len(run), np.nan)
+    # Users with many pairs (a long history, several impressions): their history gathered
+    # once. The rest together, each impression's segment copied out: one vectorised call,
+    # cheaper than a call per user when most have one impression and a short history.
+    flat: list[int] = []
+    index: list[int] = []
+    counts: list[int] = []
     for user, shown in mine.items():
-        index = np.array([i for i, _ in shown], dtype=np.int64)
-        prefix = np.array([n for _, n in shown], dtype=np.int64)
         history = histories.offline(user) if frozen else (histories.get(user) or [])
-        rows = np.array([run[i][1] for i in index.tolist()], dtype=np.int64)
-        mx, av = prefix_similarity(vectors_of, rows, np.asarray(history, np.int64), prefix)
-        max_s[index], avg_s[index] = mx, av
+        pairs = sum(n for _, n in shown)
+        if len(shown) > 1 and pairs >= GROUPED_PAIRS:
+            at = np.array([i for i, _ in shown], dtype=np.int64)
+            prefix = np.array([n for _, n in shown], dtype=np.int64)
+            rows = np.array([run[i][1] for i in at.tolist()], dtype=np.int64)
+            mx, av = prefix_similarity(vectors_of, rows, np.asarray(history, np.int64), prefix)
+            max_s[at], avg_s[at] = mx, av
+            continue
+        for i, n in shown:
+            index.append(i)
+            counts.append(n)
+            flat.extend(history[:n])
+    if index:
+        at = np.array(index, dtype=np.int64)
+        rows = np.array([run[i][1] for i in index], dtype=np.int64)
+        mx, av = segment_similarity(vectors_of, rows, np.array(flat, np.int64), np.array(counts))
+        max_s[at], avg_s[at] = mx, av
     return max_s, avg_s

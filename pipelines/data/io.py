@@ -6,9 +6,10 @@ larger than memory can be processed batch by batch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,31 @@ def validate_dataset(
 
 
 _SYNC_BYTES = 64 << 20
+
+
+@contextlib.contextmanager
+def parquet_stream(dest: str | os.PathLike[str]) -> Iterator[Callable[[pa.Table], None]]:
+    """``write(table)`` appends to ``.DEST.partial``; on a clean exit the file replaces
+    DEST (a reader sees the old file or the whole new one), on an error it is removed.
+    Nothing written: no file (the caller decides whether that is an error)."""
+    path = Path(dest)
+    tmp = path.with_name(f".{path.name}.partial")
+    writer: list[pq.ParquetWriter] = []
+
+    def write(table: pa.Table) -> None:
+        if not writer:
+            writer.append(pq.ParquetWriter(tmp, table.schema))
+        writer[0].write_table(table)
+
+    try:
+        yield write
+        if writer:
+            writer.pop().close()
+            os.replace(tmp, path)
+    finally:
+        if writer:
+            writer[0].close()
+        tmp.unlink(missing_ok=True)
 
 
 def write_parquet_atomic(

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.data.io import open_parquet
+from pipelines.data.io import open_parquet, parquet_stream
 from pipelines.glmix.table_data import Rows, read_rows, rows_of, table_batches
 from recsys.auc import delong_ci
 from recsys.durable import fsync_dir
@@ -253,30 +253,16 @@ def score_job(
     probability), a record batch at a time; returns the row count."""
     model, widths = load_model(model_dir)
     cfg = model.config
-    dest = Path(out)
-    tmp = dest.with_name(f".{dest.name}.partial")
     schema = open_parquet(data).schema_arrow
     if "score" in schema.names:
         raise UserInputError(f"{Path(data).name}: score: the data has a score column already")
     n = 0
-    writer: pq.ParquetWriter | None = None
-    try:
+    with parquet_stream(out) as write:
         for batch in table_batches(data, schema.names):
             rows = rows_of(batch, cfg, with_label=False, widths=widths)
             score = pa.array(model.predict_proba(rows.x, rows.keys, rows.z), pa.float64())
-            table = pa.Table.from_batches([batch]).append_column("score", score)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table)
+            write(pa.Table.from_batches([batch]).append_column("score", score))
             n += batch.num_rows
-        if writer is None:  # no rows: the columns, and a score column, all empty
-            empty = schema.empty_table().append_column("score", pa.array([], pa.float64()))
-            writer = pq.ParquetWriter(tmp, empty.schema)
-        writer.close()
-        writer = None
-        os.replace(tmp, dest)
-    finally:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
+        if not n:  # no rows: the columns, and a score column, all empty
+            write(schema.empty_table().append_column("score", pa.array([], pa.float64())))
     return n

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
 from embeddings.runtime import resolve_device
-from pipelines.data.io import iter_video_batches
+from pipelines.data.io import iter_video_batches, parquet_stream
 from recsys.artifact import embeddings_table, load_embedder, read_manifest
 from recsys.embedders import ClassicalEmbedder, GivenEmbedder, is_classical, is_given
 from recsys.errors import UserInputError
@@ -39,11 +37,8 @@ def embed_dataset(
     model = load_embedder(a)
     dev = resolve_device(device)
     model.to(dev).eval()
-    dest = Path(out)
-    tmp = dest.with_name(f".{dest.name}.partial")
-    writer: pq.ParquetWriter | None = None
     n = 0
-    try:
+    with parquet_stream(out) as write:
         for vb in tqdm(
             iter_video_batches(data, batch_size=batch_size), desc="embedding", disable=not progress
         ):
@@ -58,20 +53,8 @@ def embed_dataset(
                     .cpu()
                     .numpy()
                 )
-            table = embeddings_table(vb.video_ids, emb.astype(np.float32))
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table)
+            write(embeddings_table(vb.video_ids, emb.astype(np.float32)))
             n += len(vb)
-        if writer is not None:
-            writer.close()
-            writer = None
-            os.replace(tmp, dest)
-    finally:
-        if writer is not None:
-            writer.close()
-        if tmp.exists():
-            tmp.unlink()
     return n
 
 
@@ -83,25 +66,14 @@ def _write_embeddings(
     rung: ClassicalEmbedder | GivenEmbedder = (
         GivenEmbedder.load(a) if is_given(a) else ClassicalEmbedder.load(a)
     )
-    dest = Path(out)
-    tmp = dest.with_name(f".{dest.name}.partial")
     n = 0
-    try:
-        with contextlib.ExitStack() as stack:
-            writer: pq.ParquetWriter | None = None
-            for vb in tqdm(iter_video_batches(data, batch_size=batch), disable=not progress):
-                if vb.frames.shape[-1] != rung.feature_dim:
-                    raise UserInputError(
-                        f"data has D = {vb.frames.shape[-1]}, the {rung.kind} embedder "
-                        f"expects D = {rung.feature_dim}"
-                    )
-                table = embeddings_table(vb.video_ids, rung.embed_videos(vb.frames, vb.offsets))
-                if writer is None:
-                    writer = stack.enter_context(pq.ParquetWriter(tmp, table.schema))
-                writer.write_table(table)
-                n += len(vb)
-        if n:
-            os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with parquet_stream(out) as write:
+        for vb in tqdm(iter_video_batches(data, batch_size=batch), disable=not progress):
+            if vb.frames.shape[-1] != rung.feature_dim:
+                raise UserInputError(
+                    f"data has D = {vb.frames.shape[-1]}, the {rung.kind} embedder "
+                    f"expects D = {rung.feature_dim}"
+                )
+            write(embeddings_table(vb.video_ids, rung.embed_videos(vb.frames, vb.offsets)))
+            n += len(vb)
     return n

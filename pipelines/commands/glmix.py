@@ -34,8 +34,9 @@ def fit(
     engine: EngineName = "local",
     spark_master: SparkMaster = "",
 ) -> None:
-    """Fit stage by stage (the fixed effect, then each coordinate added in order); print
-    and write MODEL_DIR/report.json with each stage's validation AUC."""
+    """Fit stage by stage: the fixed effect, then each coordinate added in order.
+
+    Each stage's validation AUC is printed and written to MODEL_DIR/report.json."""
     from pipelines.glmix.table_data import load_config
     from pipelines.glmix.table_job import fit_job
     from recsys.glmix.coordinate_descent import LocalBackend

@@ -108,7 +108,7 @@ class VideoBatch:
         return out, mask
 
 
-def _frame_values_type(frames_type: pa.DataType) -> pa.DataType | None:
+def frame_values_type(frames_type: pa.DataType) -> pa.DataType | None:
     """The scalar type inside list<list<scalar>>, or None when it is not that shape."""
     if not (pa.types.is_list(frames_type) or pa.types.is_large_list(frames_type)):
         return None
@@ -135,7 +135,7 @@ def vector_values_type(t: pa.DataType) -> pa.DataType | None:
     return None
 
 
-def _list_lengths(arr: pa.Array) -> np.ndarray:
+def list_lengths(arr: pa.Array) -> np.ndarray:
     """Per-row list lengths as int64 (null rows count as 0); respects array slicing."""
     return np.asarray(pc.list_value_length(arr).fill_null(0), dtype=np.int64)
 
@@ -162,9 +162,9 @@ def decode_video_batch(
     if video_column(batch.schema.names) == VECTOR_COLUMN:
         return _decode_vectors(batch, ids, feature_dim)
     outer = batch.column("frames")
-    lengths = _list_lengths(outer)
+    lengths = list_lengths(outer)
     inner = outer.flatten()
-    d_per_frame = _list_lengths(inner)
+    d_per_frame = list_lengths(inner)
     problems: list[str] = []
     if outer.null_count:
         problems.append("frames: null frames for a video")
@@ -201,7 +201,7 @@ def _labels(batch: pa.RecordBatch) -> list[list[int]] | None:
 def _decode_vectors(batch: pa.RecordBatch, ids: list[str], feature_dim: int | None) -> VideoBatch:
     """The ``embedding`` column of a batch as one-frame videos (offsets 0, 1, .., N)."""
     col = batch.column(VECTOR_COLUMN)
-    lengths = _list_lengths(col)
+    lengths = list_lengths(col)
     d = feature_dim if feature_dim is not None else (int(lengths[0]) if len(lengths) else 0)
     problems = [
         f"embedding: video {ids[i]!r} has no vector"

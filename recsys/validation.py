@@ -22,8 +22,8 @@ from recsys.dataset import (
     MAX_REPORTED_PER_KIND,
     SPLITS,
     VECTOR_COLUMN,
-    _frame_values_type,
-    _list_lengths,
+    frame_values_type,
+    list_lengths,
     vector_values_type,
     video_column,
 )
@@ -129,7 +129,7 @@ def check_videos_schema(schema: pa.Schema) -> list[str]:
             "list<float32>, for a vector per video)",
         )
     else:
-        vt = _frame_values_type(schema.field("frames").type)
+        vt = frame_values_type(schema.field("frames").type)
         if vt is None or not (pa.types.is_floating(vt) or vt == pa.uint8()):
             problems.add(
                 "schema",
@@ -204,7 +204,7 @@ def validate_videos(
         summary.frame_dtype = str(vector_values_type(schema.field(VECTOR_COLUMN).type))
         check_batch = _check_vectors
     else:
-        summary.frame_dtype = str(_frame_values_type(schema.field(FRAMES_COLUMN).type))
+        summary.frame_dtype = str(frame_values_type(schema.field(FRAMES_COLUMN).type))
         check_batch = _check_frames
     for batch in batches:
         ids = batch.column("video_id").to_pylist()
@@ -234,10 +234,10 @@ def _check_frames(
 ) -> None:
     """Each video's frames: present, T >= 1, one D for the file, finite."""
     frames = batch.column(FRAMES_COLUMN)
-    t_per_video = _list_lengths(frames)
+    t_per_video = list_lengths(frames)
     outer_valid = np.asarray(frames.is_valid())
     inner = frames.flatten()
-    d_per_frame = _list_lengths(inner)
+    d_per_frame = list_lengths(inner)
     inner_valid = np.asarray(inner.is_valid())
     values = inner.flatten()
     val_np = values.to_numpy(zero_copy_only=False) if len(values) else np.zeros(0)
@@ -277,7 +277,7 @@ def _check_vectors(
     """Each video's given vector: present, one length for the file, finite, not all zeros
     (a zero vector has no direction: no similarity to anything)."""
     col = batch.column(VECTOR_COLUMN)
-    lengths = _list_lengths(col)
+    lengths = list_lengths(col)
     valid = np.asarray(col.is_valid())
     values = col.flatten()
     if values.null_count:

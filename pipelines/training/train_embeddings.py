@@ -51,7 +51,7 @@ from pipelines.training.embedding_steps import (
 )
 from pipelines.training.settings_search import Candidate
 from recsys import artifact as art
-from recsys.embedders import GivenEmbedder, unit_rows
+from recsys.embedders import ClassicalEmbedder, GivenEmbedder, unit_rows
 from recsys.errors import UserInputError
 from recsys.frames import FrameStore
 from recsys.index import VideoIndex
@@ -196,7 +196,7 @@ def _run_rung(
 ) -> EmbeddingJobResult:
     """An artifact that ships a ladder rung (no training): its PCA size chosen on the
     validation rows, every video embedded, indexed and mapped."""
-    first, last, test_start = span
+    test_start = span[2]
     name = cfg.representation
     say(progress, f"fitting the {name} rung (PCA size chosen on validation) ...")
     sel = choose_representation(
@@ -209,22 +209,20 @@ def _run_rung(
         seed=cfg.train.seed,
     )
     vectors, emb, info = sel.rungs[name]
-    store = open_frame_store(data_dir)
-    index, index_facts = index_with_recall(store.video_ids, vectors, cfg.index)
-    cfg = replace(cfg, index=index.config)
-    metrics = {
-        "selection": sel.to_json(),
-        "pca_dim": info["pca_dim"],
-        "index": index_facts,
-        **_heldout_pairs(impressions_connection(data_dir), store, vectors, cfg, test_start),
-    }
-    manifest = _manifest(data_dir, first, last, test_start, len(store), cfg.embedder, cfg, metrics)
-    manifest["config"]["embedder"] = rung_config(emb, cfg.embedder.embedding_dim)
-    manifest["config"].pop("train")
-    path = art.write_artifact(
-        out, rung_files(store, vectors, emb, index), manifest, overwrite=overwrite
+    metrics = {"selection": sel.to_json(), "pca_dim": info["pca_dim"]}
+    config = rung_config(emb, cfg.embedder.embedding_dim)
+    return _ship_untrained(
+        data_dir,
+        out,
+        cfg,
+        span,
+        overwrite,
+        open_frame_store(data_dir),
+        vectors,
+        emb,
+        config,
+        metrics,
     )
-    return EmbeddingJobResult(artifact=path, metrics=metrics, history=[])
 
 
 def _run_given(
@@ -238,7 +236,6 @@ def _run_given(
     """An artifact that ships the data set's own vector per video (its ``embedding``
     column), each scaled to unit length: nothing is trained; indexed and mapped as a
     learned embedding is."""
-    first, last, test_start = span
     store = open_frame_store(data_dir, progress)
     say(
         progress,
@@ -250,14 +247,35 @@ def _run_given(
     step = 1 << 16  # rows at a time: the float64 scaling never copies the whole catalogue
     for a in range(0, len(store), step):
         vectors[a : a + step] = unit_rows(store.frames[a : a + step])
+    return _ship_untrained(
+        data_dir, out, cfg, span, overwrite, store, vectors, emb, emb.config(), {}
+    )
+
+
+def _ship_untrained(
+    data_dir: Path,
+    out: Path,
+    cfg: EmbeddingJobConfig,
+    span: tuple[datetime, datetime, datetime],
+    overwrite: bool,
+    store: FrameStore,
+    vectors: np.ndarray,
+    emb: ClassicalEmbedder | GivenEmbedder,
+    embedder_config: dict[str, Any],
+    metrics: dict[str, Any],
+) -> EmbeddingJobResult:
+    """Index ``vectors`` (every video's row, nothing trained), measure them on the test
+    period's co-watch pairs and write the artifact that ships ``emb``."""
+    first, last, test_start = span
     index, index_facts = index_with_recall(store.video_ids, vectors, cfg.index)
     cfg = replace(cfg, index=index.config)
     metrics = {
+        **metrics,
         "index": index_facts,
         **_heldout_pairs(impressions_connection(data_dir), store, vectors, cfg, test_start),
     }
     manifest = _manifest(data_dir, first, last, test_start, len(store), cfg.embedder, cfg, metrics)
-    manifest["config"]["embedder"] = emb.config()
+    manifest["config"]["embedder"] = embedder_config
     manifest["config"].pop("train")
     path = art.write_artifact(
         out, rung_files(store, vectors, emb, index), manifest, overwrite=overwrite

@@ -58,6 +58,7 @@ from recsys.embedders import (
 from recsys.errors import UserInputError
 from recsys.glmix.model import GLMix
 from recsys.index import IndexConfig, VideoIndex
+from recsys.side_features import SideFeatures
 from recsys.splits import parse_time
 
 FORMAT_VERSION = 1
@@ -82,6 +83,9 @@ GLMIX_NO_VIDEO = "glmix_no_video"
 #: with and without per-video effects
 GLMIX_VARIANT = "glmix_variant"
 GLMIX_NO_VIDEO_VARIANT = "glmix_no_video_variant"
+#: the side features every GLMix model of the artifact shares (``recsys.side_features``):
+#: SIDE.json (their columns) and SIDE_videos.parquet / SIDE_users.parquet (their values)
+SIDE = "glmix_side"
 
 
 def glmix_file_names(stem: str) -> tuple[str, str]:
@@ -395,6 +399,32 @@ def load_glmix(artifact: str | os.PathLike[str], stem: str = GLMIX) -> GLMix | N
     return GLMix.from_tables(fixed, users, videos)
 
 
+def side_feature_files(side: SideFeatures) -> dict[str, Any]:
+    """The files of ``side`` for ``extend_artifact``."""
+    meta, videos, users = side.to_tables()
+    return {
+        f"{SIDE}.json": write_json_bytes(meta),
+        f"{SIDE}_videos.parquet": lambda p, t=videos: pq.write_table(t, p),
+        f"{SIDE}_users.parquet": lambda p, t=users: pq.write_table(t, p),
+    }
+
+
+def load_side_features(artifact: str | os.PathLike[str]) -> SideFeatures | None:
+    """The artifact's GLMix side features, or None when its models have none."""
+    a = Path(artifact)
+    meta_path = a / f"{SIDE}.json"
+    if not meta_path.exists():
+        return None
+    try:
+        return SideFeatures.from_tables(
+            json.loads(meta_path.read_text()),
+            pq.read_table(a / f"{SIDE}_videos.parquet"),
+            pq.read_table(a / f"{SIDE}_users.parquet"),
+        )
+    except (OSError, KeyError, ValueError, json.JSONDecodeError, pa.ArrowException) as exc:
+        raise UserInputError(f"{meta_path}: cannot read GLMix side features ({exc})") from None
+
+
 @dataclass
 class RecommenderArtifact:
     """Everything a scorer needs from an artifact (what ``recsys serve`` loads)."""
@@ -408,6 +438,7 @@ class RecommenderArtifact:
     glmix: GLMix
     histories: pa.Table  # user_id, video_id
     projection: dict[str, Any] | None
+    side: SideFeatures | None = None
 
     @property
     def version(self) -> str:
@@ -439,4 +470,5 @@ def load_recommender(path: str | os.PathLike[str]) -> RecommenderArtifact:
         glmix=glmix,
         histories=load_histories(d, ["user_id", "video_id"]),
         projection=load_projection(d),
+        side=load_side_features(d),
     )

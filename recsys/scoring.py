@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from recsys.side_features import is_side_name
+
 
 def history_similarity(
     candidates: np.ndarray, history: np.ndarray
@@ -195,14 +197,31 @@ def prior_history_similarity(
 
 
 def glmix_global_features(
-    global_names: list[str] | tuple[str, ...], max_s: np.ndarray, avg_s: np.ndarray
+    global_names: list[str] | tuple[str, ...],
+    max_s: np.ndarray,
+    avg_s: np.ndarray,
+    side: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """The global feature columns a GLMix model with these ``global_names`` scores with,
-    given each row's Eq. 17 / Eq. 16 scores (NaN without history); None for a model
-    without global features."""
+    given each row's Eq. 17 / Eq. 16 scores (NaN without history) and, for a model with
+    side features (``recsys.side_features``: names ``video.*`` / ``user.*`` after the
+    history's), their (N, X) values; None for a model without global features."""
     names = tuple(global_names)
     if not names:
         return None
-    if names != HISTORY_FEATURES:
-        raise ValueError(f"GLMix global features {list(names)} are not known to this version")
-    return history_features(max_s, avg_s)
+    hist = names[: len(HISTORY_FEATURES)] == HISTORY_FEATURES
+    rest = names[len(HISTORY_FEATURES) :] if hist else names
+    unknown = [n for n in rest if not is_side_name(n)]
+    if unknown:
+        raise ValueError(f"GLMix global features {unknown} are not known to this version")
+    parts = [history_features(max_s, avg_s)] if hist else []
+    if rest:
+        if side is None or side.ndim != 2 or side.shape[1] != len(rest):
+            raise ValueError(f"this GLMix model needs its {len(rest)} side features")
+        parts.append(np.asarray(side, dtype=np.float64))
+    return parts[0] if len(parts) == 1 else np.hstack(parts)
+
+
+def side_feature_names(global_names: list[str] | tuple[str, ...]) -> list[str]:
+    """The side features (``video.*``, ``user.*``) among a model's global features."""
+    return [n for n in global_names if is_side_name(n)]

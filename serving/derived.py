@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from recsys.artifact import load_recommender
+from recsys.artifact import RecommenderArtifact, load_recommender
 from recsys.errors import UserInputError
 from recsys.glmix.model import GLMix
 from recsys.online.users import OnlineConfig, OnlineEffects
 from recsys.projection import fit_projection
 from recsys.scoring import glmix_global_features
+from recsys.side_features import CatalogueSide
 from serving.catalogue import Catalogue, VideoEffectRows
 from serving.histories import Histories, Shown, run_similarity
 from serving.log.archive import LogArchive, add_archived, archive_log
@@ -50,6 +51,20 @@ READ_ROWS = 65_536  # impressions a read (SQLite; PostgreSQL reads whole)
 RUN_ROWS = 8192
 
 
+def _side_features(loaded: RecommenderArtifact) -> CatalogueSide | None:
+    """The side features by catalogue row and user (None: the model has none); a model
+    whose global features this version cannot build is refused at load."""
+    side = None if loaded.side is None else CatalogueSide(loaded.side, loaded.video_ids)
+    width = 0 if loaded.side is None else len(loaded.side)
+    try:
+        glmix_global_features(
+            loaded.glmix.global_names, np.zeros(1), np.zeros(1), np.zeros((1, width))
+        )
+    except ValueError as exc:
+        raise UserInputError(str(exc)) from None
+    return side
+
+
 class DerivedState:
     """The artifact plus the log, as one replica holds it (see the module's docstring)."""
 
@@ -71,13 +86,10 @@ class DerivedState:
         self.embedder = loaded.embedder
         self.feature_dim = self.embedder.feature_dim
         self.glmix: GLMix = loaded.glmix
-        try:  # a model whose global features this version cannot build is refused at load
-            glmix_global_features(self.glmix.global_names, np.zeros(1), np.zeros(1))
-        except ValueError as exc:
-            raise UserInputError(str(exc)) from None
         self.catalogue = Catalogue(
             loaded.video_ids, loaded.embeddings, loaded.index, neighbour_cache_bytes
         )
+        self.side = _side_features(loaded)
         self.effect_rows = VideoEffectRows(self.catalogue, self.glmix.video_rows)
         self.dim = self.catalogue.dim
         self.threshold = watch_threshold_s
@@ -389,10 +401,11 @@ class DerivedState:
         g = frozen = None
         if names:  # an Eq. 18-only model has no global features: no similarity
             vectors = self.catalogue.vectors
-            g = glmix_global_features(names, *run_similarity(self.histories, run, vectors))
+            side = None if self.side is None else self.side.rows(users, rows)
+            g = glmix_global_features(names, *run_similarity(self.histories, run, vectors), side)
             if self._frozen_features:
                 sims = run_similarity(self.histories, run, vectors, frozen=True)
-                frozen = glmix_global_features(names, *sims)
+                frozen = glmix_global_features(names, *sims, side)
         else:
             for user, row, watched in run:
                 if watched:

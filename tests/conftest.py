@@ -105,3 +105,34 @@ def given_pipeline_out(given_world_dir: Path, tmp_path_factory: pytest.TempPathF
     res = CliRunner().invoke(app, [*args, "--bootstrap", "20", "--quiet"])
     assert res.exit_code == 0, res.output
     return out
+
+
+@pytest.fixture(scope="session")
+def side_world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A given-vector world where a video's length (``length_s``) and a user's device
+    (users.parquet ``device``) move the watch probability."""
+    from pipelines.data.io import as_given_vectors
+
+    cfg = SynthConfig(
+        seed=6, num_videos=200, num_users=80, days=14, feature_dim=8, num_topics=4, side_signals=1.0
+    )
+    world = generate_world(cfg)
+    out = tmp_path_factory.mktemp("side_world")
+    videos = list(as_given_vectors(world.video_batches()))
+    write_dataset(out, videos, world.impressions, world.truth, world.video_truth, world.users)
+    return out
+
+
+@pytest.fixture(scope="session")
+def side_pipeline_out(side_world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``recsys pipeline`` on the side-signal world with both side features."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    out = tmp_path_factory.mktemp("side_pipe") / "run"
+    args = ["pipeline", "--data", str(side_world_dir), "--out", str(out), "--bootstrap", "20"]
+    features = ["--video-features", "length_s", "--user-features", "device"]
+    res = CliRunner().invoke(app, [*args, *features, "--quiet"])
+    assert res.exit_code == 0, res.output
+    return out

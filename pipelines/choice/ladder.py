@@ -92,18 +92,21 @@ def score_representation(
     v64 = vectors.astype(np.float64)
     info: dict[str, Any] = {}
     cfg = base
-    g_train = None
+    g_train = rows.train_side  # side features (if any) after the history's
     if history_features:
         if rows.train_user_index is None:
             raise ValueError("history features need the training rows' user index")
-        g_train = _history_features(
-            *prior_history_similarity(
-                rows.train_user_index,
-                rows.train_videos,
-                rows.train_times,
-                rows.train_labels > 0,
-                v64,
-            )
+        g_train = _with_side(
+            _history_features(
+                *prior_history_similarity(
+                    rows.train_user_index,
+                    rows.train_videos,
+                    rows.train_times,
+                    rows.train_labels > 0,
+                    v64,
+                )
+            ),
+            rows.train_side,
         )
     if tune:
         best, losses = select_random_l2(
@@ -124,7 +127,11 @@ def score_representation(
     max_s, avg_s = similarity_by_user(
         rows.test_user_index, rows.test_videos, rows.history_rows, v64
     )
-    g_test = _history_features(max_s, avg_s) if history_features else None
+    g_test = (
+        _with_side(_history_features(max_s, avg_s), rows.test_side)
+        if history_features
+        else rows.test_side
+    )
     scores = {
         "max_similarity": max_s,
         "avg_similarity": avg_s,
@@ -133,6 +140,10 @@ def score_representation(
         ),
     }
     return scores, info
+
+
+def _with_side(history: np.ndarray, side: np.ndarray | None) -> np.ndarray:
+    return history if side is None else np.hstack([history, side])
 
 
 def _pca_dims(max_dim: int, n: int, f: int) -> list[int]:

@@ -69,6 +69,13 @@ def synth(
     quality_visible: Annotated[
         float, typer.Option(help="Share of the appeal that shows in the frames, in [0, 1].")
     ] = 0.5,
+    side_signals: Annotated[
+        float,
+        typer.Option(
+            help="A platform's other signals: each video's length (length_s) and each user's "
+            "device (users.parquet), moving the watch logit by this much (0: none)."
+        ),
+    ] = 0.0,
     given_vectors: Annotated[
         bool,
         typer.Option(
@@ -103,6 +110,7 @@ def synth(
             quality_scale=quality_scale,
             quality_skew=quality_skew,
             quality_visible=quality_visible,
+            side_signals=side_signals,
         )
     except ValueError as exc:
         fail(str(exc))
@@ -120,7 +128,7 @@ def synth(
         tables: Iterator[pa.Table] = world.video_batches()
         if given_vectors:
             tables = as_given_vectors(tables)
-        write_dataset(out, tables, world.impressions, world.truth, world.video_truth)
+        write_dataset(out, tables, world.impressions, world.truth, world.video_truth, world.users)
         del world  # the memory map closes before its directory goes
     typer.echo(
         f"wrote {out}: {cfg.num_videos} videos, {impressions} impressions "

@@ -143,6 +143,26 @@ HistoryFeatures = Annotated[
     ),
 ]
 
+VideoFeatures = Annotated[
+    str,
+    typer.Option(
+        help="Comma-separated columns of videos.parquet (numeric, or strings one-hot "
+        "encoded: a video's length, category) that GLMix gets as features of every model."
+    ),
+]
+UserFeatures = Annotated[
+    str,
+    typer.Option(
+        help="Comma-separated columns of the data set's users.parquet (user_id plus one "
+        "column per signal: a user's device, country, tenure) that GLMix gets as features."
+    ),
+]
+
+
+def column_list(text: str) -> tuple[str, ...]:
+    """ "a, b" -> ("a", "b"); "" -> ()."""
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
 
 TestStart = Annotated[
     str | None,

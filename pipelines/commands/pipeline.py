@@ -28,8 +28,11 @@ from pipelines.commands.options import (
     Seed,
     SparkMaster,
     TestStart,
+    UserFeatures,
     VideoEffects,
+    VideoFeatures,
     WatchThreshold,
+    column_list,
     embedding_job_config,
     engine_from,
     fail,
@@ -116,6 +119,8 @@ def pipeline(
     ] = True,
     history_features: HistoryFeatures = True,
     video_effects: VideoEffects = True,
+    video_features: VideoFeatures = "",
+    user_features: UserFeatures = "",
     anchor_neighbours: AnchorNeighbours = 0,
     test_start: TestStart = None,
     watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
@@ -159,7 +164,11 @@ def pipeline(
                 search_budget=search_budget,
             ),
             glmix=GLMixJobConfig(
-                tune=tune_glmix, history_features=history_features, video_effects=video_effects
+                tune=tune_glmix,
+                history_features=history_features,
+                video_effects=video_effects,
+                video_features=column_list(video_features),
+                user_features=column_list(user_features),
             ),
             evaluation=EvalConfig(
                 bootstrap=bootstrap,

@@ -144,6 +144,10 @@ class RecRows:
     test_user_index: np.ndarray  # int64 ids shared with history_rows
     history_rows: dict[int, np.ndarray]
     train_user_index: np.ndarray | None = None  # int64 ids shared with history_rows
+    #: (N_train, X) / (N_test, X) side features of the rows (``recsys.side_features``):
+    #: what GLMix gets beside the representation when the shipped model has them
+    train_side: np.ndarray | None = None
+    test_side: np.ndarray | None = None
 
     @property
     def validation_mask(self) -> np.ndarray:

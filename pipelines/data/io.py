@@ -376,6 +376,7 @@ def write_dataset(
     impressions: pa.Table,
     truth: pa.Table | None = None,
     video_truth: pa.Table | None = None,
+    users: pa.Table | None = None,
 ) -> Path:
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
@@ -386,4 +387,6 @@ def write_dataset(
         write_parquet_atomic(truth, o / TRUTH_FILE)
     if video_truth is not None:
         write_parquet_atomic(video_truth, o / VIDEO_TRUTH_FILE)
+    if users is not None:
+        write_parquet_atomic(users, o / "users.parquet")
     return o

@@ -36,6 +36,7 @@ from recsys.auc import delong_paired_difference, interval_verdict
 from recsys.dataset import VIDEO_TRUTH_FILE
 from recsys.frames import FrameStore
 from recsys.glmix.model import GLMixConfig
+from recsys.side_features import SideFeatures
 
 #: the learned scores compared with the best baseline
 COMPARED = ("glmix", "max_similarity", "avg_similarity")
@@ -51,12 +52,14 @@ def add_baselines(
     history_features: bool = False,
     max_dim: int | None = None,
     glmix_base: GLMixConfig | None = None,
+    side: SideFeatures | None = None,
 ) -> None:
     """Score each of ``cfg.baselines`` on the test rows into ``report["baselines"]``, the
     ceiling (synthetic worlds) into ``report["ceiling"]`` and the comparison into
     ``report["vs_best_baseline"]``. ``history_features``: the baselines' GLMix gets the
     history similarities as the learned model's does (same model family); ``glmix_base``:
-    the shipped model's coordinates (its per-video effects), given to every rung's GLMix."""
+    the shipped model's coordinates (its per-video effects), given to every rung's GLMix;
+    ``side``: the shipped model's side features, given to every rung's GLMix too."""
     y, cold, users = test.labels, test.cold_start, test.users
     store = open_frame_store(data)
     # With one frame a video (given vectors, video-level features) some rungs say nothing.
@@ -69,6 +72,10 @@ def add_baselines(
     rows = load_rec_rows(data, store.video_ids, start, cfg.watch_threshold_s)
     if not np.array_equal(rows.test_labels, y):
         raise RuntimeError("baseline rows differ from the evaluation rows")  # a bug, not input
+    if side is not None:  # every rung's GLMix on equal terms with the shipped model's
+        ids = np.asarray(store.video_ids, dtype=object)
+        rows.train_side = side.rows(rows.train_users, ids[rows.train_videos])
+        rows.test_side = side.rows(rows.test_users, ids[rows.test_videos])
     # A rung is given at most the learned model's size (a shipped rung: the size the
     # learned model would have had, not the rung's own PCA size).
     emb_dim = max_dim or test.embeddings.shape[1]

@@ -34,7 +34,12 @@ from recsys.glmix.model import GLMix, GLMixConfig
 from recsys.memory import release_free_memory
 from recsys.online.replay import progressive_validation
 from recsys.online.users import OnlineConfig
-from recsys.scoring import glmix_global_features, prior_history_similarity, similarity_by_user
+from recsys.scoring import (
+    HISTORY_FEATURES,
+    glmix_global_features,
+    prior_history_similarity,
+    similarity_by_user,
+)
 
 SCORES = ("max_similarity", "avg_similarity", "glmix", "glmix_no_video")
 
@@ -67,6 +72,7 @@ def _coordinate_block(
     x: VideoRows,
     videos: np.ndarray,
     frozen_g: np.ndarray | None,
+    side: np.ndarray | None,
     glm: GLMix,
     scores: dict[str, np.ndarray],
 ) -> dict[str, Any] | None:
@@ -77,7 +83,7 @@ def _coordinate_block(
         return None
     variant = (
         var.predict_proba(t.users, x, frozen_g, videos),
-        var0.predict_proba(t.users, x, None, videos),
+        var0.predict_proba(t.users, x, side if var0.global_names else None, videos),
     )
     shipped = (scores["glmix"], scores["glmix_no_video"])
     has = glm.has_video_effects
@@ -86,31 +92,38 @@ def _coordinate_block(
     )
 
 
-def _global_features(model: GLMix, max_s: np.ndarray, avg_s: np.ndarray) -> np.ndarray | None:
+def _global_features(
+    model: GLMix, max_s: np.ndarray, avg_s: np.ndarray, side: np.ndarray | None
+) -> np.ndarray | None:
     try:
-        return glmix_global_features(model.global_names, max_s, avg_s)
+        return glmix_global_features(model.global_names, max_s, avg_s, side)
     except ValueError as exc:
         raise UserInputError(str(exc)) from None
 
 
 def _online(
-    t: TestSet, glm: GLMix, frozen_g: np.ndarray | None, frozen: np.ndarray, cfg: OnlineConfig
+    t: TestSet,
+    glm: GLMix,
+    frozen_g: np.ndarray | None,
+    frozen: np.ndarray,
+    cfg: OnlineConfig,
+    side: np.ndarray | None,
 ) -> dict[str, Any]:
     """The test period replayed in time order through online GLMix, against the frozen model."""
     x = VideoRows(t.embeddings, t.video_rows)
-    online_g = None
-    if frozen_g is not None:
+    online_g = frozen_g  # side features alone do not change as the log is replayed
+    if HISTORY_FEATURES[0] in glm.global_names:
         # Online, each watch replayed joins the history before the next impression.
         live_max, live_avg = prior_history_similarity(
             t.user_index, t.video_rows, t.times, t.labels > 0, t.embeddings, t.history_rows
         )
-        online_g = _global_features(glm, live_max, live_avg)
+        online_g = _global_features(glm, live_max, live_avg, side)
     videos = np.asarray(t.video_ids, dtype=object)[t.video_rows]
     online_p = progressive_validation(
         t.users, x, t.labels, t.times, glm, cfg, online_g, videos, frozen_g
     )
     history_only = None
-    if online_g is not None:
+    if online_g is not None and HISTORY_FEATURES[0] in glm.global_names:
         history_only = glm.predict_proba(t.users, x, online_g, videos)
     block = online_block(t.labels, online_p, frozen, t.users, glm, cfg, history_only)
     curves = {"online": online_p, "frozen": frozen}
@@ -198,6 +211,8 @@ def evaluate_artifact(
         "watch_threshold_s": cfg.watch_threshold_s,
         "glmix_global_features": list(glm.global_names),
     }
+    if (engine or LOCAL).name != LOCAL.name and art.load_side_features(a) is not None:
+        raise UserInputError("an artifact with GLMix side features is evaluated on --engine local")
     return (engine or LOCAL).evaluation(
         d,
         a,
@@ -226,25 +241,29 @@ def _evaluate_here(
     max_s, avg_s = similarity_by_user(t.user_index, t.video_rows, t.history_rows, t.embeddings)
     x = VideoRows(t.embeddings, t.video_rows)  # rows by reference: no (N, E) copy
     videos = np.asarray(t.video_ids, dtype=object)[t.video_rows]  # for per-video effects
+    side_features = art.load_side_features(a)
+    side = None if side_features is None else side_features.rows(users, videos)
     # The frozen model sees the histories as they were at the test start.
-    frozen_g = _global_features(glm, max_s, avg_s)
+    frozen_g = _global_features(glm, max_s, avg_s, side)
     scores = {
         "max_similarity": max_s,
         "avg_similarity": avg_s,
         "glmix": glm.predict_proba(users, x, frozen_g, videos),
-        "glmix_no_video": glm0.predict_proba(users, x, None, videos),
+        "glmix_no_video": glm0.predict_proba(
+            users, x, _global_features(glm0, max_s, avg_s, side), videos
+        ),
     }
     online_report = None
     if cfg.online is not None:
         _say(cfg, "online GLMix: replaying the test period in time order ...")
-        online_report = _online(t, glm, frozen_g, scores["glmix"], cfg.online)
+        online_report = _online(t, glm, frozen_g, scores["glmix"], cfg.online, side)
         release_free_memory()
     oracle = _oracle(d, t)
     report: dict[str, Any] = {**head, "rows": _row_counts(t, max_s), "notes": list(NOTES)}
     _auc_sections(report, t, scores, oracle, cfg)
     if online_report is not None:
         report["online"] = online_report
-    table7 = _coordinate_block(a, t, x, videos, frozen_g, glm, scores)
+    table7 = _coordinate_block(a, t, x, videos, frozen_g, side, glm, scores)
     if table7 is not None:
         report["per_video_effects"] = table7
     report["glmix_coordinates"] = {
@@ -260,7 +279,7 @@ def _evaluate_here(
             scores,
             start,
             cfg,
-            history_features=bool(glm.global_names),
+            history_features=HISTORY_FEATURES[0] in glm.global_names,
             # the rungs' PCA cap is the model's own size before any choice after training
             # (a learned embedding reduced to 8 values must not cap the rungs at 8)
             max_dim=embedder.get("max_dim") or embedder.get("embedding_dim"),
@@ -269,6 +288,7 @@ def _evaluate_here(
                 video_effects=glm.has_video_effects,
                 video_intercept_l2=glm.config.video_intercept_l2,
             ),
+            side=side_features,
         )
     return Evaluation(report=report, test=t, scores=scores, oracle=oracle)
 

@@ -28,6 +28,7 @@ from pipelines.data.impressions import (
     users_of,
 )
 from pipelines.data.io import dataset_dir
+from pipelines.data.side import read_side_features
 from pipelines.engine import LOCAL, Engine
 from pipelines.glmix.coordinates import choose_coordinates, fit_four
 from recsys import artifact as art
@@ -37,6 +38,7 @@ from recsys.glmix.design import VideoRows
 from recsys.glmix.model import GLMix, GLMixConfig, fit_glmix
 from recsys.glmix.tuning import select_video_l2
 from recsys.scoring import HISTORY_FEATURES, history_features, prior_history_similarity
+from recsys.side_features import SideFeatures
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,11 @@ class GLMixJobConfig:
     #: per-video random effects as a third coordinate; with ``tune`` their penalty (or
     #: none at all) is chosen on the validation rows
     video_effects: bool = True
+    #: side features (``recsys.side_features``): columns of videos.parquet and of the data
+    #: set's users.parquet, in the fixed effect of every model (and in the per-video
+    #: slopes when ``glmix.video_slopes``)
+    video_features: tuple[str, ...] = ()
+    user_features: tuple[str, ...] = ()
 
 
 def _glmix_files(model: GLMix, stem: str) -> dict[str, Any]:
@@ -84,6 +91,30 @@ def _history_features(
     return history_features(max_s, avg_s)
 
 
+def _global_features(
+    cfg: GLMixJobConfig,
+    d: Path,
+    users: np.ndarray,
+    videos: np.ndarray,
+    vrows: np.ndarray,
+    times: np.ndarray,
+    y: np.ndarray,
+    emb: np.ndarray,
+) -> tuple[SideFeatures | None, np.ndarray | None, np.ndarray | None, list[str]]:
+    """(side features, their rows, all global features, their names): the history
+    similarities (when asked for), then the side features."""
+    side = read_side_features(d, cfg.video_features, cfg.user_features)
+    side_rows = None if side is None else side.rows(users, videos)
+    names = [] if side is None else side.names
+    if not cfg.history_features:
+        return side, side_rows, side_rows, names
+    _say(cfg, "GLMix: similarity of each impression to the history before it ...")
+    hist = _history_features(users, vrows, times, y, emb)
+    if side_rows is not None:
+        hist = np.hstack([hist, side_rows])
+    return side, side_rows, hist, list(HISTORY_FEATURES) + names
+
+
 def fit_glmix_into_artifact(
     data: str | os.PathLike[str],
     artifact: str | os.PathLike[str],
@@ -96,6 +127,10 @@ def fit_glmix_into_artifact(
     cfg = cfg or GLMixJobConfig()
     engine = engine or LOCAL
     d, a = dataset_dir(data), Path(artifact)
+    if (cfg.video_features or cfg.user_features) and engine.name != LOCAL.name:
+        raise UserInputError(
+            "side features (--video-features, --user-features) need --engine local"
+        )
     test_start = art.training_cutoff(art.read_manifest(a))
     models, write_histories, facts = engine.glmix_models(
         d, a, test_start, cfg, lambda m: _say(cfg, m), here=lambda: _fit_here(d, a, test_start, cfg)
@@ -110,11 +145,14 @@ def fit_glmix_into_artifact(
         "log_likelihood_per_row": with_video.history[-1]["log_likelihood_per_row"],
         "config": asdict(facts["config"]),
         "global_features": list(with_video.global_names),
+        "side_features": facts.get("side_features", []),
         "tuning": facts["tuning"],
         "watch_threshold_s": cfg.watch_threshold_s,
         "engine": engine.describe(),
     }
     files: dict[str, Any] = {art.HISTORIES: write_histories}
+    if facts.get("side") is not None:
+        files.update(art.side_feature_files(facts["side"]))
     for stem, model in models.items():
         files.update(_glmix_files(model, stem))
     art.extend_artifact(a, files, {"kind": "recommender", "glmix": info})
@@ -137,10 +175,9 @@ def _fit_here(
     y = labels(train, cfg.watch_threshold_s).astype(np.float64)
     x = VideoRows(emb, vrows)  # each row names its video: no (N, E) copy of the log
     times = times_us(train)
-    hist_feats = None
-    if cfg.history_features:
-        _say(cfg, "GLMix: similarity of each impression to the history before it ...")
-        hist_feats = _history_features(users, vrows, times, y, emb)
+    side, side_rows, hist_feats, names = _global_features(
+        cfg, d, users, videos, vrows, times, y, emb
+    )
     glm_cfg = cfg.glmix
     tuning: dict[str, Any] = {}
     cut = np.quantile(times, 0.9)
@@ -164,7 +201,9 @@ def _fit_here(
     _say(cfg, f"GLMix: fitting on {engine.describe()} ...")
 
     def fit(c: GLMixConfig, features: bool) -> GLMix:
-        g = hist_feats if features else None
+        # Without video features, no similarity to the history either; side features stay
+        # (they are not the video's embedding), so Table 7 compares on equal terms.
+        g = hist_feats if features else side_rows
         model = fit_glmix(
             users,
             x,
@@ -177,7 +216,7 @@ def _fit_here(
             videos=videos if c.video_effects else None,
         )
         if g is not None:
-            model.global_names = list(HISTORY_FEATURES)
+            model.global_names = names if features else side.names if side else []
         return model
 
     models = fit_four(shipped, variant, fit, lambda m: _say(cfg, m))
@@ -195,5 +234,7 @@ def _fit_here(
         "fit_seconds": fit_s,
         "tuning": tuning,
         "config": shipped,
+        "side": side,
+        "side_features": names[len(HISTORY_FEATURES) :] if cfg.history_features else names,
     }
     return models, lambda p: pq.write_table(histories, p), facts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,11 @@ class SynthConfig:
     quality_visible: float = 0.5
     #: how far one standard deviation of the visible part moves the frames
     quality_frame_shift: float = 1.0
+    #: a platform's other signals (``recsys.synthetic.world.side_signals``): each video's
+    #: length (``length_s`` in videos.parquet; long videos are watched less) and each
+    #: user's device (``device`` in users.parquet; TV viewers watch more, desktop less),
+    #: moving the watch logit by this much per standard deviation (0: no such columns)
+    side_signals: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("num_videos", "num_users", "days", "feature_dim", "num_topics"):
@@ -81,6 +87,8 @@ class SynthConfig:
             raise ValueError(f"frame_dtype must be one of {', '.join(FRAME_DTYPES)}")
         if self.quality_scale < 0 or self.quality_skew < 0 or self.quality_frame_shift < 0:
             raise ValueError("quality_scale, quality_skew and quality_frame_shift must be >= 0")
+        if not (self.side_signals >= 0 and math.isfinite(self.side_signals)):
+            raise ValueError("side_signals must be finite and >= 0")
         if not 0.0 <= self.quality_visible <= 1.0:
             raise ValueError("quality_visible must be in [0, 1]")
 

@@ -83,6 +83,8 @@ class SyntheticWorld:
     #: per video: the true features the watch probability depends on (component
     #: mixture and one-hot style): what a perfect content embedding would know
     video_truth: pa.Table | None = None
+    #: users.parquet (``user_id``, ``device``) when the world has side signals
+    users: pa.Table | None = None
 
     @property
     def videos(self) -> pa.Table:
@@ -355,6 +357,30 @@ def _candidates(
     return imp_video
 
 
+#: each device's effect on the watch logit, per unit of ``side_signals``, and its share
+DEVICES = {"mobile": (0.0, 0.6), "desktop": (-0.6, 0.3), "tv": (1.2, 0.1)}
+
+
+def side_signals(
+    cfg: SynthConfig, user_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, pa.Array, pa.Table]:
+    """(each video's logit term (V,), each user's (U,), videos' length_s, users.parquet):
+    a video's length (log-normal around 5 minutes; minus ``side_signals`` per standard
+    deviation of its log) and a user's device (``DEVICES``). Drawn from their own stream,
+    so the rest of the world is the one without them."""
+    rng = np.random.default_rng([cfg.seed, 0x51DE])
+    log_len = rng.normal(np.log(300.0), 0.8, cfg.num_videos)
+    names = np.array(list(DEVICES))
+    device = rng.choice(names, size=cfg.num_users, p=[DEVICES[n][1] for n in names])
+    effect = np.array([DEVICES[str(n)][0] for n in device])
+    users = pa.table(
+        {"user_id": pa.array(user_ids, pa.string()), "device": pa.array(device, pa.string())}
+    )
+    length = pa.array(np.round(np.exp(log_len), 1), pa.float64())
+    s = cfg.side_signals
+    return -s * _standardise(log_len), s * effect, length, users
+
+
 def _standardise(a: np.ndarray) -> np.ndarray:
     return (a - a.mean()) / (a.std() + 1e-12)
 
@@ -375,6 +401,12 @@ def generate_world(cfg: SynthConfig, allocate: Allocate = _in_memory) -> Synthet
         cfg.content_weight * _standardise(content) + cfg.style_weight * _standardise(style_aff)
     )
     logit = users.propensity[imp_user] + users.sensitivity[imp_user] * aff + cat.quality[imp_video]
+    user_ids = np.array([f"u{i:06d}" for i in range(cfg.num_users)])
+    video_meta, users_table = cat.table, None
+    if cfg.side_signals > 0:
+        video_term, user_term, length, users_table = side_signals(cfg, user_ids)
+        logit = logit + video_term[imp_video] + user_term[imp_user]
+        video_meta = video_meta.append_column("length_s", length)
     p_watch = 1.0 / (1.0 + np.exp(-logit))
     watched = rng.random(n_imp) < p_watch
     watch_seconds = np.where(
@@ -384,7 +416,6 @@ def generate_world(cfg: SynthConfig, allocate: Allocate = _in_memory) -> Synthet
     )
     # Log order is by time, as a log would be.
     by_time = np.argsort(shown, kind="stable")
-    user_ids = np.array([f"u{i:06d}" for i in range(cfg.num_users)])
     shown_col = _timestamps(shown[by_time])
     impressions = pa.table(
         {
@@ -415,13 +446,14 @@ def generate_world(cfg: SynthConfig, allocate: Allocate = _in_memory) -> Synthet
         }
     )
     return SyntheticWorld(
-        video_meta=cat.table,
+        video_meta=video_meta,
         frames=cat.frames,
         lengths=cat.lengths,
         impressions=impressions,
         truth=truth,
         config=cfg,
         video_truth=video_truth,
+        users=users_table,
     )
 
 

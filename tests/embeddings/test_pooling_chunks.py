@@ -1,0 +1,82 @@
+"""The inference path of the cluster layers (a few videos at a time, in place, padding
+left as it is when it is zeros) against the whole-batch path with gradients, to 1e-5."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import embeddings.pooling as pooling
+from embeddings import build_pooling
+
+D, K = 16, 8
+
+
+def _inputs(
+    seed: int, b: int = 7, t: int = 5, garbage: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, t, D, generator=g)
+    lengths = torch.tensor([t, 1, 3, t, 2, 1, 4][:b])
+    mask = torch.arange(t)[None, :] < lengths[:, None]
+    return x.masked_fill(~mask[..., None], garbage), mask
+
+
+@pytest.mark.parametrize("name", ["vlad", "sgmm", "netvlad", "dsgmm", "netrvlad"])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"gamma": 0.125},
+        {"gamma": 0.0},
+        {"gamma": 4.0, "intra_norm": False},
+        {"gamma": 0.125, "final_norm": True},
+        {"intra_norm": False, "final_norm": True},
+    ],
+)
+@pytest.mark.parametrize("garbage", [0.0, float("nan"), 1e3])
+def test_chunked_inference_equals_the_whole_batch_with_gradients(
+    name: str, opts: dict, garbage: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    layer = build_pooling(name, D, K, **opts)
+    if layer.needs_ubm:
+        from embeddings.gmm import fit_gmm
+
+        data = torch.randn(200, D)
+        layer.from_ubm(fit_gmm(lambda: [data], K, max_iter=3).gmm.to(dtype=torch.float32))
+    x, mask = _inputs(1, garbage=garbage)
+    whole = layer(x.clone().requires_grad_(True), mask).detach()  # the autograd path
+    for chunk_bytes in (1, 2 * K * D * 4):  # one video a chunk, two
+        monkeypatch.setattr(pooling, "CHUNK_BYTES", chunk_bytes)
+        with torch.no_grad():
+            fast = layer(x, mask)
+        torch.testing.assert_close(fast, whole, atol=1e-5, rtol=1e-5)
+        assert torch.isfinite(fast).all()
+    one = x[:, :1]  # every video one frame
+    with torch.no_grad():
+        fast = layer(one)
+    torch.testing.assert_close(
+        fast, layer(one.clone().requires_grad_(True)).detach(), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_chunks_under_bf16_autocast_take_the_products_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pooling, "CHUNK_BYTES", 1)
+    layer = build_pooling("dsgmm", D, K)
+    x, mask = _inputs(2)
+    with torch.no_grad():
+        ref = layer(x, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = layer(x, mask)
+    assert torch.nn.functional.cosine_similarity(low.float(), ref).min() > 0.99
+
+
+def test_padding_that_is_zeros_is_not_copied() -> None:
+    """The cheap path is taken only where it changes nothing: zero padding."""
+    x, mask = _inputs(3)
+    p = torch.rand(*x.shape[:2], K)
+    frames, post = pooling._apply_mask(x, p, mask)
+    assert frames is x and bool((post[~mask] == 0).all())
+    y, _ = _inputs(3, garbage=float("nan"))
+    frames, _ = pooling._apply_mask(y, p, mask)
+    assert frames is not y and bool((frames[~mask] == 0).all())

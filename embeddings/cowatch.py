@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -156,8 +157,24 @@ class CowatchEmbedder(nn.Module):
         k = self.config.num_clusters
         return torch.cat([pooled, torch.sqrt(occupancy * k + 1e-6)], dim=1)
 
+    def for_inference(self, dtype: torch.dtype) -> CowatchEmbedder:
+        """This model for embedding without gradients with its pooling and projector in
+        ``dtype``: bfloat16 runs their matrix products on the CPU's bf16 units (AMX,
+        AVX512-BF16) or a GPU's; float32 gives the model itself. Frames go in and
+        embeddings come out in float32; a base rung stays float32."""
+        if dtype == torch.float32:
+            return self
+        low = copy.deepcopy(self).eval()
+        low.pooling.to(dtype)
+        low.projector.to(dtype)
+        return low
+
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        z = F.normalize(self.projector(self.pooled(frames, mask)), dim=-1)
+        last = self.projector[-1]
+        assert isinstance(last, nn.Linear)
+        low = last.weight.dtype  # float32, or what ``for_inference`` chose
+        h = self.projector(self.pooled(frames.to(low), mask))
+        z = F.normalize(h.to(frames.dtype), dim=-1)
         z = F.normalize(z - self.output_mean, dim=-1)
         if self.base is not None:
             # The rung's statistic in float32 whatever the autocast: its hard assignment

@@ -94,6 +94,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def inference_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The type an embedding pass runs its model in (``CowatchEmbedder.for_inference``):
+    float32, bfloat16, or for "auto" bfloat16 where the hardware multiplies it natively."""
+    return autocast_dtype(precision, device) or torch.float32
+
+
 def autocast(precision: str, device: torch.device) -> torch.autocast:
     """A context that runs the forward pass in ``autocast_dtype`` (disabled when None)."""
     dtype = autocast_dtype(precision, device)

@@ -270,7 +270,9 @@ def load_frame_embedder(path: Path) -> FrameEmbedder:
         return GivenEmbedder.load(path)
     if is_classical(path):
         return ClassicalEmbedder.load(path)
-    return LearnedEmbedder(load_embedder(path))
+    metrics = read_manifest(path, verify=False).get("metrics", {})
+    dtype = torch.bfloat16 if metrics.get("inference_precision") == "bfloat16" else torch.float32
+    return LearnedEmbedder(load_embedder(path).for_inference(dtype))
 
 
 def load_embedding_artifact(path: str | os.PathLike[str], verify: bool = True) -> EmbeddingArtifact:

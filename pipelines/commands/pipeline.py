@@ -19,6 +19,7 @@ from pipelines.commands.options import (
     Gamma,
     HistoryFeatures,
     IndexKind,
+    InferencePrecision,
     Online,
     Overwrite,
     PoolingName,
@@ -110,6 +111,7 @@ def pipeline(
     ] = 0,
     epoch_triplets: EpochTriplets = 125_000,
     precision: Precision = "auto",
+    inference_precision: InferencePrecision = "float32",
     index: IndexKind = "auto",
     tune_glmix: Annotated[
         bool,
@@ -157,6 +159,7 @@ def pipeline(
                     "max_triplets": max_triplets,
                     "epoch_triplets": epoch_triplets,
                     "precision": precision,
+                    "inference_precision": inference_precision,
                     "anchor_neighbours": anchor_neighbours,
                 },
                 index=index,

@@ -19,6 +19,7 @@ from pipelines.commands.options import (
     Gamma,
     HistoryFeatures,
     IndexKind,
+    InferencePrecision,
     IntraNorm,
     Overwrite,
     PoolingName,
@@ -108,6 +109,7 @@ def train_embeddings(
     ] = 0,
     epoch_triplets: EpochTriplets = 125_000,
     precision: Precision = "auto",
+    inference_precision: InferencePrecision = "float32",
     index: IndexKind = "auto",
     test_start: TestStart = None,
     watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
@@ -144,6 +146,7 @@ def train_embeddings(
                 "max_triplets": max_triplets,
                 "epoch_triplets": epoch_triplets,
                 "precision": precision,
+                "inference_precision": inference_precision,
                 "ubm": UBMStart(enabled=ubm_init),
                 "anchor_neighbours": anchor_neighbours,
             },
@@ -185,6 +188,13 @@ def embed(
     out: Annotated[Path, typer.Option(help="Parquet file to write (video_id, embedding).")],
     batch_size: Annotated[int, typer.Option(help="Videos per batch.")] = 256,
     device: Device = "auto",
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="float32, bfloat16 or auto for a trained model; default: what the "
+            "artifact's catalogue was embedded in."
+        ),
+    ] = None,
     engine: EngineName = "local",
     spark_master: SparkMaster = "local[*]",
 ) -> None:
@@ -200,7 +210,9 @@ def embed(
         data,
         out,
         batch_size,
-        here=lambda: embed_dataset(artifacts, data, out, batch_size=batch_size, device=device),
+        here=lambda: embed_dataset(
+            artifacts, data, out, batch_size=batch_size, device=device, precision=precision
+        ),
     )
     typer.echo(f"wrote {out}: {n} embeddings")
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from embeddings.cowatch import CowatchEmbedder, triplet_loss
-from embeddings.runtime import resolve_device
+from embeddings.runtime import inference_dtype, resolve_device
 from pipelines.data.frame_loader import LoaderConfig, load_batches
 from pipelines.training.cowatch_data import CowatchPartners, triplet_batches
 from pipelines.training.distributed import all_reduce_mean, dist_info
@@ -135,12 +135,15 @@ def embed_store(
     device: str = "auto",
     progress: bool = False,
     loader: LoaderConfig | None = None,
+    precision: str = "float32",
 ) -> np.ndarray:
     """(N, E) L2-normalised embeddings of every video in the store, in store order (at
-    most ``max_frames`` evenly spaced frames per video)."""
+    most ``max_frames`` evenly spaced frames per video); the model runs in ``precision``
+    (``embeddings.runtime.inference_dtype``)."""
     dev = resolve_device(device)
     model = model.to(dev).eval()
     rows = np.arange(len(store))
-    out = _embed_rows(model, store, rows, max_frames, dev, loader, batch_size, progress)
+    net = model.for_inference(inference_dtype(precision, dev))
+    out = _embed_rows(net, store, rows, max_frames, dev, loader, batch_size, progress)
     model.cpu()
     return out.float().cpu().numpy()

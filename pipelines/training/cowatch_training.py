@@ -81,6 +81,10 @@ class TrainConfig:
     #: hardware multiplies bf16 natively (CUDA, AVX512-BF16/AMX CPUs), else float32.
     #: Weights, optimiser, validation and every embedding written stay float32.
     precision: str = "auto"
+    #: the embedding passes' (the catalogue, uploads): float32, bfloat16 or "auto"
+    #: (``embeddings.runtime.inference_dtype``); recorded in the manifest so that the
+    #: service embeds uploads the same way
+    inference_precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -97,8 +101,8 @@ class TrainConfig:
             raise ValueError("max_triplets, epoch_triplets and val_triplets must be >= 0")
         if self.pretrain_epochs < 0 or self.weight_decay < 0:
             raise ValueError("pretrain_epochs and weight_decay must be >= 0")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.precision not in PRECISIONS or self.inference_precision not in PRECISIONS:
+            raise ValueError(f"precisions must be one of {', '.join(PRECISIONS)}")
 
 
 @dataclass

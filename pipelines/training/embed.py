@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from embeddings.runtime import resolve_device
+from embeddings.runtime import inference_dtype, resolve_device
 from pipelines.data.io import iter_video_batches, parquet_stream
 from recsys.artifact import embeddings_table, load_embedder, read_manifest
 from recsys.embedders import ClassicalEmbedder, GivenEmbedder, is_classical, is_given
@@ -24,19 +24,25 @@ def embed_dataset(
     max_frames: int = 300,
     device: str = "auto",
     progress: bool = True,
+    precision: str | None = None,
 ) -> int:
     """Write ``out`` (video_id, embedding) for every video; returns the count.
 
     Streams record batches, so the data set never has to fit in memory; the output
-    is written batch by batch to a temporary file that is renamed at the end.
+    is written batch by batch to a temporary file that is renamed at the end. A trained
+    model runs in ``precision`` (None: what the artifact's catalogue was embedded in).
     """
     a = Path(artifacts)
-    read_manifest(a)
+    manifest = read_manifest(a)
     if is_classical(a) or is_given(a):
         return _write_embeddings(a, data, out, batch_size, progress)
-    model = load_embedder(a)
     dev = resolve_device(device)
-    model.to(dev).eval()
+    chosen = precision or manifest.get("metrics", {}).get("inference_precision", "float32")
+    try:
+        dtype = inference_dtype(chosen, dev)
+    except ValueError as exc:
+        raise UserInputError(str(exc)) from None
+    model = load_embedder(a).to(dev).eval().for_inference(dtype)
     n = 0
     with parquet_stream(out) as write:
         for vb in tqdm(

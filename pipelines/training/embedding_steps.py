@@ -244,7 +244,12 @@ def embed_catalogue(result: TrainResult, store: FrameStore, cfg: TrainConfig) ->
     map); a base's part is the rung's row as it is."""
     model = result.model
     vectors = embed_store(
-        model, store, max_frames=cfg.eval_max_frames, device=cfg.device, loader=cfg.loader
+        model,
+        store,
+        max_frames=cfg.eval_max_frames,
+        device=cfg.device,
+        loader=cfg.loader,
+        precision=cfg.inference_precision,
     )
     if not cfg.center_output:
         return vectors

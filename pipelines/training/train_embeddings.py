@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from embeddings.cowatch import EmbedderConfig
 from embeddings.registry import RUNGS
+from embeddings.runtime import inference_dtype, resolve_device
 from pipelines.choice.representation import (
     AUTO,
     choose_representation,
@@ -137,6 +138,10 @@ def _write_trained(
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
         "train_precision": result.precision,
+        # what the catalogue was embedded in, resolved: the service embeds uploads so
+        "inference_precision": str(
+            inference_dtype(cfg.train.inference_precision, resolve_device(cfg.train.device))
+        ).removeprefix("torch."),
         **_heldout_pairs(impressions_connection(data_dir), store, vectors, cfg, test_start),
         "embed_videos_per_s": len(store) / embed_s if embed_s > 0 else None,
         "mining_seconds": split.mining_s,

@@ -124,3 +124,19 @@ def test_output_centring_subtracts_the_mean_and_renormalises() -> None:
     assert float((centred @ centred.T).mean()) < float((raw @ raw.T).mean())
     with pytest.raises(ValueError):
         model.set_output_mean(torch.zeros(2, 5))
+
+
+@pytest.mark.parametrize("opts", [{}, {"occupancy": True}, {"pooling": "netvlad"}])
+def test_bf16_inference_copy_keeps_directions_and_float32_io(opts: dict) -> None:
+    torch.manual_seed(0)
+    model = CowatchEmbedder(EmbedderConfig(feature_dim=16, num_clusters=4, **opts)).eval()
+    assert model.for_inference(torch.float32) is model
+    low = model.for_inference(torch.bfloat16)
+    assert low is not model and next(model.pooling.parameters()).dtype == torch.float32
+    x = torch.randn(5, 7, 16)
+    mask = torch.arange(7)[None, :] < torch.tensor([7, 1, 3, 7, 2])[:, None]
+    with torch.no_grad():
+        want, got = model(x, mask), low(x, mask)
+    assert got.dtype == torch.float32 and x.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(got, want).min() > 0.99
+    assert torch.allclose(got.norm(dim=1), torch.ones(5), atol=1e-5)

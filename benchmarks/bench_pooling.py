@@ -5,11 +5,18 @@ the fp32 matmul rate measured in the same run.
 
 FLOPs counted per forward: 4 * B * T * K * D (2BTKD for the assignment matmul, 2BTKD
 for the aggregation bmm); a training step counts 3x that (forward + backward).
+
+Each layer's inference is timed three ways: float32 as the library runs it (a few videos
+at a time, the tail's passes in cache: "fused"), float32 over the whole batch at once
+("eager", ``embeddings.pooling.CHUNK_BYTES`` set past the batch), and bfloat16 (the layer
+and the frames in bf16, as ``CowatchEmbedder.for_inference`` runs it), the last as a
+fraction of the bf16 matmul rate measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -17,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 
+import embeddings.pooling as pooling
 from embeddings import ASSIGNMENTS, build_pooling
 from embeddings.runtime import configure_cpu_allocator
 
@@ -36,10 +44,12 @@ def _time(fn: Callable[[], object], repeats: int, device: torch.device) -> float
     return statistics.median(times)
 
 
-def matmul_rate(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    """fp32 FLOP/s of a square GEMM: the machine's practical peak for this comparison."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_rate(
+    device: torch.device, n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32
+) -> float:
+    """FLOP/s of a square GEMM in ``dtype``: the machine's practical peak for this comparison."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     t = _time(lambda: a @ b, repeats, device)
     return 2 * n**3 / t
 
@@ -74,10 +84,15 @@ def main() -> None:
     flops = 4.0 * b * t * k * d
 
     peak = matmul_rate(dev)
+    peak16 = matmul_rate(dev, dtype=torch.bfloat16)
     print(
         f"device {dev}, threads {torch.get_num_threads()}, allocator {args.allocator}, B={b} T={t} K={k} D={d}"
     )
-    print(f"fp32 matmul reference: {peak / 1e9:.1f} GFLOP/s")
+    print(
+        f"matmul reference: fp32 {peak / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s "
+        f"({peak16 / peak:.2f}x)"
+    )
+    x16 = x.to(torch.bfloat16)
     rows = []
     layers = [("avg", "-"), ("netvlad", "decoupled")] + [("dsgmm", a) for a in ASSIGNMENTS]
     for name, assignment in layers:
@@ -85,12 +100,25 @@ def main() -> None:
         layer = build_pooling(name, d, k, **opts).to(dev)
         with torch.no_grad():
             t_inf = _time(lambda layer=layer: layer(x), args.repeats, dev)
+            fused_bytes = pooling.CHUNK_BYTES
+            pooling.CHUNK_BYTES = 1 << 62  # the whole batch at once
+            t_eager = _time(lambda layer=layer: layer(x), args.repeats, dev)
+            pooling.CHUNK_BYTES = fused_bytes
+            low = copy.deepcopy(layer).to(torch.bfloat16)
+            t_bf16 = _time(lambda low=low: low(x16), args.repeats, dev)
+        clusters = name != "avg"
         row = {
             "pooling": name,
             "assignment": assignment,
             "infer_ms": 1e3 * t_inf,
             "infer_frames_per_s": b * t / t_inf,
-            "infer_frac_of_matmul": (flops / t_inf) / peak if name != "avg" else None,
+            "infer_frac_of_matmul": (flops / t_inf) / peak if clusters else None,
+            "eager_infer_ms": 1e3 * t_eager,
+            "fused_speedup": t_eager / t_inf,
+            "bf16_infer_ms": 1e3 * t_bf16,
+            "bf16_frames_per_s": b * t / t_bf16,
+            "bf16_frac_of_bf16_matmul": (flops / t_bf16) / peak16 if clusters else None,
+            "bf16_speedup": t_inf / t_bf16,
         }
         if not args.no_train:
             opt = (
@@ -122,6 +150,9 @@ def main() -> None:
         print(
             f"{name:8s} {assignment:17s} infer {row['infer_ms']:8.1f} ms {row['infer_frames_per_s']:10.0f} frames/s"
             + (f" ({frac:.0%} of matmul)" if frac else "")
+            + f", eager {row['eager_infer_ms']:.1f} ms ({row['fused_speedup']:.2f}x)"
+            + f", bf16 {row['bf16_infer_ms']:.1f} ms ({row['bf16_speedup']:.2f}x"
+            + (f", {row['bf16_frac_of_bf16_matmul']:.0%} of bf16 matmul)" if clusters else ")")
             + train
         )
     by = {(r["pooling"], r["assignment"]): r for r in rows}
@@ -130,7 +161,12 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(
-                {"matmul_gflops": peak / 1e9, "rows": rows, "dsgmm_over_netvlad": ratio},
+                {
+                    "matmul_gflops": peak / 1e9,
+                    "bf16_matmul_gflops": peak16 / 1e9,
+                    "rows": rows,
+                    "dsgmm_over_netvlad": ratio,
+                },
                 fh,
                 indent=2,
             )

@@ -160,9 +160,11 @@ def _aggregate_rows(
     """``aggregate`` of a batch in one pass: S_x = P^T X by one bmm (into ``out`` (B, K, D)
     when given), then the tail in place."""
     b = frames.shape[0]
-    # P^T laid out contiguous first: a small (B, K, T) copy that the bf16 kernels need
-    # to run at speed (2x measured at K = 32, T = 210) and fp32 ones like too
-    pt = posteriors.transpose(1, 2).contiguous()
+    pt = posteriors.transpose(1, 2)
+    if not (torch.is_grad_enabled() and pt.requires_grad):
+        # laid out contiguous first: a small (B, K, T) copy that the bf16 kernels need to
+        # run at speed (2x measured at K = 32, T = 210) and fp32 ones like too
+        pt = pt.contiguous()
     out = torch.bmm(pt, frames, out=out)  # S_x: (B, K, D)
     if mode == "residual":
         assert centres is not None

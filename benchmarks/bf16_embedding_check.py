@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from benchmarks.world_suite import world_config
+from benchmarks.world_suite import interval_text, world_config, worlds_parser
 from pipelines.data.io import write_dataset
 from pipelines.pipeline import PipelineConfig, run_pipeline
 from recsys import artifact as art
@@ -63,27 +62,13 @@ def run_one(world: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         keep = np.isfinite(x1) & np.isfinite(x0)  # similarities need a history
         d, lo, hi = delong_paired_difference(y[keep], x1[keep], x0[keep])
         row[f"bf16_minus_fp32_{s}"] = {"difference": d, "interval": [lo, hi]}
-    print(
-        f"{world:8s} seed {seed}: cosine min {cos.min():.5f}; "
-        + "; ".join(
-            f"{s} {row[f'bf16_minus_fp32_{s}']['difference']:+.4f} "
-            f"[{row[f'bf16_minus_fp32_{s}']['interval'][0]:+.4f}, "
-            f"{row[f'bf16_minus_fp32_{s}']['interval'][1]:+.4f}]"
-            for s in SCORES
-        ),
-        flush=True,
-    )
+    each = "; ".join(f"{s} {interval_text(row[f'bf16_minus_fp32_{s}'])}" for s in SCORES)
+    print(f"{world:8s} seed {seed}: cosine min {cos.min():.5f}; {each}", flush=True)
     return row
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--worlds", nargs="+", default=["mixture", "scenes", "styles"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--videos", type=int, default=600)
-    p.add_argument("--users", type=int, default=300)
-    args = p.parse_args()
+    args = worlds_parser(__doc__ or "").parse_args()
     results = [run_one(w, s, args) for w in args.worlds for s in args.seeds]
     for s in SCORES:
         c = [r[f"bf16_minus_fp32_{s}"]["interval"] for r in results]

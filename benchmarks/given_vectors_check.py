@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from benchmarks.world_suite import world_config
+from benchmarks.world_suite import interval_text, world_config, worlds_parser
 from pipelines.choice.ladder import score_representation
 from pipelines.data.impressions import load_rec_rows
 from pipelines.data.io import as_given_vectors, iter_video_batches, write_dataset
@@ -65,22 +64,14 @@ def run_one(world: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         row[name] = {"difference": d, "interval": [lo, hi]}
     print(
         f"{world:8s} seed {seed}: pipeline {row['pipeline']:.4f}; minus direct (unit) "
-        f"{row['unit']['difference']:+.4f} [{row['unit']['interval'][0]:+.4f}, "
-        f"{row['unit']['interval'][1]:+.4f}]; minus direct (raw) {row['raw']['difference']:+.4f} "
-        f"[{row['raw']['interval'][0]:+.4f}, {row['raw']['interval'][1]:+.4f}]",
+        f"{interval_text(row['unit'])}; minus direct (raw) {interval_text(row['raw'])}",
         flush=True,
     )
     return row
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--worlds", nargs="+", default=["mixture", "scenes", "styles"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--videos", type=int, default=600)
-    p.add_argument("--users", type=int, default=300)
-    args = p.parse_args()
+    args = worlds_parser(__doc__ or "").parse_args()
     results = [run_one(w, s, args) for w in args.worlds for s in args.seeds]
     inside = sum(r["unit"]["interval"][0] <= 0 <= r["unit"]["interval"][1] for r in results)
     print(f"pipeline = direct (unit vectors) within the paired interval: {inside}/{len(results)}")

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.world_suite import world_config
+from benchmarks.world_suite import interval_text, world_config, worlds_parser
 from pipelines.data.io import as_given_vectors, write_dataset
 from pipelines.pipeline import PipelineConfig, run_pipeline
 from recsys.auc import delong_paired_difference
@@ -75,25 +75,16 @@ def run_one(world: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     s, p = row["side"], row["placebo"]
     print(
         f"{world:8s} seed {seed}: none {row['none']['auc']:.4f}; side "
-        f"{_diff(s['vs_none_all'])} (cold {_diff(s['vs_none_cold_start'])}); placebo "
-        f"{_diff(p['vs_none_all'])} (cold {_diff(p['vs_none_cold_start'])})",
+        f"{interval_text(s['vs_none_all'])} (cold {interval_text(s['vs_none_cold_start'])}); "
+        f"placebo {interval_text(p['vs_none_all'])} "
+        f"(cold {interval_text(p['vs_none_cold_start'])})",
         flush=True,
     )
     return row
 
 
-def _diff(c: dict[str, Any]) -> str:
-    lo, hi = c["interval"]
-    return f"{c['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-
-
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--worlds", nargs="+", default=["mixture", "scenes", "styles"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--videos", type=int, default=600)
-    p.add_argument("--users", type=int, default=300)
+    p = worlds_parser(__doc__ or "")
     p.add_argument("--strength", type=float, default=1.0)
     args = p.parse_args()
     results = [run_one(w, s, args) for w in args.worlds for s in args.seeds]

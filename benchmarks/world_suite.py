@@ -60,6 +60,23 @@ SCORES = ("glmix", "avg_similarity", "max_similarity")
 SUBSETS = ("all", "cold_start")
 
 
+def worlds_parser(doc: str, videos: int = 600, users: int = 300) -> argparse.ArgumentParser:
+    """The options every many-worlds check takes: --out, --worlds, --seeds, --videos, --users."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--worlds", nargs="+", default=["mixture", "scenes", "styles"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--videos", type=int, default=videos)
+    p.add_argument("--users", type=int, default=users)
+    return p
+
+
+def interval_text(c: dict[str, Any]) -> str:
+    """A paired difference ``{"difference": d, "interval": [lo, hi]}`` as "+d [lo, hi]"."""
+    lo, hi = c["interval"]
+    return f"{c['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
 def world_config(name: str, seed: int, videos: int, users: int) -> SynthConfig:
     return SynthConfig(seed=seed, num_videos=videos, num_users=users, **WORLDS[name])
 

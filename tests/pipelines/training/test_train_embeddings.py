@@ -41,9 +41,13 @@ def test_cli_train_then_embed(run_cli, small_world_dir: Path, tmp_path: Path) ->
     n_videos = pq.ParquetFile(small_world_dir / "videos.parquet").metadata.num_rows
     assert len(a.index) == n_videos
     # recsys embed reproduces the artifact's embeddings (same model, same frames).
-    code, _, err = run_cli(
-        "embed", "--artifacts", art, "--data", small_world_dir, "--out", tmp_path / "e.parquet"
-    )
+
+    def embed(name: str, *precision: str) -> tuple[int, str]:
+        args = ("--artifacts", art, "--data", small_world_dir, "--out", tmp_path / name)
+        code, _, err = run_cli("embed", *args, *precision)
+        return code, err
+
+    code, err = embed("e.parquet")
     assert code == 0, err
     ids, vecs = read_embeddings(tmp_path / "e.parquet")
     ids0, vecs0 = read_embeddings(art / "embeddings.parquet")
@@ -51,33 +55,13 @@ def test_cli_train_then_embed(run_cli, small_world_dir: Path, tmp_path: Path) ->
     np.testing.assert_allclose(vecs, vecs0[[order[v] for v in ids]], atol=1e-5)
     assert m["metrics"]["inference_precision"] == "float32"
     # ... and in bfloat16 (the CPU's bf16 units): the same directions to within its rounding
-    code, _, err = run_cli(
-        "embed",
-        "--artifacts",
-        art,
-        "--data",
-        small_world_dir,
-        "--out",
-        tmp_path / "b.parquet",
-        "--precision",
-        "bfloat16",
-    )
+    code, err = embed("b.parquet", "--precision", "bfloat16")
     assert code == 0, err
     ids_b, vecs_b = read_embeddings(tmp_path / "b.parquet")
     assert ids_b == ids and vecs_b.dtype == np.float32
     cos = (vecs_b * vecs).sum(1) / np.linalg.norm(vecs_b, axis=1) / np.linalg.norm(vecs, axis=1)
     assert cos.min() > 0.99 and not np.array_equal(vecs_b, vecs)
-    code, _, err = run_cli(
-        "embed",
-        "--artifacts",
-        art,
-        "--data",
-        small_world_dir,
-        "--out",
-        tmp_path / "x.parquet",
-        "--precision",
-        "float16",
-    )
+    code, err = embed("x.parquet", "--precision", "float16")
     assert code == 2 and "precision" in err and "Traceback" not in err
     # Existing artifact: refused without --overwrite.
     code, _, err = run_cli("train-embeddings", "--data", small_world_dir, "--out", art, *FAST)

@@ -209,7 +209,10 @@ def train_embedder(
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # One fused kernel a step on the CPU and CUDA: the foreach update made ~6 passes over
+    # the projector's 8M weights and took ~30% of a D = 1024 step here (equal to 1e-7).
+    fused = device.type in ("cpu", "cuda")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     # Resolved once ("auto" -> what this device does): every step's autocast reads it.
     low = autocast_dtype(cfg.precision, device)
     cfg = replace(cfg, precision="float32" if low is None else "bfloat16")

@@ -102,9 +102,11 @@ def frames_tensor(
     t = t.to(dev, non_blocking=dev.type == "cuda" and t.is_pinned())
     if t.dtype != torch.uint8:
         return t.float()
-    x = t.float() * DEQUANT_SCALE + DEQUANT_BIAS
+    # In place (the same two roundings as ``dequantize``), then only the padded frames
+    # zeroed: a pass less and no temporaries over the batch's values.
+    x = t.float().mul_(DEQUANT_SCALE).add_(DEQUANT_BIAS)
     if mask is not None:
-        x = x * mask.to(dev, non_blocking=dev.type == "cuda").unsqueeze(-1)
+        x[~mask.to(dev, non_blocking=dev.type == "cuda").bool()] = 0.0
     return x
 
 

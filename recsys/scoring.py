@@ -220,8 +220,3 @@ def glmix_global_features(
             raise ValueError(f"this GLMix model needs its {len(rest)} side features")
         parts.append(np.asarray(side, dtype=np.float64))
     return parts[0] if len(parts) == 1 else np.hstack(parts)
-
-
-def side_feature_names(global_names: list[str] | tuple[str, ...]) -> list[str]:
-    """The side features (``video.*``, ``user.*``) among a model's global features."""
-    return [n for n in global_names if is_side_name(n)]

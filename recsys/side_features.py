@@ -14,7 +14,7 @@ Everything here works on Arrow tables and arrays; reading the files is the calle
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -224,16 +224,21 @@ class CatalogueSide:
         self.video_rows = side.videos.rows(catalogue_ids)
         self._user_rows = {u: i for i, u in enumerate(side.users.ids)}
 
-    def rows(self, users: Sequence[str], rows: np.ndarray) -> np.ndarray:
-        """(N, X) features of N impressions: ``users[i]`` shown catalogue row ``rows[i]``."""
+    def rows(
+        self, users: Sequence[str], rows: np.ndarray, forgotten: Container[str] = ()
+    ) -> np.ndarray:
+        """(N, X) features of N impressions: ``users[i]`` shown catalogue row ``rows[i]``;
+        a user in ``forgotten`` (erased) is unknown, whatever the table says of them."""
         rows = np.asarray(rows, dtype=np.int64)
         known = rows < len(self.video_rows)
         vr = np.full(len(rows), -1, dtype=np.int64)
         vr[known] = self.video_rows[rows[known]]
         get = self._user_rows.get
-        ur = np.fromiter((get(u, -1) for u in users), np.int64, len(users))
+        ur = np.fromiter(
+            (-1 if u in forgotten else get(u, -1) for u in users), np.int64, len(users)
+        )
         return self.side.at(ur, vr)
 
-    def for_user(self, user: str, rows: np.ndarray) -> np.ndarray:
+    def for_user(self, user: str, rows: np.ndarray, forgotten: Container[str] = ()) -> np.ndarray:
         """(M, X) features of one user's M candidates (catalogue rows)."""
-        return self.rows([user] * len(rows), rows)
+        return self.rows([user] * len(rows), rows, forgotten)

@@ -401,7 +401,7 @@ class DerivedState:
         g = frozen = None
         if names:  # an Eq. 18-only model has no global features: no similarity
             vectors = self.catalogue.vectors
-            side = None if self.side is None else self.side.rows(users, rows)
+            side = None if self.side is None else self.side.rows(users, rows, self.erased_users)
             g = glmix_global_features(names, *run_similarity(self.histories, run, vectors), side)
             if self._frozen_features:
                 sims = run_similarity(self.histories, run, vectors, frozen=True)

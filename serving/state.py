@@ -97,7 +97,11 @@ class ServingState(DerivedState):
         # their impressions, else the offline one (none for an unknown user); plus each
         # video's effect when the model has them. No lock: a refit swaps the user's
         # effect array whole (scoring must not queue behind it).
-        side = None if self.side is None else self.side.for_user(user_id, np.asarray(rows))
+        side = (
+            None
+            if self.side is None
+            else self.side.for_user(user_id, np.asarray(rows), self.erased_users)
+        )
         g = glmix_global_features(self.glmix.global_names, max_s, avg_s, side)
         eta = self.online.user_logit(user_id, cand, g)
         videos = self.online.videos

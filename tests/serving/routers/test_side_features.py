@@ -88,3 +88,16 @@ def test_an_upload_is_scored_on_the_side_features_means(
         assert g[0, 3] == 0.0 and g[0, 4:].sum() == 1.0  # mean length, one device
         want = state.online.probability(user, cand, g, ["fresh"])[0]
         assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_an_erased_user_loses_their_side_features_too(
+    side_pipeline_out: Path, tmp_path: Path
+) -> None:
+    a = side_pipeline_out / "artifact"
+    ids, _ = art.load_embeddings(a)
+    settings = Settings(artifacts=a, state_db=tmp_path / "s.db", api_key="s3cret")
+    with TestClient(create_app(settings)) as c:
+        stranger = _scores(c, "never-seen", ids[:6])
+        assert _scores(c, "u000003", ids[:6]) != stranger  # their effect, history, device
+        assert c.delete("/v1/users/u000003", headers=AUTH).status_code == 200
+        assert _scores(c, "u000003", ids[:6]) == stranger

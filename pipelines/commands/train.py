@@ -192,7 +192,7 @@ def embed(
         str | None,
         typer.Option(
             help="float32, bfloat16 or auto for a trained model; default: what the "
-            "artifact's catalogue was embedded in."
+            "artifact's catalogue was embedded in (Spark always uses that)."
         ),
     ] = None,
     engine: EngineName = "local",

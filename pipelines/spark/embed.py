@@ -33,9 +33,11 @@ def embed_videos_spark(
     state_dict_bytes: bytes,
     batch_size: int = 256,
     max_frames: int = 300,
+    bfloat16: bool = False,
 ) -> DataFrame:
     """(video_id, embedding) for every video of ``videos`` (a Parquet path), computed
-    by ``mapInArrow`` with the embedder's weights broadcast to the executors."""
+    by ``mapInArrow`` with the embedder's weights broadcast to the executors (its pooling
+    and projector in bf16 when ``bfloat16``, as ``CowatchEmbedder.for_inference``)."""
     weights = spark.sparkContext.broadcast(state_dict_bytes) if has_context(spark) else None
     local_bytes = None if weights is not None else state_dict_bytes
     dim = int(embedder_config["feature_dim"])
@@ -51,6 +53,8 @@ def embed_videos_spark(
         model = CowatchEmbedder(EmbedderConfig.from_dict(embedder_config))
         model.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))
         model.eval()
+        if bfloat16:
+            model = model.for_inference(torch.bfloat16)
         for big in batches:
             for start in range(0, big.num_rows, batch_size):
                 vb = decode_video_batch(big.slice(start, batch_size), dim)
@@ -80,7 +84,7 @@ def embed_dataset_spark(
     """``embed_dataset`` with the model run on Spark executors (``mapInArrow``); the
     same output file, rows in the data set's order."""
     a = Path(artifacts)
-    read_manifest(a)
+    manifest = read_manifest(a)
     if is_classical(a) or is_given(a):
         what = (
             "the data's own vectors"
@@ -96,8 +100,10 @@ def embed_dataset_spark(
     open_parquet(path)  # a clear error for an unreadable file, before Spark sees it
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
+    # as the artifact's catalogue was embedded
+    low = manifest.get("metrics", {}).get("inference_precision") == "bfloat16"
     df = embed_videos_spark(
-        spark, path, asdict(model.config), buf.getvalue(), batch_size, max_frames
+        spark, path, asdict(model.config), buf.getvalue(), batch_size, max_frames, low
     )
     got = df.toArrow()
     ids = got.column("video_id").to_pylist()

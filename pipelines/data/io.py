@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipelines.data.side import USERS_FILE, validate_users
 from recsys.dataset import (
     DEFAULT_WATCH_THRESHOLD_S,
     FRAMES_COLUMN,
@@ -273,6 +274,8 @@ def validate_dataset(
             problems.append(str(exc))
         except pa.ArrowException as exc:
             problems.append(f"{IMPRESSIONS_FILE}: cannot read ({str(exc).splitlines()[0]})")
+    if (d / USERS_FILE).exists():
+        problems += validate_users(d / USERS_FILE)
     if purpose == "classification" and videos.num_videos and not videos.num_labelled:
         problems.append(f"{VIDEOS_FILE}: no labelled videos (classification needs labels)")
     return ValidationReport(videos=videos, impressions=impressions, problems=problems)
@@ -388,5 +391,5 @@ def write_dataset(
     if video_truth is not None:
         write_parquet_atomic(video_truth, o / VIDEO_TRUTH_FILE)
     if users is not None:
-        write_parquet_atomic(users, o / "users.parquet")
+        write_parquet_atomic(users, o / USERS_FILE)
     return o

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys.dataset import VIDEOS_FILE
@@ -53,3 +54,26 @@ def read_side_features(
             raise UserInputError(f"user features {list(user_columns)} need {path}")
         users = _read(path, "user_id", user_columns)
     return SideFeatures.fit(videos, video_columns, users, user_columns)
+
+
+def validate_users(path: Path) -> list[str]:
+    """Problems of a users.parquet (``recsys validate``): its ``user_id`` (present, no
+    nulls, unique) and every other column checked as a side feature would be, a line each."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        return [f"{USERS_FILE}: cannot read ({str(exc).splitlines()[0]})"]
+    if "user_id" not in table.column_names:
+        return [f"{USERS_FILE}: no user_id column"]
+    ids = table.column("user_id")
+    if ids.null_count:
+        return [f"{USERS_FILE}: user_id has nulls"]
+    if pc.count_distinct(ids).as_py() != len(ids):
+        return [f"{USERS_FILE}: user_id has repeated ids (one row a user)"]
+    problems = []
+    for column in (c for c in table.column_names if c != "user_id"):
+        try:
+            SideFeatures.fit(None, [], table.select(["user_id", column]), [column])
+        except UserInputError as exc:
+            problems.append(f"{USERS_FILE}: {exc}")
+    return problems

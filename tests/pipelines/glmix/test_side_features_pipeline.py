@@ -114,3 +114,22 @@ def test_spark_engine_refuses_side_features(side_world_dir: Path, side_pipeline_
     cfg = GLMixJobConfig(video_features=("length_s",))
     with pytest.raises(UserInputError, match="--engine local"):
         fit_glmix_into_artifact(side_world_dir, side_pipeline_out / "artifact", cfg, Elsewhere())  # type: ignore[arg-type]
+
+
+def test_validate_checks_a_users_table(side_world_dir: Path, run_cli, tmp_path: Path) -> None:
+    import shutil
+
+    import pyarrow as pa
+
+    code, out, _ = run_cli("validate", side_world_dir)
+    assert code == 0, out
+    bad = tmp_path / "bad"
+    shutil.copytree(side_world_dir, bad)
+    users = pq.read_table(bad / "users.parquet")
+    tenure = pa.array([float("inf")] + [1.0] * (users.num_rows - 1))
+    pq.write_table(users.append_column("tenure", tenure), bad / "users.parquet")
+    code, _, err = run_cli("validate", bad)
+    assert code == 2 and "users.parquet" in err and "'tenure' is not finite" in err
+    pq.write_table(pa.concat_tables([users, users.slice(0, 1)]), bad / "users.parquet")
+    code, _, err = run_cli("validate", bad)
+    assert code == 2 and "repeated ids" in err

@@ -229,16 +229,22 @@ class CatalogueSide:
     ) -> np.ndarray:
         """(N, X) features of N impressions: ``users[i]`` shown catalogue row ``rows[i]``;
         a user in ``forgotten`` (erased) is unknown, whatever the table says of them."""
-        rows = np.asarray(rows, dtype=np.int64)
-        known = rows < len(self.video_rows)
-        vr = np.full(len(rows), -1, dtype=np.int64)
-        vr[known] = self.video_rows[rows[known]]
         get = self._user_rows.get
         ur = np.fromiter(
             (-1 if u in forgotten else get(u, -1) for u in users), np.int64, len(users)
         )
-        return self.side.at(ur, vr)
+        return self.side.at(ur, self._video_rows(rows))
 
     def for_user(self, user: str, rows: np.ndarray, forgotten: Container[str] = ()) -> np.ndarray:
-        """(M, X) features of one user's M candidates (catalogue rows)."""
-        return self.rows([user] * len(rows), rows, forgotten)
+        """(M, X) features of one user's M candidates (catalogue rows): the user is looked
+        up once (the scoring path)."""
+        row = -1 if user in forgotten else self._user_rows.get(user, -1)
+        return self.side.at(np.full(len(rows), row, dtype=np.int64), self._video_rows(rows))
+
+    def _video_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows into the side table of catalogue ``rows`` (-1: an upload)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        known = rows < len(self.video_rows)
+        out = np.full(len(rows), -1, dtype=np.int64)
+        out[known] = self.video_rows[rows[known]]
+        return out

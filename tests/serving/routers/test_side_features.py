@@ -30,17 +30,23 @@ def _impressions(ids: list[str], users: list[str], n: int, seed: int) -> list[di
     ]
 
 
+@pytest.fixture
+def side_settings(side_pipeline_out: Path, tmp_path: Path) -> Settings:
+    return Settings(
+        artifacts=side_pipeline_out / "artifact", state_db=tmp_path / "s.db", api_key="s3cret"
+    )
+
+
 def _scores(c: TestClient, user: str, videos: list[str]) -> list[float]:
     body = c.post("/v1/score", json={"user_id": user, "video_ids": videos}).json()
     return [s["watch_probability"] for s in body["scores"]]
 
 
 def test_online_learning_with_side_features_agrees_across_replicas(
-    side_pipeline_out: Path, tmp_path: Path
+    side_settings: Settings,
 ) -> None:
-    a = side_pipeline_out / "artifact"
-    ids, _ = art.load_embeddings(a)
-    settings = Settings(artifacts=a, state_db=tmp_path / "s.db", api_key="s3cret")
+    settings = side_settings
+    ids, _ = art.load_embeddings(settings.artifacts)
     users = ["u000001", "u000002", "new-user"]
     with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
         before = _scores(first, "new-user", ids[:8])
@@ -61,12 +67,11 @@ def test_online_learning_with_side_features_agrees_across_replicas(
 
 
 def test_an_upload_is_scored_on_the_side_features_means(
-    side_pipeline_out: Path, side_world_dir: Path, tmp_path: Path
+    side_settings: Settings, side_world_dir: Path
 ) -> None:
     from pipelines.data.io import iter_video_batches
 
-    a = side_pipeline_out / "artifact"
-    settings = Settings(artifacts=a, state_db=tmp_path / "s.db", api_key="s3cret")
+    settings, a = side_settings, side_settings.artifacts
     vb = next(iter(iter_video_batches(side_world_dir, batch_size=4)))
     vec = vb.frames[3].tolist()
     with TestClient(create_app(settings)) as c:
@@ -90,13 +95,9 @@ def test_an_upload_is_scored_on_the_side_features_means(
         assert got == pytest.approx(want, abs=1e-12)
 
 
-def test_an_erased_user_loses_their_side_features_too(
-    side_pipeline_out: Path, tmp_path: Path
-) -> None:
-    a = side_pipeline_out / "artifact"
-    ids, _ = art.load_embeddings(a)
-    settings = Settings(artifacts=a, state_db=tmp_path / "s.db", api_key="s3cret")
-    with TestClient(create_app(settings)) as c:
+def test_an_erased_user_loses_their_side_features_too(side_settings: Settings) -> None:
+    ids, _ = art.load_embeddings(side_settings.artifacts)
+    with TestClient(create_app(side_settings)) as c:
         stranger = _scores(c, "never-seen", ids[:6])
         assert _scores(c, "u000003", ids[:6]) != stranger  # their effect, history, device
         assert c.delete("/v1/users/u000003", headers=AUTH).status_code == 200

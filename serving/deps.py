@@ -7,9 +7,11 @@ server CPU a request fell from 2.2 to 1.4 ms once it and its dependency ran on t
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
 from serving.metrics import Metrics
 from serving.settings import Settings
@@ -77,6 +79,38 @@ async def require_read_key(
     given = (x_api_key or "").encode()
     if not any(hmac.compare_digest(given, k.encode()) for k in keys):
         raise HTTPException(401, "missing or wrong X-API-Key header (user data needs a key)")
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+async def json_body(request: Request, model: type[Model]) -> Model:
+    """The request's JSON body parsed and validated in one pass by pydantic's Rust core
+    (FastAPI decodes with the standard library, then validates the objects). Answers as
+    FastAPI's own body parameters do: 422 naming the field, for a body that is not JSON
+    by its Content-Type, or not valid JSON, too; 400 for one that is not UTF-8."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    json_type = media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+    body = await request.body()
+    if not json_type or not body:
+        what = (
+            "Field required" if json_type else "send a JSON object (Content-Type: application/json)"
+        )
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": what}])
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        errors = e.errors(include_url=False, include_input=False)
+    if errors and errors[0]["type"] == "json_invalid":
+        try:
+            body.decode()
+        except UnicodeDecodeError:
+            raise HTTPException(400, "the body is not UTF-8 text") from None
+        why = errors[0]["msg"].removeprefix("Invalid JSON: ")
+        errors = [{"type": "json_invalid", "loc": (), "msg": f"not valid JSON: {why}"}]
+    raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in errors])
 
 
 State = Annotated[ServingState, Depends(get_state)]

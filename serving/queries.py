@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -12,29 +13,32 @@ from serving.state import ServingState
 
 
 def score(state: ServingState, user_id: str, video_ids: list[str]) -> dict[str, Any]:
-    rows = np.array([state.catalogue.rows.get(v, -1) for v in video_ids], dtype=np.int64)
+    get = state.catalogue.rows.get
+    rows = np.fromiter(map(get, video_ids, repeat(-1, len(video_ids))), np.int64, len(video_ids))
     known = rows >= 0
-    cand = state.catalogue.vectors(rows[known])
-    mx, av = state.similarity(user_id, cand)
-    probs = state.watch_probability(user_id, cand, mx, av, rows[known]).tolist()
+    everything_known = bool(known.all())
+    mx, av, p = state.score_rows(user_id, rows if everything_known else rows[known])
     hist = state.histories.get(user_id)
-    max_s: list[float | None] = mx.tolist() if hist else [None] * len(cand)
-    avg_s: list[float | None] = av.tolist() if hist else [None] * len(cand)
-    out: list[dict[str, Any]] = []
-    j = 0
-    for v, ok in zip(video_ids, known.tolist(), strict=True):
-        if not ok:
-            out.append({"video_id": v, "error": "unknown video"})
-            continue
-        out.append(
-            {
-                "video_id": v,
-                "max_similarity": max_s[j],
-                "avg_similarity": avg_s[j],
-                "watch_probability": probs[j],
-            }
-        )
-        j += 1
+    m = len(p)
+    max_s: list[float | None] = mx.tolist() if hist else [None] * m
+    avg_s: list[float | None] = av.tolist() if hist else [None] * m
+    probs = p.tolist()
+    if everything_known:
+        out: list[dict[str, Any]] = [
+            {"video_id": v, "max_similarity": a, "avg_similarity": b, "watch_probability": q}
+            for v, a, b, q in zip(video_ids, max_s, avg_s, probs, strict=True)
+        ]
+    else:
+        it = iter(zip(max_s, avg_s, probs, strict=True))
+        out = []
+        for v, ok in zip(video_ids, known.tolist(), strict=True):
+            if not ok:
+                out.append({"video_id": v, "error": "unknown video"})
+                continue
+            a, b, q = next(it)
+            out.append(
+                {"video_id": v, "max_similarity": a, "avg_similarity": b, "watch_probability": q}
+            )
     return {
         "user_id": user_id,
         "known_user": state.known_user(user_id),
@@ -83,9 +87,7 @@ def recommend(state: ServingState, user_id: str, k: int, seeds: int) -> list[dic
         )
     if not len(cand_rows):
         return []
-    cand = state.catalogue.vectors(cand_rows)
-    mx, av = state.similarity(user_id, cand)
-    p = state.watch_probability(user_id, cand, mx, av, cand_rows)
+    mx, av, p = state.score_rows(user_id, cand_rows)
     top = np.argsort(-p, kind="stable")[:k]
     ids = state.catalogue.ids
     rows, probs = cand_rows[top].tolist(), p[top].tolist()

@@ -46,6 +46,15 @@ class ScoreRequest(BaseModel):
     video_ids: list[ID] = Field(min_length=1)
 
 
+def request_body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI ``openapi_extra`` documenting ``model`` as a route's required JSON body
+    (for a route that reads its body itself)."""
+    schema = model.model_json_schema()
+    if "$defs" in schema:  # inlined below: references to components would dangle
+        raise ValueError(f"{model.__name__} nests models; document it as a parameter")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def score_request_type(max_candidates: int) -> type[ScoreRequest]:
     """``ScoreRequest`` whose schema states the configured candidate limit."""
     return create_model(  # type: ignore[no-any-return]

@@ -231,6 +231,23 @@ class OnlineEffects:
         v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
         return self._fixed_and_user(v, self.effect(user), global_feats)
 
+    def serving_logit(
+        self, user: str, video: np.ndarray, global_feats: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``user_logit`` for one request: the fixed and the user's video coefficients
+        added first, so a candidate costs one product (equal to ``user_logit`` to
+        rounding, and the same bits whoever else is scored)."""
+        b, model = self.effect(user), self.model
+        f, e = model.fixed, model.embedding_dim
+        eta = np.full(len(video), f[0] + b[0])
+        if model.config.use_video_features and e:
+            eta += np.einsum("ij,j->i", video, f[1 : 1 + e] + b[1:], dtype=np.float64)
+        if model.global_dim:
+            if global_feats is None:
+                raise ValueError("this model needs global features")
+            eta += np.einsum("ij,j->i", global_feats, f[1 + e :])
+        return eta
+
     def _fixed_and_user(
         self, v: np.ndarray, b: np.ndarray, global_feats: np.ndarray | None
     ) -> np.ndarray:

@@ -104,3 +104,38 @@ def test_every_body_route_documents_the_400_it_gives_for_unparseable_bodies(
 def test_a_nul_in_a_report_file_name_is_404_not_500(client) -> None:
     r = client.get("/explorer/report/files/roc.png%00.png")
     assert r.status_code == 404 and r.json()["detail"] == "no such report file"
+
+
+def test_the_score_body_is_parsed_as_fastapi_would_answer(client: TestClient) -> None:
+    """/v1/score reads its own body (one pydantic pass): the answers keep the shape and
+    statuses of the other routes' bodies."""
+
+    def post(body: bytes, ctype: str | None = "application/json") -> tuple[int, dict]:
+        headers = {} if ctype is None else {"Content-Type": ctype}
+        r = client.post("/v1/score", content=body, headers=headers)
+        return r.status_code, r.json()
+
+    assert post(b"\xff\xfe") == (400, {"detail": "the body is not UTF-8 text", "field": None})
+    status, body = post(b'{"user_id": "u"')
+    assert status == 422 and body["field"] == "body" and "not valid JSON" in body["detail"]
+    assert post(b"")[0] == 422
+    for ctype in ("text/plain", None):
+        status, body = post(b'{"user_id": "u", "video_ids": ["a"]}', ctype)
+        assert status == 422 and "Content-Type" in body["detail"]
+    status, body = post(b'{"user_id": "u", "video_ids": ["a"], "x": 1}')
+    assert (status, body["field"]) == (422, "x")
+    status, body = post(b'{"user_id": "u", "video_ids": [1]}')
+    assert (status, body["field"]) == (422, "video_ids.0")
+    status, _ = post(
+        b'{"user_id": "u", "video_ids": ["a"]}', "application/vnd.x+json; charset=utf-8"
+    )
+    assert status == 200
+
+
+def test_the_score_body_is_documented(client: TestClient) -> None:
+    op = client.get("/openapi.json").json()["paths"]["/v1/score"]["post"]
+    schema = op["requestBody"]["content"]["application/json"]["schema"]
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    assert op["requestBody"]["required"] is True
+    assert schema["required"] == ["user_id", "video_ids"]
+    assert schema["properties"]["video_ids"]["maxItems"] == settings.max_candidates

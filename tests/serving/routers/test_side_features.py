@@ -80,19 +80,21 @@ def test_an_upload_is_scored_on_the_side_features_means(
         state = c.app.state.holder.current  # type: ignore[attr-defined]
         row = state.catalogue.row("fresh")
         user = "u000004"
-        got = _scores(c, user, ["fresh"])[0]
+        body = c.post("/v1/score", json={"user_id": user, "video_ids": ["fresh"]}).json()
+        got = body["scores"][0]
         # Direct: the user's own device, the upload's length at the mean (0: no such video
         # in the side table), after the history similarities.
         side = art.load_side_features(a)
         assert side is not None and row is not None
         cand = state.catalogue.vectors([row])
-        mx, av = state.similarity(user, cand)
+        mx, av, _ = state.score_rows(user, np.array([row]))  # what the route was given
+        assert got["max_similarity"] == mx[0] and got["avg_similarity"] == av[0]
         has = np.isfinite(mx)
         hist = np.stack([np.where(has, mx, 0), np.where(has, av, 0), has.astype(float)], 1)
         g = np.hstack([hist, side.rows([user], ["no-such-video"])])
         assert g[0, 3] == 0.0 and g[0, 4:].sum() == 1.0  # mean length, one device
         want = state.online.probability(user, cand, g, ["fresh"])[0]
-        assert got == pytest.approx(want, abs=1e-12)
+        assert got["watch_probability"] == pytest.approx(want, abs=1e-12)
 
 
 def test_an_erased_user_loses_their_side_features_too(side_settings: Settings) -> None:

@@ -254,6 +254,11 @@ class Dialect:
     #: column; SQLite's sequence number)
     video_order: str
     order: str
+    #: each table's commit-order key rises with its sequence number (SQLite's log
+    #: position; 0 on rows from before it existed), so ``ORDER BY key, seq`` is sequence
+    #: order and the key's index serves a read of the log's tail without a sort (ordered
+    #: by the sequence alone, SQLite walked every row of the table on each poll)
+    order_follows_seq: bool = False
 
     @property
     def tables(self) -> str:
@@ -283,14 +288,15 @@ class Dialect:
         """The videos, watches, impressions and removals at or above a commit-order key,
         in sequence order (``TABLES`` order)."""
         p, v, vo, o = self.param, self.video_seq, self.video_order, self.order
+        by_video, by = (f"{vo}, {v}", f"{o}, seq") if self.order_follows_seq else (v, "seq")
         return (
             f"SELECT {v}, {vo}, video_id, payload_sha256, embedding, num_frames FROM videos "
-            f"WHERE {vo} >= {p} ORDER BY {v}",
+            f"WHERE {vo} >= {p} ORDER BY {by_video}",
             f"SELECT seq, {o}, user_id, video_id, watch_seconds, at FROM watches "
-            f"WHERE {o} >= {p} ORDER BY seq",
+            f"WHERE {o} >= {p} ORDER BY {by}",
             f"SELECT seq, {o}, event_id, user_id, video_id, shown_at, watch_seconds "
-            f"FROM impressions WHERE {o} >= {p} ORDER BY seq",
-            f"SELECT seq, {o}, kind, target FROM removals WHERE {o} >= {p} ORDER BY seq",
+            f"FROM impressions WHERE {o} >= {p} ORDER BY {by}",
+            f"SELECT seq, {o}, kind, target FROM removals WHERE {o} >= {p} ORDER BY {by}",
         )
 
     @property
@@ -386,6 +392,7 @@ SQLITE = Dialect(
     now="TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
     video_order="pos",
     order="pos",
+    order_follows_seq=True,
 )
 POSTGRES = Dialect(
     param="%s",

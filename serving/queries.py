@@ -88,7 +88,7 @@ def recommend(state: ServingState, user_id: str, k: int, seeds: int) -> list[dic
     if not len(cand_rows):
         return []
     mx, av, p = state.score_rows(user_id, cand_rows)
-    top = np.argsort(-p, kind="stable")[:k]
+    top = top_k(p, k)
     ids = state.catalogue.ids
     rows, probs = cand_rows[top].tolist(), p[top].tolist()
     if not hist:
@@ -101,11 +101,34 @@ def recommend(state: ServingState, user_id: str, k: int, seeds: int) -> list[dic
     ]
 
 
+def top_k(p: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest of ``p``, largest first, ties by index: the head of
+    a stable sort of ``-p``, sorting only the values at or above the k-th largest."""
+    if len(p) <= 4 * k:
+        return np.argsort(-p, kind="stable")[:k]
+    at_least = np.partition(p, len(p) - k)[len(p) - k]
+    if np.isnan(at_least):  # fewer than k numbers: NaN sorts last
+        return np.argsort(-p, kind="stable")[:k]
+    head = np.flatnonzero(p >= at_least)  # k or more (ties), in index order
+    return head[np.argsort(-p[head], kind="stable")[:k]]
+
+
 def _unwatched_neighbours(
     state: ServingState, seeds: np.ndarray, watched: np.ndarray, per_seed: int
 ) -> np.ndarray:
     """The union of each seed's ``per_seed`` nearest live videos, minus ``watched``: sorted
     catalogue rows."""
     _, found = state.catalogue.neighbours(seeds, min(state.num_videos, per_seed))
-    found = np.unique(found)  # sorted; -1 (none found) first
-    return found[(found >= 0) & ~np.isin(found, watched)]
+    found = np.sort(found, axis=None)  # -1 (none found) first
+    # Distinct by neighbours in sorted order, watched ones out by a binary search in
+    # the sorted history: the same rows as np.unique and np.isin, without their hashing
+    # and dispatch (a fifth of a recommendation's CPU at 1M videos).
+    keep = np.empty(len(found), dtype=bool)
+    keep[:1] = True
+    np.not_equal(found[1:], found[:-1], out=keep[1:])
+    found = found[keep & (found >= 0)]
+    if len(watched) and len(found):
+        watched = np.sort(watched)
+        at = np.minimum(np.searchsorted(watched, found), len(watched) - 1)
+        found = found[watched[at] != found]
+    return found

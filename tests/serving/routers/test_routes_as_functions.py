@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recsys.artifact import load_embeddings
 from serving.routers import explorer, scoring
@@ -89,3 +91,31 @@ def test_score_rows_equal_eq16_17_and_eq18_recomputed(state: ServingState) -> No
             eta = eta + model.video_logit(model.video_rows([ids[r] for r in rows]), g)
         np.testing.assert_allclose(p, 1 / (1 + np.exp(-eta)), rtol=1e-12, atol=1e-15)
         assert p[1] == p[2]  # a repeated candidate scores the same
+
+
+def test_unwatched_neighbours_are_the_sorted_distinct_rows_minus_the_history(
+    state: ServingState,
+) -> None:
+    from serving.queries import _unwatched_neighbours
+
+    rng = np.random.default_rng(3)
+    n = state.num_videos
+    for size in (1, 3, 10):
+        seeds = rng.choice(n, size, replace=False)
+        for watched in (np.array([], np.int64), rng.choice(n, 40), seeds):
+            got = _unwatched_neighbours(state, seeds, watched, 12)
+            _, found = state.catalogue.neighbours(seeds, 12)
+            want = np.setdiff1d(np.unique(found[found >= 0]), watched)
+            assert np.array_equal(got, want)
+
+
+@given(
+    st.lists(st.sampled_from([0.1, 0.2, 0.5, 0.9, float("nan")]), min_size=1, max_size=60),
+    st.integers(1, 20),
+)
+@settings(max_examples=300)
+def test_top_k_is_the_head_of_a_stable_sort(values: list[float], k: int) -> None:
+    from serving.queries import top_k
+
+    p = np.array(values)
+    assert np.array_equal(top_k(p, k), np.argsort(-p, kind="stable")[:k])

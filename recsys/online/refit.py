@@ -11,13 +11,18 @@ of their row count), with masked padding rows that contribute exactly nothing, s
 user's arithmetic depends on their own rows alone: the same bits whichever users share
 the batch (replicas batch events differently; they must hold the same effects).
 
-The Newton system H = D + Z^T W Z (q x q, D = diag(P) + 1e-9 I, W = diag(mu (1 - mu)))
-is solved in the smaller of two forms:
+The prior's precision carries a ridge: D = diag(P) + 1e-9 I, in the penalty and the
+curvature alike (a window that leaves a direction free still has one maximum). With
+W = diag(mu (1 - mu)), the Newton system H = D + Z^T W Z (q x q) is solved in the
+smaller of two forms:
 
-- primal (L >= q): Cholesky-free LU of the q x q Hessian, as written;
-- dual (L < q), by the Woodbury identity with S = W^(1/2) and K = Z D^-1 Z^T (L x L,
-  fixed over the steps):  H^-1 g = D^-1 g - D^-1 Z^T S (I + S K S)^-1 S Z D^-1 g,
-  whose L x L matrix has eigenvalues >= 1 (well conditioned whatever mu is).
+- primal (L >= q): LU of the q x q Hessian, as written;
+- dual (L < q): the maximum lies in b = m + D^-1 Z^T a for some a in R^L (its gradient
+  condition reads D (b - m) = Z^T r), so Newton runs on a, with K = Z D^-1 Z^T
+  (L x L, fixed): eta = offset + Z m + K a, penalty a^T K a / 2, and the step
+  (I + W K) d = r - a solved through I + S K S (S = W^(1/2); eigenvalues >= 1, well
+  conditioned whatever mu is). Its iterates are the primal's (Woodbury), each step
+  costing L x L work instead of passes over the (L, q) rows.
 
 A window of a few rows then costs a few L x L solves, not a q x q one per step: most
 users in an impression batch have short windows.
@@ -98,7 +103,7 @@ def refit_rows(
         zb = np.zeros((len(users), length, z.shape[1]))
         yb, ob, mask = (np.zeros((len(users), length)) for _ in range(3))
         zb[k, j], yb[k, j], ob[k, j], mask[k, j] = z[src], y[src], offset[src], 1.0
-        out[users] = _newton(zb, yb, ob, mask, means[users], lams[users], steps)
+        out[users] = _newton(zb, yb, ob, mask, means[users], lams[users] + RIDGE, steps)
     return out
 
 
@@ -109,13 +114,13 @@ def _objective(
     offset: np.ndarray,
     mask: np.ndarray,
     mean: np.ndarray,
-    lam: np.ndarray,
+    d: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(B,) the penalised log-likelihood at beta (B, q), and eta (B, L)."""
+    """(B,) the penalised log-likelihood at beta (B, q) (d: the precision with its
+    ridge), and eta (B, L)."""
     eta = offset + (z @ beta[:, :, None])[:, :, 0]
-    d = beta - mean
-    ll = mask * (y * eta - np.logaddexp(0.0, eta))
-    return ll.sum(axis=1) - 0.5 * (lam * d * d).sum(axis=1), eta
+    dev = beta - mean
+    return _log_likelihood(eta, y, mask) - 0.5 * (d * dev * dev).sum(axis=1), eta
 
 
 def _newton(
@@ -124,10 +129,11 @@ def _newton(
     offset: np.ndarray,
     mask: np.ndarray,
     mean: np.ndarray,
-    lam: np.ndarray,
+    d: np.ndarray,
     steps: int,
 ) -> np.ndarray:
-    """One bucket: z (B, L, q), y, offset, mask (B, L), mean, lam (B, q) -> (B, q).
+    """One bucket: z (B, L, q), y, offset, mask (B, L), mean, d (B, q) the precision
+    with its ridge -> (B, q).
 
     Every operation is elementwise, a reduction along a user's own axis, or a matmul /
     solve per user (numpy loops over the stacked ones), and a user leaves the active
@@ -136,25 +142,33 @@ def _newton(
     some stop), so no step copies the rows of users that are done."""
     length, q = z.shape[1], z.shape[2]
     out = mean.copy()
-    w_ = _Work(z, y, offset, mask, mean, lam, dual=length < q)
+    w_: _Work | _DualWork = (
+        _DualWork.start(z, y, offset, mask, mean, d)
+        if length < q
+        else _Work(z, y, offset, mask, mean, d)
+    )
     where = np.arange(len(y))  # each working row's user
     for _ in range(steps):
         if not len(where):
             break
-        step = w_.newton_step()
-        taken, moved = w_.line_search(step)
+        taken, moved = w_.line_search(w_.newton_step())
         # A user stops when no halving improved the objective, or the step was tiny.
         keep = taken & (np.abs(moved).max(axis=1) >= TOLERANCE)
         if not keep.all():
-            out[where[~keep]] = w_.beta[~keep]
+            out[where[~keep]] = w_.effects(~keep)
             where = where[keep]
             w_ = w_.subset(keep)
-    out[where] = w_.beta
+    out[where] = w_.effects(slice(None))
     return out
 
 
+def _log_likelihood(eta: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(B,) sum over each user's rows of y eta - log(1 + e^eta) (padding: 0)."""
+    return (mask * (y * eta - np.logaddexp(0.0, eta))).sum(axis=1)
+
+
 class _Work:
-    """The active users' arrays of one bucket (see ``_newton``)."""
+    """The primal form's active users of one bucket (see ``_newton``)."""
 
     def __init__(
         self,
@@ -163,24 +177,19 @@ class _Work:
         offset: np.ndarray,
         mask: np.ndarray,
         mean: np.ndarray,
-        lam: np.ndarray,
-        dual: bool,
+        d: np.ndarray,
         beta: np.ndarray | None = None,
         obj: np.ndarray | None = None,
         eta: np.ndarray | None = None,
-        kern: np.ndarray | None = None,
     ) -> None:
-        self.z, self.y, self.offset, self.mask, self.mean, self.lam = z, y, offset, mask, mean, lam
-        self.dual = dual
-        self.d = lam + RIDGE
-        # Dual form: K = Z D^-1 Z^T (B, L, L), fixed over the steps.
-        if dual and kern is None:
-            kern = z @ (z.transpose(0, 2, 1) / self.d[:, :, None])
-        self.kern = kern
+        self.z, self.y, self.offset, self.mask, self.mean, self.d = z, y, offset, mask, mean, d
         self.beta = mean.copy() if beta is None else beta
         if obj is None or eta is None:
-            obj, eta = _objective(self.beta, z, y, offset, mask, mean, lam)
+            obj, eta = _objective(self.beta, z, y, offset, mask, mean, d)
         self.obj, self.eta = obj, eta
+
+    def effects(self, pick: np.ndarray | slice) -> np.ndarray:
+        return self.beta[pick]
 
     def subset(self, keep: np.ndarray) -> _Work:
         return _Work(
@@ -189,30 +198,19 @@ class _Work:
             self.offset[keep],
             self.mask[keep],
             self.mean[keep],
-            self.lam[keep],
-            self.dual,
+            self.d[keep],
             self.beta[keep],
             self.obj[keep],
             self.eta[keep],
-            None if self.kern is None else self.kern[keep],
         )
 
     def newton_step(self) -> np.ndarray:
-        """(B, q) H^-1 grad at the current beta, in the dual or the primal form."""
+        """(B, q) H^-1 grad at the current beta."""
         z, d = self.z, self.d
         mu = sigmoid(self.eta)
         w = self.mask * mu * (1.0 - mu)
         r = self.mask * (self.y - mu)
-        grad = (r[:, None, :] @ z)[:, 0, :] - self.lam * (self.beta - self.mean)
-        if self.kern is not None:
-            s = np.sqrt(w)
-            g_d = grad / d
-            c = s * (z @ g_d[:, :, None])[:, :, 0]
-            m = self.kern * s[:, :, None]  # S K S + I, written in place
-            m *= s[:, None, :]
-            m += np.eye(m.shape[1])
-            x = np.linalg.solve(m, c[:, :, None])[:, :, 0]
-            return g_d - ((s * x)[:, None, :] @ z)[:, 0, :] / d
+        grad = (r[:, None, :] @ z)[:, 0, :] - d * (self.beta - self.mean)
         hess = z.transpose(0, 2, 1) @ (z * w[:, :, None])
         q = hess.shape[1]
         hess[:, np.arange(q), np.arange(q)] += d
@@ -239,7 +237,7 @@ class _Work:
                 self.offset[pick],
                 self.mask[pick],
                 self.mean[pick],
-                self.lam[pick],
+                self.d[pick],
             )
             ok = new >= self.obj[pick] - 1e-12
             done = todo[ok]
@@ -249,3 +247,98 @@ class _Work:
             todo = todo[~ok]
             t[todo] *= 0.5
         return taken, moved
+
+
+class _DualWork:
+    """The dual form's active users of one bucket: b = m + D^-1 Z^T a, Newton on a (B, L)
+    (see the module's docstring). ``kern`` K = Z D^-1 Z^T (B, L, L); ``base`` the logit
+    at the prior mean, offset + Z m (B, L); ``k_a`` K a, so eta = base + k_a."""
+
+    def __init__(
+        self,
+        z: np.ndarray,
+        y: np.ndarray,
+        mask: np.ndarray,
+        mean: np.ndarray,
+        d: np.ndarray,
+        kern: np.ndarray,
+        base: np.ndarray,
+        a: np.ndarray,
+        k_a: np.ndarray,
+        obj: np.ndarray,
+    ) -> None:
+        self.z, self.y, self.mask, self.mean, self.d = z, y, mask, mean, d
+        self.kern, self.base, self.a, self.k_a, self.obj = kern, base, a, k_a, obj
+
+    @classmethod
+    def start(
+        cls,
+        z: np.ndarray,
+        y: np.ndarray,
+        offset: np.ndarray,
+        mask: np.ndarray,
+        mean: np.ndarray,
+        d: np.ndarray,
+    ) -> _DualWork:
+        """From the prior mean (a = 0)."""
+        kern = z @ (z.transpose(0, 2, 1) / d[:, :, None])
+        base = offset + (z @ mean[:, :, None])[:, :, 0]
+        a = np.zeros(base.shape)
+        return cls(z, y, mask, mean, d, kern, base, a, a.copy(), _log_likelihood(base, y, mask))
+
+    def effects(self, pick: np.ndarray | slice) -> np.ndarray:
+        """(n, q) b = m + D^-1 Z^T a of the picked users."""
+        return self.mean[pick] + self._to_effect(self.a[pick], pick)
+
+    def _to_effect(self, a: np.ndarray, pick: np.ndarray | slice) -> np.ndarray:
+        return (a[:, None, :] @ self.z[pick])[:, 0, :] / self.d[pick]
+
+    def subset(self, keep: np.ndarray) -> _DualWork:
+        return _DualWork(
+            self.z[keep],
+            self.y[keep],
+            self.mask[keep],
+            self.mean[keep],
+            self.d[keep],
+            self.kern[keep],
+            self.base[keep],
+            self.a[keep],
+            self.k_a[keep],
+            self.obj[keep],
+        )
+
+    def newton_step(self) -> np.ndarray:
+        """(B, L) the step in a: (I + W K) step = r - a, as v - S (I + S K S)^-1 S K v."""
+        mu = sigmoid(self.base + self.k_a)
+        s = np.sqrt(self.mask * mu * (1.0 - mu))
+        v = self.mask * (self.y - mu) - self.a
+        m = self.kern * s[:, :, None]  # S K S + I, written in place
+        m *= s[:, None, :]
+        m += np.eye(m.shape[1])
+        k_v = (self.kern @ v[:, :, None])[:, :, 0]
+        x = np.linalg.solve(m, (s * k_v)[:, :, None])[:, :, 0]
+        return v - s * x
+
+    def line_search(self, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``_Work.line_search`` in a; the step taken is returned in b (B, q)."""
+        n = len(step)
+        k_step = (self.kern @ step[:, :, None])[:, :, 0]
+        t = np.ones(n)
+        taken = np.zeros(n, dtype=bool)
+        todo = np.arange(n)
+        for _ in range(HALVINGS):
+            if not len(todo):
+                break
+            pick = slice(None) if len(todo) == n else todo
+            a = self.a[pick] + t[pick, None] * step[pick]
+            k_a = self.k_a[pick] + t[pick, None] * k_step[pick]
+            eta = self.base[pick] + k_a
+            new = _log_likelihood(eta, self.y[pick], self.mask[pick]) - 0.5 * (a * k_a).sum(axis=1)
+            ok = new >= self.obj[pick] - 1e-12
+            done = todo[ok]
+            self.a[done], self.k_a[done], self.obj[done] = a[ok], k_a[ok], new[ok]
+            taken[done] = True
+            todo = todo[~ok]
+            t[todo] *= 0.5
+        t[~taken] = 0.0
+        return taken, self._to_effect(t[:, None] * step, slice(None))

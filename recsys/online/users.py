@@ -30,7 +30,7 @@ from scipy.linalg.lapack import dposv
 
 from recsys.glmix.config import random_prior
 from recsys.glmix.model import GLMix
-from recsys.online.refit import refit_rows, sigmoid
+from recsys.online.refit import RIDGE, refit_rows, sigmoid
 from recsys.online.videos import Grouped, VideoEffects, rows_by_user
 
 __all__ = ["OnlineConfig", "OnlineEffects", "Window", "refit_effect", "sigmoid"]
@@ -69,9 +69,11 @@ def refit_effect(
     b = np.array(init, dtype=np.float64)
     if len(y) == 0:
         return np.array(prior_mean, dtype=np.float64)
-    lam = np.asarray(prior_precision, dtype=np.float64)
+    # The prior's precision with a ridge (a window that leaves a direction free still
+    # has one maximum), in the penalty and its curvature alike.
+    lam = np.asarray(prior_precision, dtype=np.float64) + RIDGE
     m = np.asarray(prior_mean, dtype=np.float64)
-    reg = np.diag(lam + 1e-9)  # the prior's curvature (and a ridge for a singular window)
+    reg = np.diag(lam)
 
     def objective(beta: np.ndarray) -> tuple[float, np.ndarray]:
         eta = offset + z @ beta

@@ -75,3 +75,29 @@ def test_a_users_effect_does_not_depend_on_the_batch(
     together = _solve(problems)[i]
     alone = _solve([problems[i]])[0]
     assert together.tobytes() == alone.tobytes()
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 11])
+def test_the_dual_form_finds_the_primal_forms_effect(n: int) -> None:
+    """Windows shorter than q run Newton on a in R^L (b = m + D^-1 Z^T a); the same
+    bucket solved in the primal form lands on the same effect, padding rows included."""
+    from recsys.online.refit import RIDGE, _DualWork, _Work
+
+    rng = np.random.default_rng(10 + n)
+    q, length = 12, bucket(n) + 1  # one padding row at least
+    z, y, off, mean, lam = _problem(rng, n, q)
+    pad = length - n
+    zb = np.concatenate([z, np.zeros((pad, q))])[None]
+    yb, ob = np.concatenate([y, np.zeros(pad)])[None], np.concatenate([off, np.zeros(pad)])[None]
+    mask = np.concatenate([np.ones(n), np.zeros(pad)])[None]
+    d = (lam + RIDGE)[None]
+    for work in (
+        _Work(zb, yb, ob, mask, mean[None], d),
+        _DualWork.start(zb, yb, ob, mask, mean[None], d),
+    ):
+        for _ in range(50):
+            taken, moved = work.line_search(work.newton_step())
+            if not taken[0] or np.abs(moved).max() < 1e-12:
+                break
+        got = work.effects(slice(None))[0]
+        np.testing.assert_allclose(got, refit_effect(z, y, off, mean, lam, mean, 50), atol=1e-10)

@@ -41,22 +41,49 @@ def to_units(values: np.ndarray) -> np.ndarray:
     return np.rint(np.asarray(values, dtype=np.float64) * SCALE).astype(np.int64)
 
 
-@dataclass(frozen=True)
 class UserShares:
     """One user's share of the per-video sums, replaced whole on every change (a reader
     keeps a consistent one): per impression, first first, its video and its gradient
     (qv,) and curvature (qv, qv) terms in fixed-point units (a video may repeat). About
-    8 (1 + qv + qv^2) bytes an impression; appending a batch costs the batch."""
+    8 (1 + qv + qv^2) bytes an impression.
 
-    videos: tuple[str, ...]
-    g: np.ndarray
-    h: np.ndarray
+    Kept as the chunks the batches appended (joined every ``JOIN_AT`` chunks), so an
+    append costs the batch, not the user's whole past: a user with many impressions
+    made every batch copy all of them."""
+
+    #: chunks kept before they are joined into one (amortised: a row is copied at most
+    #: a few times, and a reader joins at most this many)
+    JOIN_AT = 32
+    __slots__ = ("_g", "_h", "_videos")
+
+    def __init__(self, videos: tuple[str, ...], g: np.ndarray, h: np.ndarray) -> None:
+        self._videos: tuple[tuple[str, ...], ...] = (tuple(videos),)
+        self._g: tuple[np.ndarray, ...] = (g,)
+        self._h: tuple[np.ndarray, ...] = (h,)
+
+    @property
+    def videos(self) -> tuple[str, ...]:
+        if len(self._videos) == 1:
+            return self._videos[0]
+        return tuple(v for part in self._videos for v in part)
+
+    @property
+    def g(self) -> np.ndarray:
+        return self._g[0] if len(self._g) == 1 else np.concatenate(self._g)
+
+    @property
+    def h(self) -> np.ndarray:
+        return self._h[0] if len(self._h) == 1 else np.concatenate(self._h)
 
     def added(self, videos: list[str], g: np.ndarray, h: np.ndarray) -> UserShares:
-        """These shares plus one term per row."""
-        return UserShares(
-            self.videos + tuple(videos), np.concatenate([self.g, g]), np.concatenate([self.h, h])
-        )
+        """These shares plus one term per row (``g``, ``h`` are kept: pass copies)."""
+        out = UserShares.__new__(UserShares)
+        if len(self._g) >= self.JOIN_AT:
+            out._videos, out._g, out._h = (self.videos, tuple(videos)), (self.g, g), (self.h, h)
+        else:
+            out._videos = (*self._videos, tuple(videos))
+            out._g, out._h = (*self._g, g), (*self._h, h)
+        return out
 
 
 @dataclass
@@ -176,8 +203,11 @@ class VideoEffects:
         g, h = g[order], h[order]
         named = [videos[i] for i in order.tolist()]
         for user, s, e in bounds:
-            mine = self.shares.get(user) or UserShares((), g[:0], h[:0])
-            self.shares[user] = mine.added(named[s:e], g[s:e], h[s:e])
+            mine = self.shares.get(user)
+            if mine is None:
+                self.shares[user] = UserShares(tuple(named[s:e]), g[s:e].copy(), h[s:e].copy())
+            else:
+                self.shares[user] = mine.added(named[s:e], g[s:e].copy(), h[s:e].copy())
 
     def forget(self, user: str) -> None:
         """Take every contribution of ``user`` back out (an erasure)."""

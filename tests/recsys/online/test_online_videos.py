@@ -177,3 +177,19 @@ def test_a_solved_effect_is_kept_only_while_its_sums_are_current(fitted) -> None
             float(rebuilt.videos.design(1, g[i : i + 1])[0] @ want), abs=1e-12
         )
     assert any(not np.array_equal(before[v], online.videos.effect(v)) for v in vids)
+
+
+def test_a_users_shares_append_in_chunks_and_read_back_whole() -> None:
+    """Appending costs the batch (chunks, joined every JOIN_AT), and what a reader sees
+    is every row in the order appended."""
+    from recsys.online.videos import UserShares
+
+    rng = np.random.default_rng(0)
+    rows = [(f"v{i}", rng.integers(-9, 9, 3), rng.integers(-9, 9, (3, 3))) for i in range(100)]
+    shares = UserShares((rows[0][0],), rows[0][1][None], rows[0][2][None])
+    for v, g, h in rows[1:]:
+        shares = shares.added([v], g[None], h[None])
+        assert len(shares._g) <= UserShares.JOIN_AT
+    assert shares.videos == tuple(v for v, _, _ in rows)
+    np.testing.assert_array_equal(shares.g, np.stack([g for _, g, _ in rows]))
+    np.testing.assert_array_equal(shares.h, np.stack([h for _, _, h in rows]))

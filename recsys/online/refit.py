@@ -6,8 +6,8 @@
 by Newton's method with step halving, from the prior mean m, until the step is below
 1e-10 or ``steps`` are taken (``recsys.online.users`` states the model).
 
-Users are solved together in buckets of equal padded length L (the next power of two
-of their row count), with masked padding rows that contribute exactly nothing, so a
+Users are solved together in buckets of equal padded length L (``bucket`` of their
+row count), with masked padding rows that contribute exactly nothing, so a
 user's arithmetic depends on their own rows alone: the same bits whichever users share
 the batch (replicas batch events differently; they must hold the same effects).
 
@@ -46,8 +46,12 @@ def sigmoid(eta: np.ndarray) -> np.ndarray:
 
 
 def bucket(n: int) -> int:
-    """The padded length of a window of n >= 1 rows: the next power of two."""
-    return 1 << max(n - 1, 0).bit_length()
+    """The padded length of a window of n >= 1 rows: the next power of two up to 16,
+    then the next multiple of 8 (a 50-row window solves 56 x 56 systems, not 64 x 64:
+    a third less work, for a few more buckets)."""
+    if n <= 16:
+        return 1 << max(n - 1, 0).bit_length()
+    return -(-n // 8) * 8
 
 
 def refit_effects(

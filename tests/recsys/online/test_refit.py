@@ -54,8 +54,10 @@ def test_edge_cases_no_rows_and_extreme_priors() -> None:
     assert (z @ got[2]).mean() > (z @ mean).mean() + 1.0  # the data moved it
 
 
-def test_buckets_are_powers_of_two() -> None:
-    assert [bucket(n) for n in (1, 2, 3, 4, 5, 64, 65, 200)] == [1, 2, 4, 4, 8, 64, 128, 256]
+def test_buckets_are_powers_of_two_then_multiples_of_eight() -> None:
+    sizes = (1, 2, 3, 4, 5, 16, 17, 50, 64, 65, 200)
+    assert [bucket(n) for n in sizes] == [1, 2, 4, 4, 8, 16, 24, 56, 64, 72, 200]
+    assert all(bucket(n) >= n for n in range(1, 300))
 
 
 @settings(max_examples=25, deadline=None)

@@ -7,7 +7,7 @@ server CPU a request fell from 2.2 to 1.4 ms once it and its dependency ran on t
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -102,7 +102,9 @@ async def json_body(request: Request, model: type[Model]) -> Model:
     try:
         return model.model_validate_json(body)
     except ValidationError as e:
-        errors = e.errors(include_url=False, include_input=False)
+        errors: list[dict[str, Any]] = [
+            dict(err) for err in e.errors(include_url=False, include_input=False)
+        ]
     if errors and errors[0]["type"] == "json_invalid":
         try:
             body.decode()

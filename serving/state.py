@@ -28,6 +28,7 @@ from recsys.scoring import (
 from serving.derived import DerivedState
 from serving.errors import ConflictError, NotFoundError
 from serving.stores import Impression, Removal, Watch
+from serving.stores.contract import Stamp
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class ServingState(DerivedState):
         # video's effect when the model has them. No lock: a refit swaps the user's
         # effect array whole (scoring must not queue behind it).
         names = self.glmix.global_names
+        g: np.ndarray | None
         if tuple(names) == HISTORY_FEATURES:  # the usual model: no side features
             g = _history_columns(max_s, avg_s)
         else:
@@ -264,6 +266,7 @@ class ServingState(DerivedState):
                 if new
             ]
             ticket = self._stage_run(run)
+            self._past_own_batch(seqs)
             accepted = len(run)
             self.impression_events += accepted
             self.unsnapshotted += accepted
@@ -275,6 +278,19 @@ class ServingState(DerivedState):
             valid_watches=sum(w for _, _, w in run),
             users_updated=len({u for u, _, _ in run}),
         )
+
+    def _past_own_batch(self, stamps: list[Stamp | None]) -> None:
+        """Move the follower's impressions horizon past a batch just written here when
+        every impression between the horizon and the batch was applied here too, so the
+        next poll does not read the batch back (a tenth of the server's CPU while
+        ingesting). Caller holds the lock."""
+        keys = [s.order for s in stamps if s is not None]
+        if not keys:
+            return
+        lo, first = self._log.horizon["impressions"], min(keys)
+        between = self.store.impression_seqs_between(lo, first)
+        if between is not None and all(q in self._log.applied["impressions"] for q in between):
+            self._log.advance({"impressions": max(keys) + 1})
 
 
 class StateHolder:

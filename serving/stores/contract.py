@@ -122,6 +122,11 @@ class StateStore(Protocol):
     def archive_mark(self) -> int:
         """Impressions with a commit-order key below this were archived (0: none)."""
 
+    def impression_seqs_between(self, lo: int, hi: int) -> list[int] | None:
+        """The sequence numbers of the impressions with a key in [lo, hi); None where
+        keys do not rise as rows commit (PostgreSQL's transaction ids), so that a range
+        below a key says nothing about what commits later."""
+
     def archive_chunk(
         self, below: int, after_seq: int, limit: int
     ) -> list[tuple[Stamp, Impression]]:
@@ -344,6 +349,11 @@ class Dialect:
     DROP_SNAPSHOTS = "DELETE FROM snapshots"
 
     ARCHIVE_MARK = "SELECT below FROM log_archive"
+
+    @property
+    def impressions_between(self) -> str:
+        p, o = self.param, self.order
+        return f"SELECT seq FROM impressions WHERE {o} >= {p} AND {o} < {p}"
 
     @property
     def archive_rows(self) -> str:

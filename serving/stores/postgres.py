@@ -238,6 +238,9 @@ class PostgresStore:
     def archive_mark(self) -> int:
         return int(self._run(lambda c: c.execute(POSTGRES.ARCHIVE_MARK).fetchone()[0]))
 
+    def impression_seqs_between(self, lo: int, hi: int) -> list[int] | None:
+        return None  # transaction ids: a later commit can still land below hi
+
     def archive_chunk(
         self, below: int, after_seq: int, limit: int
     ) -> list[tuple[Stamp, Impression]]:

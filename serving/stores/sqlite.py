@@ -241,6 +241,10 @@ class SqliteStore:
         with self._locked() as db:
             return int(db.execute(SQLITE.ARCHIVE_MARK).fetchone()[0])
 
+    def impression_seqs_between(self, lo: int, hi: int) -> list[int] | None:
+        with self._locked() as db:
+            return [int(r[0]) for r in db.execute(SQLITE.impressions_between, (lo, hi))]
+
     def archive_chunk(
         self, below: int, after_seq: int, limit: int
     ) -> list[tuple[Stamp, Impression]]:

@@ -285,3 +285,31 @@ def test_a_replay_in_short_runs_holds_the_same_bits(
         assert reads.count(True) >= 3 and reads[-1] is False
     finally:
         store.close()
+
+
+def test_a_replica_skips_reading_back_its_own_batches_not_anyone_elses(
+    video_artifact: Path, settings: Settings
+) -> None:
+    """After its own impression batch a replica moves its horizon past it (the next poll
+    does not read it back) only while every impression below the batch is one it
+    applied: batches of another writer in between are still read, and both replicas
+    end with the same state as one that replays the whole log."""
+    stores = [SqliteStore(settings.state_db) for _ in range(3)]
+    try:
+        a, b = (ServingState(video_artifact, s, settings.watch_threshold_s) for s in stores[:2])
+        ids = a.catalogue.ids
+        a.record_impressions([_imp("ua", ids[1], 60.0, "a1"), _imp("ub", ids[2], 0.0, "a2")])
+        assert a._log.horizon["impressions"] > 0 and not a._log.applied["impressions"]
+        assert len(a.store.changes(dict(a._log.horizon)).impressions) == 0  # nothing to re-read
+        b.record_impressions([_imp("ua", ids[3], 60.0, "b1")])  # b has not read a's batch
+        assert b._log.applied["impressions"]  # so it keeps its own row remembered
+        a.record_impressions([_imp("ub", ids[4], 60.0, "a3")])  # after b's: a must not skip it
+        assert a.sync() == 1 and b.sync() == 3
+        replay = ServingState(video_artifact, stores[2], settings.watch_threshold_s, None, False)
+        a.wait_refitted()
+        replay.wait_refitted()
+        assert _picture(a)["windows"] == _picture(replay)["windows"]
+        assert _picture(a)["histories"] == _picture(replay)["histories"]
+    finally:
+        for s in stores:
+            s.close()

@@ -292,8 +292,9 @@ def test_a_replica_skips_reading_back_its_own_batches_not_anyone_elses(
 ) -> None:
     """After its own impression batch a replica moves its horizon past it (the next poll
     does not read it back) only while every impression below the batch is one it
-    applied: batches of another writer in between are still read, and both replicas
-    end with the same state as one that replays the whole log."""
+    applied: batches of another writer in between are still read. (A replica applies its
+    own rows as it writes them and the others' as it reads them, so the one that had read
+    everything before each of its writes, here a, equals a replay bit for bit.)"""
     stores = [SqliteStore(settings.state_db) for _ in range(3)]
     try:
         a, b = (ServingState(video_artifact, s, settings.watch_threshold_s) for s in stores[:2])

@@ -260,13 +260,13 @@ class ServingState(DerivedState):
         with self._lock:
             seqs = self.store.insert_impressions(impressions)
             fresh = [q is not None and self._log.mark("impressions", q) for q in seqs]
+            self._past_own_batch(seqs)  # before staging: a poll meanwhile reads past it
             run = [
                 (imp.user_id, r, imp.watch_seconds >= self.threshold)
                 for imp, r, new in zip(impressions, rows, fresh, strict=True)
                 if new
             ]
             ticket = self._stage_run(run)
-            self._past_own_batch(seqs)
             accepted = len(run)
             self.impression_events += accepted
             self.unsnapshotted += accepted

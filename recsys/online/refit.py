@@ -30,6 +30,8 @@ users in an impression batch have short windows.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 #: a step this small (max norm) ends a user's Newton loop: the MAP of the window
@@ -107,51 +109,46 @@ def refit_rows(
         zb = np.zeros((len(users), length, z.shape[1]))
         yb, ob, mask = (np.zeros((len(users), length)) for _ in range(3))
         zb[k, j], yb[k, j], ob[k, j], mask[k, j] = z[src], y[src], offset[src], 1.0
-        out[users] = _newton(zb, yb, ob, mask, means[users], lams[users] + RIDGE, steps)
+        out[users] = _newton(_Bucket(zb, yb, ob, mask, means[users], lams[users] + RIDGE), steps)
     return out
 
 
-def _objective(
-    beta: np.ndarray,
-    z: np.ndarray,
-    y: np.ndarray,
-    offset: np.ndarray,
-    mask: np.ndarray,
-    mean: np.ndarray,
-    d: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(B,) the penalised log-likelihood at beta (B, q) (d: the precision with its
-    ridge), and eta (B, L)."""
-    eta = offset + (z @ beta[:, :, None])[:, :, 0]
-    dev = beta - mean
-    return _log_likelihood(eta, y, mask) - 0.5 * (d * dev * dev).sum(axis=1), eta
+@dataclass(frozen=True)
+class _Bucket:
+    """One bucket's users, padded: z (B, L, q), y, offset, mask (B, L) (padding rows 0),
+    mean, d (B, q) the prior's mean and precision with its ridge."""
+
+    z: np.ndarray
+    y: np.ndarray
+    offset: np.ndarray
+    mask: np.ndarray
+    mean: np.ndarray
+    d: np.ndarray
+
+    def __getitem__(self, pick: np.ndarray | slice) -> _Bucket:
+        arrays = (self.z, self.y, self.offset, self.mask, self.mean, self.d)
+        return _Bucket(*(a[pick] for a in arrays))
 
 
-def _newton(
-    z: np.ndarray,
-    y: np.ndarray,
-    offset: np.ndarray,
-    mask: np.ndarray,
-    mean: np.ndarray,
-    d: np.ndarray,
-    steps: int,
-) -> np.ndarray:
-    """One bucket: z (B, L, q), y, offset, mask (B, L), mean, d (B, q) the precision
-    with its ridge -> (B, q).
+def _objective(beta: np.ndarray, b: _Bucket) -> tuple[np.ndarray, np.ndarray]:
+    """(B,) the penalised log-likelihood at beta (B, q), and eta (B, L)."""
+    eta = b.offset + (b.z @ beta[:, :, None])[:, :, 0]
+    dev = beta - b.mean
+    return _log_likelihood(eta, b.y, b.mask) - 0.5 * (b.d * dev * dev).sum(axis=1), eta
+
+
+def _newton(b: _Bucket, steps: int) -> np.ndarray:
+    """One bucket's effects (B, q).
 
     Every operation is elementwise, a reduction along a user's own axis, or a matmul /
     solve per user (numpy loops over the stacked ones), and a user leaves the active
     set exactly when the one-user loop would stop: a user's bits never depend on the
     others in the bucket. The working arrays hold the active users only (compacted when
     some stop), so no step copies the rows of users that are done."""
-    length, q = z.shape[1], z.shape[2]
-    out = mean.copy()
-    w_: _Work | _DualWork = (
-        _DualWork.start(z, y, offset, mask, mean, d)
-        if length < q
-        else _Work(z, y, offset, mask, mean, d)
-    )
-    where = np.arange(len(y))  # each working row's user
+    length, q = b.z.shape[1], b.z.shape[2]
+    out = b.mean.copy()
+    w_: _Work | _DualWork = _DualWork.start(b) if length < q else _Work(b)
+    where = np.arange(len(b.y))  # each working row's user
     for _ in range(steps):
         if not len(where):
             break
@@ -176,48 +173,33 @@ class _Work:
 
     def __init__(
         self,
-        z: np.ndarray,
-        y: np.ndarray,
-        offset: np.ndarray,
-        mask: np.ndarray,
-        mean: np.ndarray,
-        d: np.ndarray,
+        b: _Bucket,
         beta: np.ndarray | None = None,
         obj: np.ndarray | None = None,
         eta: np.ndarray | None = None,
     ) -> None:
-        self.z, self.y, self.offset, self.mask, self.mean, self.d = z, y, offset, mask, mean, d
-        self.beta = mean.copy() if beta is None else beta
+        self.b = b
+        self.beta = b.mean.copy() if beta is None else beta
         if obj is None or eta is None:
-            obj, eta = _objective(self.beta, z, y, offset, mask, mean, d)
+            obj, eta = _objective(self.beta, b)
         self.obj, self.eta = obj, eta
 
     def effects(self, pick: np.ndarray | slice) -> np.ndarray:
         return self.beta[pick]
 
     def subset(self, keep: np.ndarray) -> _Work:
-        return _Work(
-            self.z[keep],
-            self.y[keep],
-            self.offset[keep],
-            self.mask[keep],
-            self.mean[keep],
-            self.d[keep],
-            self.beta[keep],
-            self.obj[keep],
-            self.eta[keep],
-        )
+        return _Work(self.b[keep], self.beta[keep], self.obj[keep], self.eta[keep])
 
     def newton_step(self) -> np.ndarray:
         """(B, q) H^-1 grad at the current beta."""
-        z, d = self.z, self.d
+        b = self.b
         mu = sigmoid(self.eta)
-        w = self.mask * mu * (1.0 - mu)
-        r = self.mask * (self.y - mu)
-        grad = (r[:, None, :] @ z)[:, 0, :] - d * (self.beta - self.mean)
-        hess = z.transpose(0, 2, 1) @ (z * w[:, :, None])
+        w = b.mask * mu * (1.0 - mu)
+        r = b.mask * (b.y - mu)
+        grad = (r[:, None, :] @ b.z)[:, 0, :] - b.d * (self.beta - b.mean)
+        hess = b.z.transpose(0, 2, 1) @ (b.z * w[:, :, None])
         q = hess.shape[1]
-        hess[:, np.arange(q), np.arange(q)] += d
+        hess[:, np.arange(q), np.arange(q)] += b.d
         return np.linalg.solve(hess, grad[:, :, None])[:, :, 0]
 
     def line_search(self, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -234,15 +216,7 @@ class _Work:
             every = len(todo) == n  # the usual case: no copy of the rows
             pick = slice(None) if every else todo
             trial = self.beta[pick] + t[pick, None] * step[pick]
-            new, new_eta = _objective(
-                trial,
-                self.z[pick],
-                self.y[pick],
-                self.offset[pick],
-                self.mask[pick],
-                self.mean[pick],
-                self.d[pick],
-            )
+            new, new_eta = _objective(trial, self.b if every else self.b[pick])
             ok = new >= self.obj[pick] - 1e-12
             done = todo[ok]
             moved[done] = t[done, None] * step[done]
@@ -260,35 +234,24 @@ class _DualWork:
 
     def __init__(
         self,
-        z: np.ndarray,
-        y: np.ndarray,
-        mask: np.ndarray,
-        mean: np.ndarray,
-        d: np.ndarray,
+        b: _Bucket,
         kern: np.ndarray,
         base: np.ndarray,
         a: np.ndarray,
         k_a: np.ndarray,
         obj: np.ndarray,
     ) -> None:
-        self.z, self.y, self.mask, self.mean, self.d = z, y, mask, mean, d
+        self.z, self.y, self.mask, self.mean, self.d = b.z, b.y, b.mask, b.mean, b.d
+        self.b = b
         self.kern, self.base, self.a, self.k_a, self.obj = kern, base, a, k_a, obj
 
     @classmethod
-    def start(
-        cls,
-        z: np.ndarray,
-        y: np.ndarray,
-        offset: np.ndarray,
-        mask: np.ndarray,
-        mean: np.ndarray,
-        d: np.ndarray,
-    ) -> _DualWork:
+    def start(cls, b: _Bucket) -> _DualWork:
         """From the prior mean (a = 0)."""
-        kern = z @ (z.transpose(0, 2, 1) / d[:, :, None])
-        base = offset + (z @ mean[:, :, None])[:, :, 0]
+        kern = b.z @ (b.z.transpose(0, 2, 1) / b.d[:, :, None])
+        base = b.offset + (b.z @ b.mean[:, :, None])[:, :, 0]
         a = np.zeros(base.shape)
-        return cls(z, y, mask, mean, d, kern, base, a, a.copy(), _log_likelihood(base, y, mask))
+        return cls(b, kern, base, a, a.copy(), _log_likelihood(base, b.y, b.mask))
 
     def effects(self, pick: np.ndarray | slice) -> np.ndarray:
         """(n, q) b = m + D^-1 Z^T a of the picked users."""
@@ -298,18 +261,8 @@ class _DualWork:
         return (a[:, None, :] @ self.z[pick])[:, 0, :] / self.d[pick]
 
     def subset(self, keep: np.ndarray) -> _DualWork:
-        return _DualWork(
-            self.z[keep],
-            self.y[keep],
-            self.mask[keep],
-            self.mean[keep],
-            self.d[keep],
-            self.kern[keep],
-            self.base[keep],
-            self.a[keep],
-            self.k_a[keep],
-            self.obj[keep],
-        )
+        kept = (self.kern, self.base, self.a, self.k_a, self.obj)
+        return _DualWork(self.b[keep], *(x[keep] for x in kept))
 
     def newton_step(self) -> np.ndarray:
         """(B, L) the step in a: (I + W K) step = r - a, as v - S (I + S K S)^-1 S K v."""

@@ -118,13 +118,13 @@ class VideoEffects:
 
     def effect(self, video: str) -> np.ndarray:
         """(qv,) the video's effect now: the offline one moved by what was seen since."""
-        mean, precision = self.offline(video)
         got = self.stats.get(video)
         if got is None:
-            return mean
+            return self.offline(video)[0]
         cached = self._solved.get(video)
-        if cached is not None and cached[0] is got:
+        if cached is not None and cached[0] is got:  # the usual case: no lookups more
             return cached[1]
+        mean, precision = self.offline(video)
         g, h = got
         solved = mean + np.linalg.solve(h / SCALE + np.diag(precision), g / SCALE)
         self._solved[video] = (got, solved)

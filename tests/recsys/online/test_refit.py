@@ -83,7 +83,7 @@ def test_a_users_effect_does_not_depend_on_the_batch(
 def test_the_dual_form_finds_the_primal_forms_effect(n: int) -> None:
     """Windows shorter than q run Newton on a in R^L (b = m + D^-1 Z^T a); the same
     bucket solved in the primal form lands on the same effect, padding rows included."""
-    from recsys.online.refit import RIDGE, _DualWork, _Work
+    from recsys.online.refit import RIDGE, _Bucket, _DualWork, _Work
 
     rng = np.random.default_rng(10 + n)
     q, length = 12, bucket(n) + 1  # one padding row at least
@@ -92,10 +92,10 @@ def test_the_dual_form_finds_the_primal_forms_effect(n: int) -> None:
     zb = np.concatenate([z, np.zeros((pad, q))])[None]
     yb, ob = np.concatenate([y, np.zeros(pad)])[None], np.concatenate([off, np.zeros(pad)])[None]
     mask = np.concatenate([np.ones(n), np.zeros(pad)])[None]
-    d = (lam + RIDGE)[None]
+    bucket_ = _Bucket(zb, yb, ob, mask, mean[None], (lam + RIDGE)[None])
     for work in (
-        _Work(zb, yb, ob, mask, mean[None], d),
-        _DualWork.start(zb, yb, ob, mask, mean[None], d),
+        _Work(bucket_),
+        _DualWork.start(bucket_),
     ):
         for _ in range(50):
             taken, moved = work.line_search(work.newton_step())

@@ -74,10 +74,21 @@ class PostgresStore:
             )
         return self._conn
 
-    def _run(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(connection)`` in one transaction; connection errors -> StoreUnavailable."""
+    def _run(self, fn: Callable[[Any], T], own_connection: bool = False) -> T:
+        """Run ``fn(connection)`` in one transaction; connection errors -> StoreUnavailable.
+        ``own_connection``: on a connection of its own, closed after (libpq keeps its
+        input buffer at the size of the largest row received for the connection's life:
+        a snapshot of tens of MB read once would stay resident twice over)."""
         with self._lock:
             try:
+                if own_connection:
+                    with (
+                        self._psycopg.connect(
+                            self.url, connect_timeout=max(1, int(self._timeout)), autocommit=False
+                        ) as conn,
+                        conn.transaction(),
+                    ):
+                        return fn(conn)
                 conn = self._connect()
                 with conn.transaction():
                     return fn(conn)
@@ -223,9 +234,11 @@ class PostgresStore:
         return self._run(save)
 
     def latest_snapshot(self, artifact_version: str) -> bytes | None:
-        row = self._run(
-            lambda c: c.execute(POSTGRES.latest_snapshot, (artifact_version,)).fetchone()
-        )
+        def read(c: Any) -> Any:
+            with c.cursor(binary=True) as cur:  # the bytes as stored, not hex text
+                return cur.execute(POSTGRES.latest_snapshot, (artifact_version,)).fetchone()
+
+        row = self._run(read, own_connection=True)
         return None if row is None else bytes(row[0])
 
     def user_rows(self, user_id: str) -> Changes:

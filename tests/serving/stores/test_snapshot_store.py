@@ -34,3 +34,20 @@ def test_an_erasure_deletes_every_snapshot_and_refuses_older_ones(store: StateSt
     after = store.changes(before.horizon)
     assert store.save_snapshot("v1", b"later", after.horizon.get("removals", 0), [])
     assert store.latest_snapshot("v1") == b"later"
+
+
+def test_postgresql_reads_a_snapshot_on_a_connection_of_its_own(pg_url: str) -> None:
+    """libpq keeps its input buffer at the largest row a connection received: a snapshot
+    read on the store's long-lived connection stayed resident twice over (+128 MB after
+    a 64 MB snapshot, ``benchmarks/bench_pg_snapshot_read.py``). Every byte value comes
+    back as stored."""
+    from serving.stores import open_store
+
+    store = open_store(pg_url)
+    body = bytes(range(256)) * 64
+    assert store.save_snapshot("v1", body, 0, [])
+    store._conn.close()  # type: ignore[attr-defined]
+    store._conn = None  # type: ignore[attr-defined]
+    assert store.latest_snapshot("v1") == body
+    assert store._conn is None  # type: ignore[attr-defined]  # the shared one not opened
+    store.close()

@@ -102,15 +102,16 @@ def recommend(state: ServingState, user_id: str, k: int, seeds: int) -> list[dic
 
 
 def top_k(p: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest of ``p``, largest first, ties by index: the head of
-    a stable sort of ``-p``, sorting only the values at or above the k-th largest."""
+    """Indices of the ``k`` largest of ``p``, largest first, ties by index (NaN last): the
+    head of a stable sort of ``-p``, sorting only the values at or above the k-th largest."""
+    neg = -p
     if len(p) <= 4 * k:
-        return np.argsort(-p, kind="stable")[:k]
-    at_least = np.partition(p, len(p) - k)[len(p) - k]
-    if np.isnan(at_least):  # fewer than k numbers: NaN sorts last
-        return np.argsort(-p, kind="stable")[:k]
-    head = np.flatnonzero(p >= at_least)  # k or more (ties), in index order
-    return head[np.argsort(-p[head], kind="stable")[:k]]
+        return np.argsort(neg, kind="stable")[:k]
+    kth = np.partition(neg, k - 1)[k - 1]  # NaN sorts last, so only with fewer than k numbers
+    if np.isnan(kth):
+        return np.argsort(neg, kind="stable")[:k]
+    head = np.flatnonzero(neg <= kth)  # k or more (ties), in index order; no NaN
+    return head[np.argsort(neg[head], kind="stable")[:k]]
 
 
 def _unwatched_neighbours(

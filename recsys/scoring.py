@@ -132,6 +132,10 @@ def history_features(max_s: np.ndarray, avg_s: np.ndarray) -> np.ndarray:
     mx = np.asarray(max_s, dtype=np.float64)
     av = np.asarray(avg_s, dtype=np.float64)
     has = np.isfinite(mx)
+    if has.all():  # every row has a history (one user's candidates): the columns as given
+        out = np.empty((len(mx), 3))
+        out[:, 0], out[:, 1], out[:, 2] = mx, av, 1.0
+        return out
     return np.stack([np.where(has, mx, 0.0), np.where(has, av, 0.0), has.astype(np.float64)], 1)
 
 

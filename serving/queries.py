@@ -22,23 +22,23 @@ def score(state: ServingState, user_id: str, video_ids: list[str]) -> dict[str, 
     m = len(p)
     max_s: list[float | None] = mx.tolist() if hist else [None] * m
     avg_s: list[float | None] = av.tolist() if hist else [None] * m
-    probs = p.tolist()
-    if everything_known:
-        out: list[dict[str, Any]] = [
-            {"video_id": v, "max_similarity": a, "avg_similarity": b, "watch_probability": q}
-            for v, a, b, q in zip(video_ids, max_s, avg_s, probs, strict=True)
+    scored = [
+        {"video_id": v, "max_similarity": a, "avg_similarity": b, "watch_probability": q}
+        for v, a, b, q in zip(
+            video_ids if everything_known else [video_ids[i] for i in np.flatnonzero(known)],
+            max_s,
+            avg_s,
+            p.tolist(),
+            strict=True,
+        )
+    ]
+    out = scored
+    if not everything_known:  # unknown videos in their places, per item
+        it = iter(scored)
+        out = [
+            next(it) if ok else {"video_id": v, "error": "unknown video"}
+            for v, ok in zip(video_ids, known.tolist(), strict=True)
         ]
-    else:
-        it = iter(zip(max_s, avg_s, probs, strict=True))
-        out = []
-        for v, ok in zip(video_ids, known.tolist(), strict=True):
-            if not ok:
-                out.append({"video_id": v, "error": "unknown video"})
-                continue
-            a, b, q = next(it)
-            out.append(
-                {"video_id": v, "max_similarity": a, "avg_similarity": b, "watch_probability": q}
-            )
     return {
         "user_id": user_id,
         "known_user": state.known_user(user_id),

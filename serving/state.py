@@ -19,12 +19,7 @@ import numpy as np
 
 from recsys.errors import UserInputError
 from recsys.online.refit import sigmoid
-from recsys.scoring import (
-    HISTORY_FEATURES,
-    glmix_global_features,
-    history_features,
-    history_similarity,
-)
+from recsys.scoring import glmix_global_features
 from serving.derived import DerivedState
 from serving.errors import ConflictError, NotFoundError
 from serving.stores import Impression, Removal, Watch
@@ -86,32 +81,24 @@ class ServingState(DerivedState):
     # ------------------------------------------------------------------ scoring
 
     def similarity(self, user_id: str, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Eq. 17 / Eq. 16 of candidates (M, E) against the user's current history
-        (NaN without one)."""
+        """Eq. 17 / Eq. 16 (float64) of candidates (M, E) against the user's current
+        history (NaN without one): one (H, M) product reduced along its contiguous axis,
+        averaged in float64 as the offline features are."""
         hist = self.histories.get(user_id)
-        return history_similarity(cand, self.catalogue.vectors(hist or []))
+        if not hist:
+            return np.full(len(cand), np.nan), np.full(len(cand), np.nan)
+        sims = np.take(self.catalogue.emb, hist, axis=0) @ cand.T  # (H, M)
+        avg = sims.sum(axis=0, dtype=np.float64)
+        avg /= len(hist)
+        return sims.max(axis=0).astype(np.float64), avg
 
     def score_rows(
         self, user_id: str, rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(max, avg, p) of catalogue ``rows`` (M,) for the user: Eq. 17 / Eq. 16 against
-        the current history (NaN without one) and the watch probability (Eq. 18).
-
-        The hot path of scores and recommendations, in a few vectorised passes: the
-        similarities as one (H, M) product reduced along its contiguous axis, averaged in
-        float64 (as the offline features are), and the history's global features built
-        directly when the model has no others."""
-        emb = self.catalogue.emb
-        cand = np.take(emb, rows, axis=0)  # (M, E) float32
-        hist = self.histories.get(user_id)
-        m = len(rows)
-        if hist:
-            sims = np.take(emb, hist, axis=0) @ cand.T  # (H, M)
-            mx = sims.max(axis=0).astype(np.float64)
-            av = sims.sum(axis=0, dtype=np.float64)
-            av /= len(hist)
-        else:
-            mx, av = np.full(m, np.nan), np.full(m, np.nan)
+        """(max, avg, p) of catalogue ``rows`` (M,) for the user: ``similarity`` and the
+        watch probability (Eq. 18); the hot path of scores and recommendations."""
+        cand = np.take(self.catalogue.emb, rows, axis=0)  # (M, E) float32
+        mx, av = self.similarity(user_id, cand)
         return mx, av, self.watch_probability(user_id, cand, mx, av, rows)
 
     def watch_probability(
@@ -126,17 +113,12 @@ class ServingState(DerivedState):
         # their impressions, else the offline one (none for an unknown user); plus each
         # video's effect when the model has them. No lock: a refit swaps the user's
         # effect array whole (scoring must not queue behind it).
-        names = self.glmix.global_names
-        g: np.ndarray | None
-        if tuple(names) == HISTORY_FEATURES:  # the usual model: no side features
-            g = _history_columns(max_s, avg_s)
-        else:
-            side = (
-                None
-                if self.side is None
-                else self.side.for_user(user_id, np.asarray(rows), self.erased_users)
-            )
-            g = glmix_global_features(names, max_s, avg_s, side)
+        side = (
+            None
+            if self.side is None
+            else self.side.for_user(user_id, np.asarray(rows), self.erased_users)
+        )
+        g = glmix_global_features(self.glmix.global_names, max_s, avg_s, side)
         eta = self.online.serving_logit(user_id, cand, g)
         videos = self.online.videos
         if videos is not None:  # the same sum as OnlineEffects.logit, looked up by row
@@ -300,13 +282,3 @@ class StateHolder:
         self.current: ServingState | None = None
         self.reload_lock = threading.Lock()
         self.reloads = 0
-
-
-def _history_columns(max_s: np.ndarray, avg_s: np.ndarray) -> np.ndarray:
-    """``history_features`` of one user's candidates: every row has the history or none."""
-    n = len(max_s)
-    if not n or not np.isfinite(max_s).all():
-        return history_features(max_s, avg_s)
-    g = np.empty((n, 3))
-    g[:, 0], g[:, 1], g[:, 2] = max_s, avg_s, 1.0
-    return g

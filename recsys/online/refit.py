@@ -241,7 +241,6 @@ class _DualWork:
         k_a: np.ndarray,
         obj: np.ndarray,
     ) -> None:
-        self.z, self.y, self.mask, self.mean, self.d = b.z, b.y, b.mask, b.mean, b.d
         self.b = b
         self.kern, self.base, self.a, self.k_a, self.obj = kern, base, a, k_a, obj
 
@@ -255,10 +254,10 @@ class _DualWork:
 
     def effects(self, pick: np.ndarray | slice) -> np.ndarray:
         """(n, q) b = m + D^-1 Z^T a of the picked users."""
-        return self.mean[pick] + self._to_effect(self.a[pick], pick)
+        return self.b.mean[pick] + self._to_effect(self.a[pick], pick)
 
     def _to_effect(self, a: np.ndarray, pick: np.ndarray | slice) -> np.ndarray:
-        return (a[:, None, :] @ self.z[pick])[:, 0, :] / self.d[pick]
+        return (a[:, None, :] @ self.b.z[pick])[:, 0, :] / self.b.d[pick]
 
     def subset(self, keep: np.ndarray) -> _DualWork:
         kept = (self.kern, self.base, self.a, self.k_a, self.obj)
@@ -267,8 +266,9 @@ class _DualWork:
     def newton_step(self) -> np.ndarray:
         """(B, L) the step in a: (I + W K) step = r - a, as v - S (I + S K S)^-1 S K v."""
         mu = sigmoid(self.base + self.k_a)
-        s = np.sqrt(self.mask * mu * (1.0 - mu))
-        v = self.mask * (self.y - mu) - self.a
+        b = self.b
+        s = np.sqrt(b.mask * mu * (1.0 - mu))
+        v = b.mask * (b.y - mu) - self.a
         m = self.kern * s[:, :, None]  # S K S + I, written in place
         m *= s[:, None, :]
         m += np.eye(m.shape[1])
@@ -290,7 +290,8 @@ class _DualWork:
             a = self.a[pick] + t[pick, None] * step[pick]
             k_a = self.k_a[pick] + t[pick, None] * k_step[pick]
             eta = self.base[pick] + k_a
-            new = _log_likelihood(eta, self.y[pick], self.mask[pick]) - 0.5 * (a * k_a).sum(axis=1)
+            ll = _log_likelihood(eta, self.b.y[pick], self.b.mask[pick])
+            new = ll - 0.5 * (a * k_a).sum(axis=1)
             ok = new >= self.obj[pick] - 1e-12
             done = todo[ok]
             self.a[done], self.k_a[done], self.obj[done] = a[ok], k_a[ok], new[ok]

@@ -162,15 +162,20 @@ class Catalogue:
         found = np.full((len(rows), wanted), -1, np.int64)
         missed: dict[int, list[int]] = {}  # row -> where it was asked (once searched)
         removed = self._removed_sorted
-        for i, r in enumerate(rows.tolist()):
-            entry = None if r in missed else cache.get(r, n)
-            if entry is None or not enough(entry, k, removed):
-                cache.record(hit=False)
+        asked_rows = rows.tolist()
+        entries = cache.get_many(asked_rows, n)
+        for i, (r, entry) in enumerate(zip(asked_rows, entries, strict=True)):
+            if entry is None or r in missed or not enough(entry, k, removed):
                 missed.setdefault(r, []).append(i)
                 continue
-            cache.record(hit=True)
-            s, f = merge_tail(entry, emb[r], emb[entry.indexed : n], entry.indexed, wanted)
+            if entry.indexed == n:  # nothing added since it was searched
+                s, f = entry.scores[:wanted], entry.rows[:wanted]
+            else:
+                s, f = merge_tail(entry, emb[r], emb[entry.indexed : n], entry.indexed, wanted)
             scores[i, : len(s)], found[i, : len(f)] = s, f
+        n_missed = sum(map(len, missed.values()))
+        cache.record(hit=True, times=len(asked_rows) - n_missed)
+        cache.record(hit=False, times=n_missed)
         if missed:
             _one_omp_thread()
             asked = np.fromiter(missed, np.int64, len(missed))

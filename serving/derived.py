@@ -45,7 +45,7 @@ from serving.stores.contract import TABLES, Stamp
 
 log = logging.getLogger(__name__)
 
-READ_ROWS = 65_536  # impressions a read (SQLite; PostgreSQL reads whole)
+READ_ROWS = 65_536  # impressions a read (about: PostgreSQL cuts between transactions)
 #: impressions staged at a time when a sync applies many (staging is row by row in its
 #: numbers, so where a run is cut changes no bit)
 RUN_ROWS = 8192

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +30,11 @@ class Entry:
     #: (m,) float32 inner products and (m,) int64 rows, best first (-1 padding last)
     scores: np.ndarray
     rows: np.ndarray
+    #: how many of ``rows`` are videos (not -1 padding): read on every hit
+    live: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "live", int(np.count_nonzero(self.rows >= 0)))
 
     @property
     def nbytes(self) -> int:
@@ -56,18 +61,27 @@ class NeighbourCache:
         """The entry of ``row``, unless the catalogue (``size`` videos now) has grown past
         it by more than ``MAX_TAIL``. Whether it holds enough neighbours is the caller's
         question (``enough``); ``record`` counts the outcome."""
-        with self._lock:
-            entry = self._entries.get(row)
-            if entry is None or size - entry.indexed > MAX_TAIL:
-                return None
-            self._entries.move_to_end(row)
-            return entry
+        return self.get_many([row], size)[0]
 
-    def record(self, hit: bool) -> None:
+    def get_many(self, rows: list[int], size: int) -> list[Entry | None]:
+        """``get`` of each row, under one acquisition of the lock."""
+        out: list[Entry | None] = []
+        with self._lock:
+            entries = self._entries
+            for row in rows:
+                entry = entries.get(row)
+                if entry is None or size - entry.indexed > MAX_TAIL:
+                    out.append(None)
+                else:
+                    entries.move_to_end(row)
+                    out.append(entry)
+        return out
+
+    def record(self, hit: bool, times: int = 1) -> None:
         if hit:
-            self.hits += 1
+            self.hits += times
         else:
-            self.misses += 1
+            self.misses += times
 
     def put(self, row: int, entry: Entry) -> None:
         if entry.nbytes > self.budget_bytes:
@@ -86,12 +100,12 @@ class NeighbourCache:
 def enough(entry: Entry, k: int, removed: np.ndarray) -> bool:
     """Whether an entry answers a query for ``k`` live neighbours: it holds ``k`` rows not
     taken down (``removed``: sorted rows), or every video the index held."""
-    live = entry.rows[entry.rows >= 0]
-    if len(live) >= entry.indexed:
+    if entry.live >= entry.indexed:
         return True
-    if len(removed):
-        live = live[~np.isin(live, removed)]
-    return len(live) >= k
+    if not len(removed) or entry.live < k:
+        return entry.live >= k
+    live = entry.rows[entry.rows >= 0]
+    return int(np.count_nonzero(~np.isin(live, removed))) >= k
 
 
 def merge_tail(

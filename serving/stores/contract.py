@@ -305,6 +305,22 @@ class Dialect:
         )
 
     @property
+    def changes_below(self) -> tuple[str, str, str, str]:
+        """``changes`` cut at a key: rows with ``lo <= key < hi`` (two parameters), in
+        key then sequence order; the impressions query also takes a ``LIMIT``."""
+        p, v, vo, o = self.param, self.video_seq, self.video_order, self.order
+        return (
+            f"SELECT {v}, {vo}, video_id, payload_sha256, embedding, num_frames FROM videos "
+            f"WHERE {vo} >= {p} AND {vo} < {p} ORDER BY {vo}, {v}",
+            f"SELECT seq, {o}, user_id, video_id, watch_seconds, at FROM watches "
+            f"WHERE {o} >= {p} AND {o} < {p} ORDER BY {o}, seq",
+            f"SELECT seq, {o}, event_id, user_id, video_id, shown_at, watch_seconds "
+            f"FROM impressions WHERE {o} >= {p} AND {o} < {p} ORDER BY {o}, seq LIMIT {p}",
+            f"SELECT seq, {o}, kind, target FROM removals "
+            f"WHERE {o} >= {p} AND {o} < {p} ORDER BY {o}, seq",
+        )
+
+    @property
     def user_rows(self) -> tuple[str, str]:
         """``changes``' watches and impressions queries for one user."""
         p, o = self.param, self.order

@@ -186,14 +186,16 @@ class PostgresStore:
         return self._run(insert)
 
     def changes(self, since: dict[str, int], limit: int | None = None) -> Changes:
-        # Read whole: transaction ids commit out of order, so a cut by key would need
-        # the in-flight transactions' rows too (``limit`` is a hint this store ignores).
         def read(c: Any) -> Changes:
             # The horizon first: every transaction below it ended before the reads below
             # began (each statement sees what committed before it started).
             (xmin,) = c.execute(
                 "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
             ).fetchone()
+            if limit is not None:
+                cut = _cut(c, since, int(xmin), limit)
+                if cut is not None:
+                    return cut
             rows = [
                 c.execute(sql, (since.get(t, 0),)).fetchall()
                 for sql, t in zip(POSTGRES.changes, TABLES, strict=True)
@@ -283,6 +285,34 @@ class PostgresStore:
             return v, w
 
         return self._run(count)
+
+
+def _cut(c: Any, since: dict[str, int], xmin: int, limit: int) -> Changes | None:
+    """A read of at most about ``limit`` impressions, cut at a transaction id below the
+    horizon (``xmin``), or None when the rows up to the horizon are fewer (read whole).
+
+    Transaction ids commit out of order, but every transaction below ``xmin`` has ended,
+    so the rows of every table with ``since <= xid < cut <= xmin`` are final: the next
+    read starts at ``cut``. A cut falls between transactions; when the first one alone
+    holds ``limit`` impressions (one batch, bounded by the batch limit) it is read whole."""
+    lo = since.get("impressions", 0)
+    below, imp_below = POSTGRES.changes_below, TABLES.index("impressions")
+    got = c.execute(below[imp_below], (lo, xmin, limit)).fetchall()
+    if len(got) < limit:
+        return None
+    first, cut = int(got[0][1]), int(got[-1][1])
+    if cut == first:  # one transaction's rows: all of them
+        cut = first + 1
+        got = c.execute(below[imp_below], (lo, cut, None)).fetchall()
+    else:
+        got = [r for r in got if int(r[1]) < cut]
+    rows = [
+        got if t == "impressions" else c.execute(sql, (since.get(t, 0), cut)).fetchall()
+        for sql, t in zip(below, TABLES, strict=True)
+    ]
+    out = changes_from_rows(rows, {t: max(cut, since.get(t, 0)) for t in TABLES})
+    out.more = True
+    return out
 
 
 def _removal(c: Any, deletes: tuple[str, ...], kind: str, target: str) -> Stamp:

@@ -91,11 +91,14 @@ def test_an_entry_with_too_long_a_tail_or_too_few_live_neighbours_is_searched_ag
     cache.put(3, e)
     assert cache.get(3, 100) is e and cache.get(3, 100 + MAX_TAIL) is e
     assert cache.get(3, 101 + MAX_TAIL) is None
+    assert cache.get_many([3, 4, 3], 100) == [e, None, e]
+    assert cache.get_many([3], 101 + MAX_TAIL) == [None]
     none = np.zeros(0, np.int64)
     assert enough(e, 5, none) and not enough(e, 6, none)
     assert not enough(e, 5, np.array([2])) and enough(e, 4, np.array([2, 77]))
     padded = Entry(100, np.zeros(5, np.float32), np.array([0, 1, 2, -1, -1]))
-    assert not enough(padded, 4, none)
+    assert padded.live == 3 and not enough(padded, 4, none) and enough(padded, 3, none)
+    assert not enough(padded, 3, np.array([1])) and enough(padded, 2, np.array([1]))
     # An entry over the whole index answers any k.
     whole = Entry(3, np.zeros(3, np.float32), np.arange(3, dtype=np.int64))
     assert enough(whole, 50, np.array([0, 1]))

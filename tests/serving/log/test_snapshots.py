@@ -17,7 +17,7 @@ from serving.app import create_app
 from serving.log.snapshot import MAGIC
 from serving.settings import Settings
 from serving.state import ServingState
-from serving.stores import SqliteStore
+from serving.stores import SqliteStore, open_store
 from tests.serving.conftest import AUTH
 from tests.serving.helpers import a_user_with_history, catalogue, frames
 
@@ -254,15 +254,25 @@ def test_an_operator_can_write_a_snapshot_now(artifact: Path, settings: Settings
         store.close()
 
 
+@pytest.mark.parametrize(
+    "kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.xdist_group("postgres"))]
+)
 def test_a_replay_in_short_runs_holds_the_same_bits(
-    video_artifact: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    kind: str,
+    video_artifact: Path,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
-    """A replay stages impressions in runs of ``RUN_ROWS`` (bounded memory): where the
-    runs are cut changes nothing."""
+    """A replay stages impressions in runs of ``RUN_ROWS`` and reads the log in cuts of
+    about ``READ_ROWS`` impressions (bounded memory, on both stores): where the runs and
+    reads are cut changes nothing."""
     import serving.derived
 
+    if kind == "postgresql":
+        settings = settings.model_copy(update={"state_url": request.getfixturevalue("pg_url")})
     _history(settings, video_artifact, snapshot_midway=False)
-    store = SqliteStore(settings.state_db)
+    store = open_store(settings.store_url())
     try:
         whole = _picture(ServingState(video_artifact, store, settings.watch_threshold_s))
         monkeypatch.setattr(serving.derived, "RUN_ROWS", 7)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.stores import Impression, StateStore
+from serving.stores import Impression, StateStore, Watch
 
 pytestmark = pytest.mark.xdist_group("postgres")
 
@@ -49,3 +49,42 @@ def test_sqlite_reads_the_log_tail_through_the_position_index(tmp_path) -> None:
     got = [i.user_id for _, i in store.changes({}).impressions]
     assert got == [f"u{i}" for i in range(5)]
     store.close()
+
+
+def test_a_bounded_read_of_the_log_cuts_between_writes_and_misses_nothing(
+    store: StateStore,
+) -> None:
+    """``changes`` with a limit reads at most about that many impressions (a cut between
+    two writes; one write larger than the limit whole), with the watches up to the same
+    cut; reads that follow the horizons add up to the whole log, each row once. A replay
+    of a long log holds one read at a time (PostgreSQL read it whole)."""
+    batch = 40
+    for b in range(6):
+        store.insert_impressions([_imp(f"e{b}-{i}", f"u{b}") for i in range(batch)])
+        store.insert_watch(Watch(f"w{b}", "v", 2.0, "2030-01-01T00:00:00+00:00"))
+    whole = store.changes({})
+    since: dict[str, int] = {}
+    seen_imps: list[int] = []
+    seen_watches: list[int] = []
+    read_of: dict[str, int] = {}  # a batch's user or a watch's user -> which read had it
+    reads = 0
+    for limit in (50, 50, 50, 50, 50, 50, 50, 50):
+        got = store.changes(since, limit)
+        reads += 1
+        assert len(got.impressions) <= limit + batch
+        if got.more:
+            assert got.impressions  # a cut read always moves on
+        seen_imps += [st.seq for st, _ in got.impressions]
+        seen_watches += [st.seq for st, _ in got.watches]
+        read_of.update({i.user_id: reads for _, i in got.impressions})
+        read_of.update({w.user_id: reads for _, w in got.watches})
+        since = dict(got.horizon)
+        if not got.more:
+            break
+    assert 2 <= reads < 8
+    assert seen_imps == sorted(st.seq for st, _ in whole.impressions)
+    assert seen_watches == sorted(st.seq for st, _ in whole.watches)
+    # The log's order kept across reads: watch b came after batch b and before b + 1.
+    for b in range(6):
+        assert read_of[f"u{b}"] <= read_of[f"w{b}"] <= read_of.get(f"u{b + 1}", reads)
+    assert store.changes(since, 50).impressions == []

@@ -118,13 +118,16 @@ class LimitsAndMetricsMiddleware:
         if self.allowed_hosts and _host(scope) not in self.allowed_hosts:
             await _reject(send, 400, "Host header not served here")
             return
-        try:
-            async with asyncio.timeout(self.queue_timeout_s):
-                await self.slots.acquire()
-        except TimeoutError:
-            self.metrics.inc("overload_rejections")
-            await _reject(send, 503, "overloaded: too many requests in flight", retry_after=1)
-            return
+        if not self.slots.locked():
+            await self.slots.acquire()  # a free slot: taken at once, no timer to arm
+        else:
+            try:
+                async with asyncio.timeout(self.queue_timeout_s):
+                    await self.slots.acquire()
+            except TimeoutError:
+                self.metrics.inc("overload_rejections")
+                await _reject(send, 503, "overloaded: too many requests in flight", retry_after=1)
+                return
         try:
             await self._checked(scope, receive, send)
         finally:

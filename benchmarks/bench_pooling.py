@@ -8,7 +8,7 @@ for the aggregation bmm); a training step counts 3x that (forward + backward).
 
 Each layer's inference is timed three ways: float32 as the library runs it (a few videos
 at a time, the tail's passes in cache: "fused"), float32 over the whole batch at once
-("eager", ``embeddings.pooling.CHUNK_BYTES`` set past the batch), and bfloat16 (the layer
+("eager", ``embeddings.aggregation.CHUNK_BYTES`` set past the batch), and bfloat16 (the layer
 and the frames in bf16, as ``CowatchEmbedder.for_inference`` runs it), the last as a
 fraction of the bf16 matmul rate measured in the same run.
 """
@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-import embeddings.pooling as pooling
+import embeddings.aggregation as aggregation
 from embeddings import ASSIGNMENTS, build_pooling
 from embeddings.runtime import configure_cpu_allocator
 
@@ -100,10 +100,10 @@ def main() -> None:
         layer = build_pooling(name, d, k, **opts).to(dev)
         with torch.no_grad():
             t_inf = _time(lambda layer=layer: layer(x), args.repeats, dev)
-            fused_bytes = pooling.CHUNK_BYTES
-            pooling.CHUNK_BYTES = 1 << 62  # the whole batch at once
+            fused_bytes = aggregation.CHUNK_BYTES
+            aggregation.CHUNK_BYTES = 1 << 62  # the whole batch at once
             t_eager = _time(lambda layer=layer: layer(x), args.repeats, dev)
-            pooling.CHUNK_BYTES = fused_bytes
+            aggregation.CHUNK_BYTES = fused_bytes
             low = copy.deepcopy(layer).to(torch.bfloat16)
             t_bf16 = _time(lambda low=low: low(x16), args.repeats, dev)
         clusters = name != "avg"

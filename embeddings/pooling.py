@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embeddings.aggregation import aggregate
 from embeddings.assignment import DecoupledAssignment, GMMAssignment, make_assignment
 from embeddings.gmm import GMM
 from embeddings.options import (
@@ -48,7 +49,6 @@ from embeddings.options import (
     PoolingOptions,
 )
 from embeddings.registry import POOLINGS
-from embeddings.stats import MASS_EPS
 
 __all__ = [
     "ASSIGNMENTS",
@@ -94,100 +94,6 @@ def _apply_mask(
     if bool(pad.any()) and bool(frames[pad].any()):
         frames = frames.masked_fill(pad.unsqueeze(-1), 0.0)
     return frames, posteriors
-
-
-def _l2_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """L2-normalise along ``dim``; in place when no gradient is needed (saves a (B, K, D) copy)."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return F.normalize(x, dim=dim, eps=NORM_EPS)
-    norms = torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp_min_(NORM_EPS)
-    return x.mul_(norms.reciprocal_())  # one division a row, then a multiply a value
-
-
-#: bytes of the (c, K, D) slab one inference chunk aggregates: small enough that the
-#: tail's passes over it (centring or smoothing, norms, scaling) run in the cores' caches
-#: rather than in memory, which bounds the layer once the matmuls are fast
-CHUNK_BYTES = 4 << 20
-
-
-def aggregate(
-    posteriors: torch.Tensor,
-    frames: torch.Tensor,
-    centres: torch.Tensor | None,
-    mode: str,
-    gamma: float = 0.0,
-    intra_norm: bool = False,
-    final_norm: bool = False,
-) -> torch.Tensor:
-    """Cluster aggregation from ``posteriors (B, T, K)`` (already masked) and ``frames (B, T, D)``.
-
-    ``mode``: "residual" (Eq. 13), "smoothed_mean" (Eq. 10) or "sum" (S_x). Returns (B, K * D).
-    Without gradients on the CPU it runs a few videos at a time (``CHUNK_BYTES``) into
-    one output, the same operations on each video (tested equal to the whole-batch pass).
-    """
-    if mode not in ("residual", "smoothed_mean", "sum"):
-        raise ValueError(f"unknown aggregation mode {mode!r}")
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (posteriors, frames, centres)
-    )
-    b, _, k = posteriors.shape
-    d = frames.shape[-1]
-    chunk = max(1, CHUNK_BYTES // max(1, k * d * frames.element_size()))
-    # (autocast picks the products' type itself: it writes no given output)
-    autocast = torch.is_autocast_enabled(frames.device.type)
-    if needs_grad or autocast or frames.device.type != "cpu" or chunk >= b:
-        return _aggregate_rows(posteriors, frames, centres, mode, gamma, intra_norm, final_norm)
-    out = torch.empty(b, k, d, dtype=frames.dtype, device=frames.device)
-    for s in range(0, b, chunk):
-        rows = slice(s, s + chunk)
-        # S_x straight into the output's rows, whose tail passes then find them in cache
-        _aggregate_rows(
-            posteriors[rows], frames[rows], centres, mode, gamma, intra_norm, final_norm, out[rows]
-        )
-    return out.reshape(b, -1)
-
-
-def _aggregate_rows(
-    posteriors: torch.Tensor,
-    frames: torch.Tensor,
-    centres: torch.Tensor | None,
-    mode: str,
-    gamma: float,
-    intra_norm: bool,
-    final_norm: bool,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``aggregate`` of a batch in one pass: S_x = P^T X by one bmm (into ``out`` (B, K, D)
-    when given), then the tail in place."""
-    b = frames.shape[0]
-    pt = posteriors.transpose(1, 2)
-    if not (torch.is_grad_enabled() and pt.requires_grad):
-        # laid out contiguous first: a small (B, K, T) copy that the bf16 kernels need to
-        # run at speed (2x measured at K = 32, T = 210) and fp32 ones like too
-        pt = pt.contiguous()
-    out = torch.bmm(pt, frames, out=out)  # S_x: (B, K, D)
-    if mode == "residual":
-        assert centres is not None
-        n = posteriors.sum(1).unsqueeze(-1)  # (B, K, 1)
-        out = out.addcmul_(n, centres, value=-1.0)  # S_x - n mu, no temporary
-    elif mode == "smoothed_mean":
-        assert centres is not None
-        n = posteriors.sum(1).unsqueeze(-1)
-        if gamma > 0:
-            out = out.add_(centres, alpha=gamma)  # S_x + gamma mu
-            # Intra-norm removes any positive per-cluster scale, so 1 / (n + gamma) only
-            # matters without it; skipping it saves a full pass over (B, K, D).
-            if not intra_norm:
-                out = out.div_(n + gamma)
-        else:
-            # gamma = 0: the ML mean, mu + (S_x - n mu) / n, falling back to mu when n ~ 0.
-            out = out.addcmul_(n, centres, value=-1.0).div_(n.clamp_min(MASS_EPS)).add_(centres)
-    if intra_norm:
-        out = _l2_normalize(out, dim=-1)
-    out = out.reshape(b, -1)
-    if final_norm:
-        out = _l2_normalize(out, dim=-1)
-    return out
 
 
 # --------------------------------------------------------------------------- assignment

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import embeddings.aggregation as aggregation
 import embeddings.pooling as pooling
 from embeddings import build_pooling
 
@@ -47,7 +48,7 @@ def test_chunked_inference_equals_the_whole_batch_with_gradients(
     x, mask = _inputs(1, garbage=garbage)
     whole = layer(x.clone().requires_grad_(True), mask).detach()  # the autograd path
     for chunk_bytes in (1, 2 * K * D * 4):  # one video a chunk, two
-        monkeypatch.setattr(pooling, "CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(aggregation, "CHUNK_BYTES", chunk_bytes)
         with torch.no_grad():
             fast = layer(x, mask)
         torch.testing.assert_close(fast, whole, atol=1e-5, rtol=1e-5)
@@ -61,7 +62,7 @@ def test_chunked_inference_equals_the_whole_batch_with_gradients(
 
 
 def test_chunks_under_bf16_autocast_take_the_products_type(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pooling, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(aggregation, "CHUNK_BYTES", 1)
     layer = build_pooling("dsgmm", D, K)
     x, mask = _inputs(2)
     with torch.no_grad():
@@ -80,3 +81,77 @@ def test_padding_that_is_zeros_is_not_copied() -> None:
     y, _ = _inputs(3, garbage=float("nan"))
     frames, _ = pooling._apply_mask(y, p, mask)
     assert frames is not y and bool((frames[~mask] == 0).all())
+
+
+def _loss_and_grads(layer: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor | None, w):
+    xg = x.clone().requires_grad_(True)
+    out = layer(xg, mask)
+    (out * w).sum().backward()
+    grads = {name: p.grad.clone() for name, p in layer.named_parameters() if p.grad is not None}
+    layer.zero_grad(set_to_none=True)
+    return out.detach(), xg.grad, grads
+
+
+@pytest.mark.parametrize("name", ["vlad", "sgmm", "netvlad", "dsgmm", "netrvlad"])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"gamma": 0.125},
+        {"gamma": 0.0},
+        {"gamma": 4.0, "intra_norm": False},
+        {"gamma": 0.125, "final_norm": True},
+        {"intra_norm": False, "final_norm": True},
+        {"assignment": "diagonal", "gamma": 1e4},
+    ],
+)
+@pytest.mark.parametrize("garbage", [0.0, float("nan")])
+def test_chunked_training_equals_the_whole_batch(
+    name: str, opts: dict, garbage: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tail run a few videos at a time forwards and backwards (``_ClusterTail``): the
+    output and every gradient (frames, assignment, centres) equal to the whole-batch
+    autograd path to 1e-5; padding, one-frame videos, gamma 0 and large included."""
+    torch.manual_seed(0)
+    layer = build_pooling(name, D, K, **opts)
+    if layer.needs_ubm:
+        from embeddings.gmm import fit_gmm
+
+        data = torch.randn(200, D)
+        layer.from_ubm(fit_gmm(lambda: [data], K, max_iter=3).gmm.to(dtype=torch.float32))
+    x, mask = _inputs(1, garbage=garbage)
+    w = torch.randn(x.shape[0], layer.out_dim)
+    for frames, m in ((x, mask), (x[:, :1].nan_to_num(0.0), None)):
+        monkeypatch.setattr(aggregation, "CHUNK_BYTES", 1 << 62)  # the whole batch at once
+        want = _loss_and_grads(layer, frames, m, w)
+        for chunk_bytes in (1, 2 * K * D * 4):  # one video a chunk, two
+            monkeypatch.setattr(aggregation, "CHUNK_BYTES", chunk_bytes)
+            got = _loss_and_grads(layer, frames, m, w)
+            torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+            grad_x = torch.where(torch.isfinite(want[1]), want[1], 0.0)
+            torch.testing.assert_close(got[1].nan_to_num(0.0), grad_x, atol=1e-5, rtol=1e-4)
+            assert got[2].keys() == want[2].keys()
+            for key in want[2]:
+                torch.testing.assert_close(
+                    got[2][key], want[2][key], atol=1e-5, rtol=1e-4, equal_nan=True
+                )
+
+
+def test_chunked_training_under_bf16_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under autocast the chunked tail takes the products' type both ways, and its
+    gradients agree with the whole-batch path's to bfloat16's precision."""
+    torch.manual_seed(0)
+    layer = build_pooling("dsgmm", D, K)
+    x, mask = _inputs(2)
+    w = torch.randn(x.shape[0], layer.out_dim)
+    runs = []
+    for chunk_bytes in (1 << 62, 1):
+        monkeypatch.setattr(aggregation, "CHUNK_BYTES", chunk_bytes)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            runs.append(_loss_and_grads(layer, x, mask, w))
+    (out_a, gx_a, ga), (out_b, gx_b, gb) = runs
+    assert out_a.dtype == out_b.dtype
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(out_a.float(), out_b.float()).min() > 0.999
+    assert cos(gx_a.flatten(), gx_b.flatten(), dim=0) > 0.99
+    for key in ga:
+        assert cos(ga[key].flatten(), gb[key].flatten(), dim=0) > 0.99, key

@@ -176,16 +176,19 @@ class _ClusterTail(torch.autograd.Function):
         b, k, _ = s.shape
         r1 = torch.empty(b, k, dtype=torch.float32) if intra else None
         r2 = torch.empty(b, dtype=torch.float32) if final else None
+        # in the products' type (bfloat16 under autocast): mixed types take slow kernels
+        mu = None if centres is None else centres.to(s.dtype)
+        mass = None if n is None else n.to(s.dtype)
         for i in range(0, b, chunk):
             rows = slice(i, i + chunk)
-            v = _centre(s[rows], None if n is None else n[rows], centres, mode, gamma, intra)
+            v = _centre(s[rows], None if mass is None else mass[rows], mu, mode, gamma, intra)
             if r1 is not None:
-                r1[rows] = torch.linalg.vector_norm(v, dim=-1, dtype=torch.float32)
-                v.mul_(r1[rows].clamp_min(NORM_EPS).reciprocal().unsqueeze(-1))
+                r1[rows] = torch.linalg.vector_norm(v, dim=-1).float()
+                v.mul_(_per_row(r1[rows].clamp_min(NORM_EPS).reciprocal(), v))
             if r2 is not None:
                 flat = v.reshape(v.shape[0], -1)
-                r2[rows] = torch.linalg.vector_norm(flat, dim=-1, dtype=torch.float32)
-                flat.mul_(r2[rows].clamp_min(NORM_EPS).reciprocal().unsqueeze(-1))
+                r2[rows] = torch.linalg.vector_norm(flat, dim=-1).float()
+                flat.mul_(_per_row(r2[rows].clamp_min(NORM_EPS).reciprocal(), v))
         ctx.mark_dirty(s)
         ctx.save_for_backward(s, n, centres, r1, r2)
         ctx.how, ctx.chunk = how, chunk
@@ -199,15 +202,22 @@ class _ClusterTail(torch.autograd.Function):
         gs = torch.empty_like(y)
         gn = torch.zeros_like(n) if n is not None else None
         weight = torch.zeros_like(n) if want_c and n is not None else None  # for d mu
+        mu = None if centres is None else centres.to(y.dtype)
         for i in range(0, y.shape[0], ctx.chunk):
             rows = slice(i, i + ctx.chunk)
-            w = _tail_grad(grad[rows], y[rows], gs[rows], n, centres, r1, r2, rows, ctx.how, gn)
+            w = _tail_grad(grad[rows], y[rows], gs[rows], n, mu, r1, r2, rows, ctx.how, gn)
             if weight is not None and w is not None:
                 weight[rows] = w
         gc = None
         if weight is not None:  # d mu_k = sum_b weight_bk dS_bk (one product)
             gc = torch.einsum("bk,bkd->kd", weight.to(gs.dtype), gs).to(centres.dtype)
         return gs, gn if want_n else None, gc, None, None
+
+
+def _per_row(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A float32 factor per row (c, K) or per video (c,), broadcastable over ``like``'s
+    last dimension, in ``like``'s type."""
+    return x.unsqueeze(-1).to(like.dtype)
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -220,7 +230,7 @@ def _tail_grad(
     y: torch.Tensor,
     gs: torch.Tensor,
     n_all: torch.Tensor | None,
-    centres: torch.Tensor | None,
+    mu: torch.Tensor | None,
     r1_all: torch.Tensor | None,
     r2_all: torch.Tensor | None,
     rows: slice,
@@ -228,7 +238,8 @@ def _tail_grad(
     gn_all: torch.Tensor | None,
 ) -> torch.Tensor | None:
     """One chunk of ``_ClusterTail.backward``: dS into ``gs`` (c, K, D), dn into
-    ``gn_all[rows]``; returns the weights w (c, K) with d mu = sum_b w dS."""
+    ``gn_all[rows]``; returns the weights w (c, K) with d mu = sum_b w dS. ``mu``: the
+    centres in the products' type."""
     mode, gamma, intra, _ = how
     c = y.shape[0]
     src = g  # each step reads the last one's result (the first reads g) and writes gs
@@ -238,23 +249,22 @@ def _tail_grad(
         flat_y, flat_g = y.reshape(c, -1), gs.reshape(c, -1)
         a = _rowdot(flat_y, src.reshape(c, -1))
         a = a * (r2 >= NORM_EPS)
-        torch.addcmul(src.reshape(c, -1), flat_y, a.unsqueeze(-1), value=-1.0, out=flat_g)
-        flat_g.mul_(r2.clamp_min(NORM_EPS).reciprocal().unsqueeze(-1))
+        torch.addcmul(src.reshape(c, -1), flat_y, _per_row(a, y), value=-1.0, out=flat_g)
+        flat_g.mul_(_per_row(r2.clamp_min(NORM_EPS).reciprocal(), y))
         scale, src = r2.clamp_min(NORM_EPS).unsqueeze(-1), gs
     vscale = scale  # V = y * vscale
     if r1_all is not None:
         r1 = r1_all[rows]
         a = _rowdot(y, src) * scale.square() * (r1 >= NORM_EPS)
-        torch.addcmul(src, y, a.unsqueeze(-1), value=-1.0, out=gs)
-        gs.mul_(r1.clamp_min(NORM_EPS).reciprocal().unsqueeze(-1))
+        torch.addcmul(src, y, _per_row(a, y), value=-1.0, out=gs)
+        gs.mul_(_per_row(r1.clamp_min(NORM_EPS).reciprocal(), y))
         vscale, src = scale * r1.clamp_min(NORM_EPS), gs
     if src is g:
         gs.copy_(g)
     if mode == "sum":
         return None
-    assert n_all is not None and centres is not None and gn_all is not None
+    assert n_all is not None and mu is not None and gn_all is not None
     n = n_all[rows].float()
-    mu = centres.to(gs.dtype)
     if mode == "residual":  # V = S - n mu
         gn_all[rows] = -_rowdot(gs, mu)
         return -n
@@ -263,12 +273,12 @@ def _tail_grad(
             return torch.full_like(n, gamma)
         q = (n + gamma).reciprocal()  # V = (S + gamma mu) q
         gn_all[rows] = -q * vscale * _rowdot(gs, y)
-        gs.mul_(q.unsqueeze(-1))
+        gs.mul_(_per_row(q, gs))
         return torch.full_like(n, gamma)
     # gamma = 0: V = (S - n mu) / m + mu, m = max(n, MASS_EPS)
     m = n.clamp_min(MASS_EPS)
     g_mu = _rowdot(gs, mu)
     g_v = vscale * _rowdot(gs, y)
     gn_all[rows] = -g_mu / m - (n >= MASS_EPS) * (g_v - g_mu) / n.clamp_min(MASS_EPS)
-    gs.mul_(m.reciprocal().unsqueeze(-1))
+    gs.mul_(_per_row(m.reciprocal(), gs))
     return m - n

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from embeddings.cowatch import CowatchEmbedder, EmbedderConfig
-from embeddings.runtime import resolve_device
+from embeddings.runtime import autocast, resolve_device
 from pipelines.data.frame_cache import open_frame_store
 from pipelines.data.frame_loader import LoaderConfig, load_batches
 from pipelines.training.cowatch_training import TrainConfig, _step, _triplet_loss, _triplet_plans
@@ -41,10 +41,11 @@ def main() -> None:
     rows = rng.integers(0, len(store), (args.batch_size * (args.steps + 2), 3))
     model = CowatchEmbedder(model_cfg).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type in ("cpu", "cuda"))  # as training
     print(
         f"{len(store)} videos, D = {store.feature_dim}, {store.frames.dtype}; "
         f"{args.batch_size} triplets a step, <= {cfg.max_frames} frames a video; {device}, "
+        f"precision {cfg.precision}, "
         f"{torch.get_num_threads()} threads"
     )
 
@@ -60,7 +61,9 @@ def main() -> None:
         if i == 2:
             sync()
             t0 = time.perf_counter()
-        _step(opt, _triplet_loss(model, batch, frames, mask, cfg, device), params, 1.0)
+        with autocast(cfg.precision, device):  # as training runs its steps
+            loss = _triplet_loss(model, batch, frames, mask, cfg, device)
+        _step(opt, loss, params, 1.0)
     sync()
     ref = args.steps / (time.perf_counter() - t0)
     print(f"in-memory batch: {ref:.2f} steps/s")
@@ -71,7 +74,9 @@ def main() -> None:
             if i == 2:
                 sync()
                 t0 = time.perf_counter()
-            _step(opt, _triplet_loss(model, b, f, m, cfg, device), params, 1.0)
+            with autocast(cfg.precision, device):
+                loss = _triplet_loss(model, b, f, m, cfg, device)
+            _step(opt, loss, params, 1.0)
         sync()
         rate = args.steps / (time.perf_counter() - t0)
         print(f"loader, {workers} workers: {rate:.2f} steps/s, {rate / ref:.2f} of in-memory")

@@ -305,7 +305,7 @@ class ClusterPooling(SoftAssignmentPooling):
         of the video's frames in each cluster (the ML weights of Eq. 9), from one set of
         posteriors. Intra-normalisation discards how many frames a cluster got; the
         occupancy keeps it. A video without frames has zero occupancy."""
-        frames, p = self.masked_posteriors(frames, mask)
+        frames, p = self.masked_posteriors(_autocast_once(frames, self.assignment), mask)
         cfg = self.config
         n = p.sum(1)  # (B, K)
         occupancy = n / n.sum(1, keepdim=True).clamp_min(1.0)
@@ -313,6 +313,23 @@ class ClusterPooling(SoftAssignmentPooling):
             p, frames, self.centres, self.mode, cfg.gamma, cfg.intra_norm, cfg.final_norm
         )
         return pooled, occupancy
+
+
+def _autocast_once(
+    frames: torch.Tensor, assignment: DecoupledAssignment | GMMAssignment
+) -> torch.Tensor:
+    """Under autocast, the frames in the autocast type once: both products of a
+    decoupled layer (the assignment's and S_x) would each cast the whole (B, T, D)
+    batch to it, to the same values. (A coupled GMM also squares the frames outside any
+    product, in float32: left as it is.)"""
+    device = frames.device.type
+    if (
+        frames.dtype == torch.float32
+        and isinstance(assignment, DecoupledAssignment)
+        and torch.is_autocast_enabled(device)
+    ):
+        return frames.to(torch.get_autocast_dtype(device))
+    return frames
 
 
 @POOLINGS.register

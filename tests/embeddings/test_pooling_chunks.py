@@ -155,3 +155,31 @@ def test_chunked_training_under_bf16_autocast(monkeypatch: pytest.MonkeyPatch) -
     assert cos(gx_a.flatten(), gx_b.flatten(), dim=0) > 0.99
     for key in ga:
         assert cos(ga[key].flatten(), gb[key].flatten(), dim=0) > 0.99, key
+
+
+@pytest.mark.parametrize("name", ["netvlad", "dsgmm"])
+def test_frames_cast_once_under_autocast_change_nothing(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decoupled layer under autocast casts its frames once instead of in each
+    product: the output and the parameters' gradients are the same bits."""
+    torch.manual_seed(0)
+    layer = build_pooling(name, D, K)
+    x, mask = _inputs(4)
+    w = torch.randn(x.shape[0], layer.out_dim)
+    runs = []
+    for cast_once in (True, False):
+        if not cast_once:
+            monkeypatch.setattr(pooling, "_autocast_once", lambda frames, assignment: frames)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _, grads = _loss_and_grads(layer, x, mask, w)
+        runs.append((out, grads))
+    (out_a, ga), (out_b, gb) = runs
+    assert torch.equal(out_a, out_b)
+    assert ga.keys() == gb.keys() and all(torch.equal(ga[k], gb[k]) for k in ga)
+    monkeypatch.undo()
+    coupled = build_pooling(name, D, K, assignment="diagonal")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert pooling._autocast_once(x, layer.assignment).dtype == torch.bfloat16
+        assert pooling._autocast_once(x, coupled.assignment).dtype == torch.float32
+    assert pooling._autocast_once(x, layer.assignment).dtype == torch.float32

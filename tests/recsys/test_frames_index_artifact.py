@@ -18,7 +18,7 @@ from recsys.artifact import (
 )
 from recsys.dataset import VideoBatch
 from recsys.errors import UserInputError
-from recsys.frames import FrameStore
+from recsys.frames import FrameStore, frames_tensor
 from recsys.index import IndexConfig, VideoIndex
 from recsys.metrics import auc, pair_auc
 
@@ -40,6 +40,30 @@ def test_frame_store_batches() -> None:
     assert set(map(tuple, xr[0])) <= set(map(tuple, frames[4:10]))
     with pytest.raises(UserInputError, match="unknown video"):
         store.rows(["zzz"])
+
+
+@given(
+    lengths=st.lists(st.integers(0, 6), min_size=1, max_size=5),
+    scattered=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=40, deadline=None)
+def test_frames_tensor_dequantises_and_zeroes_padding(
+    lengths: list[int], scattered: bool, seed: int
+) -> None:
+    """uint8 frames become dequantize's floats with every padded frame zero: padding
+    as a suffix (what loaders build, filled a tail at a time) and anywhere else."""
+    from recsys.dataset import dequantize
+
+    rng = np.random.default_rng(seed)
+    t, d = 6, 3
+    u8 = rng.integers(0, 256, (len(lengths), t, d), dtype=np.uint8)
+    mask = np.arange(t)[None, :] < np.array(lengths)[:, None]
+    if scattered:
+        mask = rng.random((len(lengths), t)) < 0.5
+    got = frames_tensor(u8, "cpu", torch.from_numpy(mask))
+    want = np.where(mask[..., None], dequantize(u8), 0.0).astype(np.float32)
+    np.testing.assert_array_equal(got.numpy(), want)
 
 
 def test_frame_subsampling_keeps_a_share_of_real_frames() -> None:

@@ -23,21 +23,19 @@ def _inputs(
     return x.masked_fill(~mask[..., None], garbage), mask
 
 
-@pytest.mark.parametrize("name", ["vlad", "sgmm", "netvlad", "dsgmm", "netrvlad"])
-@pytest.mark.parametrize(
-    "opts",
-    [
-        {"gamma": 0.125},
-        {"gamma": 0.0},
-        {"gamma": 4.0, "intra_norm": False},
-        {"gamma": 0.125, "final_norm": True},
-        {"intra_norm": False, "final_norm": True},
-    ],
-)
-@pytest.mark.parametrize("garbage", [0.0, float("nan"), 1e3])
-def test_chunked_inference_equals_the_whole_batch_with_gradients(
-    name: str, opts: dict, garbage: float, monkeypatch: pytest.MonkeyPatch
-) -> None:
+#: every layer with the shared aggregation, and option sets covering its modes and norms
+LAYERS = ["vlad", "sgmm", "netvlad", "dsgmm", "netrvlad"]
+OPTIONS = [
+    {"gamma": 0.125},
+    {"gamma": 0.0},
+    {"gamma": 4.0, "intra_norm": False},
+    {"gamma": 0.125, "final_norm": True},
+    {"intra_norm": False, "final_norm": True},
+]
+
+
+def _layer(name: str, opts: dict) -> torch.nn.Module:
+    """The layer, seeded, its UBM fitted when it needs one."""
     torch.manual_seed(0)
     layer = build_pooling(name, D, K, **opts)
     if layer.needs_ubm:
@@ -45,6 +43,16 @@ def test_chunked_inference_equals_the_whole_batch_with_gradients(
 
         data = torch.randn(200, D)
         layer.from_ubm(fit_gmm(lambda: [data], K, max_iter=3).gmm.to(dtype=torch.float32))
+    return layer
+
+
+@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("opts", OPTIONS)
+@pytest.mark.parametrize("garbage", [0.0, float("nan"), 1e3])
+def test_chunked_inference_equals_the_whole_batch_with_gradients(
+    name: str, opts: dict, garbage: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layer = _layer(name, opts)
     x, mask = _inputs(1, garbage=garbage)
     whole = layer(x.clone().requires_grad_(True), mask).detach()  # the autograd path
     for chunk_bytes in (1, 2 * K * D * 4):  # one video a chunk, two
@@ -92,18 +100,8 @@ def _loss_and_grads(layer: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor 
     return out.detach(), xg.grad, grads
 
 
-@pytest.mark.parametrize("name", ["vlad", "sgmm", "netvlad", "dsgmm", "netrvlad"])
-@pytest.mark.parametrize(
-    "opts",
-    [
-        {"gamma": 0.125},
-        {"gamma": 0.0},
-        {"gamma": 4.0, "intra_norm": False},
-        {"gamma": 0.125, "final_norm": True},
-        {"intra_norm": False, "final_norm": True},
-        {"assignment": "diagonal", "gamma": 1e4},
-    ],
-)
+@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("opts", [*OPTIONS, {"assignment": "diagonal", "gamma": 1e4}])
 @pytest.mark.parametrize("garbage", [0.0, float("nan")])
 def test_chunked_training_equals_the_whole_batch(
     name: str, opts: dict, garbage: float, monkeypatch: pytest.MonkeyPatch
@@ -111,13 +109,7 @@ def test_chunked_training_equals_the_whole_batch(
     """The tail run a few videos at a time forwards and backwards (``_ClusterTail``): the
     output and every gradient (frames, assignment, centres) equal to the whole-batch
     autograd path to 1e-5; padding, one-frame videos, gamma 0 and large included."""
-    torch.manual_seed(0)
-    layer = build_pooling(name, D, K, **opts)
-    if layer.needs_ubm:
-        from embeddings.gmm import fit_gmm
-
-        data = torch.randn(200, D)
-        layer.from_ubm(fit_gmm(lambda: [data], K, max_iter=3).gmm.to(dtype=torch.float32))
+    layer = _layer(name, opts)
     x, mask = _inputs(1, garbage=garbage)
     w = torch.randn(x.shape[0], layer.out_dim)
     for frames, m in ((x, mask), (x[:, :1].nan_to_num(0.0), None)):

@@ -182,13 +182,10 @@ class _ClusterTail(torch.autograd.Function):
         for i in range(0, b, chunk):
             rows = slice(i, i + chunk)
             v = _centre(s[rows], None if mass is None else mass[rows], mu, mode, gamma, intra)
-            if r1 is not None:
-                r1[rows] = torch.linalg.vector_norm(v, dim=-1).float()
-                v.mul_(_per_row(r1[rows].clamp_min(NORM_EPS).reciprocal(), v))
-            if r2 is not None:
-                flat = v.reshape(v.shape[0], -1)
-                r2[rows] = torch.linalg.vector_norm(flat, dim=-1).float()
-                flat.mul_(_per_row(r2[rows].clamp_min(NORM_EPS).reciprocal(), v))
+            if r1 is not None:  # per cluster
+                r1[rows] = _normalize_rows(v)
+            if r2 is not None:  # per video
+                r2[rows] = _normalize_rows(v.reshape(v.shape[0], -1))
         ctx.mark_dirty(s)
         ctx.save_for_backward(s, n, centres, r1, r2)
         ctx.how, ctx.chunk = how, chunk
@@ -212,6 +209,14 @@ class _ClusterTail(torch.autograd.Function):
         if weight is not None:  # d mu_k = sum_b weight_bk dS_bk (one product)
             gc = torch.einsum("bk,bkd->kd", weight.to(gs.dtype), gs).to(centres.dtype)
         return gs, gn if want_n else None, gc, None, None
+
+
+def _normalize_rows(x: torch.Tensor) -> torch.Tensor:
+    """x / max(|x|, eps) along the last dimension, in place; returns |x| (float32), which
+    the backward pass needs (``_l2_normalize`` keeps only the clamped norm)."""
+    norms = torch.linalg.vector_norm(x, dim=-1).float()
+    x.mul_(_per_row(norms.clamp_min(NORM_EPS).reciprocal(), x))
+    return norms
 
 
 def _per_row(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -247,8 +252,7 @@ def _tail_grad(
     if r2_all is not None:
         r2 = r2_all[rows]
         flat_y, flat_g = y.reshape(c, -1), gs.reshape(c, -1)
-        a = _rowdot(flat_y, src.reshape(c, -1))
-        a = a * (r2 >= NORM_EPS)
+        a = _rowdot(flat_y, src.reshape(c, -1)) * (r2 >= NORM_EPS)
         torch.addcmul(src.reshape(c, -1), flat_y, _per_row(a, y), value=-1.0, out=flat_g)
         flat_g.mul_(_per_row(r2.clamp_min(NORM_EPS).reciprocal(), y))
         scale, src = r2.clamp_min(NORM_EPS).unsqueeze(-1), gs

@@ -10,6 +10,7 @@ cosine means the same thing for every row of the report.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -19,6 +20,8 @@ import numpy as np
 
 from embeddings.registry import RUNGS
 from embeddings.rungs import rung
+from pipelines.choice import rung_memo
+from pipelines.choice.rung_memo import Reduction
 from pipelines.choice.validation import (
     CandidateScores,
     ValidationSet,
@@ -192,21 +195,87 @@ def fit_rung(
     (``reduce_on_validation``), and the embedder that maps a video's frames to its row.
     Raw rows are computed a chunk of videos at a time; above ``EXACT_PCA_VALUES`` the PCA
     is fitted on ``PCA_SAMPLE_VIDEOS`` videos. ``codebook``: the k-means words of
-    bow_tfidf / vlad_kmeans (fitted here when None)."""
+    bow_tfidf / vlad_kmeans (fitted here when None). Inside
+    ``pipelines.choice.rung_memo.reusing_rungs`` the frames are read once per rung."""
+    red = rung_reduction(store, name, max_dim, num_words, seed, codebook)
+    vectors, info = _choose_dim(rows, red.candidates, base or GLMixConfig())
+    embedder = ClassicalEmbedder(name, red.pca.truncated(info["pca_dim"]), red.codebook, red.idf)
+    if red.sampled_videos is not None:
+        info = {**info, "pca_fitted_on_videos": red.sampled_videos}
+    return vectors, info, embedder
+
+
+def rung_reduction(
+    store: FrameStore,
+    name: str,
+    max_dim: int,
+    num_words: int = 64,
+    seed: int = 0,
+    codebook: np.ndarray | None = None,
+) -> Reduction:
+    """What ``fit_rung`` reads the frames for (``rung_memo.Reduction``): from the
+    enclosing ``reusing_rungs`` block's memo when a fit made it already."""
+    memo = rung_memo.current()
+    if memo is None:
+        return _reduce(store, name, max_dim, num_words, seed, codebook)
+    key = {
+        "store": rung_memo.store_key(store),
+        "rung": name,
+        "max_dim": max_dim,
+        "num_words": num_words,
+        "seed": seed,
+        "codebook": None if codebook is None else _digest(codebook),
+        "exact_values": EXACT_PCA_VALUES,
+        "sample_videos": PCA_SAMPLE_VIDEOS,
+    }
+    red = memo.get(key)
+    if red is None:
+        red = _reduce(store, name, max_dim, num_words, seed, codebook)
+        memo.put(key, red)
+    return red
+
+
+def rung_words(store: FrameStore, num_words: int, seed: int) -> np.ndarray:
+    """The k-means words the rungs with words share (``kmeans_codebook`` of the store's
+    frames), from the enclosing ``reusing_rungs`` block's memo when fitted already."""
+    memo = rung_memo.current()
+    if memo is None:
+        return kmeans_codebook(store.frames, num_words, seed=seed)
+    key = {"store": rung_memo.store_key(store), "words": num_words, "seed": seed}
+    words = memo.get_words(key)
+    if words is None:
+        words = kmeans_codebook(store.frames, num_words, seed=seed)
+        memo.put_words(key, words)
+    return words
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).data).hexdigest()
+
+
+def _reduce(
+    store: FrameStore,
+    name: str,
+    max_dim: int,
+    num_words: int,
+    seed: int,
+    codebook: np.ndarray | None,
+) -> Reduction:
     r = rung(name)
     n, f = len(store), r.raw_dim(store.feature_dim, num_words)
     if codebook is None and r.uses_words:
-        codebook = kmeans_codebook(store.frames, num_words, seed=seed)
+        codebook = rung_words(store, num_words, seed)
     # rows that depend on the whole catalogue (the idf needs every video's words first)
     raw_all, idf = r.catalogue_rows(store_chunks(store, 1 << 24), codebook)
+    dims = _pca_dims(max_dim, n, f)
     if n * f <= EXACT_PCA_VALUES:
         if raw_all is None:
             raw_all = np.empty((n, f), dtype=np.float32)
             for sl, chunk in raw_features(name, store, codebook):
                 raw_all[sl] = chunk
-        vectors, info, pca = _reduce_exact(rows, raw_all, max_dim, base)
-        return vectors, info, ClassicalEmbedder(name, pca, codebook, idf)
-    dims = _pca_dims(max_dim, n, f)
+        full = PCA.fit(raw_all, max(dims))  # one SVD; each size keeps its leading directions
+        candidates = {d: full.truncated(d).transform(raw_all) for d in dims}
+        return Reduction(candidates, full, codebook, idf)
     rng = np.random.default_rng([seed, 3])
     sample = np.sort(rng.choice(n, size=min(n, PCA_SAMPLE_VIDEOS), replace=False))
     if raw_all is not None:
@@ -222,9 +291,7 @@ def fit_rung(
         for sl, chunk in raw_features(name, store, codebook):
             z[sl] = full.project(chunk)
     candidates = {d: l2_rows(z[:, :d]) for d in dims if d <= full.dim}
-    vectors, info = _choose_dim(rows, candidates, base or GLMixConfig())
-    embedder = ClassicalEmbedder(name, full.truncated(info["pca_dim"]), codebook, idf)
-    return vectors, {**info, "pca_fitted_on_videos": len(sample)}, embedder
+    return Reduction(candidates, full, codebook, idf, len(sample))
 
 
 def _sample_rows(
@@ -264,7 +331,7 @@ def iter_rungs(
     codebook = None
     for name in RUNGS.names() if names is None else names:
         if codebook is None and rung(name).uses_words:
-            codebook = kmeans_codebook(store.frames, num_words, seed=seed)
+            codebook = rung_words(store, num_words, seed)
         vectors, info, emb = fit_rung(rows, store, name, max_dim, base, num_words, seed, codebook)
         scores = score_candidate(rows, vectors, vset, base)
         info["validation"] = scores.summary(vset)

@@ -36,6 +36,10 @@ def test_pipeline_writes_report_and_servable_artifact(pipeline_out: Path) -> Non
 def test_report_has_the_baseline_ladder_and_paired_verdicts(pipeline_out: Path) -> None:
     report = json.loads((pipeline_out / "report.json").read_text())
     assert set(report["baselines"]) == {"avg_frames", "bow_tfidf", "vlad_kmeans"}
+    # the report's ladder took each rung's frame pass (and the words) from the starting
+    # point's fits, and left nothing behind
+    assert report["ladder_reused"]["hits"] >= 4
+    assert not list(pipeline_out.glob(".rung-memo-*"))
     emb_dim = read_manifest(pipeline_out / "artifact")["config"]["embedder"]["embedding_dim"]
     for b in report["baselines"].values():
         for block in ("auc", "auc_cold_start"):

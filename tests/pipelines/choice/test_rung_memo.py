@@ -81,9 +81,10 @@ def test_the_second_fit_of_the_ladder_reads_no_frames_and_gives_the_same_bits(
                 if a is not None:
                     np.testing.assert_array_equal(a, b)
         # another GLMix chooses its size again over the same candidates
-        assert with_effects[n][1]["pca_validation_log_loss"].keys() == plain[n][1][
-            "pca_validation_log_loss"
-        ].keys()
+        assert (
+            with_effects[n][1]["pca_validation_log_loss"].keys()
+            == plain[n][1]["pca_validation_log_loss"].keys()
+        )
 
 
 def test_a_different_store_or_seed_is_fitted_afresh(tmp_path: Path) -> None:

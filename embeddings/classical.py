@@ -77,15 +77,19 @@ class ClassicalBase(nn.Module):
 
     def raw(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, F) the rung's statistic of each video."""
-        m = (
-            torch.ones(frames.shape[:2], dtype=frames.dtype, device=frames.device)
-            if mask is None
-            else mask.to(frames.dtype)
-        )
-        return self.rung.batch(frames, m, self.codebook, self.idf)
+        return self.rung.batch(frames, _weights(frames, mask), self.codebook, self.idf)
 
     @torch.no_grad()
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.raw(frames.float(), mask)
-        z = (x - self.pca_mean) @ self.pca_components.T
+        x = frames.float()
+        z = self.rung.projected(
+            x, _weights(x, mask), self.codebook, self.idf, self.pca_mean, self.pca_components
+        )
         return F.normalize(z, dim=-1, eps=1e-12)
+
+
+def _weights(frames: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, T) 1 for a real frame, 0 for padding, in the frames' type (no mask: all real)."""
+    if mask is None:
+        return torch.ones(frames.shape[:2], dtype=frames.dtype, device=frames.device)
+    return mask.to(frames.dtype)

@@ -96,12 +96,12 @@ class GMM:
             # Whitened frames and means: y = L^-1 x, m = L^-1 mu.
             y = torch.linalg.solve_triangular(chol, x.T, upper=False).T
             m = torch.linalg.solve_triangular(chol, self.means.T, upper=False).T
-            sq = (y * y).sum(1, keepdim=True) - 2.0 * y @ m.T + (m * m).sum(1)
+            sq = (y * y).sum(1, keepdim=True) - y @ (2.0 * m).T + (m * m).sum(1)
             log_det = 2.0 * torch.log(torch.diagonal(chol)).sum()
             return log_w - 0.5 * (sq + log_det + d * _LOG_2PI)
         var = self.diagonal_variances()
         prec = 1.0 / var
-        sq = (x * x) @ prec.T - 2.0 * x @ (self.means * prec).T + (self.means**2 * prec).sum(1)
+        sq = (x * x) @ prec.T - x @ (2.0 * (self.means * prec)).T + (self.means**2 * prec).sum(1)
         log_det = torch.log(var).sum(1)
         return log_w - 0.5 * (sq + log_det + d * _LOG_2PI)
 
@@ -154,10 +154,13 @@ def _sq_dist_to_point(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 def _nearest_centre(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """(N,) index of each row's nearest centre, a block of rows at a time."""
+    """(N,) index of each row's nearest centre, a block of rows at a time. (Here and in
+    the other distance products the 2 multiplies the small side, the centres: the same
+    bits as doubling the rows (a power of two), without a pass over them.)"""
     c2 = (c * c).sum(1)
     parts = [
-        ((x[b] * x[b]).sum(1, keepdim=True) - 2 * x[b] @ c.T + c2).argmin(1) for b in _row_blocks(x)
+        ((x[b] * x[b]).sum(1, keepdim=True) - x[b] @ (2 * c).T + c2).argmin(1)
+        for b in _row_blocks(x)
     ]
     return torch.cat(parts)
 
@@ -271,7 +274,9 @@ def fit_gmm(
     d = x0.shape[1]
     centres = kmeans(x0, num_clusters, iters=kmeans_iters, seed=seed)
     # Initial parameters from the hard k-means assignment of the sample.
-    a = ((x0 * x0).sum(1, keepdim=True) - 2 * x0 @ centres.T + (centres * centres).sum(1)).argmin(1)
+    a = ((x0 * x0).sum(1, keepdim=True) - x0 @ (2 * centres).T + (centres * centres).sum(1)).argmin(
+        1
+    )
     onehot = torch.nn.functional.one_hot(a, num_clusters).to(dtype)
     n0 = onehot.sum(0)
     global_var = x0.var(0, unbiased=False).clamp_min(var_floor)

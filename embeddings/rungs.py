@@ -66,7 +66,9 @@ def nearest_word(frames: np.ndarray, codebook: np.ndarray, chunk: int = 8192) ->
     out = np.empty(len(frames), dtype=np.int64)
     for s in range(0, len(frames), chunk):
         x = np.asarray(frames[s : s + chunk], dtype=np.float64)
-        out[s : s + chunk] = (c2 - 2.0 * x @ c.T).argmin(1)  # |x|^2 is the same for every k
+        # |x|^2 is the same for every k; (2c), not (2x): the doubling on the small side
+        # (exact either way: a power of two)
+        out[s : s + chunk] = (c2 - x @ (2.0 * c).T).argmin(1)
     return out
 
 
@@ -123,7 +125,7 @@ def words_one_hot(frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tens
     """(B, T, K) one-hot of each real frame's nearest word (zero rows for padding)."""
     c = codebook.to(frames.dtype)
     # |x|^2 is the same for every word: argmin |c|^2 - 2 x.c
-    score = (c * c).sum(1) - 2.0 * frames @ c.T
+    score = (c * c).sum(1) - frames @ (2.0 * c).T  # doubled on the small side (exact)
     hot = F.one_hot(score.argmin(-1), c.shape[0]).to(frames.dtype)
     return hot * mask.unsqueeze(-1)
 
@@ -168,6 +170,19 @@ class Rung:
         """(B, F) statistics of padded videos ``frames (B, T, D)``, ``mask (B, T)`` (float,
         1 = real frame), as ``rows`` computes them."""
         raise NotImplementedError
+
+    def projected(
+        self,
+        frames: torch.Tensor,
+        mask: torch.Tensor,
+        codebook: torch.Tensor,
+        idf: torch.Tensor,
+        mean: torch.Tensor,
+        components: torch.Tensor,
+    ) -> torch.Tensor:
+        """(B, dim) ``(batch(...) - mean (F,)) @ components (dim, F).T``: the statistic
+        through a PCA, as a model's fixed base layer needs it."""
+        return (self.batch(frames, mask, codebook, idf) - mean) @ components.T
 
     def catalogue_rows(
         self, chunks: Iterable[Chunk], codebook: np.ndarray | None
@@ -261,10 +276,38 @@ class VladKmeans(Rung):
         self, frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor, idf: torch.Tensor
     ) -> torch.Tensor:
         # per-word sums minus count x centre, each word's row normalised
-        hot = words_one_hot(frames, mask, codebook)
-        sums = torch.bmm(hot.transpose(1, 2), frames)  # (B, K, D)
-        resid = sums - hot.sum(1).unsqueeze(-1) * codebook.to(frames.dtype)
-        return F.normalize(resid, dim=-1, eps=1e-12).flatten(1)
+        return F.normalize(_residuals(frames, mask, codebook), dim=-1, eps=1e-12).flatten(1)
+
+    def projected(
+        self,
+        frames: torch.Tensor,
+        mask: torch.Tensor,
+        codebook: torch.Tensor,
+        idf: torch.Tensor,
+        mean: torch.Tensor,
+        components: torch.Tensor,
+    ) -> torch.Tensor:
+        # sum_k (r_k / |r_k|) . C_k - mean . C, with C_k the components' block of word k:
+        # each word's residual sum r_k is normalised inside its own small product, so the
+        # (B, K * D) statistic is never written again after the residuals (normalised,
+        # centred and read by a skinny product, it took three more passes over it: a
+        # third of the base's time in a pipeline-shaped training step, measured).
+        resid = _residuals(frames, mask, codebook)  # (B, K, D)
+        k, d = resid.shape[1:]
+        norms = torch.linalg.vector_norm(resid, dim=-1).clamp_min(1e-12)  # (B, K)
+        c = components.to(frames.dtype)
+        blocks = c.reshape(-1, k, d).permute(1, 2, 0)  # (K, D, dim)
+        per_word = torch.bmm(resid.transpose(0, 1), blocks)  # (K, B, dim)
+        z = (per_word / norms.T.unsqueeze(-1)).sum(0)  # (B, dim)
+        return z - mean.to(frames.dtype) @ c.T
+
+
+def _residuals(frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(B, K, D) sum_t [w(t) = k] (x_t - c_k) of padded videos: the sums by one ``bmm``,
+    the counts' share of the centres taken off in place."""
+    hot = words_one_hot(frames, mask, codebook)  # (B, T, K)
+    resid = torch.bmm(hot.transpose(1, 2).contiguous(), frames)  # (B, K, D)
+    return resid.addcmul_(hot.sum(1).unsqueeze(-1), codebook.to(frames.dtype), value=-1.0)
 
 
 def rung(name: str) -> Rung:

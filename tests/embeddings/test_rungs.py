@@ -1,0 +1,79 @@
+"""The rungs' statistic through a PCA on padded batches (what a model's base layer runs):
+each rung's own way equals the statistic written out and then projected."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from embeddings.rungs import Rung, nearest_word, rung, words_one_hot
+
+
+def _case(
+    seed: int, b: int, t: int, k: int, d: int, dim: int, scale: float
+) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randn(b, t, d, generator=g) * scale
+    lengths = torch.randint(0, t + 1, (b,), generator=g)
+    lengths[0] = 0  # a video without frames
+    if b > 1:
+        lengths[1] = 1  # one frame
+    mask = (torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1)).float()
+    frames[mask == 0] = torch.randn(int((mask == 0).sum()), d, generator=g) * 50  # garbage
+    codebook = torch.randn(k, d, generator=g) * scale
+    idf = torch.rand(k, generator=g) + 0.5
+    raw = k * d  # vlad's statistic
+    mean = torch.randn(raw, generator=g) * 0.1
+    components = torch.linalg.qr(torch.randn(raw, dim, generator=g))[0].T.contiguous()
+    return frames, mask, codebook, idf, mean, components
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    b=st.integers(1, 6),
+    t=st.integers(1, 9),
+    k=st.integers(1, 7),
+    d=st.integers(1, 12),
+    dim=st.integers(1, 5),
+    scale=st.sampled_from([1e-3, 1.0, 30.0]),
+)
+def test_vlads_projection_equals_the_written_out_statistic_projected(
+    seed: int, b: int, t: int, k: int, d: int, dim: int, scale: float
+) -> None:
+    """Each word's residual normalised inside its own product (no (B, K * D) rows
+    normalised, centred and multiplied) gives the generic ``(batch - mean) @ C.T``:
+    empty videos, one-frame videos, words no frame chose (a zero residual) and garbage
+    in the padding included."""
+    dim = min(dim, k * d)
+    frames, mask, codebook, idf, mean, components = _case(seed, b, t, k, d, dim, scale)
+    vlad = rung("vlad_kmeans")
+    want = Rung.projected(vlad, frames, mask, codebook, idf, mean, components)
+    got = vlad.projected(frames, mask, codebook, idf, mean, components)
+    assert got.shape == (b, dim)
+    tol = 1e-5 * max(1.0, float(want.abs().max()))
+    torch.testing.assert_close(got, want, atol=tol, rtol=1e-5)
+
+
+def test_an_empty_video_projects_to_minus_the_projected_mean() -> None:
+    frames, mask, codebook, idf, mean, components = _case(3, 3, 5, 4, 6, 3, 1.0)
+    got = rung("vlad_kmeans").projected(frames, mask, codebook, idf, mean, components)
+    torch.testing.assert_close(got[0], -(mean @ components.T), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_the_nearest_word_is_the_argmin_of_the_full_distance(scale: float) -> None:
+    """Doubling the centres instead of the frames leaves the nearest word as the full
+    squared distance has it (numpy, catalogue side) and as the batch side finds it."""
+    rng = np.random.default_rng(5)
+    frames = (rng.normal(size=(300, 16)) * scale).astype(np.float32)
+    codebook = (rng.normal(size=(9, 16)) * scale).astype(np.float32)
+    full = ((frames[:, None, :].astype(np.float64) - codebook[None]) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(nearest_word(frames, codebook, chunk=64), full)
+    hot = words_one_hot(
+        torch.from_numpy(frames)[None], torch.ones(1, 300), torch.from_numpy(codebook)
+    )
+    np.testing.assert_array_equal(hot[0].argmax(1).numpy(), full)

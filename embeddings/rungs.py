@@ -53,9 +53,19 @@ def mean_frames(frames: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     sums = np.zeros((len(counts), frames.shape[1]), dtype=np.float64)
     has = counts > 0
     if has.any():
-        # Each non-empty video's frames run from its offset to the next non-empty one's.
-        sums[has] = np.add.reduceat(frames, offsets[:-1][has], axis=0, dtype=np.float64)
+        sums[has] = _run_sums(frames, offsets[:-1][has], offsets[1:][has])
     return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+
+
+def _run_sums(x: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """(R, D) float64 sums of the row runs ``x[starts[r]:stops[r]]``, each accumulated row
+    after row: the bits of ``np.add.reduceat(x, starts, axis=0, dtype=np.float64)`` for
+    back-to-back runs, which walks each column down the rows (13x slower here: 26 s of
+    the ladder's average frames and 29 s of its VLAD at 10,000 YouTube-8M-shaped videos)."""
+    out = np.empty((len(starts), x.shape[1]), dtype=np.float64)
+    for r, (a, b) in enumerate(zip(starts.tolist(), stops.tolist(), strict=True)):
+        x[a:b].sum(0, dtype=np.float64, out=out[r])
+    return out
 
 
 def nearest_word(frames: np.ndarray, codebook: np.ndarray, chunk: int = 8192) -> np.ndarray:
@@ -114,7 +124,7 @@ def vlad_kmeans(frames: np.ndarray, offsets: np.ndarray, codebook: np.ndarray) -
     cells, starts, counts = np.unique(cell[order], return_index=True, return_counts=True)
     out = np.zeros((n * k, d))
     if len(cells):
-        sums = np.add.reduceat(frames[order], starts, axis=0, dtype=np.float64)
+        sums = _run_sums(frames[order], starts, starts + counts)
         out[cells] = sums - counts[:, None] * codebook[cells % k].astype(np.float64)
     out = out.reshape(n, k, d)
     norms = np.linalg.norm(out, axis=2, keepdims=True)

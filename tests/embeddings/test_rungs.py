@@ -77,3 +77,23 @@ def test_the_nearest_word_is_the_argmin_of_the_full_distance(scale: float) -> No
         torch.from_numpy(frames)[None], torch.ones(1, 300), torch.from_numpy(codebook)
     )
     np.testing.assert_array_equal(hot[0].argmax(1).numpy(), full)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=12),
+    d=st.integers(1, 7),
+    seed=st.integers(0, 1000),
+)
+def test_run_sums_are_the_bits_of_one_float64_reduceat(
+    lengths: list[int], d: int, seed: int
+) -> None:
+    """Each run summed row after row in float64: the same bits as numpy's reduceat with
+    a float64 accumulator (what the rungs' sums were), one-row runs included."""
+    from embeddings.rungs import _run_sums
+
+    x = (np.random.default_rng(seed).normal(size=(sum(lengths), d)) * 1e3).astype(np.float32)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    got = _run_sums(x, starts, starts + np.asarray(lengths))
+    want = np.add.reduceat(x, starts, axis=0, dtype=np.float64)
+    np.testing.assert_array_equal(got, want)

@@ -274,9 +274,8 @@ def fit_gmm(
     d = x0.shape[1]
     centres = kmeans(x0, num_clusters, iters=kmeans_iters, seed=seed)
     # Initial parameters from the hard k-means assignment of the sample.
-    a = ((x0 * x0).sum(1, keepdim=True) - x0 @ (2 * centres).T + (centres * centres).sum(1)).argmin(
-        1
-    )
+    sq = (x0 * x0).sum(1, keepdim=True) - x0 @ (2 * centres).T + (centres * centres).sum(1)
+    a = sq.argmin(1)
     onehot = torch.nn.functional.one_hot(a, num_clusters).to(dtype)
     n0 = onehot.sum(0)
     global_var = x0.var(0, unbiased=False).clamp_min(var_floor)

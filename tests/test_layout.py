@@ -34,7 +34,7 @@ STAGES_MAY_IMPORT = {
     "evaluation": {"data", "engine", "choice", "plots"},
     "classify": {"data", "plots"},
     "spark": {"data", "engine", "glmix", "evaluation"},
-    "pipeline": {"data", "engine", "training", "glmix", "evaluation"},
+    "pipeline": {"data", "engine", "choice", "training", "glmix", "evaluation"},
     "commands": {
         "data",
         "engine",

@@ -30,12 +30,12 @@ import torch
 from tqdm.auto import tqdm
 
 from embeddings.classifier import ClassifierConfig, VideoClassifier
-from embeddings.runtime import resolve_device
+from embeddings.runtime import autocast, native_bfloat16, resolve_device
 from embeddings.ubm_start import UBMStart
 from pipelines.data.io import dataset_dir, iter_record_batches, open_parquet, write_parquet_atomic
 from pipelines.plots import plot_loss_curve
 from recsys.auc import interval_verdict
-from recsys.classification import gap_at_k, gap_from_topk, hit_at_1, mcnemar_test, top_k
+from recsys.classification import gap_at_k, hit_at_1, mcnemar_test, top_k
 from recsys.dataset import VIDEOS_FILE, decode_video_batch
 from recsys.errors import UserInputError
 
@@ -65,6 +65,10 @@ class ClassifyConfig:
     device: str = "auto"
     #: DataLoader worker processes streaming Parquet row groups (0 = in the main process)
     workers: int = 1
+    #: also score the test split with bfloat16 inference (autocast: the matrix products
+    #: on the bf16 units) where the hardware multiplies it, and report its GAP and Hit@1
+    #: against float32's on the same frame samples (paired); the metrics above stay float32
+    bfloat16_check: bool = True
 
 
 def hash_split(video_id: str) -> str:
@@ -194,16 +198,23 @@ def _bce(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(
-    model: VideoClassifier, info: DatasetInfo, split: str, cfg: ClassifyConfig, device: torch.device
+    model: VideoClassifier,
+    info: DatasetInfo,
+    split: str,
+    cfg: ClassifyConfig,
+    device: torch.device,
+    precision: str = "float32",
 ) -> tuple[list[str], np.ndarray, np.ndarray, float]:
-    """(video ids, probabilities (N, C), labels (N, C), mean BCE) with seeded frame samples."""
+    """(video ids, probabilities (N, C), labels (N, C), mean BCE) with seeded frame samples
+    (the same whatever the ``precision`` of the forward: "float32" or "bfloat16")."""
     model.eval()
     ids: list[str] = []
     probs, labels = [], []
     total = 0.0
     stream = VideoStream(info, split, cfg.frames_per_video, train=False, seed=cfg.seed)
     for vid, x, y in _loader(stream, 256, cfg.workers):
-        p = model(x.to(device))
+        with autocast(precision, device):
+            p = model(x.to(device)).float()
         total += float(_bce(p, y.to(device))) * len(vid)
         ids += list(vid)
         probs.append(p.cpu().numpy())
@@ -310,7 +321,9 @@ def run_classify(
     model, history, best_epoch = train_classifier(info, model_cfg, cfg, progress)
     device = resolve_device(cfg.device)
     _, val_pred, val_y, val_loss = predict(model, info, "validation", cfg, device)
+    t_test = time.perf_counter()
     test_ids, test_pred, test_y, test_loss = predict(model, info, "test", cfg, device)
+    t_test = time.perf_counter() - t_test
     hits = hit_at_1(test_pred, test_y)
     report = {
         "pooling": model_cfg.pooling,
@@ -326,6 +339,10 @@ def run_classify(
         "config": {"model": model_cfg.to_dict(), "train": asdict(cfg)},
         "history": history,
     }
+    if cfg.bfloat16_check and native_bfloat16(device):
+        report["bfloat16_inference"] = _bfloat16_check(
+            model, info, cfg, device, (test_pred, test_y, t_test)
+        )
     if cfg.baselines:
         report.update(_baseline_ladder(info, test_ids, test_pred, test_y, cfg.seed, progress))
     o = Path(out)
@@ -354,6 +371,36 @@ def run_classify(
     (o / "report.json").write_text(json.dumps(report, indent=2))
     plot_loss_curve(history, o / "training_curve.png", model_cfg.pooling, "binary cross-entropy")
     return report
+
+
+def _bfloat16_check(
+    model: VideoClassifier,
+    info: DatasetInfo,
+    cfg: ClassifyConfig,
+    device: torch.device,
+    float32: tuple[np.ndarray, np.ndarray, float],
+) -> dict[str, Any]:
+    """The test split scored again with bfloat16 inference: its GAP@20 and Hit@1, and the
+    paired differences from float32's (bootstrap over test videos; McNemar on Hit@1)."""
+    from pipelines.classify.baselines import paired_gap_bootstrap
+
+    pred32, labels, seconds32 = float32
+    t0 = time.perf_counter()
+    _, pred16, _, _ = predict(model, info, "test", cfg, device, precision="bfloat16")
+    seconds16 = time.perf_counter() - t0
+    diff, lo, hi = paired_gap_bootstrap(pred16, pred32, labels, seed=cfg.seed)
+    _, p_value = mcnemar_test(hit_at_1(pred16, labels), hit_at_1(pred32, labels))
+    return {
+        "gap": gap_at_k(pred16, labels, 20),
+        "hit_at_1": float(hit_at_1(pred16, labels).mean()),
+        "gap_difference": diff,
+        "gap_difference_bootstrap_95": [lo, hi],
+        "hit_at_1_mcnemar_p": p_value,
+        "verdict": interval_verdict(lo, hi),
+        "max_probability_change": float(np.abs(pred16 - pred32).max()),
+        # the test pass end to end, reading and sampling frames included
+        "seconds": {"float32": seconds32, "bfloat16": seconds16},
+    }
 
 
 def _baseline_ladder(
@@ -396,66 +443,3 @@ def _baseline_ladder(
         "verdict": interval_verdict(lo, hi),
     }
     return out
-
-
-def compare_runs(
-    run_a: str | os.PathLike[str],
-    run_b: str | os.PathLike[str],
-    resamples: int = 1000,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """McNemar on Hit@1 and a bootstrap 95% interval of GAP(A) - GAP(B) over test videos."""
-    tables = []
-    for r in (run_a, run_b):
-        p = Path(r) / "predictions.parquet"
-        if not p.exists():
-            raise UserInputError(f"{r}: no predictions.parquet (not a classify run?)")
-        tables.append(pq.read_table(p))
-    a, b = tables
-    ids_a, ids_b = a.column("video_id").to_pylist(), b.column("video_id").to_pylist()
-    if ids_a != ids_b:
-        common = sorted(set(ids_a) & set(ids_b))
-        if not common:
-            raise UserInputError("the two runs share no test videos")
-        ia = {v: i for i, v in enumerate(ids_a)}
-        ib = {v: i for i, v in enumerate(ids_b)}
-        a = a.take(pa.array([ia[v] for v in common]))
-        b = b.take(pa.array([ib[v] for v in common]))
-
-    def arrays(t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        k = t.schema.field("top_scores").type.list_size
-        sc = t.column("top_scores").combine_chunks().flatten().to_numpy().reshape(-1, k)
-        hits = (
-            t.column("top_hits")
-            .combine_chunks()
-            .flatten()
-            .to_numpy(zero_copy_only=False)
-            .reshape(-1, k)
-        )
-        return (
-            t.column("hit_at_1").to_numpy(zero_copy_only=False),
-            sc,
-            hits,
-            t.column("num_positives").to_numpy(),
-        )
-
-    ha, sa, ta, na = arrays(a)
-    hb, sb, tb, nb = arrays(b)
-    table, p_value = mcnemar_test(ha, hb)
-    gap_a, gap_b = gap_from_topk(sa, ta, na), gap_from_topk(sb, tb, nb)
-    rng = np.random.default_rng(seed)
-    diffs = []
-    n = len(ha)
-    for _ in range(resamples):
-        i = rng.integers(0, n, n)
-        diffs.append(gap_from_topk(sa[i], ta[i], na[i]) - gap_from_topk(sb[i], tb[i], nb[i]))
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
-    return {
-        "videos": n,
-        "hit_at_1": [float(ha.mean()), float(hb.mean())],
-        "contingency": table.tolist(),
-        "mcnemar_p": p_value,
-        "gap": [gap_a, gap_b],
-        "gap_diff": gap_a - gap_b,
-        "gap_diff_ci95": [float(lo), float(hi)],
-    }

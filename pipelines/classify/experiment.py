@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from embeddings.classifier import ClassifierConfig
 from embeddings.pooling import ASSIGNMENTS
-from pipelines.classify.classify import ClassifyConfig, compare_runs, run_classify, scan_labelled
+from pipelines.classify.classify import ClassifyConfig, run_classify, scan_labelled
+from pipelines.classify.comparison import compare_runs
 
 
 @dataclass(frozen=True)

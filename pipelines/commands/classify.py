@@ -134,7 +134,7 @@ def compare(
     ] = 1000,
 ) -> None:
     """McNemar's test on Hit@1 and a bootstrap 95% interval of the GAP difference."""
-    from pipelines.classify.classify import compare_runs
+    from pipelines.classify.comparison import compare_runs
 
     r = compare_runs(run_a, run_b, resamples)
     t = r["contingency"]

@@ -53,6 +53,27 @@ def test_classify_outputs(two_runs: tuple[Path, Path]) -> None:
     assert (run / "training_curve.png").stat().st_size > 1000
 
 
+def test_classify_reports_bfloat16_inference_against_float32(
+    two_runs: tuple[Path, Path],
+) -> None:
+    """Where the CPU multiplies bf16, the test split is scored again with bf16 inference
+    on the same frame samples: its GAP, Hit@1 and the paired difference from float32."""
+    from embeddings.runtime import native_bfloat16
+
+    r = json.loads((two_runs[0] / "report.json").read_text())
+    if not native_bfloat16(torch.device("cpu")):
+        assert "bfloat16_inference" not in r
+        return
+    b = r["bfloat16_inference"]
+    assert 0 <= b["gap"] <= 1 and 0 <= b["hit_at_1"] <= 1
+    assert b["gap_difference"] == pytest.approx(b["gap"] - r["gap"], abs=1e-9)
+    lo, hi = b["gap_difference_bootstrap_95"]
+    assert lo <= hi and b["verdict"] in {"better", "worse", "no significant difference"}
+    # bf16 products move probabilities a little, not to other answers
+    assert 0 < b["max_probability_change"] < 0.1
+    assert b["seconds"]["float32"] > 0 and b["seconds"]["bfloat16"] > 0
+
+
 def test_classify_reports_baselines_beside_the_model(two_runs: tuple[Path, Path]) -> None:
     r = json.loads((two_runs[0] / "report.json").read_text())
     assert set(r["baselines"]) == {"avg_frames", "bow_tfidf"}

@@ -1,8 +1,12 @@
 """Does bfloat16 inference change what the classifier answers? GAP@20 and Hit@1 over
 several worlds and seeds.
 
-    python -m benchmarks.bf16_gap_check --out DIR [--worlds mixture scenes styles]
-        [--seeds 0 1 2] [--videos 600] [--users 300] [--pooling dsgmm] [--epochs 4]
+    python -m benchmarks.bf16_gap_check --out DIR [--worlds mixture short noisy]
+        [--seeds 0 1 2] [--videos 3000] [--users 100] [--pooling dsgmm] [--epochs 4]
+
+The worlds differ in their frames (``benchmarks.world_suite.WORLDS``: the defaults, 3-12
+frames a video, three times the frame noise); ``scenes`` and ``styles`` differ only in
+what users watch, so their videos and labels are the defaults'.
 
 Each (world, seed): ``recsys classify`` trained once, in float32 as it trains, its test
 split scored in float32 and again with bfloat16 inference on the same frame samples
@@ -55,7 +59,8 @@ def run_one(world: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = worlds_parser(__doc__ or "")
+    parser = worlds_parser(__doc__ or "", videos=3000, users=100)
+    parser.set_defaults(worlds=["mixture", "short", "noisy"])
     parser.add_argument("--pooling", default="dsgmm")
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args()

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ import numpy as np
 
 from recsys.baselines import PCA
 from recsys.frames import FrameStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class RungMemo:
         self.directory = Path(directory)
         self.hits = 0
         self.misses = 0
+        #: a write failed (a full disk): nothing more is written
+        self.failed = False
 
     def _dir(self, key: dict[str, Any]) -> Path:
         text = json.dumps(key, sort_keys=True)
@@ -77,24 +82,42 @@ class RungMemo:
         )
 
     def put(self, key: dict[str, Any], r: Reduction) -> None:
+        """Keep ``r`` for the next fit; a full or failing disk costs the reuse, never the
+        job (the entry is dropped, the memo stops writing, with a log line)."""
         d = self._dir(key)
-        d.mkdir(parents=True, exist_ok=True)
-        for k, rows in r.candidates.items():
-            np.save(d / f"rows_{k}.npy", rows)
-        np.save(d / "pca_mean.npy", r.pca.mean)
-        np.save(d / "pca_components.npy", r.pca.components)
-        if r.codebook is not None:
-            np.save(d / "codebook.npy", r.codebook)
-        if r.idf is not None:
-            np.save(d / "idf.npy", r.idf)
-        meta = {
-            "dims": sorted(r.candidates),
-            "codebook": r.codebook is not None,
-            "idf": r.idf is not None,
-            "sampled_videos": r.sampled_videos,
-            "key": key,
-        }
-        (d / "meta.json").write_text(json.dumps(meta))
+
+        def write() -> None:
+            for k, rows in r.candidates.items():
+                np.save(d / f"rows_{k}.npy", rows)
+            np.save(d / "pca_mean.npy", r.pca.mean)
+            np.save(d / "pca_components.npy", r.pca.components)
+            if r.codebook is not None:
+                np.save(d / "codebook.npy", r.codebook)
+            if r.idf is not None:
+                np.save(d / "idf.npy", r.idf)
+            meta = {
+                "dims": sorted(r.candidates),
+                "codebook": r.codebook is not None,
+                "idf": r.idf is not None,
+                "sampled_videos": r.sampled_videos,
+                "key": key,
+            }
+            (d / "meta.json").write_text(json.dumps(meta))  # last: the entry is complete
+
+        self._write(d, write)
+
+    def _write(self, d: Path, write: Callable[[], None]) -> None:
+        if self.failed:
+            return
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            write()
+        except OSError as exc:
+            self.failed = True
+            shutil.rmtree(d, ignore_errors=True)
+            log.warning(
+                "not keeping the ladder's fits for reuse (%s): each fit reads the frames", exc
+            )
 
     def get_words(self, key: dict[str, Any]) -> np.ndarray | None:
         path = self._dir(key) / "words.npy"
@@ -106,10 +129,13 @@ class RungMemo:
 
     def put_words(self, key: dict[str, Any], words: np.ndarray) -> None:
         d = self._dir(key)
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / "words.tmp.npy"
-        np.save(tmp, words)
-        tmp.replace(d / "words.npy")
+
+        def write() -> None:
+            tmp = d / "words.tmp.npy"
+            np.save(tmp, words)
+            tmp.replace(d / "words.npy")
+
+        self._write(d, write)
 
 
 def _load(path: Path) -> np.ndarray:

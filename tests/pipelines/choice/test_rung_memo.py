@@ -126,3 +126,32 @@ def test_a_partly_written_entry_is_absent(tmp_path: Path) -> None:
         meta.unlink()
         ladder.rung_reduction(store, "avg_frames", 4)
         assert memo.misses == 2 and memo.hits == 0
+
+
+def test_a_failing_disk_costs_the_reuse_not_the_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write that fails (a full disk) drops the entry and stops the memo writing, with
+    a log line; every fit still returns what it computed."""
+    import pipelines.choice.rung_memo as rung_memo
+
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(2, 5, 12)
+    store = FrameStore(
+        [f"v{i}" for i in range(12)],
+        rng.normal(size=(int(lengths.sum()), 5)).astype(np.float32),
+        np.concatenate([[0], np.cumsum(lengths)]),
+    )
+    plain = ladder.rung_reduction(store, "avg_frames", 4)
+
+    def full_disk(*a, **k):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rung_memo.np, "save", full_disk)
+    with reusing_rungs(tmp_path) as memo, caplog.at_level("WARNING"):
+        for _ in range(2):
+            got = ladder.rung_reduction(store, "avg_frames", 4)
+            np.testing.assert_array_equal(got.pca.components, plain.pca.components)
+        assert memo.failed and memo.hits == 0 and memo.misses == 2
+        assert not list(memo.directory.iterdir())  # the partial entry went
+    assert "No space left" in caplog.text

@@ -75,6 +75,13 @@ def classify(
             "tf-idf; logistic regression) on the same splits."
         ),
     ] = True,
+    bfloat16_check: Annotated[
+        bool,
+        typer.Option(
+            help="Where the CPU (or GPU) multiplies bfloat16, score the test split again with "
+            "bf16 inference and report GAP@20 / Hit@1 against float32's (paired)."
+        ),
+    ] = True,
     quiet: Quiet = False,
 ) -> None:
     """Train pooling -> context gating -> MoE per label (section 4.1) and report GAP@20 / Hit@1."""
@@ -104,6 +111,7 @@ def classify(
             ubm=UBMStart(enabled=ubm_init, temperature=init_temperature, frames=100_000),
             patience=patience,
             baselines=baselines,
+            bfloat16_check=bfloat16_check,
         )
     except ValueError as exc:
         fail(str(exc))
@@ -113,6 +121,13 @@ def classify(
         f"{pooling}: test GAP@20 {r['gap']:.4f}, Hit@1 {r['hit_at_1']:.4f} ({r['test_videos']} videos, "
         f"epoch {r['best_epoch']} kept); wrote {out}"
     )
+    if "bfloat16_inference" in r:
+        b16 = r["bfloat16_inference"]
+        lo, hi = b16["gap_difference_bootstrap_95"]
+        typer.echo(
+            f"bfloat16 inference: test GAP@20 {b16['gap']:.4f} ({b16['gap_difference']:+.4f} "
+            f"[{lo:+.4f}, {hi:+.4f}] against float32: {b16['verdict']})"
+        )
     for name, b in r.get("baselines", {}).items():
         typer.echo(f"baseline {name}: test GAP@20 {b['gap']:.4f}, Hit@1 {b['hit_at_1']:.4f}")
     for name, why in r.get("baselines_not_applicable", {}).items():

@@ -25,9 +25,20 @@ def two_runs(small_world_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     runs = []
     for p in ("dsgmm", "avg"):
         out = base / p
+        extra = ["--no-bfloat16-check"] if p == "avg" else []  # the flag turns it off
         res = CliRunner().invoke(
             app,
-            ["classify", "--data", str(small_world_dir), "--pooling", p, "--out", str(out), *TINY],
+            [
+                "classify",
+                "--data",
+                str(small_world_dir),
+                "--pooling",
+                p,
+                "--out",
+                str(out),
+                *TINY,
+                *extra,
+            ],
         )
         assert res.exit_code == 0, res.output
         runs.append(out)
@@ -61,6 +72,8 @@ def test_classify_reports_bfloat16_inference_against_float32(
     from embeddings.runtime import native_bfloat16
 
     r = json.loads((two_runs[0] / "report.json").read_text())
+    off = json.loads((two_runs[1] / "report.json").read_text())
+    assert "bfloat16_inference" not in off and not off["config"]["train"]["bfloat16_check"]
     if not native_bfloat16(torch.device("cpu")):
         assert "bfloat16_inference" not in r
         return

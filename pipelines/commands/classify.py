@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -123,10 +123,9 @@ def classify(
     )
     if "bfloat16_inference" in r:
         b16 = r["bfloat16_inference"]
-        lo, hi = b16["gap_difference_bootstrap_95"]
         typer.echo(
-            f"bfloat16 inference: test GAP@20 {b16['gap']:.4f} ({b16['gap_difference']:+.4f} "
-            f"[{lo:+.4f}, {hi:+.4f}] against float32: {b16['verdict']})"
+            f"bfloat16 inference: test GAP@20 {b16['gap']:.4f}, against float32 "
+            f"{_gap_difference(b16)}"
         )
     for name, b in r.get("baselines", {}).items():
         typer.echo(f"baseline {name}: test GAP@20 {b['gap']:.4f}, Hit@1 {b['hit_at_1']:.4f}")
@@ -134,11 +133,13 @@ def classify(
         typer.echo(f"baseline {name}: not applicable ({why})")
     if "vs_best_baseline" in r:
         v = r["vs_best_baseline"]
-        lo, hi = v["gap_difference_bootstrap_95"]
-        typer.echo(
-            f"{pooling} vs {v['best_baseline']}: GAP difference {v['gap_difference']:+.4f} "
-            f"[{lo:+.4f}, {hi:+.4f}]: {v['verdict']}"
-        )
+        typer.echo(f"{pooling} vs {v['best_baseline']}: GAP difference {_gap_difference(v)}")
+
+
+def _gap_difference(block: dict[str, Any]) -> str:
+    """A report's paired GAP difference as "+d [lo, hi]: verdict"."""
+    lo, hi = block["gap_difference_bootstrap_95"]
+    return f"{block['gap_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]: {block['verdict']}"
 
 
 def compare(

@@ -161,15 +161,10 @@ def _choose_dim(
     return candidates[best], {"pca_dim": best, "pca_validation_log_loss": losses}
 
 
-def _reduce_exact(
-    rows: RecRows, raw: np.ndarray, max_dim: int, base: GLMixConfig | None
-) -> tuple[np.ndarray, dict[str, Any], PCA]:
-    dims = _pca_dims(max_dim, *raw.shape)
-    full = PCA.fit(raw, max(dims))  # one SVD; each size keeps its leading directions
-    vectors, info = _choose_dim(
-        rows, {d: full.truncated(d).transform(raw) for d in dims}, base or GLMixConfig()
-    )
-    return vectors, info, full.truncated(info["pca_dim"])
+def _exact_candidates(raw: np.ndarray, dims: list[int]) -> tuple[PCA, dict[int, np.ndarray]]:
+    """One SVD of ``raw`` at the largest size; each size keeps its leading directions."""
+    full = PCA.fit(raw, max(dims))
+    return full, {d: full.truncated(d).transform(raw) for d in dims}
 
 
 def reduce_on_validation(
@@ -177,8 +172,8 @@ def reduce_on_validation(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """PCA of ``raw`` to the size in ``PCA_DIMS`` (<= max_dim) with the lowest GLMix
     validation log-loss; returns the L2-normalised reduced vectors and the choice."""
-    vectors, info, _ = _reduce_exact(rows, raw, max_dim, base)
-    return vectors, info
+    _, candidates = _exact_candidates(raw, _pca_dims(max_dim, *raw.shape))
+    return _choose_dim(rows, candidates, base or GLMixConfig())
 
 
 def fit_rung(
@@ -219,7 +214,7 @@ def rung_reduction(
     if memo is None:
         return _reduce(store, name, max_dim, num_words, seed, codebook)
     key = {
-        "store": rung_memo.store_key(store),
+        "store": memo.store_key(store),
         "rung": name,
         "max_dim": max_dim,
         "num_words": num_words,
@@ -241,7 +236,7 @@ def rung_words(store: FrameStore, num_words: int, seed: int) -> np.ndarray:
     memo = rung_memo.current()
     if memo is None:
         return kmeans_codebook(store.frames, num_words, seed=seed)
-    key = {"store": rung_memo.store_key(store), "words": num_words, "seed": seed}
+    key = {"store": memo.store_key(store), "words": num_words, "seed": seed}
     words = memo.get_words(key)
     if words is None:
         words = kmeans_codebook(store.frames, num_words, seed=seed)
@@ -273,8 +268,7 @@ def _reduce(
             raw_all = np.empty((n, f), dtype=np.float32)
             for sl, chunk in raw_features(name, store, codebook):
                 raw_all[sl] = chunk
-        full = PCA.fit(raw_all, max(dims))  # one SVD; each size keeps its leading directions
-        candidates = {d: full.truncated(d).transform(raw_all) for d in dims}
+        full, candidates = _exact_candidates(raw_all, dims)
         return Reduction(candidates, full, codebook, idf)
     rng = np.random.default_rng([seed, 3])
     sample = np.sort(rng.choice(n, size=min(n, PCA_SAMPLE_VIDEOS), replace=False))

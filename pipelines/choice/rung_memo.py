@@ -23,6 +23,7 @@ import json
 import logging
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -61,6 +62,17 @@ class RungMemo:
         self.misses = 0
         #: a write failed (a full disk): nothing more is written
         self.failed = False
+        #: each store's key, computed once (a store in memory hashes its frames)
+        self._store_keys: weakref.WeakKeyDictionary[FrameStore, dict[str, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def store_key(self, store: FrameStore) -> dict[str, Any]:
+        """``store_key(store)``, once per store object while it lives."""
+        key = self._store_keys.get(store)
+        if key is None:
+            key = self._store_keys[store] = store_key(store)
+        return key
 
     def _dir(self, key: dict[str, Any]) -> Path:
         text = json.dumps(key, sort_keys=True)

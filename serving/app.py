@@ -24,7 +24,7 @@ from serving.errors import add_exception_handlers
 from serving.lifespan import make_lifespan
 from serving.log.archive import LogArchive
 from serving.metrics import Metrics
-from serving.middleware import LimitsAndMetricsMiddleware
+from serving.middleware import FastRoute, LimitsAndMetricsMiddleware
 from serving.routers import events, explorer, ingestion, ops, removals, scoring
 from serving.settings import Settings
 from serving.state import ServingState, StateHolder
@@ -92,6 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.holder = StateHolder()
     app.state.metrics = Metrics()
     app.state.load_state = load_state
+    # Filled once the routes exist; on the app's state so a test or an operator's
+    # debugging session can see or clear them (every route answers without them).
+    fast_routes: dict[tuple[str, str], FastRoute] = {}
+    app.state.fast_routes = fast_routes
     app.add_middleware(
         LimitsAndMetricsMiddleware,  # type: ignore[arg-type]
         max_body=settings.max_body_bytes,
@@ -101,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         queue_timeout_s=settings.queue_timeout_s,
         body_timeout_s=settings.body_timeout_s,
         allowed_hosts=settings.host_list(),
+        fast_routes=fast_routes,
     )
     add_exception_handlers(app)
     # The hottest routes first: a request is matched against the routes in this order
@@ -111,6 +116,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ingestion.router(settings, schema_dim, takes_vectors))
     app.include_router(events.router)
     app.include_router(removals.router)
+    # The hottest read answered from the middleware when it can (scoring.FastScore).
+    fast_routes[("POST", "/v1/score")] = scoring.FastScore(app, settings)
     return app
 
 

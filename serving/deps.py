@@ -84,15 +84,20 @@ async def require_read_key(
 Model = TypeVar("Model", bound=BaseModel)
 
 
+def is_json_media(content_type: str) -> bool:
+    """A Content-Type FastAPI would parse as JSON: application/json or application/*+json."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 async def json_body(request: Request, model: type[Model]) -> Model:
     """The request's JSON body parsed and validated in one pass by pydantic's Rust core
     (FastAPI decodes with the standard library, then validates the objects). Answers as
     FastAPI's own body parameters do: 422 naming the field, for a body that is not JSON
     by its Content-Type, or not valid JSON, too; 400 for one that is not UTF-8."""
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    json_type = media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
-    )
+    json_type = is_json_media(request.headers.get("content-type", ""))
     body = await request.body()
     if not json_type or not body:
         what = (

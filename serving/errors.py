@@ -43,7 +43,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 #: numpy scalars and arrays serialise as numbers and lists
-_DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
@@ -51,7 +51,7 @@ def json_response(obj: Any, status: int = 200) -> Response:
     100-candidate score (18 against 450 us); a non-finite float is written as null
     (valid JSON, never a literal NaN), not raised."""
     return Response(
-        content=orjson.dumps(obj, option=_DUMP_OPTIONS),
+        content=orjson.dumps(obj, option=DUMP_OPTIONS),
         status_code=status,
         media_type="application/json",
     )

@@ -8,6 +8,7 @@ function builds the body type when the app is created.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
@@ -55,6 +56,7 @@ def request_body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+@cache
 def score_request_type(max_candidates: int) -> type[ScoreRequest]:
     """``ScoreRequest`` whose schema states the configured candidate limit."""
     return create_model(  # type: ignore[no-any-return]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+import orjson
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from serving import queries
-from serving.deps import State, current_state, json_body
-from serving.errors import error_responses, json_response
+from serving.deps import State, current_state, is_json_media, json_body
+from serving.errors import DUMP_OPTIONS, error_responses, json_response
 from serving.schemas import (
     PATH_ID,
     RecommendationsResponse,
@@ -98,6 +99,31 @@ def router(settings: Settings) -> APIRouter:
         responses={200: {"model": SimilarResponse}, **error_responses(404, 422, 503)},
     )(similar_route)
     return r
+
+
+class FastScore:
+    """``POST /v1/score`` answered from the middleware (``serving.middleware.FastRoute``):
+    the same validation, scoring and bytes as the route, without the framework's routing,
+    exception layers and endpoint wrapper, about a third of a score's server CPU on this
+    route. Anything but a 200 (not ready, a body the route refuses, an error while
+    scoring: it only reads) is left to the route, which answers it as always."""
+
+    def __init__(self, app: FastAPI, settings: Settings) -> None:
+        self.holder = app.state.holder
+        self.request_type = score_request_type(settings.max_candidates)
+        self.path = "/v1/score"
+
+    def __call__(self, headers: dict[bytes, bytes], body: bytes) -> bytes | None:
+        state = self.holder.current
+        if state is None or not is_json_media(headers.get(b"content-type", b"").decode("latin-1")):
+            return None
+        try:
+            req = self.request_type.model_validate_json(body)
+            return orjson.dumps(
+                queries.score(state, req.user_id, req.video_ids), option=DUMP_OPTIONS
+            )
+        except Exception:  # the route answers it (a 422, a 503, or the error as always)
+            return None
 
 
 def _describe(route: Any, logic: Any, name: str) -> None:

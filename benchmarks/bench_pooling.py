@@ -3,6 +3,11 @@ the fp32 matmul rate measured in the same run.
 
     .venv/bin/python -m benchmarks.bench_pooling [--batch 256 --frames 30 --clusters 256 --dim 1024]
 
+The two products alone at the layers' shapes (``products_time``) are timed too: the
+assignment's and S_x's, whose inner dimension is the video's T frames. A layer's time
+over theirs says what the rest of it (softmax, centring, norms) costs; their own rate
+against the square reference says what the library's kernels give at these shapes.
+
 FLOPs counted per forward: 4 * B * T * K * D (2BTKD for the assignment matmul, 2BTKD
 for the aggregation bmm); a training step counts 3x that (forward + backward).
 
@@ -23,6 +28,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 import embeddings.aggregation as aggregation
 from embeddings import ASSIGNMENTS, build_pooling
@@ -52,6 +58,19 @@ def matmul_rate(
     b = torch.randn(n, n, device=device, dtype=dtype)
     t = _time(lambda: a @ b, repeats, device)
     return 2 * n**3 / t
+
+
+def products_time(x: torch.Tensor, clusters: int, repeats: int, device: torch.device) -> float:
+    """Seconds of a cluster layer's two products alone at its shapes, in x's type: the
+    assignment's (B*T, D) x (D, K) and S_x's per-video (K, T) x (T, D), into a warm
+    output. What the library's own kernels give at these shapes (S_x's inner dimension
+    is T), so the layer's time can be read as its products plus everything else."""
+    b, t, d = x.shape
+    w = torch.randn(clusters, d, device=device, dtype=x.dtype)
+    bias = torch.zeros(clusters, device=device, dtype=x.dtype)
+    pt = torch.softmax(torch.randn(b, clusters, t, device=device), dim=1).to(x.dtype)
+    out = torch.empty(b, clusters, d, device=device, dtype=x.dtype)
+    return _time(lambda: (F.linear(x, w, bias), torch.bmm(pt, x, out=out)), repeats, device)
 
 
 def main() -> None:
@@ -99,6 +118,10 @@ def main() -> None:
         opts = {"assignment": assignment} if assignment != "-" else {}
         layer = build_pooling(name, d, k, **opts).to(dev)
         with torch.no_grad():
+            # the products timed beside each layer: this machine's speed drifts by
+            # tens of percent from one minute to the next
+            t_products = products_time(x, k, args.repeats, dev)
+            t_products16 = products_time(x16, k, args.repeats, dev)
             t_inf = _time(lambda layer=layer: layer(x), args.repeats, dev)
             fused_bytes = aggregation.CHUNK_BYTES
             aggregation.CHUNK_BYTES = 1 << 62  # the whole batch at once
@@ -119,6 +142,13 @@ def main() -> None:
             "bf16_frames_per_s": b * t / t_bf16,
             "bf16_frac_of_bf16_matmul": (flops / t_bf16) / peak16 if clusters else None,
             "bf16_speedup": t_inf / t_bf16,
+            "products_ms": 1e3 * t_products,
+            "products_frac_of_matmul": flops / t_products / peak,
+            "bf16_products_ms": 1e3 * t_products16,
+            "bf16_products_speedup": t_products / t_products16,
+            # the layer against its own products at these shapes (1.0: nothing else costs)
+            "infer_over_products": t_inf / t_products if clusters else None,
+            "bf16_infer_over_products": t_bf16 / t_products16 if clusters else None,
         }
         if not args.no_train:
             opt = (
@@ -149,12 +179,22 @@ def main() -> None:
         )
         print(
             f"{name:8s} {assignment:17s} infer {row['infer_ms']:8.1f} ms {row['infer_frames_per_s']:10.0f} frames/s"
-            + (f" ({frac:.0%} of matmul)" if frac else "")
+            + (
+                f" ({frac:.0%} of matmul, {row['infer_over_products']:.2f}x its products)"
+                if frac
+                else ""
+            )
             + f", eager {row['eager_infer_ms']:.1f} ms ({row['fused_speedup']:.2f}x)"
             + f", bf16 {row['bf16_infer_ms']:.1f} ms ({row['bf16_speedup']:.2f}x"
             + (f", {row['bf16_frac_of_bf16_matmul']:.0%} of bf16 matmul)" if clusters else ")")
             + train
         )
+        if clusters:
+            print(
+                f"{'':26s} its two products alone: {row['products_ms']:.1f} ms "
+                f"({row['products_frac_of_matmul']:.0%} of matmul), "
+                f"bf16 {row['bf16_products_ms']:.1f} ms ({row['bf16_products_speedup']:.2f}x)"
+            )
     by = {(r["pooling"], r["assignment"]): r for r in rows}
     ratio = by[("dsgmm", "decoupled")]["infer_ms"] / by[("netvlad", "decoupled")]["infer_ms"]
     print(f"DSGMM / NetVLAD inference time: {ratio:.2f}x")

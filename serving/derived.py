@@ -164,8 +164,9 @@ class DerivedState:
         the horizon and four indexed range queries that return no row."""
         applied, more = 0, True
         while more:
-            changes = self.store.changes(dict(self._log.horizon), READ_ROWS)
-            add_archived(changes, self.store, self.archive, self._log.horizon["impressions"])
+            since = dict(self._log.horizon)
+            changes = self.store.changes(since, READ_ROWS)
+            add_archived(changes, self.store, self.archive, since, READ_ROWS)
             with self._lock:
                 n = self._apply_in_order(changes)
                 self._log.advance(changes.horizon)

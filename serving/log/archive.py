@@ -32,12 +32,13 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys.durable import fsync_dir, fsync_file
 from recsys.errors import UserInputError
 from serving.stores import Changes, Impression, StateStore
-from serving.stores.contract import Stamp
+from serving.stores.contract import TABLES, Stamp
 
 log = logging.getLogger(__name__)
 
@@ -101,18 +102,55 @@ class LogArchive:
         fsync_dir(self.dir)
         return n
 
-    def read(self, since: int, below: int) -> list[tuple[Stamp, Impression]]:
-        """The archived impressions with a key in [since, below), in key then sequence
-        order (a replica that is behind the watermark, or replays without a snapshot)."""
+    def read(
+        self, since: int, below: int, limit: int | None = None
+    ) -> tuple[list[tuple[Stamp, Impression]], int]:
+        """The archived impressions with a key in [since, cut), in key then sequence order,
+        and ``cut`` (a replica behind the watermark, or replaying without a snapshot).
+
+        With ``limit``, about that many rows: whole row groups are read (a run writes one
+        per ``CHUNK_ROWS``), taken by their smallest key, and ``cut`` is the smallest key
+        of the first group not taken, so every row below it has been read and a key is
+        never split; without, ``cut`` is ``below``. Row groups are chosen by their
+        ``log_order`` statistics, so memory is bounded by the limit and a group, not by
+        the archive."""
+        groups = self._groups(since, below)
+        taken: dict[Path, list[int]] = {}
+        count, cut = 0, below
+        for low, rows, path, index in groups:
+            if limit is not None and count >= limit and low > since:
+                cut = low
+                break
+            taken.setdefault(path, []).append(index)
+            count += rows
         out: list[tuple[Stamp, Impression]] = []
+        for path, indices in taken.items():
+            t = pq.ParquetFile(path).read_row_groups(indices)
+            key = t.column("log_order")
+            out += _rows(t.filter(pc.and_(pc.greater_equal(key, since), pc.less(key, cut))))
+        out.sort(key=lambda r: (r[0].order, r[0].seq))
+        return out, cut
+
+    def _groups(self, since: int, below: int) -> list[tuple[int, int, Path, int]]:
+        """(smallest key, rows, file, index) of the row groups that may hold a key in
+        [since, below), by smallest key (a group without statistics: its file's range)."""
+        out = []
         for lo, hi, path in self.parts():
             if hi <= since or lo >= below:
                 continue
-            t = pq.read_table(path)
-            keep = [since <= k < below for k in t.column("log_order").to_pylist()]
-            out += _rows(t.filter(pa.array(keep, pa.bool_())))
-        out.sort(key=lambda r: (r[0].order, r[0].seq))
-        return out
+            meta = pq.ParquetFile(path).metadata
+            column = meta.schema.to_arrow_schema().get_field_index("log_order")
+            for index in range(meta.num_row_groups):
+                group = meta.row_group(index)
+                stats = group.column(column).statistics
+                low, high = (
+                    (int(stats.min), int(stats.max))
+                    if stats is not None and stats.has_min_max
+                    else (lo, hi - 1)
+                )
+                if high >= since and low < below and group.num_rows:
+                    out.append((low, group.num_rows, path, index))
+        return sorted(out, key=lambda g: g[0])
 
     def erase_user(self, user_id: str) -> int:
         """Rewrite every file holding ``user_id`` without their rows (caller holds the
@@ -185,18 +223,39 @@ def _rows(t: pa.Table) -> list[tuple[Stamp, Impression]]:
 
 
 def add_archived(
-    changes: Changes, store: StateStore, archive: LogArchive | None, since: int
+    changes: Changes,
+    store: StateStore,
+    archive: LogArchive | None,
+    since: dict[str, int],
+    limit: int | None = None,
 ) -> None:
-    """Add the archived impressions at or above ``since`` (the reader's impressions
-    horizon) to ``changes``, read from the store just before (rows archived since are in
-    the archive, and a row in both is applied once)."""
+    """Add the archived impressions at or above the reader's impressions horizon to
+    ``changes``, read from the store just before (rows archived since are in the archive,
+    and a row in both is applied once). With ``limit``, about that many: the read stops
+    at a cut key, and every table's rows at or above it are left for the next read (the
+    four tables are applied in key order, so none may run ahead of the impressions)."""
     mark = store.archive_mark()
-    if mark <= since:
+    below = since.get("impressions", 0)
+    if mark <= below:
         return
     if archive is None:
         raise UserInputError(
             f"the state store's impressions below log key {mark} were archived and this "
             "replica has no archive: set RECSYS_ARCHIVE_DIR to the archive's directory"
         )
-    changes.impressions = archive.read(since, mark) + changes.impressions
-    changes.horizon["impressions"] = max(changes.horizon.get("impressions", 0), mark)
+    rows, cut = archive.read(below, mark, limit)
+    if cut >= mark:
+        changes.impressions = rows + changes.impressions
+        changes.horizon["impressions"] = max(changes.horizon.get("impressions", 0), mark)
+        return
+    changes.videos = [r for r in changes.videos if r[0].order < cut]
+    changes.watches = [r for r in changes.watches if r[0].order < cut]
+    changes.removals = [r for r in changes.removals if r[0].order < cut]
+    changes.impressions = rows  # the store holds none below the watermark
+    # Every impression below the cut is in this read (the store holds none below the
+    # watermark, which lies below a snapshot's horizon: final); the other tables keep
+    # the store's horizon, held back to the cut, since their rows above it wait.
+    for table in TABLES:
+        held = cut if table == "impressions" else min(changes.horizon.get(table, 0), cut)
+        changes.horizon[table] = max(since.get(table, 0), held)
+    changes.more = True

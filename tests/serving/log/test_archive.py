@@ -62,6 +62,43 @@ def test_a_replay_reads_the_archive_and_holds_the_same_state(
         store.close()
 
 
+def test_a_replay_reads_the_archive_in_cuts_with_the_same_state(
+    video_artifact: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay reads the archive about ``READ_ROWS`` impressions at a time (bounded
+    memory however large the archive), and the uploads, watches, takedowns and erasures
+    still in the store between them are applied at their places: the same bits."""
+    import serving.derived
+    import serving.log.archive
+
+    users, live, _, live_scores = _history(settings, video_artifact, snapshot_midway=False)
+    store, archive = SqliteStore(settings.state_db), LogArchive(settings.archive_path())
+    thr = settings.watch_threshold_s
+    monkeypatch.setattr(serving.log.archive, "CHUNK_ROWS", 3)  # row groups of 3
+    try:
+        writer = ServingState(video_artifact, store, thr, archive=archive)
+        assert writer.write_snapshot() and writer.archive_old(keep=0) > 0
+        whole = _picture(ServingState(video_artifact, store, thr, None, False, archive=archive))
+        cuts: list[bool] = []
+        real = archive.read
+
+        def counted(since, below, limit=None):  # type: ignore[no-untyped-def]
+            rows, cut = real(since, below, limit)
+            cuts.append(cut < below)
+            return rows, cut
+
+        monkeypatch.setattr(serving.derived, "READ_ROWS", 5)
+        monkeypatch.setattr(archive, "read", counted)
+        small = ServingState(video_artifact, store, thr, None, False, archive=archive)
+        assert _picture(small) == whole
+        for key in live:
+            assert whole[key] == live[key], key
+        assert _scores(small, users) == live_scores
+        assert cuts.count(True) >= 3 and cuts[-1] is False
+    finally:
+        store.close()
+
+
 def test_a_replica_behind_the_watermark_catches_up_from_the_archive(
     video_artifact: Path, settings: Settings
 ) -> None:

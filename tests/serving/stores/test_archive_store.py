@@ -49,9 +49,35 @@ def test_archive_log_moves_what_the_snapshot_covers(store: StateStore, tmp_path:
     archive = LogArchive(tmp_path / "archive")
     moved = archive_log(store, archive, covered, keep=0)
     assert moved == 30 and store.archive_mark() == covered
-    back = archive.read(0, covered)
+    back, cut = archive.read(0, covered)
+    assert cut == covered
     assert [(s.seq, i.event_id, i.watch_seconds) for s, i in back] == sorted(
         (s.seq, f"e{k}", float(k)) for k, s in enumerate(stamps) if s is not None
     )
-    assert archive.read(covered, covered + 10) == []
+    assert archive.read(covered, covered + 10) == ([], covered + 10)
     assert archive_log(store, archive, covered, keep=0) == 0
+
+
+def test_the_archive_is_read_in_cuts_of_whole_keys(
+    store: StateStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row groups of 4 (a run writes one per ``CHUNK_ROWS``), read about 5 rows at a time:
+    the cuts rise, each read holds at most the limit and a group, and together they are
+    the whole read in order (PostgreSQL: a batch of 7 shares one key, across groups)."""
+    import serving.log.archive
+
+    monkeypatch.setattr(serving.log.archive, "CHUNK_ROWS", 4)
+    stamps = [s for b in range(5) for s in store.insert_impressions(_batch(10 * b, 7))]
+    covered = max(s.order for s in stamps if s is not None) + 1
+    archive = LogArchive(tmp_path / "archive")
+    assert archive_log(store, archive, covered, keep=0) == 35
+    whole, _ = archive.read(0, covered)
+    pieces, since, cuts = [], 0, []
+    while since < covered:
+        rows, cut = archive.read(since, covered, limit=5)
+        assert cut > since and len(rows) <= 5 + 4
+        assert all(since <= s.order < cut for s, _ in rows)
+        pieces += rows
+        cuts.append(cut)
+        since = cut
+    assert pieces == whole and len(cuts) >= 3  # each key in exactly one piece

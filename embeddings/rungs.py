@@ -131,13 +131,51 @@ def vlad_kmeans(frames: np.ndarray, offsets: np.ndarray, codebook: np.ndarray) -
     return (out / np.maximum(norms, 1e-12)).reshape(n, k * d).astype(np.float32)
 
 
-def words_one_hot(frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """(B, T, K) one-hot of each real frame's nearest word (zero rows for padding)."""
+def nearest_words(frames: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(B, T) int64: each frame's nearest word."""
     c = codebook.to(frames.dtype)
     # |x|^2 is the same for every word: argmin |c|^2 - 2 x.c
     score = (c * c).sum(1) - frames @ (2.0 * c).T  # doubled on the small side (exact)
-    hot = F.one_hot(score.argmin(-1), c.shape[0]).to(frames.dtype)
+    return score.argmin(-1)
+
+
+def words_one_hot(frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(B, T, K) one-hot of each real frame's nearest word (zero rows for padding)."""
+    hot = F.one_hot(nearest_words(frames, codebook), codebook.shape[0]).to(frames.dtype)
     return hot * mask.unsqueeze(-1)
+
+
+def _word_rows(frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(B * T,) each frame's row b * K + its nearest word; padding's row is B * K."""
+    b, k = frames.shape[0], codebook.shape[0]
+    rows = torch.arange(b, device=frames.device).unsqueeze(1) * k + nearest_words(frames, codebook)
+    return rows.masked_fill(~mask.bool(), b * k).reshape(-1)
+
+
+def batch_word_counts(
+    frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor
+) -> torch.Tensor:
+    """(B, K) how many of each video's real frames have each word nearest."""
+    b, k = frames.shape[0], codebook.shape[0]
+    counts = torch.bincount(_word_rows(frames, mask, codebook), minlength=b * k + 1)
+    return counts[: b * k].reshape(b, k).to(frames.dtype)
+
+
+def batch_word_sums(
+    frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """((B, K, D) the sum of each video's real frames per nearest word, (B, K) their
+    counts): each frame added into its word's row (``index_add_``), padding into a row
+    that is dropped. The one-hot product it replaces multiplied every frame by K
+    weights, all but one zero (measured at B = 256, T = 200, K = 64, D = 1024: 130-148
+    against 93-105 ms with the distance product, which is 59-65 of either)."""
+    b, _, d = frames.shape
+    k = codebook.shape[0]
+    rows = _word_rows(frames, mask, codebook)
+    sums = torch.zeros(b * k + 1, d, dtype=frames.dtype, device=frames.device)
+    sums.index_add_(0, rows, frames.reshape(-1, d))
+    counts = torch.bincount(rows, minlength=b * k + 1)[: b * k].reshape(b, k)
+    return sums[: b * k].reshape(b, k, d), counts.to(frames.dtype)
 
 
 # --------------------------------------------------------------------------- rungs
@@ -249,7 +287,7 @@ class BagOfWordsTfidf(Rung):
     def batch(
         self, frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor, idf: torch.Tensor
     ) -> torch.Tensor:
-        counts = words_one_hot(frames, mask, codebook).sum(1)  # (B, K)
+        counts = batch_word_counts(frames, mask, codebook)  # (B, K)
         tf = counts / counts.sum(1, keepdim=True).clamp_min(1.0)
         return F.normalize(tf * idf.to(frames.dtype), dim=-1, eps=1e-12)
 
@@ -313,11 +351,10 @@ class VladKmeans(Rung):
 
 
 def _residuals(frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """(B, K, D) sum_t [w(t) = k] (x_t - c_k) of padded videos: the sums by one ``bmm``,
-    the counts' share of the centres taken off in place."""
-    hot = words_one_hot(frames, mask, codebook)  # (B, T, K)
-    resid = torch.bmm(hot.transpose(1, 2).contiguous(), frames)  # (B, K, D)
-    return resid.addcmul_(hot.sum(1).unsqueeze(-1), codebook.to(frames.dtype), value=-1.0)
+    """(B, K, D) sum_t [w(t) = k] (x_t - c_k) of padded videos: ``batch_word_sums``, then the
+    counts' share of the centres taken off in place."""
+    sums, counts = batch_word_sums(frames, mask, codebook)
+    return sums.addcmul_(counts.unsqueeze(-1), codebook.to(frames.dtype), value=-1.0)
 
 
 def rung(name: str) -> Rung:

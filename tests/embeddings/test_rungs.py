@@ -9,7 +9,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from embeddings.rungs import Rung, nearest_word, rung, words_one_hot
+from embeddings.rungs import (
+    Rung,
+    batch_word_counts,
+    batch_word_sums,
+    nearest_word,
+    rung,
+    words_one_hot,
+)
 
 
 def _case(
@@ -97,3 +104,33 @@ def test_run_sums_are_the_bits_of_one_float64_reduceat(
     got = _run_sums(x, starts, starts + np.asarray(lengths))
     want = np.add.reduceat(x, starts, axis=0, dtype=np.float64)
     np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 9), min_size=1, max_size=6),
+    k=st.integers(1, 6),
+    d=st.integers(1, 5),
+    seed=st.integers(0, 1000),
+    padding=st.sampled_from([0.0, float("nan"), 7.0]),
+)
+def test_word_sums_are_the_one_hot_product(
+    lengths: list[int], k: int, d: int, seed: int, padding: float
+) -> None:
+    """Each real frame added into its nearest word's row equals the one-hot (B, K, T)
+    product with the frames (padding of zeros, NaN or values adds nothing; an empty
+    video sums to zeros), and the counts are the one-hot's."""
+    rng = np.random.default_rng(seed)
+    t = max(max(lengths), 1)
+    frames = torch.full((len(lengths), t, d), padding, dtype=torch.float32)
+    mask = torch.zeros(len(lengths), t, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        frames[i, :n] = torch.from_numpy(rng.normal(size=(n, d)).astype(np.float32))
+        mask[i, :n] = True
+    codebook = torch.from_numpy(rng.normal(size=(k, d)).astype(np.float32))
+    sums, counts = batch_word_sums(frames, mask, codebook)
+    real = frames.masked_fill(~mask.unsqueeze(-1), 0.0)
+    hot = words_one_hot(real, mask.float(), codebook)
+    torch.testing.assert_close(sums, hot.transpose(1, 2) @ real, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(counts, hot.sum(1))
+    torch.testing.assert_close(batch_word_counts(frames, mask, codebook), hot.sum(1))

@@ -21,10 +21,11 @@ from recsys.artifact import embedder_feature_dim
 from recsys.embedders import is_given
 from recsys.errors import UserInputError
 from serving.errors import add_exception_handlers
+from serving.fast_routes import FastRoutes
 from serving.lifespan import make_lifespan
 from serving.log.archive import LogArchive
 from serving.metrics import Metrics
-from serving.middleware import FastRoute, LimitsAndMetricsMiddleware
+from serving.middleware import LimitsAndMetricsMiddleware
 from serving.routers import events, explorer, ingestion, ops, removals, scoring
 from serving.settings import Settings
 from serving.state import ServingState, StateHolder
@@ -94,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.load_state = load_state
     # Filled once the routes exist; on the app's state so a test or an operator's
     # debugging session can see or clear them (every route answers without them).
-    fast_routes: dict[tuple[str, str], FastRoute] = {}
+    fast_routes = FastRoutes()
     app.state.fast_routes = fast_routes
     app.add_middleware(
         LimitsAndMetricsMiddleware,  # type: ignore[arg-type]
@@ -116,8 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ingestion.router(settings, schema_dim, takes_vectors))
     app.include_router(events.router)
     app.include_router(removals.router)
-    # The hottest read answered from the middleware when it can (scoring.FastScore).
-    fast_routes[("POST", "/v1/score")] = scoring.FastScore(app, settings)
+    # The hottest reads answered from the middleware when they can (serving.fast_routes).
+    scoring.add_fast_routes(fast_routes, app, settings)
     return app
 
 

@@ -13,10 +13,10 @@ In order, before the application reads a byte of the body:
    whole before the application runs (it would read it anyway); one that stalls for
    ``body_timeout_s`` gets 408.
 
-A **fast route** (``fast_routes``, keyed by method and path) answers its request from the
-body alone when it can, skipping the framework's routing, exception layers and endpoint
-wrapper (most of a small route's CPU); when it declines (``None``: not ready, a body the
-route would refuse) the application answers exactly as without it.
+A **fast route** (``serving.fast_routes``) answers its request from the scope, headers
+and body when it can, skipping the framework's routing, exception layers and endpoint
+wrapper (most of a small route's CPU); when it declines (``None``: not ready, a request
+the route would refuse) the application answers exactly as without it.
 
 Every answer carries the security headers (``SECURITY_HEADERS``: no sniffing, no
 framing, a content policy of this origin only); with ``allowed_hosts`` a request for
@@ -32,8 +32,9 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Protocol
+from typing import Any
 
+from serving.fast_routes import FastRoutes, send_json
 from serving.metrics import Metrics
 
 #: paths that never queue behind the API (probes, scrapes)
@@ -62,16 +63,6 @@ Message = MutableMapping[str, Any]
 ASGIApp = Callable[..., Awaitable[None]]
 
 
-class FastRoute(Protocol):
-    """A 200 JSON answer from the request's headers and whole body, or ``None`` to let the
-    application answer. It runs on the event loop and must not block."""
-
-    #: the path template of the application's route it stands in for (labels the metrics)
-    path: str
-
-    def __call__(self, headers: dict[bytes, bytes], body: bytes) -> bytes | None: ...
-
-
 def needs_write_key(method: str, path: str) -> bool:
     return method in WRITE_METHODS and path not in OPEN_POSTS
 
@@ -89,7 +80,7 @@ class LimitsAndMetricsMiddleware:
         queue_timeout_s: float = 2.0,
         body_timeout_s: float = 30.0,
         allowed_hosts: list[str] | None = None,
-        fast_routes: dict[tuple[str, str], FastRoute] | None = None,
+        fast_routes: FastRoutes | None = None,
     ) -> None:
         self.app = app
         self.max_body = max_body
@@ -100,7 +91,7 @@ class LimitsAndMetricsMiddleware:
         self.slots = asyncio.Semaphore(max_in_flight)
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts or [])
         #: filled by the app once its routes exist (the stack is built at the first request)
-        self.fast_routes = fast_routes if fast_routes is not None else {}
+        self.fast_routes = fast_routes if fast_routes is not None else FastRoutes()
 
     async def __call__(self, scope: Message, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -161,7 +152,8 @@ class LimitsAndMetricsMiddleware:
         declared = headers.get(b"content-length")
         chunked = b"chunked" in headers.get(b"transfer-encoding", b"")
         if declared is None and not chunked:  # no body
-            await self.app(scope, receive, send)
+            if not await self._answered_fast(scope, headers, b"", send):
+                await self.app(scope, receive, send)
             return
         try:
             if declared is not None and int(declared) > self.max_body:
@@ -173,13 +165,20 @@ class LimitsAndMetricsMiddleware:
         except TimeoutError:
             await _reject(send, 408, f"request body not received within {self.body_timeout_s} s")
             return
-        fast = self.fast_routes.get((scope.get("method", ""), scope["path"]))
-        answer = None if fast is None else fast(headers, body)
-        if answer is not None:
-            scope["route"] = fast  # the metrics' label: its path, as the route's
-            await _send_json(send, answer)
-            return
-        await self.app(scope, _replay(body, receive), send)
+        if not await self._answered_fast(scope, headers, body, send):
+            await self.app(scope, _replay(body, receive), send)
+
+    async def _answered_fast(
+        self, scope: Message, headers: dict[bytes, bytes], body: bytes, send: Any
+    ) -> bool:
+        """True when a fast route (``serving.fast_routes``) answered the request."""
+        fast = self.fast_routes.find(scope.get("method", ""), scope["path"])
+        answer = None if fast is None else fast(scope, headers, body)
+        if answer is None:
+            return False
+        scope["route"] = fast  # the metrics' label: its path, as the route's
+        await send_json(send, answer)
+        return True
 
     @property
     def _too_big(self) -> str:
@@ -221,13 +220,6 @@ def _replay(body: bytes, receive: Any) -> Callable[[], Awaitable[Message]]:
         return message
 
     return replay
-
-
-async def _send_json(send: Any, body: bytes) -> None:
-    """A 200 with the headers the framework's own JSON ``Response`` has."""
-    headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _reject(send: Any, status: int, detail: str, retry_after: int | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -12,6 +13,7 @@ from fastapi.responses import Response
 from serving import queries
 from serving.deps import State, current_state, is_json_media, json_body
 from serving.errors import DUMP_OPTIONS, error_responses, json_response
+from serving.fast_routes import FastRoutes, Message, path_param
 from serving.schemas import (
     PATH_ID,
     RecommendationsResponse,
@@ -101,29 +103,113 @@ def router(settings: Settings) -> APIRouter:
     return r
 
 
-class FastScore:
-    """``POST /v1/score`` answered from the middleware (``serving.middleware.FastRoute``):
-    the same validation, scoring and bytes as the route, without the framework's routing,
-    exception layers and endpoint wrapper, about a third of a score's server CPU on this
-    route. Anything but a 200 (not ready, a body the route refuses, an error while
-    scoring: it only reads) is left to the route, which answers it as always."""
+class _FastRead:
+    """What the fast read routes share (``serving.fast_routes``): the state, or a decline
+    while there is none, and the answer serialised as the routes' ``json_response``."""
+
+    path: str
 
     def __init__(self, app: FastAPI, settings: Settings) -> None:
         self.holder = app.state.holder
-        self.request_type = score_request_type(settings.max_candidates)
-        self.path = "/v1/score"
+        self.max_k = settings.max_k
+        self.seeds = settings.recommend_seed_videos
 
-    def __call__(self, headers: dict[bytes, bytes], body: bytes) -> bytes | None:
+    def __call__(self, scope: Message, headers: dict[bytes, bytes], body: bytes) -> bytes | None:
         state = self.holder.current
-        if state is None or not is_json_media(headers.get(b"content-type", b"").decode("latin-1")):
+        if state is None:
             return None
         try:
-            req = self.request_type.model_validate_json(body)
-            return orjson.dumps(
-                queries.score(state, req.user_id, req.video_ids), option=DUMP_OPTIONS
-            )
-        except Exception:  # the route answers it (a 422, a 503, or the error as always)
+            answer = self.answer(state, scope, headers, body)
+        except Exception:  # the route answers it (a 404, a 422, or the error as always)
             return None
+        return None if answer is None else orjson.dumps(answer, option=DUMP_OPTIONS)
+
+    def answer(
+        self, state: ServingState, scope: Message, headers: dict[bytes, bytes], body: bytes
+    ) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def k(self, scope: Message) -> int | None:
+        """The query's ``k`` (10 without one) when it is the only parameter and plainly
+        within the route's bounds; else None (the route validates it)."""
+        query = scope.get("query_string", b"")
+        if not query:
+            return 10
+        m = _K_QUERY.fullmatch(query)
+        return int(m.group(1)) if m and int(m.group(1)) <= self.max_k else None
+
+    def path_id(self, scope: Message) -> str | None:
+        """The path's id when the route's ``PATH_ID`` takes it as it is."""
+        value = path_param(self, scope["path"])
+        return value if len(value) <= 256 and _PATH_ID.fullmatch(value) else None
+
+
+#: a query of one plain ``k`` (anything else goes to the route, which validates it)
+_K_QUERY = re.compile(rb"k=([1-9][0-9]{0,5})")
+#: ``schemas.PATH_ID``'s pattern
+_PATH_ID = re.compile(r"[^\x00-\x1f\x7f]+")
+
+
+class FastScore(_FastRead):
+    """``POST /v1/score``: the route's validation (its request type) and scoring, in one
+    pass from the body the middleware has read (about a third of a score's server CPU
+    is the framework's)."""
+
+    path = "/v1/score"
+
+    def __init__(self, app: FastAPI, settings: Settings) -> None:
+        super().__init__(app, settings)
+        self.request_type = score_request_type(settings.max_candidates)
+
+    def answer(
+        self, state: ServingState, scope: Message, headers: dict[bytes, bytes], body: bytes
+    ) -> dict[str, Any] | None:
+        if not is_json_media(headers.get(b"content-type", b"").decode("latin-1")):
+            return None
+        req = self.request_type.model_validate_json(body)
+        return queries.score(state, req.user_id, req.video_ids)
+
+
+class _FastGet(_FastRead):
+    """A GET route of one path id and the query's ``k``."""
+
+    def answer(
+        self, state: ServingState, scope: Message, headers: dict[bytes, bytes], body: bytes
+    ) -> dict[str, Any] | None:
+        key, k = self.path_id(scope), self.k(scope)
+        return None if key is None or k is None else self.get(state, key, k)
+
+    def get(self, state: ServingState, key: str, k: int) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+
+class FastSimilar(_FastGet):
+    """``GET /v1/videos/{video_id}/similar``."""
+
+    path = "/v1/videos/{video_id}/similar"
+
+    def get(self, state: ServingState, key: str, k: int) -> dict[str, Any] | None:
+        return {"video_id": key, "similar": queries.similar(state, key, k)}
+
+
+class FastRecommendations(_FastGet):
+    """``GET /v1/users/{user_id}/recommendations``, the ones the route runs on the event
+    loop (a large one goes to the route, which hands it to the thread pool)."""
+
+    path = "/v1/users/{user_id}/recommendations"
+
+    def get(self, state: ServingState, key: str, k: int) -> dict[str, Any] | None:
+        if queries.recommend_candidates(state, key, k, self.seeds) > INLINE_CANDIDATES:
+            return None
+        return {"user_id": key, "recommendations": queries.recommend(state, key, k, self.seeds)}
+
+
+def add_fast_routes(routes: FastRoutes, app: FastAPI, settings: Settings) -> None:
+    """The scoring routes' fast twins (``serving.fast_routes``), answered from the
+    middleware when they can."""
+    routes.add("POST", FastScore(app, settings))
+    routes.add("GET", FastSimilar(app, settings))
+    routes.add("GET", FastRecommendations(app, settings))
 
 
 def _describe(route: Any, logic: Any, name: str) -> None:

@@ -68,3 +68,24 @@ def test_decode_rejects_ragged_and_empty() -> None:
     )
     with pytest.raises(DatasetError, match="'e' has no frames"):
         decode_video_batch(pa.table({"video_id": ["e", "f"], "frames": empty}))
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (7, 3), (5, 11), (2, 3, 4)])
+@pytest.mark.parametrize("block", [1, 4, 1 << 16])
+def test_dequantize_is_the_formula_bit_for_bit(shape, block, monkeypatch) -> None:
+    """A block at a time or whole, contiguous or not, every byte value: the bits of
+    float32(v) * scale + bias in float32, the starter code's formula."""
+    import recsys.dataset as ds
+
+    monkeypatch.setattr(ds, "DEQUANT_BLOCK", block)
+    rng = np.random.default_rng(len(shape) * 7 + block)
+    values = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    want = values.astype(np.float32) * np.float32(ds.DEQUANT_SCALE) + np.float32(ds.DEQUANT_BIAS)
+    got = ds.dequantize(values)
+    assert got.dtype == np.float32 and got.shape == values.shape
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    if values.ndim == 2 and values.shape[1] > 1:  # a strided view
+        np.testing.assert_array_equal(ds.dequantize(values[:, ::2]), want[:, ::2])
+    every = np.arange(256, dtype=np.uint8)
+    table = every.astype(np.float32) * np.float32(ds.DEQUANT_SCALE) + np.float32(ds.DEQUANT_BIAS)
+    np.testing.assert_array_equal(ds.dequantize(every).view(np.uint32), table.view(np.uint32))

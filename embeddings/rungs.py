@@ -139,12 +139,6 @@ def nearest_words(frames: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return score.argmin(-1)
 
 
-def words_one_hot(frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """(B, T, K) one-hot of each real frame's nearest word (zero rows for padding)."""
-    hot = F.one_hot(nearest_words(frames, codebook), codebook.shape[0]).to(frames.dtype)
-    return hot * mask.unsqueeze(-1)
-
-
 def _word_rows(frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """(B * T,) each frame's row b * K + its nearest word; padding's row is B * K."""
     b, k = frames.shape[0], codebook.shape[0]
@@ -156,9 +150,13 @@ def batch_word_counts(
     frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor
 ) -> torch.Tensor:
     """(B, K) how many of each video's real frames have each word nearest."""
-    b, k = frames.shape[0], codebook.shape[0]
-    counts = torch.bincount(_word_rows(frames, mask, codebook), minlength=b * k + 1)
-    return counts[: b * k].reshape(b, k).to(frames.dtype)
+    rows = _word_rows(frames, mask, codebook)
+    return _counts(rows, frames.shape[0], codebook.shape[0]).to(frames.dtype)
+
+
+def _counts(rows: torch.Tensor, b: int, k: int) -> torch.Tensor:
+    """(B, K) how many ``_word_rows`` fall on each video's words (padding's row dropped)."""
+    return torch.bincount(rows, minlength=b * k + 1)[: b * k].reshape(b, k)
 
 
 def batch_word_sums(
@@ -174,8 +172,7 @@ def batch_word_sums(
     rows = _word_rows(frames, mask, codebook)
     sums = torch.zeros(b * k + 1, d, dtype=frames.dtype, device=frames.device)
     sums.index_add_(0, rows, frames.reshape(-1, d))
-    counts = torch.bincount(rows, minlength=b * k + 1)[: b * k].reshape(b, k)
-    return sums[: b * k].reshape(b, k, d), counts.to(frames.dtype)
+    return sums[: b * k].reshape(b, k, d), _counts(rows, b, k).to(frames.dtype)
 
 
 # --------------------------------------------------------------------------- rungs

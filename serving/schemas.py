@@ -28,12 +28,14 @@ from serving.frame_encoding import VALUE_LIMIT, frames_b64_pattern, max_b64_leng
 
 #: An id the service looks up (it may come from the offline data set): 1-256 characters,
 #: no control characters (NUL and friends cannot be stored).
-ID = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+ID_MAX_LENGTH = 256
+ID = Annotated[str, Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 #: The alphabet of every id the service creates (ingested videos, users of events, event
 #: ids): 1-128 of letters, digits and ``_ - . : @ + =``, not starting with ``.``. Such an
 #: id reads back through every route: no ``/`` to split a path, no ``..`` to normalise.
 #: ``ID`` as a path parameter (every ``/v1/users/{user_id}/...``, ``/v1/videos/{video_id}/...``)
-PATH_ID = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+PATH_ID = Annotated[str, Path(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 NEW_ID_PATTERN = r"^[A-Za-z0-9_\-:@+=][A-Za-z0-9_.\-:@+=]{0,127}$"
 NEW_ID = Annotated[str, Field(min_length=1, max_length=128, pattern=NEW_ID_PATTERN)]
 

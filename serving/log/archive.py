@@ -235,15 +235,15 @@ def add_archived(
     at a cut key, and every table's rows at or above it are left for the next read (the
     four tables are applied in key order, so none may run ahead of the impressions)."""
     mark = store.archive_mark()
-    below = since.get("impressions", 0)
-    if mark <= below:
+    start = since.get("impressions", 0)
+    if mark <= start:
         return
     if archive is None:
         raise UserInputError(
             f"the state store's impressions below log key {mark} were archived and this "
             "replica has no archive: set RECSYS_ARCHIVE_DIR to the archive's directory"
         )
-    rows, cut = archive.read(below, mark, limit)
+    rows, cut = archive.read(start, mark, limit)
     if cut >= mark:
         changes.impressions = rows + changes.impressions
         changes.horizon["impressions"] = max(changes.horizon.get("impressions", 0), mark)

@@ -15,6 +15,8 @@ from serving.deps import State, current_state, is_json_media, json_body
 from serving.errors import DUMP_OPTIONS, error_responses, json_response
 from serving.fast_routes import FastRoutes, Message, path_param
 from serving.schemas import (
+    ID_MAX_LENGTH,
+    ID_PATTERN,
     PATH_ID,
     RecommendationsResponse,
     ScoreRequest,
@@ -26,6 +28,8 @@ from serving.schemas import (
 from serving.settings import Settings
 from serving.state import ServingState
 
+#: k of recommendations and similar videos when the query gives none
+DEFAULT_K = 10
 #: a recommendation scoring at most this many candidates runs on the event loop
 INLINE_CANDIDATES = 4096
 
@@ -76,7 +80,7 @@ def router(settings: Settings) -> APIRouter:
 
     # Defaults, not Annotated: the bounds come from the settings at app creation.
     async def recommendations_route(
-        state: State, user_id: PATH_ID, k: int = Query(10, ge=1, le=settings.max_k)
+        state: State, user_id: PATH_ID, k: int = Query(DEFAULT_K, ge=1, le=settings.max_k)
     ) -> Response:
         # Most run on the loop (about 1,200 candidates: a few ms); a large one (no
         # history: the newest 20,000 videos; a large k) goes to the thread pool, so
@@ -86,7 +90,7 @@ def router(settings: Settings) -> APIRouter:
         return recommendations(state, user_id, k, seeds)
 
     async def similar_route(
-        state: State, video_id: PATH_ID, k: int = Query(10, ge=1, le=settings.max_k)
+        state: State, video_id: PATH_ID, k: int = Query(DEFAULT_K, ge=1, le=settings.max_k)
     ) -> Response:
         return similar(state, video_id, k)
 
@@ -130,24 +134,25 @@ class _FastRead:
         raise NotImplementedError
 
     def k(self, scope: Message) -> int | None:
-        """The query's ``k`` (10 without one) when it is the only parameter and plainly
+        """The query's ``k`` (``DEFAULT_K`` without one) when it is the only parameter and plainly
         within the route's bounds; else None (the route validates it)."""
         query = scope.get("query_string", b"")
         if not query:
-            return 10
+            return DEFAULT_K
         m = _K_QUERY.fullmatch(query)
-        return int(m.group(1)) if m and int(m.group(1)) <= self.max_k else None
+        k = int(m.group(1)) if m else None
+        return k if k is not None and k <= self.max_k else None
 
     def path_id(self, scope: Message) -> str | None:
         """The path's id when the route's ``PATH_ID`` takes it as it is."""
         value = path_param(self, scope["path"])
-        return value if len(value) <= 256 and _PATH_ID.fullmatch(value) else None
+        return value if len(value) <= ID_MAX_LENGTH and _PATH_ID.fullmatch(value) else None
 
 
 #: a query of one plain ``k`` (anything else goes to the route, which validates it)
 _K_QUERY = re.compile(rb"k=([1-9][0-9]{0,5})")
 #: ``schemas.PATH_ID``'s pattern
-_PATH_ID = re.compile(r"[^\x00-\x1f\x7f]+")
+_PATH_ID = re.compile(ID_PATTERN)
 
 
 class FastScore(_FastRead):

@@ -14,8 +14,8 @@ from embeddings.rungs import (
     batch_word_counts,
     batch_word_sums,
     nearest_word,
+    nearest_words,
     rung,
-    words_one_hot,
 )
 
 
@@ -63,6 +63,13 @@ def test_vlads_projection_equals_the_written_out_statistic_projected(
     assert got.shape == (b, dim)
     tol = 1e-5 * max(1.0, float(want.abs().max()))
     torch.testing.assert_close(got, want, atol=tol, rtol=1e-5)
+
+
+def words_one_hot(frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(B, T, K) one-hot of each real frame's nearest word (zero rows for padding): the
+    product form ``batch_word_sums`` replaced, kept as its reference."""
+    hot = torch.nn.functional.one_hot(nearest_words(frames, codebook), codebook.shape[0])
+    return hot.to(frames.dtype) * mask.unsqueeze(-1)
 
 
 def test_an_empty_video_projects_to_minus_the_projected_mean() -> None:

@@ -169,7 +169,16 @@ class CowatchEmbedder(nn.Module):
         low.projector.to(dtype)
         return low
 
-    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        frames: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        base_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """frames (B, T, D), mask (B, T) -> (B, O). ``base_rows (B, base_dim)``: the base's
+        output for these videos when the caller has it already (the base is fixed, so
+        training computes each video's once: ``pipelines.training.cowatch_embedding.
+        BaseRows``); otherwise the base runs on ``frames``."""
         last = self.projector[-1]
         assert isinstance(last, nn.Linear)
         low = last.weight.dtype  # float32, or what ``for_inference`` chose
@@ -177,11 +186,12 @@ class CowatchEmbedder(nn.Module):
         z = F.normalize(h.to(frames.dtype), dim=-1)
         z = F.normalize(z - self.output_mean, dim=-1)
         if self.base is not None:
-            # The rung's statistic in float32 whatever the autocast: its hard assignment
-            # and PCA are those of the ladder, not an approximation of them.
-            with torch.autocast(frames.device.type, enabled=False):
-                b = self.base(frames, mask)
-            z = self.combine(b, z.float(), self.config.base_weight)
+            if base_rows is None:
+                # The rung's statistic in float32 whatever the autocast: its hard
+                # assignment and PCA are those of the ladder, not an approximation of them.
+                with torch.autocast(frames.device.type, enabled=False):
+                    base_rows = self.base(frames, mask)
+            z = self.combine(base_rows.float(), z.float(), self.config.base_weight)
         if self.reduce_components is None:
             return z
         assert self.reduce_mean is not None

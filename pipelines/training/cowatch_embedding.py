@@ -4,6 +4,7 @@ embedding of a whole catalogue, each video embedded once, a chunk of frames at a
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,21 +36,71 @@ EVAL_CHUNK_VALUES = 1 << 24
 
 
 def embed_frames(
-    model: torch.nn.Module, frames: torch.Tensor, mask: torch.Tensor, device: torch.device
+    model: torch.nn.Module,
+    frames: torch.Tensor,
+    mask: torch.Tensor,
+    device: torch.device,
+    base_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """model(frames, mask) -> (B, E); without gradients (eval mode: every video on its
     own) in chunks of at most ``EVAL_CHUNK_VALUES`` frame values, so memory does not
-    grow with the frames per video."""
+    grow with the frames per video. ``base_rows (B, base_dim)``: the model's base output
+    for these videos, when known (``BaseRows``)."""
     b, t, d = frames.shape
     step = b if model.training else max(1, EVAL_CHUNK_VALUES // max(t * d, 1))
-    parts = [
-        model(
-            frames_tensor(frames[i : i + step], device, mask[i : i + step]),
-            mask[i : i + step].to(device),
-        )
-        for i in range(0, b, step)
-    ]
+    parts = []
+    for i in range(0, b, step):
+        x = frames_tensor(frames[i : i + step], device, mask[i : i + step])
+        m = mask[i : i + step].to(device)
+        if base_rows is None:
+            parts.append(model(x, m))
+        else:
+            parts.append(model(x, m, base_rows=base_rows[i : i + step]))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+@dataclass(frozen=True)
+class BaseRows:
+    """A model's fixed base (``CowatchEmbedder.base``) run once on each video training
+    names, over the frames the catalogue's embedding uses (at most ``eval_max_frames``,
+    evenly spaced), instead of in every step on the step's sampled frames.
+
+    Why: nothing in the base is trained, so its cosine is a constant of each pair, and
+    the one the shipped embedding has is the whole video's. A step's loss therefore
+    sees the base term of Eq. 15's cosines as the catalogue will, and the learned part
+    is trained against that rather than against a resampled rung. It is also the
+    step's largest avoidable cost: the base's distance and PCA products, its word sums
+    and their zeroed buffer took a quarter of a pipeline-shaped step (K = 64 words,
+    D = 1,024, measured), repeated for each of a video's many samples."""
+
+    videos: np.ndarray  # (n,) sorted distinct store rows
+    rows: torch.Tensor  # (n, base_dim) float32, on the training device
+
+    def take(self, videos: np.ndarray) -> torch.Tensor:
+        """(len(videos), base_dim) the rows of store rows ``videos`` (each must be held)."""
+        at = np.searchsorted(self.videos, videos)
+        held = at < len(self.videos)
+        if not held.all() or not np.array_equal(self.videos[at], videos):
+            raise KeyError("a video without a base row")
+        return self.rows[torch.from_numpy(at).to(self.rows.device)]
+
+
+@torch.no_grad()
+def base_rows(
+    model: CowatchEmbedder,
+    store: FrameStore,
+    videos: np.ndarray,
+    max_frames: int,
+    device: torch.device,
+    loader: LoaderConfig | None = None,
+) -> BaseRows | None:
+    """The base's output for each distinct store row in ``videos`` (None without a base)."""
+    if model.base is None:
+        return None
+    needed = np.unique(videos)
+    base = model.base.eval()
+    rows = _embed_rows(base, store, needed, max_frames, device, loader)
+    return BaseRows(needed, rows.float())
 
 
 @torch.no_grad()
@@ -65,11 +116,12 @@ def evaluate_loss(
     loader: LoaderConfig | None = None,
     partners: CowatchPartners | None = None,
     anchor_neighbours: int = 0,
+    base: BaseRows | None = None,
 ) -> float:
     """Eq. 15 (and the partner term) over validation triplet ``rows`` in eval mode: every
     video a triplet names is embedded once (all frames up to ``max_frames``, evenly
     spaced), the losses then come from that table; partners are drawn as in training
-    batches, the same way every epoch."""
+    batches, the same way every epoch. ``base``: the model's base rows, when computed."""
     rank, world = dist_info()
     net.eval()
     shard = rows[rank::world]
@@ -84,7 +136,7 @@ def evaluate_loss(
             videos = np.concatenate([videos, extra.reshape(-1)])
         batches.append((len(batch), videos))
     needed = np.unique(np.concatenate([v for _, v in batches])) if batches else shard[:0, 0]
-    table = _embed_rows(net, store, needed, max_frames, device, loader)
+    table = _embed_rows(net, store, needed, max_frames, device, loader, base=base)
     total, count = 0.0, 0
     for b, videos in batches:
         emb = table[torch.from_numpy(np.searchsorted(needed, videos)).to(device)]
@@ -103,9 +155,11 @@ def _embed_rows(
     loader: LoaderConfig | None,
     batch_size: int = 256,
     progress: bool = False,
+    base: BaseRows | None = None,
 ) -> torch.Tensor:
     """(len(rows), E) embeddings on ``device`` of store ``rows`` (eval mode, at most
-    ``max_frames`` evenly spaced frames each), batched by length (less padding)."""
+    ``max_frames`` evenly spaced frames each), batched by length (less padding);
+    ``base``: the model's base rows, when computed."""
     order = rows[np.argsort(store.lengths[rows], kind="stable")]
     where = np.empty(len(rows), dtype=np.int64)
     where[np.argsort(store.lengths[rows], kind="stable")] = np.arange(len(rows))
@@ -119,8 +173,9 @@ def _embed_rows(
     parts: list[torch.Tensor] = []
     total = math.ceil(len(order) / batch_size)
     batches = load_batches(store, plans, device, loader)
-    for _, frames, mask in tqdm(batches, total=total, desc="embedding", disable=not progress):
-        parts.append(embed_frames(net, frames, mask, device))
+    for at, frames, mask in tqdm(batches, total=total, desc="embedding", disable=not progress):
+        known = None if base is None else base.take(order[at])
+        parts.append(embed_frames(net, frames, mask, device, known))
     if not parts:
         return torch.zeros((0, 1), device=device)
     return torch.cat(parts)[torch.from_numpy(where).to(device)]

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,7 +27,13 @@ from embeddings.runtime import PRECISIONS, autocast, autocast_dtype, resolve_dev
 from embeddings.ubm_start import UBMStart
 from pipelines.data.frame_loader import LoaderConfig, load_batches
 from pipelines.training.cowatch_data import CowatchPartners, triplet_batches
-from pipelines.training.cowatch_embedding import embed_frames, evaluate_loss, loss_of_embeddings
+from pipelines.training.cowatch_embedding import (
+    BaseRows,
+    base_rows,
+    embed_frames,
+    evaluate_loss,
+    loss_of_embeddings,
+)
 from pipelines.training.distributed import all_reduce_mean, dist_info
 from recsys.errors import UserInputError
 from recsys.frames import FramePlan, FrameStore, frames_tensor
@@ -115,13 +122,20 @@ class TrainResult:
     precision: str = "float32"
 
 
+class TripletBatch(NamedTuple):
+    """A step's triplets and the store rows of the videos its frames hold, in order."""
+
+    triplets: np.ndarray  # (b, 3) store rows: anchor, positive, negative
+    videos: np.ndarray  # (3b + k b,) anchors, positives, negatives, then k partners each
+
+
 def _triplet_plans(
     store: FrameStore,
     rows: np.ndarray,
     cfg: TrainConfig,
     rng: np.random.Generator | None,
     partners: CowatchPartners | None,
-) -> Iterator[tuple[np.ndarray, FramePlan]]:
+) -> Iterator[tuple[TripletBatch, FramePlan]]:
     """Each batch of triplet ``rows`` with the plan of its frames: anchors, positives,
     negatives, then (``cfg.anchor_neighbours`` k > 0) k co-watch partners per anchor.
     ``rng`` None = validation: every frame up to ``eval_max_frames``, partners drawn the
@@ -135,23 +149,28 @@ def _triplet_plans(
             pick = rng if rng is not None else np.random.default_rng(0)
             extra = partners.sample(batch[:, 0], batch[:, 1], k, pick)  # type: ignore[union-attr]
             videos = np.concatenate([videos, extra.reshape(-1)])
-        yield batch, store.plan(videos, max_frames, rng, min_keep)
+        yield TripletBatch(batch, videos), store.plan(videos, max_frames, rng, min_keep)
 
 
 def _triplet_loss(
     model: torch.nn.Module,
-    batch: np.ndarray,
+    key: TripletBatch,
     frames: torch.Tensor,
     mask: torch.Tensor,
     cfg: TrainConfig,
     device: torch.device,
+    base: BaseRows | None = None,
 ) -> torch.Tensor:
     """Eq. 15 over a batch of (anchor, positive, negative) store rows whose frames
     (stored type) and mask follow ``_triplet_plans``; with ``anchor_neighbours`` k > 0,
     plus Eq. 15 with the anchor replaced by the normalised sum of the anchor and its k
-    partners; with ``negatives == "semi_hard"`` plus a semi-hard negative (FaceNet)."""
+    partners; with ``negatives == "semi_hard"`` plus a semi-hard negative (FaceNet).
+    ``base``: the model's base rows of every video (``BaseRows``), else the base runs on
+    the step's frames."""
+    batch = key.triplets
     b = len(batch)
-    emb = embed_frames(model, frames, mask, device).float()
+    known = None if base is None else base.take(key.videos)
+    emb = embed_frames(model, frames, mask, device, known).float()
     loss = loss_of_embeddings(emb, b, cfg.margin)
     a, p, n = emb[: 3 * b].chunk(3)
     if cfg.negatives == "semi_hard" and model.training:
@@ -224,6 +243,7 @@ def train_embedder(
     partners = (
         CowatchPartners.from_triplets(train_rows, len(store)) if cfg.anchor_neighbours else None
     )
+    base = _base_rows(model, store, train_rows, val_rows, cfg, device, show)
     rng = np.random.default_rng(cfg.seed)
     per_epoch = min(len(train_rows), cfg.epoch_triplets or len(train_rows))
     per_rank = per_epoch // world
@@ -240,7 +260,7 @@ def train_embedder(
         perm = rng.permutation(len(train_rows))[:per_epoch][rank::world][:per_rank]
         t0 = time.perf_counter()
         train_loss = _train_epoch(
-            net, params, opt, store, train_rows[perm], partners, cfg, device, epoch, show
+            net, params, opt, store, train_rows[perm], partners, cfg, device, epoch, show, base
         )
         val_loss = evaluate_loss(
             net,
@@ -253,6 +273,7 @@ def train_embedder(
             loader=cfg.loader,
             partners=partners,
             anchor_neighbours=cfg.anchor_neighbours,
+            base=base,
         )
         entry = {
             "epoch": epoch + 1,
@@ -273,6 +294,30 @@ def train_embedder(
         model.load_state_dict(best_state)
     model.cpu().eval()
     return result
+
+
+def _base_rows(
+    model: CowatchEmbedder,
+    store: FrameStore,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    show: bool,
+) -> BaseRows | None:
+    """The model's base run once on every video the triplets name (partners are drawn
+    from the training triplets), over the frames the catalogue's embedding uses."""
+    if model.base is None:
+        return None
+    t0 = time.perf_counter()
+    videos = np.concatenate([train_rows.reshape(-1), val_rows.reshape(-1)])
+    base = base_rows(model, store, videos, cfg.eval_max_frames, device, cfg.loader)
+    if show and base is not None:
+        tqdm.write(
+            f"base rows: {len(base.videos)} videos ({model.config.base}) in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
+    return base
 
 
 def new_embedder(model_cfg: EmbedderConfig, store: FrameStore, cfg: TrainConfig) -> CowatchEmbedder:
@@ -299,6 +344,7 @@ def _train_epoch(
     device: torch.device,
     epoch: int,
     show: bool,
+    base: BaseRows | None = None,
 ) -> float:
     """One pass over this rank's share of the triplet ``rows``; the mean training loss
     over all ranks."""
@@ -307,7 +353,7 @@ def _train_epoch(
     frame_rng = np.random.default_rng([cfg.seed, epoch, rank])
     total, count = 0.0, 0
     plans = _triplet_plans(store, rows, cfg, frame_rng, partners)
-    for batch, frames, mask in tqdm(
+    for key, frames, mask in tqdm(
         load_batches(store, plans, device, cfg.loader),
         total=math.ceil(len(rows) / cfg.batch_size),
         desc=f"epoch {epoch + 1}",
@@ -315,10 +361,10 @@ def _train_epoch(
         disable=not show,
     ):
         with autocast(cfg.precision, device):
-            loss = _triplet_loss(net, batch, frames, mask, cfg, device)
+            loss = _triplet_loss(net, key, frames, mask, cfg, device, base)
         _step(opt, loss, params, cfg.grad_clip)
-        total += float(loss.detach()) * len(batch)
-        count += len(batch)
+        total += float(loss.detach()) * len(key.triplets)
+        count += len(key.triplets)
     return all_reduce_mean(total, count, device)
 
 

@@ -187,3 +187,49 @@ def test_bfloat16_steps_track_float32_and_keep_float32_weights(small_world_dir: 
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=0.05)
     # Not a no-op: the rounding did change the trajectory.
     assert runs["float32"].history[-1]["train_loss"] != low.history[-1]["train_loss"]
+
+
+def test_a_base_runs_once_per_video_before_training_not_in_its_steps(
+    small_world_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fixed base's rows are computed once (``BaseRows``); steps and validation take
+    them, so the base never runs inside an epoch."""
+    import torch
+
+    import pipelines.training.cowatch_training as ct
+    from embeddings.classical import ClassicalBase
+    from embeddings.cowatch import EmbedderConfig
+    from pipelines.data.frame_cache import open_frame_store
+
+    store = open_frame_store(small_world_dir)
+    rows = np.random.default_rng(0).integers(0, len(store), (60, 3))
+    model_cfg = EmbedderConfig(
+        feature_dim=store.feature_dim, num_clusters=4, hidden_dim=8, embedding_dim=4,
+        base="vlad_kmeans", base_words=4, base_dim=6,
+    )  # fmt: skip
+
+    def prepare(model):  # type: ignore[no-untyped-def]
+        raw = model.base.pca_mean.shape[0]
+        comps = torch.linalg.qr(torch.randn(raw, 6))[0].T.contiguous()
+        model.base.load_arrays(torch.zeros(raw), comps, torch.randn(4, store.feature_dim))
+
+    calls = {"base": 0, "in_epochs": 0}
+    real_forward, real_epoch = ClassicalBase.forward, ct._train_epoch
+
+    def counting(self, *args):  # type: ignore[no-untyped-def]
+        calls["base"] += 1
+        return real_forward(self, *args)
+
+    def epoch(*args):  # type: ignore[no-untyped-def]
+        before = calls["base"]
+        out = real_epoch(*args)
+        calls["in_epochs"] += calls["base"] - before
+        return out
+
+    monkeypatch.setattr(ClassicalBase, "forward", counting)
+    monkeypatch.setattr(ct, "_train_epoch", epoch)
+    cfg = ct.TrainConfig(epochs=2, batch_size=16)
+    res = ct.train_embedder(store, rows[:45], rows[45:], model_cfg, cfg, False, prepare=prepare)
+    # one batch of base rows (the world's 200 videos fit one), none in epochs or validation
+    assert calls["base"] == 1 and calls["in_epochs"] == 0
+    assert len(res.history) == 2 and all(np.isfinite(h["val_loss"]) for h in res.history)

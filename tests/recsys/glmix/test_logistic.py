@@ -52,6 +52,32 @@ def test_sums_over_chunks_and_over_parts_equal_one_pass() -> None:
     np.testing.assert_allclose(newton_logistic(halves, 4, 1.0), whole, atol=1e-9)
 
 
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 40), p=st.integers(1, 6), chunk=st.integers(1, 50), seed=st.integers(0, 99))
+def test_sums_are_the_direct_formulas(n: int, p: int, chunk: int, seed: int) -> None:
+    """Log-likelihood, X^T w (y - mu) and X^T diag(w mu (1 - mu)) X against a direct
+    float64 re-computation, with zero weights and chunk edges anywhere."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, p)).astype(np.float32)
+    y = (rng.random(n) < 0.4).astype(float)
+    off, beta = rng.normal(size=n), rng.normal(size=p)
+    w = rng.random(n) * (rng.random(n) < 0.8)  # some rows weigh nothing
+    ll, grad, curv = logistic_sums(x, y, off, w, beta, True, chunk_rows=chunk)
+    xd = x.astype(np.float64)
+    eta = off + xd @ beta
+    mu = 1 / (1 + np.exp(-eta))
+    assert ll == pytest.approx(float((w * (y * eta - np.logaddexp(0, eta))).sum()), rel=1e-12)
+    np.testing.assert_allclose(grad, xd.T @ (w * (y - mu)), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(curv, (xd * (w * mu * (1 - mu))[:, None]).T @ xd, atol=1e-12)
+    np.testing.assert_array_equal(curv, curv.T)
+
+
+def test_negative_weights_are_refused() -> None:
+    x = np.ones((3, 1))
+    with pytest.raises(ValueError, match="weights"):
+        fit_logistic(x, np.array([0.0, 1.0, 1.0]), weights=np.array([1.0, -1.0, 1.0]))
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     eta=st.lists(st.floats(-700, 700), min_size=1, max_size=20),

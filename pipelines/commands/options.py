@@ -26,6 +26,15 @@ EpochTriplets = Annotated[
         "(0 = all every epoch): an epoch's time stops growing with the log."
     ),
 ]
+BaseInSteps = Annotated[
+    str,
+    typer.Option(
+        help="What a training step's loss takes for the fixed base rung: sampled (the rung "
+        "on the step's sampled frames, as the learned half sees them) or whole_video (its "
+        "rows computed once over the frames the catalogue's embedding uses: about 1.3x "
+        "faster steps, slightly lower AUCs on some worlds; see docs/results.md)."
+    ),
+]
 Precision = Annotated[
     str,
     typer.Option(

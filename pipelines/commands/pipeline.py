@@ -10,6 +10,7 @@ import typer
 from pipelines.commands.data import synth, validate
 from pipelines.commands.options import (
     AnchorNeighbours,
+    BaseInSteps,
     Baselines,
     BaseRung,
     Clusters,
@@ -110,6 +111,7 @@ def pipeline(
         int, typer.Option(help="Use at most this many triplets (0 = all).")
     ] = 0,
     epoch_triplets: EpochTriplets = 125_000,
+    base_in_steps: BaseInSteps = "sampled",
     precision: Precision = "auto",
     inference_precision: InferencePrecision = "float32",
     index: IndexKind = "auto",
@@ -158,6 +160,7 @@ def pipeline(
                     "device": device,
                     "max_triplets": max_triplets,
                     "epoch_triplets": epoch_triplets,
+                    "base_in_steps": base_in_steps,
                     "precision": precision,
                     "inference_precision": inference_precision,
                     "anchor_neighbours": anchor_neighbours,

@@ -10,6 +10,7 @@ import typer
 from pipelines.commands.options import (
     AnchorNeighbours,
     Assignment,
+    BaseInSteps,
     BaseRung,
     Clusters,
     Device,
@@ -108,6 +109,7 @@ def train_embeddings(
         int, typer.Option(help="Use at most this many triplets (0 = all).")
     ] = 0,
     epoch_triplets: EpochTriplets = 125_000,
+    base_in_steps: BaseInSteps = "sampled",
     precision: Precision = "auto",
     inference_precision: InferencePrecision = "float32",
     index: IndexKind = "auto",
@@ -145,6 +147,7 @@ def train_embeddings(
                 "device": device,
                 "max_triplets": max_triplets,
                 "epoch_triplets": epoch_triplets,
+                "base_in_steps": base_in_steps,
                 "precision": precision,
                 "inference_precision": inference_precision,
                 "ubm": UBMStart(enabled=ubm_init),

@@ -189,11 +189,12 @@ def test_bfloat16_steps_track_float32_and_keep_float32_weights(small_world_dir: 
     assert runs["float32"].history[-1]["train_loss"] != low.history[-1]["train_loss"]
 
 
-def test_a_base_runs_once_per_video_before_training_not_in_its_steps(
-    small_world_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("in_steps", ["sampled", "whole_video"])
+def test_a_base_runs_once_per_video_for_validation_and_in_steps_only_when_sampled(
+    small_world_dir: Path, monkeypatch: pytest.MonkeyPatch, in_steps: str
 ) -> None:
-    """The fixed base's rows are computed once (``BaseRows``); steps and validation take
-    them, so the base never runs inside an epoch."""
+    """The fixed base's rows are computed once (``BaseRows``) and validation takes them;
+    steps run the base on their sampled frames, or take the rows too (``whole_video``)."""
     import torch
 
     import pipelines.training.cowatch_training as ct
@@ -228,8 +229,10 @@ def test_a_base_runs_once_per_video_before_training_not_in_its_steps(
 
     monkeypatch.setattr(ClassicalBase, "forward", counting)
     monkeypatch.setattr(ct, "_train_epoch", epoch)
-    cfg = ct.TrainConfig(epochs=2, batch_size=16)
+    cfg = ct.TrainConfig(epochs=2, batch_size=16, base_in_steps=in_steps)
     res = ct.train_embedder(store, rows[:45], rows[45:], model_cfg, cfg, False, prepare=prepare)
-    # one batch of base rows (the world's 200 videos fit one), none in epochs or validation
-    assert calls["base"] == 1 and calls["in_epochs"] == 0
+    # one batch of base rows (the world's 200 videos fit one), none in validation; in the
+    # epochs one a step (45 triplets in batches of 16: 3 steps an epoch) or none
+    steps = 6 if in_steps == "sampled" else 0
+    assert calls["in_epochs"] == steps and calls["base"] == 1 + steps
     assert len(res.history) == 2 and all(np.isfinite(h["val_loss"]) for h in res.history)

@@ -100,6 +100,7 @@ def test_cli_mine_triplets(run_cli, small_world_dir: Path, tmp_path: Path) -> No
         (["--assignment", "full"], "assignment must be one of"),
         (["--index", "lsh"], "index kind"),
         (["--test-start", "yesterday"], "not an ISO-8601 time"),
+        (["--base-in-steps", "all"], "base_in_steps must be one of sampled, whole_video"),
     ],
 )
 def test_cli_bad_options(

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 import embeddings.aggregation as aggregation
 from embeddings import ASSIGNMENTS, build_pooling
-from embeddings.runtime import configure_cpu_allocator
+from embeddings.runtime import configure_cpu_allocator, native_bfloat16
 
 
 def _time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
@@ -86,6 +86,13 @@ def main() -> None:
     ap.add_argument("--no-train", action="store_true", help="skip the training-step timings")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument(
+        "--bf16",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="time bfloat16 too: auto = where the device multiplies it natively (elsewhere "
+        "torch emulates it at a few hundred MFLOP/s and one layer takes seconds)",
+    )
+    ap.add_argument(
         "--allocator",
         choices=["tuned", "default"],
         default="tuned",
@@ -103,13 +110,19 @@ def main() -> None:
     flops = 4.0 * b * t * k * d
 
     peak = matmul_rate(dev)
-    peak16 = matmul_rate(dev, dtype=torch.bfloat16)
+    bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bfloat16(dev))
+    nan = float("nan")
+    peak16 = matmul_rate(dev, dtype=torch.bfloat16) if bf16 else nan
     print(
         f"device {dev}, threads {torch.get_num_threads()}, allocator {args.allocator}, B={b} T={t} K={k} D={d}"
     )
     print(
-        f"matmul reference: fp32 {peak / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s "
-        f"({peak16 / peak:.2f}x)"
+        f"matmul reference: fp32 {peak / 1e9:.1f} GFLOP/s, "
+        + (
+            f"bf16 {peak16 / 1e9:.1f} GFLOP/s ({peak16 / peak:.2f}x)"
+            if bf16
+            else "bf16 not timed (no native bf16 here; --bf16 on times it emulated)"
+        )
     )
     x16 = x.to(torch.bfloat16)
     rows = []
@@ -121,14 +134,16 @@ def main() -> None:
             # the products timed beside each layer: this machine's speed drifts by
             # tens of percent from one minute to the next
             t_products = products_time(x, k, args.repeats, dev)
-            t_products16 = products_time(x16, k, args.repeats, dev)
+            t_products16 = products_time(x16, k, args.repeats, dev) if bf16 else nan
             t_inf = _time(lambda layer=layer: layer(x), args.repeats, dev)
             fused_bytes = aggregation.CHUNK_BYTES
             aggregation.CHUNK_BYTES = 1 << 62  # the whole batch at once
             t_eager = _time(lambda layer=layer: layer(x), args.repeats, dev)
             aggregation.CHUNK_BYTES = fused_bytes
-            low = copy.deepcopy(layer).to(torch.bfloat16)
-            t_bf16 = _time(lambda low=low: low(x16), args.repeats, dev)
+            t_bf16 = nan
+            if bf16:
+                low = copy.deepcopy(layer).to(torch.bfloat16)
+                t_bf16 = _time(lambda low=low: low(x16), args.repeats, dev)
         clusters = name != "avg"
         row = {
             "pooling": name,
@@ -185,15 +200,23 @@ def main() -> None:
                 else ""
             )
             + f", eager {row['eager_infer_ms']:.1f} ms ({row['fused_speedup']:.2f}x)"
-            + f", bf16 {row['bf16_infer_ms']:.1f} ms ({row['bf16_speedup']:.2f}x"
-            + (f", {row['bf16_frac_of_bf16_matmul']:.0%} of bf16 matmul)" if clusters else ")")
+            + (
+                f", bf16 {row['bf16_infer_ms']:.1f} ms ({row['bf16_speedup']:.2f}x"
+                + (f", {row['bf16_frac_of_bf16_matmul']:.0%} of bf16 matmul)" if clusters else ")")
+                if bf16
+                else ""
+            )
             + train
         )
         if clusters:
             print(
                 f"{'':26s} its two products alone: {row['products_ms']:.1f} ms "
-                f"({row['products_frac_of_matmul']:.0%} of matmul), "
-                f"bf16 {row['bf16_products_ms']:.1f} ms ({row['bf16_products_speedup']:.2f}x)"
+                f"({row['products_frac_of_matmul']:.0%} of matmul)"
+                + (
+                    f", bf16 {row['bf16_products_ms']:.1f} ms ({row['bf16_products_speedup']:.2f}x)"
+                    if bf16
+                    else ""
+                )
             )
     by = {(r["pooling"], r["assignment"]): r for r in rows}
     ratio = by[("dsgmm", "decoupled")]["infer_ms"] / by[("netvlad", "decoupled")]["infer_ms"]

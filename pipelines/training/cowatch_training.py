@@ -283,19 +283,7 @@ def train_embedder(
             show,
             steps_base,
         )
-        val_loss = evaluate_loss(
-            net,
-            store,
-            val_rows,
-            device,
-            batch_size=cfg.batch_size,
-            max_frames=cfg.eval_max_frames,
-            margin=cfg.margin,
-            loader=cfg.loader,
-            partners=partners,
-            anchor_neighbours=cfg.anchor_neighbours,
-            base=base,
-        )
+        val_loss = _validation_loss(net, store, val_rows, cfg, device, partners, base)
         entry = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -315,6 +303,31 @@ def train_embedder(
         model.load_state_dict(best_state)
     model.cpu().eval()
     return result
+
+
+def _validation_loss(
+    net: torch.nn.Module,
+    store: FrameStore,
+    val_rows: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    partners: CowatchPartners | None,
+    base: BaseRows | None,
+) -> float:
+    """Eq. 15 over the validation triplets, as ``evaluate_loss`` computes it."""
+    return evaluate_loss(
+        net,
+        store,
+        val_rows,
+        device,
+        batch_size=cfg.batch_size,
+        max_frames=cfg.eval_max_frames,
+        margin=cfg.margin,
+        loader=cfg.loader,
+        partners=partners,
+        anchor_neighbours=cfg.anchor_neighbours,
+        base=base,
+    )
 
 
 def _base_rows(

@@ -63,15 +63,12 @@ def embed_frames(
 class BaseRows:
     """A model's fixed base (``CowatchEmbedder.base``) run once on each video training
     names, over the frames the catalogue's embedding uses (at most ``eval_max_frames``,
-    evenly spaced), instead of in every step on the step's sampled frames.
-
-    Why: nothing in the base is trained, so its cosine is a constant of each pair, and
-    the one the shipped embedding has is the whole video's. A step's loss therefore
-    sees the base term of Eq. 15's cosines as the catalogue will, and the learned part
-    is trained against that rather than against a resampled rung. It is also the
-    step's largest avoidable cost: the base's distance and PCA products, its word sums
-    and their zeroed buffer took a quarter of a pipeline-shaped step (K = 64 words,
-    D = 1,024, measured), repeated for each of a video's many samples."""
+    evenly spaced). Validation takes these rows every epoch (the same loss as running
+    the base there). Steps take them only with ``TrainConfig.base_in_steps ==
+    "whole_video"``: about 1.3x faster steps, since the base is a quarter of a
+    pipeline-shaped step, but lower AUCs on some worlds, because the loss then sees the
+    whole video's rung rather than the rung on the step's sampled frames
+    (docs/results.md)."""
 
     videos: np.ndarray  # (n,) sorted distinct store rows
     rows: torch.Tensor  # (n, base_dim) float32, on the training device

@@ -24,6 +24,7 @@ import numpy as np
 from recsys.artifact import RecommenderArtifact, load_recommender
 from recsys.errors import UserInputError
 from recsys.glmix.model import GLMix
+from recsys.online.refit import SOLVER
 from recsys.online.users import OnlineConfig, OnlineEffects
 from recsys.projection import fit_projection
 from recsys.scoring import glmix_global_features
@@ -327,6 +328,7 @@ class DerivedState:
                 "forgotten": sorted(self.online.forgotten),
                 # effects not yet refitted to their windows: the restore refits them
                 "pending": list(self.online.pending),
+                "solver": SOLVER,  # the online solver that fitted the effects
             }
             captured = Picture(
                 meta,
@@ -378,6 +380,9 @@ class DerivedState:
         self.histories.restore(plan.histories, self.erased_users)
         self.online.restore(plan.effects, plan.windows, set(h["forgotten"]))
         self.online.pending = dict.fromkeys(h.get("pending", []))
+        if (solver := h.get("solver", 1)) != SOLVER:  # its effects' last bits differ: refit
+            log.warning("state store: snapshot effects by solver %s: refitting them", solver)
+            self.online.pending.update(dict.fromkeys(plan.windows))
         if self.online.videos is not None:
             self.online.videos.stats, self.online.videos.shares = plan.video_stats, plan.shares
             self.effect_rows.reset(plan.video_stats)

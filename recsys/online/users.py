@@ -85,6 +85,9 @@ def refit_effect(
     for _ in range(steps):
         mu = sigmoid(eta)
         grad = z.T @ (y - mu) - lam * (b - m)
+        # H >= diag(lam): the step H^-1 grad is at most this (``refit.step_bound``).
+        if np.sqrt((grad * grad / lam).sum() / lam.min()) < 1e-10:
+            break
         hess = (z.T * (mu * (1.0 - mu))) @ z + reg
         step = _spd_solve(hess, grad)
         t = 1.0
@@ -396,18 +399,24 @@ class OnlineEffects:
             part = jobs[s : s + chunk]
             users = [u for u, _ in part]
             keys = np.concatenate([w.keys for _, w in part])
-            z = self._z(self.vectors_of(keys)) if self.vectors_of is not None else keys
+            # Catalogue rows: the refit writes [1, vector] into its padded rows itself.
+            looked_up = self.vectors_of is not None and self.model.config.use_video_features
+            if self.vectors_of is None:
+                z = keys
+            else:
+                z = self.vectors_of(keys) if looked_up else self._z(self.vectors_of(keys))
             # Newton from the prior mean, not from the last effect: the effect is then a
             # function of the window alone (a replica that replayed the log, one that
             # started from a snapshot and one that saw the events live hold the same bits).
             out[s : s + len(part)] = refit_rows(
-                z.reshape(-1, q),
+                z if looked_up else z.reshape(-1, q),
                 np.concatenate([w.y for _, w in part]),
                 np.concatenate([w.offset for _, w in part]),
                 np.array([len(w.y) for _, w in part], dtype=np.int64),
                 self.priors(users),
                 self.precisions(users),
                 self.config.newton_steps,
+                intercept=looked_up,
             )
         return out
 

@@ -98,8 +98,53 @@ def test_the_dual_form_finds_the_primal_forms_effect(n: int) -> None:
         _DualWork.start(bucket_),
     ):
         for _ in range(50):
+            if work.gradient_bound()[0] < 1e-13:
+                break
             taken, moved = work.line_search(work.newton_step())
-            if not taken[0] or np.abs(moved).max() < 1e-12:
+            if not taken[0] or moved[0] < 1e-13:
                 break
         got = work.effects(slice(None))[0]
         np.testing.assert_allclose(got, refit_effect(z, y, off, mean, lam, mean, 50), atol=1e-10)
+
+
+def test_spd_solve_is_a_solve_and_falls_back_to_lu() -> None:
+    """Cholesky where a matrix is positive definite, LU where it is not (an indefinite
+    symmetric matrix), each matrix alone (the same bits in any company)."""
+    from recsys.online.refit import spd_solve
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(5, 9, 9))
+    m = a @ a.transpose(0, 2, 1) + np.eye(9)
+    m[2] = np.diag(np.r_[np.ones(8), -2.0])  # symmetric, not positive definite
+    rhs = rng.normal(size=(5, 9))
+    got = spd_solve(m, rhs)
+    np.testing.assert_allclose(np.einsum("bij,bj->bi", m, got), rhs, atol=1e-10)
+    assert got[2, -1] == pytest.approx(-rhs[2, -1] / 2)
+    assert spd_solve(m[3:4], rhs[3:4]).tobytes() == got[3:4].tobytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 30), seed=st.integers(0, 2**16), spread=st.floats(0.0, 4.0))
+def test_the_gradient_bounds_the_newton_step(n: int, seed: int, spread: float) -> None:
+    """Where a user stops before a solve: the bound from g^T D^-1 g is at least the max
+    norm of the Newton step H^-1 g it replaces, at any point (not only near the
+    maximum), in both forms; the dual's g^T D^-1 g = v^T K v is the primal's."""
+    from recsys.online.refit import RIDGE, _Bucket, _DualWork, _Work
+
+    rng = np.random.default_rng(seed)
+    q = 12
+    z, y, off, mean, _ = _problem(rng, n, q)
+    lam = 10.0 ** rng.uniform(-spread, spread, size=q)  # precisions over orders of magnitude
+    one = _Bucket(z[None], y[None], off[None], np.ones((1, n)), mean[None], (lam + RIDGE)[None])
+    dual = _DualWork.start(one)
+    dual.a[:] = rng.normal(size=(1, n))  # a point away from the maximum
+    dual.k_a[:] = (dual.kern @ dual.a[:, :, None])[:, :, 0]
+    beta = dual.effects(slice(None))
+    primal = _Work(one, beta.copy())
+    bound = primal.gradient_bound()[0]
+    assert dual.gradient_bound()[0] == pytest.approx(bound, rel=1e-6)
+    w, grad = primal.residual  # type: ignore[misc]
+    hess = z.T @ (z * w[0][:, None]) + np.diag(lam + RIDGE)
+    step = np.linalg.solve(hess, grad[0])
+    assert np.abs(step).max() <= bound * (1 + 1e-9)
+    np.testing.assert_allclose(primal.newton_step()[0], step, rtol=1e-8, atol=1e-12)

@@ -157,6 +157,40 @@ def test_a_snapshot_plus_the_tail_equals_replaying_the_whole_log(
         store.close()
 
 
+def test_another_solvers_effects_are_refitted_at_restore(
+    video_artifact: Path, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Effects fitted by another version of the online solver differ in the last bits:
+    restored as they are, the state would differ from this version's replay. A
+    snapshot naming another solver (or none: the first) has every window refitted."""
+    from serving.derived import SOLVER
+    from serving.log.snapshot import encode
+
+    _, live, *_ = _history(settings, video_artifact, snapshot_midway=False)
+    store = SqliteStore(settings.state_db)
+    try:
+        state = ServingState(video_artifact, store, settings.watch_threshold_s, None, False)
+        for solver, refitted in ((SOLVER, False), (SOLVER - 1, True), (None, True)):
+            picture = state.capture_snapshot()
+            picture.effects = {u: e + 1e-3 for u, e in picture.effects.items()}  # "other bits"
+            picture.meta = {k: v for k, v in picture.meta.items() if k != "solver"}
+            if solver is not None:
+                picture.meta["solver"] = solver
+            body = encode(picture, state.glmix.random_dim, state.glmix.video_dim)
+            assert store.save_snapshot(
+                state.version, body, int(picture.meta["horizon"]["removals"]), []
+            )
+            with caplog.at_level(logging.WARNING, logger="serving.derived"):
+                caplog.clear()
+                restored = ServingState(video_artifact, store, settings.watch_threshold_s)
+            assert restored.started_from == "snapshot"
+            assert ("refitting" in caplog.text) is refitted
+            got = _picture(restored)["effects"]
+            assert (got == live["effects"]) is refitted, solver
+    finally:
+        store.close()
+
+
 def _imp(user: str, video: str, seconds: float, event: str) -> Any:
     from serving.stores import Impression
 

@@ -7,8 +7,8 @@ real server (``serving.live.start_server``) is started three ways and timed to
 ``/readyz``: replaying the whole log; after it has written a snapshot
 (``RECSYS_SNAPSHOT_INTERVAL_S``), from that snapshot plus the log after it. Then 8
 clients post 30 batches of 1,000 impressions through ``POST /v1/events/impressions``,
-once with each batch waiting for its users' refits (the default) and once on a server
-that acknowledges when staged (``RECSYS_REFIT_WAIT_MS=0``). Printed per size: ready
+once with each batch waiting for its users' refits (``RECSYS_REFIT_WAIT_MS=-1``) and once
+on a server that acknowledges when staged (``RECSYS_REFIT_WAIT_MS=0``, the default). Printed per size: ready
 seconds, RSS when ready, the snapshot's size; ingest rate, server CPU an impression,
 batch latency and when every effect was refitted; ratios against the empty store
 measured in the same run.
@@ -199,12 +199,13 @@ def measure(artifact: Path, db: Path, stored: int, batches: int = 30) -> dict[st
     proc.terminate()  # type: ignore[attr-defined]
     proc.wait(timeout=30)  # type: ignore[attr-defined]
     out["snapshot_mb"] = _snapshot_bytes(db) / 2**20
-    ready, rss, port, proc = _start(artifact, db, off)
+    wait = {**off, "RECSYS_REFIT_WAIT_MS": "-1"}
+    ready, rss, port, proc = _start(artifact, db, wait)
     out["snapshot_ready_s"], out["snapshot_rss_mb"] = ready, rss
     out["from_snapshot"] = _metric(port, "state_started_from_snapshot")
-    # Ingest on top of what is stored: each batch waits for its refits (the default),
-    # then on a restarted server that acknowledges once staged (RECSYS_REFIT_WAIT_MS=0).
-    for mode, env in (("wait", off), ("nowait", {**off, "RECSYS_REFIT_WAIT_MS": "0"})):
+    # Ingest on top of what is stored: each batch waits for its refits (-1), then on a
+    # restarted server that acknowledges once staged (RECSYS_REFIT_WAIT_MS=0, the default).
+    for mode, env in (("wait", wait), ("nowait", {**off, "RECSYS_REFIT_WAIT_MS": "0"})):
         if mode == "nowait":
             _, _, port, proc = _start(artifact, db, env)
         got = ingest(port, proc.pid, _bodies(artifact, batches, seed=len(mode)))  # type: ignore[attr-defined]

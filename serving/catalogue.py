@@ -16,7 +16,11 @@ from contextlib import contextmanager
 import faiss
 import numpy as np
 
+from recsys.artifact import RecommenderArtifact
+from recsys.errors import UserInputError
 from recsys.index import VideoIndex
+from recsys.scoring import glmix_global_features
+from recsys.side_features import CatalogueSide
 from serving.neighbours import Entry, NeighbourCache, enough, merge_tail
 
 
@@ -267,3 +271,17 @@ class VideoEffectRows:
         ok = rows < len(moved)
         flags[ok] = moved[rows[ok]]
         return model_rows, np.flatnonzero(flags)
+
+
+def side_features(loaded: RecommenderArtifact) -> CatalogueSide | None:
+    """The side features by catalogue row and user (None: the model has none); a model
+    whose global features this version cannot build is refused at load."""
+    side = None if loaded.side is None else CatalogueSide(loaded.side, loaded.video_ids)
+    width = 0 if loaded.side is None else len(loaded.side)
+    try:
+        glmix_global_features(
+            loaded.glmix.global_names, np.zeros(1), np.zeros(1), np.zeros((1, width))
+        )
+    except ValueError as exc:
+        raise UserInputError(str(exc)) from None
+    return side

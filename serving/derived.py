@@ -21,15 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from recsys.artifact import RecommenderArtifact, load_recommender
-from recsys.errors import UserInputError
+from recsys.artifact import load_recommender
 from recsys.glmix.model import GLMix
 from recsys.online.refit import SOLVER
 from recsys.online.users import OnlineConfig, OnlineEffects
 from recsys.projection import fit_projection
 from recsys.scoring import glmix_global_features
-from recsys.side_features import CatalogueSide
-from serving.catalogue import Catalogue, VideoEffectRows
+from serving.catalogue import Catalogue, VideoEffectRows, side_features
 from serving.histories import Histories, Shown, run_similarity
 from serving.log.archive import LogArchive, add_archived, archive_log
 from serving.log.follower import Follower
@@ -50,20 +48,6 @@ READ_ROWS = 65_536  # impressions a read (about: PostgreSQL cuts between transac
 #: impressions staged at a time when a sync applies many (staging is row by row in its
 #: numbers, so where a run is cut changes no bit)
 RUN_ROWS = 8192
-
-
-def _side_features(loaded: RecommenderArtifact) -> CatalogueSide | None:
-    """The side features by catalogue row and user (None: the model has none); a model
-    whose global features this version cannot build is refused at load."""
-    side = None if loaded.side is None else CatalogueSide(loaded.side, loaded.video_ids)
-    width = 0 if loaded.side is None else len(loaded.side)
-    try:
-        glmix_global_features(
-            loaded.glmix.global_names, np.zeros(1), np.zeros(1), np.zeros((1, width))
-        )
-    except ValueError as exc:
-        raise UserInputError(str(exc)) from None
-    return side
 
 
 class DerivedState:
@@ -90,7 +74,7 @@ class DerivedState:
         self.catalogue = Catalogue(
             loaded.video_ids, loaded.embeddings, loaded.index, neighbour_cache_bytes
         )
-        self.side = _side_features(loaded)
+        self.side = side_features(loaded)
         self.effect_rows = VideoEffectRows(self.catalogue, self.glmix.video_rows)
         self.dim = self.catalogue.dim
         self.threshold = watch_threshold_s
@@ -133,6 +117,8 @@ class DerivedState:
         self._refit_cv = threading.Condition(self._online_lock)
         self._staged_ticket = self._refitted_ticket = 0
         self._refitting = False
+        #: users the refit pass under way took (set before they leave ``pending``)
+        self._inflight: frozenset[str] = frozenset()
         self._background = False  # refits inline until the state is loaded
         self.refit_wait_s: float | None = None
         #: effects installed by refits since start
@@ -436,6 +422,8 @@ class DerivedState:
         pass gets the pass's effect now and an exact one in the next pass."""
         while True:
             with self._refit_cv:
+                # In flight before they leave pending: a lock-free reader sees them in one.
+                self._inflight = frozenset(self.online.pending)
                 jobs = self.online.take_pending()
                 upto = self._staged_ticket
                 if not jobs:
@@ -450,12 +438,14 @@ class DerivedState:
                 with self._refit_cv:
                     for user, _ in jobs:
                         self.online.pending.setdefault(user, None)
+                    self._inflight = frozenset()
                     self._refitting = False
                     self._refitted_ticket = upto  # release waiters: the next batch retries
                     self._refit_cv.notify_all()
                 return
             with self._refit_cv:
                 self.refits += self.online.install(jobs, effects)
+                self._inflight = frozenset()
                 self._refitted_ticket = upto
                 self._refit_cv.notify_all()
 

@@ -27,10 +27,11 @@ class Settings(BaseSettings):
     #: a snapshot is written only when at least this many rows were applied since the last
     snapshot_min_rows: int = 1
     #: how long an impression batch waits for its users' effects to be refitted before the
-    #: 201 (milliseconds; unset = until they are, so the next score reflects the batch).
-    #: Refits run behind ingestion either way; 0 acknowledges once durable and staged
-    #: (highest ingest rate; effects follow within ``online_refit_backlog_users``).
-    refit_wait_ms: float | None = None
+    #: 201 (milliseconds; negative: until they are). Refits run behind ingestion either
+    #: way, and a read of a user whose refit is still queued refits them first, so the
+    #: next score on this replica reflects the batch whatever this is; 0 (the default)
+    #: acknowledges once durable and staged; a wait gives ingestion back-pressure.
+    refit_wait_ms: float = 0.0
     #: where impressions moved out of the store live (``serving.log.archive``; replicas share
     #: it); default: next to the SQLite state file
     archive_dir: Path | None = None
@@ -66,7 +67,7 @@ class Settings(BaseSettings):
     neighbour_cache_mb: Annotated[int, Field(ge=0)] = 64
 
     def refit_wait_seconds(self) -> float | None:
-        return None if self.refit_wait_ms is None else max(self.refit_wait_ms, 0.0) / 1e3
+        return None if self.refit_wait_ms < 0 else self.refit_wait_ms / 1e3
 
     def archive_path(self) -> Path:
         if self.archive_dir is not None:

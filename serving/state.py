@@ -119,6 +119,7 @@ class ServingState(DerivedState):
             else self.side.for_user(user_id, np.asarray(rows), self.erased_users)
         )
         g = glmix_global_features(self.glmix.global_names, max_s, avg_s, side)
+        self.refit_if_queued(user_id)
         eta = self.online.serving_logit(user_id, cand, g)
         videos = self.online.videos
         if videos is not None:  # the same sum as OnlineEffects.logit, looked up by row
@@ -128,6 +129,25 @@ class ServingState(DerivedState):
             moved_ids = [names[r] for r in rows[moved].tolist()]
             eta += videos.logit_at(model_rows, moved, moved_ids, g)
         return sigmoid(eta)
+
+    def refit_if_queued(self, user_id: str) -> bool:
+        """Read your writes without waiting at ingest: a user whose refit is queued, or
+        taken by a pass still under way, is refitted here first (their window alone: the
+        bits the pass gives), so a score after an impression batch's 201 reflects it
+        however long ``refit_wait_s`` let the batch wait. True when it refitted.
+
+        Lock-free unless the user is queued: ``pending`` and the in-flight set are read
+        in the order the refit pass fills them (in flight before leaving pending)."""
+        if user_id not in self.online.pending and user_id not in self._inflight:
+            return False
+        window = self.online.windows.get(user_id)
+        if window is None:
+            return False
+        effect = self.online.solve([(user_id, window)])[0]
+        with self._refit_cv:  # a window replaced since is newer: its own refit is queued
+            if self.online.windows.get(user_id) is window:
+                self.online.effects[user_id] = effect
+        return True
 
     # ------------------------------------------------------------------ writes
 

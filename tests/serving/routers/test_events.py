@@ -157,3 +157,53 @@ def test_impression_events_bad_input(client: TestClient, artifact) -> None:
         r = client.post("/v1/events/impressions", json=body, headers=AUTH)
         assert r.status_code == status and needle in r.json()["detail"], (body, r.text)
     assert client.post("/v1/events/impressions", json={"impressions": [good]}).status_code == 401
+
+
+def test_a_score_reads_its_writes_without_waiting_for_refits(settings, artifact) -> None:
+    """With RECSYS_REFIT_WAIT_MS=0 (the default) a batch's 201 comes before its refits; a
+    score of a user whose refit is still queued, or taken by a pass under way, refits
+    them first: the score right after the 201 is the one a waiting batch would give,
+    bit for bit."""
+    import threading
+
+    ids, _ = catalogue(artifact)
+    batch = [
+        {"user_id": u, "video_id": v, "shown_at": "2030-01-01T00:00:00Z", "watch_seconds": w}
+        for u in ("ryw-1", "ryw-2")
+        for v, w in zip(ids[:6], (60.0, 0.0, 60.0, 0.0, 0.0, 60.0), strict=True)
+    ]
+    ask = {"video_ids": ids[6:30]}
+    waiting = settings.model_copy(update={"refit_wait_ms": -1.0})
+    with TestClient(create_app(waiting)) as c:  # waits until refitted: the reference
+        assert (
+            c.post("/v1/events/impressions", json={"impressions": batch}, headers=AUTH).status_code
+            == 201
+        )
+        want = [c.post("/v1/score", json={**ask, "user_id": u}).json() for u in ("ryw-1", "ryw-2")]
+    settings.state_db.unlink()
+    assert settings.refit_wait_ms == 0.0  # the default
+    with TestClient(create_app(settings)) as c:
+        state = c.app.state.holder.current
+        release, solve = threading.Event(), state.online.solve
+
+        def held(jobs, *a, **k):  # the background pass waits until released
+            if threading.current_thread().name == "online-refit":
+                release.wait(30)
+            return solve(jobs, *a, **k)
+
+        state.online.solve = held
+        first = {"impressions": batch[:6]}
+        assert c.post("/v1/events/impressions", json=first, headers=AUTH).status_code == 201
+        second = {"impressions": batch[6:]}
+        assert c.post("/v1/events/impressions", json=second, headers=AUTH).status_code == 201
+        assert "ryw-1" in state._inflight and "ryw-2" in state.online.pending
+        assert "ryw-1" not in state.online.effects  # the pass is held: nothing installed
+        refit, state.refit_if_queued = state.refit_if_queued, lambda user: False
+        stale = c.post("/v1/score", json={**ask, "user_id": "ryw-2"}).json()
+        state.refit_if_queued = refit
+        got = [c.post("/v1/score", json={**ask, "user_id": u}).json() for u in ("ryw-1", "ryw-2")]
+        release.set()
+        assert state.wait_refitted(30)
+        again = [c.post("/v1/score", json={**ask, "user_id": u}).json() for u in ("ryw-1", "ryw-2")]
+    assert got == want and again == want
+    assert stale != want[1]  # without the refit on read the score would be stale

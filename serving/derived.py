@@ -118,7 +118,7 @@ class DerivedState:
         self._staged_ticket = self._refitted_ticket = 0
         self._refitting = False
         #: users the refit pass under way took (set before they leave ``pending``)
-        self._inflight: frozenset[str] = frozenset()
+        self._inflight: dict[str, None] = {}
         self._background = False  # refits inline until the state is loaded
         self.refit_wait_s: float | None = None
         #: effects installed by refits since start
@@ -312,8 +312,9 @@ class DerivedState:
                 "removed_videos": sorted(self.removed_videos),
                 "erased_users": sorted(self.erased_users),
                 "forgotten": sorted(self.online.forgotten),
-                # effects not yet refitted to their windows: the restore refits them
-                "pending": list(self.online.pending),
+                # effects not yet refitted to their windows (queued, or taken by a pass
+                # that has not installed them yet): the restore refits them
+                "pending": list({**self._inflight, **self.online.pending}),
                 "solver": SOLVER,  # the online solver that fitted the effects
             }
             captured = Picture(
@@ -423,7 +424,7 @@ class DerivedState:
         while True:
             with self._refit_cv:
                 # In flight before they leave pending: a lock-free reader sees them in one.
-                self._inflight = frozenset(self.online.pending)
+                self._inflight = dict(self.online.pending)
                 jobs = self.online.take_pending()
                 upto = self._staged_ticket
                 if not jobs:
@@ -438,14 +439,14 @@ class DerivedState:
                 with self._refit_cv:
                     for user, _ in jobs:
                         self.online.pending.setdefault(user, None)
-                    self._inflight = frozenset()
+                    self._inflight = {}
                     self._refitting = False
                     self._refitted_ticket = upto  # release waiters: the next batch retries
                     self._refit_cv.notify_all()
                 return
             with self._refit_cv:
                 self.refits += self.online.install(jobs, effects)
-                self._inflight = frozenset()
+                self._inflight = {}
                 self._refitted_ticket = upto
                 self._refit_cv.notify_all()
 

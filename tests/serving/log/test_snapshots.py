@@ -246,6 +246,43 @@ def test_a_damaged_or_foreign_snapshot_is_ignored_and_the_log_replayed(
         store.close()
 
 
+def test_a_snapshot_taken_during_a_refit_pass_refits_its_users_at_restore(
+    artifact: Path, settings: Settings
+) -> None:
+    """Users a refit pass has taken but not installed yet are neither queued nor fitted:
+    a snapshot taken then names them as pending, so a restore equals a replay."""
+    import threading
+    import time
+
+    ids, _ = catalogue(artifact)
+    with TestClient(create_app(settings)) as c:
+        state = c.app.state.holder.current  # type: ignore[attr-defined]
+        release, solve = threading.Event(), state.online.solve
+
+        def held(jobs: Any, *a: Any, **k: Any) -> Any:
+            if threading.current_thread().name == "online-refit":
+                release.wait(30)
+            return solve(jobs, *a, **k)
+
+        state.online.solve = held
+        _post(c, "/v1/events/impressions", _impressions(ids, ["f-1", "f-2"], "f", 20, 6))
+        deadline = time.monotonic() + 10
+        while not state._inflight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert set(state._inflight) == {"f-1", "f-2"} and not state.online.pending
+        assert state.write_snapshot()
+        release.set()
+        assert state.wait_refitted(30)
+    store = SqliteStore(settings.state_db)
+    try:
+        want = _picture(ServingState(artifact, store, settings.watch_threshold_s, None, False))
+        restored = ServingState(artifact, store, settings.watch_threshold_s)
+        assert restored.started_from == "snapshot"
+        assert _picture(restored) == want and "f-1" in want["effects"]
+    finally:
+        store.close()
+
+
 def test_an_erasure_deletes_snapshots_and_an_older_picture_is_refused(
     artifact: Path, settings: Settings
 ) -> None:

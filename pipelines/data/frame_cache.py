@@ -106,6 +106,15 @@ def open_frame_store(data: str | os.PathLike[str], progress: bool = False) -> Fr
         return store
 
 
+def current_frame_store(data: str | os.PathLike[str]) -> FrameStore | None:
+    """The data set's frame store when one is built and current (never builds one)."""
+    data_dir = dataset_dir(data)
+    target = cache_dir(data_dir)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _open_if_current(target, source_fingerprint(data_dir / VIDEOS_FILE))
+
+
 def _open_if_current(target: Path, fingerprint: dict[str, Any]) -> FrameStore | None:
     if not target.exists():
         return None

@@ -188,13 +188,14 @@ def embed_store(
     progress: bool = False,
     loader: LoaderConfig | None = None,
     precision: str = "float32",
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(N, E) L2-normalised embeddings of every video in the store, in store order (at
-    most ``max_frames`` evenly spaced frames per video); the model runs in ``precision``
-    (``embeddings.runtime.inference_dtype``)."""
+    """(N, E) L2-normalised embeddings of every video in the store (or of store ``rows``),
+    in store order (at most ``max_frames`` evenly spaced frames per video); the model runs
+    in ``precision`` (``embeddings.runtime.inference_dtype``)."""
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    rows = np.arange(len(store))
+    rows = np.arange(len(store)) if rows is None else rows
     net = model.for_inference(inference_dtype(precision, dev))
     out = _embed_rows(net, store, rows, max_frames, dev, loader, batch_size, progress)
     model.cpu()

@@ -253,3 +253,42 @@ def test_classification_takes_no_classical_rung(
         "classify", "--data", small_world_dir, "--pooling", "bow_tfidf", "--out", tmp_path / "c"
     )
     assert code == 2 and "unknown pooling 'bow_tfidf'" in err and not (tmp_path / "c").exists()
+
+
+def test_embed_reads_a_current_frame_store_and_streams_otherwise(
+    pipeline_out: Path, small_world_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``recsys embed`` takes the frames from the data set's frame store when training
+    built one (never parsing Parquet's frame lists), a chunk of videos at a time, and
+    streams the Parquet file otherwise: the artifact's embeddings either way, in the
+    file's order."""
+    import shutil
+
+    from pipelines.data.frame_cache import current_frame_store, open_frame_store
+    from pipelines.training import embed as job
+
+    art = pipeline_out / "artifact"
+    open_frame_store(small_world_dir)  # as training leaves it
+    assert current_frame_store(small_world_dir) is not None
+    order = pq.read_table(small_world_dir / "videos.parquet", columns=["video_id"])
+    ids = order.column("video_id").to_pylist()
+    ids0, vecs0 = read_embeddings(art / "embeddings.parquet")
+    want = vecs0[[{v: i for i, v in enumerate(ids0)}[v] for v in ids]]
+
+    def streamed(*a: object, **k: object) -> None:
+        raise AssertionError("streamed Parquet although the frame store is current")
+
+    with monkeypatch.context() as m:
+        m.setattr(job, "iter_video_batches", streamed)
+        m.setattr(job, "STORE_CHUNK", 7)  # several chunks, the last one short
+        assert job.embed_dataset(art, small_world_dir, tmp_path / "s.parquet", progress=False)
+    copy = tmp_path / "copy"  # the same videos without a frame store
+    copy.mkdir()
+    shutil.copy(small_world_dir / "videos.parquet", copy)
+    assert current_frame_store(copy) is None
+    job.embed_dataset(art, copy, tmp_path / "p.parquet", progress=False)
+    assert current_frame_store(copy) is None  # embedding builds none
+    for name in ("s.parquet", "p.parquet"):
+        got_ids, got = read_embeddings(tmp_path / name)
+        assert got_ids == ids, name
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=name)

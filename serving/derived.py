@@ -130,9 +130,12 @@ class DerivedState:
         if from_snapshot:
             self._restore_snapshot()
         self.sync()  # replay every durable write (after the snapshot's, when there is one)
-        self.refits += self.online.refit(self.online.take_pending())
-        self._refitted_ticket = self._staged_ticket
+        # Users still to refit (the log's tail, a snapshot's pending ones, or all of them
+        # after a solver change) are refitted behind readiness: a read refits its own
+        # user first (``ServingState.refit_if_queued``), so nothing waits for them.
         self._background = True
+        with self._refit_cv:
+            self._queue_refits()
         # The 2-D map: the artifact's projection (fitted at pipeline time), or one fitted
         # now on the catalogue for artifacts written before it existed.
         self.projection = loaded.projection or fit_projection(
@@ -411,11 +414,16 @@ class DerivedState:
             self.online.stage(users, self.catalogue.vectors(rows), labels, g, ids, frozen, rows)
             if ids is not None:
                 self.effect_rows.mark(rows)
-            self._staged_ticket += 1
-            if self._background and not self._refitting:
-                self._refitting = True
-                threading.Thread(target=self._refit_loop, name="online-refit", daemon=True).start()
-            return self._staged_ticket
+            return self._queue_refits()
+
+    def _queue_refits(self) -> int:
+        """A new ticket for what is pending, and the refit loop started when it is not
+        running (caller holds ``_refit_cv``)."""
+        self._staged_ticket += 1
+        if self._background and not self._refitting:
+            self._refitting = True
+            threading.Thread(target=self._refit_loop, name="online-refit", daemon=True).start()
+        return self._staged_ticket
 
     def _refit_loop(self) -> None:
         """Refit pending users until none is left: a pass takes them all, solves outside

@@ -71,12 +71,14 @@ class ServingState(DerivedState):
         return [self.catalogue.ids[r] for r in self.histories.get(user_id) or ()]
 
     def users_seen_online(self) -> set[str]:
-        """Users first seen by this service (histories or online effects)."""
-        return self.histories.users() | set(self.online.effects)
+        """Users first seen by this service (histories, online windows or effects)."""
+        return self.histories.users() | set(self.online.windows) | set(self.online.effects)
 
     def known_user(self, user_id: str) -> bool:
+        """In the offline fit, or seen online (a window, whether or not its refit is done:
+        the answer does not depend on how far the refits behind ingestion have got)."""
         offline = user_id in self.glmix.user_index and user_id not in self.erased_users
-        return offline or user_id in self.online.effects
+        return offline or user_id in self.online.windows or user_id in self.online.effects
 
     # ------------------------------------------------------------------ scoring
 

@@ -170,6 +170,7 @@ def test_another_solvers_effects_are_refitted_at_restore(
     store = SqliteStore(settings.state_db)
     try:
         state = ServingState(video_artifact, store, settings.watch_threshold_s, None, False)
+        assert state.wait_refitted(30)  # nothing pending: only the solver decides
         for solver, refitted in ((SOLVER, False), (SOLVER - 1, True), (None, True)):
             picture = state.capture_snapshot()
             picture.effects = {u: e + 1e-3 for u, e in picture.effects.items()}  # "other bits"
@@ -320,6 +321,7 @@ def test_an_operator_can_write_a_snapshot_now(artifact: Path, settings: Settings
     store = SqliteStore(settings.state_db)
     try:
         restarted = ServingState(artifact, store, settings.watch_threshold_s)
+        assert restarted.wait_refitted(30)  # pending users are refitted behind readiness
         assert restarted.started_from == "snapshot" and "o-1" in restarted.online.effects
     finally:
         store.close()

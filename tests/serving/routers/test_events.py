@@ -198,6 +198,7 @@ def test_a_score_reads_its_writes_without_waiting_for_refits(settings, artifact)
         assert c.post("/v1/events/impressions", json=second, headers=AUTH).status_code == 201
         assert "ryw-1" in state._inflight and "ryw-2" in state.online.pending
         assert "ryw-1" not in state.online.effects  # the pass is held: nothing installed
+        assert state.known_user("ryw-1") and "ryw-2" in state.users_seen_online()
         refit, state.refit_if_queued = state.refit_if_queued, lambda user: False
         stale = c.post("/v1/score", json={**ask, "user_id": "ryw-2"}).json()
         state.refit_if_queued = refit

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.artifact import load_recommender
+from recsys.artifact import RecommenderArtifact, load_recommender
 from recsys.glmix.model import GLMix
 from recsys.online.refit import SOLVER
 from recsys.online.users import OnlineConfig, OnlineEffects
@@ -80,14 +80,7 @@ class DerivedState:
         self.threshold = watch_threshold_s
         self._lock = threading.Lock()
         self._online_lock = threading.Lock()
-        self.histories = Histories()
-        hist = loaded.histories
-        for u, v in zip(
-            hist.column("user_id").to_pylist(), hist.column("video_id").to_pylist(), strict=True
-        ):
-            r = self.catalogue.row(v)
-            if r is not None:
-                self.histories.add(u, r)
+        self.histories = self._offline_histories(loaded)
         # Per-video statistics use features against the history as the offline fit left
         # it: the same on every replica whatever order later events arrive in.
         self._frozen_features = self.glmix.has_video_effects and bool(self.glmix.global_names)
@@ -130,9 +123,8 @@ class DerivedState:
         if from_snapshot:
             self._restore_snapshot()
         self.sync()  # replay every durable write (after the snapshot's, when there is one)
-        # Users still to refit (the log's tail, a snapshot's pending ones, or all of them
-        # after a solver change) are refitted behind readiness: a read refits its own
-        # user first (``ServingState.refit_if_queued``), so nothing waits for them.
+        # Pending refits (the tail's, a snapshot's) run behind readiness: a read refits
+        # its own user first (``ServingState.refit_if_queued``).
         self._background = True
         with self._refit_cv:
             self._queue_refits()
@@ -145,6 +137,18 @@ class DerivedState:
         self.offline_users = sorted(set(self.glmix.user_ids) | self.histories.users())
         self.load_seconds = time.perf_counter() - t0
         return_free_memory()
+
+    def _offline_histories(self, loaded: RecommenderArtifact) -> Histories:
+        """The artifact's watch histories by catalogue row (videos it lacks skipped)."""
+        out = Histories()
+        hist = loaded.histories
+        for u, v in zip(
+            hist.column("user_id").to_pylist(), hist.column("video_id").to_pylist(), strict=True
+        ):
+            r = self.catalogue.row(v)
+            if r is not None:
+                out.add(u, r)
+        return out
 
     # ------------------------------------------------------------------ the log
 

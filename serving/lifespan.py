@@ -56,6 +56,10 @@ def _follow(app: FastAPI, stop: threading.Event) -> None:
             log.exception("state store: sync failed")
 
 
+#: how long a periodic snapshot waits for the refits queued before it (seconds)
+SNAPSHOT_REFIT_WAIT_S = 30.0
+
+
 def _snapshots(app: FastAPI, stop: threading.Event) -> None:
     """Write a snapshot of the derived state every ``snapshot_interval_s`` when rows were
     applied since the last one; the capture holds the state's lock for shallow copies
@@ -66,6 +70,9 @@ def _snapshots(app: FastAPI, stop: threading.Event) -> None:
         if state is None or state.unsnapshotted < max(settings.snapshot_min_rows, 1):
             continue
         try:
+            # Fitted effects rather than pending ones (a restore would redo those): the
+            # refits queued so far first, within a bound (a busy replica may never idle).
+            state.wait_refitted(SNAPSHOT_REFIT_WAIT_S)
             t0 = time.perf_counter()
             if state.write_snapshot():
                 app.state.metrics.inc("snapshots_written")

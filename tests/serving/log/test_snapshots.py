@@ -284,6 +284,37 @@ def test_a_snapshot_taken_during_a_refit_pass_refits_its_users_at_restore(
         store.close()
 
 
+def test_a_periodic_snapshot_waits_for_the_queued_refits(
+    artifact: Path, settings: Settings
+) -> None:
+    """The snapshot writer first lets the refits queued so far finish, so the snapshot
+    holds their effects and a restore has nothing to redo."""
+    import threading
+    import time
+
+    from serving.log.snapshot import decode
+
+    ids, _ = catalogue(artifact)
+    often = settings.model_copy(update={"snapshot_interval_s": 0.2})
+    with TestClient(create_app(often)) as c:
+        state = c.app.state.holder.current  # type: ignore[attr-defined]
+        solve = state.online.solve
+
+        def slow(jobs: Any, *a: Any, **k: Any) -> Any:
+            if threading.current_thread().name == "online-refit":
+                time.sleep(1.0)  # several snapshot intervals
+            return solve(jobs, *a, **k)
+
+        state.online.solve = slow
+        _post(c, "/v1/events/impressions", _impressions(ids, ["w-1", "w-2"], "w", 20, 7))
+        deadline = time.monotonic() + 20
+        while (body := state.store.latest_snapshot(state.version)) is None:
+            assert time.monotonic() < deadline, "no snapshot written"
+            time.sleep(0.05)
+    header = decode(body, state.version).header
+    assert header["pending"] == [] and {"w-1", "w-2"} <= set(header["effect_users"])
+
+
 def test_an_erasure_deletes_snapshots_and_an_older_picture_is_refused(
     artifact: Path, settings: Settings
 ) -> None:

@@ -16,6 +16,7 @@ from pipelines.data.frame_cache import current_frame_store
 from pipelines.data.io import iter_video_batches, parquet_stream
 from pipelines.training.cowatch_embedding import embed_store
 from recsys.artifact import embeddings_table, load_embedder, read_manifest
+from recsys.baselines import store_chunks
 from recsys.embedders import ClassicalEmbedder, GivenEmbedder, is_classical, is_given
 from recsys.errors import UserInputError
 from recsys.frames import FrameStore
@@ -111,6 +112,13 @@ def _write_embeddings(
     rung: ClassicalEmbedder | GivenEmbedder = (
         GivenEmbedder.load(a) if is_given(a) else ClassicalEmbedder.load(a)
     )
+    store = current_frame_store(data) if isinstance(rung, ClassicalEmbedder) else None
+    if store is not None:  # a rung's frames from the store too, a run of videos at a time
+        _check_dim(store.feature_dim, rung.feature_dim)
+        with parquet_stream(out) as write:
+            for rows, frames, offsets in store_chunks(store, 1 << 24):
+                write(embeddings_table(store.video_ids[rows], rung.embed_videos(frames, offsets)))
+        return len(store)
     n = 0
     with parquet_stream(out) as write:
         for vb in tqdm(iter_video_batches(data, batch_size=batch), disable=not progress):

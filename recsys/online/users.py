@@ -26,11 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.linalg.lapack import dposv
 
 from recsys.glmix.config import random_prior
 from recsys.glmix.model import GLMix
-from recsys.online.refit import RIDGE, refit_rows, sigmoid
+from recsys.online.refit import RIDGE, refit_rows, sigmoid, spd_solve
 from recsys.online.videos import Grouped, VideoEffects, rows_by_user
 
 __all__ = ["OnlineConfig", "OnlineEffects", "Window", "refit_effect", "sigmoid"]
@@ -89,7 +88,7 @@ def refit_effect(
         if np.sqrt((grad * grad / lam).sum() / lam.min()) < 1e-10:
             break
         hess = (z.T * (mu * (1.0 - mu))) @ z + reg
-        step = _spd_solve(hess, grad)
+        step = spd_solve(hess[None], grad[None])[0]
         t = 1.0
         for _ in range(20):
             new, new_eta = objective(b + t * step)
@@ -102,13 +101,6 @@ def refit_effect(
         if float(np.abs(t * step).max()) < 1e-10:  # converged: the MAP of this window
             break
     return b
-
-
-def _spd_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a^-1 b for a symmetric positive definite ``a`` by Cholesky (LAPACK ``dposv``: a
-    third of ``np.linalg.solve``'s time at this size); LU when ``a`` is not."""
-    _, x, info = dposv(a, b)
-    return x if info == 0 else np.linalg.solve(a, b)
 
 
 @dataclass(frozen=True)

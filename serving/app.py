@@ -14,6 +14,8 @@ latency in measurements. The response schemas are still documented.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from fastapi.responses import Response
 
@@ -51,6 +53,40 @@ def _offline_docs(app: FastAPI) -> None:
         )
 
 
+class _Service(FastAPI):
+    """FastAPI with the service's middleware (limits, metrics, fast routes) outermost,
+    before the framework's error, telemetry and body-limit layers, and a fast route's
+    request handed to it directly: a fast route's answer pays for no framework layer
+    at all (8 of a 300 us score, measured in process). What a fast route declines, and
+    every other request, goes through all of them as before; an exception in a route is
+    still answered by the framework's 500 handler, inside the middleware, which counts
+    it. (A fast route's request is not traced by FastAPI's OpenTelemetry hook.)"""
+
+    def __init__(self, front: LimitsAndMetricsMiddleware, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.front = front
+
+    def build_middleware_stack(self) -> Any:
+        self.front.app = super().build_middleware_stack()
+        return self.front
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        front = self.front
+        if (
+            scope["type"] == "http"
+            and self.middleware_stack is not None
+            and front.fast_routes.find(scope["method"], scope["path"]) is not None
+        ):
+            scope["app"] = self
+            await front(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+async def _not_built(scope: Any, receive: Any, send: Any) -> None:
+    raise RuntimeError("the application's middleware stack is not built yet")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     # The ingest schema states the frame length; a reload may not change it.
@@ -76,7 +112,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return state
 
-    app = FastAPI(
+    metrics = Metrics()
+    # Filled once the routes exist; on the app's state so a test or an operator's
+    # debugging session can see or clear them (every route answers without them).
+    fast_routes = FastRoutes()
+    front = LimitsAndMetricsMiddleware(
+        _not_built,  # the framework's stack, once built (at the first request)
+        max_body=settings.max_body_bytes,
+        metrics=metrics,
+        api_key=settings.api_key,
+        max_in_flight=settings.max_in_flight,
+        queue_timeout_s=settings.queue_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        allowed_hosts=settings.host_list(),
+        fast_routes=fast_routes,
+    )
+    app = _Service(
+        front,
         title="cowatch-recsys",
         version="0.1.0",
         description="Scores candidate videos for a user (similarity to the watch history and GLMix watch "
@@ -91,23 +143,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     explorer.mount_static(app)
     app.state.settings = settings
     app.state.holder = StateHolder()
-    app.state.metrics = Metrics()
+    app.state.metrics = metrics
     app.state.load_state = load_state
-    # Filled once the routes exist; on the app's state so a test or an operator's
-    # debugging session can see or clear them (every route answers without them).
-    fast_routes = FastRoutes()
     app.state.fast_routes = fast_routes
-    app.add_middleware(
-        LimitsAndMetricsMiddleware,  # type: ignore[arg-type]
-        max_body=settings.max_body_bytes,
-        metrics=app.state.metrics,
-        api_key=settings.api_key,
-        max_in_flight=settings.max_in_flight,
-        queue_timeout_s=settings.queue_timeout_s,
-        body_timeout_s=settings.body_timeout_s,
-        allowed_hosts=settings.host_list(),
-        fast_routes=fast_routes,
-    )
     add_exception_handlers(app)
     # The hottest routes first: a request is matched against the routes in this order
     # (about 5 us a route skipped).

@@ -222,13 +222,40 @@ class VideoEffectRows:
     misses on 2,000 string objects). ``mark`` and ``reset`` run under the state's lock;
     a reader sees arrays that are only ever replaced whole or set True."""
 
-    def __init__(self, catalogue: Catalogue, model_rows_of: Callable[[list[str]], np.ndarray]):
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        model_rows_of: Callable[[list[str]], np.ndarray],
+        video_coef: np.ndarray | None = None,
+    ):
         self._catalogue = catalogue
         self._model_rows_of = model_rows_of
         n = len(catalogue)
         #: the artifact's videos; rows added later (uploads) are looked up by id
         self.model_rows = np.asarray(model_rows_of(catalogue.ids[:n]), np.int64)
         self.moved = np.zeros(max(n, 1024), bool)
+        self._video_coef = video_coef
+        #: (n, q) each of the artifact's videos' offline coefficients (0: none), so
+        #: scoring gathers them in one take (q x 8 bytes a video; None without effects)
+        self.coef = None if video_coef is None else self._gather(self.model_rows)
+
+    def _gather(self, model_rows: np.ndarray) -> np.ndarray:
+        assert self._video_coef is not None
+        out = np.zeros((len(model_rows), self._video_coef.shape[1]))
+        seen = model_rows >= 0
+        out[seen] = self._video_coef[model_rows[seen]]
+        return out
+
+    def coefficients(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(offline coefficients (n, q) of ``rows`` (0 for a video the fit never saw),
+        the indices of ``rows`` with online statistics); a model with per-video effects."""
+        coef, moved = self.coef, self.moved
+        assert coef is not None
+        top = int(rows.max()) if len(rows) else -1
+        if top < len(coef) and top < len(moved):  # the usual case: no upload among them
+            return coef[rows], np.flatnonzero(moved[rows])
+        model_rows, moving = self.lookup(rows)
+        return self._gather(model_rows), moving
 
     def mark(self, rows: np.ndarray) -> None:
         """Rows that now have online statistics."""
@@ -256,7 +283,10 @@ class VideoEffectRows:
     def lookup(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(model rows (n,), the indices of ``rows`` with online statistics)."""
         rows = np.asarray(rows, np.int64)
-        known = self.model_rows
+        known, moved = self.model_rows, self.moved
+        top = int(rows.max()) if len(rows) else -1
+        if top < len(known) and top < len(moved):  # the usual case: no upload among them
+            return known[rows], np.flatnonzero(moved[rows])
         inside = rows < len(known)
         if inside.all():
             model_rows = known[rows]
@@ -266,7 +296,6 @@ class VideoEffectRows:
             ids = self._catalogue.ids
             later = [ids[r] for r in rows[~inside].tolist()]
             model_rows[~inside] = self._model_rows_of(later)
-        moved = self.moved
         flags = np.zeros(len(rows), bool)
         ok = rows < len(moved)
         flags[ok] = moved[rows[ok]]

@@ -75,7 +75,8 @@ class DerivedState:
             loaded.video_ids, loaded.embeddings, loaded.index, neighbour_cache_bytes
         )
         self.side = side_features(loaded)
-        self.effect_rows = VideoEffectRows(self.catalogue, self.glmix.video_rows)
+        glm = self.glmix
+        self.effect_rows = VideoEffectRows(self.catalogue, glm.video_rows, glm.video_coef)
         self.dim = self.catalogue.dim
         self.threshold = watch_threshold_s
         self._lock = threading.Lock()

@@ -19,7 +19,7 @@ import numpy as np
 
 from recsys.errors import UserInputError
 from recsys.online.refit import sigmoid
-from recsys.scoring import glmix_global_features
+from recsys.scoring import HISTORY_FEATURES, glmix_global_features
 from serving.derived import DerivedState
 from serving.errors import ConflictError, NotFoundError
 from serving.stores import Impression, Removal, Watch
@@ -98,10 +98,34 @@ class ServingState(DerivedState):
         self, user_id: str, rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(max, avg, p) of catalogue ``rows`` (M,) for the user: ``similarity`` and the
-        watch probability (Eq. 18); the hot path of scores and recommendations."""
+        watch probability (Eq. 18); the hot path of scores and recommendations, with the
+        same bits as ``watch_probability`` over ``similarity``."""
         cand = np.take(self.catalogue.emb, rows, axis=0)  # (M, E) float32
-        mx, av = self.similarity(user_id, cand)
-        return mx, av, self.watch_probability(user_id, cand, mx, av, rows)
+        g = self._history_columns(user_id, cand)
+        if g is None:
+            mx, av = self.similarity(user_id, cand)
+            return mx, av, self.watch_probability(user_id, cand, mx, av, rows)
+        return g[:, 0], g[:, 1], self._probability(user_id, cand, g, rows)
+
+    def _history_columns(self, user_id: str, cand: np.ndarray) -> np.ndarray | None:
+        """The (M, 3) global features when they are exactly ``HISTORY_FEATURES`` (no side
+        features) and the user has a history: ``similarity``'s reductions written into
+        the columns ``glmix_global_features`` would build from them, bit for bit, with
+        no array between (None otherwise: the general path)."""
+        hist = self.histories.get(user_id)
+        if not hist or self.side is not None or self._global_names != HISTORY_FEATURES:
+            return None
+        sims = np.take(self.catalogue.emb, hist, axis=0) @ cand.T  # (H, M) float32
+        g = np.empty((len(cand), 3))
+        np.maximum.reduce(sims, axis=0, out=g[:, 0])  # exact in any precision
+        np.add.reduce(sims, axis=0, dtype=np.float64, out=g[:, 1])  # the rows in order
+        g[:, 1] /= len(hist)
+        g[:, 2] = 1.0
+        return g
+
+    @property
+    def _global_names(self) -> tuple[str, ...]:
+        return tuple(self.glmix.global_names)
 
     def watch_probability(
         self,
@@ -111,26 +135,37 @@ class ServingState(DerivedState):
         avg_s: np.ndarray,
         rows: list[int] | np.ndarray,
     ) -> np.ndarray:
-        # Fixed effect plus the user's effect: refitted online when the service has seen
-        # their impressions, else the offline one (none for an unknown user); plus each
-        # video's effect when the model has them. No lock: a refit swaps the user's
-        # effect array whole (scoring must not queue behind it).
+        """Eq. 18 of candidates (M, E) at catalogue ``rows`` given their Eq. 17 / Eq. 16
+        scores against the user's history (NaN without one)."""
         side = (
             None
             if self.side is None
             else self.side.for_user(user_id, np.asarray(rows), self.erased_users)
         )
         g = glmix_global_features(self.glmix.global_names, max_s, avg_s, side)
+        return self._probability(user_id, cand, g, rows)
+
+    def _probability(
+        self,
+        user_id: str,
+        cand: np.ndarray,
+        g: np.ndarray | None,
+        rows: list[int] | np.ndarray,
+    ) -> np.ndarray:
+        # Fixed effect plus the user's effect: refitted online when the service has seen
+        # their impressions, else the offline one (none for an unknown user); plus each
+        # video's effect when the model has them. No lock: a refit swaps the user's
+        # effect array whole (scoring must not queue behind it).
         self.refit_if_queued(user_id)
         eta = self.online.serving_logit(user_id, cand, g)
         videos = self.online.videos
         if videos is not None:  # the same sum as OnlineEffects.logit, looked up by row
             rows = np.asarray(rows, dtype=np.int64)
-            model_rows, moved = self.effect_rows.lookup(rows)
+            coef, moved = self.effect_rows.coefficients(rows)
             names = self.catalogue.ids
-            moved_ids = [names[r] for r in rows[moved].tolist()]
-            eta += videos.logit_at(model_rows, moved, moved_ids, g)
-        return sigmoid(eta)
+            moved_ids = [names[r] for r in rows[moved].tolist()] if len(moved) else []
+            eta += videos.logit_from(coef, moved, moved_ids, g)
+        return sigmoid(eta, out=eta)
 
     def refit_if_queued(self, user_id: str) -> bool:
         """Read your writes without waiting at ingest: a user whose refit is queued, or

@@ -115,10 +115,18 @@ class GLMix:
         self, video_rows: np.ndarray, global_feats: np.ndarray | None = None
     ) -> np.ndarray:
         """gamma_v0 + x^T gamma_v of rows naming their video (``video_rows``, -1 = 0)."""
-        out = np.zeros(len(video_rows), dtype=np.float64)
         if self.video_coef is None:
-            return out
+            return np.zeros(len(video_rows), dtype=np.float64)
         known = video_rows >= 0
+        if known.all():  # every row has an effect (the usual case): no masks
+            c = self.video_coef[video_rows]
+            out = c[:, 0].copy()
+            if c.shape[1] > 1:
+                if global_feats is None:
+                    raise ValueError("this model's per-video slopes need global features")
+                out += np.einsum("ij,ij->i", c[:, 1:], global_feats)
+            return out
+        out = np.zeros(len(video_rows), dtype=np.float64)
         if known.any():
             c = self.video_coef[video_rows[known]]
             out[known] = c[:, 0]

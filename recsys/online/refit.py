@@ -53,9 +53,16 @@ HALVINGS = 20
 RIDGE = 1e-9
 
 
-def sigmoid(eta: np.ndarray) -> np.ndarray:
-    """1 / (1 + e^-eta) through tanh: exact at large |eta|, no overflow warning."""
-    return 0.5 * (1.0 + np.tanh(0.5 * eta))
+def sigmoid(eta: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """1 / (1 + e^-eta) through tanh: exact at large |eta|, no overflow warning; into
+    ``out`` (which may be ``eta``) with the same bits when given."""
+    if out is None:
+        return 0.5 * (1.0 + np.tanh(0.5 * eta))
+    np.multiply(eta, 0.5, out=out)
+    np.tanh(out, out=out)
+    out += 1.0
+    out *= 0.5
+    return out
 
 
 def step_bound(g_dinv_g: np.ndarray, d: np.ndarray) -> np.ndarray:

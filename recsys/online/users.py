@@ -236,9 +236,11 @@ class OnlineEffects:
         rounding, and the same bits whoever else is scored)."""
         b, model = self.effect(user), self.model
         f, e = model.fixed, model.embedding_dim
-        eta = np.full(len(video), f[0] + b[0])
         if model.config.use_video_features and e:
-            eta += np.einsum("ij,j->i", video, f[1 : 1 + e] + b[1:], dtype=np.float64)
+            eta = np.einsum("ij,j->i", video, f[1 : 1 + e] + b[1:], dtype=np.float64)
+            eta += f[0] + b[0]  # (the same bits as the intercept first: one addition)
+        else:
+            eta = np.full(len(video), f[0] + b[0])
         if model.global_dim:
             if global_feats is None:
                 raise ValueError("this model needs global features")

@@ -158,6 +158,29 @@ class VideoEffects:
             out[moved] = np.einsum("ij,ij->i", z, effects)
         return out
 
+    def logit_from(
+        self,
+        coef: np.ndarray,
+        moved: np.ndarray,
+        moved_ids: list[str],
+        global_feats: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``logit_at`` from each row's offline coefficients ``coef`` (n, qv), zero for
+        a video the fit never saw (the serving side's per-row table): the same bits, as
+        every global feature is finite (a zero row's sum is 0)."""
+        if self.q == 1:
+            out = coef[:, 0].copy()
+        elif global_feats is None:
+            raise ValueError("this model's per-video slopes need global features")
+        else:
+            out = np.einsum("ij,ij->i", coef[:, 1:], global_feats)
+            out += coef[:, 0]
+        if len(moved):
+            z = self.design(len(coef), global_feats)[moved]
+            effects = np.stack([self.effect(v) for v in moved_ids])
+            out[moved] = np.einsum("ij,ij->i", z, effects)
+        return out
+
     def design(self, n: int, global_feats: np.ndarray | None) -> np.ndarray:
         """(n, qv) the per-video design [1, global features] of n rows."""
         ones = np.ones((n, 1))

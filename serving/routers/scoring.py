@@ -169,7 +169,8 @@ class FastScore(_FastRead):
     def answer(
         self, state: ServingState, scope: Message, headers: dict[bytes, bytes], body: bytes
     ) -> dict[str, Any] | None:
-        if not is_json_media(headers.get(b"content-type", b"").decode("latin-1")):
+        media = headers.get(b"content-type", b"")
+        if media != b"application/json" and not is_json_media(media.decode("latin-1")):
             return None
         req = self.request_type.model_validate_json(body)
         return queries.score(state, req.user_id, req.video_ids)

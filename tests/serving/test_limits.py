@@ -153,3 +153,29 @@ def test_the_key_rule_matches_every_route(client) -> None:
             assert needs_write_key(method, route.path) == declares, (method, route.path)
             checked += 1
     assert checked > 10
+
+
+def test_body_deadlines_are_each_reads_own_and_leave_nothing_behind() -> None:
+    """One timer serves every read's deadline (``_Deadlines``): a read that finishes in
+    time leaves no cancellation for the task's next await; a stalled read beside it
+    gets its 408 at its own deadline; a cancellation from outside stays one."""
+
+    async def scenario() -> tuple:
+        app = App()
+        mw = _mw(app, api_key=None, body_timeout_s=0.1)
+        ok = await _call(mw, "POST", "/v1/score", CHUNKED, [b"ab"])
+        await asyncio.sleep(0.2)  # past the finished read's deadline: not cancelled here
+        stalled = asyncio.create_task(_call(mw, "POST", "/v1/score", CHUNKED, [b"{"], stall=True))
+        await asyncio.sleep(0.05)
+        fine = await _call(mw, "POST", "/v1/score", CHUNKED, [b"abc"])  # armed after it
+        late = await asyncio.wait_for(stalled, 1)
+        outside = asyncio.create_task(_call(mw, "POST", "/v1/score", CHUNKED, [b"{"], stall=True))
+        await asyncio.sleep(0.02)
+        outside.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await outside
+        return ok, fine, late, app.calls
+
+    ok, fine, late, calls = asyncio.run(scenario())
+    assert ok[0] == 200 and ok[2] == b"2" and fine[0] == 200 and fine[2] == b"3"
+    assert late[0] == 408 and calls == 2

@@ -153,16 +153,29 @@ def test_video_effect_rows_follow_uploads_marks_and_resets() -> None:
         asked.append(list(names))
         return np.array([fitted.get(v, -1) for v in names], np.int64)
 
-    eff = VideoEffectRows(cat, rows_of)
+    coef = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])  # the fit's, by its rows
+    eff = VideoEffectRows(cat, rows_of, coef)
+    assert eff.coef is not None and eff.coef.tolist() == [
+        [0, 0],
+        [1, 2],
+        [0, 0],
+        [0, 0],
+        [3, 4],
+        [0, 0],
+    ]
     for i, v in enumerate(_unit(2, seed=5)):
         cat.append(f"up{i}", v)
     model_rows, moved = eff.lookup(np.array([7, 1, 4, 6, 0]))
     assert model_rows.tolist() == [2, 0, 1, -1, -1] and moved.tolist() == []
     assert asked[-1] == ["up1", "up0"]  # only uploads are looked up by id
+    gathered, moved = eff.coefficients(np.array([7, 1, 4, 6, 0]))  # uploads among them
+    assert gathered.tolist() == [[5, 6], [1, 2], [3, 4], [0, 0], [0, 0]] and moved.tolist() == []
     eff.mark(np.array([4, 7]))
     eff.mark(np.array([5000]))  # grows past its size, keeping what it held
     assert len(eff.moved) > 5000 and eff.moved[5000] and eff.moved[[4, 7]].all()
     assert eff.lookup(np.array([7, 1, 4, 6]))[1].tolist() == [0, 2]
+    assert eff.coefficients(np.array([1, 4, 5]))[1].tolist() == [1]  # the table's own rows
+    assert eff.coefficients(np.array([7, 1, 4, 6]))[1].tolist() == [0, 2]
     cat.remove("v4")
     eff.reset(["v1", "up0", "v4", "gone"])  # taken down and unknown ids left out
     assert eff.lookup(np.array([0, 1, 4, 6, 7]))[1].tolist() == [1, 3]

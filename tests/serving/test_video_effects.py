@@ -122,7 +122,10 @@ def test_scores_looked_up_by_row_equal_the_id_keyed_model(video_artifact, settin
                 # effect's before the product; a wrong lookup moves a score far more.
                 np.testing.assert_allclose(got, _by_ids(state, user, rows), rtol=0, atol=1e-14)
                 smx, sav, routed = state.score_rows(user, np.array(rows))
-                assert np.array_equal(routed, state.watch_probability(user, cand, smx, sav, rows))
+                # The hot path's own reductions and sums: the same bits as the parts'.
+                np.testing.assert_array_equal(smx, mx, strict=True)
+                np.testing.assert_array_equal(sav, av, strict=True)
+                assert np.array_equal(routed, got)
 
         check()  # nothing seen online yet: every video on its offline effect
         imps = _impressions(ids, users, "r", 40, 3)

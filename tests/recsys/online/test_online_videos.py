@@ -193,3 +193,35 @@ def test_a_users_shares_append_in_chunks_and_read_back_whole() -> None:
     assert shares.videos == tuple(v for v, _, _ in rows)
     np.testing.assert_array_equal(shares.g, np.stack([g for _, g, _ in rows]))
     np.testing.assert_array_equal(shares.h, np.stack([h for _, _, h in rows]))
+
+
+@pytest.mark.parametrize("slopes", [False, True])
+def test_the_per_row_table_gives_the_bits_of_the_lookup(slopes: bool) -> None:
+    """``logit_from`` over each row's offline coefficients (zero for a video the fit
+    never saw), as the service's per-row table holds them, equals ``logit_at`` over
+    the fit's rows bit for bit: unseen videos, moved videos and repeats included."""
+    users, x, y, videos, g, _ = _world(seed=3, rows=1500)
+    cfg = GLMixConfig(video_effects=True, video_slopes=slopes)
+    model = fit_glmix(users, x, y, cfg, g, videos=videos)
+    online = OnlineEffects(model)
+    assert online.videos is not None and online.videos.q == (2 if slopes else 1)
+    _feed(online, _events(4), range(60))
+    rng = np.random.default_rng(0)
+    names = [f"v{i}" for i in rng.integers(0, 32, 200)]  # v30, v31: never fitted
+    rows = model.video_rows(names)
+    assert (rows < 0).any() and (rows >= 0).any()
+    feats = rng.normal(size=(200, 1)) * 10.0 ** rng.integers(-3, 4, (200, 1))
+    moved = np.array([i for i, v in enumerate(names) if v in online.videos.stats], np.int64)
+    moved_ids = [names[i] for i in moved]
+    assert len(moved)
+    want = online.videos.logit_at(rows, moved, moved_ids, feats)
+    coef = np.zeros((200, online.videos.q))
+    coef[rows >= 0] = model.video_coef[rows[rows >= 0]]
+    got = online.videos.logit_from(coef, moved, moved_ids, feats)
+    assert np.array_equal(got, want)
+    seen = rows >= 0  # the offline term without a mask (every row seen) and with one
+    assert np.array_equal(
+        model.video_logit(rows[seen], feats[seen]), model.video_logit(rows, feats)[seen]
+    )
+    offline_only = online.videos.logit_from(coef, moved[:0], [], feats)
+    assert (offline_only[rows < 0] == 0.0).all()  # an unseen video adds nothing

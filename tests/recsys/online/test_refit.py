@@ -148,3 +148,17 @@ def test_the_gradient_bounds_the_newton_step(n: int, seed: int, spread: float) -
     step = np.linalg.solve(hess, grad[0])
     assert np.abs(step).max() <= bound * (1 + 1e-9)
     np.testing.assert_allclose(primal.newton_step()[0], step, rtol=1e-8, atol=1e-12)
+
+
+def test_sigmoid_in_place_has_the_bits_of_the_expression() -> None:
+    """The scoring path's sigmoid into its own logits equals the allocating one, bit for
+    bit, from the extremes to zero of either sign."""
+    from recsys.online.refit import sigmoid
+
+    eta = np.concatenate(
+        [np.random.default_rng(0).normal(0, 8, 2000), [0.0, -0.0, 1e-300, -750.0, 750.0, 40.0]]
+    )
+    want = sigmoid(eta)
+    got = eta.copy()
+    assert sigmoid(got, out=got) is got and np.array_equal(got, want)
+    assert want[-2] == 1.0 and want[-3] == 0.0 and np.all((want >= 0) & (want <= 1))

@@ -70,12 +70,11 @@ class DerivedState:
         self.version = loaded.version
         self.embedder = loaded.embedder
         self.feature_dim = self.embedder.feature_dim
-        self.glmix: GLMix = loaded.glmix
+        self.glmix: GLMix = (glm := loaded.glmix)
         self.catalogue = Catalogue(
             loaded.video_ids, loaded.embeddings, loaded.index, neighbour_cache_bytes
         )
         self.side = side_features(loaded)
-        glm = self.glmix
         self.effect_rows = VideoEffectRows(self.catalogue, glm.video_rows, glm.video_coef)
         self.dim = self.catalogue.dim
         self.threshold = watch_threshold_s

@@ -19,6 +19,7 @@ import numpy as np
 from recsys.artifact import RecommenderArtifact
 from recsys.errors import UserInputError
 from recsys.index import VideoIndex
+from recsys.online.videos import VideoEffects
 from recsys.scoring import glmix_global_features
 from recsys.side_features import CatalogueSide
 from serving.neighbours import Entry, NeighbourCache, enough, merge_tail
@@ -214,19 +215,29 @@ class Catalogue:
         return [(ids[r], float(s)) for r, s in pairs if r >= 0 and r != row][:k]
 
 
+#: no rows (the indices of no candidate)
+_NO_ROWS = np.zeros(0, np.int64)
+
+
 class VideoEffectRows:
-    """Per catalogue row, what scoring a candidate looks up for its per-video effect: its
-    row in the offline fit's per-video effects (-1: the fit never saw it) and whether the
-    service holds online statistics for it. Arrays, so a candidate costs no string
-    lookups (2,000 candidates: 1-2 ms of id and dict lookups before, most of it cache
-    misses on 2,000 string objects). ``mark`` and ``reset`` run under the state's lock;
-    a reader sees arrays that are only ever replaced whole or set True."""
+    """Per catalogue row, what scoring a candidate needs for its per-video effect, in
+    arrays, so a candidate costs no string lookup and no Python step (2,000 candidates
+    cost 1-2 ms of id and dict lookups before; a score of 100 candidates that all had
+    online statistics, 0.8 us each of per-video solves and lookups): ``coef`` (n, q),
+    each of the artifact's videos' coefficients now (the online effect of a video with
+    statistics, else the offline fit's, 0 for a video it never saw; q x 8 bytes a
+    video), kept current by ``mark``, ``refresh`` and ``reset`` as the statistics
+    change; for uploads since the load, the row in the offline fit (looked up by id)
+    and whether the service holds statistics (``moved``). The writers run under the
+    state's lock; a reader sees arrays replaced whole, or ``coef`` rows written one at a
+    time (a row written while a gather copies it is the one transient mix)."""
 
     def __init__(
         self,
         catalogue: Catalogue,
         model_rows_of: Callable[[list[str]], np.ndarray],
         video_coef: np.ndarray | None = None,
+        videos: VideoEffects | None = None,
     ):
         self._catalogue = catalogue
         self._model_rows_of = model_rows_of
@@ -235,9 +246,10 @@ class VideoEffectRows:
         self.model_rows = np.asarray(model_rows_of(catalogue.ids[:n]), np.int64)
         self.moved = np.zeros(max(n, 1024), bool)
         self._video_coef = video_coef
-        #: (n, q) each of the artifact's videos' offline coefficients (0: none), so
-        #: scoring gathers them in one take (q x 8 bytes a video; None without effects)
-        self.coef = None if video_coef is None else self._gather(self.model_rows)
+        self._videos = videos
+        if videos is not None:
+            videos.take_changed()  # from now on, the videos whose sums change are kept
+        self.coef = None if video_coef is None else self._with_effects(self.model_rows)
 
     def _gather(self, model_rows: np.ndarray) -> np.ndarray:
         assert self._video_coef is not None
@@ -246,22 +258,48 @@ class VideoEffectRows:
         out[seen] = self._video_coef[model_rows[seen]]
         return out
 
+    def _with_effects(self, model_rows: np.ndarray) -> np.ndarray:
+        """The table from the offline fit, with every video holding statistics now on
+        its online effect."""
+        table = self._gather(model_rows)
+        if self._videos is not None:
+            self._videos.take_changed()
+            self._write(table, list(self._videos.stats))
+        return table
+
+    def _write(self, table: np.ndarray, video_ids: list[str]) -> None:
+        assert self._videos is not None
+        where = self._catalogue.rows
+        held = [(r, v) for v in video_ids if 0 <= (r := where.get(v, -1)) < len(table)]
+        effects = self._videos.effects([v for _, v in held])
+        for (r, _), e in zip(held, effects, strict=True):
+            table[r] = e  # a row at a time: a gather never sees half of one
+
     def coefficients(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(offline coefficients (n, q) of ``rows`` (0 for a video the fit never saw),
-        the indices of ``rows`` with online statistics); a model with per-video effects."""
-        coef, moved = self.coef, self.moved
+        """(each row's per-video coefficients now (n, q), the indices of the rows whose
+        online effect the caller must still solve: uploads since the load that hold
+        statistics, or any row that does when no ``videos`` keep the table current); a
+        model with per-video effects."""
+        coef, moved, current = self.coef, self.moved, self._videos is not None
         assert coef is not None
         top = int(rows.max()) if len(rows) else -1
-        if top < len(coef) and top < len(moved):  # the usual case: no upload among them
+        if top < len(coef) and current:  # the usual case: no upload among them
+            return coef[rows], _NO_ROWS
+        if top < len(coef) and top < len(moved):  # (no online effects kept here)
             return coef[rows], np.flatnonzero(moved[rows])
+        inside = rows < len(coef)
         model_rows, moving = self.lookup(rows)
-        return self._gather(model_rows), moving
+        out = self._gather(model_rows)
+        out[inside] = coef[rows[inside]]
+        return out, moving[~inside[moving]] if current else moving
 
     def mark(self, rows: np.ndarray) -> None:
-        """Rows that now have online statistics."""
+        """Rows whose statistics changed: their effects into the table, and the rows
+        flagged as holding statistics."""
         rows = np.asarray(rows, np.int64)
         if not len(rows):
             return
+        self.refresh()
         top = int(rows.max()) + 1
         if top > len(self.moved):  # grown, filled, then published
             grown = np.zeros(max(top, 2 * len(self.moved)), bool)
@@ -271,6 +309,12 @@ class VideoEffectRows:
         else:
             self.moved[rows] = True
 
+    def refresh(self) -> None:
+        """The effects of the videos whose statistics changed (an impression, an
+        erasure) into the table."""
+        if self._videos is not None and self.coef is not None:
+            self._write(self.coef, self._videos.take_changed())
+
     def reset(self, video_ids: Iterable[str]) -> None:
         """The statistics were replaced whole (a snapshot restored): ``video_ids`` have
         them now (ids no longer in the catalogue are left out: never a candidate)."""
@@ -279,6 +323,8 @@ class VideoEffectRows:
         rows = rows[rows >= 0]
         self.moved = np.zeros(max(len(self._catalogue), 1024), bool)
         self.mark(rows)
+        if self._video_coef is not None:
+            self.coef = self._with_effects(self.model_rows)
 
     def lookup(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(model rows (n,), the indices of ``rows`` with online statistics)."""

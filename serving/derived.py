@@ -75,7 +75,6 @@ class DerivedState:
             loaded.video_ids, loaded.embeddings, loaded.index, neighbour_cache_bytes
         )
         self.side = side_features(loaded)
-        self.effect_rows = VideoEffectRows(self.catalogue, glm.video_rows, glm.video_coef)
         self.dim = self.catalogue.dim
         self.threshold = watch_threshold_s
         self._lock = threading.Lock()
@@ -99,6 +98,9 @@ class DerivedState:
         # same vectors up (8 bytes a windowed impression instead of 8 (E + 1)).
         self.online = OnlineEffects(
             self.glmix, online_config or OnlineConfig(), vectors_of=self.catalogue.vectors
+        )
+        self.effect_rows = VideoEffectRows(
+            self.catalogue, glm.video_rows, glm.video_coef, self.online.videos
         )
         #: ids taken down (never answered again) and users erased (offline data ignored)
         self.removed_videos: set[str] = set()
@@ -258,6 +260,7 @@ class DerivedState:
         self.histories.forget(user)
         with self._online_lock:
             self.online.forget(user)
+            self.effect_rows.refresh()
 
         # What the store still holds of the user was written after the erasure (a
         # concurrent write it did not delete): take it in again, whether this replica
@@ -468,13 +471,3 @@ class DerivedState:
         with self._refit_cv:
             ticket = self._staged_ticket if ticket is None else ticket
             return self._refit_cv.wait_for(lambda: self._refitted_ticket >= ticket, timeout_s)
-
-    @property
-    def takes_vectors(self) -> bool:
-        """Uploads give the video's vector (an artifact of the data's own vectors)."""
-        return self.embedder.kind == "given"
-
-    @property
-    def refit_backlog(self) -> int:
-        """Users whose effect waits for a refit."""
-        return len(self.online.pending)

@@ -60,6 +60,16 @@ class ServingState(DerivedState):
     def catalogue_size(self) -> int:
         return self.catalogue.size_at_load
 
+    @property
+    def takes_vectors(self) -> bool:
+        """Uploads give the video's vector (an artifact of the data's own vectors)."""
+        return self.embedder.kind == "given"
+
+    @property
+    def refit_backlog(self) -> int:
+        """Users whose effect waits for a refit."""
+        return len(self.online.pending)
+
     def has_video(self, video_id: str) -> bool:
         return video_id in self.catalogue
 

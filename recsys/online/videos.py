@@ -102,9 +102,43 @@ class VideoEffects:
         default_factory=dict, repr=False, compare=False
     )
 
+    #: videos whose sums changed since ``take_changed`` (kept once something asks)
+    changed: set[str] | None = field(default=None, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         self.q = self.model.video_dim
         self.prior_precision = video_prior(self.model.config, self.q)
+
+    def take_changed(self) -> list[str]:
+        """The videos whose sums changed since the last call (from the first call on)."""
+        got, self.changed = self.changed, set()
+        return sorted(got) if got else []
+
+    def effects(self, videos: list[str]) -> np.ndarray:
+        """(n, qv) ``effect`` of each video, with the same bits: the solves not yet kept
+        are done in one batched call (LAPACK's gesv a matrix, as one solve is)."""
+        out = np.empty((len(videos), self.q))
+        todo: list[int] = []
+        for i, v in enumerate(videos):
+            got = self.stats.get(v)
+            cached = None if got is None else self._solved.get(v)
+            if got is None:
+                out[i] = self.offline(v)[0]
+            elif cached is not None and cached[0] is got:
+                out[i] = cached[1]
+            else:
+                todo.append(i)
+        if todo:
+            pairs = [self.stats[videos[i]] for i in todo]
+            prior = [self.offline(videos[i]) for i in todo]
+            both = zip(pairs, prior, strict=True)
+            a = np.stack([h / SCALE + np.diag(p) for (_, h), (_, p) in both])
+            b = np.stack([g / SCALE for g, _ in pairs])[:, :, None]
+            solved = np.stack([m for m, _ in prior]) + np.linalg.solve(a, b)[:, :, 0]
+            for i, pair, e in zip(todo, pairs, solved, strict=True):
+                self._solved[videos[i]] = (pair, e)
+                out[i] = e
+        return out
 
     def offline(self, video: str) -> tuple[np.ndarray, np.ndarray]:
         """(offline effect, its precision): zero and the prior L2 for a video the offline
@@ -244,6 +278,8 @@ class VideoEffects:
         # A new pair, not in-place: a reader holding the old one sees a consistent pair.
         self.stats[video] = (g.copy(), h.copy()) if old is None else (old[0] + g, old[1] + h)
         self._solved.pop(video, None)
+        if self.changed is not None:
+            self.changed.add(video)
 
 
 #: rows grouped by user: (order (n,), [(user, start, end)]) (``rows_by_user``)

@@ -1,6 +1,13 @@
-"""The assembled app: offline docs, the OpenAPI schema."""
+"""The assembled app: offline docs, the OpenAPI schema, the middleware outermost."""
 
 from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serving import queries
+from serving.app import create_app
+from tests.serving.helpers import catalogue
 
 
 def test_docs_page_works_offline(client) -> None:
@@ -37,3 +44,24 @@ def test_openapi_documents_bodies_and_every_error_status(client) -> None:
         if p["name"] == "k"
     )
     assert k_max == client.app.state.settings.max_k  # type: ignore[attr-defined]
+
+
+def test_an_error_in_a_route_is_the_frameworks_500_counted_with_our_headers(
+    settings, artifact, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The middleware sits outside the framework's error layer: a route's exception is
+    still its 500 (the fast route declines it first), now with the security headers,
+    and the metrics count it under the route's path."""
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(queries, "similar", broken)
+    ids, _ = catalogue(artifact)
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get(f"/v1/videos/{ids[0]}/similar")
+        assert r.status_code == 500 and r.headers["x-frame-options"] == "DENY"
+        assert c.get("/healthz").status_code == 200  # and the app goes on
+    counted = app.state.metrics.requests  # type: ignore[attr-defined]
+    assert counted[("GET", "/v1/videos/{video_id}/similar", 500)] == 1

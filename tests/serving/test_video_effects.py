@@ -143,3 +143,43 @@ def test_scores_looked_up_by_row_equal_the_id_keyed_model(video_artifact, settin
         assert state.started_from == "snapshot"
         assert {ids[r] for r in state.effect_rows.lookup(np.array(rows))[1]} == moved
         check()
+
+
+def _table_is_current(state) -> None:
+    """Every catalogue row's coefficients in the table: the online effect, bit for bit,
+    of a video with statistics; the offline fit's (0 if it never saw it) otherwise."""
+    videos, table = state.online.videos, state.effect_rows.coef
+    for r, v in enumerate(state.catalogue.ids[: len(table)]):
+        if v in videos.stats:
+            assert np.array_equal(table[r], videos.effect(v)), v
+        else:
+            assert np.array_equal(table[r], videos.offline(v)[0]), v
+
+
+def test_the_per_row_table_follows_impressions_erasures_and_restores(
+    video_artifact, settings
+) -> None:
+    ids, _ = catalogue(video_artifact)
+    users = [a_user_with_history(video_artifact), "new-user-1", "new-user-2"]
+    with TestClient(create_app(settings)) as a:
+        state = a.app.state.holder.current  # type: ignore[attr-defined]
+        _table_is_current(state)  # nothing seen yet: the fit's
+        imps = _impressions(ids, users, "t", 40, 5)
+        assert (
+            a.post("/v1/events/impressions", json={"impressions": imps}, headers=AUTH).status_code
+            == 201
+        )
+        state.sync()
+        moved = set(state.online.videos.stats)
+        assert moved
+        _table_is_current(state)
+        before = state.effect_rows.coef.copy()
+        assert a.delete("/v1/users/new-user-1", headers=AUTH).status_code in (200, 202, 204)
+        state.sync()
+        _table_is_current(state)
+        assert not np.array_equal(before, state.effect_rows.coef)  # the erasure moved some
+        assert a.post("/v1/admin/snapshot", headers=AUTH).json()["written"]
+    with TestClient(create_app(settings)) as b:  # restored from the snapshot
+        state = b.app.state.holder.current  # type: ignore[attr-defined]
+        assert state.started_from == "snapshot"
+        _table_is_current(state)

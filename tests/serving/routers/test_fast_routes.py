@@ -184,4 +184,3 @@ def test_the_fast_routes_are_listed_and_found_by_template(settings: Settings) ->
         ("GET", "/v1/score"),
     ]:
         assert routes.find(method, path) is None, (method, path)
-

@@ -225,3 +225,26 @@ def test_the_per_row_table_gives_the_bits_of_the_lookup(slopes: bool) -> None:
     )
     offline_only = online.videos.logit_from(coef, moved[:0], [], feats)
     assert (offline_only[rows < 0] == 0.0).all()  # an unseen video adds nothing
+
+
+@pytest.mark.parametrize("slopes", [False, True])
+def test_batched_effects_are_the_one_at_a_time_ones_and_changes_are_kept(slopes: bool) -> None:
+    users, x, y, videos, g, _ = _world(seed=5, rows=1500)
+    model = fit_glmix(
+        users, x, y, GLMixConfig(video_effects=True, video_slopes=slopes), g, videos=videos
+    )
+    online = OnlineEffects(model)
+    assert online.videos is not None
+    _feed(online, _events(1, n=20), range(20))
+    assert online.videos.changed is None  # nothing kept until asked
+    assert online.videos.take_changed() == []
+    events = _events(2)
+    _feed(online, events, range(60))
+    assert online.videos.take_changed() == sorted(set(events[1]))
+    assert online.videos.take_changed() == []
+    names = [f"v{i}" for i in range(32)] + ["v3", "never-seen"]
+    batched = online.videos.effects(names)  # solves, then keeps them
+    online.videos._solved.clear()
+    one = np.stack([online.videos.effect(v) for v in names])
+    assert np.array_equal(batched, one)
+    assert np.array_equal(online.videos.effects(names), one)  # from what was kept

@@ -96,6 +96,14 @@ def test_an_erasure_takes_the_users_share_out_on_every_replica(video_artifact, s
     }
 
 
+def _posted(client: TestClient, state, impressions: list[dict]) -> set[str]:
+    """Post impressions, apply them; the videos holding online statistics now."""
+    r = client.post("/v1/events/impressions", json={"impressions": impressions}, headers=AUTH)
+    assert r.status_code == 201
+    state.sync()
+    return set(state.online.videos.stats)
+
+
 def _by_ids(state, user: str, rows: list[int]) -> np.ndarray:
     """The id-keyed reference: OnlineEffects.probability with every candidate's id."""
     cand = state.catalogue.vectors(rows)
@@ -128,13 +136,7 @@ def test_scores_looked_up_by_row_equal_the_id_keyed_model(video_artifact, settin
                 assert np.array_equal(routed, got)
 
         check()  # nothing seen online yet: every video on its offline effect
-        imps = _impressions(ids, users, "r", 40, 3)
-        assert (
-            a.post("/v1/events/impressions", json={"impressions": imps}, headers=AUTH).status_code
-            == 201
-        )
-        state.sync()
-        moved = set(state.online.videos.stats)
+        moved = _posted(a, state, _impressions(ids, users, "r", 40, 3))
         assert moved and {ids[r] for r in state.effect_rows.lookup(np.array(rows))[1]} == moved
         check()
         assert a.post("/v1/admin/snapshot", headers=AUTH).json()["written"]
@@ -164,14 +166,7 @@ def test_the_per_row_table_follows_impressions_erasures_and_restores(
     with TestClient(create_app(settings)) as a:
         state = a.app.state.holder.current  # type: ignore[attr-defined]
         _table_is_current(state)  # nothing seen yet: the fit's
-        imps = _impressions(ids, users, "t", 40, 5)
-        assert (
-            a.post("/v1/events/impressions", json={"impressions": imps}, headers=AUTH).status_code
-            == 201
-        )
-        state.sync()
-        moved = set(state.online.videos.stats)
-        assert moved
+        assert _posted(a, state, _impressions(ids, users, "t", 40, 5))
         _table_is_current(state)
         before = state.effect_rows.coef.copy()
         assert a.delete("/v1/users/new-user-1", headers=AUTH).status_code in (200, 202, 204)

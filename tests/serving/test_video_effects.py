@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from serving.app import create_app
 from tests.serving.conftest import AUTH
-from tests.serving.helpers import a_user_with_history, catalogue
+from tests.serving.helpers import a_user_with_history, catalogue, frames
 
 
 def _impressions(ids: list[str], users: list[str], prefix: str, n: int, seed: int) -> list[dict]:
@@ -178,3 +178,23 @@ def test_the_per_row_table_follows_impressions_erasures_and_restores(
         state = b.app.state.holder.current  # type: ignore[attr-defined]
         assert state.started_from == "snapshot"
         _table_is_current(state)
+
+
+def test_an_upload_with_statistics_is_scored_as_the_id_keyed_model(
+    video_artifact, settings
+) -> None:
+    """An upload since the load lies past the per-row table: its offline row is looked
+    up by id and its online effect solved at read time, beside table rows."""
+    ids, _ = catalogue(video_artifact)
+    with TestClient(create_app(settings)) as a:
+        state = a.app.state.holder.current  # type: ignore[attr-defined]
+        body = {"video_id": "fresh-upload", "frames": frames(state.feature_dim, seed=3)}
+        assert a.post("/v1/videos", json=body, headers=AUTH).status_code == 201
+        users = [a_user_with_history(video_artifact), "new-user-1"]
+        imps = _impressions(["fresh-upload", *ids[:5]], users, "u", 30, 7)
+        assert "fresh-upload" in _posted(a, state, imps)
+        rows = [state.catalogue.row("fresh-upload"), *range(6)]
+        assert rows[0] >= len(state.effect_rows.coef)
+        for user in users:
+            p = state.score_rows(user, np.array(rows))[2]
+            np.testing.assert_allclose(p, _by_ids(state, user, rows), rtol=0, atol=1e-14)

@@ -115,30 +115,52 @@ class VideoEffects:
         return sorted(got) if got else []
 
     def effects(self, videos: list[str]) -> np.ndarray:
-        """(n, qv) ``effect`` of each video, with the same bits: the solves not yet kept
-        are done in one batched call (LAPACK's gesv a matrix, as one solve is)."""
+        """(n, qv) ``effect`` of each video, with the same bits, vectorised: the offline
+        effects gathered at once, the solves not yet kept done in one batched call
+        (LAPACK's gesv a matrix, as one solve is)."""
         out = np.empty((len(videos), self.q))
         todo: list[int] = []
+        kept: list[int] = []
+        kept_effects: list[np.ndarray] = []
         for i, v in enumerate(videos):
             got = self.stats.get(v)
             cached = None if got is None else self._solved.get(v)
-            if got is None:
-                out[i] = self.offline(v)[0]
-            elif cached is not None and cached[0] is got:
-                out[i] = cached[1]
-            else:
+            if cached is not None and cached[0] is got:
+                kept.append(i)
+                kept_effects.append(cached[1])
+            elif got is not None:
                 todo.append(i)
+        mean, precision = self.offline_many(videos)
+        out[:] = mean  # a video without statistics: its offline effect
+        if kept:
+            out[kept] = np.stack(kept_effects)
         if todo:
             pairs = [self.stats[videos[i]] for i in todo]
-            prior = [self.offline(videos[i]) for i in todo]
-            both = zip(pairs, prior, strict=True)
-            a = np.stack([h / SCALE + np.diag(p) for (_, h), (_, p) in both])
-            b = np.stack([g / SCALE for g, _ in pairs])[:, :, None]
-            solved = np.stack([m for m, _ in prior]) + np.linalg.solve(a, b)[:, :, 0]
+            a = np.stack([h for _, h in pairs]) / SCALE
+            a[:, np.arange(self.q), np.arange(self.q)] += precision[todo]  # + diag(p)
+            b = np.stack([g for g, _ in pairs])[:, :, None] / SCALE
+            if self.q == 1:  # LAPACK's 1 x 1 solve is this one division: the same bits
+                solved = mean[todo] + b[:, :, 0] / a[:, :, 0]
+            else:
+                solved = mean[todo] + np.linalg.solve(a, b)[:, :, 0]
+            out[todo] = solved
             for i, pair, e in zip(todo, pairs, solved, strict=True):
                 self._solved[videos[i]] = (pair, e)
-                out[i] = e
         return out
+
+    def offline_many(self, videos: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``offline`` of each video, (n, qv) effects and (n, qv) precisions, gathered."""
+        m, n = self.model, len(videos)
+        mean = np.zeros((n, self.q))
+        precision = np.tile(np.asarray(self.prior_precision, np.float64), (n, 1))
+        if m.video_coef is None or not n:
+            return mean, precision
+        rows = m.video_rows(videos)
+        seen = rows >= 0
+        mean[seen] = m.video_coef[rows[seen]]
+        if m.video_precision is not None:
+            precision[seen] = m.video_precision[rows[seen]]
+        return mean, precision
 
     def offline(self, video: str) -> tuple[np.ndarray, np.ndarray]:
         """(offline effect, its precision): zero and the prior L2 for a video the offline

@@ -282,6 +282,8 @@ class VideoEffectRows:
         model with per-video effects."""
         coef, moved, current = self.coef, self.moved, self._videos is not None
         assert coef is not None
+        if current and len(coef) >= len(self._catalogue):  # no upload since the load
+            return coef[rows], _NO_ROWS
         top = int(rows.max()) if len(rows) else -1
         if top < len(coef) and current:  # the usual case: no upload among them
             return coef[rows], _NO_ROWS

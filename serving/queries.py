@@ -15,9 +15,8 @@ from serving.state import ServingState
 def score(state: ServingState, user_id: str, video_ids: list[str]) -> dict[str, Any]:
     get = state.catalogue.rows.get
     rows = np.fromiter(map(get, video_ids, repeat(-1, len(video_ids))), np.int64, len(video_ids))
-    known = rows >= 0
-    everything_known = bool(known.all())
-    mx, av, p = state.score_rows(user_id, rows if everything_known else rows[known])
+    known = None if len(rows) and rows.min() >= 0 else rows >= 0  # None: every one known
+    mx, av, p = state.score_rows(user_id, rows if known is None else rows[known])
     hist = state.histories.get(user_id)
     m = len(p)
     max_s: list[float | None] = mx.tolist() if hist else [None] * m
@@ -25,7 +24,7 @@ def score(state: ServingState, user_id: str, video_ids: list[str]) -> dict[str, 
     scored = [
         {"video_id": v, "max_similarity": a, "avg_similarity": b, "watch_probability": q}
         for v, a, b, q in zip(
-            video_ids if everything_known else [video_ids[i] for i in np.flatnonzero(known)],
+            video_ids if known is None else [video_ids[i] for i in np.flatnonzero(known)],
             max_s,
             avg_s,
             p.tolist(),
@@ -33,7 +32,7 @@ def score(state: ServingState, user_id: str, video_ids: list[str]) -> dict[str, 
         )
     ]
     out = scored
-    if not everything_known:  # unknown videos in their places, per item
+    if known is not None:  # unknown videos in their places, per item
         it = iter(scored)
         out = [
             next(it) if ok else {"video_id": v, "error": "unknown video"}

@@ -14,6 +14,7 @@ import hashlib
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -123,7 +124,7 @@ class ServingState(DerivedState):
         the columns ``glmix_global_features`` would build from them, bit for bit, with
         no array between (None otherwise: the general path)."""
         hist = self.histories.get(user_id)
-        if not hist or self.side is not None or self._global_names != HISTORY_FEATURES:
+        if not hist or not self._history_globals:
             return None
         sims = np.take(self.catalogue.emb, hist, axis=0) @ cand.T  # (H, M) float32
         g = np.empty((len(cand), 3))
@@ -133,9 +134,10 @@ class ServingState(DerivedState):
         g[:, 2] = 1.0
         return g
 
-    @property
-    def _global_names(self) -> tuple[str, ...]:
-        return tuple(self.glmix.global_names)
+    @cached_property
+    def _history_globals(self) -> bool:
+        """The model's global features are exactly the history's (no side features)."""
+        return self.side is None and tuple(self.glmix.global_names) == HISTORY_FEATURES
 
     def watch_probability(
         self,

@@ -247,6 +247,7 @@ class VideoEffectRows:
         self.moved = np.zeros(max(n, 1024), bool)
         self._video_coef = video_coef
         self._videos = videos
+        self._table_lock = threading.Lock()
         if videos is not None:
             videos.take_changed()  # from now on, the videos whose sums change are kept
         self.coef = None if video_coef is None else self._with_effects(self.model_rows)
@@ -295,13 +296,13 @@ class VideoEffectRows:
         out[inside] = coef[rows[inside]]
         return out, moving[~inside[moving]] if current else moving
 
-    def mark(self, rows: np.ndarray) -> None:
-        """Rows whose statistics changed: their effects into the table, and the rows
-        flagged as holding statistics."""
+    def mark(self, rows: np.ndarray) -> list[str]:
+        """Rows whose statistics changed (under the state's lock): the rows flagged as
+        holding statistics; returns the videos whose sums changed, for ``write``."""
         rows = np.asarray(rows, np.int64)
+        changed = [] if self._videos is None else self._videos.take_changed()
         if not len(rows):
-            return
-        self.refresh()
+            return changed
         top = int(rows.max()) + 1
         if top > len(self.moved):  # grown, filled, then published
             grown = np.zeros(max(top, 2 * len(self.moved)), bool)
@@ -310,12 +311,22 @@ class VideoEffectRows:
             self.moved = grown
         else:
             self.moved[rows] = True
+        return changed
+
+    def write(self, video_ids: list[str]) -> None:
+        """The effects of ``video_ids`` (whose sums changed) into the table, under the
+        table's own lock, which may be taken after the state's is released: each video's
+        effect is solved from the sums current then, and the writes are serialised, so
+        the last write for a video follows its last change."""
+        if video_ids and self._videos is not None and self.coef is not None:
+            with self._table_lock:
+                self._write(self.coef, video_ids)
 
     def refresh(self) -> None:
-        """The effects of the videos whose statistics changed (an impression, an
-        erasure) into the table."""
-        if self._videos is not None and self.coef is not None:
-            self._write(self.coef, self._videos.take_changed())
+        """The effects of the videos whose statistics changed (an erasure) into the
+        table (under the state's lock, as the change was)."""
+        if self._videos is not None:
+            self.write(self._videos.take_changed())
 
     def reset(self, video_ids: Iterable[str]) -> None:
         """The statistics were replaced whole (a snapshot restored): ``video_ids`` have
@@ -326,7 +337,8 @@ class VideoEffectRows:
         self.moved = np.zeros(max(len(self._catalogue), 1024), bool)
         self.mark(rows)
         if self._video_coef is not None:
-            self.coef = self._with_effects(self.model_rows)
+            with self._table_lock:
+                self.coef = self._with_effects(self.model_rows)
 
     def lookup(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(model rows (n,), the indices of ``rows`` with online statistics)."""

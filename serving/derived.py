@@ -419,9 +419,10 @@ class DerivedState:
         )
         with self._refit_cv:
             self.online.stage(users, self.catalogue.vectors(rows), labels, g, ids, frozen, rows)
-            if ids is not None:
-                self.effect_rows.mark(rows)
-            return self._queue_refits()
+            changed = self.effect_rows.mark(rows) if ids is not None else []
+            ticket = self._queue_refits()
+        self.effect_rows.write(changed)  # solved outside the state's lock (the refits wait on it)
+        return ticket
 
     def _queue_refits(self) -> int:
         """A new ticket for what is pending, and the refit loop started when it is not

@@ -198,3 +198,26 @@ def test_an_upload_with_statistics_is_scored_as_the_id_keyed_model(
         for user in users:
             p = state.score_rows(user, np.array(rows))[2]
             np.testing.assert_allclose(p, _by_ids(state, user, rows), rtol=0, atol=1e-14)
+
+
+def test_the_table_is_current_after_concurrent_batches(video_artifact, settings) -> None:
+    """Batches staged at once by several request threads, on the same few videos: the
+    effects are written outside the state's lock, and the last write for a video
+    still follows its last change."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids, _ = catalogue(video_artifact)
+    users = [a_user_with_history(video_artifact), "new-user-1", "new-user-2", "new-user-3"]
+    with TestClient(create_app(settings)) as a:
+        state = a.app.state.holder.current  # type: ignore[attr-defined]
+
+        def post(i: int) -> int:
+            imps = _impressions(ids, users, f"c{i}", 25, 100 + i)
+            return a.post(
+                "/v1/events/impressions", json={"impressions": imps}, headers=AUTH
+            ).status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(post, range(12))) == [201] * 12
+        state.sync()
+        _table_is_current(state)

@@ -27,7 +27,7 @@ from serving.fast_routes import FastRoutes
 from serving.lifespan import make_lifespan
 from serving.log.archive import LogArchive
 from serving.metrics import Metrics
-from serving.middleware import LimitsAndMetricsMiddleware
+from serving.middleware import FAST_ROUTE_KEY, LimitsAndMetricsMiddleware
 from serving.routers import events, explorer, ingestion, ops, removals, scoring
 from serving.settings import Settings
 from serving.state import ServingState, StateHolder
@@ -72,14 +72,13 @@ class _Service(FastAPI):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         front = self.front
-        if (
-            scope["type"] == "http"
-            and self.middleware_stack is not None
-            and front.fast_routes.find(scope["method"], scope["path"]) is not None
-        ):
-            scope["app"] = self
-            await front(scope, receive, send)
-            return
+        if scope["type"] == "http" and self.middleware_stack is not None:
+            fast = front.fast_routes.find(scope["method"], scope["path"])
+            scope[FAST_ROUTE_KEY] = fast  # the middleware looks it up once, here
+            if fast is not None:
+                scope["app"] = self
+                await front(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 

@@ -281,20 +281,18 @@ class VideoEffectRows:
         online effect the caller must still solve: uploads since the load that hold
         statistics, or any row that does when no ``videos`` keep the table current); a
         model with per-video effects."""
-        coef, moved, current = self.coef, self.moved, self._videos is not None
+        coef = self.coef
         assert coef is not None
-        if current and len(coef) >= len(self._catalogue):  # no upload since the load
-            return coef[rows], _NO_ROWS
-        top = int(rows.max()) if len(rows) else -1
-        if top < len(coef) and current:  # the usual case: no upload among them
-            return coef[rows], _NO_ROWS
-        if top < len(coef) and top < len(moved):  # (no online effects kept here)
-            return coef[rows], np.flatnonzero(moved[rows])
+        if self._videos is None:  # the table holds the fit's alone
+            model_rows, moving = self.lookup(rows)
+            return self._gather(model_rows), moving
+        if len(coef) >= len(self._catalogue) or not len(rows) or rows.max() < len(coef):
+            return coef[rows], _NO_ROWS  # the usual case: no upload among them
         inside = rows < len(coef)
         model_rows, moving = self.lookup(rows)
         out = self._gather(model_rows)
         out[inside] = coef[rows[inside]]
-        return out, moving[~inside[moving]] if current else moving
+        return out, moving[~inside[moving]]
 
     def mark(self, rows: np.ndarray) -> list[str]:
         """Rows whose statistics changed (under the state's lock): the rows flagged as

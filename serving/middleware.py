@@ -42,6 +42,9 @@ EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
 #: POST routes that read (no key needed); every other POST/PUT/PATCH/DELETE writes
 OPEN_POSTS = frozenset({"/v1/score", "/v1/map/positions"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: the scope's key for the fast route the app found for a request (None: none)
+FAST_ROUTE_KEY = "recsys.fast_route"
+_UNSET = object()
 _CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
     "script-src 'self'{extra}; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
@@ -173,7 +176,9 @@ class LimitsAndMetricsMiddleware:
         self, scope: Message, headers: dict[bytes, bytes], body: bytes, send: Any
     ) -> bool:
         """True when a fast route (``serving.fast_routes``) answered the request."""
-        fast = self.fast_routes.find(scope.get("method", ""), scope["path"])
+        fast = scope.get(FAST_ROUTE_KEY, _UNSET)  # found already by the app, when it ran first
+        if fast is _UNSET:
+            fast = self.fast_routes.find(scope.get("method", ""), scope["path"])
         answer = None if fast is None else fast(scope, headers, body)
         if answer is None:
             return False

@@ -118,22 +118,17 @@ class GLMix:
         if self.video_coef is None:
             return np.zeros(len(video_rows), dtype=np.float64)
         known = video_rows >= 0
-        if known.all():  # every row has an effect (the usual case): no masks
-            c = self.video_coef[video_rows]
-            out = c[:, 0].copy()
-            if c.shape[1] > 1:
-                if global_feats is None:
-                    raise ValueError("this model's per-video slopes need global features")
-                out += np.einsum("ij,ij->i", c[:, 1:], global_feats)
-            return out
+        every = bool(known.all())  # the usual case: no masks
+        c = self.video_coef[video_rows if every else video_rows[known]]
+        part = c[:, 0].copy()
+        if len(c) and c.shape[1] > 1:
+            if global_feats is None:
+                raise ValueError("this model's per-video slopes need global features")
+            part += np.einsum("ij,ij->i", c[:, 1:], global_feats if every else global_feats[known])
+        if every:
+            return part
         out = np.zeros(len(video_rows), dtype=np.float64)
-        if known.any():
-            c = self.video_coef[video_rows[known]]
-            out[known] = c[:, 0]
-            if c.shape[1] > 1:
-                if global_feats is None:
-                    raise ValueError("this model's per-video slopes need global features")
-                out[known] += np.einsum("ij,ij->i", c[:, 1:], global_feats[known])
+        out[known] = part
         return out
 
     def fixed_logit(self, video: np.ndarray, global_feats: np.ndarray | None = None) -> np.ndarray:

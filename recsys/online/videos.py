@@ -207,12 +207,7 @@ class VideoEffects:
         offline effect (``model.video_rows``), ``moved`` the indices of rows whose video
         has statistics and ``moved_ids`` those videos."""
         out = self.model.video_logit(model_rows, global_feats)
-        if len(moved):
-            # Each moved video's effect solved once and kept until its sums change.
-            z = self.design(len(model_rows), global_feats)[moved]
-            effects = np.stack([self.effect(v) for v in moved_ids])
-            out[moved] = np.einsum("ij,ij->i", z, effects)
-        return out
+        return self._moved_into(out, moved, moved_ids, global_feats)
 
     def logit_from(
         self,
@@ -231,8 +226,19 @@ class VideoEffects:
         else:
             out = np.einsum("ij,ij->i", coef[:, 1:], global_feats)
             out += coef[:, 0]
+        return self._moved_into(out, moved, moved_ids, global_feats)
+
+    def _moved_into(
+        self,
+        out: np.ndarray,
+        moved: np.ndarray,
+        moved_ids: list[str],
+        global_feats: np.ndarray | None,
+    ) -> np.ndarray:
+        """``out`` with the ``moved`` rows' terms from their videos' online effects (each
+        solved once and kept until its sums change)."""
         if len(moved):
-            z = self.design(len(coef), global_feats)[moved]
+            z = self.design(len(out), global_feats)[moved]
             effects = np.stack([self.effect(v) for v in moved_ids])
             out[moved] = np.einsum("ij,ij->i", z, effects)
         return out

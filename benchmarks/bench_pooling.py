@@ -3,13 +3,16 @@ the fp32 matmul rate measured in the same run.
 
     .venv/bin/python -m benchmarks.bench_pooling [--batch 256 --frames 30 --clusters 256 --dim 1024]
 
-The two products alone at the layers' shapes (``products_time``) are timed too: the
-assignment's and S_x's, whose inner dimension is the video's T frames. A layer's time
+A layer's products alone at its shapes (``products_time``) are timed too: the
+assignment's and S_x's, whose inner dimension is the video's T frames, and for the
+diagonal GMM the squared frames' against the precisions (Eq. 2's x^T Sigma_k^-1 x,
+another (B*T, D) x (D, K)). A layer's time
 over theirs says what the rest of it (softmax, centring, norms) costs; their own rate
 against the square reference says what the library's kernels give at these shapes.
 
-FLOPs counted per forward: 4 * B * T * K * D (2BTKD for the assignment matmul, 2BTKD
-for the aggregation bmm); a training step counts 3x that (forward + backward).
+FLOPs counted per forward: 2 * B * T * K * D a product, two products (the assignment's
+matmul, the aggregation's bmm) or three (the diagonal GMM); a training step counts 3x
+that (forward + backward).
 
 Each layer's inference is timed three ways: float32 as the library runs it (a few videos
 at a time, the tail's passes in cache: "fused"), float32 over the whole batch at once
@@ -60,17 +63,33 @@ def matmul_rate(
     return 2 * n**3 / t
 
 
-def products_time(x: torch.Tensor, clusters: int, repeats: int, device: torch.device) -> float:
-    """Seconds of a cluster layer's two products alone at its shapes, in x's type: the
-    assignment's (B*T, D) x (D, K) and S_x's per-video (K, T) x (T, D), into a warm
-    output. What the library's own kernels give at these shapes (S_x's inner dimension
-    is T), so the layer's time can be read as its products plus everything else."""
+def product_count(assignment: str) -> int:
+    """A cluster layer's (B*T, D) x (D, K)-sized products: the assignment's and S_x's, and
+    for a per-cluster diagonal covariance the squared frames' against the precisions
+    (a shared covariance's x^T Sigma^-1 x cancels in Eq. 2; a spherical one's is a sum)."""
+    return 3 if assignment == "diagonal" else 2
+
+
+def products_time(
+    x: torch.Tensor, clusters: int, repeats: int, device: torch.device, count: int = 2
+) -> float:
+    """Seconds of a cluster layer's ``count`` products alone at its shapes, in x's type:
+    the assignment's (B*T, D) x (D, K) (twice for three), and S_x's per-video
+    (K, T) x (T, D) into a warm output. What the library's own kernels give at these
+    shapes (S_x's inner dimension is T), so the layer's time can be read as its products
+    plus everything else."""
     b, t, d = x.shape
     w = torch.randn(clusters, d, device=device, dtype=x.dtype)
     bias = torch.zeros(clusters, device=device, dtype=x.dtype)
     pt = torch.softmax(torch.randn(b, clusters, t, device=device), dim=1).to(x.dtype)
     out = torch.empty(b, clusters, d, device=device, dtype=x.dtype)
-    return _time(lambda: (F.linear(x, w, bias), torch.bmm(pt, x, out=out)), repeats, device)
+
+    def run() -> None:
+        for _ in range(count - 1):
+            F.linear(x, w, bias)
+        torch.bmm(pt, x, out=out)
+
+    return _time(run, repeats, device)
 
 
 def main() -> None:
@@ -107,7 +126,6 @@ def main() -> None:
     b, t, k, d = args.batch, args.frames, args.clusters, args.dim
     torch.manual_seed(0)
     x = torch.randn(b, t, d, device=dev)
-    flops = 4.0 * b * t * k * d
 
     peak = matmul_rate(dev)
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bfloat16(dev))
@@ -130,11 +148,13 @@ def main() -> None:
     for name, assignment in layers:
         opts = {"assignment": assignment} if assignment != "-" else {}
         layer = build_pooling(name, d, k, **opts).to(dev)
+        count = product_count(assignment)
+        flops = 2.0 * b * t * k * d * count
         with torch.no_grad():
             # the products timed beside each layer: this machine's speed drifts by
             # tens of percent from one minute to the next
-            t_products = products_time(x, k, args.repeats, dev)
-            t_products16 = products_time(x16, k, args.repeats, dev) if bf16 else nan
+            t_products = products_time(x, k, args.repeats, dev, count)
+            t_products16 = products_time(x16, k, args.repeats, dev, count) if bf16 else nan
             t_inf = _time(lambda layer=layer: layer(x), args.repeats, dev)
             fused_bytes = aggregation.CHUNK_BYTES
             aggregation.CHUNK_BYTES = 1 << 62  # the whole batch at once
@@ -158,6 +178,7 @@ def main() -> None:
             "bf16_frac_of_bf16_matmul": (flops / t_bf16) / peak16 if clusters else None,
             "bf16_speedup": t_inf / t_bf16,
             "products_ms": 1e3 * t_products,
+            "products": count,
             "products_frac_of_matmul": flops / t_products / peak,
             "bf16_products_ms": 1e3 * t_products16,
             "bf16_products_speedup": t_products / t_products16,
@@ -210,7 +231,7 @@ def main() -> None:
         )
         if clusters:
             print(
-                f"{'':26s} its two products alone: {row['products_ms']:.1f} ms "
+                f"{'':26s} its {count} products alone: {row['products_ms']:.1f} ms "
                 f"({row['products_frac_of_matmul']:.0%} of matmul)"
                 + (
                     f", bf16 {row['bf16_products_ms']:.1f} ms ({row['bf16_products_speedup']:.2f}x)"

@@ -89,10 +89,14 @@ class GMMAssignment(nn.Module):
         )
         out = F.linear(frames, prec_kd * centres, const)  # x^T Sigma_k^-1 mu_k + const_k
         if prec.shape[0] == k:  # per-cluster covariance: x^T Sigma_k^-1 x differs across k
-            if prec.shape[1] == d:
-                out = out - 0.5 * F.linear(frames * frames, prec)
+            sq = frames * frames
+            if prec.shape[1] == d:  # - x^2 Sigma_k^-1 / 2 added by the product itself
+                flat = torch.addmm(out.reshape(-1, k), sq.reshape(-1, d), prec.t(), alpha=-0.5)
+                out = flat.reshape(out.shape)
             else:
-                out = out - 0.5 * (frames * frames).sum(-1, keepdim=True) * prec.reshape(1, 1, k)
+                out = torch.addcmul(
+                    out, sq.sum(-1, keepdim=True), prec.reshape(1, 1, k), value=-0.5
+                )
         # A shared covariance adds the same x^T Sigma^-1 x to every k: it cancels in Eq. 2.
         return out
 

@@ -115,6 +115,22 @@ MIGRATIONS += (
         ),
     ),
 )
+MIGRATIONS += (
+    Migration(
+        6,
+        "SQLite: the per-user indexes on (log position >> 12, user_id), not user_id alone: "
+        "a batch's inserts write the newest positions' pages, not a random page each",
+        tuple(
+            s
+            for table in ("watches", "impressions")
+            for s in (
+                f"DROP INDEX IF EXISTS {table}_user",
+                f"CREATE INDEX {table}_user_pos ON {table} ((pos >> {SQLITE.user_shift}), user_id)",
+            )
+        ),
+        (),
+    ),
+)
 LATEST = MIGRATIONS[-1].version
 
 _VERSION_TABLE = {

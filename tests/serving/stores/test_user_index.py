@@ -5,9 +5,11 @@ from before log positions existed; the queries search the index, never scan the 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from serving.stores import Impression, SqliteStore, Watch
 from serving.stores.contract import SQLITE
@@ -39,61 +41,57 @@ def _filled(path: Path, rng: np.random.Generator) -> SqliteStore:
     return store
 
 
-def _scan(path: Path, table: str, user: str) -> list[tuple]:
+def _query(path: Path, sql: str, *params: str) -> list[tuple]:
     db = sqlite3.connect(path)
     try:
-        return db.execute(_SCAN[table], (user,)).fetchall()
+        return db.execute(sql, params).fetchall()
     finally:
         db.close()
 
 
-def test_a_users_rows_read_through_the_index_are_the_scans(tmp_path: Path) -> None:
+def _scan(path: Path, table: str, user: str) -> list[tuple]:
+    return _query(path, _SCAN[table], user)
+
+
+@pytest.fixture
+def filled(tmp_path: Path) -> Iterator[tuple[Path, SqliteStore]]:
     path = tmp_path / "s.db"
     store = _filled(path, np.random.default_rng(0))
-    try:
-        top = sqlite3.connect(path).execute("SELECT MAX(pos) FROM impressions").fetchone()[0]
-        assert top >> SQLITE.user_shift >= 3  # several ranges
-        for user in ("u0", "u3", "u6", "nobody"):
-            got = store.user_rows(user)
-            scan_w, scan_i = _scan(path, "watches", user), _scan(path, "impressions", user)
-            assert [(st.seq, st.order) for st, _ in got.impressions] == [r[:2] for r in scan_i]
-            assert [i.event_id for _, i in got.impressions] == [r[2] for r in scan_i]
-            assert [(st.seq, w.at) for st, w in got.watches] == [(r[0], r[5]) for r in scan_w]
-            assert (len(scan_i) > 0) == (user != "nobody")
-    finally:
-        store.close()
+    yield path, store
+    store.close()
 
 
-def test_erasing_a_user_deletes_exactly_their_rows(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    store = _filled(path, np.random.default_rng(1))
-    try:
-        before = {u: len(_scan(path, "impressions", u)) for u in ("u0", "u1", "u2")}
-        total = sqlite3.connect(path).execute("SELECT COUNT(*) FROM impressions").fetchone()[0]
-        store.erase_user("u1")
-        assert _scan(path, "impressions", "u1") == [] and _scan(path, "watches", "u1") == []
-        assert {u: len(_scan(path, "impressions", u)) for u in ("u0", "u2")} == {
-            u: before[u] for u in ("u0", "u2")
-        }
-        left = sqlite3.connect(path).execute("SELECT COUNT(*) FROM impressions").fetchone()[0]
-        assert left == total - before["u1"]
-    finally:
-        store.close()
+def test_a_users_rows_read_through_the_index_are_the_scans(filled) -> None:
+    path, store = filled
+    top = _query(path, "SELECT MAX(pos) FROM impressions")[0][0]
+    assert top >> SQLITE.user_shift >= 3  # several ranges
+    for user in ("u0", "u3", "u6", "nobody"):
+        got = store.user_rows(user)
+        scan_w, scan_i = _scan(path, "watches", user), _scan(path, "impressions", user)
+        assert [(st.seq, st.order) for st, _ in got.impressions] == [r[:2] for r in scan_i]
+        assert [i.event_id for _, i in got.impressions] == [r[2] for r in scan_i]
+        assert [(st.seq, w.at) for st, w in got.watches] == [(r[0], r[5]) for r in scan_w]
+        assert (len(scan_i) > 0) == (user != "nobody")
+
+
+def test_erasing_a_user_deletes_exactly_their_rows(filled) -> None:
+    path, store = filled
+    users = ("u0", "u1", "u2")
+    before = {u: len(_scan(path, "impressions", u)) for u in users}
+    total = _query(path, "SELECT COUNT(*) FROM impressions")[0][0]
+    store.erase_user("u1")
+    assert _scan(path, "impressions", "u1") == [] and _scan(path, "watches", "u1") == []
+    assert {u: len(_scan(path, "impressions", u)) for u in users} == {**before, "u1": 0}
+    assert _query(path, "SELECT COUNT(*) FROM impressions")[0][0] == total - before["u1"]
 
 
 def test_the_per_user_queries_search_the_index(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     SqliteStore(path).close()
-    db = sqlite3.connect(path)
-    try:
-        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        assert {"watches_user_pos", "impressions_user_pos"} <= names
-        assert not {"watches_user", "impressions_user"} & names  # the random-page ones
-        for sql in (*SQLITE.user_rows, *SQLITE.erase):
-            plan = " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + sql, ("u",)))
-            assert (
-                "USING INDEX watches_user_pos" in plan or "USING INDEX impressions_user_pos" in plan
-            )
-            assert "SCAN watches" not in plan and "SCAN impressions" not in plan, plan
-    finally:
-        db.close()
+    names = {r[0] for r in _query(path, "SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"watches_user_pos", "impressions_user_pos"} <= names
+    assert not {"watches_user", "impressions_user"} & names  # the random-page ones
+    for sql in (*SQLITE.user_rows, *SQLITE.erase):
+        plan = " | ".join(r[3] for r in _query(path, "EXPLAIN QUERY PLAN " + sql, "u"))
+        assert "USING INDEX watches_user_pos" in plan or "USING INDEX impressions_user_pos" in plan
+        assert "SCAN watches" not in plan and "SCAN impressions" not in plan, plan

@@ -339,12 +339,12 @@ class Dialect:
 
     @property
     def erase(self) -> tuple[str, str]:
-        return tuple(  # type: ignore[return-value]
-            f"DELETE FROM {t} WHERE seq IN ({self._of_user(t, f'{t}.seq', ordered=False)})"
-            if self.user_shift is not None
-            else f"DELETE FROM {t} WHERE user_id = {self.param}"
-            for t in ("watches", "impressions")
-        )
+        return self._erase_user("watches"), self._erase_user("impressions")
+
+    def _erase_user(self, table: str) -> str:
+        if self.user_shift is None:
+            return f"DELETE FROM {table} WHERE user_id = {self.param}"
+        return f"DELETE FROM {table} WHERE seq IN ({self._of_user(table, 'seq', ordered=False)})"
 
     def _of_user(self, table: str, columns: str, ordered: bool = True) -> str:
         """The ``columns`` of ``table``'s rows of one user (one parameter), in sequence

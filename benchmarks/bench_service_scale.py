@@ -8,10 +8,11 @@ real server (``serving.live.start_server``) is started three ways and timed to
 (``RECSYS_SNAPSHOT_INTERVAL_S``), from that snapshot plus the log after it. Then 8
 clients post 30 batches of 1,000 impressions through ``POST /v1/events/impressions``,
 once with each batch waiting for its users' refits (``RECSYS_REFIT_WAIT_MS=-1``) and once
-on a server that acknowledges when staged (``RECSYS_REFIT_WAIT_MS=0``, the default). Printed per size: ready
-seconds, RSS when ready, the snapshot's size; ingest rate, server CPU an impression,
-batch latency and when every effect was refitted; ratios against the empty store
-measured in the same run.
+on a server that acknowledges when staged (``RECSYS_REFIT_WAIT_MS=0``, the default),
+then 30 more from users no one has seen (the same state per user at every size: what
+the stored log itself costs). Printed per size: ready seconds, RSS when ready, the
+snapshot's size; ingest rate, server CPU an impression, batch latency and when every
+effect was refitted; ratios against the empty store measured in the same run.
 
     python -m benchmarks.bench_service_scale --artifacts RUN/artifact --sizes 0,100000,1000000
 """
@@ -28,6 +29,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -102,12 +104,16 @@ def _snapshot_bytes(db: Path) -> int:
     return int(row[0]) if row else 0
 
 
-def _bodies(artifact: Path, batches: int, seed: int, users: int = 20_000) -> list[bytes]:
-    """Impression batches of 1,000 as the event route takes them (the ``fill`` mix)."""
+def _bodies(
+    artifact: Path, batches: int, seed: int, users: int = 20_000, fresh: bool = False
+) -> list[bytes]:
+    """Impression batches of 1,000 as the event route takes them: the ``fill`` mix, or
+    with ``fresh`` users no fill or earlier batch named (no window, history or effect)."""
     ids, _ = read_embeddings(artifact / "embeddings.parquet")
     glm = load_glmix(artifact)
-    known = list(glm.user_ids) if glm is not None else []
-    names = known + [f"bench-{i}" for i in range(max(users - len(known), 0))]
+    known = list(glm.user_ids) if glm is not None and not fresh else []
+    prefix = f"fresh-{seed}" if fresh else "bench"
+    names = known + [f"{prefix}-{i}" for i in range(max(users - len(known), 0))]
     rng = np.random.default_rng(seed)
     out = []
     for b in range(batches):
@@ -183,36 +189,51 @@ def ingest(port: int, pid: int, bodies: list[bytes], clients: int = 8) -> dict[s
     }
 
 
-def measure(artifact: Path, db: Path, stored: int, batches: int = 30) -> dict[str, float]:
+def measure_start(artifact: Path, db: Path, stored: int) -> dict[str, float]:
     """Ready time and RSS replaying the log, then from a snapshot written by that server."""
     out: dict[str, float] = {}
     off = {"RECSYS_SNAPSHOT_INTERVAL_S": "0"}
     ready, rss, _, proc = _start(artifact, db, off)
     out["replay_ready_s"], out["replay_rss_mb"] = ready, rss
-    proc.terminate()  # type: ignore[attr-defined]
-    proc.wait(timeout=30)  # type: ignore[attr-defined]
+    _stop(proc)
     ready, rss, port, proc = _start(artifact, db, {"RECSYS_SNAPSHOT_INTERVAL_S": "1"})
     t0 = time.perf_counter()
     while stored and _metric(port, "snapshots_written") < 1 and time.perf_counter() - t0 < 600:
         time.sleep(0.5)
     out["snapshot_written_after_s"] = time.perf_counter() - t0
-    proc.terminate()  # type: ignore[attr-defined]
-    proc.wait(timeout=30)  # type: ignore[attr-defined]
+    _stop(proc)
     out["snapshot_mb"] = _snapshot_bytes(db) / 2**20
-    wait = {**off, "RECSYS_REFIT_WAIT_MS": "-1"}
-    ready, rss, port, proc = _start(artifact, db, wait)
+    ready, rss, port, proc = _start(artifact, db, off)
     out["snapshot_ready_s"], out["snapshot_rss_mb"] = ready, rss
     out["from_snapshot"] = _metric(port, "state_started_from_snapshot")
-    # Ingest on top of what is stored: each batch waits for its refits (-1), then on a
-    # restarted server that acknowledges once staged (RECSYS_REFIT_WAIT_MS=0, the default).
-    for mode, env in (("wait", wait), ("nowait", {**off, "RECSYS_REFIT_WAIT_MS": "0"})):
-        if mode == "nowait":
-            _, _, port, proc = _start(artifact, db, env)
-        got = ingest(port, proc.pid, _bodies(artifact, batches, seed=len(mode)))  # type: ignore[attr-defined]
-        out.update({f"{mode}_{k}": v for k, v in got.items()})
-        proc.terminate()  # type: ignore[attr-defined]
-        proc.wait(timeout=30)  # type: ignore[attr-defined]
+    _stop(proc)
     return out
+
+
+def measure_ingest(artifact: Path, db: Path, batches: int = 30) -> dict[str, float]:
+    """Ingest on top of what is stored: each batch waiting for its refits
+    (``RECSYS_REFIT_WAIT_MS=-1``); then on a restarted server that acknowledges once
+    staged (0, the default); then, on that server, users nobody has seen. A fresh
+    user's cost is the same whatever the store holds, so its ratio to the empty
+    store's isolates what the log itself costs from what the users' own windows and
+    histories cost."""
+    out: dict[str, float] = {}
+    off = {"RECSYS_SNAPSHOT_INTERVAL_S": "0"}
+    _, _, port, proc = _start(artifact, db, {**off, "RECSYS_REFIT_WAIT_MS": "-1"})
+    for mode in ("wait", "nowait", "fresh"):
+        if mode == "nowait":
+            _stop(proc)
+            _, _, port, proc = _start(artifact, db, {**off, "RECSYS_REFIT_WAIT_MS": "0"})
+        bodies = _bodies(artifact, batches, seed=len(mode), fresh=mode == "fresh")
+        got = ingest(port, proc.pid, bodies)  # type: ignore[attr-defined]
+        out.update({f"{mode}_{k}": v for k, v in got.items()})
+    _stop(proc)
+    return out
+
+
+def _stop(proc: object) -> None:
+    proc.terminate()  # type: ignore[attr-defined]
+    proc.wait(timeout=30)  # type: ignore[attr-defined]
 
 
 def measure_archive(artifact: Path, db: Path, keep: int) -> dict[str, float]:
@@ -266,34 +287,39 @@ def main() -> None:
         help="then archive all but this many impressions of each size (SQLite) and time "
         "the move, a start from the snapshot and a replay of archive plus store",
     )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="ingest measured this many times per size, the sizes alternated within each "
+        "round, each time on a copy of the store as the start-ups left it",
+    )
     args = ap.parse_args()
     print(
         f"reference: float32 matmul {matmul_gflops():.0f} GFLOP/s on this machine now", flush=True
     )
-    rows = []
+    sizes = [int(x) for x in args.sizes.split(",")]
     pg = PostgresServer() if args.store == "postgresql" else None
     try:
-        for i, n in enumerate(int(x) for x in args.sizes.split(",")):
-            with tempfile.TemporaryDirectory() as tmp:
-                db = Path(tmp) / "state.sqlite3"
-                _URL.clear()
-                if pg is not None:
-                    import psycopg
-
-                    with psycopg.connect(pg.url, autocommit=True) as c:
-                        c.execute(f"CREATE DATABASE bench{i}")
-                    _URL.append(pg.url.rsplit("/", 1)[0] + f"/bench{i}")
-                fill_s = fill(_URL[0] if _URL else db, args.artifacts, n)
-                row = {
-                    "store": args.store,
-                    "stored_impressions": n,
-                    "fill_s": fill_s,
-                    **measure(args.artifacts, db, n),
-                }
-                if args.archive_keep is not None and not _URL:
-                    row.update(measure_archive(args.artifacts, db, args.archive_keep))
-            rows.append(row)
-            _report(rows)
+        with tempfile.TemporaryDirectory() as tmp:
+            stores = [_Store(Path(tmp), i, pg.url if pg else None) for i in range(len(sizes))]
+            rows: list[dict[str, Any]] = []
+            for store, n in zip(stores, sizes, strict=True):
+                fill_s = fill(store.url or store.db, args.artifacts, n)
+                row = {"store": args.store, "stored_impressions": n, "fill_s": fill_s}
+                rows.append({**row, **store.run(measure_start, args.artifacts, store.db, n)})
+            for r in range(args.rounds):
+                for store, row in zip(stores, rows, strict=True):
+                    got = store.run(measure_ingest, args.artifacts, store.fresh_copy(), copy=True)
+                    for k, v in got.items():
+                        row.setdefault(f"{k}_rounds", []).append(v)
+                        row[k] = float(np.median(row[f"{k}_rounds"]))
+                print(f"ingest round {r + 1} of {args.rounds}", flush=True)
+            for store, row in zip(stores, rows, strict=True):
+                if args.archive_keep is not None and pg is None:
+                    row.update(measure_archive(args.artifacts, store.db, args.archive_keep))
+            for upto in range(1, len(rows) + 1):
+                _report(rows[:upto])
     finally:
         if pg is not None:
             pg.destroy()
@@ -302,7 +328,57 @@ def main() -> None:
         args.json.write_text(json.dumps(rows, indent=2))
 
 
-def _report(rows: list[dict[str, float]]) -> None:
+class _Store:
+    """One size's store: a SQLite file or a PostgreSQL database (``url``), and the copy
+    an ingest round writes into, made afresh from it each round."""
+
+    def __init__(self, tmp: Path, i: int, server_url: str | None) -> None:
+        self.db, self.copy_db = tmp / f"state-{i}.sqlite3", tmp / f"ingest-{i}.sqlite3"
+        self.server_url, self.name = server_url, f"bench{i}"
+        self.url = self._create(self.name) if server_url else None
+        self.copy_url: str | None = None
+
+    def _create(self, name: str, template: str | None = None) -> str:
+        import psycopg
+
+        assert self.server_url is not None
+        with psycopg.connect(self.server_url, autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {name}")
+            c.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+        return self.server_url.rsplit("/", 1)[0] + f"/{name}"
+
+    def fresh_copy(self) -> Path:
+        """A copy of the store as it is now; the copy's path (SQLite) or the original
+        path with ``url`` pointing at the copy (PostgreSQL)."""
+        if self.server_url:
+            self.copy_url = self._create(f"{self.name}_ingest", self.name)
+            return self.db
+        self.copy_db.unlink(missing_ok=True)
+        with sqlite3.connect(self.db) as src, sqlite3.connect(self.copy_db) as dst:
+            src.backup(dst)
+        return self.copy_db
+
+    def run(self, job: Any, *args: Any, copy: bool = False) -> dict[str, float]:
+        """``job(*args)`` with the servers it starts pointed at this store, or at its
+        copy (``copy``: after ``fresh_copy``)."""
+        _URL.clear()
+        url = self.copy_url if copy else self.url
+        if url:
+            _URL.append(url)
+        return dict(job(*args))
+
+
+def _ratios(row: dict[str, Any], base: dict[str, Any], key: str) -> str:
+    """Each round's ratio of ``key`` to the first size's in the same round: "0.95x", or
+    with several rounds "0.95x median, 0.87-1.02x"."""
+    mine, ref = row.get(f"{key}_rounds", [row[key]]), base.get(f"{key}_rounds", [base[key]])
+    ratios = [a / b for a, b in zip(mine, ref, strict=True)]
+    if len(ratios) == 1:
+        return f"{ratios[0]:.2f}x"
+    return f"{np.median(ratios):.2f}x median, {min(ratios):.2f}-{max(ratios):.2f}x"
+
+
+def _report(rows: list[dict[str, Any]]) -> None:
     if rows:
         row, n = rows[-1], int(rows[-1]["stored_impressions"])
         base = rows[0]
@@ -325,11 +401,13 @@ def _report(rows: list[dict[str, float]]) -> None:
                 f"(RSS {row['archive_replay_rss_mb']:.0f} MB)",
                 flush=True,
             )
-        for mode in ("wait", "nowait"):
+        for mode in ("wait", "nowait", "fresh"):
+            if f"{mode}_ingest_per_s" not in row:
+                continue
+            what = "fresh users, nowait" if mode == "fresh" else f"{mode} for refits"
             print(
-                f"{'':>9}  ingest ({mode} for refits): {row[f'{mode}_ingest_per_s']:,.0f} "
-                f"impressions/s ({row[f'{mode}_ingest_per_s'] / base[f'{mode}_ingest_per_s']:.2f}x "
-                f"empty), server CPU {row[f'{mode}_ingest_cpu_ms']:.3f} ms an impression, batch "
+                f"{'':>9}  ingest ({what}): {row[f'{mode}_ingest_per_s']:,.0f} "
+                f"impressions/s ({_ratios(row, base, f'{mode}_ingest_per_s')} empty), server CPU {row[f'{mode}_ingest_cpu_ms']:.3f} ms an impression, batch "
                 f"p50 {row[f'{mode}_batch_p50_ms']:.0f} ms p99 {row[f'{mode}_batch_p99_ms']:.0f} "
                 f"ms, every effect refitted after {row[f'{mode}_refitted_after_s']:.1f} s",
                 flush=True,

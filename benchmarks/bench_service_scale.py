@@ -2,7 +2,8 @@
 
 For each size, impressions are written straight into a SQLite state store (the bulk
 path: ``SqliteStore.insert_impressions`` in batches of 10,000, as the event route would
-store them; a quarter are watches; users drawn from the artifact's plus new ones), then a
+store them; a quarter are watches; users drawn from the artifact's plus new ones; each
+with a random UUID as its event id, as clients send them), then a
 real server (``serving.live.start_server``) is started three ways and timed to
 ``/readyz``: replaying the whole log; after it has written a snapshot
 (``RECSYS_SNAPSHOT_INTERVAL_S``), from that snapshot plus the log after it. Then 8
@@ -28,6 +29,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +61,22 @@ def fill(db: Path | str, artifact: Path, n: int, seed: int = 0, users: int = 20_
         u = rng.integers(len(names), size=m)
         v = rng.integers(len(ids), size=m)
         w = np.where(rng.random(m) < 0.25, 60.0, 0.0)
+        events = _event_ids(rng, m)
         store.insert_impressions(
             [
-                Impression(names[u[i]], ids[v[i]], "2030-01-01T00:00:00Z", float(w[i]), None)
+                Impression(names[u[i]], ids[v[i]], "2030-01-01T00:00:00Z", float(w[i]), events[i])
                 for i in range(m)
             ]
         )
     store.close()
     return time.perf_counter() - t0
+
+
+def _event_ids(rng: np.random.Generator, n: int) -> list[str]:
+    """Random (version 4) UUIDs, as clients make idempotency keys: scattered over the
+    ``event_id`` index, not in the order they are written."""
+    raw = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
+    return [str(uuid.UUID(bytes=bytes(r), version=4)) for r in raw]
 
 
 #: the PostgreSQL store's URL when measuring one (``--store postgresql``)
@@ -116,16 +126,17 @@ def _bodies(
     names = known + [f"{prefix}-{i}" for i in range(max(users - len(known), 0))]
     rng = np.random.default_rng(seed)
     out = []
-    for b in range(batches):
+    for _ in range(batches):
         u, v = rng.integers(len(names), size=1000), rng.integers(len(ids), size=1000)
         w = np.where(rng.random(1000) < 0.25, 60.0, 0.0)
+        events = _event_ids(rng, 1000)
         imps = [
             {
                 "user_id": names[u[i]],
                 "video_id": ids[v[i]],
                 "shown_at": "2030-01-02T00:00:00Z",
                 "watch_seconds": float(w[i]),
-                "event_id": f"ingest-{seed}-{b}-{i}",
+                "event_id": events[i],
             }
             for i in range(1000)
         ]

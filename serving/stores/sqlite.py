@@ -2,6 +2,13 @@
 
 WAL mode with ``synchronous=FULL``: a commit is on disk before the call returns (WAL
 alone is not enough; with ``NORMAL`` the last commits can be lost on power failure).
+
+Checkpoints (copying the WAL's pages into the database file) run on a thread of their
+own (``_Checkpointer``), never inside a write: SQLite's automatic checkpoint would make
+the commit that crosses 1,000 WAL pages copy them all while the write lock is held. That
+is most commits once each batch touches hundreds of pages, as random client event ids
+do in a large ``event_id`` index (a 1,000-impression batch at 1M stored: 51 ms with the
+automatic checkpoint, 27 ms without, 7 ms in an empty store).
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +41,9 @@ from serving.stores.migrations import migrate
 
 #: rows in one INSERT (6 parameters a row, under SQLite's 32,766)
 _ROWS_A_STATEMENT = 1000
+#: seconds between two checkpoints (``_Checkpointer``): the WAL holds at most this long's
+#: writes beyond what readers still use (at 15 batches a second of 4 MB each, ~30 MB)
+CHECKPOINT_INTERVAL_S = 0.5
 
 
 class SqliteStore:
@@ -57,6 +68,8 @@ class SqliteStore:
             self._db.execute("ROLLBACK")
             self._db.close()
             raise
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # ``_Checkpointer`` does it
+        self._checkpointer = _Checkpointer(self)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
@@ -74,6 +87,7 @@ class SqliteStore:
                 raise StoreUnavailable(f"state store unavailable: {exc}") from None
 
     def close(self) -> None:
+        self._checkpointer.stop()
         with self._lock:
             self._db.close()
 
@@ -272,3 +286,40 @@ class SqliteStore:
         with self._locked():
             v, w = (int(self._db.execute(sql).fetchone()[0]) for sql in SQLITE.COUNTS)
         return v, w
+
+
+class _Checkpointer:
+    """Copies the WAL into the database file every ``interval_s`` on its own connection
+    and thread (``PRAGMA wal_checkpoint(PASSIVE)``: it never waits for, nor blocks, a
+    writer or a reader; what a reader still needs is copied on a later pass). Pages
+    written again between two passes are copied once. A failed pass (a busy or full
+    disk) is retried at the next; the commits themselves are durable in the WAL
+    whatever the checkpoints do. The thread ends with ``stop`` (the store's ``close``)
+    or once the store is gone. ``passes`` counts the completed ones."""
+
+    def __init__(self, store: SqliteStore, interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
+        self.passes = 0
+        self._store, self._path = weakref.ref(store), store.path
+        self._interval_s = interval_s
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error:
+            return  # the store's own connection reports what is wrong with the file
+        try:
+            db.execute("PRAGMA busy_timeout=1000")
+            while not self._stopping.wait(self._interval_s) and self._store() is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.passes += 1
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)

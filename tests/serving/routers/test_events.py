@@ -197,6 +197,7 @@ def test_a_score_reads_its_writes_without_waiting_for_refits(settings, artifact)
         second = {"impressions": batch[6:]}
         assert c.post("/v1/events/impressions", json=second, headers=AUTH).status_code == 201
         assert "ryw-1" in state._inflight and "ryw-2" in state.online.pending
+        assert state.refit_backlog == 2  # the held pass's user counts, not only pending
         assert "ryw-1" not in state.online.effects  # the pass is held: nothing installed
         assert state.known_user("ryw-1") and "ryw-2" in state.users_seen_online()
         refit, state.refit_if_queued = state.refit_if_queued, lambda user: False
@@ -205,6 +206,7 @@ def test_a_score_reads_its_writes_without_waiting_for_refits(settings, artifact)
         got = [c.post("/v1/score", json={**ask, "user_id": u}).json() for u in ("ryw-1", "ryw-2")]
         release.set()
         assert state.wait_refitted(30)
+        assert state.refit_backlog == 0
         again = [c.post("/v1/score", json={**ask, "user_id": u}).json() for u in ("ryw-1", "ryw-2")]
     assert got == want and again == want
     assert stale != want[1]  # without the refit on read the score would be stale

@@ -44,6 +44,12 @@ _ROWS_A_STATEMENT = 1000
 #: seconds between two checkpoints (``_Checkpointer``): the WAL holds at most this long's
 #: writes beyond what readers still use (at 15 batches a second of 4 MB each, ~30 MB)
 CHECKPOINT_INTERVAL_S = 0.5
+#: WAL frames (4 KB pages) above which a checkpoint also lets the WAL start over
+RESTART_FRAMES = 4096
+#: bytes of WAL file kept when the WAL starts over (the rest is truncated)
+WAL_KEPT_BYTES = 64 * 2**20
+#: passive rounds of a checkpoint at most, and the frames a round may find new and stop
+CATCH_UP_ROUNDS, CATCH_UP_FRAMES = 4, 512
 
 
 class SqliteStore:
@@ -69,6 +75,7 @@ class SqliteStore:
             self._db.close()
             raise
         self._db.execute("PRAGMA wal_autocheckpoint=0")  # ``_Checkpointer`` does it
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")  # when it restarts
         self._checkpointer = _Checkpointer(self)
 
     @contextlib.contextmanager
@@ -312,12 +319,36 @@ class _Checkpointer:
             return  # the store's own connection reports what is wrong with the file
         try:
             db.execute("PRAGMA busy_timeout=1000")
-            while not self._stopping.wait(self._interval_s) and self._store() is not None:
+            while not self._stopping.wait(self._interval_s):
+                store = self._store()
+                if store is None:
+                    break
                 with contextlib.suppress(sqlite3.Error):
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self._pass(db, store._lock)
                     self.passes += 1
+                del store  # held only for the pass: the store may go
         finally:
             db.close()
+
+    @staticmethod
+    def _pass(db: sqlite3.Connection, writes: threading.Lock) -> None:
+        """Copy what the WAL holds without blocking anyone, again while the last pass
+        found much new (a few rounds: each copies what the one before let in); then,
+        once the WAL holds more than ``RESTART_FRAMES``, copy the little left while
+        this process's writers wait on ``writes`` (the store's lock: SQLite's own busy
+        wait loses to a writer that starts its next transaction at once), so that the
+        next writer starts the WAL over. (Under a steady stream of commits a passive
+        pass never finds every frame copied with no writer between, and the WAL would
+        grow for ever: 3 GB in 20 s of 1,000-impression batches.)"""
+        frames, copied = 0, -1
+        for _ in range(CATCH_UP_ROUNDS):
+            before = copied
+            _, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if copied - before <= CATCH_UP_FRAMES:
+                break
+        if frames >= RESTART_FRAMES:
+            with writes:
+                db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -8,6 +8,10 @@ import sqlite3
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+import serving.stores.sqlite as sqlite_store
 from serving.stores import Impression, SqliteStore
 
 
@@ -80,3 +84,34 @@ def test_the_thread_ends_with_the_store(tmp_path: Path) -> None:
     del dropped  # never closed: the thread still ends, at its next wake
     gc.collect()
     assert _wait_for(lambda: not thread.is_alive(), timeout_s=5.0)
+
+
+def test_the_wal_starts_over_under_a_steady_stream_of_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writers that never pause leave a passive checkpoint no moment with every frame
+    copied and no writer between, so the WAL never started over (it grew by every
+    commit); the checkpointer then lets writers wait for the last few frames."""
+    monkeypatch.setattr(sqlite_store, "RESTART_FRAMES", 256)
+    monkeypatch.setattr(sqlite_store, "WAL_KEPT_BYTES", 2**18)
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    store._checkpointer.stop()
+    store._db.execute(f"PRAGMA journal_size_limit={2**18}")
+    store._checkpointer = sqlite_store._Checkpointer(store, interval_s=0.02)
+    rng = np.random.default_rng(0)
+    try:
+        store.insert_impressions(_batch(20_000, "fill"))
+        written = 0
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:  # random ids: each batch dirties many index pages
+            keys = rng.integers(0, 2**62, size=500)
+            store.insert_impressions(
+                [Impression("u", "v", "t", 1.0, f"k{k}") for k in keys.tolist()]
+            )
+            written += 1
+        wal = path.with_name(path.name + "-wal").stat().st_size
+        assert written >= 20 and store._checkpointer.passes >= 5
+        assert wal < 16 * 2**20, f"WAL {wal / 2**20:.0f} MB after {written} batches"
+    finally:
+        store.close()

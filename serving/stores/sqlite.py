@@ -8,7 +8,8 @@ own (``_Checkpointer``), never inside a write: SQLite's automatic checkpoint wou
 the commit that crosses 1,000 WAL pages copy them all while the write lock is held. That
 is most commits once each batch touches hundreds of pages, as random client event ids
 do in a large ``event_id`` index (a 1,000-impression batch at 1M stored: 51 ms with the
-automatic checkpoint, 27 ms without, 7 ms in an empty store).
+automatic checkpoint, 27 ms without, 7 ms in an empty store; back to back for 20 s,
+1.55x the batches).
 """
 
 from __future__ import annotations

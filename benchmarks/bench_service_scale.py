@@ -418,7 +418,8 @@ def _report(rows: list[dict[str, Any]]) -> None:
             what = "fresh users, nowait" if mode == "fresh" else f"{mode} for refits"
             print(
                 f"{'':>9}  ingest ({what}): {row[f'{mode}_ingest_per_s']:,.0f} "
-                f"impressions/s ({_ratios(row, base, f'{mode}_ingest_per_s')} empty), server CPU {row[f'{mode}_ingest_cpu_ms']:.3f} ms an impression, batch "
+                f"impressions/s ({_ratios(row, base, f'{mode}_ingest_per_s')} empty), "
+                f"server CPU {row[f'{mode}_ingest_cpu_ms']:.3f} ms an impression, batch "
                 f"p50 {row[f'{mode}_batch_p50_ms']:.0f} ms p99 {row[f'{mode}_batch_p99_ms']:.0f} "
                 f"ms, every effect refitted after {row[f'{mode}_refitted_after_s']:.1f} s",
                 flush=True,

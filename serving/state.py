@@ -70,11 +70,8 @@ class ServingState(DerivedState):
     def refit_backlog(self) -> int:
         """Users whose effect waits for a refit: pending, or in the pass under way (a
         pass takes its users out of ``pending`` when it starts, not when it installs)."""
-        # ``_inflight`` is replaced whole; ``list(pending)`` copies it in one step (GIL).
-        inflight, pending = self._inflight, self.online.pending
-        if not inflight:
-            return len(pending)
-        return len(inflight) + sum(1 for u in list(pending) if u not in inflight)
+        # ``_inflight`` is replaced whole; the union is built in one step (GIL).
+        return len(self._inflight.keys() | self.online.pending.keys())
 
     def has_video(self, video_id: str) -> bool:
         return video_id in self.catalogue

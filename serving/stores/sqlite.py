@@ -341,7 +341,7 @@ class _Checkpointer:
         next writer starts the WAL over. (Under a steady stream of commits a passive
         pass never finds every frame copied with no writer between, and the WAL would
         grow for ever: 3 GB in 20 s of 1,000-impression batches.)"""
-        frames, copied = 0, -1
+        frames, copied = 0, -1  # copied: the WAL's frames copied so far (cumulative)
         for _ in range(CATCH_UP_ROUNDS):
             before = copied
             _, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()

@@ -200,7 +200,18 @@ def decode_video_batch(
     if values.dtype == np.uint8:
         arr = values if keep_uint8 else dequantize(values)
     else:
-        arr = values.astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # beyond float32: inf, refused just below
+            arr = values.astype(np.float32, copy=False)
+        # One pass; a NaN or inf (or a float64 beyond float32's range) would only surface
+        # later as a failed SVD or NaN embeddings, far from the video that has it.
+        if not np.isfinite(arr).all():
+            owner = np.searchsorted(offsets * d, np.flatnonzero(~np.isfinite(arr)), "right") - 1
+            raise DatasetError(
+                [
+                    f"frames: video {ids[j]!r} contains NaN or inf values"
+                    for j in np.unique(owner)[:MAX_REPORTED_PER_KIND]
+                ]
+            )
     frames = arr.reshape(-1, d) if d else np.zeros((0, 0), dtype=np.float32)
     return VideoBatch(ids, frames, offsets, _labels(batch))
 

@@ -276,6 +276,8 @@ def validate_dataset(
             problems.append(f"{IMPRESSIONS_FILE}: cannot read ({str(exc).splitlines()[0]})")
     if (d / USERS_FILE).exists():
         problems += validate_users(d / USERS_FILE)
+    if purpose == "recommendation" and impressions is not None and not impressions.num_impressions:
+        problems.append(f"{IMPRESSIONS_FILE}: no impressions (recommendation needs some)")
     if purpose == "classification" and videos.num_videos and not videos.num_labelled:
         problems.append(f"{VIDEOS_FILE}: no labelled videos (classification needs labels)")
     return ValidationReport(videos=videos, impressions=impressions, problems=problems)

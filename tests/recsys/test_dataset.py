@@ -70,6 +70,29 @@ def test_decode_rejects_ragged_and_empty() -> None:
         decode_video_batch(pa.table({"video_id": ["e", "f"], "frames": empty}))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e300])
+def test_decode_names_each_video_whose_frames_are_not_finite(bad: float) -> None:
+    # 1e300: finite in a float64 file, inf once read as float32
+    frames = [np.ones((t, 3)) for t in (2, 3, 1, 4)]
+    frames[1][2, 0] = bad  # the last frame of v1
+    frames[3][0, 2] = bad  # the first value after v2's one frame
+    table = pa.table(
+        {
+            "video_id": ["v0", "v1", "v2", "v3"],
+            "frames": pa.array([f.tolist() for f in frames], pa.list_(pa.list_(pa.float64()))),
+        }
+    )
+    with pytest.raises(DatasetError) as got:
+        decode_video_batch(table)
+    assert got.value.problems == [
+        "frames: video 'v1' contains NaN or inf values",
+        "frames: video 'v3' contains NaN or inf values",
+    ]
+    frames[1][2, 0] = frames[3][0, 2] = 2.0
+    ok = table.set_column(1, "frames", pa.array([f.tolist() for f in frames], table.schema[1].type))
+    assert decode_video_batch(ok).lengths.tolist() == [2, 3, 1, 4]
+
+
 @pytest.mark.parametrize("shape", [(0,), (1,), (7, 3), (5, 11), (2, 3, 4)])
 @pytest.mark.parametrize("block", [1, 4, 1 << 16])
 def test_dequantize_is_the_formula_bit_for_bit(shape, block, monkeypatch) -> None:

@@ -187,6 +187,24 @@ def test_videos_only_data_set_is_valid_except_for_recommendation(
     assert code == 2 and "this job needs impressions" in err and "Traceback" not in err
 
 
+def test_an_empty_log_is_valid_except_for_recommendation_and_a_bad_row_stops_a_job(
+    run_cli, good_dir: Path, tmp_path: Path
+) -> None:
+    log = good_dir / "impressions.parquet"
+    pq.write_table(_impressions([]), log)
+    code, _, err = run_cli("validate", good_dir)
+    assert code == 0, err
+    code, _, err = run_cli("validate", good_dir, "--purpose", "recommendation")
+    assert code == 2 and "impressions.parquet: no impressions (recommendation needs" in err
+    # A row `validate` refuses stops a job reading the log too, with the same words.
+    pq.write_table(_impressions([("u1", "v0", 12.0), ("", "v1", 3.0)]), log)
+    assert "user_id: empty or null id at row 1" in _assert_rejected(run_cli, good_dir)
+    code, _, err = run_cli("mine-triplets", "--data", good_dir, "--out", tmp_path / "t.parquet")
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip() == "error: impressions.parquet: user_id: empty or null id at row 1"
+    assert not (tmp_path / "t.parquet").exists()
+
+
 def test_integer_ids_are_refused_with_the_cast_to_make(run_cli, good_dir: Path) -> None:
     imp = _impressions([("u1", "v0", 12.0)])
     imp = imp.set_column(0, "user_id", pa.array([17], pa.int64()))

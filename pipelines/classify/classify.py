@@ -103,10 +103,20 @@ def scan_labelled(data: str | os.PathLike[str]) -> DatasetInfo:
         ids = batch.column("video_id").to_pylist()
         splits = batch.column("split").to_pylist() if has_split else [None] * len(ids)
         for v, s in zip(ids, splits, strict=True):
+            if s is not None and s not in sizes:
+                raise UserInputError(
+                    f"{path.name}: split: video {v!r} has split {s!r} "
+                    f"(one of {', '.join(sizes)}, or null)"
+                )
             sizes[s or hash_split(v)] += 1
         flat = batch.column("labels").flatten()
         if len(flat):
-            num_classes = max(num_classes, int(pa.compute.max(flat).as_py()) + 1)
+            lo, hi = pa.compute.min_max(flat).values()
+            if lo.as_py() < 0:  # a one-hot row would take it from the end
+                labs = batch.column("labels").to_pylist()
+                v = next(v for v, ls in zip(ids, labs, strict=True) if ls and min(ls) < 0)
+                raise UserInputError(f"{path.name}: labels: video {v!r} has a negative label")
+            num_classes = max(num_classes, int(hi.as_py()) + 1)
     empty = [s for s, n in sizes.items() if n == 0]
     if empty:
         raise UserInputError(f"the {empty[0]} split has no videos")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -125,6 +126,38 @@ def test_bad_pooling_and_missing_labels(run_cli, tmp_path: Path, small_world_dir
         "classify", "--data", tmp_path / "nolab", "--pooling", "avg", "--out", tmp_path / "y"
     )
     assert code == 2 and "no labels column" in err
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "needle"),
+    [
+        ("labels", [2, -1], "labels: video 'VID' has a negative label"),
+        (
+            "split",
+            "holdout",
+            "split: video 'VID' has split 'holdout' (one of train, validation, test, or null)",
+        ),
+    ],
+)
+def test_a_label_or_split_validate_refuses_stops_classify_by_name(
+    run_cli, tmp_path: Path, small_world_dir: Path, column: str, value: object, needle: str
+) -> None:
+    # A negative label used to be one-hot encoded from the end; a split outside the
+    # three ended in a KeyError traceback.
+    t = pq.read_table(small_world_dir / "videos.parquet")
+    vid = t.column("video_id")[3].as_py()
+    i = t.schema.get_field_index(column)
+    values = t.column(i).to_pylist()
+    values[3] = value
+    d = tmp_path / "bad"
+    d.mkdir()
+    pq.write_table(
+        t.set_column(i, column, pa.array(values, t.schema.field(i).type)), d / "videos.parquet"
+    )
+    code, _, err = run_cli("classify", "--data", d, "--pooling", "avg", "--out", tmp_path / "o")
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip() == f"error: videos.parquet: {needle.replace('VID', vid)}"
+    assert not (tmp_path / "o").exists()
 
 
 def test_helpers() -> None:

@@ -81,12 +81,17 @@ def _is_string(t: pa.DataType) -> bool:
 def _id_type_problem(name: str, t: pa.DataType) -> str:
     """The line for an id column that is not a string (integer ids are common in real
     logs: the files are refused, never read with their ids turned into positions)."""
-    hint = (
-        " (integer ids: cast the column to string, e.g. pyarrow.compute.cast(col, "
-        "pyarrow.string()), the same in every file)"
-        if pa.types.is_integer(t)
-        else ""
-    )
+    hint = ""
+    if pa.types.is_integer(t):
+        hint = (
+            " (integer ids: cast the column to string, e.g. pyarrow.compute.cast(col, "
+            "pyarrow.string()), the same in every file)"
+        )
+    elif pa.types.is_dictionary(t) and _is_string(t.value_type):
+        hint = (
+            " (dictionary-encoded, as pandas writes a category column: write plain "
+            "strings, e.g. df[col] = df[col].astype(str))"
+        )
     return f"{name}: expected string, found {t}{hint}"
 
 
@@ -99,7 +104,13 @@ def _check_timestamp(schema: pa.Schema, name: str, problems: _Problems, required
     if not pa.types.is_timestamp(t):
         problems.add("schema", f"{name}: expected timestamp (UTC), found {t}")
     elif t.tz is None or t.tz.upper() not in ("UTC", "+00:00", "ETC/UTC", "Z"):
-        problems.add("schema", f"{name}: timestamp must be in UTC, found tz={t.tz!r}")
+        how = (
+            "a time without a zone is ambiguous: localise it, then convert"
+            if t.tz is None
+            else "the instants are kept by a conversion, e.g. pyarrow.compute.cast(col, "
+            "pyarrow.timestamp('us', tz='UTC')) or pandas' .dt.tz_convert('UTC')"
+        )
+        problems.add("schema", f"{name}: timestamp must be in UTC, found tz={t.tz!r} ({how})")
 
 
 def check_videos_schema(schema: pa.Schema) -> list[str]:

@@ -140,7 +140,29 @@ def test_non_utc_timestamps(run_cli, good_dir: Path) -> None:
     imp = _impressions([("u", "v0", 1.0)])
     imp = imp.set_column(2, "shown_at", imp.column("shown_at").cast(pa.timestamp("us")))
     pq.write_table(imp, good_dir / "impressions.parquet")
-    _assert_rejected(run_cli, good_dir, "shown_at: timestamp must be in UTC")
+    _assert_rejected(run_cli, good_dir, "shown_at: timestamp must be in UTC", "is ambiguous")
+    # Another zone: the line names the conversion that keeps the instants, and it works.
+    paris = imp.column("shown_at").cast(pa.timestamp("us", tz="Europe/Paris"))
+    pq.write_table(imp.set_column(2, "shown_at", paris), good_dir / "impressions.parquet")
+    err = _assert_rejected(run_cli, good_dir, "found tz='Europe/Paris' (the instants are kept")
+    assert "pyarrow.compute.cast(col, pyarrow.timestamp('us', tz='UTC'))" in err
+    utc = pa.compute.cast(paris, pa.timestamp("us", tz="UTC"))
+    pq.write_table(imp.set_column(2, "shown_at", utc), good_dir / "impressions.parquet")
+    code, _, err = run_cli("validate", good_dir)
+    assert code == 0, err
+
+
+def test_pandas_category_ids_are_refused_with_the_fix_to_make(run_cli, good_dir: Path) -> None:
+    df = pq.read_table(good_dir / "impressions.parquet").to_pandas()
+    df["user_id"] = df["user_id"].astype("category")
+    df.to_parquet(good_dir / "impressions.parquet", index=False)
+    _assert_rejected(
+        run_cli, good_dir, "user_id: expected string, found dictionary<", "df[col].astype(str)"
+    )
+    df["user_id"] = df["user_id"].astype(str)
+    df.to_parquet(good_dir / "impressions.parquet", index=False)
+    code, _, err = run_cli("validate", good_dir)
+    assert code == 0, err
 
 
 def test_malformed_file_and_missing_dir(run_cli, good_dir: Path, tmp_path: Path) -> None:

@@ -1,12 +1,18 @@
-"""Every user's valid watches as catalogue rows, first watched first, each once.
+"""Every user's valid watches as catalogue rows, first watched first, each once: one
+int32 array a user, not a Python object a watch.
 
-Writers hold the state's lock; readers take ``get``'s list as it is (a list is only
-appended to, or replaced whole when a video is taken down).
+A history is kept as (buffer, length): a watch is written past the length, into room
+the buffer has or into a new buffer of twice the size, and the pair is then replaced
+whole. So the prefix a reader took with ``get`` never changes under it: writers hold
+the state's lock, readers take no lock. A takedown replaces the arrays it touches whole.
+
+About 4-8 bytes a watch (the buffer's spare room included) and about 200 a user, where
+a list and a set held about 130 bytes a watch (docs/scale.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -19,58 +25,107 @@ GROUPED_PAIRS = 4096
 #: an impression in staging order: (user, catalogue row, valid watch)
 Shown = tuple[str, int, bool]
 
+#: the catalogue rows a history can hold (int32)
+MAX_ROW = np.iinfo(np.int32).max
+#: the room a user's first buffer has
+_FIRST_ROOM = 4
+_EMPTY = np.zeros(0, np.int32)
+_EMPTY.setflags(write=False)
+
+
+def _rows_array(rows: Iterable[int] | np.ndarray) -> np.ndarray:
+    a = rows if isinstance(rows, np.ndarray) else np.asarray(list(rows), dtype=np.int64)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"history rows must be integers, got {a.dtype}")
+    if len(a) and (a.min() < 0 or a.max() > MAX_ROW):
+        raise ValueError(f"history rows must be in [0, {MAX_ROW}]")
+    return a.astype(np.int32, copy=False)
+
 
 class Histories:
     def __init__(self) -> None:
-        self._rows: dict[str, list[int]] = {}
-        self._seen: dict[str, set[int]] = {}
+        #: user -> (buffer, length): the history is buffer[:length]
+        self._rows: dict[str, tuple[np.ndarray, int]] = {}
         #: the artifact's histories as loaded, takedowns included (``offline``)
-        self._offline: dict[str, tuple[int, ...]] = {}
+        self._offline: dict[str, np.ndarray] = {}
 
     def freeze(self) -> None:
         """Mark every history as it is now as the offline one (call once, after loading
         the artifact's): ``offline`` returns it from then on, whatever is added or taken
         down later."""
-        self._offline = {u: tuple(rows) for u, rows in self._rows.items()}
+        self._offline = {u: self._view(u) for u in self._rows}
 
-    def offline(self, user: str) -> tuple[int, ...]:
+    def offline(self, user: str) -> np.ndarray:
         """The user's history as the offline fit left it (empty once forgotten)."""
-        return self._offline.get(user, ())
+        return self._offline.get(user, _EMPTY)
 
     def add(self, user: str, row: int) -> None:
-        seen = self._seen.setdefault(user, set())
-        if row not in seen:
-            seen.add(row)
-            self._rows.setdefault(user, []).append(row)
+        got = self._rows.get(user)
+        if got is None:
+            if not 0 <= row <= MAX_ROW:
+                raise ValueError(f"history rows must be in [0, {MAX_ROW}]")
+            buf = np.empty(_FIRST_ROOM, np.int32)
+            buf[0] = row
+            self._rows[user] = (buf, 1)
+            return
+        buf, n = got
+        if (buf[:n] == row).any():
+            return
+        if not 0 <= row <= MAX_ROW:
+            raise ValueError(f"history rows must be in [0, {MAX_ROW}]")
+        if n == len(buf):
+            grown = np.empty(max(2 * n, _FIRST_ROOM), np.int32)
+            grown[:n] = buf[:n]
+            buf = grown
+        buf[n] = row  # past every reader's prefix
+        self._rows[user] = (buf, n + 1)
 
-    def get(self, user: str) -> list[int] | None:
-        return self._rows.get(user)
+    def _view(self, user: str) -> np.ndarray:
+        buf, n = self._rows[user]
+        out = buf[:n]
+        out.setflags(write=False)
+        return out
+
+    def get(self, user: str) -> np.ndarray | None:
+        """The user's history (H,) int32, a read-only view that stays as it is; None
+        without one (never an empty array)."""
+        got = self._rows.get(user)
+        if got is None or not got[1]:
+            return None
+        out = got[0][: got[1]]
+        out.setflags(write=False)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
     def users(self) -> set[str]:
         return set(self._rows)
 
     def drop_row(self, row: int) -> None:
         """A video taken down leaves every history (rare: a pass over all users)."""
-        for user, seen in self._seen.items():
-            if row in seen:
-                seen.discard(row)
-                self._rows[user] = [r for r in self._rows[user] if r != row]
+        for user, (buf, n) in list(self._rows.items()):
+            keep = buf[:n] != row
+            if not keep.all():
+                self._rows[user] = (buf[:n][keep].copy(), int(keep.sum()))
 
-    def rows(self) -> dict[str, list[int]]:
-        """Every history (copies of the lists: a snapshot's picture)."""
-        return {u: list(r) for u, r in self._rows.items()}
+    def rows(self) -> dict[str, np.ndarray]:
+        """Every history (read-only views that stay as they are: a snapshot's picture)."""
+        return {u: self._view(u) for u in self._rows}
 
-    def restore(self, rows: dict[str, list[int]], forgotten: set[str]) -> None:
+    def restore(self, rows: Mapping[str, Iterable[int] | np.ndarray], forgotten: set[str]) -> None:
         """Take the histories of a snapshot in (after the artifact's were loaded and
-        frozen); the offline histories of users forgotten since go as ``forget`` does."""
-        self._rows = rows
-        self._seen = {u: set(r) for u, r in rows.items()}
+        frozen); the offline histories of users forgotten since go as ``forget`` does.
+        An array given is not written to: the first watch after moves it."""
+        self._rows = {}
+        for user, r in rows.items():
+            a = _rows_array(r)
+            self._rows[user] = (a, len(a))
         for user in forgotten:
             self._offline.pop(user, None)
 
     def forget(self, user: str) -> None:
         self._rows.pop(user, None)
-        self._seen.pop(user, None)
         self._offline.pop(user, None)
 
 
@@ -91,33 +146,35 @@ def run_similarity(
             mine.setdefault(user, []).append((i, len(histories.offline(user))))
             continue
         hist = histories.get(user)
-        mine.setdefault(user, []).append((i, len(hist) if hist else 0))
+        mine.setdefault(user, []).append((i, 0 if hist is None else len(hist)))
         if watched:
             histories.add(user, row)
     max_s, avg_s = np.full(len(run), np.nan), np.full(len(run), np.nan)
     # Users with many pairs (a long history, several impressions): their history gathered
     # once. The rest together, each impression's segment copied out: one vectorised call,
     # cheaper than a call per user when most have one impression and a short history.
-    flat: list[int] = []
+    flat: list[np.ndarray] = []
     index: list[int] = []
     counts: list[int] = []
     for user, shown in mine.items():
-        history = histories.offline(user) if frozen else (histories.get(user) or [])
+        got = histories.offline(user) if frozen else histories.get(user)
+        history = _EMPTY if got is None else got
         pairs = sum(n for _, n in shown)
         if len(shown) > 1 and pairs >= GROUPED_PAIRS:
             at = np.array([i for i, _ in shown], dtype=np.int64)
             prefix = np.array([n for _, n in shown], dtype=np.int64)
             rows = np.array([run[i][1] for i in at.tolist()], dtype=np.int64)
-            mx, av = prefix_similarity(vectors_of, rows, np.asarray(history, np.int64), prefix)
+            mx, av = prefix_similarity(vectors_of, rows, history.astype(np.int64), prefix)
             max_s[at], avg_s[at] = mx, av
             continue
         for i, n in shown:
             index.append(i)
             counts.append(n)
-            flat.extend(history[:n])
+            flat.append(history[:n])
     if index:
         at = np.array(index, dtype=np.int64)
         rows = np.array([run[i][1] for i in index], dtype=np.int64)
-        mx, av = segment_similarity(vectors_of, rows, np.array(flat, np.int64), np.array(counts))
+        segments = np.concatenate(flat).astype(np.int64)
+        mx, av = segment_similarity(vectors_of, rows, segments, np.array(counts))
         max_s[at], avg_s[at] = mx, av
     return max_s, avg_s

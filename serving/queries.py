@@ -19,8 +19,8 @@ def score(state: ServingState, user_id: str, video_ids: list[str]) -> dict[str, 
     mx, av, p = state.score_rows(user_id, rows if known is None else rows[known])
     hist = state.histories.get(user_id)
     m = len(p)
-    max_s: list[float | None] = mx.tolist() if hist else [None] * m
-    avg_s: list[float | None] = av.tolist() if hist else [None] * m
+    max_s: list[float | None] = mx.tolist() if hist is not None else [None] * m
+    avg_s: list[float | None] = av.tolist() if hist is not None else [None] * m
     scored = [
         {"video_id": v, "max_similarity": a, "avg_similarity": b, "watch_probability": q}
         for v, a, b, q in zip(
@@ -41,7 +41,7 @@ def score(state: ServingState, user_id: str, video_ids: list[str]) -> dict[str, 
     return {
         "user_id": user_id,
         "known_user": state.known_user(user_id),
-        "history_size": len(hist) if hist else 0,
+        "history_size": 0 if hist is None else len(hist),
         "scores": out,
     }
 
@@ -60,7 +60,7 @@ def recommend_candidates(state: ServingState, user_id: str, k: int, seeds: int) 
     """At most how many candidates ``recommend`` scores for this user now (before a
     crowded history's second search)."""
     hist = state.histories.get(user_id)
-    if not hist:
+    if hist is None:
         return min(state.num_videos, 20_000)
     n_seeds = min(len(hist), seeds)
     return n_seeds * min(state.num_videos, 2 * k + n_seeds)
@@ -69,9 +69,9 @@ def recommend_candidates(state: ServingState, user_id: str, k: int, seeds: int) 
 def recommend(state: ServingState, user_id: str, k: int, seeds: int) -> list[dict[str, Any]]:
     """Neighbours of the user's last ``seeds`` watches, minus watched videos, ranked by
     GLMix (no history: the newest 20k videos of the catalogue)."""
-    hist = state.histories.get(user_id) or []
+    hist = state.histories.get(user_id)
     n = state.num_videos
-    if hist:
+    if hist is not None:
         # Each seed's 2k + (number of seeds) nearest: 2k unwatched ones even when every
         # other seed is among them, whatever the history's length. A history crowding
         # its own neighbourhoods (fewer than k left) is searched again with room for all
@@ -90,7 +90,7 @@ def recommend(state: ServingState, user_id: str, k: int, seeds: int) -> list[dic
     top = top_k(p, k)
     ids = state.catalogue.ids
     rows, probs = cand_rows[top].tolist(), p[top].tolist()
-    if not hist:
+    if hist is None:
         return [
             {"video_id": ids[r], "watch_probability": q} for r, q in zip(rows, probs, strict=True)
         ]

@@ -77,11 +77,13 @@ class ServingState(DerivedState):
         return video_id in self.catalogue
 
     def history_rows(self, user: str) -> list[int]:
-        return list(self.histories.get(user) or ())
+        hist = self.histories.get(user)
+        return [] if hist is None else hist.tolist()
 
     def history_ids(self, user_id: str) -> list[str]:
         """The user's valid watches, in the order they were first watched."""
-        return [self.catalogue.ids[r] for r in self.histories.get(user_id) or ()]
+        ids = self.catalogue.ids
+        return [ids[r] for r in self.history_rows(user_id)]
 
     def users_seen_online(self) -> set[str]:
         """Users first seen by this service (histories, online windows or effects)."""
@@ -100,7 +102,7 @@ class ServingState(DerivedState):
         history (NaN without one): one (H, M) product reduced along its contiguous axis,
         averaged in float64 as the offline features are."""
         hist = self.histories.get(user_id)
-        if not hist:
+        if hist is None:
             return np.full(len(cand), np.nan), np.full(len(cand), np.nan)
         sims = np.take(self.catalogue.emb, hist, axis=0) @ cand.T  # (H, M)
         avg = sims.sum(axis=0, dtype=np.float64)
@@ -126,7 +128,7 @@ class ServingState(DerivedState):
         the columns ``glmix_global_features`` would build from them, bit for bit, with
         no array between (None otherwise: the general path)."""
         hist = self.histories.get(user_id)
-        if not hist or not self._history_globals:
+        if hist is None or not self._history_globals:
             return None
         sims = np.take(self.catalogue.emb, hist, axis=0) @ cand.T  # (H, M) float32
         g = np.empty((len(cand), 3))

@@ -28,6 +28,7 @@ import numpy as np
 
 from recsys.online.users import Window
 from recsys.online.videos import UserShares
+from serving.histories import MAX_ROW
 
 MAGIC = b"RECSYS-SNAPSHOT\n"
 FORMAT = 3
@@ -53,7 +54,7 @@ class Picture:
     catalogue_ids: list[str]
     uploads: list[str]
     upload_emb: np.ndarray
-    histories: dict[str, list[int]]
+    histories: dict[str, np.ndarray]
     effects: dict[str, np.ndarray]
     windows: dict[str, Window]
     video_stats: dict[str, tuple[np.ndarray, np.ndarray]]
@@ -81,8 +82,11 @@ def encode(c: Picture, random_dim: int, video_dim: int) -> bytes:
     """The snapshot's body (``MAGIC``, SHA-256, npz)."""
     arrays: dict[str, np.ndarray] = {"upload_emb": np.asarray(c.upload_emb, np.float32)}
     hist_users = list(c.histories)
-    arrays["hist_offsets"], flat = _ragged([c.histories[u] for u in hist_users])
-    arrays["hist_rows"] = np.asarray(flat, np.int64)
+    hists = [np.asarray(c.histories[u], np.int64) for u in hist_users]
+    arrays["hist_offsets"] = np.concatenate([[0], np.cumsum([len(h) for h in hists])]).astype(
+        np.int64
+    )
+    arrays["hist_rows"] = _concat(hists, (), np.int64)
     eff_users = list(c.effects)
     arrays["effects"] = _stack([c.effects[u] for u in eff_users], (random_dim,), np.float64)
     win_users = list(c.windows)
@@ -132,10 +136,15 @@ class Decoded:
     header: dict[str, Any]
     arrays: dict[str, np.ndarray]
 
-    def histories(self) -> dict[str, list[int]]:
-        return _unragged(
-            self.header["hist_users"], self.arrays["hist_offsets"], self.arrays["hist_rows"]
-        )
+    def histories(self) -> dict[str, np.ndarray]:
+        """Each user's history, int32 views of one array (``Histories.restore`` keeps
+        them as they are: no buffer a user)."""
+        offsets, flat = self.arrays["hist_offsets"], self.arrays["hist_rows"]
+        if len(flat) and (flat.min() < 0 or flat.max() > MAX_ROW):
+            raise SnapshotError("a history names a row outside the int32 range")
+        rows = flat.astype(np.int32)
+        bounds = offsets.tolist()
+        return {u: rows[bounds[i] : bounds[i + 1]] for i, u in enumerate(self.header["hist_users"])}
 
     def effects(self) -> dict[str, np.ndarray]:
         eff = self.arrays["effects"]
@@ -171,11 +180,6 @@ class Decoded:
                 a["share_h"][s:e].copy(),
             )
         return out
-
-
-def _unragged(users: list[str], offsets: np.ndarray, flat: np.ndarray) -> dict[str, list[int]]:
-    values = flat.tolist()
-    return {u: values[int(offsets[i]) : int(offsets[i + 1])] for i, u in enumerate(users)}
 
 
 def decode(body: bytes, artifact_version: str) -> Decoded:
@@ -216,10 +220,11 @@ def restore_plan(d: Decoded, catalogue_ids: list[str], dim: int, window: int) ->
         emb = d.arrays["upload_emb"]
         if emb.shape != (len(uploads), dim) or not np.isfinite(emb).all():
             raise SnapshotError("its uploads do not fit the artifact's embedding size")
-        histories = d.histories()
         rows = catalogue_size + len(uploads)
-        if any(r < 0 or r >= rows for hist in histories.values() for r in hist):
+        flat = d.arrays["hist_rows"]
+        if len(flat) and (flat.min() < 0 or flat.max() >= rows):
             raise SnapshotError("a history names a row the catalogue does not have")
+        histories = d.histories()
         share_rows = d.arrays["share_rows"]
         if len(share_rows) and (share_rows.min() < 0 or share_rows.max() >= rows):
             raise SnapshotError("a share names a row the catalogue does not have")

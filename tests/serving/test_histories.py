@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from serving import histories as h
 
@@ -38,11 +40,12 @@ def test_grouped_and_per_impression_paths_give_the_same_bits(
         got[threshold] = (h.run_similarity(hist, run, emb.__getitem__, frozen), hist.rows())
     (a, ha), (b, hb) = got[0], got[10**9]
     assert np.array_equal(a[0], b[0], equal_nan=True) and np.array_equal(a[1], b[1], equal_nan=True)
-    assert ha == hb
+    assert ha.keys() == hb.keys() and all(ha[u].tolist() == hb[u].tolist() for u in ha)
     # and each value is the definition: the history before the impression
     hist, run, emb = _state(seed)
     for i, (user, row, watched) in enumerate(run):
-        before = list(hist.offline(user)) if frozen else list(hist.get(user) or [])
+        got = hist.offline(user) if frozen else hist.get(user)
+        before = [] if got is None else got.tolist()
         if before:
             sims = emb[before].astype(np.float64) @ emb[row].astype(np.float64)
             assert a[0][i] == pytest.approx(sims.max(), abs=1e-12)
@@ -51,3 +54,76 @@ def test_grouped_and_per_impression_paths_give_the_same_bits(
             assert np.isnan(a[0][i])
         if watched and not frozen:
             hist.add(user, row)
+
+
+class _Reference:
+    """The histories as they were kept before the arrays: a list and a set a user."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[int]] = {}
+
+    def add(self, user: str, row: int) -> None:
+        got = self.rows.setdefault(user, [])
+        if row not in got:
+            got.append(row)
+
+    def drop_row(self, row: int) -> None:
+        self.rows = {u: [r for r in rs if r != row] for u, rs in self.rows.items()}
+
+    def forget(self, user: str) -> None:
+        self.rows.pop(user, None)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "add", "add", "drop", "forget"]),
+            st.integers(0, 3),
+            st.integers(0, 20),
+        ),
+        max_size=120,
+    )
+)
+@settings(max_examples=150, deadline=None)
+def test_the_arrays_hold_what_a_list_and_a_set_held_and_a_view_never_changes(ops) -> None:
+    got, want = h.Histories(), _Reference()
+    taken: list[tuple[np.ndarray, list[int]]] = []  # views a reader holds, and their contents
+    for op, u, row in ops:
+        user = f"u{u}"
+        view = got.get(user)
+        if view is not None:
+            taken.append((view, view.tolist()))
+        if op == "add":
+            got.add(user, row)
+            want.add(user, row)
+        elif op == "drop":
+            got.drop_row(row)
+            want.drop_row(row)
+        else:
+            got.forget(user)
+            want.forget(user)
+    for user in {f"u{i}" for i in range(4)}:
+        rows = got.get(user)
+        assert (rows.tolist() if rows is not None else []) == want.rows.get(user, [])
+        assert rows is None or (rows.dtype == np.int32 and not rows.flags.writeable)
+    assert {u: r.tolist() for u, r in got.rows().items()} == {
+        u: r for u, r in want.rows.items()
+    } | {u: [] for u in got.users() - set(want.rows)}
+    for view, seen in taken:  # appends past it, growth and takedowns replaced it whole
+        assert view.tolist() == seen
+
+
+def test_a_restored_history_is_a_view_of_the_snapshot_and_is_never_written() -> None:
+    flat = np.array([5, 6, 7, 8, 9], np.int32)
+    flat.setflags(write=False)
+    hist = h.Histories()
+    hist.restore({"a": flat[:2], "b": flat[2:]}, set())
+    assert np.shares_memory(hist.get("a"), flat)  # no buffer a user
+    hist.add("a", 4)
+    hist.add("b", 7)  # already there
+    assert hist.get("a").tolist() == [5, 6, 4] and hist.get("b").tolist() == [7, 8, 9]
+    assert flat.tolist() == [5, 6, 7, 8, 9]
+    with pytest.raises(ValueError, match="history rows must be in"):
+        hist.add("c", h.MAX_ROW + 1)
+    with pytest.raises(ValueError, match="history rows must be in"):
+        hist.restore({"d": [-1]}, set())

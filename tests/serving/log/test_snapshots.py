@@ -92,8 +92,8 @@ def _picture(s: ServingState) -> dict[str, Any]:
         "removed_rows": set(s.catalogue.removed_rows),
         "emb": s.catalogue.emb[:n].tobytes(),
         "index_size": s.catalogue.index.size if hasattr(s.catalogue.index, "size") else None,
-        "histories": s.histories.rows(),
-        "offline": dict(s.histories._offline),
+        "histories": {u: r.tolist() for u, r in s.histories.rows().items()},
+        "offline": {u: r.tolist() for u, r in s.histories._offline.items()},
         "effects": {u: e.tobytes() for u, e in s.online.effects.items()},
         "windows": {
             u: (w.keys.tobytes(), w.y.tobytes(), w.offset.tobytes())

@@ -78,8 +78,9 @@ def impression_batches(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]
 def check_job_input(
     data: str | os.PathLike[str], videos: bool = True, impressions: bool = True
 ) -> None:
-    """The contract's cheap checks before a job does any work: the directory, the files
-    the job reads, and their schemas (footers only; rows are checked as they are read).
+    """The contract's checks before a job does any work: the directory, the files the job
+    reads, their schemas (footers), and the log's rows (``impressions.check_rows``: one
+    pass, once per version of the files; videos' rows are checked as they are read).
     DatasetError with one line per problem (the CLI: exit 2, no traceback). A URI
     (``s3://...``: Spark reads it) is left to the engine."""
     if "://" in str(data):
@@ -115,6 +116,13 @@ def check_job_input(
         problems += [f"{name}: {p}" for p in found]
     if problems:
         raise DatasetError(problems)
+    if impressions:
+        # The log's rows too (one scan, remembered per file version), on every engine:
+        # Spark's jobs read the same files and would take a NaN watch time as given.
+        # Imported here: the log's reader imports this module.
+        from pipelines.data.impressions import impressions_connection
+
+        impressions_connection(d).close()
 
 
 def dataset_dir(path: str | os.PathLike[str]) -> Path:

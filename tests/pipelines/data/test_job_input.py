@@ -101,3 +101,33 @@ def test_a_set_of_given_vectors_passes_and_one_with_both_shapes_does_not(
     code, _, err = run_cli("pipeline", "--data", both, "--out", tmp_path / "o")
     assert code == 2 and "frames and embedding: a file gives videos one way" in err
     assert not (tmp_path / "o").exists()
+
+
+LOG_JOBS = [
+    ("pipeline", ["--out", "OUT"]),
+    ("train-embeddings", ["--out", "OUT"]),
+    ("evaluate", ["--artifacts", "OUT", "--out", "OUT"]),
+    ("mine-triplets", ["--out", "OUT/t.parquet"]),
+    ("fit-glmix", ["--artifacts", "OUT"]),
+    ("fit-glmix", ["--artifacts", "OUT", "--engine", "spark"]),
+    ("evaluate", ["--artifacts", "OUT", "--out", "OUT", "--engine", "spark"]),
+]
+
+
+@pytest.mark.parametrize(("job", "extra"), LOG_JOBS)
+def test_each_job_refuses_a_bad_log_row_before_any_work_on_either_engine(
+    run_cli, tmp_path: Path, given_world_dir: Path, job: str, extra: list[str]
+) -> None:
+    # Spark's jobs read the files themselves: they took a NaN watch time as given.
+    d = tmp_path / "ds"
+    d.mkdir()
+    pq.write_table(pq.read_table(given_world_dir / "videos.parquet"), d / "videos.parquet")
+    log = pq.read_table(given_world_dir / "impressions.parquet")
+    secs = log.column("watch_seconds").to_numpy().copy()
+    secs[5] = np.nan
+    pq.write_table(log.set_column(3, "watch_seconds", pa.array(secs)), d / "impressions.parquet")
+    out = tmp_path / "out"
+    code, _, err = run_cli(job, "--data", d, *[a.replace("OUT", str(out)) for a in extra])
+    assert code == 2 and "Traceback" not in err, err
+    assert err.startswith("error: impressions.parquet: watch_seconds: nan at row 5 ")
+    assert not out.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -13,9 +14,18 @@ if TYPE_CHECKING:
     from pipelines.engine import Engine
     from pipelines.training.train_embeddings import EmbeddingJobConfig
 
+def _finite_non_negative(value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"must be a finite number >= 0, got {value}")
+    return value
+
+
 WatchThreshold = Annotated[
     float,
-    typer.Option(help="An impression is a valid watch when watch_seconds >= this many seconds."),
+    typer.Option(
+        help="An impression is a valid watch when watch_seconds >= this many seconds.",
+        callback=_finite_non_negative,
+    ),
 ]
 
 
@@ -51,7 +61,9 @@ InferencePrecision = Annotated[
         "about 2x faster here) or auto (bfloat16 where native)."
     ),
 ]
-Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
+Seed = Annotated[
+    int, typer.Option(min=0, help="Random seed (>= 0); the same seed gives the same result.")
+]
 Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")]
 Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
 PoolingName = Annotated[

@@ -56,7 +56,7 @@ def mine_triplets(
         int, typer.Option(help="Cap of triplets per (user, anchor video).")
     ] = 20,
     max_per_user: Annotated[int, typer.Option(help="Cap of triplets per user.")] = 500,
-    seed: Annotated[int, typer.Option(help="Seed of the capped sample.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the capped sample.")] = 0,
     engine: EngineName = "local",
     spark_master: SparkMaster = "local[*]",
 ) -> None:

@@ -40,3 +40,30 @@ def test_the_cli_builds_the_same_config(run_cli, tmp_path) -> None:
     assert code == 2 and "unknown pooling 'nope'" in err
     code, _, err = run_cli("pipeline", "--data", tmp_path, "--out", tmp_path / "o", "--gamma", "-1")
     assert code == 2 and "gamma must be finite and >= 0" in err
+
+
+@pytest.mark.parametrize(
+    ("job", "option", "value", "needle"),
+    [
+        ("pipeline", "--seed", "-5", "Invalid value for '--seed'"),
+        ("synth", "--seed", "-1", "Invalid value for '--seed'"),
+        ("pipeline", "--watch-threshold", "nan", "must be a finite number >= 0, got nan"),
+        ("fit-glmix", "--watch-threshold", "-1", "must be a finite number >= 0, got -1.0"),
+        ("validate", "--watch-threshold", "inf", "must be a finite number >= 0, got inf"),
+    ],
+)
+def test_a_negative_seed_or_a_watch_threshold_that_is_not_a_time_is_a_usage_error(
+    run_cli, tmp_path, job: str, option: str, value: str, needle: str
+) -> None:
+    # A negative seed ended in numpy's ValueError traceback; a negative or NaN threshold
+    # made every impression a watch, or none, and then "no co-watch triplets".
+    args = {
+        "pipeline": ["--data", tmp_path, "--out", tmp_path / "o"],
+        "synth": ["--out", tmp_path / "o"],
+        "fit-glmix": ["--data", tmp_path, "--artifacts", tmp_path / "o"],
+        "validate": [tmp_path],
+    }[job]
+    code, _, err = run_cli(job, *args, option, value)
+    assert code == 2 and "Traceback" not in err, err
+    assert needle in " ".join(err.replace("│", " ").split())
+    assert not (tmp_path / "o").exists()

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pipelines.engine import Engine
     from pipelines.training.train_embeddings import EmbeddingJobConfig
 
+
 def _finite_non_negative(value: float) -> float:
     if not math.isfinite(value) or value < 0:
         raise typer.BadParameter(f"must be a finite number >= 0, got {value}")

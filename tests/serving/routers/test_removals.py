@@ -52,6 +52,16 @@ def test_a_taken_down_video_is_never_shown_again(settings, artifact) -> None:
         d = json.loads((artifact / "embedder.json").read_text())["feature_dim"]
         reuse = c.post("/v1/videos", json={"video_id": gone, "frames": frames(d)}, headers=AUTH)
         assert reuse.status_code == 409 and "taken down" in reuse.json()["detail"]
+        # An event trailing the takedown is refused whole, and the 404 says why.
+        late = {"user_id": user, "video_id": gone, "watch_seconds": 30.0}
+        at = "2030-01-01T00:00:00Z"
+        for path, body in (
+            ("/v1/events/impressions", {"impressions": [{**late, "shown_at": at}]}),
+            ("/v1/events/watch", {**late, "at": at}),
+        ):
+            r = c.post(path, json=body, headers=AUTH)
+            assert r.status_code == 404, r.text
+            assert r.json()["detail"] == f"video {gone!r} was taken down"
     with TestClient(create_app(settings)) as c:  # a restart replays the takedown
         assert gone not in _everything_shown(c, users, ids[:40])
 

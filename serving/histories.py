@@ -69,7 +69,8 @@ class Histories:
             self._rows[user] = (buf, 1)
             return
         buf, n = got
-        if (buf[:n] == row).any():
+        # Short histories (most) through a list: a numpy comparison costs more than it.
+        if row in buf[:n].tolist() if n <= 32 else (buf[:n] == row).any():
             return
         if not 0 <= row <= MAX_ROW:
             raise ValueError(f"history rows must be in [0, {MAX_ROW}]")
@@ -85,6 +86,12 @@ class Histories:
         out = buf[:n]
         out.setflags(write=False)
         return out
+
+    def length(self, user: str) -> int:
+        """How many videos the user's history holds (0 without one): ``get`` without the
+        view, for a loop over impressions."""
+        got = self._rows.get(user)
+        return 0 if got is None else got[1]
 
     def get(self, user: str) -> np.ndarray | None:
         """The user's history (H,) int32, a read-only view that stays as it is; None
@@ -145,8 +152,7 @@ def run_similarity(
         if frozen:
             mine.setdefault(user, []).append((i, len(histories.offline(user))))
             continue
-        hist = histories.get(user)
-        mine.setdefault(user, []).append((i, 0 if hist is None else len(hist)))
+        mine.setdefault(user, []).append((i, histories.length(user)))
         if watched:
             histories.add(user, row)
     max_s, avg_s = np.full(len(run), np.nan), np.full(len(run), np.nan)

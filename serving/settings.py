@@ -8,7 +8,6 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 #: the state store URLs ``serving.stores.open_store`` takes
 STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 

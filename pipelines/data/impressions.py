@@ -18,100 +18,30 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.data.io import impression_batches, open_parquet
+from pipelines.data.log_rows import check_rows, log_connection
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S, IMPRESSIONS_FILE
 from recsys.errors import UserInputError
 from recsys.glmix.config import GLMixConfig
 
 
-def _sql_str(path: Path) -> str:
-    return str(path).replace("'", "''")
-
-
 def impressions_connection(data: Path) -> duckdb.DuckDBPyConnection:
     """DuckDB with two views over the data set's Parquet file (or directory of Parquet
     files): ``impressions`` and ``impressions_rows`` (the same with each row's position in
-    the file, or in the files in name order, ``file_row_number``)."""
+    the file, or in the files in name order, ``file_row_number``); the rows checked first
+    (``log_rows.check_rows``)."""
     path = data / IMPRESSIONS_FILE
     if not path.exists():
         raise UserInputError(
             f"{path}: missing; this job needs impressions (a videos-only data set serves "
             "classification and embedding only, see docs/data.md)"
         )
-    con = duckdb.connect()
     if path.is_dir():  # Parquet files (the service's archive): rows in file-name order
         impression_batches(path)  # clear error for a directory without readable files
-        files = f"read_parquet('{_sql_str(path)}/*.parquet', union_by_name = true"
-        con.execute(f"CREATE VIEW impressions AS SELECT * FROM {files})")
-        con.execute(
-            "CREATE VIEW impressions_rows AS SELECT * EXCLUDE (filename, file_row_number), "
-            "row_number() OVER (ORDER BY filename, file_row_number) - 1 AS file_row_number "
-            f"FROM {files}, filename = true, file_row_number = true)"
-        )
     else:
         open_parquet(path)  # clear error for an unreadable file
-        con.execute(f"CREATE VIEW impressions AS SELECT * FROM read_parquet('{_sql_str(path)}')")
-        con.execute(
-            "CREATE VIEW impressions_rows AS SELECT * FROM "
-            f"read_parquet('{_sql_str(path)}', file_row_number = true)"
-        )
+    con = log_connection(path)
     check_rows(con, path)
     return con
-
-
-#: a row the contract refuses (``recsys validate``'s checks). Evaluated in aggregates'
-#: FILTER clauses: DuckDB 2.0 pushes ``WHERE isnan(x)`` into the Parquet scan and then
-#: finds no NaN at all (the files' statistics leave NaN out)
-_BAD_ROW = """
-    user_id IS NULL OR length(user_id) = 0 OR video_id IS NULL OR length(video_id) = 0
-    OR shown_at IS NULL OR watch_seconds IS NULL
-    OR NOT (isfinite(watch_seconds) AND watch_seconds >= 0)
-"""
-#: logs whose rows passed ``check_rows``: (path, size and mtime of each file); a
-#: pipeline opens its log several times and pays the scan once
-_CHECKED: set[tuple[str, tuple[tuple[int, int], ...]]] = set()
-
-
-def _fingerprint(path: Path) -> tuple[str, tuple[tuple[int, int], ...]]:
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-    stats = [f.stat() for f in files]
-    return str(path.resolve()), tuple((s.st_size, s.st_mtime_ns) for s in stats)
-
-
-def check_rows(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """Every job's row check of the log (one scan, out of core; once per file version):
-    ids non-empty, a timestamp, watch time finite and >= 0. A bad row stops the job with
-    one line naming the first (exit 2), as ``recsys validate`` would, never a traceback
-    or a null taken for an id or a NaN for "not watched"."""
-    key = _fingerprint(path)
-    if key in _CHECKED:
-        return
-    # A count first: one streaming pass (a directory's row numbers need a sort).
-    # fetchall: DuckDB 2.0 keeps a result fetched by fetchone unfinished, and the
-    # connection then refuses the caller's next query
-    n = int(
-        con.execute(f"SELECT count(*) FILTER (WHERE {_BAD_ROW}) FROM impressions").fetchall()[0][0]
-    )
-    if n:
-        first = con.execute(
-            f"SELECT min(file_row_number) FILTER (WHERE {_BAD_ROW}) FROM impressions_rows"
-        ).fetchall()[0][0]
-        row, user, video, shown, secs = con.execute(
-            "SELECT file_row_number, user_id, video_id, shown_at, watch_seconds "
-            "FROM impressions_rows WHERE file_row_number = ?",
-            [first],
-        ).fetchall()[0]
-        if not user or not video:
-            what = f"{'user_id' if not user else 'video_id'}: empty or null id at row {row}"
-        elif shown is None:
-            what = f"shown_at: null timestamp at row {row} (user {user!r})"
-        else:
-            what = (
-                f"watch_seconds: {'null' if secs is None else secs} at row {row} (user {user!r}, video {video!r}) "
-                "must be finite and >= 0"
-            )
-        more = f" (and {n - 1} more bad rows: `recsys validate` lists them)" if n > 1 else ""
-        raise UserInputError(f"{IMPRESSIONS_FILE}: {what}{more}")
-    _CHECKED.add(key)
 
 
 def log_span(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime]:

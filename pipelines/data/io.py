@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipelines.data.log_rows import check_rows, log_connection
 from pipelines.data.side import USERS_FILE, validate_users
 from recsys.dataset import (
     DEFAULT_WATCH_THRESHOLD_S,
@@ -79,7 +80,7 @@ def check_job_input(
     data: str | os.PathLike[str], videos: bool = True, impressions: bool = True
 ) -> None:
     """The contract's checks before a job does any work: the directory, the files the job
-    reads, their schemas (footers), and the log's rows (``impressions.check_rows``: one
+    reads, their schemas (footers), and the log's rows (``log_rows.check_rows``: one
     pass, once per version of the files; videos' rows are checked as they are read).
     DatasetError with one line per problem (the CLI: exit 2, no traceback). A URI
     (``s3://...``: Spark reads it) is left to the engine."""
@@ -119,10 +120,12 @@ def check_job_input(
     if impressions:
         # The log's rows too (one scan, remembered per file version), on every engine:
         # Spark's jobs read the same files and would take a NaN watch time as given.
-        # Imported here: the log's reader imports this module.
-        from pipelines.data.impressions import impressions_connection
-
-        impressions_connection(d).close()
+        path = d / IMPRESSIONS_FILE
+        con = log_connection(path)
+        try:
+            check_rows(con, path)
+        finally:
+            con.close()
 
 
 def dataset_dir(path: str | os.PathLike[str]) -> Path:

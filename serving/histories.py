@@ -29,6 +29,8 @@ Shown = tuple[str, int, bool]
 MAX_ROW = np.iinfo(np.int32).max
 #: the room a user's first buffer has
 _FIRST_ROOM = 4
+#: users whose buffers a takedown compares at once
+_DROP_CHUNK = 1 << 16
 _EMPTY = np.zeros(0, np.int32)
 _EMPTY.setflags(write=False)
 
@@ -64,7 +66,7 @@ class Histories:
         if got is None:
             if not 0 <= row <= MAX_ROW:
                 raise ValueError(f"history rows must be in [0, {MAX_ROW}]")
-            buf = np.empty(_FIRST_ROOM, np.int32)
+            buf = np.full(_FIRST_ROOM, -1, np.int32)  # spare room never matches a row
             buf[0] = row
             self._rows[user] = (buf, 1)
             return
@@ -75,7 +77,7 @@ class Histories:
         if not 0 <= row <= MAX_ROW:
             raise ValueError(f"history rows must be in [0, {MAX_ROW}]")
         if n == len(buf):
-            grown = np.empty(max(2 * n, _FIRST_ROOM), np.int32)
+            grown = np.full(max(2 * n, _FIRST_ROOM), -1, np.int32)
             grown[:n] = buf[:n]
             buf = grown
         buf[n] = row  # past every reader's prefix
@@ -110,11 +112,21 @@ class Histories:
         return set(self._rows)
 
     def drop_row(self, row: int) -> None:
-        """A video taken down leaves every history (rare: a pass over all users)."""
-        for user, (buf, n) in list(self._rows.items()):
-            keep = buf[:n] != row
-            if not keep.all():
-                self._rows[user] = (buf[:n][keep].copy(), int(keep.sum()))
+        """A video taken down leaves every history (rare: a pass over all users, under
+        the state's lock). The users' buffers are compared a chunk at a time, whole: the
+        spare room past a history holds -1, never a row, so no slicing a user."""
+        users = list(self._rows)
+        for s in range(0, len(users), _DROP_CHUNK):
+            part = users[s : s + _DROP_CHUNK]
+            bufs = [self._rows[u][0] for u in part]
+            hit = np.concatenate(bufs) == row
+            if not hit.any():
+                continue
+            sizes = np.fromiter(map(len, bufs), np.int64, len(bufs))
+            for i in np.unique(np.repeat(np.arange(len(part)), sizes)[hit]).tolist():
+                buf, n = self._rows[part[i]]
+                keep = buf[:n] != row
+                self._rows[part[i]] = (buf[:n][keep].copy(), int(keep.sum()))
 
     def rows(self) -> dict[str, np.ndarray]:
         """Every history (read-only views that stay as they are: a snapshot's picture)."""

@@ -140,3 +140,19 @@ def test_a_long_history_takes_each_video_once() -> None:
         views.append((hist.get("u"), list(want.rows["u"])))
     assert hist.get("u").tolist() == want.rows["u"] and len(want.rows["u"]) > 100
     assert all(v.tolist() == seen for v, seen in views)
+
+
+def test_a_takedown_reaches_every_user_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(h, "_DROP_CHUNK", 3)  # 10 users: four chunks, one partial
+    hist, want = h.Histories(), _Reference()
+    rng = np.random.default_rng(1)
+    for u in range(10):
+        for row in rng.integers(0, 12, size=int(rng.integers(1, 40))).tolist():
+            hist.add(f"u{u}", row)
+            want.add(f"u{u}", row)
+    hist.restore({**hist.rows(), "r": np.array([3, 5, 7], np.int32)}, set())
+    want.rows["r"] = [3, 5, 7]
+    for row in (5, 11, 5, 0):
+        hist.drop_row(row)
+        want.drop_row(row)
+        assert {u: r.tolist() for u, r in hist.rows().items()} == want.rows

@@ -374,7 +374,7 @@ class DerivedState:
             self.catalogue.remove(video_id)
         self.payload_hashes = dict(h["payload_hashes"])
         self.erased_users = set(h["erased_users"])
-        self.histories.restore(plan.histories, self.erased_users)
+        self.histories.restore(plan.histories, self.erased_users, checked=True)
         self.online.restore(plan.effects, plan.windows, set(h["forgotten"]))
         self.online.pending = dict.fromkeys(h.get("pending", []))
         if (solver := h.get("solver", 1)) != SOLVER:  # its effects' last bits differ: refit

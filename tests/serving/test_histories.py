@@ -127,6 +127,11 @@ def test_a_restored_history_is_a_view_of_the_snapshot_and_is_never_written() -> 
         hist.add("c", h.MAX_ROW + 1)
     with pytest.raises(ValueError, match="history rows must be in"):
         hist.restore({"d": [-1]}, set())
+    with pytest.raises(ValueError, match="history rows must be in"):
+        hist.restore({"d": np.array([-1], np.int32)}, set())
+    # A snapshot's reader checked the range of all of them at once: taken as they are.
+    hist.restore({"e": flat[1:3]}, set(), checked=True)
+    assert hist.get("e").base is flat or np.shares_memory(hist.get("e"), flat)
 
 
 def test_a_long_history_takes_each_video_once() -> None:

@@ -142,15 +142,17 @@ class DerivedState:
 
     def _offline_histories(self, loaded: RecommenderArtifact) -> Histories:
         """The artifact's watch histories by catalogue row (videos it lacks skipped)."""
-        out = Histories()
         hist = loaded.histories
+        row = self.catalogue.row
+        users, rows = [], []
         for u, v in zip(
             hist.column("user_id").to_pylist(), hist.column("video_id").to_pylist(), strict=True
         ):
-            r = self.catalogue.row(v)
+            r = row(v)
             if r is not None:
-                out.add(u, r)
-        return out
+                users.append(u)
+                rows.append(r)
+        return Histories.from_watches(users, np.asarray(rows, dtype=np.int64))
 
     # ------------------------------------------------------------------ the log
 

@@ -12,7 +12,7 @@ a list and a set held about 130 bytes a watch (docs/scale.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -50,6 +50,29 @@ class Histories:
         self._rows: dict[str, tuple[np.ndarray, int]] = {}
         #: the artifact's histories as loaded, takedowns included (``offline``)
         self._offline: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def from_watches(cls, users: Sequence[str], rows: np.ndarray) -> Histories:
+        """The histories of watches given as parallel ``users`` and catalogue ``rows`` in
+        log order: each user's distinct rows, first watched first, as ``add`` one at a time
+        would leave them (tested), in one vectorised pass instead of ``add``'s 1-3 us a
+        watch. The users' histories are views of one array."""
+        out = cls()
+        if not len(rows):
+            return out
+        index: dict[str, int] = {}
+        codes = np.fromiter((index.setdefault(u, len(index)) for u in users), np.int64, len(rows))
+        flat = _rows_array(rows).astype(np.int64)
+        # Each (user, row) pair's first watch, in log order, then grouped by user.
+        _, first = np.unique((codes << 32) | flat, return_index=True)
+        first.sort()
+        by_user = first[np.argsort(codes[first], kind="stable")]
+        c, r = codes[by_user], flat[by_user].astype(np.int32)
+        cuts = np.flatnonzero(np.diff(c)) + 1
+        names = list(index)
+        for s, e in zip([0, *cuts.tolist()], [*cuts.tolist(), len(c)], strict=True):
+            out._rows[names[c[s]]] = (r[s:e], e - s)
+        return out
 
     def freeze(self) -> None:
         """Mark every history as it is now as the offline one (call once, after loading

@@ -161,3 +161,21 @@ def test_a_takedown_reaches_every_user_across_chunks(monkeypatch: pytest.MonkeyP
         hist.drop_row(row)
         want.drop_row(row)
         assert {u: r.tolist() for u, r in hist.rows().items()} == want.rows
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 30)), max_size=200))
+@settings(max_examples=100, deadline=None)
+def test_histories_from_watches_are_the_adds_one_at_a_time(watches) -> None:
+    users = [f"u{u}" for u, _ in watches]
+    rows = np.array([r for _, r in watches], dtype=np.int64)
+    got, want = h.Histories.from_watches(users, rows), h.Histories()
+    for u, r in zip(users, rows.tolist(), strict=True):
+        want.add(u, r)
+    g, w = got.rows(), want.rows()
+    assert list(g) == list(w)  # users in the order first seen, as the adds insert them
+    assert all(g[u].tolist() == w[u].tolist() for u in w)
+    before = {u: r.tolist() for u, r in g.items()}
+    for u in list(g):
+        got.add(u, 31)  # grows out of the shared array, never into a neighbour's rows
+    assert all(got.get(u).tolist() == before[u] + [31] for u in before)
+    assert {u: r.tolist() for u, r in g.items()} == before

@@ -44,6 +44,13 @@ def _rows_array(rows: Iterable[int] | np.ndarray) -> np.ndarray:
     return a.astype(np.int32, copy=False)
 
 
+def _prefix(buf: np.ndarray, n: int) -> np.ndarray:
+    """buf[:n], read-only: what a reader keeps."""
+    out = buf[:n]
+    out.setflags(write=False)
+    return out
+
+
 class Histories:
     def __init__(self) -> None:
         #: user -> (buffer, length): the history is buffer[:length]
@@ -85,32 +92,21 @@ class Histories:
         return self._offline.get(user, _EMPTY)
 
     def add(self, user: str, row: int) -> None:
-        got = self._rows.get(user)
-        if got is None:
-            if not 0 <= row <= MAX_ROW:
-                raise ValueError(f"history rows must be in [0, {MAX_ROW}]")
-            buf = np.full(_FIRST_ROOM, -1, np.int32)  # spare room never matches a row
-            buf[0] = row
-            self._rows[user] = (buf, 1)
-            return
-        buf, n = got
+        buf, n = self._rows.get(user, (_EMPTY, 0))
         # Short histories (most) through a list: a numpy comparison costs more than it.
-        if row in buf[:n].tolist() if n <= 32 else (buf[:n] == row).any():
+        if n and (row in buf[:n].tolist() if n <= 32 else (buf[:n] == row).any()):
             return
         if not 0 <= row <= MAX_ROW:
             raise ValueError(f"history rows must be in [0, {MAX_ROW}]")
-        if n == len(buf):
-            grown = np.full(max(2 * n, _FIRST_ROOM), -1, np.int32)
+        if n == len(buf):  # full (or a user's first watch): twice the room
+            grown = np.full(max(2 * n, _FIRST_ROOM), -1, np.int32)  # spare room: never a row
             grown[:n] = buf[:n]
             buf = grown
         buf[n] = row  # past every reader's prefix
         self._rows[user] = (buf, n + 1)
 
     def _view(self, user: str) -> np.ndarray:
-        buf, n = self._rows[user]
-        out = buf[:n]
-        out.setflags(write=False)
-        return out
+        return _prefix(*self._rows[user])
 
     def length(self, user: str) -> int:
         """How many videos the user's history holds (0 without one): ``get`` without the
@@ -122,11 +118,7 @@ class Histories:
         """The user's history (H,) int32, a read-only view that stays as it is; None
         without one (never an empty array)."""
         got = self._rows.get(user)
-        if got is None or not got[1]:
-            return None
-        out = got[0][: got[1]]
-        out.setflags(write=False)
-        return out
+        return None if got is None or not got[1] else _prefix(*got)
 
     def __len__(self) -> int:
         return len(self._rows)

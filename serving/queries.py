@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import NotFoundError
 from serving.state import ServingState
 
 
@@ -49,10 +48,7 @@ def score(state: ServingState, user_id: str, video_ids: list[str]) -> dict[str, 
 def similar(state: ServingState, video_id: str, k: int) -> list[dict[str, Any]]:
     row = state.catalogue.row(video_id)
     if row is None:
-        gone = video_id in state.removed_videos
-        raise NotFoundError(
-            f"video {video_id!r} was taken down" if gone else f"unknown video {video_id!r}"
-        )
+        raise state.video_not_found(video_id)
     return [{"video_id": v, "similarity": s} for v, s in state.catalogue.similar(row, k)]
 
 

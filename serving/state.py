@@ -291,8 +291,8 @@ class ServingState(DerivedState):
                 self._log.mark("removals", stamp)
                 self._apply_removal(Removal("user", user_id))
 
-    def _not_found(self, video_id: str) -> NotFoundError:
-        """A write naming a video the catalogue does not serve: unknown, or taken down
+    def video_not_found(self, video_id: str) -> NotFoundError:
+        """A request naming a video the catalogue does not serve: unknown, or taken down
         (a client's event can trail a takedown; the 404 says which)."""
         if video_id in self.removed_videos:
             return NotFoundError(f"video {video_id!r} was taken down")
@@ -301,7 +301,7 @@ class ServingState(DerivedState):
     def record_watch(self, user_id: str, video_id: str, watch_seconds: float, at: str) -> bool:
         row = self.catalogue.row(video_id)
         if row is None:
-            raise self._not_found(video_id)
+            raise self.video_not_found(video_id)
         with self._lock:
             seq = self.store.insert_watch(Watch(user_id, video_id, watch_seconds, at))
             self._log.mark("watches", seq)
@@ -319,7 +319,7 @@ class ServingState(DerivedState):
         for imp in impressions:
             r = self.catalogue.row(imp.video_id)
             if r is None:
-                raise self._not_found(imp.video_id)
+                raise self.video_not_found(imp.video_id)
             rows.append(r)
         with self._lock:
             seqs = self.store.insert_impressions(impressions)

@@ -87,8 +87,9 @@ def check_rows(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         elif shown is None:
             what = f"shown_at: null timestamp at row {row} (user {user!r})"
         else:
+            value = "null" if secs is None else secs
             what = (
-                f"watch_seconds: {'null' if secs is None else secs} at row {row} (user {user!r}, video {video!r}) "
+                f"watch_seconds: {value} at row {row} (user {user!r}, video {video!r}) "
                 "must be finite and >= 0"
             )
         more = f" (and {n - 1} more bad rows: `recsys validate` lists them)" if n > 1 else ""

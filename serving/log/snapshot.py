@@ -82,7 +82,7 @@ def encode(c: Picture, random_dim: int, video_dim: int) -> bytes:
     """The snapshot's body (``MAGIC``, SHA-256, npz)."""
     arrays: dict[str, np.ndarray] = {"upload_emb": np.asarray(c.upload_emb, np.float32)}
     hist_users = list(c.histories)
-    hists = [np.asarray(c.histories[u], np.int64) for u in hist_users]
+    hists = [c.histories[u] for u in hist_users]  # int32 views: one copy, in _concat
     arrays["hist_offsets"] = np.concatenate([[0], np.cumsum([len(h) for h in hists])]).astype(
         np.int64
     )
@@ -138,11 +138,8 @@ class Decoded:
 
     def histories(self) -> dict[str, np.ndarray]:
         """Each user's history, int32 views of one array (``Histories.restore`` keeps
-        them as they are: no buffer a user)."""
-        offsets, flat = self.arrays["hist_offsets"], self.arrays["hist_rows"]
-        if len(flat) and (flat.min() < 0 or flat.max() > MAX_ROW):
-            raise SnapshotError("a history names a row outside the int32 range")
-        rows = flat.astype(np.int32)
+        them as they are: no buffer a user); ``restore_plan`` checked their rows."""
+        offsets, rows = self.arrays["hist_offsets"], self.arrays["hist_rows"].astype(np.int32)
         bounds = offsets.tolist()
         return {u: rows[bounds[i] : bounds[i + 1]] for i, u in enumerate(self.header["hist_users"])}
 
@@ -222,7 +219,7 @@ def restore_plan(d: Decoded, catalogue_ids: list[str], dim: int, window: int) ->
             raise SnapshotError("its uploads do not fit the artifact's embedding size")
         rows = catalogue_size + len(uploads)
         flat = d.arrays["hist_rows"]
-        if len(flat) and (flat.min() < 0 or flat.max() >= rows):
+        if len(flat) and (flat.min() < 0 or flat.max() >= min(rows, MAX_ROW + 1)):
             raise SnapshotError("a history names a row the catalogue does not have")
         histories = d.histories()
         share_rows = d.arrays["share_rows"]

@@ -1,10 +1,19 @@
-"""GLMix fit time and peak memory on synthetic rows.
+"""GLMix fit time and peak memory on synthetic rows; with ``--replay``, the online replay.
 
     .venv/bin/python -m benchmarks.bench_glmix [--users 100000 --rows 5000000 --dim 64]
+    .venv/bin/python -m benchmarks.bench_glmix --replay [--users 2000 --videos 5000
+        --rows 20000 --dim 32]
 
-Prints the wall time of the whole converged fit (all coordinate-descent passes),
-time per pass, peak resident memory, and a float64 matmul rate measured in the same
-run as the reference.
+The fit: prints the wall time of the whole converged fit (all coordinate-descent
+passes), time per pass, peak resident memory, and a float64 matmul rate measured in the
+same run as the reference.
+
+``--replay``: fits a GLMix with per-video effects and two global features on training
+rows, then replays ``--rows`` test rows (heavy-tailed activity per user and per video,
+tied times) through ``recsys.online.replay.progressive_validation`` (rounds: one batched
+refit a round) and ``replay_row_by_row`` (one refit a row, the plain statement). Prints
+each one's impressions per second, the ratio, and the largest difference between their
+scores (the two must agree to rounding).
 """
 
 from __future__ import annotations
@@ -17,17 +26,27 @@ import numpy as np
 import torch
 
 from recsys.glmix.model import GLMixConfig, fit_glmix
+from recsys.online.replay import progressive_validation, replay_row_by_row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--users", type=int, default=100_000)
-    ap.add_argument("--rows", type=int, default=5_000_000)
-    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--replay", action="store_true", help="time the online replay instead")
+    ap.add_argument("--users", type=int, help="default 100,000 (--replay: 2,000)")
+    ap.add_argument("--rows", type=int, help="default 5,000,000 (--replay: 20,000 test rows)")
+    ap.add_argument("--dim", type=int, help="default 64 (--replay: 32)")
+    ap.add_argument("--videos", type=int, default=5_000, help="--replay: videos")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    defaults = (2_000, 20_000, 32) if args.replay else (100_000, 5_000_000, 64)
+    for name, value in zip(("users", "rows", "dim"), defaults, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.replay:
+        replay(args)
+        return
     rng = np.random.default_rng(args.seed)
     # Heavy-tailed activity: most users have a few rows, some have thousands.
     activity = rng.lognormal(0.0, 1.0, args.users)
@@ -67,6 +86,45 @@ def main() -> None:
     print(f"float64 matmul reference: {gflops:.1f} GFLOP/s")
     print(f"GLMix fit: {total:.1f} s over {len(passes)} passes; peak RSS {peak_gb:.2f} GB")
     print(f"users with a random effect: {int((np.abs(model.user_coef).sum(1) > 0).sum())}")
+
+
+def _rows(rng: np.random.Generator, n: int, args: argparse.Namespace, table: np.ndarray):
+    """(users, video ids, video vectors, labels, global features) of n rows."""
+    activity = rng.lognormal(0.0, 1.0, args.users)
+    appeal = rng.lognormal(0.0, 1.0, args.videos)
+    u = rng.choice(args.users, size=n, p=activity / activity.sum())
+    v = rng.choice(args.videos, size=n, p=appeal / appeal.sum())
+    x = table[v]
+    g = rng.normal(size=(n, 2))
+    eta = -0.8 + x[:, 0] + 0.5 * g[:, 0] + 0.3 * np.sin(u) + 0.2 * np.cos(v)
+    y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(np.float64)
+    users = np.array([f"u{i}" for i in u], dtype=object)
+    videos = np.array([f"v{i}" for i in v], dtype=object)
+    return users, videos, x, y, g
+
+
+def replay(args: argparse.Namespace) -> None:
+    """The rounds against row by row (``--replay``)."""
+    rng = np.random.default_rng(args.seed)
+    table = rng.normal(size=(args.videos, args.dim))
+    table /= np.linalg.norm(table, axis=1, keepdims=True)
+    users, videos, x, y, g = _rows(rng, 5 * args.rows, args, table)
+    cfg = GLMixConfig(random_l2=1.0, video_effects=True, video_intercept_l2=1.0)
+    model = fit_glmix(users, x, y, cfg, g, videos=videos)
+    users, videos, x, y, g = _rows(rng, args.rows, args, table)
+    times = rng.integers(0, args.rows // 4, args.rows)  # ties, rows out of time order
+    t0 = time.perf_counter()
+    rounds = progressive_validation(users, x, y, times, model, None, g, videos, g)
+    t_rounds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    single = replay_row_by_row(users, x, y, times, model, g, videos)
+    t_single = time.perf_counter() - t0
+    n = args.rows
+    print(f"{n} impressions, {len(set(users))} users, {len(set(videos))} videos")
+    print(f"rounds:     {t_rounds:6.2f} s  {n / t_rounds:9.0f} impressions/s")
+    print(f"row by row: {t_single:6.2f} s  {n / t_single:9.0f} impressions/s")
+    print(f"rounds / row by row speed: {t_single / t_rounds:.1f}x")
+    print(f"largest score difference: {np.abs(rounds - single).max():.2e}")
 
 
 if __name__ == "__main__":

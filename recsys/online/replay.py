@@ -21,7 +21,7 @@ import numpy as np
 from recsys.glmix.design import VideoRows
 from recsys.glmix.model import GLMix
 from recsys.online.users import OnlineConfig, OnlineEffects, sigmoid
-from recsys.online.videos import VideoEffects
+from recsys.online.videos import VideoEffects, rows_by_user
 
 
 def _f64(a: np.ndarray | None) -> np.ndarray | None:
@@ -32,6 +32,24 @@ def _rows(video: np.ndarray | VideoRows, n: int) -> tuple[np.ndarray, np.ndarray
     if isinstance(video, VideoRows):  # a row's features are its video's table row
         return np.asarray(video.table, dtype=np.float64), video.rows
     return np.asarray(video, dtype=np.float64), np.arange(n)
+
+
+def rounds(keys: np.ndarray, times: np.ndarray) -> list[np.ndarray]:
+    """The rows in rounds: round r holds the r-th row (in time order, ties in input order)
+    of every key (user or video) with more than r rows, so a key appears at most once a
+    round. A user's effect depends on that user's rows alone, and a video's on that
+    video's alone, so a replay in rounds gives each row what the row-by-row replay gives
+    it: one batched refit per round instead of one per row."""
+    order = np.argsort(np.asarray(times), kind="stable")
+    _, key = np.unique(np.asarray(keys, dtype=object)[order].astype(str), return_inverse=True)
+    by_key = np.argsort(key, kind="stable")  # each key's rows together, in time order
+    sorted_key = key[by_key]
+    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[by_key] = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    by_round = np.argsort(rank, kind="stable")  # within a round, time order
+    cuts = np.flatnonzero(np.diff(rank[by_round])) + 1
+    return np.split(order[by_round], cuts) if len(order) else []
 
 
 def replay_users(
@@ -52,13 +70,15 @@ def replay_users(
     table, video_of = _rows(video, len(labels))
     y, g = np.asarray(labels, dtype=np.float64), _f64(global_feats)
     out = np.empty(len(y), dtype=np.float64)
-    for i in np.argsort(np.asarray(times), kind="stable").tolist():
-        u = str(users[i])
-        gi = None if g is None else g[i : i + 1]
-        vi = None if videos is None else [str(videos[i])]
-        xi = table[video_of[i]]
-        out[i] = float(online.user_logit(u, xi, gi)[0])
-        online.observe(u, xi, y[i : i + 1], gi, vi)
+    for idx in rounds(users, times):
+        # Each user at most once: score with the effect before the row, then learn.
+        names = [str(u) for u in users[idx]]
+        gi = None if g is None else g[idx]
+        vi = None if videos is None else [str(v) for v in videos[idx]]
+        xi = table[video_of[idx]]
+        out[idx] = online.user_logits(names, xi, gi)
+        online.stage(names, xi, y[idx], gi, vi)
+        online.refit(online.take_pending())
     frozen = None
     if model.has_video_effects:
         if videos is None:
@@ -87,12 +107,14 @@ def replay_videos(
     effects = VideoEffects(model)
     y, g, fg = np.asarray(labels, dtype=np.float64), _f64(global_feats), _f64(frozen_feats)
     out = np.empty(len(y), dtype=np.float64)
-    for i in np.argsort(np.asarray(times), kind="stable").tolist():
-        v = [str(videos[i])]
-        gi = None if g is None else g[i : i + 1]
-        fi = None if fg is None else fg[i : i + 1]
-        out[i] = float(sigmoid(user_logit[i] + effects.logit(v, gi)[0]))
-        effects.observe(str(users[i]), v, y[i : i + 1], frozen_logit[i : i + 1], fi)
+    for idx in rounds(videos, times):
+        # Each video at most once: its effect before the row, then the row's terms.
+        names = [str(v) for v in videos[idx]]
+        gi = None if g is None else g[idx]
+        fi = None if fg is None else fg[idx]
+        out[idx] = sigmoid(user_logit[idx] + effects.logit(names, gi))
+        by_user = rows_by_user([str(u) for u in users[idx]])
+        effects.stage(names, y[idx], frozen_logit[idx], fi, by_user)
     return out
 
 
@@ -125,3 +147,39 @@ def progressive_validation(
     return replay_videos(
         users, videos, labels, times, model, user_logit, frozen, global_feats, frozen_feats
     )
+
+
+def replay_row_by_row(
+    users: np.ndarray,
+    video: np.ndarray,
+    labels: np.ndarray,
+    times: np.ndarray,
+    model: GLMix,
+    global_feats: np.ndarray | None = None,
+    videos: np.ndarray | None = None,
+) -> np.ndarray:
+    """``progressive_validation`` as it is defined, one row at a time: each row in time
+    order (ties in input order) scored by its user's and its video's effects as they
+    stand, then learnt from (the frozen features equal to ``global_feats``). The plain
+    statement the rounds are tested and timed against; one refit a row."""
+    users_online = OnlineEffects(model, track_videos=False)
+    video_effects = VideoEffects(model) if model.has_video_effects else None
+    x = np.asarray(video, dtype=np.float64)
+    g = _f64(global_feats)
+    out = np.empty(len(labels))
+    for i in np.argsort(np.asarray(times), kind="stable").tolist():
+        row = slice(i, i + 1)
+        gi = None if g is None else g[row]
+        vi = None if videos is None else [str(videos[i])]
+        eta = users_online.user_logit(str(users[i]), x[row], gi)[0]
+        if video_effects is not None and vi is not None:
+            eta += video_effects.logit(vi, gi)[0]
+        out[i] = float(sigmoid(np.array([eta]))[0])
+        y = np.asarray(labels[row], dtype=np.float64)
+        users_online.observe(str(users[i]), x[row], y, gi, vi)
+        if video_effects is not None and vi is not None:
+            frozen = model.fixed_logit(x[row], gi)
+            frozen += model.random_logit(model.user_rows([str(users[i])]), x[row])
+            frozen += model.video_logit(model.video_rows(vi), gi)
+            video_effects.observe(str(users[i]), vi, y, frozen, gi)
+    return out

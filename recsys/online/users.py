@@ -226,7 +226,16 @@ class OnlineEffects:
     ) -> np.ndarray:
         """(n,) the logit without any per-video term: fixed effect plus the user's."""
         v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
-        return self._fixed_and_user(v, self.effect(user), global_feats)
+        return self._fixed_and_user(v, self.effect(user)[None, :], global_feats)
+
+    def user_logits(
+        self, users: list[str], video: np.ndarray, global_feats: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(n,) ``user_logit`` of rows of several users (``users`` (n,) each row's): the
+        same bits as one row at a time (row-wise products)."""
+        v = np.asarray(video, dtype=np.float64).reshape(-1, self.model.embedding_dim)
+        b = np.stack([self.effect(u) for u in users]) if users else np.zeros((0, 1))
+        return self._fixed_and_user(v, b, global_feats)
 
     def serving_logit(
         self, user: str, video: np.ndarray, global_feats: np.ndarray | None = None
@@ -250,9 +259,11 @@ class OnlineEffects:
     def _fixed_and_user(
         self, v: np.ndarray, b: np.ndarray, global_feats: np.ndarray | None
     ) -> np.ndarray:
-        eta = self.model.fixed_logit(v, global_feats) + b[0]
-        if self.model.config.use_video_features:
-            eta = eta + v @ b[1:]
+        """(n,) fixed effect plus the user effects ``b`` ((n, q) a row's, or (1, q) all
+        rows'), as row-wise products: a row's bits do not depend on the others."""
+        eta = self.model.fixed_logit(v, global_feats) + b[:, 0]
+        if self.model.config.use_video_features and len(v):
+            eta = eta + np.einsum("ij,ij->i", v, np.broadcast_to(b[:, 1:], v.shape))
         return eta
 
     def probability(

@@ -194,3 +194,20 @@ def test_an_effect_solved_before_an_erasure_is_not_installed_after_it() -> None:
     jobs = online.take_pending()
     online.stage(["u2"], x[2:3], np.ones(1))
     assert online.install(jobs, online.solve(jobs)) == 1 and "u2" in online.pending
+
+
+def test_the_replay_in_rounds_without_video_effects_is_row_by_row() -> None:
+    """Known and new users, many rows each, tied times: the rounds give each row the
+    row-by-row replay's score (a model without per-video effects: the users' half)."""
+    from recsys.online.replay import replay_row_by_row
+
+    rng = np.random.default_rng(8)
+    model, _ = _model(rng)
+    n = 400
+    users = np.array([f"u{i}" for i in rng.integers(0, 40, n)], dtype=object)  # u30.. new
+    x = rng.normal(size=(n, 3))
+    y = (rng.random(n) < 0.5).astype(float)
+    times = rng.integers(0, 50, n)
+    got = progressive_validation(users, x, y, times, model)
+    want = replay_row_by_row(users, x, y, times, model)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

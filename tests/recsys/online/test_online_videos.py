@@ -8,7 +8,7 @@ import pytest
 
 from recsys.glmix.config import video_prior
 from recsys.glmix.model import GLMixConfig, fit_glmix
-from recsys.online.replay import progressive_validation
+from recsys.online.replay import progressive_validation, replay_row_by_row
 from recsys.online.users import OnlineEffects
 from recsys.online.videos import SCALE
 from tests.recsys.glmix.test_glmix_videos import _world
@@ -248,3 +248,30 @@ def test_batched_effects_are_the_one_at_a_time_ones_and_changes_are_kept(slopes:
     one = np.stack([online.videos.effect(v) for v in names])
     assert np.array_equal(batched, one)
     assert np.array_equal(online.videos.effects(names), one)  # from what was kept
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_replay_in_rounds_is_the_replay_row_by_row(fitted, seed: int) -> None:
+    """Rounds (each user, each video at most once a round, one batched refit a round)
+    give every row what replaying one row at a time gives it: known and new users and
+    videos, tied times, rows given out of time order."""
+    model, *_ = fitted
+    users, vids, x, y, g = _events(seed, n=300)
+    users, vids = np.array(users, dtype=object), np.array(vids, dtype=object)
+    times = np.random.default_rng(seed).integers(0, 120, 300)  # many ties
+    got = progressive_validation(users, x, y, times, model, None, g, vids, g)
+    want = replay_row_by_row(
+        model=model, users=users, video=x, labels=y, times=times, global_feats=g, videos=vids
+    )
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_rounds_hold_each_key_once_in_time_order() -> None:
+    from recsys.online.replay import rounds
+
+    keys = np.array(["a", "b", "a", "c", "a", "b"], dtype=object)
+    times = np.array([5, 1, 1, 9, 3, 1])
+    got = [r.tolist() for r in rounds(keys, times)]
+    # a: rows 2 (t=1), 4 (t=3), 0 (t=5); b: rows 1, 5 (tie: input order); c: row 3
+    assert got == [[1, 2, 3], [5, 4], [0]]
+    assert rounds(np.array([], dtype=object), np.array([])) == []

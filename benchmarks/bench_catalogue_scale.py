@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,7 @@ def serve_and_measure(
                 {
                     "user_id": names[j // 50],
                     "video_id": ids[popularity[ranks[j // 50, j % 50]]],
-                    "shown_at": "2030-01-02T00:00:00Z",
+                    "shown_at": datetime.now(UTC).isoformat(),  # within the clock allowance
                     "watch_seconds": 60.0,
                 }
                 for j in range(s, min(s + 1000, users * 50))

@@ -16,6 +16,7 @@ import http.client
 import json
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -58,13 +59,14 @@ def main() -> None:
     ids, _ = load_embeddings(args.artifacts)
     rng = np.random.default_rng(0)
     bodies: list[bytes | None] = []
+    start = datetime.now(UTC) - timedelta(hours=1)  # the service refuses future times
     for r in range(args.requests):
         user = f"bench-user-{r % args.users}"
         batch = [
             {
                 "user_id": user,
                 "video_id": ids[int(rng.integers(len(ids)))],
-                "shown_at": f"2030-01-01T00:00:{i:02d}Z",
+                "shown_at": (start + timedelta(seconds=i)).isoformat(),
                 "watch_seconds": float(rng.choice([0.0, 60.0])),
                 "event_id": f"bench-{r}-{i}",
             }

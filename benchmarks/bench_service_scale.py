@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,10 @@ import numpy as np
 from recsys.artifact import load_glmix, read_embeddings
 from serving.live import PostgresServer, free_port, start_server
 from serving.stores import Impression, SqliteStore, open_store
+
+#: the stored impressions' time: a day before the ones the run posts (the service refuses
+#: times ahead of its clock)
+STORED_AT = (datetime.now(UTC) - timedelta(days=1)).isoformat()
 
 
 def _rss_mb(pid: int) -> float:
@@ -64,7 +69,7 @@ def fill(db: Path | str, artifact: Path, n: int, seed: int = 0, users: int = 20_
         events = _event_ids(rng, m)
         store.insert_impressions(
             [
-                Impression(names[u[i]], ids[v[i]], "2030-01-01T00:00:00Z", float(w[i]), events[i])
+                Impression(names[u[i]], ids[v[i]], STORED_AT, float(w[i]), events[i])
                 for i in range(m)
             ]
         )
@@ -134,7 +139,7 @@ def _bodies(
             {
                 "user_id": names[u[i]],
                 "video_id": ids[v[i]],
-                "shown_at": "2030-01-02T00:00:00Z",
+                "shown_at": datetime.now(UTC).isoformat(),
                 "watch_seconds": float(w[i]),
                 "event_id": events[i],
             }

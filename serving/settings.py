@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     max_frames: Annotated[int, Field(ge=1)] = 2000
     max_k: Annotated[int, Field(ge=1)] = 500
     watch_threshold_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 10.0
+    #: an event dated more than this many seconds after the server's clock is refused
+    #: (422): a client with a wrong clock would otherwise put it in the log, where it
+    #: moves the offline jobs' default test start (the last impression) years ahead
+    max_event_future_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 86_400.0
     #: at most this many history videos seed the neighbour search for recommendations
     recommend_seed_videos: Annotated[int, Field(ge=1)] = 20
     #: memory for remembered neighbour lists of an approximate index (HNSW/IVF): a

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,12 @@ from recsys.synthetic.world import SynthConfig, generate_world
 
 # Two pytest workers share two cores: one thread each keeps them from fighting.
 torch.set_num_threads(1)
+
+# The service's tests post events dated in 2030 (after any artifact's training period,
+# whenever they run), and the fuzzer any date: every server they start, in process or
+# not, allows them all. The default allowance is tested on its own
+# (tests/serving/routers/test_event_times.py).
+os.environ.setdefault("RECSYS_MAX_EVENT_FUTURE_S", str(10_000 * 366 * 86_400))
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,12 @@ class ValidationReport:
                 f"{i.num_valid_watches} valid watches"
             )
             lines.append(f"time span: {i.shown_min} .. {i.shown_max}")
+            if isinstance(i.shown_max, datetime) and i.shown_max > datetime.now(UTC):
+                lines.append(
+                    "warning: the latest impression is after this machine's clock; the "
+                    "default test start (90% into the time span) follows it: check the "
+                    "times, or pass --test-start"
+                )
         return lines
 
 

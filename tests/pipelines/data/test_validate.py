@@ -255,3 +255,18 @@ def test_integer_video_ids_are_refused_in_either_file(run_cli, good_dir: Path) -
     _assert_rejected(
         run_cli, good_dir, "impressions.parquet: video_id: expected string, found int64"
     )
+
+
+def test_impressions_after_the_clock_are_flagged(run_cli, good_dir: Path) -> None:
+    """A log running past this machine's clock is valid, with a warning: its latest time
+    sets the default test start."""
+    code, out, _ = run_cli("validate", good_dir)
+    assert code == 0 and "warning" not in out
+    t = _impressions([("u1", "v0", 12.0), ("u2", "v1", 0.0)])
+    late = pa.array([datetime(2026, 1, 1), datetime(2126, 1, 1)], pa.timestamp("us", tz="UTC"))
+    t = t.set_column(t.schema.get_field_index("shown_at"), "shown_at", late)
+    pq.write_table(t, good_dir / "impressions.parquet")
+    code, out, _ = run_cli("validate", good_dir)
+    assert code == 0
+    assert "warning: the latest impression is after this machine's clock" in out
+    assert "--test-start" in out

@@ -21,6 +21,7 @@ from pipelines.evaluation.evaluate import Evaluation, evaluate_artifact
 from pipelines.evaluation.inputs import EvalConfig
 from pipelines.evaluation.report import write_report
 from pipelines.glmix.fit_glmix import GLMixJobConfig, fit_glmix_into_artifact
+from pipelines.phases import phase, timing
 from pipelines.training.train_embeddings import EmbeddingJobConfig, run_train_embeddings
 from recsys import artifact as art
 
@@ -90,7 +91,7 @@ def run_pipeline(
     o = Path(out)
     # The ladder's rungs are fitted for the starting point and again as the report's
     # baselines: their frame passes are made once (``pipelines.choice.rung_memo``).
-    with reusing_rungs(o) as memo:
+    with reusing_rungs(o) as memo, timing() as clock:
         evaluation, timings, emb, glm = _stages(
             data, o, cfg, test_start, overwrite, progress, engine
         )
@@ -99,6 +100,8 @@ def run_pipeline(
     artifact = o / "artifact"
     report = evaluation.report
     report["timings"] = timings
+    # seconds per phase, nested ("evaluation / baselines"), in the order they ran
+    report["phases"] = clock.rows()
     # rung fits (and k-means words) the report's ladder took from the starting point's
     report["ladder_reused"] = {"hits": memo.hits, "misses": memo.misses}
     report["engine"] = engine.describe()
@@ -124,22 +127,25 @@ def _stages(
     artifact = o / "artifact"
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    emb = run_train_embeddings(
-        data, artifact, cfg.embedding, test_start, overwrite, progress, engine
-    )
+    with phase("embeddings"):
+        emb = run_train_embeddings(
+            data, artifact, cfg.embedding, test_start, overwrite, progress, engine
+        )
     timings["embeddings_s"] = time.perf_counter() - t0
     if emb.artifact is None:
         return None, timings, emb, {}
     t1 = time.perf_counter()
     if progress:
         print("fitting GLMix (with and without video features) ...", flush=True)
-    glm = fit_glmix_into_artifact(data, artifact, replace(cfg.glmix, progress=progress), engine)
+    with phase("glmix"):
+        glm = fit_glmix_into_artifact(data, artifact, replace(cfg.glmix, progress=progress), engine)
     timings["glmix_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     if progress:
         print("evaluating ...", flush=True)
-    evaluation = evaluate_artifact(
-        data, artifact, replace(cfg.evaluation, progress=progress), engine
-    )
+    with phase("evaluation"):
+        evaluation = evaluate_artifact(
+            data, artifact, replace(cfg.evaluation, progress=progress), engine
+        )
     timings["evaluation_s"] = time.perf_counter() - t2
     return evaluation, timings, emb, glm

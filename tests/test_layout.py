@@ -27,16 +27,18 @@ CLI_MAY_IMPORT = {"serving"}
 STAGES_MAY_IMPORT = {
     "data": set(),
     "plots": set(),
+    "phases": set(),  # the phase clock: any stage marks its parts
     "engine": {"data"},
     "choice": {"data"},
-    "training": {"data", "engine", "choice", "plots"},
-    "glmix": {"data", "engine"},
-    "evaluation": {"data", "engine", "choice", "plots"},
+    "training": {"data", "engine", "choice", "plots", "phases"},
+    "glmix": {"data", "engine", "phases"},
+    "evaluation": {"data", "engine", "choice", "plots", "phases"},
     "classify": {"data", "plots"},
     "spark": {"data", "engine", "glmix", "evaluation"},
-    "pipeline": {"data", "engine", "choice", "training", "glmix", "evaluation"},
+    "pipeline": {"data", "engine", "choice", "training", "glmix", "evaluation", "phases"},
     "commands": {
         "data",
+        "phases",
         "engine",
         "choice",
         "training",

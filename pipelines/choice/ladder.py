@@ -155,10 +155,16 @@ def _pca_dims(max_dim: int, n: int, f: int) -> list[int]:
 
 def _choose_dim(
     rows: RecRows, candidates: dict[int, np.ndarray], base: GLMixConfig
-) -> tuple[np.ndarray, dict[str, Any]]:
-    losses = {d: validation_log_loss(rows, v, base) for d, v in candidates.items()}
+) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
+    """The candidate size with the lowest GLMix validation log-loss: its vectors, the
+    choice, and its validation probabilities (so the fit that scores it as a candidate
+    is not made again)."""
+    val_y = rows.train_labels[rows.validation_mask]
+    predictions = {d: validation_predictions(rows, v, base) for d, v in candidates.items()}
+    losses = {d: mean_log_loss(val_y, p) for d, p in predictions.items()}
     best = min(losses, key=lambda k: losses[k])
-    return candidates[best], {"pca_dim": best, "pca_validation_log_loss": losses}
+    info = {"pca_dim": best, "pca_validation_log_loss": losses}
+    return candidates[best], info, predictions[best]
 
 
 def _exact_candidates(raw: np.ndarray, dims: list[int]) -> tuple[PCA, dict[int, np.ndarray]]:
@@ -173,7 +179,8 @@ def reduce_on_validation(
     """PCA of ``raw`` to the size in ``PCA_DIMS`` (<= max_dim) with the lowest GLMix
     validation log-loss; returns the L2-normalised reduced vectors and the choice."""
     _, candidates = _exact_candidates(raw, _pca_dims(max_dim, *raw.shape))
-    return _choose_dim(rows, candidates, base or GLMixConfig())
+    vectors, info, _ = _choose_dim(rows, candidates, base or GLMixConfig())
+    return vectors, info
 
 
 def fit_rung(
@@ -192,12 +199,29 @@ def fit_rung(
     is fitted on ``PCA_SAMPLE_VIDEOS`` videos. ``codebook``: the k-means words of
     bow_tfidf / vlad_kmeans (fitted here when None). Inside
     ``pipelines.choice.rung_memo.reusing_rungs`` the frames are read once per rung."""
+    vectors, info, embedder, _ = _fit_rung_keeping(
+        rows, store, name, max_dim, base, num_words, seed, codebook
+    )
+    return vectors, info, embedder
+
+
+def _fit_rung_keeping(
+    rows: RecRows,
+    store: FrameStore,
+    name: str,
+    max_dim: int,
+    base: GLMixConfig | None,
+    num_words: int,
+    seed: int,
+    codebook: np.ndarray | None,
+) -> tuple[np.ndarray, dict[str, Any], ClassicalEmbedder, np.ndarray]:
+    """``fit_rung`` and the chosen size's validation probabilities."""
     red = rung_reduction(store, name, max_dim, num_words, seed, codebook)
-    vectors, info = _choose_dim(rows, red.candidates, base or GLMixConfig())
+    vectors, info, predictions = _choose_dim(rows, red.candidates, base or GLMixConfig())
     embedder = ClassicalEmbedder(name, red.pca.truncated(info["pca_dim"]), red.codebook, red.idf)
     if red.sampled_videos is not None:
         info = {**info, "pca_fitted_on_videos": red.sampled_videos}
-    return vectors, info, embedder
+    return vectors, info, embedder, predictions
 
 
 def rung_reduction(
@@ -326,8 +350,11 @@ def iter_rungs(
     for name in RUNGS.names() if names is None else names:
         if codebook is None and rung(name).uses_words:
             codebook = rung_words(store, num_words, seed)
-        vectors, info, emb = fit_rung(rows, store, name, max_dim, base, num_words, seed, codebook)
-        scores = score_candidate(rows, vectors, vset, base)
+        vectors, info, emb, predictions = _fit_rung_keeping(
+            rows, store, name, max_dim, base, num_words, seed, codebook
+        )
+        # the size choice fitted GLMix on these very rows already: its scores are reused
+        scores = score_candidate(rows, vectors, vset, base, predictions)
         info["validation"] = scores.summary(vset)
         yield name, vectors, info, emb, scores
 

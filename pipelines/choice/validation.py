@@ -118,10 +118,17 @@ def validation_predictions(rows: RecRows, vectors: np.ndarray, cfg: GLMixConfig)
 
 
 def score_candidate(
-    rows: RecRows, vectors: np.ndarray, vset: ValidationSet, cfg: GLMixConfig | None = None
+    rows: RecRows,
+    vectors: np.ndarray,
+    vset: ValidationSet,
+    cfg: GLMixConfig | None = None,
+    predictions: np.ndarray | None = None,
 ) -> CandidateScores:
-    """GLMix fitted before the cut on ``vectors`` (V, E), scored after it; and Eq. 16."""
-    p = validation_predictions(rows, vectors, cfg or GLMixConfig())
+    """GLMix fitted before the cut on ``vectors`` (V, E), scored after it; and Eq. 16.
+    ``predictions``: that fit's ``validation_predictions`` when the caller made it already."""
+    p = predictions
+    if p is None:
+        p = validation_predictions(rows, vectors, cfg or GLMixConfig())
     _, avg = similarity_by_user(vset.users, vset.videos, vset.history, vectors.astype(np.float64))
     return CandidateScores(row_log_loss(vset.labels, p), avg)
 

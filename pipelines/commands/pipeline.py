@@ -40,6 +40,7 @@ from pipelines.commands.options import (
     fail,
     test_start_from,
 )
+from pipelines.phases import phase_lines
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S, VIDEOS_FILE
 
 
@@ -192,6 +193,10 @@ def pipeline(
     if report:
         _print_summary(report, out)
         typer.echo(f"artifact: {out / 'artifact'}")
+        if not quiet:
+            typer.echo("time by phase:")
+            for line in phase_lines(report["phases"]):
+                typer.echo(f"  {line}")
 
 
 def demo(

@@ -31,6 +31,7 @@ from pipelines.data.frame_cache import open_frame_store
 from pipelines.data.impressions import RecRows, load_rec_rows
 from pipelines.evaluation.inputs import EvalConfig, TestSet
 from pipelines.evaluation.statistics import auc_block, auc_table
+from pipelines.phases import phase
 from recsys import artifact as art
 from recsys.auc import delong_paired_difference, interval_verdict
 from recsys.dataset import VIDEO_TRUTH_FILE
@@ -117,7 +118,8 @@ def add_baselines(
         ladder,
         vset,
     )
-    ceiling = _ceiling(data, store, rows, test, emb_dim, cfg.seed, history_features, glmix_base)
+    with phase("ceiling"):
+        ceiling = _ceiling(data, store, rows, test, emb_dim, cfg.seed, history_features, glmix_base)
     if ceiling is not None:
         report["ceiling"] = ceiling
     base_scores = {name: bscores for name, (bscores, _) in ladder.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ from pipelines.evaluation.baseline_comparison import add_baselines
 from pipelines.evaluation.coordinate_comparison import coordinate_table
 from pipelines.evaluation.inputs import EvalConfig, TestSet, load_test_set
 from pipelines.evaluation.statistics import auc_block, auc_by_day, auc_table, online_block
+from pipelines.phases import phase
 from recsys import artifact as art
 from recsys.dataset import TRUTH_FILE
 from recsys.errors import UserInputError
@@ -256,11 +258,15 @@ def _evaluate_here(
     online_report = None
     if cfg.online is not None:
         _say(cfg, "online GLMix: replaying the test period in time order ...")
-        online_report = _online(t, glm, frozen_g, scores["glmix"], cfg.online, side)
+        t0 = time.perf_counter()
+        with phase("online replay"):
+            online_report = _online(t, glm, frozen_g, scores["glmix"], cfg.online, side)
         release_free_memory()
+        _say(cfg, f"online GLMix: {len(t.labels)} impressions in {time.perf_counter() - t0:.1f} s")
     oracle = _oracle(d, t)
     report: dict[str, Any] = {**head, "rows": _row_counts(t, max_s), "notes": list(NOTES)}
-    _auc_sections(report, t, scores, oracle, cfg)
+    with phase("AUCs and intervals"):
+        _auc_sections(report, t, scores, oracle, cfg)
     if online_report is not None:
         report["online"] = online_report
     table7 = _coordinate_block(a, t, x, videos, frozen_g, side, glm, scores)
@@ -272,24 +278,25 @@ def _evaluate_here(
     }
     if cfg.baselines:
         embedder = manifest.get("config", {}).get("embedder", {})
-        add_baselines(
-            report,
-            d,
-            t,
-            scores,
-            start,
-            cfg,
-            history_features=HISTORY_FEATURES[0] in glm.global_names,
-            # the rungs' PCA cap is the model's own size before any choice after training
-            # (a learned embedding reduced to 8 values must not cap the rungs at 8)
-            max_dim=embedder.get("max_dim") or embedder.get("embedding_dim"),
-            # every rung gets the shipped model's coordinates (per-video effects or not)
-            glmix_base=GLMixConfig(
-                video_effects=glm.has_video_effects,
-                video_intercept_l2=glm.config.video_intercept_l2,
-            ),
-            side=side_features,
-        )
+        with phase("baselines"):
+            add_baselines(
+                report,
+                d,
+                t,
+                scores,
+                start,
+                cfg,
+                history_features=HISTORY_FEATURES[0] in glm.global_names,
+                # the rungs' PCA cap is the model's own size before any choice after training
+                # (a learned embedding reduced to 8 values must not cap the rungs at 8)
+                max_dim=embedder.get("max_dim") or embedder.get("embedding_dim"),
+                # every rung gets the shipped model's coordinates (per-video effects or not)
+                glmix_base=GLMixConfig(
+                    video_effects=glm.has_video_effects,
+                    video_intercept_l2=glm.config.video_intercept_l2,
+                ),
+                side=side_features,
+            )
     return Evaluation(report=report, test=t, scores=scores, oracle=oracle)
 
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 from pipelines.data.io import write_parquet_atomic
 from pipelines.evaluation.coordinate_comparison import per_video_section, per_video_summary
 from pipelines.evaluation.evaluate import SCORES, Evaluation
+from pipelines.phases import phase_table
 from pipelines.plots import plot_online, plot_roc
 
 REPORT_JSON = "report.json"
@@ -374,6 +375,9 @@ def _md_footer(report: dict[str, Any]) -> list[str]:
             "",
         ]
     lines += [*[f"- {n}" for n in report["notes"]], ""]
+    if report.get("phases"):  # the pipeline's time, phase by phase
+        lines += ["Time by phase (seconds; a nested phase is part of its parent's):", ""]
+        lines += [*phase_table(report["phases"]), ""]
     return lines
 
 

@@ -31,6 +31,7 @@ from pipelines.data.io import dataset_dir
 from pipelines.data.side import read_side_features
 from pipelines.engine import LOCAL, Engine
 from pipelines.glmix.coordinates import choose_coordinates, fit_four
+from pipelines.phases import phase
 from recsys import artifact as art
 from recsys.dataset import DEFAULT_WATCH_THRESHOLD_S
 from recsys.errors import UserInputError
@@ -175,15 +176,17 @@ def _fit_here(
     y = labels(train, cfg.watch_threshold_s).astype(np.float64)
     x = VideoRows(emb, vrows)  # each row names its video: no (N, E) copy of the log
     times = times_us(train)
-    side, side_rows, hist_feats, names = _global_features(
-        cfg, d, users, videos, vrows, times, y, emb
-    )
+    with phase("history similarities"):
+        side, side_rows, hist_feats, names = _global_features(
+            cfg, d, users, videos, vrows, times, y, emb
+        )
     glm_cfg = cfg.glmix
     tuning: dict[str, Any] = {}
     cut = np.quantile(times, 0.9)
     if cfg.tune:
         _say(cfg, "GLMix: choosing random_l2 on the last 10% of the training period ...")
-        best, losses = engine.select_random_l2(users, x, y, times >= cut, glm_cfg, hist_feats)
+        with phase("choosing random_l2"):
+            best, losses = engine.select_random_l2(users, x, y, times >= cut, glm_cfg, hist_feats)
         _say(cfg, f"GLMix: random_l2 = {best}")
         glm_cfg = replace(glm_cfg, random_l2=best)
         tuning = {"random_l2": best, "validation_log_loss": {str(k): v for k, v in losses.items()}}
@@ -193,9 +196,10 @@ def _fit_here(
             users, x, y, times >= cut, videos, base=base, global_feats=hist_feats
         )
 
-    shipped, variant, video_tuning = choose_coordinates(
-        glm_cfg, cfg.video_effects, cfg.tune, lambda m: _say(cfg, m), select_video
-    )
+    with phase("choosing the per-video coordinate"):
+        shipped, variant, video_tuning = choose_coordinates(
+            glm_cfg, cfg.video_effects, cfg.tune, lambda m: _say(cfg, m), select_video
+        )
     tuning.update(video_tuning)
     t0 = time.perf_counter()
     _say(cfg, f"GLMix: fitting on {engine.describe()} ...")
@@ -219,7 +223,8 @@ def _fit_here(
             model.global_names = names if features else side.names if side else []
         return model
 
-    models = fit_four(shipped, variant, fit, lambda m: _say(cfg, m))
+    with phase("fits"):
+        models = fit_four(shipped, variant, fit, lambda m: _say(cfg, m))
     fit_s = time.perf_counter() - t0
     watched = pa.array(y > 0)
     histories = pa.table(

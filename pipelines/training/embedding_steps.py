@@ -23,6 +23,7 @@ from pipelines.choice.validation import ValidationSet, score_candidate
 from pipelines.data.frame_cache import open_frame_store
 from pipelines.data.impressions import RecRows, load_rec_rows
 from pipelines.engine import Engine
+from pipelines.phases import phase
 from pipelines.training.cowatch_data import split_by_user, split_by_video, triplet_rows
 from pipelines.training.cowatch_embedding import embed_store
 from pipelines.training.cowatch_training import TrainConfig, TrainResult, train_embedder
@@ -127,7 +128,8 @@ def prepare(
     """Mine the triplets and choose the starting point (``cfg.base``)."""
     t0 = time.perf_counter()
     say(show, f"mining co-watch triplets ({engine.describe()}) ...")
-    triplets = engine.mine_triplets(data_dir, cfg.triplets, test_start)
+    with phase("mining"):
+        triplets = engine.mine_triplets(data_dir, cfg.triplets, test_start)
     mining_s = time.perf_counter() - t0
     store = open_frame_store(data_dir)
     model_cfg = model_config(cfg.embedder, store)
@@ -147,9 +149,10 @@ def prepare(
         assert split.rec_rows is not None
         names = RUNGS.names() if cfg.base == "auto" else (cfg.base,)
         say(show, f"choosing the starting point among {', '.join(names)} on validation ...")
-        model_cfg, split.prepare, split.starting_point = start_on_base(
-            split.rec_rows, store, held, model_cfg, names, cfg.train.seed, logger(show)
-        )
+        with phase("starting point"):
+            model_cfg, split.prepare, split.starting_point = start_on_base(
+                split.rec_rows, store, held, model_cfg, names, cfg.train.seed, logger(show)
+            )
     return split, model_cfg
 
 
@@ -157,16 +160,17 @@ def fit(
     split: Split, model_cfg: EmbedderConfig, cfg: EmbeddingJobConfig, show: bool
 ) -> TrainResult:
     """Train ``model_cfg`` as ``cfg.train`` says on the split's triplets."""
-    result = train_embedder(
-        split.store,
-        split.rows[~split.val_mask],
-        split.rows[split.val_mask],
-        model_cfg,
-        cfg.train,
-        show,
-        train_videos=np.flatnonzero(~split.held),
-        prepare=split.prepare,
-    )
+    with phase("training"):
+        result = train_embedder(
+            split.store,
+            split.rows[~split.val_mask],
+            split.rows[split.val_mask],
+            model_cfg,
+            cfg.train,
+            show,
+            train_videos=np.flatnonzero(~split.held),
+            prepare=split.prepare,
+        )
     say(
         show,
         f"kept epoch {result.best_epoch} of {cfg.train.epochs} "
@@ -184,22 +188,27 @@ def finish(
     embedding seconds)."""
     t1 = time.perf_counter()
     trained_cfg = result.model.config
-    vectors = embed_catalogue(result, split.store, cfg.train)
+    with phase("catalogue embedding"):
+        vectors = embed_catalogue(result, split.store, cfg.train)
     embed_s = time.perf_counter() - t1
     choices: dict[str, Any] = {}
     rows, model = split.rec_rows, result.model
     if rows is not None and model.base is not None:
         say(progress, f"choosing the {model.config.base} base's share on validation ...")
-        vectors, choices["weight"] = choose_weight(
-            rows, split.held, model, vectors, logger(progress)
-        )
+        with phase("the base's share"):
+            vectors, choices["weight"] = choose_weight(
+                rows, split.held, model, vectors, logger(progress)
+            )
         say(
             progress,
             f"  kept w = {model.config.base_weight:g} (trained with {trained_cfg.base_weight:g})",
         )
     if rows is not None and (model.base is not None or cfg.search_budget_s > 0):
         say(progress, "choosing the embedding's size on validation ...")
-        vectors, choices["size"] = choose_size(rows, split.held, model, vectors, logger(progress))
+        with phase("the embedding's size"):
+            vectors, choices["size"] = choose_size(
+                rows, split.held, model, vectors, logger(progress)
+            )
         say(progress, f"  kept {choices['size']['chosen']} of {choices['size']['full_dim']}")
     scores = None
     if rows is not None and cfg.search_budget_s > 0:

@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from pipelines.data.frame_cache import open_frame_store
 from pipelines.data.impressions import impressions_connection, log_span
 from pipelines.data.io import dataset_dir, vector_source, vectors_given
 from pipelines.engine import LOCAL, Engine
+from pipelines.phases import phase
 from pipelines.plots import plot_loss_curve
 from pipelines.training.cowatch_training import TrainResult
 from pipelines.training.distributed import dist_info
@@ -89,6 +90,12 @@ def run_train_embeddings(
         raise UserInputError(f"{out}: already exists (pass --overwrite to replace it)")
     con = impressions_connection(data_dir)
     first, last = log_span(con)
+    if test_start is None and last > datetime.now(UTC) and progress and rank == 0:
+        say(
+            True,
+            f"warning: the log runs to {last:%Y-%m-%d %H:%M}, after this machine's clock; "
+            "the default test start follows it (pass --test-start to set it)",
+        )
     test_start = test_start or default_test_start(first, last)
     if cfg.representation in RUNGS.names():
         return _run_rung(data_dir, Path(out), cfg, (first, last, test_start), overwrite, progress)
@@ -105,9 +112,17 @@ def run_train_embeddings(
     search_report = None
     if cfg.search_budget_s > 0:
         chosen, search_report = search_settings(split, chosen, cfg, progress)
-    path, metrics = _write_trained(
-        split, chosen, search_report, data_dir, Path(out), cfg, (first, last, test_start), overwrite
-    )
+    with phase("index and artifact"):
+        path, metrics = _write_trained(
+            split,
+            chosen,
+            search_report,
+            data_dir,
+            Path(out),
+            cfg,
+            (first, last, test_start),
+            overwrite,
+        )
     if cfg.representation == AUTO:
         metrics["selection"] = _auto_select(data_dir, path, cfg, test_start, progress)
     return EmbeddingJobResult(artifact=path, metrics=metrics, history=chosen.outcome[0].history)

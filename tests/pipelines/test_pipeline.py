@@ -176,3 +176,36 @@ def test_a_rung_is_never_shipped_under_a_glmix_fitted_on_other_embeddings(
     with pytest.raises(UserInputError, match="GLMix"):
         ship_rung(art, pipeline_out, sel, "bow_tfidf", 64)
     assert (art / "embedder.pt").exists()
+
+
+def test_report_has_the_time_of_each_phase(pipeline_out: Path) -> None:
+    """Every stage's phases, nested under it, in the order they ran; a parent's seconds
+    hold its children's; the three stages add up to the stage timings."""
+    report = json.loads((pipeline_out / "report.json").read_text())
+    seconds = {r["phase"]: r["seconds"] for r in report["phases"]}
+    names = list(seconds)
+    for path in (
+        "embeddings / mining",
+        "embeddings / starting point",
+        "embeddings / training",
+        "embeddings / catalogue embedding",
+        "embeddings / index and artifact",
+        "glmix / choosing random_l2",
+        "glmix / fits",
+        "evaluation / online replay",
+        "evaluation / baselines",
+        "evaluation / baselines / ceiling",
+    ):
+        assert path in seconds, path
+    assert names.index("embeddings") < names.index("glmix") < names.index("evaluation")
+    assert names.index("embeddings / mining") < names.index("embeddings / training")
+    for path, s in seconds.items():
+        assert s >= 0
+        parent = path.rpartition(" / ")[0]
+        if parent:
+            assert s <= seconds[parent] + 1e-6, path
+    t = report["timings"]
+    assert seconds["embeddings"] == pytest.approx(t["embeddings_s"], abs=0.05)
+    assert seconds["evaluation"] == pytest.approx(t["evaluation_s"], abs=0.05)
+    md = (pipeline_out / "report.md").read_text()
+    assert "| evaluation / online replay |" in md

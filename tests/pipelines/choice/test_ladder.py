@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import pipelines.choice.ladder as ladder
+import pipelines.choice.validation as validation
 from pipelines.choice.validation import MIN_HELDOUT_ROWS
 from pipelines.data.frame_cache import open_frame_store
 from pipelines.data.impressions import impressions_connection, load_rec_rows, log_span
@@ -106,3 +107,30 @@ def test_the_validation_criterion_weighs_the_videos_training_held_out(
     few[rows.train_videos[rows.validation_mask][0]] = True
     t = ladder.validation_summary(rows, vectors, few)
     assert t["heldout_videos"] is None and t["criterion"] == pytest.approx(s["all"])
+
+
+def test_a_rung_is_scored_from_its_size_choice_fit_not_a_second_one(
+    small_world_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """iter_rungs fits GLMix once per PCA size tried; the chosen size's validation scores
+    are those of its fit (the same numbers a separate fit gives)."""
+    store = open_frame_store(small_world_dir)
+    first, last = log_span(impressions_connection(small_world_dir))
+    rows = load_rec_rows(small_world_dir, store.video_ids, default_test_start(first, last), 10.0)
+    calls: list[int] = []
+    real = ladder.validation_predictions
+
+    def counted(r, vectors, cfg):
+        calls.append(vectors.shape[1])
+        return real(r, vectors, cfg)
+
+    monkeypatch.setattr(ladder, "validation_predictions", counted)
+    monkeypatch.setattr(validation, "validation_predictions", counted)  # score_candidate's
+    (_, vectors, info, _, scores), *_ = ladder.iter_rungs(rows, store, 16, ("avg_frames",))
+    assert sorted(calls) == sorted(int(d) for d in info["pca_validation_log_loss"])
+    monkeypatch.undo()
+    fresh = ladder.score_candidate(rows, vectors, ladder.ValidationSet.of(rows, None))
+    np.testing.assert_array_equal(scores.losses, fresh.losses)
+    assert info["validation"]["all"] == pytest.approx(
+        info["pca_validation_log_loss"][info["pca_dim"]]
+    )

@@ -332,19 +332,45 @@ class VladKmeans(Rung):
         mean: torch.Tensor,
         components: torch.Tensor,
     ) -> torch.Tensor:
-        # sum_k (r_k / |r_k|) . C_k - mean . C, with C_k the components' block of word k:
-        # each word's residual sum r_k is normalised inside its own small product, so the
-        # (B, K * D) statistic is never written again after the residuals (normalised,
-        # centred and read by a skinny product, it took three more passes over it: a
-        # third of the base's time in a pipeline-shaped training step, measured).
-        resid = _residuals(frames, mask, codebook)  # (B, K, D)
-        k, d = resid.shape[1:]
-        norms = torch.linalg.vector_norm(resid, dim=-1).clamp_min(1e-12)  # (B, K)
-        c = components.to(frames.dtype)
-        blocks = c.reshape(-1, k, d).permute(1, 2, 0)  # (K, D, dim)
-        per_word = torch.bmm(resid.transpose(0, 1), blocks)  # (K, B, dim)
-        z = (per_word / norms.T.unsqueeze(-1)).sum(0)  # (B, dim)
-        return z - mean.to(frames.dtype) @ c.T
+        # sum_k (r_k / |r_k|) . C_k - mean . C, with C_k the components' block of word k,
+        # summed over the (video, word) cells some frame chose: a word no frame of a
+        # video chose adds nothing, so the (B, K, D) residuals (mostly zero rows when T
+        # is near K; zeroed, filled, normalised and read transposed, they were a third of
+        # a pipeline-shaped training step) are never written.
+        return (
+            _cells_projected(frames, mask, codebook, components)
+            - mean.to(frames.dtype) @ components.to(frames.dtype).T
+        )
+
+
+def _cells_projected(
+    frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor, components: torch.Tensor
+) -> torch.Tensor:
+    """(B, dim) sum over each video's occupied cells k of C_k r_k / |r_k|, r_k = sum_{t:
+    w(t) = k} (x_t - c_k), for ``components (dim, K * D)``. The cells are sorted word
+    first, so each word's cells are one run of rows, multiplied by its block at once."""
+    b, _, d = frames.shape
+    k = codebook.shape[0]
+    blocks = components.to(frames.dtype).reshape(-1, k, d)  # (dim, K, D)
+    key = nearest_words(frames, codebook) * b + torch.arange(b, device=frames.device)[:, None]
+    key = key.masked_fill(~mask.bool(), k * b).reshape(-1)  # padding: one cell past all
+    cells, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    sums = torch.zeros(len(cells), d, dtype=frames.dtype, device=frames.device)
+    sums.index_add_(0, inverse, frames.reshape(-1, d))  # (cells, D), frames in t order
+    word = cells // b
+    bounds = torch.searchsorted(word, torch.arange(k + 1, device=frames.device)).tolist()
+    per_cell = torch.zeros(len(cells), blocks.shape[0], dtype=frames.dtype, device=frames.device)
+    cb, n = codebook.to(frames.dtype), counts.to(frames.dtype).unsqueeze(1)
+    for j in range(k):
+        s, e = bounds[j], bounds[j + 1]
+        if s == e:
+            continue
+        r = sums[s:e].addcmul_(n[s:e], cb[j], value=-1.0)  # (cells of word j, D)
+        norms = torch.linalg.vector_norm(r, dim=1, keepdim=True).clamp_min(1e-12)
+        per_cell[s:e] = (r @ blocks[:, j].T) / norms
+    z = torch.zeros(b, blocks.shape[0], dtype=frames.dtype, device=frames.device)
+    real = bounds[k]  # the cells before the padding's
+    return z.index_add_(0, cells[:real] % b, per_cell[:real])
 
 
 def _residuals(frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

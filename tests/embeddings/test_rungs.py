@@ -141,3 +141,18 @@ def test_word_sums_are_the_one_hot_product(
     torch.testing.assert_close(sums, hot.transpose(1, 2) @ real, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(counts, hot.sum(1))
     torch.testing.assert_close(batch_word_counts(frames, mask, codebook), hot.sum(1))
+
+
+def test_vlads_projection_ignores_nan_and_inf_in_the_padding() -> None:
+    """Padding reaches only the cell that is dropped: NaN or inf there changes nothing."""
+    frames, mask, codebook, idf, mean, components = _case(7, 5, 8, 6, 10, 4, 1.0)
+    vlad = rung("vlad_kmeans")
+    clean = frames * mask.unsqueeze(-1)
+    want = vlad.projected(clean, mask, codebook, idf, mean, components)
+    dirty = clean.clone()
+    pad = mask == 0
+    dirty[pad] = float("nan")
+    dirty[pad.nonzero()[:1].unbind(1)] = float("inf")
+    got = vlad.projected(dirty, mask, codebook, idf, mean, components)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)

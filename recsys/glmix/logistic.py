@@ -55,33 +55,40 @@ def logistic_sums(
     gradient X^T w (y - mu) and curvature X^T diag(w mu (1 - mu)) X (zeros when not asked).
 
     Additive over rows: a distributed fit sums these over partitions (``newton_logistic``
-    needs nothing else). Sums run in float64 over row chunks (x may be float32). Weights
-    must be >= 0 (``fit_logistic`` checks).
+    needs nothing else). Sums run in float64 over row chunks (x may be float32), but for
+    each chunk's curvature, which is float32 summed in float64. Weights must be >= 0
+    (``fit_logistic`` checks).
     """
     p = x.shape[1]
     ll = 0.0
     grad = np.zeros(p)
     curv = np.zeros((p, p))
-    # Two float64 chunk buffers reused across chunks: a fresh (chunk, p) array per chunk
-    # is returned to the OS and faulted in again every time (allocation churn).
+    # Chunk buffers reused across chunks: a fresh (chunk, p) array per chunk is returned
+    # to the OS and faulted in again every time (allocation churn).
     rows = min(chunk_rows, len(x))
     buf = np.empty((rows, p))
-    wbuf = np.empty((rows, p)) if derivatives else buf
+    wbuf = np.empty((rows, p), dtype=np.float32) if derivatives else None
     for i in range(0, len(x), chunk_rows):
         c = slice(i, i + chunk_rows)
-        xc = buf[: min(chunk_rows, len(x) - i)]
-        np.copyto(xc, x[c])
+        x_c = x[c]
+        xc = buf[: len(x_c)]
+        np.copyto(xc, x_c)
         eta = offset[c] + xc @ beta
         ll += float((weights[c] * (y[c] * eta - np.logaddexp(0.0, eta))).sum())
-        if derivatives:
+        if wbuf is not None:
             mu = expit(eta)
             grad += xc.T @ (weights[c] * (y[c] - mu))
             # X^T diag(v) X as (sqrt(v) X)^T (sqrt(v) X): a product of one matrix with
             # its own transpose is BLAS's syrk (half the multiplications, and about 2x
             # the speed of the general product at p = 68 and 64K rows, measured). The
-            # (n, p) x (p, n) shape with its long inner side is this pass's largest cost.
+            # (n, p) x (p, n) shape with its long inner side is this pass's largest cost,
+            # so a chunk's runs in float32 (2.2x faster than float64 at 64K x 73 here),
+            # summed over chunks in float64. The curvature only steers Newton's steps:
+            # the optimum is where the float64 gradient (and its penalty) vanishes, so a
+            # 1e-6-relative curvature moves no fitted coefficient past the tolerance.
             scaled = wbuf[: len(xc)]
-            np.multiply(xc, np.sqrt(weights[c] * mu * (1 - mu))[:, None], out=scaled)
+            sqrt_v = np.sqrt(weights[c] * mu * (1 - mu)).astype(np.float32)
+            np.multiply(x_c, sqrt_v[:, None], out=scaled, dtype=np.float32)
             curv += scaled.T @ scaled
     return ll, grad, curv
 

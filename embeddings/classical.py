@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embeddings.rungs import rung
+from embeddings.rungs import nearest_words, rung
 
 
 def base_raw_dim(name: str, feature_dim: int, num_words: int) -> int:
@@ -80,12 +80,37 @@ class ClassicalBase(nn.Module):
         return self.rung.batch(frames, _weights(frames, mask), self.codebook, self.idf)
 
     @torch.no_grad()
-    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        frames: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        words: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """frames (B, T, D), mask (B, T) -> (B, dim) unit rows. ``words (B, T)``: each
+        frame's nearest word of ``codebook`` when the caller found them before (a word is
+        a property of the frame, not of the batch: ``frame_words``), else found here."""
         x = frames.float()
         z = self.rung.projected(
-            x, _weights(x, mask), self.codebook, self.idf, self.pca_mean, self.pca_components
+            x,
+            _weights(x, mask),
+            self.codebook,
+            self.idf,
+            self.pca_mean,
+            self.pca_components,
+            words,
         )
         return F.normalize(z, dim=-1, eps=1e-12)
+
+    @property
+    def uses_words(self) -> bool:
+        """Its statistic reads each frame's nearest word (``frame_words`` can give them)."""
+        return self.rung.uses_words
+
+    @torch.no_grad()
+    def frame_words(self, frames: torch.Tensor) -> torch.Tensor:
+        """(n,) int64 the nearest word of each of ``frames (n, D)``: what ``forward``
+        finds for these frames in any batch."""
+        return nearest_words(frames.float().unsqueeze(0), self.codebook)[0]
 
 
 def _weights(frames: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -174,11 +174,14 @@ class CowatchEmbedder(nn.Module):
         frames: torch.Tensor,
         mask: torch.Tensor | None = None,
         base_rows: torch.Tensor | None = None,
+        base_words: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """frames (B, T, D), mask (B, T) -> (B, O). ``base_rows (B, base_dim)``: the base's
         output for these videos when the caller has it already (the base is fixed, so
         training computes each video's once: ``pipelines.training.cowatch_embedding.
-        BaseRows``); otherwise the base runs on ``frames``."""
+        BaseRows``); otherwise the base runs on ``frames``, with ``base_words (B, T)``
+        each frame's nearest word when the caller found them before
+        (``ClassicalBase.frame_words``)."""
         last = self.projector[-1]
         assert isinstance(last, nn.Linear)
         low = last.weight.dtype  # float32, or what ``for_inference`` chose
@@ -190,7 +193,7 @@ class CowatchEmbedder(nn.Module):
                 # The rung's statistic in float32 whatever the autocast: its hard
                 # assignment and PCA are those of the ladder, not an approximation of them.
                 with torch.autocast(frames.device.type, enabled=False):
-                    base_rows = self.base(frames, mask)
+                    base_rows = self.base(frames, mask, base_words)
             z = self.combine(base_rows.float(), z.float(), self.config.base_weight)
         if self.reduce_components is None:
             return z

@@ -139,18 +139,40 @@ def nearest_words(frames: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return score.argmin(-1)
 
 
-def _word_rows(frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """(B * T,) each frame's row b * K + its nearest word; padding's row is B * K."""
+def _word_rows(
+    frames: torch.Tensor,
+    mask: torch.Tensor,
+    codebook: torch.Tensor,
+    words: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B * T,) each frame's row b * K + its nearest word (``words (B, T)`` when the
+    caller knows them already); padding's row is B * K."""
     b, k = frames.shape[0], codebook.shape[0]
-    rows = torch.arange(b, device=frames.device).unsqueeze(1) * k + nearest_words(frames, codebook)
+    w = _nearest(frames, codebook, words)
+    rows = torch.arange(b, device=frames.device).unsqueeze(1) * k + w
     return rows.masked_fill(~mask.bool(), b * k).reshape(-1)
 
 
+def _nearest(
+    frames: torch.Tensor, codebook: torch.Tensor, words: torch.Tensor | None
+) -> torch.Tensor:
+    """(B, T) int64 nearest words: ``words`` as given (each frame's, found before:
+    ``frame_words``), else found now."""
+    if words is None:
+        return nearest_words(frames, codebook)
+    if tuple(words.shape) != tuple(frames.shape[:2]):
+        raise ValueError(f"words must be (B, T) = {tuple(frames.shape[:2])}")
+    return words.to(device=frames.device, dtype=torch.int64)
+
+
 def batch_word_counts(
-    frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor
+    frames: torch.Tensor,
+    mask: torch.Tensor,
+    codebook: torch.Tensor,
+    words: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, K) how many of each video's real frames have each word nearest."""
-    rows = _word_rows(frames, mask, codebook)
+    rows = _word_rows(frames, mask, codebook, words)
     return _counts(rows, frames.shape[0], codebook.shape[0]).to(frames.dtype)
 
 
@@ -160,7 +182,10 @@ def _counts(rows: torch.Tensor, b: int, k: int) -> torch.Tensor:
 
 
 def batch_word_sums(
-    frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor
+    frames: torch.Tensor,
+    mask: torch.Tensor,
+    codebook: torch.Tensor,
+    words: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """((B, K, D) the sum of each video's real frames per nearest word, (B, K) their
     counts): each frame added into its word's row (``index_add_``), padding into a row
@@ -169,7 +194,7 @@ def batch_word_sums(
     against 93-105 ms with the distance product, which is 59-65 of either)."""
     b, _, d = frames.shape
     k = codebook.shape[0]
-    rows = _word_rows(frames, mask, codebook)
+    rows = _word_rows(frames, mask, codebook, words)
     sums = torch.zeros(b * k + 1, d, dtype=frames.dtype, device=frames.device)
     sums.index_add_(0, rows, frames.reshape(-1, d))
     return sums[: b * k].reshape(b, k, d), _counts(rows, b, k).to(frames.dtype)
@@ -211,9 +236,11 @@ class Rung:
         mask: torch.Tensor,
         codebook: torch.Tensor,
         idf: torch.Tensor,
+        words: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, F) statistics of padded videos ``frames (B, T, D)``, ``mask (B, T)`` (float,
-        1 = real frame), as ``rows`` computes them."""
+        1 = real frame), as ``rows`` computes them. ``words (B, T)``: each frame's nearest
+        word when the caller found them before (rungs that use words), else found here."""
         raise NotImplementedError
 
     def projected(
@@ -224,10 +251,11 @@ class Rung:
         idf: torch.Tensor,
         mean: torch.Tensor,
         components: torch.Tensor,
+        words: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, dim) ``(batch(...) - mean (F,)) @ components (dim, F).T``: the statistic
         through a PCA, as a model's fixed base layer needs it."""
-        return (self.batch(frames, mask, codebook, idf) - mean) @ components.T
+        return (self.batch(frames, mask, codebook, idf, words) - mean) @ components.T
 
     def catalogue_rows(
         self, chunks: Iterable[Chunk], codebook: np.ndarray | None
@@ -254,7 +282,12 @@ class AverageFrames(Rung):
         return mean_frames(frames, offsets)
 
     def batch(
-        self, frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor, idf: torch.Tensor
+        self,
+        frames: torch.Tensor,
+        mask: torch.Tensor,
+        codebook: torch.Tensor,
+        idf: torch.Tensor,
+        words: torch.Tensor | None = None,
     ) -> torch.Tensor:
         total = (frames * mask.unsqueeze(-1)).sum(1)
         return total / mask.sum(1, keepdim=True).clamp_min(1.0)
@@ -282,9 +315,14 @@ class BagOfWordsTfidf(Rung):
         return tfidf(word_counts(frames, offsets, codebook), idf)
 
     def batch(
-        self, frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor, idf: torch.Tensor
+        self,
+        frames: torch.Tensor,
+        mask: torch.Tensor,
+        codebook: torch.Tensor,
+        idf: torch.Tensor,
+        words: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        counts = batch_word_counts(frames, mask, codebook)  # (B, K)
+        counts = batch_word_counts(frames, mask, codebook, words)  # (B, K)
         tf = counts / counts.sum(1, keepdim=True).clamp_min(1.0)
         return F.normalize(tf * idf.to(frames.dtype), dim=-1, eps=1e-12)
 
@@ -318,10 +356,16 @@ class VladKmeans(Rung):
         return vlad_kmeans(frames, offsets, codebook)
 
     def batch(
-        self, frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor, idf: torch.Tensor
+        self,
+        frames: torch.Tensor,
+        mask: torch.Tensor,
+        codebook: torch.Tensor,
+        idf: torch.Tensor,
+        words: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # per-word sums minus count x centre, each word's row normalised
-        return F.normalize(_residuals(frames, mask, codebook), dim=-1, eps=1e-12).flatten(1)
+        resid = _residuals(frames, mask, codebook, words)
+        return F.normalize(resid, dim=-1, eps=1e-12).flatten(1)
 
     def projected(
         self,
@@ -331,6 +375,7 @@ class VladKmeans(Rung):
         idf: torch.Tensor,
         mean: torch.Tensor,
         components: torch.Tensor,
+        words: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # sum_k (r_k / |r_k|) . C_k - mean . C, with C_k the components' block of word k,
         # summed over the (video, word) cells some frame chose: a word no frame of a
@@ -338,13 +383,17 @@ class VladKmeans(Rung):
         # is near K; zeroed, filled, normalised and read transposed, they were a third of
         # a pipeline-shaped training step) are never written.
         return (
-            _cells_projected(frames, mask, codebook, components)
+            _cells_projected(frames, mask, codebook, components, words)
             - mean.to(frames.dtype) @ components.to(frames.dtype).T
         )
 
 
 def _cells_projected(
-    frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor, components: torch.Tensor
+    frames: torch.Tensor,
+    mask: torch.Tensor,
+    codebook: torch.Tensor,
+    components: torch.Tensor,
+    words: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, dim) sum over each video's occupied cells k of C_k r_k / |r_k|, r_k = sum_{t:
     w(t) = k} (x_t - c_k), for ``components (dim, K * D)``. The cells are sorted word
@@ -352,7 +401,7 @@ def _cells_projected(
     b, _, d = frames.shape
     k = codebook.shape[0]
     blocks = components.to(frames.dtype).reshape(-1, k, d)  # (dim, K, D)
-    key = nearest_words(frames, codebook) * b + torch.arange(b, device=frames.device)[:, None]
+    key = _nearest(frames, codebook, words) * b + torch.arange(b, device=frames.device)[:, None]
     key = key.masked_fill(~mask.bool(), k * b).reshape(-1)  # padding: one cell past all
     cells, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
     sums = torch.zeros(len(cells), d, dtype=frames.dtype, device=frames.device)
@@ -373,10 +422,15 @@ def _cells_projected(
     return z.index_add_(0, cells[:real] % b, per_cell[:real])
 
 
-def _residuals(frames: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+def _residuals(
+    frames: torch.Tensor,
+    mask: torch.Tensor,
+    codebook: torch.Tensor,
+    words: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(B, K, D) sum_t [w(t) = k] (x_t - c_k) of padded videos: ``batch_word_sums``, then the
     counts' share of the centres taken off in place."""
-    sums, counts = batch_word_sums(frames, mask, codebook)
+    sums, counts = batch_word_sums(frames, mask, codebook, words)
     return sums.addcmul_(counts.unsqueeze(-1), codebook.to(frames.dtype), value=-1.0)
 
 

@@ -29,9 +29,11 @@ from pipelines.data.frame_loader import LoaderConfig, load_batches
 from pipelines.training.cowatch_data import CowatchPartners, triplet_batches
 from pipelines.training.cowatch_embedding import (
     BaseRows,
+    FrameWords,
     base_rows,
     embed_frames,
     evaluate_loss,
+    frame_words,
     loss_of_embeddings,
 )
 from pipelines.training.distributed import all_reduce_mean, dist_info
@@ -137,6 +139,7 @@ class TripletBatch(NamedTuple):
 
     triplets: np.ndarray  # (b, 3) store rows: anchor, positive, negative
     videos: np.ndarray  # (3b + k b,) anchors, positives, negatives, then k partners each
+    words: torch.Tensor | None = None  # (3b + k b, t) the frames' base words (FrameWords)
 
 
 def _triplet_plans(
@@ -145,6 +148,7 @@ def _triplet_plans(
     cfg: TrainConfig,
     rng: np.random.Generator | None,
     partners: CowatchPartners | None,
+    words: FrameWords | None = None,
 ) -> Iterator[tuple[TripletBatch, FramePlan]]:
     """Each batch of triplet ``rows`` with the plan of its frames: anchors, positives,
     negatives, then (``cfg.anchor_neighbours`` k > 0) k co-watch partners per anchor.
@@ -159,7 +163,8 @@ def _triplet_plans(
             pick = rng if rng is not None else np.random.default_rng(0)
             extra = partners.sample(batch[:, 0], batch[:, 1], k, pick)  # type: ignore[union-attr]
             videos = np.concatenate([videos, extra.reshape(-1)])
-        yield TripletBatch(batch, videos), store.plan(videos, max_frames, rng, min_keep)
+        plan = store.plan(videos, max_frames, rng, min_keep)
+        yield TripletBatch(batch, videos, None if words is None else words.batch(plan)), plan
 
 
 def _triplet_loss(
@@ -180,7 +185,7 @@ def _triplet_loss(
     batch = key.triplets
     b = len(batch)
     known = None if base is None else base.take(key.videos)
-    emb = embed_frames(model, frames, mask, device, known).float()
+    emb = embed_frames(model, frames, mask, device, known, key.words).float()
     loss = loss_of_embeddings(emb, b, cfg.margin)
     a, p, n = emb[: 3 * b].chunk(3)
     if cfg.negatives == "semi_hard" and model.training:
@@ -254,6 +259,8 @@ def train_embedder(
         CowatchPartners.from_triplets(train_rows, len(store)) if cfg.anchor_neighbours else None
     )
     base = _base_rows(model, store, train_rows, val_rows, cfg, device, show)
+    sampled = cfg.base_in_steps == "sampled"
+    words = frame_words(model, store, device) if sampled else None
     rng = np.random.default_rng(cfg.seed)
     per_epoch = min(len(train_rows), cfg.epoch_triplets or len(train_rows))
     per_rank = per_epoch // world
@@ -282,6 +289,7 @@ def train_embedder(
             epoch,
             show,
             steps_base,
+            words,
         )
         val_loss = _validation_loss(net, store, val_rows, cfg, device, partners, base)
         entry = {
@@ -379,6 +387,7 @@ def _train_epoch(
     epoch: int,
     show: bool,
     base: BaseRows | None = None,
+    words: FrameWords | None = None,
 ) -> float:
     """One pass over this rank's share of the triplet ``rows``; the mean training loss
     over all ranks."""
@@ -386,7 +395,7 @@ def _train_epoch(
     net.train()
     frame_rng = np.random.default_rng([cfg.seed, epoch, rank])
     total, count = 0.0, 0
-    plans = _triplet_plans(store, rows, cfg, frame_rng, partners)
+    plans = _triplet_plans(store, rows, cfg, frame_rng, partners, words)
     for key, frames, mask in tqdm(
         load_batches(store, plans, device, cfg.loader),
         total=math.ceil(len(rows) / cfg.batch_size),

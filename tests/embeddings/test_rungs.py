@@ -156,3 +156,24 @@ def test_vlads_projection_ignores_nan_and_inf_in_the_padding() -> None:
     got = vlad.projected(dirty, mask, codebook, idf, mean, components)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_words_given_are_the_words_used() -> None:
+    """A base that is handed each frame's word (found once per frame before training)
+    gives what it gives finding them itself, and reads the words it is given: other words,
+    the statistic of those (the cells' product against the written-out residuals)."""
+    frames, mask, codebook, idf, mean, components = _case(21, 6, 9, 5, 8, 4, 1.0)
+    vlad = rung("vlad_kmeans")
+    found = nearest_words(frames, codebook)
+    itself = vlad.projected(frames, mask, codebook, idf, mean, components)
+    given = vlad.projected(frames, mask, codebook, idf, mean, components, found)
+    torch.testing.assert_close(given, itself, atol=0, rtol=0)
+    other = (found + 1) % codebook.shape[0]
+    want = Rung.projected(vlad, frames, mask, codebook, idf, mean, components, other)
+    got = vlad.projected(frames, mask, codebook, idf, mean, components, other)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, itself, atol=1e-3)
+    hot = torch.nn.functional.one_hot(other, codebook.shape[0]).float() * mask.unsqueeze(-1)
+    torch.testing.assert_close(batch_word_counts(frames, mask, codebook, other), hot.sum(1))
+    with pytest.raises(ValueError, match="words must be"):
+        vlad.projected(frames, mask, codebook, idf, mean, components, other[:, :-1])

@@ -150,3 +150,32 @@ def test_a_training_step_takes_the_whole_videos_base_and_learns_on_its_sample(
         same_learned = model.split(sampled)[1]
         np.testing.assert_allclose(learned.numpy(), same_learned.numpy(), atol=1e-6)
         assert not np.allclose(model.split(sampled)[0].numpy(), b_part.numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["vlad_kmeans", "bow_tfidf"])
+def test_a_steps_base_reads_its_frames_words_found_once(small_world_dir: Path, name: str) -> None:
+    """Each frame's word found once (across chunk edges) is the word the step's base finds
+    on the sampled batch, and the step's loss is the same with them as without."""
+    from embeddings.rungs import nearest_words
+    from recsys.frames import frames_tensor
+
+    store = open_frame_store(small_world_dir)
+    model = _with_base(store, name)
+    cpu = torch.device("cpu")
+    words = ce.frame_words(model, store, cpu, chunk=37)
+    assert words is not None and len(words.words) == len(store.frames)
+    assert ce.frame_words(_with_base(store, "avg_frames"), store, cpu) is None
+    rows = np.random.default_rng(4).integers(0, len(store), (10, 3))
+    cfg = TrainConfig(batch_size=10, max_frames=6)
+    plans = _triplet_plans(store, rows, cfg, np.random.default_rng(0), None, words)
+    ((key, plan),) = list(plans)
+    frames, mask = (torch.from_numpy(a) for a in store.gather(plan))
+    assert model.base is not None and key.words is not None
+    found = nearest_words(frames_tensor(frames, cpu, mask), model.base.codebook)
+    real = mask.bool()
+    np.testing.assert_array_equal(key.words[real].numpy(), found[real].numpy())
+    model.train()
+    with torch.no_grad():
+        given = _triplet_loss(model, key, frames, mask, cfg, cpu)
+        itself = _triplet_loss(model, key._replace(words=None), frames, mask, cfg, cpu)
+    assert float(given) == float(itself)

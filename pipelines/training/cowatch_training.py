@@ -259,8 +259,7 @@ def train_embedder(
         CowatchPartners.from_triplets(train_rows, len(store)) if cfg.anchor_neighbours else None
     )
     base = _base_rows(model, store, train_rows, val_rows, cfg, device, show)
-    sampled = cfg.base_in_steps == "sampled"
-    words = frame_words(model, store, device) if sampled else None
+    words = frame_words(model, store, device) if cfg.base_in_steps == "sampled" else None
     rng = np.random.default_rng(cfg.seed)
     per_epoch = min(len(train_rows), cfg.epoch_triplets or len(train_rows))
     per_rank = per_epoch // world
@@ -276,7 +275,6 @@ def train_embedder(
         # The first per_epoch of a permutation: a fresh uniform sample every epoch.
         perm = rng.permutation(len(train_rows))[:per_epoch][rank::world][:per_rank]
         t0 = time.perf_counter()
-        steps_base = base if cfg.base_in_steps == "whole_video" else None
         train_loss = _train_epoch(
             net,
             params,
@@ -288,7 +286,7 @@ def train_embedder(
             device,
             epoch,
             show,
-            steps_base,
+            base if cfg.base_in_steps == "whole_video" else None,
             words,
         )
         val_loss = _validation_loss(net, store, val_rows, cfg, device, partners, base)

@@ -98,7 +98,8 @@ def frame_words(
     file = tempfile.TemporaryFile()  # noqa: SIM115  (it lives as long as the words)
     words = np.memmap(file, dtype=dtype, mode="w+", shape=(max(len(store.frames), 1),))
     for a in range(0, len(store.frames), chunk):
-        x = frames_tensor(store.frames[a : a + chunk], device)
+        # a copy of the chunk: the store's frames may be a read-only memory map
+        x = frames_tensor(np.array(store.frames[a : a + chunk]), device)
         words[a : a + len(x)] = base.frame_words(x).cpu().numpy().astype(dtype)
     return FrameWords(words, file)
 

@@ -110,10 +110,10 @@ class BaseRows:
     names, over the frames the catalogue's embedding uses (at most ``eval_max_frames``,
     evenly spaced). Validation takes these rows every epoch (the same loss as running
     the base there). Steps take them only with ``TrainConfig.base_in_steps ==
-    "whole_video"``: about 1.3x faster steps, since the base is a quarter of a
-    pipeline-shaped step, but lower AUCs on some worlds, because the loss then sees the
-    whole video's rung rather than the rung on the step's sampled frames
-    (docs/results.md)."""
+    "whole_video"``: faster steps (1.3x when the base was a quarter of a pipeline-shaped
+    step; less since its words are found once, ``FrameWords``), but lower AUCs on some
+    worlds, because the loss then sees the whole video's rung rather than the rung on the
+    step's sampled frames (docs/results.md)."""
 
     videos: np.ndarray  # (n,) sorted distinct store rows
     rows: torch.Tensor  # (n, base_dim) float32, on the training device

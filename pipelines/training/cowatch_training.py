@@ -91,8 +91,9 @@ class TrainConfig:
     val_triplets: int = 0
     #: the fixed base rung in a step's loss: "sampled" = the rung on the step's sampled
     #: frames, as the learned half sees them; "whole_video" = its rows computed once over
-    #: the frames the catalogue's embedding uses (``BaseRows``): ~1.3x faster steps, AUCs
-    #: 0.002-0.005 lower on the world suite's styles worlds (docs/results.md)
+    #: the frames the catalogue's embedding uses (``BaseRows``): faster steps (1.3x before
+    #: each frame's words were found once), AUCs 0.002-0.005 lower on the world suite's
+    #: styles worlds (docs/results.md)
     base_in_steps: str = "sampled"
     #: the training forward's matrix products: "auto" = bfloat16 autocast where the
     #: hardware multiplies bf16 natively (CUDA, AVX512-BF16/AMX CPUs), else float32.

@@ -37,6 +37,14 @@ EpochTriplets = Annotated[
         "(0 = all every epoch): an epoch's time stops growing with the log."
     ),
 ]
+MaxFrames = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Frames sampled from each video a training step sees (at most; the catalogue's "
+        "embedding reads up to 300, evenly spaced). Fewer: cheaper steps.",
+    ),
+]
 BaseInSteps = Annotated[
     str,
     typer.Option(

@@ -21,6 +21,7 @@ from pipelines.commands.options import (
     HistoryFeatures,
     IndexKind,
     InferencePrecision,
+    MaxFrames,
     Online,
     Overwrite,
     PoolingName,
@@ -112,6 +113,7 @@ def pipeline(
         int, typer.Option(help="Use at most this many triplets (0 = all).")
     ] = 0,
     epoch_triplets: EpochTriplets = 125_000,
+    max_frames: MaxFrames = 64,
     base_in_steps: BaseInSteps = "sampled",
     precision: Precision = "auto",
     inference_precision: InferencePrecision = "float32",
@@ -161,6 +163,7 @@ def pipeline(
                     "device": device,
                     "max_triplets": max_triplets,
                     "epoch_triplets": epoch_triplets,
+                    "max_frames": max_frames,
                     "base_in_steps": base_in_steps,
                     "precision": precision,
                     "inference_precision": inference_precision,

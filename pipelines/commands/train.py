@@ -22,6 +22,7 @@ from pipelines.commands.options import (
     IndexKind,
     InferencePrecision,
     IntraNorm,
+    MaxFrames,
     Overwrite,
     PoolingName,
     Precision,
@@ -109,6 +110,7 @@ def train_embeddings(
         int, typer.Option(help="Use at most this many triplets (0 = all).")
     ] = 0,
     epoch_triplets: EpochTriplets = 125_000,
+    max_frames: MaxFrames = 64,
     base_in_steps: BaseInSteps = "sampled",
     precision: Precision = "auto",
     inference_precision: InferencePrecision = "float32",
@@ -147,6 +149,7 @@ def train_embeddings(
                 "device": device,
                 "max_triplets": max_triplets,
                 "epoch_triplets": epoch_triplets,
+                "max_frames": max_frames,
                 "base_in_steps": base_in_steps,
                 "precision": precision,
                 "inference_precision": inference_precision,

@@ -30,12 +30,15 @@ FAST = [
 
 def test_cli_train_then_embed(run_cli, small_world_dir: Path, tmp_path: Path) -> None:
     art = tmp_path / "art"
-    code, out, err = run_cli("train-embeddings", "--data", small_world_dir, "--out", art, *FAST)
+    code, out, err = run_cli(
+        "train-embeddings", "--data", small_world_dir, "--out", art, *FAST, "--max-frames", "24"
+    )
     assert code == 0, err
     assert "held-out co-watch pair AUC" in out
     a = load_embedding_artifact(art)
     m = a.manifest
     assert m["config"]["embedder"]["pooling"] == "dsgmm"
+    assert m["config"]["train"]["max_frames"] == 24
     assert m["metrics"]["triplets"]["train"] > 0 and np.isfinite(m["metrics"]["best_val_loss"])
     assert (art / "loss_curve.png").stat().st_size > 1000
     n_videos = pq.ParquetFile(small_world_dir / "videos.parquet").metadata.num_rows
@@ -101,6 +104,7 @@ def test_cli_mine_triplets(run_cli, small_world_dir: Path, tmp_path: Path) -> No
         (["--index", "lsh"], "index kind"),
         (["--test-start", "yesterday"], "not an ISO-8601 time"),
         (["--base-in-steps", "all"], "base_in_steps must be one of sampled, whole_video"),
+        (["--max-frames", "0"], "--max-frames"),
     ],
 )
 def test_cli_bad_options(

@@ -37,6 +37,9 @@ EpochTriplets = Annotated[
         "(0 = all every epoch): an epoch's time stops growing with the log."
     ),
 ]
+HiddenDim = Annotated[
+    int, typer.Option(min=1, help="Projector hidden width (its first layer: pooled -> this).")
+]
 MaxFrames = Annotated[
     int,
     typer.Option(

@@ -18,6 +18,7 @@ from pipelines.commands.options import (
     EngineName,
     EpochTriplets,
     Gamma,
+    HiddenDim,
     HistoryFeatures,
     IndexKind,
     InferencePrecision,
@@ -114,6 +115,7 @@ def pipeline(
     ] = 0,
     epoch_triplets: EpochTriplets = 125_000,
     max_frames: MaxFrames = 64,
+    hidden_dim: HiddenDim = 256,
     base_in_steps: BaseInSteps = "sampled",
     precision: Precision = "auto",
     inference_precision: InferencePrecision = "float32",
@@ -157,7 +159,7 @@ def pipeline(
         cfg = PipelineConfig(
             embedding=embedding_job_config(
                 pooling,
-                embedder={"num_clusters": clusters, "gamma": gamma},
+                embedder={"num_clusters": clusters, "gamma": gamma, "hidden_dim": hidden_dim},
                 train={
                     "epochs": epochs,
                     "device": device,

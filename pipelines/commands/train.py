@@ -18,6 +18,7 @@ from pipelines.commands.options import (
     EpochTriplets,
     FinalNorm,
     Gamma,
+    HiddenDim,
     HistoryFeatures,
     IndexKind,
     InferencePrecision,
@@ -97,7 +98,7 @@ def train_embeddings(
     assignment: Assignment = "decoupled",
     intra_norm: IntraNorm = True,
     final_norm: FinalNorm = False,
-    hidden_dim: Annotated[int, typer.Option(help="Projector hidden width.")] = 256,
+    hidden_dim: HiddenDim = 256,
     embedding_dim: Annotated[int, typer.Option(help="Embedding dimension.")] = 64,
     dropout: Annotated[float, typer.Option(help="Dropout on the pooled vector.")] = 0.0,
     epochs: Annotated[

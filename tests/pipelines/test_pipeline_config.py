@@ -48,6 +48,8 @@ def test_the_cli_builds_the_same_config(run_cli, tmp_path) -> None:
         ("pipeline", "--seed", "-5", "Invalid value for '--seed'"),
         ("synth", "--seed", "-1", "Invalid value for '--seed'"),
         ("pipeline", "--watch-threshold", "nan", "must be a finite number >= 0, got nan"),
+        ("pipeline", "--max-frames", "0", "Invalid value for '--max-frames'"),
+        ("pipeline", "--hidden-dim", "0", "Invalid value for '--hidden-dim'"),
         ("fit-glmix", "--watch-threshold", "-1", "must be a finite number >= 0, got -1.0"),
         ("validate", "--watch-threshold", "inf", "must be a finite number >= 0, got inf"),
     ],
@@ -67,3 +69,18 @@ def test_a_negative_seed_or_a_watch_threshold_that_is_not_a_time_is_a_usage_erro
     assert code == 2 and "Traceback" not in err, err
     assert needle in " ".join(err.replace("│", " ").split())
     assert not (tmp_path / "o").exists()
+
+
+def test_the_training_options_reach_the_embedding_job(
+    run_cli, small_world_dir, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--max-frames and --hidden-dim land in the config the job is handed whole."""
+    import pipelines.pipeline as pp
+
+    seen: list[PipelineConfig] = []
+    monkeypatch.setattr(pp, "run_pipeline", lambda data, out, cfg, *rest: seen.append(cfg))
+    args = ("--max-frames", "40", "--hidden-dim", "96")
+    code, _, err = run_cli("pipeline", "--data", small_world_dir, "--out", tmp_path / "o", *args)
+    assert code == 0, err
+    (cfg,) = seen
+    assert (cfg.embedding.train.max_frames, cfg.embedding.embedder.hidden_dim) == (40, 96)

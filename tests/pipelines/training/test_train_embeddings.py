@@ -105,6 +105,7 @@ def test_cli_mine_triplets(run_cli, small_world_dir: Path, tmp_path: Path) -> No
         (["--test-start", "yesterday"], "not an ISO-8601 time"),
         (["--base-in-steps", "all"], "base_in_steps must be one of sampled, whole_video"),
         (["--max-frames", "0"], "--max-frames"),
+        (["--hidden-dim", "0"], "--hidden-dim"),
     ],
 )
 def test_cli_bad_options(

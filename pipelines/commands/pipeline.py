@@ -56,7 +56,11 @@ def evaluate(
         int, typer.Option(help="Bootstrap resamples over users (0 = none).")
     ] = 200,
     baseline: Annotated[
-        Path | None, typer.Option(help="report.json of a baseline run (e.g. avg pooling).")
+        Path | None,
+        typer.Option(
+            help="report.json of a baseline run (e.g. avg pooling): relative AUC changes, and "
+            "paired DeLong differences when its test_scores.parquet holds the same test rows."
+        ),
     ] = None,
     baselines: Baselines = True,
     online: Online = True,
@@ -135,7 +139,11 @@ def pipeline(
     watch_threshold: WatchThreshold = DEFAULT_WATCH_THRESHOLD_S,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples over users.")] = 200,
     baseline: Annotated[
-        Path | None, typer.Option(help="report.json of a baseline run (e.g. avg pooling).")
+        Path | None,
+        typer.Option(
+            help="report.json of a baseline run (e.g. avg pooling): relative AUC changes, and "
+            "paired DeLong differences when its test_scores.parquet holds the same test rows."
+        ),
     ] = None,
     baselines: Baselines = True,
     online: Online = True,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.data.io import dataset_dir
@@ -26,7 +27,14 @@ from pipelines.engine import LOCAL, Engine
 from pipelines.evaluation.baseline_comparison import add_baselines
 from pipelines.evaluation.coordinate_comparison import coordinate_table
 from pipelines.evaluation.inputs import EvalConfig, TestSet, load_test_set
-from pipelines.evaluation.statistics import auc_block, auc_by_day, auc_table, online_block
+from pipelines.evaluation.statistics import (
+    PAIRED_SCORES,
+    auc_block,
+    auc_by_day,
+    auc_table,
+    online_block,
+    paired_with_run,
+)
 from pipelines.phases import phase
 from recsys import artifact as art
 from recsys.dataset import TRUTH_FILE
@@ -327,6 +335,36 @@ def _auc_sections(
     report["relative_improvement"] = relative_improvement(
         auc_all, auc_cold, bool(cold.any()), cfg.baseline_report
     )
+    if cfg.baseline_report is not None:
+        report["versus_baseline_run"] = _versus_run(cfg.baseline_report, t, scores)
+
+
+def _versus_run(base: Path, t: TestSet, scores: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Paired differences with the baseline run's scores (its test_scores.parquet beside
+    its report.json) when both runs scored the same test rows in the same order."""
+    path = Path(base).with_name("test_scores.parquet")
+    if not path.exists():
+        return {"note": f"no {path.name} beside the baseline report: no paired comparison"}
+    try:
+        other = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        return {"note": f"{path}: unreadable ({exc}): no paired comparison"}
+    same = other.num_rows == len(t.labels) and all(
+        c in other.column_names for c in ("user_id", "video_id", "label")
+    )
+    same = same and (
+        other.column("user_id").to_pylist() == [str(u) for u in t.users]
+        and other.column("video_id").to_pylist() == t.rows.column("video_id").to_pylist()
+        and np.array_equal(other.column("label").to_numpy(), t.labels)
+    )
+    if not same:
+        return {"note": "the baseline run scored other test rows: no paired comparison"}
+    theirs = {
+        n: other.column(n).to_numpy(zero_copy_only=False).astype(np.float64)
+        for n in PAIRED_SCORES
+        if n in other.column_names
+    }
+    return {"report": str(base), **paired_with_run(t.labels, t.cold_start, scores, theirs)}
 
 
 NOTES = (

@@ -364,6 +364,7 @@ def _md_footer(report: dict[str, Any]) -> list[str]:
             f"Relative to {b['baseline_pooling']} pooling: max similarity {b['max_similarity']:+.2f}%, "
             f"avg similarity {b['avg_similarity']:+.2f}%."
         )
+    lines += _versus_run_lines(report.get("versus_baseline_run"))
     if report.get("evaluated_on") != "spark":  # the ROC plot needs every test row in one process
         lines += ["", "![ROC](roc.png)"]
     lines += [""]
@@ -445,5 +446,22 @@ def terminal_summary(report: dict[str, Any], out: Path) -> list[str]:
                 f"{c['baseline_auc']:.4f}, difference {c['difference']:+.4f} "
                 f"[{lo:+.4f}, {hi:+.4f}]: {c['verdict']}"
             )
+    lines += ["  " + x for x in _versus_run_lines(report.get("versus_baseline_run")) if x]
     lines.append(f"wrote {out / 'report.json'} and {out / 'report.md'}")
+    return lines
+
+
+def _versus_run_lines(paired: dict[str, Any] | None) -> list[str]:
+    """The paired differences with a baseline run (``--baseline``), a line a score."""
+    if not paired:
+        return []
+    if "note" in paired:
+        return ["", f"Versus the baseline run: {paired['note']}."]
+    lines = ["", f"Versus the baseline run ({paired['report']}), paired DeLong on the same rows:"]
+    for name in ("glmix", "max_similarity", "avg_similarity"):
+        for subset, d in paired.get(name, {}).items():
+            lo, hi = d["delong_paired_95"]
+            lines.append(
+                f"- {name} ({subset}): {d['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]: {d['verdict']}"
+            )
     return lines

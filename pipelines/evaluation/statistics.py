@@ -143,3 +143,34 @@ def auc_by_day(
             entry[name] = delong_ci(y[rows], p[rows])[0]
         out.append(entry)
     return out
+
+
+#: the scores a run is compared on with another run of the same test rows
+PAIRED_SCORES = ("glmix", "max_similarity", "avg_similarity")
+
+
+def paired_with_run(
+    labels: np.ndarray,
+    cold: np.ndarray,
+    scores: dict[str, np.ndarray],
+    other: dict[str, np.ndarray],
+) -> dict[str, Any]:
+    """This run's scores minus another run's on the same test rows, each of
+    ``PAIRED_SCORES`` both runs have, all rows and cold start: DeLong's paired difference
+    and its verdict (rows either run cannot score left out)."""
+    out: dict[str, Any] = {}
+    for name in PAIRED_SCORES:
+        if name not in scores or name not in other:
+            continue
+        a, b = scores[name], other[name]
+        for subset, sel in (("all", np.ones(len(labels), dtype=bool)), ("cold_start", cold)):
+            ok = sel & ~np.isnan(a) & ~np.isnan(b)
+            if len(np.unique(labels[ok])) < 2:
+                continue
+            diff, lo, hi = delong_paired_difference(labels[ok], a[ok], b[ok])
+            out.setdefault(name, {})[subset] = {
+                "difference": diff,
+                "delong_paired_95": [lo, hi],
+                "verdict": interval_verdict(lo, hi),
+            }
+    return out

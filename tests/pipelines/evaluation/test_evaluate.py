@@ -49,3 +49,43 @@ def test_evaluate_with_baseline(
         0.0, abs=1e-9
     )
     assert "AUC glmix" in out and "baselines" not in rep
+    # ... and paired on the same rows: every difference 0, none significant.
+    paired = rep["versus_baseline_run"]
+    assert set(paired) >= {"report", "glmix", "max_similarity", "avg_similarity"}
+    for name in ("glmix", "max_similarity", "avg_similarity"):
+        for d in paired[name].values():
+            assert d["difference"] == 0.0 and "better" not in d["verdict"]
+            assert "worse" not in d["verdict"]
+    assert "Versus the baseline run" in (tmp_path / "report.md").read_text()
+    assert "glmix (all): +0.0000" in out
+
+
+def test_a_baseline_run_of_other_rows_is_not_paired(
+    run_cli, pipeline_out: Path, small_world_dir: Path, tmp_path: Path
+) -> None:
+    """A baseline whose scores are of other rows (or missing) gets a note, not numbers."""
+    import pyarrow.parquet as pq
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "report.json").write_text((pipeline_out / "report.json").read_text())
+    scores = pq.read_table(pipeline_out / "test_scores.parquet")
+    pq.write_table(scores.slice(1), base / "test_scores.parquet")  # one row fewer
+    args = ["--artifacts", pipeline_out / "artifact", "--bootstrap", "0", "--no-baselines"]
+    code, _, err = run_cli(
+        "evaluate", "--data", small_world_dir, "--out", tmp_path / "o", *args,
+        "--baseline", base / "report.json",
+    )  # fmt: skip
+    assert code == 0, err
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["versus_baseline_run"] == {
+        "note": "the baseline run scored other test rows: no paired comparison"
+    }
+    (base / "test_scores.parquet").unlink()
+    code, _, err = run_cli(
+        "evaluate", "--data", small_world_dir, "--out", tmp_path / "o2", *args,
+        "--baseline", base / "report.json",
+    )  # fmt: skip
+    assert code == 0, err
+    rep = json.loads((tmp_path / "o2" / "report.json").read_text())
+    assert "no paired comparison" in rep["versus_baseline_run"]["note"]

@@ -72,20 +72,17 @@ def test_a_baseline_run_of_other_rows_is_not_paired(
     scores = pq.read_table(pipeline_out / "test_scores.parquet")
     pq.write_table(scores.slice(1), base / "test_scores.parquet")  # one row fewer
     args = ["--artifacts", pipeline_out / "artifact", "--bootstrap", "0", "--no-baselines"]
-    code, _, err = run_cli(
-        "evaluate", "--data", small_world_dir, "--out", tmp_path / "o", *args,
-        "--baseline", base / "report.json",
-    )  # fmt: skip
-    assert code == 0, err
-    rep = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert rep["versus_baseline_run"] == {
+
+    def versus(out: Path) -> dict:  # type: ignore[type-arg]
+        code, _, err = run_cli(
+            "evaluate", "--data", small_world_dir, "--out", out, *args,
+            "--baseline", base / "report.json",
+        )  # fmt: skip
+        assert code == 0, err
+        return json.loads((out / "report.json").read_text())["versus_baseline_run"]
+
+    assert versus(tmp_path / "o") == {
         "note": "the baseline run scored other test rows: no paired comparison"
     }
     (base / "test_scores.parquet").unlink()
-    code, _, err = run_cli(
-        "evaluate", "--data", small_world_dir, "--out", tmp_path / "o2", *args,
-        "--baseline", base / "report.json",
-    )  # fmt: skip
-    assert code == 0, err
-    rep = json.loads((tmp_path / "o2" / "report.json").read_text())
-    assert "no paired comparison" in rep["versus_baseline_run"]["note"]
+    assert "no paired comparison" in versus(tmp_path / "o2")["note"]

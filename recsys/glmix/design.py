@@ -10,7 +10,9 @@ the fit builds from it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -96,6 +98,24 @@ class VideoDesign:
         if self.use_video:
             out[:, 1:] = table
         return out
+
+    @cached_property
+    def videos_used(self) -> tuple[np.ndarray, np.ndarray]:
+        """(U,) the table rows some design row names, sorted, and (N,) each design row's
+        index into them: per-video sums run over the U videos a fit sees, never over the
+        whole catalogue's table."""
+        used, code = np.unique(self.video.rows, return_inverse=True)
+        return used, code.reshape(-1)
+
+    def table_chunks(self, chunk: int = 1 << 16) -> Iterator[tuple[slice, np.ndarray]]:
+        """(slice of ``videos_used``, (n, E) float64 features of those videos), a chunk of
+        videos at a time: float64 products over the used videos without a float64 copy of
+        the table."""
+        used = self.videos_used[0]
+        table = self.video.table
+        for s in range(0, len(used), chunk):
+            sl = slice(s, s + chunk)
+            yield sl, np.asarray(table[used[sl]], dtype=np.float64)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """(n, p) float32 rows [1, f(v), g] of a slice or index array."""

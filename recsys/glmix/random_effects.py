@@ -15,12 +15,24 @@ import torch
 from scipy.special import expit
 
 from recsys.glmix.config import GLMixConfig
-from recsys.glmix.design import DesignMatrix
+from recsys.glmix.design import DesignMatrix, VideoDesign
 from recsys.glmix.logistic import CHUNK_ROWS, log_likelihood_torch
 
 
 def design_dot(x: DesignMatrix, beta: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
-    """x @ beta in float64, over row chunks (x may be float32)."""
+    """x @ beta in float64, over row chunks (x may be float32); a ``VideoDesign``'s video
+    block as one score per video, gathered per row."""
+    if isinstance(x, VideoDesign) and x.use_video:
+        used, code = x.videos_used
+        video_score = np.empty(len(used))
+        for sl, t in x.table_chunks():
+            video_score[sl] = t @ beta[1 : x.q]
+        out = beta[0] + video_score[code]
+        if x.extra is not None:
+            for i in range(0, len(x), chunk_rows):
+                c = slice(i, i + chunk_rows)
+                out[c] += np.asarray(x.extra[c], dtype=np.float64) @ beta[x.q :]
+        return out
     out = np.empty(len(x), dtype=np.float64)
     buf = np.empty((min(chunk_rows, len(x)), x.shape[1]))  # reused: no per-chunk faults
     for i in range(0, len(x), chunk_rows):
@@ -123,8 +135,6 @@ def solve_random_effects(
     memory traffic); likelihoods, gradients' accumulation into steps and the
     Cholesky solves run in float64.
     """
-    q = z_all.shape[1]
-    eye = torch.eye(q, dtype=torch.float64)
     for bk in buckets:
         rows = torch.from_numpy(bk.rows)
         pad = rows < 0
@@ -157,7 +167,11 @@ def solve_random_effects(
             r = (w * (yy - mu)).masked_fill(pad, 0.0)
             grad = torch.bmm(zt, r.to(z.dtype).unsqueeze(-1)).squeeze(-1).double() - lam * b
             s = (w * mu * (1 - mu)).masked_fill(pad, 0.0).to(z.dtype)
-            hess = torch.bmm(zt, z * s.unsqueeze(-1)).double() + torch.diag(lam) + 1e-9 * eye
+            hess = torch.bmm(zt, z * s.unsqueeze(-1)).double()
+            # + diag(lam) + 1e-9 I in place: two more (B, q, q) float64 passes otherwise
+            diagonal = hess.diagonal(dim1=1, dim2=2)
+            diagonal += lam
+            diagonal += 1e-9
             chol, info = torch.linalg.cholesky_ex(hess)
             # Two triangular solves: ~10x faster than cholesky_solve for batches of small
             # float64 matrices here (0.12 s vs 1.1 s for 20k 65x65 systems).

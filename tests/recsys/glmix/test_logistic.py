@@ -8,6 +8,7 @@ import statsmodels.api as sm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recsys.glmix.design import VideoDesign, VideoRows
 from recsys.glmix.logistic import (
     fit_logistic,
     log_likelihood,
@@ -15,6 +16,7 @@ from recsys.glmix.logistic import (
     mean_log_loss,
     newton_logistic,
 )
+from recsys.glmix.random_effects import design_dot
 from tests.recsys.reference import scipy_penalised as _scipy_penalised
 
 
@@ -73,6 +75,43 @@ def test_sums_are_the_direct_formulas(n: int, p: int, chunk: int, seed: int) -> 
     scale = (np.abs(xd) * (w * mu * (1 - mu))[:, None]).T @ np.abs(xd)
     assert (np.abs(curv - want) <= 1e-5 * scale + 1e-12).all()
     np.testing.assert_array_equal(curv, curv.T)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    n_videos=st.integers(1, 12),
+    e=st.integers(1, 5),
+    g=st.integers(0, 3),
+    chunk=st.integers(1, 70),
+    seed=st.integers(0, 99),
+)
+def test_sums_of_a_design_by_reference_are_the_direct_formulas(
+    n: int, n_videos: int, e: int, g: int, chunk: int, seed: int
+) -> None:
+    """A ``VideoDesign`` sums its video block per video first: log-likelihood, gradient,
+    curvature and ``design_dot`` against the materialised rows [1, f(v_i), g_i] in
+    float64, with unused table rows, repeated videos, zero weights and chunk edges."""
+    rng = np.random.default_rng(seed)
+    table = rng.normal(size=(n_videos, e)).astype(np.float32)
+    rows = rng.integers(0, n_videos, n)
+    extra = rng.normal(size=(n, g)).astype(np.float32) if g else None
+    design = VideoDesign(VideoRows(table, rows), extra, use_video=True)
+    xd = np.c_[np.ones(n), table[rows], np.zeros((n, 0)) if extra is None else extra]
+    xd = xd.astype(np.float64)
+    y = (rng.random(n) < 0.4).astype(float)
+    off, beta = rng.normal(size=n), rng.normal(size=xd.shape[1])
+    w = rng.random(n) * (rng.random(n) < 0.8)
+    ll, grad, curv = logistic_sums(design, y, off, w, beta, True, chunk_rows=chunk)
+    eta = off + xd @ beta
+    mu = 1 / (1 + np.exp(-eta))
+    assert ll == pytest.approx(float((w * (y * eta - np.logaddexp(0, eta))).sum()), rel=1e-12)
+    np.testing.assert_allclose(grad, xd.T @ (w * (y - mu)), rtol=1e-10, atol=1e-12)
+    want = (xd * (w * mu * (1 - mu))[:, None]).T @ xd
+    np.testing.assert_allclose(curv, want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(curv, curv.T)
+    assert logistic_sums(design, y, off, w, beta, False, chunk)[0] == pytest.approx(ll, rel=1e-12)
+    np.testing.assert_allclose(design_dot(design, beta, chunk), xd @ beta, rtol=1e-12, atol=1e-12)
 
 
 def test_a_float32_curvature_reaches_the_float64_optimum() -> None:

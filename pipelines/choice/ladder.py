@@ -41,8 +41,9 @@ from recsys.frames import FrameStore
 from recsys.glmix.design import VideoRows
 from recsys.glmix.logistic import mean_log_loss
 from recsys.glmix.model import GLMixConfig, fit_glmix
-from recsys.glmix.tuning import select_random_l2
+from recsys.glmix.tuning import fit_bytes, select_random_l2
 from recsys.memory import release_free_memory
+from recsys.parallel import map_independent
 from recsys.scoring import history_features as _history_features
 from recsys.scoring import prior_history_similarity, similarity_by_user
 
@@ -160,7 +161,12 @@ def _choose_dim(
     choice, and its validation probabilities (so the fit that scores it as a candidate
     is not made again)."""
     val_y = rows.train_labels[rows.validation_mask]
-    predictions = {d: validation_predictions(rows, v, base) for d, v in candidates.items()}
+    found = map_independent(
+        lambda v: validation_predictions(rows, v, base),
+        list(candidates.values()),
+        fit_bytes(len(rows.train_labels)),
+    )
+    predictions = dict(zip(candidates, found, strict=True))
     losses = {d: mean_log_loss(val_y, p) for d, p in predictions.items()}
     best = min(losses, key=lambda k: losses[k])
     info = {"pca_dim": best, "pca_validation_log_loss": losses}

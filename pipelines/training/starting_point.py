@@ -36,6 +36,8 @@ from pipelines.data.impressions import RecRows
 from recsys.baselines import PCA, l2_rows
 from recsys.embedders import ClassicalEmbedder
 from recsys.frames import FrameStore
+from recsys.glmix.tuning import fit_bytes
+from recsys.parallel import map_independent
 
 #: the rung's shares of the final cosine tried after training
 WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -142,7 +144,9 @@ def choose_weight(
     candidates: dict[str, Callable[[], np.ndarray]] = {
         name: partial(_combined, model, base, learned, w) for name, w in weights.items()
     }
-    chosen, summaries, comparisons = _choose(rows, vset, candidates, _name(trained), log)
+    chosen, summaries, comparisons = _choose(
+        rows, vset, candidates, _name(trained), log, vectors.nbytes
+    )
     weight = weights[chosen]
     model.config = replace(model.config, base_weight=weight)
     report = {
@@ -160,15 +164,21 @@ def _choose(
     candidates: dict[str, Callable[[], np.ndarray]],
     reference: str,
     log: Callable[[str], None] | None,
+    catalogue_bytes: int,
 ) -> tuple[str, dict[str, dict[str, float | None]], dict[str, dict[str, float]]]:
     """Score every candidate's rows (V, O) on ``vset``, each built when scored and let go
-    after (one copy of the catalogue's rows at a time, not one per candidate); the gated
-    winner against ``reference``, each one's summary and comparison with the reference."""
-    scores: dict[str, CandidateScores] = {}
-    for name, build in candidates.items():
-        scores[name] = score_candidate(rows, build(), vset)
+    after (a copy of the catalogue's rows per fit running, ``catalogue_bytes`` each, not
+    one per candidate); the gated winner against ``reference``, each one's summary and
+    comparison with the reference."""
+    # side by side while two copies of the rows and two fits fit the memory allowance
+    each = fit_bytes(len(rows.train_labels)) + catalogue_bytes
+    found = map_independent(
+        lambda build: score_candidate(rows, build(), vset), list(candidates.values()), each
+    )
+    scores: dict[str, CandidateScores] = dict(zip(candidates, found, strict=True))
+    for name, score in scores.items():
         if log is not None:
-            s = scores[name].summary(vset)
+            s = score.summary(vset)
             log(
                 f"{name}: criterion {s['criterion']:.5f}, "
                 f"average similarity AUC {s['avg_similarity_auc'] or float('nan'):.4f}"
@@ -200,7 +210,7 @@ def choose_size(
     if pca is not None:
         z = pca.project(vectors)  # (V, max size): the sizes share it
         candidates.update({f"d={d}": partial(_leading, z, d) for d in sizes})
-    chosen, summaries, comparisons = _choose(rows, vset, candidates, FULL, log)
+    chosen, summaries, comparisons = _choose(rows, vset, candidates, FULL, log, vectors.nbytes)
     if chosen != FULL:
         assert pca is not None
         d = int(chosen.removeprefix("d="))

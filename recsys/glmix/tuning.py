@@ -18,6 +18,8 @@ from recsys.glmix.config import GLMixConfig
 from recsys.glmix.design import VideoRows
 from recsys.glmix.logistic import mean_log_loss
 from recsys.glmix.model import GLMix, fit_glmix
+from recsys.glmix.random_effects import BUCKET_VALUES
+from recsys.parallel import map_independent
 
 #: the random-effect L2 strengths ``select_random_l2`` tries
 RANDOM_L2_GRID: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
@@ -50,15 +52,31 @@ def validation_losses(
     g_val = None if global_feats is None else global_feats[~train]
     v_train = None if videos is None else np.asarray(videos)[train]
     v_val = None if videos is None else np.asarray(videos)[~train]
-    losses: dict[Any, float] = {}
-    for key, cfg in candidates.items():
+
+    def loss(cfg: GLMixConfig) -> float:
         v_fit = v_train if cfg.video_effects else None
         model = (fit or _fit_rows)(
             user_ids[train], video[train], labels[train], cfg, g_train, v_fit
         )
         p = model.predict_proba(user_ids[~train], video[~train], g_val, v_val)
-        losses[key] = mean_log_loss(labels[~train], p)
-    return losses
+        return mean_log_loss(labels[~train], p)
+
+    configs = list(candidates.values())
+    if fit is None:  # local fits: side by side (a distributed engine spreads each one)
+        dense = 0 if isinstance(video, VideoRows) else video.shape[1]
+        values = map_independent(loss, configs, fit_bytes(len(labels), dense))
+    else:
+        values = [loss(cfg) for cfg in configs]
+    return dict(zip(candidates, values, strict=True))
+
+
+def fit_bytes(rows: int, dense_columns: int = 0) -> int:
+    """A rough upper estimate of one local GLMix fit's memory on ``rows`` rows
+    (``recsys.parallel.map_independent``): its per-row float64 arrays, a design of
+    ``dense_columns`` float32 columns when it is materialised (0: video features by
+    reference), and the per-user solve's batch temporaries (a few ``BUCKET_VALUES``-sized
+    arrays, whatever the log's size)."""
+    return rows * (160 + 4 * dense_columns) + 16 * BUCKET_VALUES
 
 
 def _fit_rows(

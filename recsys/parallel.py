@@ -47,10 +47,12 @@ def cores() -> int:
 def map_independent(fn: Callable[[T], R], items: Sequence[T], bytes_each: int = 0) -> list[R]:
     """``[fn(x) for x in items]``, up to ``min(cores, MAX_WORKERS)`` at a time in threads
     of ``cores // workers`` BLAS and torch threads each; in order. ``bytes_each``: the
-    caller's estimate of one call's memory. Calls from inside a worker run in turn."""
+    caller's estimate of one call's memory (the extra workers' calls together stay within
+    ``CONCURRENT_BYTES``). Calls from inside a worker run in turn."""
     workers = min(len(items), cores(), MAX_WORKERS)
-    nested = getattr(_inside, "active", False)
-    if workers < 2 or nested or bytes_each * (workers - 1) > CONCURRENT_BYTES:
+    if bytes_each > 0:  # as many as the allowance holds beside the first
+        workers = min(workers, 1 + CONCURRENT_BYTES // bytes_each)
+    if workers < 2 or getattr(_inside, "active", False):
         return [fn(x) for x in items]
     threads = max(1, cores() // workers)
 

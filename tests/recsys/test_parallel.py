@@ -56,6 +56,23 @@ def test_one_item_too_much_memory_or_a_nested_call_run_in_the_callers_thread(
         assert row[0] != me and row[1:] == [row[0]] * 2  # the inner calls stay in the worker
 
 
+def test_the_memory_allowance_caps_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four cores, and calls of half the allowance each: three run at once (two beside
+    the first), never four."""
+    monkeypatch.setattr(parallel, "cores", lambda: 4)
+    three = threading.Barrier(3, timeout=30)
+    callers: set[int] = set()
+
+    def call(x: int) -> int:
+        callers.add(threading.get_ident())
+        if x < 3:
+            three.wait()
+        return x
+
+    assert map_independent(call, list(range(9)), parallel.CONCURRENT_BYTES // 2) == list(range(9))
+    assert len(callers) == 3
+
+
 def test_an_error_reaches_the_caller_and_the_thread_count_is_restored(two_cores: None) -> None:
     before = torch.get_num_threads()
 

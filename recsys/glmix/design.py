@@ -117,6 +117,14 @@ class VideoDesign:
             sl = slice(s, s + chunk)
             yield sl, np.asarray(table[used[sl]], dtype=np.float64)
 
+    def video_scores(self, beta: np.ndarray) -> np.ndarray:
+        """(U,) float64 f(v)^T beta_v of each used video (``videos_used``), beta_v the
+        video block ``beta[1:q]`` of a coefficient vector over the design's columns."""
+        out = np.empty(len(self.videos_used[0]))
+        for sl, t in self.table_chunks():
+            out[sl] = t @ beta[1 : self.q]
+        return out
+
     def __getitem__(self, key: Any) -> np.ndarray:
         """(n, p) float32 rows [1, f(v), g] of a slice or index array."""
         vid = self.video.rows[key]

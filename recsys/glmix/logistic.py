@@ -116,10 +116,7 @@ def video_design_sums(
     used, code = x.videos_used
     q, p, n_used = x.q, x.shape[1], len(used)
     extra = x.extra
-    # each used video's score f(v)^T beta_v, gathered per row below
-    video_score = np.empty(n_used)
-    for sl, t in x.table_chunks():
-        video_score[sl] = t @ beta[1:q]
+    video_score = x.video_scores(beta)  # (U,), gathered per row below
     ll = 0.0
     grad, curv = np.zeros(p), np.zeros((p, p))
     per_video = np.zeros((n_used, 2 + (0 if extra is None else extra.shape[1])))

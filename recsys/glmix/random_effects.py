@@ -23,11 +23,7 @@ def design_dot(x: DesignMatrix, beta: np.ndarray, chunk_rows: int = CHUNK_ROWS) 
     """x @ beta in float64, over row chunks (x may be float32); a ``VideoDesign``'s video
     block as one score per video, gathered per row."""
     if isinstance(x, VideoDesign) and x.use_video:
-        used, code = x.videos_used
-        video_score = np.empty(len(used))
-        for sl, t in x.table_chunks():
-            video_score[sl] = t @ beta[1 : x.q]
-        out = beta[0] + video_score[code]
+        out = beta[0] + x.video_scores(beta)[x.videos_used[1]]
         if x.extra is not None:
             for i in range(0, len(x), chunk_rows):
                 c = slice(i, i + chunk_rows)
